@@ -1,0 +1,124 @@
+"""The Python API: latents, prediction, write-back, save/load (also across processes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from venncell import VennCell, VennCellInputError
+
+
+def test_latent_shapes_and_blocks(trained_tiny):
+    model, mdata, _ = trained_tiny
+    n = mdata.n_obs
+    assert model.get_latent_representation().shape == (n, 4)
+    assert model.get_latent_representation(block="private:rna").shape == (n, 2)
+    assert model.get_latent_representation(block="all").shape == (n, 4 + 3 * 2)
+    assert model.get_latent_representation(source="stage1").shape == (n, 4)
+    only_rna = model.get_latent_representation(modalities=["rna"])
+    assert np.isfinite(only_rna).all()
+    assert not np.allclose(only_rna, model.get_latent_representation())
+    with pytest.raises(VennCellInputError, match="block must be"):
+        model.get_latent_representation(block="private:nope")
+    with pytest.raises(VennCellInputError, match=r"modalities \['nope'\]"):
+        model.get_latent_representation(modalities=["nope"])
+
+
+def test_predict_modality(trained_tiny):
+    model, mdata, _ = trained_tiny
+    pred = model.predict_modality(source=["rna"], target="protein")
+    assert pred.shape == (mdata.n_obs, mdata["protein"].n_vars)
+    np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-4)  # NB proportions
+    counts = model.predict_modality(source="rna", target="protein", scale="counts")
+    assert counts.sum(1).mean() > 100
+    with pytest.raises(VennCellInputError, match="also a source"):
+        model.predict_modality(source=["rna"], target="rna")
+
+
+def test_write_latents_feeds_scanpy(trained_tiny):
+    import scanpy as sc
+
+    model, mdata, _ = trained_tiny
+    model.write_latents()
+    assert mdata.obsm["X_venn_shared"].shape == (mdata.n_obs, 4)
+    assert "X_venn_private_atac" in mdata.obsm and "X_venn_shared_stage1" in mdata.obsm
+    assert set(mdata.obs["venn_split"]) == {"train", "validation"}
+    sc.pp.neighbors(mdata, use_rep="X_venn_shared", n_neighbors=5)
+    assert "connectivities" in mdata.obsp
+
+
+def test_save_load_fresh_process_identical(trained_tiny, tmp_path):
+    model, mdata, _ = trained_tiny
+    model.save(tmp_path / "model")
+    data_path = tmp_path / "data.h5mu"
+    mdata.write(str(data_path))
+    np.save(tmp_path / "shared.npy", model.get_latent_representation())
+    np.save(tmp_path / "pred.npy", model.predict_modality(source=["rna", "atac"], target="protein"))
+    script = textwrap.dedent(f"""
+        import mudata, numpy as np
+        from venncell import VennCell
+        m = VennCell.load(r"{tmp_path / 'model'}")
+        d = mudata.read_h5mu(r"{data_path}")
+        np.save(r"{tmp_path / 'shared2.npy'}", m.get_latent_representation(d))
+        np.save(r"{tmp_path / 'pred2.npy'}", m.predict_modality(d, source=["rna", "atac"], target="protein"))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "shared.npy"), np.load(tmp_path / "shared2.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), np.load(tmp_path / "pred2.npy"))
+
+
+def test_load_with_training_data_restores_stage1(trained_tiny, tmp_path):
+    model, mdata, _ = trained_tiny
+    model.save(tmp_path / "m")
+    again = VennCell.load(tmp_path / "m", mdata=mdata)
+    np.testing.assert_array_equal(again.get_latent_representation(source="stage1"),
+                                  model.get_latent_representation(source="stage1"))
+
+
+def test_new_data_with_wrong_features(trained_tiny, tmp_path):
+    model, mdata, _ = trained_tiny
+    model.save(tmp_path / "m")
+    loaded = VennCell.load(tmp_path / "m")
+    bad = mdata.copy()
+    bad.mod["protein"] = bad["protein"][:, 3:].copy()
+    bad.update()
+    with pytest.raises(VennCellInputError, match=r"'protein': 3 feature\(s\) the model was trained on are missing"):
+        loaded.get_latent_representation(bad)
+    shuffled = mdata.copy()
+    order = np.random.default_rng(0).permutation(shuffled["rna"].n_vars)
+    shuffled.mod["rna"] = shuffled["rna"][:, order].copy()
+    shuffled.update()
+    with pytest.warns(UserWarning, match="reordered"):
+        z = loaded.get_latent_representation(shuffled)
+    np.testing.assert_allclose(z, model.get_latent_representation(), rtol=1e-5, atol=1e-5)
+
+
+def test_embed_new_cells_from_one_modality(trained_tiny):
+    model, mdata, _ = trained_tiny
+    sub = mdata.copy()
+    del sub.mod["atac"]
+    del sub.mod["protein"]
+    sub.update()
+    z = model.get_latent_representation(sub)
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(z, model.get_latent_representation(modalities=["rna"]), rtol=1e-5, atol=1e-5)
+    assert np.isnan(model.get_latent_representation(sub, block="private:atac")).all()
+
+
+def test_untrained_model_refuses(tiny_mdata):
+    VennCell.setup_mudata(tiny_mdata)
+    model = VennCell(tiny_mdata)
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.get_latent_representation()
+
+
+def test_load_rejects_non_model(tmp_path):
+    with pytest.raises(VennCellInputError, match="not a saved VennCell model"):
+        VennCell.load(tmp_path)
+    (tmp_path / "venncell.json").write_text('{"format": 1, "conf')
+    with pytest.raises(VennCellInputError, match="unreadable or truncated"):
+        VennCell.load(tmp_path)

@@ -1,0 +1,111 @@
+"""Bad input gets a clear VennCellInputError naming the modality, the problem and the fix."""
+
+from __future__ import annotations
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from venncell import VennCell, VennCellInputError
+from venncell.data import VennCellInputWarning
+
+
+def _pair(rna, prot, rna_names=None, prot_names=None):
+    a = ad.AnnData(rna)
+    a.obs_names = rna_names or [f"c{i}" for i in range(rna.shape[0])]
+    b = ad.AnnData(prot)
+    b.obs_names = prot_names or [f"c{i}" for i in range(prot.shape[0])]
+    return md.MuData({"rna": a, "protein": b})
+
+
+def _counts(n=20, f=6, seed=0):
+    return np.random.default_rng(seed).poisson(3, (n, f)).astype(np.float32) + 1
+
+
+def _build(mdata, **reg):
+    VennCell.setup_mudata(mdata, modalities=reg or None)
+    return VennCell(mdata, shared_dim=2, private_dim=2)
+
+
+def test_nan_is_named():
+    x = _counts()
+    x[3, 2] = np.nan
+    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN.*row 3, feature column 2"):
+        _build(_pair(x, _counts(seed=1)), rna={"kind": "rna", "likelihood": "nb"}, protein="protein")
+
+
+def test_negative_counts_under_nb():
+    x = _counts()
+    x[0, 0] = -1
+    with pytest.raises(VennCellInputError, match=r"'rna'.*negative binomial.*negative values.*likelihood='gaussian'"):
+        _build(_pair(x, _counts(seed=1)), rna={"kind": "rna", "likelihood": "nb"}, protein="protein")
+
+
+def test_non_integer_counts_under_nb():
+    x = _counts() + 0.5
+    with pytest.raises(VennCellInputError, match=r"'rna'.*non-integer.*layer='counts'"):
+        _build(_pair(x, _counts(seed=1)), rna={"kind": "rna", "likelihood": "nb"}, protein="protein")
+
+
+def test_non_binary_under_bernoulli():
+    with pytest.raises(VennCellInputError, match=r"'protein'.*Bernoulli.*binarize=true"):
+        _build(_pair(_counts(), _counts(seed=1)), rna="rna", protein={"kind": "protein", "likelihood": "bernoulli"})
+
+
+def test_no_common_cells():
+    m = _pair(_counts(), _counts(seed=1), prot_names=[f"x{i}" for i in range(20)])
+    with pytest.raises(VennCellInputError, match=r"No cell is measured in more than one modality"):
+        _build(m, rna="rna", protein="protein")
+
+
+def test_zero_features():
+    m = _pair(_counts(), np.zeros((20, 0), dtype=np.float32))
+    with pytest.raises(VennCellInputError, match=r"'protein' has zero features"):
+        _build(m, rna="rna", protein={"kind": "protein", "likelihood": "nb"})
+
+
+def test_all_zero_cell_under_counts():
+    x = _counts()
+    x[4] = 0
+    with pytest.raises(VennCellInputError, match=r"'rna'.*1 cell\(s\) are all-zero.*filter_cells"):
+        _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
+
+
+def test_zero_variance_feature_warns():
+    x = _counts()
+    x[:, 1] = 5
+    with pytest.warns(VennCellInputWarning, match=r"'rna': 1 feature\(s\) have zero variance"):
+        _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
+
+
+def test_missing_layer_and_modality():
+    m = _pair(_counts(), _counts(seed=1))
+    with pytest.raises(VennCellInputError, match=r"'rna': layer 'counts' does not exist"):
+        VennCell.setup_mudata(m, modalities={"rna": {"layer": "counts"}, "protein": "protein"})
+    with pytest.raises(VennCellInputError, match=r"Modality 'adt' is not in the MuData"):
+        VennCell.setup_mudata(m, modalities={"rna": "rna", "adt": "protein"})
+
+
+def test_single_modality_rejected():
+    m = _pair(_counts(), _counts(seed=1))
+    with pytest.raises(VennCellInputError, match="at least two modalities"):
+        VennCell.setup_mudata(m, modalities=["rna"])
+
+
+@pytest.mark.parametrize("key,value", [("shared_dim", 0), ("private_dim", -1), ("latent_noise", -0.1),
+                                       ("consistency_weight", -1.0)])
+def test_config_out_of_range(key, value):
+    m = _pair(_counts(), _counts(seed=1))
+    VennCell.setup_mudata(m)
+    kwargs = {"shared_dim": 2, "private_dim": 2, key: value}
+    with pytest.raises(VennCellInputError, match=rf"{key}=.*out of range"):
+        VennCell(m, **kwargs)
+
+
+def test_sparse_nan_is_named():
+    x = sp.csr_matrix(_counts())
+    x.data[7] = np.inf
+    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN/inf.*row 1"):
+        _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")

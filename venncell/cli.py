@@ -1,0 +1,212 @@
+"""Hydra entry points: ``venncell-train``, ``venncell-embed``, ``venncell-predict``.
+
+Each is a thin layer over ``venncell.api.VennCell``; there is no second training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import mudata as md
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from venncell.api import VennCell, atomic_write_h5mu
+from venncell.data.synthetic import make_synthetic, truth_from_mudata
+from venncell.data.validate import VennCellInputError
+
+log = logging.getLogger("venncell")
+
+
+def config_dir() -> str:
+    """The ``conf/`` folder: shipped inside the package (wheel) or beside it (editable checkout)."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "conf", here.parent / "conf"):
+        if (cand / "config.yaml").exists():
+            return str(cand)
+    raise FileNotFoundError("VennCell's Hydra configs (conf/config.yaml) were not found next to the package.")
+
+
+def read_mudata(path: str) -> md.MuData:
+    p = Path(path)
+    if not p.exists():
+        raise VennCellInputError(f"data.path={path}: no such file.")
+    try:
+        if p.suffix == ".h5ad":
+            raise VennCellInputError(f"data.path={path} is a single AnnData; VennCell needs a MuData (.h5mu) with "
+                                     "two or more modalities (build one with `mudata.MuData({'rna': a, 'prot': b})`).")
+        return md.read_h5mu(str(p))
+    except VennCellInputError:
+        raise
+    except Exception as e:  # h5py raises several types for damaged files
+        raise VennCellInputError(f"data.path={path} could not be read as .h5mu (unreadable or truncated): {e}") from None
+
+
+def load_data(cfg: DictConfig) -> md.MuData:
+    d = cfg.data
+    if d.name == "synthetic":
+        mdata, _ = make_synthetic(n_cells=d.n_cells, modalities=dict(d.modalities), shared_dim=d.true_shared_dim,
+                                  private_dim=d.true_private_dim, n_clusters=d.n_clusters, seed=d.seed)
+        return mdata
+    if d.name == "mudata":
+        return read_mudata(d.path)
+    raise VennCellInputError(f"data.name={d.name!r} is not known; use data=synthetic or data=mudata.")
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path):
+    """A factory: one logger per stage so each stage's CSV has its own step axis."""
+    kind = cfg.logger.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return lambda stage: CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
+    if kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
+        shared = {}
+
+        def factory(stage):
+            if "logger" not in shared:
+                shared["logger"] = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity,
+                                               save_dir=str(run_dir), mode=cfg.logger.mode, tags=list(cfg.logger.tags),
+                                               config=OmegaConf.to_container(cfg, resolve=True))
+            return shared["logger"]
+
+        return factory
+    raise VennCellInputError(f"logger.kind={kind!r} is not known; use logger=csv, logger=wandb or logger=none.")
+
+
+def _model_kwargs(cfg: DictConfig) -> dict:
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    m.pop("name", None)
+    return m
+
+
+def _train_kwargs(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.trainer, resolve=True)
+
+
+def run_train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Everything ``venncell-train`` does, callable from Python (tests, sweeps)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    mdata = load_data(cfg)
+    register = cfg.data.get("register")
+    VennCell.setup_mudata(mdata, modalities=OmegaConf.to_container(register) if register else None,
+                          batch_key=cfg.data.get("batch_key"))
+    model = VennCell(mdata, validation_fraction=cfg.data.validation_fraction, seed=cfg.seed, **_model_kwargs(cfg))
+    log.info("%s", model)
+    history = model.train(run_dir=run_dir, logger=make_loggers(cfg, run_dir), resume=cfg.resume, **_train_kwargs(cfg))
+    model.save(run_dir / "model")
+    model.write_latents()
+    metrics = {"history": history, "model": repr(model)}
+    truth = truth_from_mudata(mdata)
+    if truth is not None and cfg.evaluate_recovery:
+        from venncell.analysis.recovery import evaluate_recovery
+
+        metrics["recovery"] = {}
+        for source in ("encoder", "stage1"):
+            learned = {"shared": model.get_latent_representation(block="shared", source=source)}
+            for m in model.specs:
+                learned[f"private:{m}"] = model.get_latent_representation(block=f"private:{m}", source=source)
+            metrics["recovery"][source] = evaluate_recovery(learned, truth.blocks())
+        log.info("recovery (kNN R^2, encoder latents): %s", metrics["recovery"]["encoder"]["knn"]["summary"])
+    atomic_write_json(metrics, run_dir / "metrics.json")
+    atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
+    log.info("Wrote %s", run_dir)
+    return metrics
+
+
+def atomic_write_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _objective(metrics: dict, key: str) -> float:
+    flat = {**metrics["history"].get("stage1", {}), **metrics["history"].get("stage2", {})}
+    if key in flat:
+        return float(flat[key])
+    rec = metrics.get("recovery", {}).get("encoder", {}).get("knn", {}).get("summary", {})
+    if key in rec:
+        return float(rec[key])
+    raise KeyError(f"objective {key!r} not among the run's metrics ({sorted(flat)[:10]} ...)")
+
+
+def _friendly(fn):
+    """Turn VennCell's input errors into one clear line instead of a traceback."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VennCellInputError as e:
+            log.error("%s", e)
+            print(f"venncell: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+@hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
+def train(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = _friendly(run_train)(cfg, run_dir)
+    return _objective(metrics, cfg.objective)
+
+
+def _load_for_apply(cfg: DictConfig):
+    if not cfg.get("model_dir"):
+        raise VennCellInputError("model_dir=DIR is required (a run's <run_dir>/model folder).")
+    model = VennCell.load(cfg.model_dir)
+    mdata = read_mudata(cfg.data.path)
+    return model, mdata
+
+
+def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
+    model, mdata = _load_for_apply(cfg)
+    mods = list(cfg.modalities) if cfg.get("modalities") else None
+    model.write_latents(mdata, modalities=mods)
+    out = run_dir / cfg.output
+    atomic_write_h5mu(mdata, out)
+    log.info("Wrote %s", out)
+    return out
+
+
+def run_predict(cfg: DictConfig, run_dir: Path) -> Path:
+    model, mdata = _load_for_apply(cfg)
+    source = list(cfg.source)
+    pred = model.predict_modality(mdata, source=source, target=cfg.target, scale=cfg.scale)
+    key = f"X_venn_predicted_{cfg.target}"
+    mdata.obsm[key] = pred
+    mdata.uns["venn_predicted_features"] = {cfg.target: list(model.specs[cfg.target].features)}
+    out = run_dir / cfg.output
+    atomic_write_h5mu(mdata, out)
+    log.info("Wrote %s (obsm['%s'])", out, key)
+    return out
+
+
+@hydra.main(config_path=config_dir(), config_name="embed", version_base="1.3")
+def embed(cfg: DictConfig) -> None:
+    _friendly(run_embed)(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+@hydra.main(config_path=config_dir(), config_name="predict", version_base="1.3")
+def predict(cfg: DictConfig) -> None:
+    _friendly(run_predict)(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -1,0 +1,224 @@
+"""Cells x modalities in memory: sparse matrices aligned on one cell index, densified per mini-batch."""
+
+from __future__ import annotations
+
+import warnings
+
+import mudata as md
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from venncell.data.spec import ModalitySpec
+from venncell.data.validate import VennCellInputError, check_matrix
+
+
+def _select_matrix(a, spec: ModalitySpec):
+    if spec.layer is None:
+        return a.X
+    if spec.layer not in a.layers:
+        raise VennCellInputError(
+            f"Modality '{spec.name}': layer '{spec.layer}' does not exist (layers: {list(a.layers) or 'none'}). "
+            "Set layer=null to use .X or name an existing layer."
+        )
+    return a.layers[spec.layer]
+
+
+def _align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
+    """Column indices that put the data's features in the registered order (None = already in order)."""
+    var_names = list(map(str, var_names))
+    if var_names == spec.features:
+        return None
+    pos = {f: i for i, f in enumerate(var_names)}
+    missing = [f for f in spec.features if f not in pos]
+    if missing:
+        extra = [f for f in var_names if f not in set(spec.features)]
+        raise VennCellInputError(
+            f"Modality '{spec.name}': {len(missing)} feature(s) the model was trained on are missing from the data "
+            f"(first: {missing[:5]}); {len(extra)} extra feature(s) (first: {extra[:5]}). Give the data the "
+            "model's features (model.registry) — e.g. reindex and fill with zeros — or retrain."
+        )
+    if len(var_names) != len(spec.features):
+        warnings.warn(
+            f"Modality '{spec.name}': the data has {len(var_names) - len(spec.features)} extra feature(s); "
+            "using the model's features only, in the model's order.",
+            stacklevel=3,
+        )
+    elif set(var_names) == set(spec.features):
+        warnings.warn(f"Modality '{spec.name}': features reordered to the model's order.", stacklevel=3)
+    return np.array([pos[f] for f in spec.features])
+
+
+class MultiModalData:
+    """Aligned, validated matrices for every modality, plus presence masks and batch codes.
+
+    Cells are the rows of ``mdata.obs``; a cell absent from a modality (partially paired data) has
+    ``present[m][i] == False`` and its row is never used for that modality.
+    """
+
+    def __init__(
+        self,
+        mdata: md.MuData,
+        specs: dict[str, ModalitySpec],
+        batch_key: str | None = None,
+        batch_categories: list[str] | None = None,
+        fit_transform: bool = True,
+        allow_missing_modalities: bool = False,
+    ):
+        self.specs = specs
+        self.obs_names = np.asarray(mdata.obs_names).astype(str)
+        self.n_cells = len(self.obs_names)
+        if self.n_cells == 0:
+            raise VennCellInputError("The MuData has zero cells; nothing to train on.")
+        self.x: dict[str, sp.csr_matrix | np.ndarray] = {}
+        self.row: dict[str, np.ndarray] = {}  # global cell -> row in the modality, -1 when absent
+        self.library: dict[str, np.ndarray] = {}
+        for name, spec in specs.items():
+            if name not in mdata.mod:
+                if allow_missing_modalities:
+                    self.row[name] = np.full(self.n_cells, -1)
+                    continue
+                raise VennCellInputError(
+                    f"Modality '{name}' is registered but not in the MuData (it has {list(mdata.mod)})."
+                )
+            a = mdata.mod[name]
+            x = _select_matrix(a, spec)
+            if not fit_transform:
+                cols = _align_features(spec, a.var_names)
+                if cols is not None:
+                    x = x[:, cols]
+            check_matrix(name, x, spec.likelihood, spec.features or list(a.var_names), spec.binarize)
+            x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) or spec.likelihood != "gaussian" else np.asarray(x, dtype=np.float32)
+            if spec.binarize:
+                x = (x > 0).astype(np.float32)
+            if fit_transform:
+                spec.features = list(map(str, a.var_names))
+                if spec.encoder_transform == "standardise":
+                    dense = x.toarray() if sp.issparse(x) else x
+                    spec.feature_mean = dense.mean(0).tolist()
+                    spec.feature_std = (dense.std(0) + 1e-6).tolist()
+            self.x[name] = x
+            self.row[name] = self._rows(mdata, name)
+            self.library[name] = np.asarray(x.sum(1)).ravel().astype(np.float32)
+        present = [n for n in specs if (self.row[n] >= 0).any()]
+        if not present:
+            raise VennCellInputError("None of the registered modalities has a cell in this MuData.")
+        if fit_transform and len(specs) >= 2:
+            n_all = np.logical_and.reduce([self.row[n] >= 0 for n in specs])
+            n_any_pair = sum(((self.row[n] >= 0) & (self.row[k] >= 0)).any() for n in specs for k in specs if n < k)
+            if not n_all.any() and n_any_pair == 0:
+                raise VennCellInputError(
+                    "No cell is measured in more than one modality: the modalities' obs_names do not overlap "
+                    f"({', '.join(f'{n}: {self.row[n].__ge__(0).sum()} cells' for n in specs)}). Check that the "
+                    "cell barcodes use the same naming in every modality."
+                )
+        self.batch_key = batch_key
+        self.batch_categories = batch_categories
+        self.batch = None
+        if batch_key is not None:
+            if batch_key not in mdata.obs:
+                raise VennCellInputError(f"batch_key '{batch_key}' is not a column of mdata.obs.")
+            values = mdata.obs[batch_key].astype(str).to_numpy()
+            if batch_categories is None:
+                self.batch_categories = sorted(set(values))
+            lookup = {c: i for i, c in enumerate(self.batch_categories)}
+            unknown = sorted(set(values) - set(lookup))
+            if unknown:
+                raise VennCellInputError(f"Batch categories {unknown[:5]} were not seen in training.")
+            self.batch = np.array([lookup[v] for v in values])
+
+    @staticmethod
+    def _rows(mdata: md.MuData, name: str) -> np.ndarray:
+        if name in mdata.obsmap:
+            return np.asarray(mdata.obsmap[name]).astype(np.int64) - 1  # mudata stores 1-based, 0 = absent
+        return np.arange(mdata.n_obs)
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_categories) if self.batch_categories else 0
+
+    def present(self, name: str) -> np.ndarray:
+        return self.row[name] >= 0
+
+    def encoder_input(self, name: str, x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """Apply the recorded preprocessing that turns raw data into encoder input."""
+        spec = self.specs[name]
+        return encoder_transform(spec, x, library)
+
+    def get(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Densify the rows of the given cells for every modality."""
+        idx = np.asarray(idx)
+        out: dict[str, torch.Tensor] = {"idx": torch.as_tensor(idx, dtype=torch.long)}
+        if self.batch is not None:
+            out["batch"] = torch.as_tensor(self.batch[idx], dtype=torch.long)
+        for name, spec in self.specs.items():
+            rows = self.row[name][idx]
+            mask = rows >= 0
+            x = np.zeros((len(idx), spec.n_features), dtype=np.float32)
+            lib = np.ones(len(idx), dtype=np.float32)
+            if mask.any() and name in self.x:
+                sub = self.x[name][rows[mask]]
+                x[mask] = sub.toarray() if sp.issparse(sub) else sub
+                lib[mask] = self.library[name][rows[mask]]
+            out[f"x:{name}"] = torch.from_numpy(x)
+            out[f"mask:{name}"] = torch.from_numpy(mask)
+            out[f"lib:{name}"] = torch.from_numpy(lib).clamp_min(1.0).unsqueeze(1)
+        return out
+
+
+def encoder_transform(spec: ModalitySpec, x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    if spec.encoder_transform == "log1p_cp10k":
+        return torch.log1p(x / library * 1e4)
+    if spec.encoder_transform == "binary":
+        return (x > 0).float()
+    if spec.encoder_transform == "standardise":
+        mean = torch.as_tensor(spec.feature_mean, dtype=x.dtype)
+        std = torch.as_tensor(spec.feature_std, dtype=x.dtype)
+        return (x - mean) / std
+    raise ValueError(f"Modality '{spec.name}': unknown encoder_transform '{spec.encoder_transform}'.")
+
+
+class CellBatches(torch.utils.data.Sampler):
+    """Mini-batches of cell indices whose order depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch``; because the permutation is a pure function of the epoch, a run
+    resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0):
+        self.indices = np.asarray(indices)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = self.indices
+        if self.shuffle:
+            order = order[np.random.default_rng((self.seed, self.epoch)).permutation(len(order))]
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+
+
+class _BatchFetcher(torch.utils.data.Dataset):
+    def __init__(self, data: MultiModalData):
+        self.data = data
+
+    def __len__(self):
+        return self.data.n_cells
+
+    def __getitem__(self, idx):
+        return self.data.get(idx)
+
+
+def make_loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int = 0):
+    """A DataLoader yielding densified mini-batches; ``batch_size=None`` because the sampler batches."""
+    return torch.utils.data.DataLoader(
+        _BatchFetcher(data), sampler=CellBatches(indices, batch_size, shuffle, seed), batch_size=None
+    )

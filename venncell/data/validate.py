@@ -1,0 +1,112 @@
+"""Input checks that run before any training: every error names the modality, the problem and the fix."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class VennCellInputError(ValueError):
+    """Raised for data or configuration that VennCell cannot train on."""
+
+
+class VennCellInputWarning(UserWarning):
+    """Data VennCell can train on but the user should know about."""
+
+
+def _values(x) -> np.ndarray:
+    return x.data if sp.issparse(x) else np.asarray(x)
+
+
+def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False) -> None:
+    """Validate one modality's matrix against its likelihood."""
+    n_cells, n_features = x.shape
+    if n_cells == 0:
+        raise VennCellInputError(
+            f"Modality '{name}' has zero cells. Remove it from the MuData or supply cells for it."
+        )
+    if n_features == 0:
+        raise VennCellInputError(
+            f"Modality '{name}' has zero features. Remove it from the MuData or check the feature filter."
+        )
+    vals = _values(x)
+    if not np.issubdtype(vals.dtype, np.number):
+        raise VennCellInputError(f"Modality '{name}' holds non-numeric values (dtype {vals.dtype}); convert to float.")
+    finite = np.isfinite(vals)
+    if not finite.all():
+        bad = _first_bad(x, finite)
+        n_bad = int((~finite).sum())
+        raise VennCellInputError(
+            f"Modality '{name}' contains {n_bad} NaN/inf value(s){bad}. Impute or drop those cells/features "
+            "before training (e.g. `adata = adata[~np.isnan(adata.X).any(1)]`)."
+        )
+    if likelihood == "nb":
+        if vals.size and vals.min() < 0:
+            raise VennCellInputError(
+                f"Modality '{name}' uses the negative binomial (count) likelihood but has negative values "
+                f"(min {vals.min():.3g}). Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian' "
+                "for normalised data."
+            )
+        if vals.size and not np.allclose(vals, np.round(vals)):
+            raise VennCellInputError(
+                f"Modality '{name}' uses the negative binomial (count) likelihood but has non-integer values "
+                "(it looks normalised). Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian'."
+            )
+    if likelihood == "bernoulli" and not binarize:
+        if vals.size and not np.isin(np.unique(vals[:1_000_000]), (0, 1)).all():
+            raise VennCellInputError(
+                f"Modality '{name}' uses the Bernoulli likelihood but has values other than 0/1. "
+                "Set binarize=true for this modality (counts > 0 become 1) or choose another likelihood."
+            )
+    if likelihood in ("nb", "bernoulli"):
+        totals = np.asarray(x.sum(1)).ravel()
+        n_empty = int((totals == 0).sum())
+        if n_empty == n_cells:
+            raise VennCellInputError(f"Modality '{name}': every cell is all-zero; there is nothing to learn from.")
+        if n_empty and likelihood == "nb":
+            raise VennCellInputError(
+                f"Modality '{name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(totals == 0))}), so "
+                "their library size is 0 and the count likelihood is undefined. Filter them "
+                "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`) or mark the modality missing for them."
+            )
+    if n_cells > 1:
+        if sp.issparse(x):
+            mean = np.asarray(x.mean(0)).ravel()
+            sq = np.asarray(x.multiply(x).mean(0)).ravel()
+            var = sq - mean**2
+        else:
+            var = np.asarray(x).var(0)
+        const = np.flatnonzero(var <= 1e-12)
+        if const.size:
+            names = ", ".join(str(features[i]) for i in const[:5])
+            warnings.warn(
+                f"Modality '{name}': {const.size} feature(s) have zero variance ({names}"
+                f"{', ...' if const.size > 5 else ''}); they carry no information. Drop them with "
+                "`data.drop_constant_features=true` or filter before training.",
+                VennCellInputWarning,
+                stacklevel=3,
+            )
+
+
+def _first_bad(x, finite_values: np.ndarray) -> str:
+    """Locate the first non-finite entry as ' (first at cell row i, feature column j)'."""
+    k = int(np.argmin(finite_values.ravel()))
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+        row = int(np.searchsorted(x.indptr, k, side="right") - 1)
+        col = int(x.indices[k])
+    else:
+        row, col = np.unravel_index(k, x.shape)
+    return f" (first at cell row {row}, feature column {col})"
+
+
+def check_range(name: str, value, low=None, high=None, integer: bool = False) -> None:
+    """Validate a configuration value; ``name`` is the config key the user would edit."""
+    if integer and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
+        raise VennCellInputError(f"Config value {name}={value!r} must be an integer.")
+    if low is not None and value < low:
+        raise VennCellInputError(f"Config value {name}={value!r} is out of range: it must be >= {low}.")
+    if high is not None and value > high:
+        raise VennCellInputError(f"Config value {name}={value!r} is out of range: it must be <= {high}.")

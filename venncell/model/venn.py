@@ -1,0 +1,229 @@
+"""The Venn model as a pure ``torch.nn.Module``: latent tables, decoders, encoders and their losses.
+
+Lightning plans (``venncell.train``) decide what is optimised when; this module only computes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from venncell.data.dataset import encoder_transform
+from venncell.data.spec import ModalitySpec
+from venncell.model.penalties import normalised_hsic, unexplained_fraction
+from venncell.nn import MLP, make_likelihood
+
+
+@dataclass
+class VennConfig:
+    """Architecture and objective. ``apollo`` preset = consistency_weight = independence_weight = 0."""
+
+    shared_dim: int = 8
+    private_dim: int = 4
+    hidden: int = 128
+    n_layers: int = 2
+    encoder_hidden: int = 256
+    dropout: float = 0.0
+    latent_noise: float = 0.1
+    latent_init_std: float = 1.0
+    latent_l2: float = 1e-3
+    shared_only_weight: float = 1.0
+    # True: the shared-only decoders learn from the shared latent but do not shape it (VennCell);
+    # False: their gradient also moves the latent, pulling every modality's private signal into it (APOLLO).
+    shared_only_detach: bool = True
+    consistency_weight: float = 1.0
+    independence_weight: float = 1.0
+    stage2_recon_weight: float = 0.0
+
+
+class Decoder(nn.Module):
+    def __init__(self, d_in: int, spec: ModalitySpec, n_batches: int, cfg: VennConfig):
+        super().__init__()
+        self.n_batches = n_batches
+        self.net = MLP(d_in + n_batches, spec.n_features, cfg.hidden, cfg.n_layers, cfg.dropout)
+        self.likelihood = make_likelihood(spec.likelihood, spec.n_features)
+
+    def forward(self, z: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+        if self.n_batches:
+            z = torch.cat([z, nn.functional.one_hot(batch, self.n_batches).to(z.dtype)], dim=1)
+        return self.net(z)
+
+
+class Encoder(nn.Module):
+    """Maps one modality's preprocessed data to (shared, private) latents."""
+
+    def __init__(self, spec: ModalitySpec, shared_dim: int, private_dim: int, cfg: VennConfig):
+        super().__init__()
+        self.shared_dim = shared_dim
+        self.net = MLP(spec.n_features, shared_dim + private_dim, cfg.encoder_hidden, cfg.n_layers, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x)
+        return out[:, : self.shared_dim], out[:, self.shared_dim :]
+
+
+class VennModule(nn.Module):
+    """Per-cell latent tables (stage 1), per-modality decoders and encoders."""
+
+    def __init__(self, specs: dict[str, ModalitySpec], n_cells: int, cfg: VennConfig, n_batches: int = 0):
+        super().__init__()
+        self.specs = specs
+        self.cfg = cfg
+        self.n_batches = n_batches
+        self.private_dims = {m: s.private_dim or cfg.private_dim for m, s in specs.items()}
+        self.shared_table = self._table(n_cells, cfg.shared_dim, cfg.latent_init_std)
+        self.private_tables = nn.ModuleDict(
+            {m: self._table(n_cells, d, cfg.latent_init_std) for m, d in self.private_dims.items()}
+        )
+        self.decoders = nn.ModuleDict(
+            {m: Decoder(cfg.shared_dim + self.private_dims[m], s, n_batches, cfg) for m, s in specs.items()}
+        )
+        self.shared_decoders = nn.ModuleDict({m: Decoder(cfg.shared_dim, s, n_batches, cfg) for m, s in specs.items()})
+        self.encoders = nn.ModuleDict(
+            {m: Encoder(s, cfg.shared_dim, self.private_dims[m], cfg) for m, s in specs.items()}
+        )
+
+    @staticmethod
+    def _table(n_cells: int, dim: int, init_std: float) -> nn.Embedding:
+        # Sparse gradients: a step touches only the batch's rows, so its cost does not grow with cells.
+        table = nn.Embedding(n_cells, dim, sparse=True)
+        nn.init.normal_(table.weight, std=init_std)
+        return table
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.specs)
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        return [self.shared_table.weight] + [t.weight for t in self.private_tables.values()]
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        latent = {id(p) for p in self.latent_parameters()}
+        return [p for p in self.parameters() if id(p) not in latent]
+
+    @contextmanager
+    def networks_frozen(self):
+        """Inside, losses reach the latents but not decoders/encoders (used for held-out cells)."""
+        params = self.network_parameters()
+        saved = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, r in zip(params, saved):
+                p.requires_grad_(r)
+
+    # ------------------------------------------------------------------ pieces
+    def latents(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.shared_table(idx), {m: t(idx) for m, t in self.private_tables.items()}
+
+    def encode(self, m: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        x = encoder_transform(self.specs[m], batch[f"x:{m}"], batch[f"lib:{m}"])
+        return self.encoders[m](x)
+
+    def nll(self, m: str, raw: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per-cell NLL, averaged over features so that modalities of different width weigh alike."""
+        dec = self.decoders[m]
+        per_feature = dec.likelihood.nll(raw, batch[f"x:{m}"], batch[f"lib:{m}"])
+        return per_feature.mean(1)
+
+    def decode_raw(self, m: str, z_shared, z_private, batch: dict, shared_only: bool = False):
+        b = batch.get("batch")
+        if shared_only:
+            return self.shared_decoders[m](z_shared, b)
+        return self.decoders[m](torch.cat([z_shared, z_private], dim=1), b)
+
+    # ------------------------------------------------------------------ stage 1
+    def stage1_loss(self, batch: dict, noise: bool = True) -> dict[str, torch.Tensor]:
+        """The stage-1 objective for the batch's cells, term by term (``loss`` is the total).
+
+        Leakage control (the two terms the ``apollo`` preset switches off):
+        - consistency: each modality's encoder must predict the shared latent from that modality alone;
+          anything in the shared latent that one modality cannot see (another's private factors) costs.
+        - independence: normalised HSIC between shared and each private latent; shared factors copied
+          into a private block make them dependent.
+        """
+        cfg = self.cfg
+        z_s, z_p = self.latents(batch["idx"])
+        terms: dict[str, torch.Tensor] = {}
+        zs_in = z_s + cfg.latent_noise * torch.randn_like(z_s) if noise else z_s
+        total = cfg.latent_l2 * (z_s.pow(2).sum(1).mean())
+        for m in self.modalities:
+            mask = batch[f"mask:{m}"]
+            if not mask.any():
+                continue
+            w = self.specs[m].weight
+            zp = z_p[m]
+            zp_in = zp + cfg.latent_noise * torch.randn_like(zp) if noise else zp
+            raw = self.decode_raw(m, zs_in, zp_in, batch)
+            rec = _masked_mean(self.nll(m, raw, batch), mask)
+            terms[f"recon/{m}"] = rec
+            total = total + w * rec + cfg.latent_l2 * _masked_mean(zp.pow(2).sum(1), mask)
+            if cfg.shared_only_weight > 0:
+                zs_so = zs_in.detach() if cfg.shared_only_detach else zs_in
+                raw_s = self.decode_raw(m, zs_so, None, batch, shared_only=True)
+                rec_s = _masked_mean(self.nll(m, raw_s, batch), mask)
+                terms[f"recon_shared_only/{m}"] = rec_s
+                total = total + cfg.shared_only_weight * w * rec_s
+            if cfg.consistency_weight > 0 and mask.sum() > 2:
+                pred_s, _ = self.encode(m, batch)
+                cons = unexplained_fraction(z_s[mask], pred_s[mask])
+                terms[f"consistency/{m}"] = cons
+                total = total + cfg.consistency_weight * cons
+            if cfg.independence_weight > 0 and mask.sum() > 4:
+                dep = normalised_hsic(z_s[mask], zp[mask])
+                terms[f"independence/{m}"] = dep
+                total = total + cfg.independence_weight * dep
+        terms["loss"] = total
+        return terms
+
+    # ------------------------------------------------------------------ stage 2
+    def stage2_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Encoders regress the frozen stage-1 latents (scale-free), optionally plus reconstruction."""
+        with torch.no_grad():
+            z_s, z_p = self.latents(batch["idx"])
+        terms: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=z_s.device)
+        for m in self.modalities:
+            mask = batch[f"mask:{m}"]
+            if mask.sum() < 2:
+                continue
+            s_hat, p_hat = self.encode(m, batch)
+            err_s = unexplained_fraction(z_s[mask], s_hat[mask])
+            err_p = unexplained_fraction(z_p[m][mask], p_hat[mask])
+            terms[f"latent_shared/{m}"] = err_s
+            terms[f"latent_private/{m}"] = err_p
+            total = total + err_s + err_p
+            rec = _masked_mean(self.nll(m, self.decode_raw(m, s_hat, p_hat, batch), batch), mask)
+            terms[f"recon/{m}"] = rec
+            if self.cfg.stage2_recon_weight > 0:
+                total = total + self.cfg.stage2_recon_weight * rec
+        terms["loss"] = total
+        return terms
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def embed(self, batch: dict, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Encoder latents: shared = mean of the available modalities' estimates; private from its own."""
+        use = [m for m in (modalities or self.modalities) if m in self.specs]
+        n = batch["idx"].shape[0]
+        shared_sum = torch.zeros(n, self.cfg.shared_dim)
+        count = torch.zeros(n, 1)
+        out: dict[str, torch.Tensor] = {}
+        for m in self.modalities:
+            mask = batch[f"mask:{m}"]
+            s_hat, p_hat = self.encode(m, batch)
+            if m in use:
+                shared_sum += s_hat * mask[:, None]
+                count += mask[:, None].float()
+            out[f"private:{m}"] = torch.where(mask[:, None], p_hat, torch.full_like(p_hat, float("nan")))
+        out["shared"] = torch.where(count > 0, shared_sum / count.clamp_min(1), torch.full_like(shared_sum, float("nan")))
+        return out
+
+
+def _masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (v * mask).sum() / mask.sum().clamp_min(1)
