@@ -5,7 +5,6 @@ The Hydra CLI (``venncell.cli``) drives this same class, so both faces share one
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ import torch
 from venncell.data.dataset import MultiModalData, make_loader
 from venncell.data.spec import KINDS, KIND_DEFAULT_LIKELIHOOD, ModalitySpec, default_transform, guess_kind, infer_likelihood
 from venncell.data.validate import VennCellInputError, check_range
+from venncell.model.init import spectral_init
 from venncell.model.venn import VennConfig, VennModule
 from venncell.nn.likelihoods import LIKELIHOODS
 from venncell.train.schedule import TrainConfig, run_two_stage
@@ -128,6 +128,10 @@ class VennCell:
         self.validation_fraction = validation_fraction
         torch.manual_seed(seed)
         self.module = VennModule(specs, self.data.n_cells, self.config, self.data.n_batches)
+        if self.config.latent_init == "spectral":
+            start = spectral_init(self.data, self.config.shared_dim, self.module.private_dims, seed=seed)
+            if start is not None:
+                self.module.set_latents(*start)
         rng = np.random.default_rng(seed)
         n_val = int(round(validation_fraction * self.data.n_cells))
         self.is_train = np.ones(self.data.n_cells, dtype=bool)
@@ -147,7 +151,7 @@ class VennCell:
         return {m: s.to_dict() for m, s in self.specs.items()}
 
     # ------------------------------------------------------------------ training
-    def train(self, stage1_epochs: int = 200, stage2_epochs: int = 100, batch_size: int = 256,
+    def train(self, stage1_epochs: int = 100, stage2_epochs: int = 40, batch_size: int = 128,
               run_dir: str | Path | None = None, logger=None, resume: bool = False, **train_kwargs) -> dict:
         """Run stage 1 then stage 2 through Lightning. Extra keywords are ``TrainConfig`` fields
         (learning rates, accelerator, devices, progress_bar, ...) or go to ``lightning.Trainer``."""
@@ -347,6 +351,18 @@ class VennCell:
             self.data = _NoData(meta["batch_categories"])
         return self
 
+    # ------------------------------------------------------------------ analysis
+    def attribution(self, markers=None, **kwargs):
+        """Which latent block carries each feature and marker: shared or a modality's private one.
+
+        ``markers``: ``.obs`` columns or features (``"CD4"``, ``"protein:CD4"``); ``None`` = the categorical
+        ``.obs`` columns. Writes ``venn_shared_fraction`` etc. into ``mdata[mod].var`` and returns an
+        ``AttributionResult`` (``.markers`` holds the verdicts). Keywords: see ``venncell.analysis.attribution``.
+        """
+        from venncell.analysis.attribution import attribute
+
+        return attribute(self, markers, **kwargs)
+
 
 class _NoData:
     """Placeholder for a model loaded without its training data."""
@@ -374,6 +390,8 @@ def _check_config(cfg: VennConfig) -> None:
     check_range("encoder_hidden", cfg.encoder_hidden, 1, integer=True)
     check_range("n_layers", cfg.n_layers, 0, integer=True)
     check_range("dropout", cfg.dropout, 0.0, 0.99)
+    if cfg.latent_init not in ("spectral", "random"):
+        raise VennCellInputError(f"Config value latent_init={cfg.latent_init!r} must be 'spectral' or 'random'.")
     for name in ("latent_noise", "latent_l2", "shared_only_weight", "consistency_weight", "independence_weight",
                  "stage2_recon_weight"):
         check_range(name, getattr(cfg, name), 0.0)
@@ -396,4 +414,3 @@ def atomic_write_h5mu(mdata: md.MuData, path: str | Path) -> None:
 
 
 __all__ = ["VennCell", "atomic_write_h5mu"]
-_ = copy  # kept for refine_latents (added with test-time refinement)

@@ -68,20 +68,10 @@ def make_loggers(cfg: DictConfig, run_dir: Path):
         from lightning.pytorch.loggers import CSVLogger
 
         return lambda stage: CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
-    if kind == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
+    if kind == "wandb":  # one W&B run for both stages; wandb is imported only here
+        from venncell.tracking import wandb_logger_factory
 
-        os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-        shared = {}
-
-        def factory(stage):
-            if "logger" not in shared:
-                shared["logger"] = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity,
-                                               save_dir=str(run_dir), mode=cfg.logger.mode, tags=list(cfg.logger.tags),
-                                               config=OmegaConf.to_container(cfg, resolve=True))
-            return shared["logger"]
-
-        return factory
+        return wandb_logger_factory(cfg, run_dir)
     raise VennCellInputError(f"logger.kind={kind!r} is not known; use logger=csv, logger=wandb or logger=none.")
 
 
@@ -121,7 +111,13 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
             metrics["recovery"][source] = evaluate_recovery(learned, truth.blocks())
         log.info("recovery (kNN R^2, encoder latents): %s", metrics["recovery"]["encoder"]["knn"]["summary"])
     atomic_write_json(metrics, run_dir / "metrics.json")
+    if cfg.report:  # before venn.h5mu is written, so that it carries the venn_* .var columns
+        from venncell.cli_report import write_run_report
+        write_run_report(model, run_dir)
     atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
+    from venncell.tracking import finish_run
+
+    finish_run(cfg, run_dir, metrics)  # keep last: logs recovery and <run_dir>/figures/*.png to W&B, closes the run
     log.info("Wrote %s", run_dir)
     return metrics
 
@@ -150,6 +146,12 @@ def _objective(metrics: dict, key: str) -> float:
     raise KeyError(f"objective {key!r} not among the run's metrics ({sorted(flat)[:10]} ...)")
 
 
+def _in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _friendly(fn):
     """Turn VennCell's input errors into one clear line instead of a traceback."""
 
@@ -159,6 +161,8 @@ def _friendly(fn):
         except VennCellInputError as e:
             log.error("%s", e)
             print(f"venncell: error: {e}", file=sys.stderr)
+            if _in_multirun():  # an exception (not an exit) lets Hydra record it and run the other jobs
+                raise
             raise SystemExit(2) from None
 
     return wrapper

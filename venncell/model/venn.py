@@ -29,13 +29,14 @@ class VennConfig:
     dropout: float = 0.0
     latent_noise: float = 0.1
     latent_init_std: float = 1.0
+    latent_init: str = "spectral"  # spectral (see venncell.model.init) | random
     latent_l2: float = 1e-3
     shared_only_weight: float = 1.0
     # True: the shared-only decoders learn from the shared latent but do not shape it (VennCell);
     # False: their gradient also moves the latent, pulling every modality's private signal into it (APOLLO).
     shared_only_detach: bool = True
     consistency_weight: float = 1.0
-    independence_weight: float = 1.0
+    independence_weight: float = 0.1
     stage2_recon_weight: float = 0.0
 
 
@@ -92,6 +93,13 @@ class VennModule(nn.Module):
         table = nn.Embedding(n_cells, dim, sparse=True)
         nn.init.normal_(table.weight, std=init_std)
         return table
+
+    @torch.no_grad()
+    def set_latents(self, shared, private: dict) -> None:
+        scale = self.cfg.latent_init_std
+        self.shared_table.weight.copy_(torch.as_tensor(shared, dtype=torch.float32) * scale)
+        for m, z in private.items():
+            self.private_tables[m].weight.copy_(torch.as_tensor(z, dtype=torch.float32) * scale)
 
     @property
     def modalities(self) -> list[str]:

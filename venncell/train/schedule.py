@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    stage1_epochs: int = 200
-    stage2_epochs: int = 100
-    batch_size: int = 256
+    stage1_epochs: int = 100
+    stage2_epochs: int = 40
+    batch_size: int = 128
     lr_network: float = 1e-3
-    lr_latent: float = 1e-2
+    lr_latent: float = 5e-2
     lr_encoder: float = 1e-3
     grad_clip: float = 10.0
     seed: int = 0
@@ -88,10 +89,22 @@ def _trainer(cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers) 
 
 
 def _resume_path(run_dir: Path, stage: str, resume: bool) -> str | None:
-    last = run_dir / "checkpoints" / stage / "last.ckpt"
-    if resume and last.exists():
-        log.info("Resuming %s from %s", stage, last)
-        return str(last)
+    """The newest readable checkpoint of a stage: a kill during a checkpoint write can leave
+    ``last.ckpt`` truncated, and then the per-epoch copy beside it is used instead."""
+    if not resume:
+        return None
+    folder = run_dir / "checkpoints" / stage
+    candidates = [folder / "last.ckpt"] + sorted(folder.glob("epoch*.ckpt"), reverse=True)
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated zip, pickle error, ...
+            log.warning("Checkpoint %s is unreadable (%s); trying an older one.", path, e)
+            continue
+        log.info("Resuming %s from %s", stage, path)
+        return str(path)
     return None
 
 
@@ -116,9 +129,11 @@ def run_two_stage(
 
     plan1 = Stage1Plan(module, is_train, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed)
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
+    t0 = time.perf_counter()
     trainer1.fit(plan1, train_dataloaders=make_loader(data, all_idx, cfg.batch_size, True, cfg.seed),
                  ckpt_path=_resume_path(run_dir, "stage1", resume))
-    metrics = {"stage1": _numbers(trainer1.callback_metrics)}
+    metrics = {"stage1": _numbers(trainer1.callback_metrics), "wall_time_s": {"stage1": time.perf_counter() - t0}}
+    t0 = time.perf_counter()
 
     plan2 = Stage2Plan(module, cfg.lr_encoder, seed=cfg.seed)
     trainer2, _ = _trainer(cfg, "stage2", cfg.stage2_epochs, run_dir, loggers)
@@ -128,6 +143,7 @@ def run_two_stage(
     if val_loader is not None:
         trainer2.validate(plan2, dataloaders=val_loader, verbose=False)
     metrics["stage2"] = _numbers(trainer2.callback_metrics)
+    metrics["wall_time_s"]["stage2"] = time.perf_counter() - t0
     module.eval()
     return metrics
 

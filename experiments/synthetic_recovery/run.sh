@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Synthetic ground truth (3 modalities, the built-in default): VennCell vs the plain APOLLO recipe, same data,
+# same seed, same epochs. Writes runs under experiments/synthetic_recovery/runs/ and the table RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")"
+venncell-train hydra.run.dir=runs/venncell
+venncell-train model=apollo hydra.run.dir=runs/apollo
+python collect.py runs/venncell runs/apollo > RESULTS.md
+cat RESULTS.md

@@ -1,0 +1,124 @@
+"""Sweeps: hparams_search=optuna end to end (2 tiny trials), failed jobs, and venncell-sweep-summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from venncell.sweep import main
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+TINY = ["trainer=fast", "data.n_cells=200", "data.modalities={rna:60,protein:20,atac:60}",
+        "model.hidden=32", "model.encoder_hidden=32", "trainer.batch_size=64"]
+SEARCHED = {"model.shared_dim", "model.private_dim", "model.latent_noise", "trainer.lr_latent", "trainer.lr_network"}
+CALLBACK = "+hydra.callbacks.sweep_summary._target_=venncell.sweep.SweepSummaryCallback"
+
+
+def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if ok and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def optuna_sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("optuna")
+    run(["venncell-train", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY, "trainer.stage1_epochs=2",
+         "trainer.stage2_epochs=1", "logger=none", f"hydra.sweep.dir={out}"])
+    return out
+
+
+def test_optuna_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from venncell.cli import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=optuna", "objective=shared_recovery",
+                                           "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=7"],
+                      return_hydra_config=True)
+    sw = cfg.hydra.sweeper
+    assert sw._target_.endswith("OptunaSweeper") and sw.n_trials == 7 and sw.direction == "maximize"
+    assert set(sw.params) == SEARCHED
+    assert cfg.objective == "shared_recovery" and str(cfg.hydra.mode).endswith("MULTIRUN")
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "venncell.sweep.SweepSummaryCallback"
+
+
+def test_optuna_sweep(optuna_sweep):
+    d = optuna_sweep
+    best = OmegaConf.load(d / "optimization_results.yaml")
+    assert set(best.best_params) == SEARCHED
+    runs = sorted(p for p in d.iterdir() if (p / ".hydra").is_dir())
+    assert [p.name for p in runs] == ["0", "1"]
+    losses = []
+    for r in runs:
+        overrides = {o.split("=", 1)[0] for o in OmegaConf.load(r / ".hydra" / "overrides.yaml")}
+        assert SEARCHED <= overrides
+        losses.append(json.loads((r / "metrics.json").read_text())["history"]["stage2"]["stage2/val/loss"])
+    assert best.best_value == pytest.approx(min(losses))
+
+    # written by the Hydra callback when the multirun ended
+    rows = read_csv(d / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"] and [r["rank"] for r in rows] == ["1", "2"]
+    objs = [float(r["objective"]) for r in rows]
+    assert objs == sorted(losses)
+    assert {"model.shared_dim", "stage2/val/loss", "stage1/val/loss", "shared_recovery", "error"} <= set(rows[0])
+    md = (d / "sweep_summary.md").read_text()
+    assert "Objective: `stage2/val/loss` (minimize)" in md and "| model.shared_dim |" in md
+
+
+def test_summary_cli_maximize_and_failed_run(optuna_sweep, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(optuna_sweep, sweep)
+    (sweep / "sweep_summary.csv").unlink()
+    # a job that died before writing metrics.json, with the error only in its Hydra log
+    dead = sweep / "2"
+    (dead / ".hydra").mkdir(parents=True)
+    (dead / ".hydra" / "overrides.yaml").write_text("- model.shared_dim=99\n")
+    (dead / "cli.log").write_text("[2024-01-01 00:00:00,000][venncell][INFO] - start\n"
+                                  "[2024-01-01 00:00:01,000][venncell][ERROR] - something | broke\n")
+    assert shutil.which("venncell-sweep-summary")  # the console script; called in-process below (faster)
+    assert main([str(sweep), "--objective", "shared_recovery", "--direction", "maximize"]) == 0
+    out = capsys.readouterr().out
+    assert "Wrote" in out and "(maximize)" in out
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    rec = [float(r["shared_recovery"]) for r in rows[:2]]
+    assert rec == sorted(rec, reverse=True) and [float(r["objective"]) for r in rows[:2]] == rec
+    assert rows[2]["run"] == "2" and rows[2]["error"] == "something | broke" and rows[2]["rank"] == ""
+    assert "something \\| broke" in (sweep / "sweep_summary.md").read_text()
+
+    # defaults come from the sweep itself (objective stage2/val/loss, the Optuna sweeper's direction)
+    assert main([str(sweep), "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    assert "Objective: `stage2/val/loss` (minimize)" in (tmp_path / "t" / "sweep_summary.md").read_text()
+
+    assert main([str(tmp_path / "t")]) == 2
+    assert "no runs" in capsys.readouterr().err
+
+
+def test_failed_jobs_are_listed(tmp_path):
+    # job 0 fails inside Lightning (recorded by the callback), job 1 on a VennCell input error (which ends the
+    # multirun; its message is only in the job's log)
+    res = run(["venncell-train", "-m", *TINY, "logger=none", "data.name=synthetic,bogus", "trainer.accelerator=bogus",
+               CALLBACK, f"hydra.sweep.dir={tmp_path}"], ok=False)
+    assert res.returncode != 0
+    assert "invalid accelerator" in (tmp_path / "0" / "job_error.txt").read_text()
+    assert main([str(tmp_path), "--quiet"]) == 0
+    rows = {r["run"]: r for r in read_csv(tmp_path / "sweep_summary.csv")}
+    assert rows["0"]["status"] == rows["1"]["status"] == "failed"
+    assert rows["0"]["error"].startswith("ValueError: ") and "accelerator" in rows["0"]["error"]
+    assert "data.name='bogus' is not known" in rows["1"]["error"]
+    assert rows["1"]["data.name"] == "bogus"
