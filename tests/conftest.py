@@ -11,10 +11,13 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# One intra-op thread, inherited by the CLI subprocesses: on a 2-core machine, several processes each
+# spinning 2 OpenMP threads slow each other down by an order of magnitude.
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 mudata.set_options(pull_on_update=False)
 warnings.filterwarnings("ignore", category=FutureWarning)
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TINY_MODS = {"rna": 60, "protein": 20, "atac": 60}

@@ -179,13 +179,13 @@ def test_feature_marker_is_probed_without_its_modality(trained_tiny, monkeypatch
 
     model, mdata, _ = trained_tiny
     seen = {}
-    original = A.probe_marker
+    original = A.probe_markers
 
-    def spy(values, blocks, *args, **kwargs):
+    def spy(markers, blocks, *args, **kwargs):
         seen.update(blocks)
-        return original(values, blocks, *args, **kwargs)
+        return original(markers, blocks, *args, **kwargs)
 
-    monkeypatch.setattr(A, "probe_marker", spy)
+    monkeypatch.setattr(A, "probe_markers", spy)
     feature = mdata["protein"].var_names[3]
     model.attribution([f"protein:{feature}"], max_cells=0, **FAST_PROBES)
     others = model.get_latent_representation(modalities=["rna", "atac"])

@@ -30,6 +30,8 @@ def write_run_report(model: VennCell, run_dir: Path, markers=None, umap: bool = 
 
 
 def run_report(cfg: DictConfig):
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise VennCellInputError("run_dir=DIR is required: the folder of a finished venncell-train run.")
     run_dir = Path(cfg.run_dir)
     model_dir, data_path = run_dir / "model", run_dir / "venn.h5mu"
     for p, what in ((model_dir, "model/ folder"), (data_path, "venn.h5mu")):

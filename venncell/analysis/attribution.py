@@ -147,7 +147,7 @@ class AttributionResult:
         written = []
         for name, df in tables.items():
             written.append(_atomic_write(out / name, df.to_csv(index=name.startswith("attribution_features_"))))
-        text = json.dumps(self.to_dict(), indent=1, default=_jsonable, allow_nan=True)
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)  # strict JSON: NaN went to null in _records
         written.append(_atomic_write(out / "attribution.json", text))
         return written
 
@@ -379,8 +379,11 @@ def _modality_summary(m: str, boot: dict[str, np.ndarray], cfg: AttributionConfi
 
 def _top_features(df: pd.DataFrame, n: int) -> dict[str, list[str]]:
     shared, private = venn_regions({"full": df["ev_full"].to_numpy(), "shared": df["ev_shared"].to_numpy()})
-    order = {"shared": np.argsort(-shared)[:n], "private": np.argsort(-private)[:n]}
-    return {region: [str(df.index[i]) for i in pos] for region, pos in order.items()}
+    out = {}
+    for region, ev in (("shared", shared), ("private", private)):
+        top = np.argsort(-ev)[:n]
+        out[region] = [str(df.index[i]) for i in top if ev[i] > 0]  # a region nothing falls in stays empty
+    return out
 
 
 def write_var_columns(mdata, features: dict[str, pd.DataFrame]) -> None:
@@ -421,7 +424,7 @@ def resolve_marker(model, name: str, idx: np.ndarray) -> Marker:
         raise VennCellInputError(f"Marker {name!r} is ambiguous: it names {names}. Use one of those qualified names.")
     source, key = hits[0]
     if source == "obs":
-        col = mdata.obs[key].reindex(model.data.obs_names).iloc[idx]
+        col = mdata.obs[key].iloc[idx]  # mdata.obs rows are the model's cells, in order
         kind = _infer_kind(col)
         values = col.astype(object if kind == "categorical" else float).to_numpy()
         return Marker(name, "obs", kind, values)
@@ -736,14 +739,6 @@ def _concat(frames: list[pd.DataFrame], first: list[str]) -> pd.DataFrame:
 
 def _records(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records")) if len(df) else []
-
-
-def _jsonable(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 def _atomic_write(path: Path, text: str) -> Path:

@@ -167,7 +167,8 @@ def _fig_venn(result: AttributionResult):
         ax.barh(y, v, left=left, color=COLORS[key], label=label, xerr=err, ecolor="#333", capsize=2)
         left += v
     for i, share in enumerate(s["shared_share"]):
-        ax.text(1.01, i, f"{100 * share:.0f} % of explained is shared", va="center", fontsize=9)
+        text = f"{100 * share:.0f} % of explained is shared" if np.isfinite(share) else "nothing explained"
+        ax.text(1.01, i, text, va="center", fontsize=9)
     ax.set_yticks(y, s["modality"])
     ax.set_xlim(0, 1)
     ax.set_xlabel("mean explained variance over features")
@@ -187,6 +188,7 @@ def _fig_features(result: AttributionResult):
             for f in result.top_features[m][region][:3]:
                 ax.annotate(f, (shared[pos[f]], private[pos[f]]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set(title=m, xlabel="EV shared-only", ylabel="EV added by private")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
     fig.colorbar(sc, ax=axes[0].tolist(), label="shared fraction", shrink=0.8)
     return fig
 
