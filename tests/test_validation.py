@@ -109,3 +109,21 @@ def test_sparse_nan_is_named():
     x.data[7] = np.inf
     with pytest.raises(VennCellInputError, match=r"'rna'.*NaN/inf.*row 1"):
         _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
+
+
+# ---------------------------------------------------------------- property-based: any such input, same error
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 30), f=st.integers(2, 12), row=st.integers(0, 1000), col=st.integers(0, 1000),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf, -1.0, 2.5]), sparse=st.booleans())
+def test_any_bad_count_value_is_reported(n, f, row, col, bad, sparse):
+    x = _counts(n, f)
+    r, c = row % n, col % f
+    x[r, c] = bad
+    m = _pair(sp.csr_matrix(x) if sparse else x, _counts(n, 4, seed=1))
+    expected = {True: r"NaN/inf.*first at cell row", False: r"negative values" if bad < 0 else r"non-integer"}
+    with pytest.raises(VennCellInputError, match=rf"Modality 'rna'.*{expected[not np.isfinite(bad)]}"):
+        _build(m, rna={"kind": "rna", "likelihood": "nb"}, protein={"kind": "protein", "likelihood": "nb"})

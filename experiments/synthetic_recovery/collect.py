@@ -33,8 +33,13 @@ def main(run_dirs):
                     s = runs[n]["recovery"][source][probe]["summary"]
                     vals.append(f"{s[key]:.3f}" if key in s else "–")
                 print(f"| {label} | " + " | ".join(vals) + " |")
+    print("\n`spectral_init_only` is the linear starting point of `venncell` (generalised CCA for shared, residual "
+          "PCA for privates) before any training: a MOFA-like linear baseline on the same cells. It has no "
+          "encoders, so its 'encoder' rows repeat its latents.\n")
     print("\n## Wall time and stage-2 held-out metrics\n")
     for n, r in runs.items():
+        if not r["history"]["stage2"]:
+            continue
         st2 = r["history"]["stage2"]
         keys = [k for k in st2 if k.startswith("stage2/val/") and "recon" in k]
         wall = r["history"].get("wall_time_s", {})

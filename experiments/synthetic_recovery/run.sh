@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 venncell-train hydra.run.dir=runs/venncell
 venncell-train model=apollo hydra.run.dir=runs/apollo
-python collect.py runs/venncell runs/apollo > RESULTS.md
+python init_baseline.py
+python collect.py runs/venncell runs/apollo runs/spectral_init_only > RESULTS.md
 cat RESULTS.md
