@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sweep shared_dim x latent_noise (3 x 3 = 9 runs) on the synthetic default data
 # (3000 cells, RNA 1000 + protein 100 + ATAC 1000 features, true shared dim 4, true private dim 2),
-# with the default trainer (200 stage-1 + 100 stage-2 epochs), one run after another on the CPU.
+# with the default trainer (100 stage-1 + 40 stage-2 epochs), one run after another on the CPU.
 # Not run yet: see README.md. Run from anywhere: `bash experiments/sweep_shared_dim_noise/run.sh`.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,8 +14,7 @@ venncell-train -m \
   trainer.progress_bar=none \
   logger=csv \
   objective=shared_recovery \
-  +hydra.callbacks.sweep_summary._target_=venncell.sweep.SweepSummaryCallback \
-  +hydra.callbacks.sweep_summary.direction=maximize \
+  hydra.callbacks.sweep_summary.direction=maximize \
   hydra.sweep.dir="$SWEEP_DIR" "$@"
 status=$?
 

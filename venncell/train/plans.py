@@ -31,7 +31,6 @@ class _Plan(L.LightningModule):
         super().__init__()
         self.module = module
         self.seed = seed
-        self.last_good_checkpoint: str | None = None
 
     def on_train_batch_start(self, batch, batch_idx):
         torch.manual_seed(_step_seed(self.seed, self.stage, self.global_step))
@@ -41,7 +40,8 @@ class _Plan(L.LightningModule):
         if not bad:
             return
         culprit = [k for k in bad if k != "loss"] or bad
-        ckpt = self.last_good_checkpoint or "none saved yet"
+        saver = self.trainer.checkpoint_callback if self._trainer is not None else None
+        ckpt = (saver.last_model_path if saver is not None else "") or "none saved yet"
         raise NonFiniteLossError(
             f"Stage {self.stage} {where} loss became non-finite at step {self.global_step} in term(s) "
             f"{culprit} (the part after '/' is the modality). Last good checkpoint: {ckpt}. Usual fixes: lower "

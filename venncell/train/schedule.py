@@ -41,17 +41,6 @@ class TrainConfig:
     trainer_kwargs: dict = field(default_factory=dict)
 
 
-class _RememberCheckpoint(Callback):
-    """Tells the plan where its last good checkpoint is, so a NaN error can name it."""
-
-    def __init__(self, ckpt: ModelCheckpoint):
-        self.ckpt = ckpt
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self.ckpt.last_model_path:
-            pl_module.last_good_checkpoint = self.ckpt.last_model_path
-
-
 def _progress(kind: str) -> list[Callback]:
     if kind == "rich":
         return [RichProgressBar(leave=True)]
@@ -63,7 +52,7 @@ def _progress(kind: str) -> list[Callback]:
 def _trainer(cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers) -> tuple[L.Trainer, ModelCheckpoint]:
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="epoch{epoch:04d}",
                            auto_insert_metric_name=False, save_last=True, save_top_k=1, every_n_epochs=1)
-    callbacks = [ckpt, _RememberCheckpoint(ckpt), *_progress(cfg.progress_bar)]
+    callbacks = [ckpt, *_progress(cfg.progress_bar)]
     kwargs = dict(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
