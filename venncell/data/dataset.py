@@ -104,9 +104,8 @@ class MultiModalData:
         if not present:
             raise VennCellInputError("None of the registered modalities has a cell in this MuData.")
         if fit_transform and len(specs) >= 2:
-            n_all = np.logical_and.reduce([self.row[n] >= 0 for n in specs])
-            n_any_pair = sum(((self.row[n] >= 0) & (self.row[k] >= 0)).any() for n in specs for k in specs if n < k)
-            if not n_all.any() and n_any_pair == 0:
+            paired = any(((self.row[n] >= 0) & (self.row[k] >= 0)).any() for n in specs for k in specs if n < k)
+            if not paired:
                 raise VennCellInputError(
                     "No cell is measured in more than one modality: the modalities' obs_names do not overlap "
                     f"({', '.join(f'{n}: {self.row[n].__ge__(0).sum()} cells' for n in specs)}). Check that the "
@@ -139,11 +138,6 @@ class MultiModalData:
 
     def present(self, name: str) -> np.ndarray:
         return self.row[name] >= 0
-
-    def encoder_input(self, name: str, x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-        """Apply the recorded preprocessing that turns raw data into encoder input."""
-        spec = self.specs[name]
-        return encoder_transform(spec, x, library)
 
     def get(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Densify the rows of the given cells for every modality."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import numpy as np
 import torch
@@ -138,8 +136,3 @@ class Stage2Plan(_Plan):
     def validation_step(self, batch, batch_idx):
         terms = self.module.stage2_loss(batch)
         self._log_terms(terms, "stage2/val", len(batch["idx"]), on_step=False)
-
-
-def finite_or_none(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
