@@ -42,16 +42,19 @@ def main():
              "| marker | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for i, row in m.iterrows():
         lines.append(f"| {row.get('marker', i)} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
-    lines += ["", "## Explained variance per modality\n", "| modality | " + " | ".join(map(str, res.modalities.columns)) + " |",
-              "|---|" + "---|" * len(res.modalities.columns)]
-    for name, row in res.modalities.iterrows():
+    mods = res.modalities.set_index("modality") if "modality" in res.modalities else res.modalities
+    lines += ["", "## Explained variance per modality\n", "| modality | " + " | ".join(map(str, mods.columns)) + " |",
+              "|---|" + "---|" * len(mods.columns)]
+    for name, row in mods.iterrows():
         lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
     (HERE / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def _fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return "–" if v != v else f"{v:.3f}"
+    return str(v)
 
 
 if __name__ == "__main__":
