@@ -151,14 +151,16 @@ class VennCell:
         return {m: s.to_dict() for m, s in self.specs.items()}
 
     # ------------------------------------------------------------------ training
-    def train(self, stage1_epochs: int = 100, stage2_epochs: int = 40, batch_size: int = 128,
+    def train(self, stage1_epochs: int | None = None, stage2_epochs: int | None = None, batch_size: int | None = None,
               run_dir: str | Path | None = None, logger=None, resume: bool = False, **train_kwargs) -> dict:
         """Run stage 1 then stage 2 through Lightning. Extra keywords are ``TrainConfig`` fields
         (learning rates, accelerator, devices, progress_bar, ...) or go to ``lightning.Trainer``."""
         known = {f.name for f in fields(TrainConfig)}
         trainer_kwargs = {k: train_kwargs.pop(k) for k in list(train_kwargs) if k not in known}
-        cfg = TrainConfig(stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, batch_size=batch_size,
-                          seed=self.seed, trainer_kwargs=trainer_kwargs, **train_kwargs)
+        # None = TrainConfig's default, so the API and conf/trainer/default.yaml share one set of defaults
+        given = {"stage1_epochs": stage1_epochs, "stage2_epochs": stage2_epochs, "batch_size": batch_size}
+        train_kwargs.update({k: v for k, v in given.items() if v is not None})
+        cfg = TrainConfig(seed=self.seed, trainer_kwargs=trainer_kwargs, **train_kwargs)
         check_range("stage1_epochs", cfg.stage1_epochs, 1, integer=True)
         check_range("stage2_epochs", cfg.stage2_epochs, 1, integer=True)
         check_range("batch_size", cfg.batch_size, 2, integer=True)

@@ -19,8 +19,6 @@ from venncell.data.dataset import MultiModalData, encoder_transform
 
 
 def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
-    import torch
-
     spec = data.specs[m]
     batch = data.get(rows)
     x = encoder_transform(spec, batch[f"x:{m}"], batch[f"lib:{m}"]).numpy()
