@@ -51,3 +51,44 @@ def trained_tiny(tmp_path_factory):
     model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
     model.train(run_dir=tmp_path_factory.mktemp("tiny_run"), **FAST)
     return model, mdata, truth
+
+
+# --- error catalogue -------------------------------------------------------------------------------
+# With VENNCELL_ERROR_TABLE=path, every VennCell error/warning raised while a test runs is recorded with
+# the test's id and written to that JSON file; docs/build_error_table.py turns it into docs/errors.md, so
+# the table of bad inputs and their messages comes from the tests rather than being written by hand.
+_CATALOGUE_PATH = os.environ.get("VENNCELL_ERROR_TABLE")
+_catalogue: list[dict] = []
+_current_test = {"id": None, "doc": ""}
+
+
+def _record(cls):
+    original = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if _current_test["id"] and args:
+            _catalogue.append({"test": _current_test["id"], "doc": _current_test["doc"],
+                               "type": cls.__name__, "message": str(args[0])})
+
+    cls.__init__ = __init__
+
+
+if _CATALOGUE_PATH:
+    from venncell.data import VennCellInputError, VennCellInputWarning
+    from venncell.train.plans import NonFiniteLossError
+
+    for _cls in (VennCellInputError, VennCellInputWarning, NonFiniteLossError):
+        _record(_cls)
+
+    @pytest.fixture(autouse=True)
+    def _name_current_test(request):
+        _current_test["id"] = request.node.nodeid
+        _current_test["doc"] = (request.function.__doc__ or "").strip().splitlines()[0] if request.function.__doc__ else ""
+        yield
+        _current_test["id"] = None
+
+    def pytest_sessionfinish(session, exitstatus):
+        import json
+
+        Path(_CATALOGUE_PATH).write_text(json.dumps(_catalogue, indent=1))

@@ -56,7 +56,7 @@ def test_modalities_carry_shared_and_private_signal():
     [
         (np.array([[0, 3], [5, 1]]), "rna", "nb"),
         (np.array([[0, 1], [1, 1]]), "features", "bernoulli"),
-        (np.array([[0, 4], [2, 1]]), "atac", "bernoulli"),
+        (np.array([[0, 4], [2, 1]]), "atac", "bernoulli_factors"),
         (np.array([[0.3, -1.2], [2.5, 1.0]]), "features", "gaussian"),
     ],
 )
@@ -69,7 +69,7 @@ def test_setup_registers_every_modality(tiny_mdata):
     reg = VennCell._registry(tiny_mdata)["modalities"]
     assert reg["rna"]["likelihood"] == "nb"
     assert reg["protein"]["likelihood"] == "nb"
-    assert reg["atac"]["likelihood"] == "bernoulli"
+    assert reg["atac"]["likelihood"] == "bernoulli_factors"
 
 
 def test_batches_are_densified_per_batch_and_stay_sparse(tiny_mdata):

@@ -80,6 +80,26 @@ def test_zero_variance_feature_warns():
         _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
 
 
+def test_zero_variance_feature_dropped_or_kept():
+    """zero_variance='drop' removes constant features (and new data may still carry them); 'keep' is silent."""
+    import warnings
+
+    x = _counts()
+    x[:, 1] = 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        model = _build(_pair(x, _counts(seed=1)), rna={"kind": "rna", "zero_variance": "drop"}, protein="protein")
+        assert model.specs["rna"].n_features == 5 and model.specs["rna"].dropped_features == ["1"]
+        model._data_for(_pair(x, _counts(seed=1)))  # the dropped feature in new data: no warning
+        kept = _build(_pair(x, _counts(seed=1)), rna={"kind": "rna", "zero_variance": "keep"}, protein="protein")
+        assert kept.specs["rna"].n_features == 6
+
+
+def test_zero_variance_policy_unknown():
+    with pytest.raises(VennCellInputError, match=r"'rna': zero_variance='remove' is not one of"):
+        _build(_pair(_counts(), _counts(seed=1)), rna={"kind": "rna", "zero_variance": "remove"}, protein="protein")
+
+
 def test_missing_layer_and_modality():
     m = _pair(_counts(), _counts(seed=1))
     with pytest.raises(VennCellInputError, match=r"'rna': layer 'counts' does not exist"):
@@ -127,3 +147,65 @@ def test_any_bad_count_value_is_reported(n, f, row, col, bad, sparse):
     expected = {True: r"NaN/inf.*first at cell row", False: r"negative values" if bad < 0 else r"non-integer"}
     with pytest.raises(VennCellInputError, match=rf"Modality 'rna'.*{expected[not np.isfinite(bad)]}"):
         _build(m, rna={"kind": "rna", "likelihood": "nb"}, protein={"kind": "protein", "likelihood": "nb"})
+
+
+# ---------------------------------------------------------------- image modalities (cells x C x H x W)
+def _with_image(img, n_obs=20, key="img"):
+    """RNA counts plus an image modality whose .obsm[key] holds ``img`` (None: nothing in .obsm)."""
+    m = _pair(_counts(n_obs), _counts(n_obs, seed=1))
+    cells = ad.AnnData(np.zeros((n_obs, 0), dtype=np.float32))
+    cells.obs_names = [f"c{i}" for i in range(n_obs)]
+    if img is not None:
+        cells.obsm[key] = img
+    return md.MuData({"rna": m["rna"], "cells": cells})
+
+
+def _images(n=20, c=2, dtype=np.float32):
+    return np.random.default_rng(0).random((n, c, 8, 8)).astype(dtype)
+
+
+def test_image_wrong_rank():
+    m = _with_image(_images()[:, 0])  # channel axis missing
+    with pytest.raises(VennCellInputError, match=r"'cells'.*rank 3.*must be 4-D.*images\[:, None\]"):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_non_numeric_dtype():
+    m = _with_image(_images().astype(object))
+    with pytest.raises(VennCellInputError, match=r"'cells'.*dtype object.*astype\(np.float32\)"):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_bool_dtype():
+    m = _with_image(_images() > 0.5)
+    with pytest.raises(VennCellInputError, match=r"'cells'.*dtype bool.*real numbers"):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_channel_out_of_range():
+    m = _with_image(_images(c=2))
+    with pytest.raises(VennCellInputError, match=r"'cells'.*channels \[2\] are out of range.*2 channel\(s\).*0\.\.1"):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img", "channels": [2]})
+
+
+def test_image_cell_count_mismatch(tmp_path):
+    np.save(tmp_path / "crops.npy", _images(n=25))  # the store has 25 rows, the modality 20 cells
+    with pytest.raises(VennCellInputError, match=r"'cells'.*25 rows but the modality has 20 cells"):
+        _build(_with_image(None), rna="rna", cells={"kind": "image", "store": str(tmp_path / "crops.npy")})
+
+
+def test_image_nan_pixels():
+    img = _images()
+    img[3, 1, 4, 5] = np.nan
+    with pytest.raises(VennCellInputError, match=r"'cells'.*NaN/inf pixel.*cell row 3, channel 1, pixel \(4, 5\).*nan_to_num"):
+        _build(_with_image(img), rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_missing_obsm_key():
+    with pytest.raises(VennCellInputError, match=r"'cells'.*obsm\['crops'\]` does not exist.*obsm keys: \['img'\]"):
+        _build(_with_image(_images()), rna="rna", cells={"kind": "image", "obsm_key": "crops"})
+
+
+def test_image_missing_store_file(tmp_path):
+    with pytest.raises(VennCellInputError, match=r"'cells'.*image store .*nope.npy' does not exist.*`store` path"):
+        _build(_with_image(None), rna="rna", cells={"kind": "image", "store": str(tmp_path / "nope.npy")})

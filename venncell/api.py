@@ -18,14 +18,16 @@ import torch
 
 from venncell.data.dataset import MultiModalData, make_loader
 from venncell.data.spec import KINDS, KIND_DEFAULT_LIKELIHOOD, ModalitySpec, default_transform, guess_kind, infer_likelihood
-from venncell.data.validate import VennCellInputError, check_range
-from venncell.model.init import spectral_init
+from venncell.data.spec import BINARY_LIKELIHOODS, TRANSFORMS
+from venncell.data.validate import ZERO_VARIANCE_POLICIES, VennCellInputError, check_range
+from venncell.model.init import init_likelihoods, spectral_init
 from venncell.model.venn import VennConfig, VennModule
 from venncell.nn.likelihoods import LIKELIHOODS
 from venncell.train.schedule import TrainConfig, run_two_stage
 
 REGISTRY_KEY = "_venncell"
-_MODALITY_KEYS = {"kind", "likelihood", "layer", "binarize", "private_dim", "weight"}
+_MODALITY_KEYS = {"kind", "likelihood", "layer", "binarize", "private_dim", "weight", "zero_variance", "transform"}
+_IMAGE_KEYS = {"obsm_key", "store", "channels"}  # kind: image (venncell.data.images)
 
 
 class VennCell:
@@ -43,10 +45,15 @@ class VennCell:
         """Register which modality is which kind and how it is modelled.
 
         ``modalities`` maps a modality name to a kind (``"rna"``, ``"atac"``, ``"protein"``,
-        ``"features"``) or to a dict with any of ``kind``, ``likelihood`` (``nb``, ``bernoulli``,
-        ``gaussian`` or ``auto``), ``layer`` (``None`` = ``.X``), ``binarize``, ``private_dim``,
-        ``weight``. ``None`` registers every modality with its kind guessed from its name and its
+        ``"features"``) or to a dict with any of ``kind``, ``likelihood`` (``nb``, ``zinb``, ``nb_mixture``
+        (totalVI-style protein background/foreground), ``bernoulli``, ``bernoulli_factors`` (ATAC with
+        per-cell depth and per-peak factors, the ATAC default), ``gaussian`` or ``auto``), ``transform``
+        (``clr``: muon-style CLR of protein counts, then ``gaussian``), ``layer`` (``None`` = ``.X``), ``binarize``, ``private_dim``,
+        ``weight``, ``zero_variance`` (``warn`` | ``drop`` | ``keep`` features with zero variance).
+        ``None`` registers every modality with its kind guessed from its name and its
         likelihood inferred from its values. The registry is stored in ``mdata.uns["_venncell"]``.
+        Image modalities (kind ``"image"``) take ``obsm_key`` or ``store`` (a ``.npy``/``.zarr`` path) and
+        ``channels`` instead of ``layer``/``likelihood``; see ``venncell.data.images.register_image``.
         """
         if not isinstance(mdata, md.MuData):
             raise VennCellInputError(f"setup_mudata needs a MuData, got {type(mdata).__name__}.")
@@ -66,13 +73,22 @@ class VennCell:
                     f"Modality '{name}' is not in the MuData (it has {list(mdata.mod)}). Fix the name in `modalities`."
                 )
             opts = {"kind": opts} if isinstance(opts, str) else dict(opts or {})
-            unknown = set(opts) - _MODALITY_KEYS
+            unknown = set(opts) - _MODALITY_KEYS - _IMAGE_KEYS
             if unknown:
                 raise VennCellInputError(f"Modality '{name}': unknown option(s) {sorted(unknown)}; use {sorted(_MODALITY_KEYS)}.")
+            if opts.get("zero_variance", "warn") not in ZERO_VARIANCE_POLICIES:
+                raise VennCellInputError(
+                    f"Modality '{name}': zero_variance={opts['zero_variance']!r} is not one of {ZERO_VARIANCE_POLICIES}."
+                )
             kind = opts.get("kind") or guess_kind(name)
             if kind not in KINDS:
                 raise VennCellInputError(f"Modality '{name}': kind '{kind}' is not one of {KINDS}.")
             a = mdata.mod[name]
+            if kind == "image" or set(opts) & _IMAGE_KEYS:
+                from venncell.data.images import register_image
+
+                registry[name] = register_image(name, kind, a, opts)
+                continue
             layer = opts.get("layer")
             if layer is not None and layer not in a.layers:
                 raise VennCellInputError(
@@ -82,14 +98,27 @@ class VennCell:
             if x is None:
                 raise VennCellInputError(f"Modality '{name}': .X is empty; name a layer with the data.")
             lik = opts.get("likelihood") or "auto"
+            transform = opts.get("transform")
+            if transform not in TRANSFORMS:
+                raise VennCellInputError(f"Modality '{name}': transform {transform!r} is not one of {list(TRANSFORMS)}.")
+            if transform == "clr":
+                if lik not in ("auto", "gaussian"):
+                    raise VennCellInputError(
+                        f"Modality '{name}': transform='clr' turns counts into real values, which need "
+                        f"likelihood='gaussian' (got '{lik}'). Drop the likelihood or the transform."
+                    )
+                lik = "gaussian"
             if lik == "auto":
-                lik = infer_likelihood(name, kind, x) if x.shape[0] and x.shape[1] else KIND_DEFAULT_LIKELIHOOD[kind]
+                from venncell.data.backed import head_rows  # a backed matrix: guess from its first rows only
+
+                lik = infer_likelihood(name, kind, head_rows(x)) if x.shape[0] and x.shape[1] else KIND_DEFAULT_LIKELIHOOD[kind]
             if lik not in LIKELIHOODS:
                 raise VennCellInputError(f"Modality '{name}': likelihood '{lik}' is not one of {sorted(LIKELIHOODS)}.")
-            binarize = bool(opts.get("binarize", lik == "bernoulli" and kind == "atac"))
+            binarize = bool(opts.get("binarize", lik in BINARY_LIKELIHOODS and kind == "atac"))
             registry[name] = {
                 "kind": kind, "likelihood": lik, "layer": layer, "binarize": binarize,
                 "private_dim": opts.get("private_dim"), "weight": float(opts.get("weight", 1.0)),
+                "zero_variance": opts.get("zero_variance", "warn"), "transform": transform,
             }
         if batch_key is not None and batch_key not in mdata.obs:
             raise VennCellInputError(f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {list(mdata.obs)[:10]}).")
@@ -102,8 +131,14 @@ class VennCell:
         return json.loads(mdata.uns[REGISTRY_KEY])
 
     # ------------------------------------------------------------------ construction
-    def __init__(self, mdata: md.MuData, shared_dim: int = 8, private_dim: int = 4,
-                 validation_fraction: float = 0.1, seed: int = 0, **model_kwargs):
+    def __init__(self, mdata: md.MuData | str | Path, shared_dim: int = 8, private_dim: int = 4,
+                 validation_fraction: float = 0.1, seed: int = 0, backed: bool = False,
+                 chunk_size: int | None = None, **model_kwargs):
+        """``backed=True`` trains out of core: ``mdata`` is an .h5mu path or a MuData opened with
+        ``mudata.read_h5mu(path, backed=True)``, and each modality's rows are read from disk per chunk of
+        ``chunk_size`` cells (default 1024; see ``venncell.data.backed``)."""
+        if backed and isinstance(mdata, (str, Path)):
+            mdata = md.read_h5mu(str(mdata), backed=True)
         unknown = set(model_kwargs) - {f.name for f in fields(VennConfig)}
         if unknown:
             raise VennCellInputError(f"Unknown model option(s) {sorted(unknown)}; valid: {[f.name for f in fields(VennConfig)]}.")
@@ -114,7 +149,9 @@ class VennCell:
         specs = {
             name: ModalitySpec(name=name, kind=o["kind"], likelihood=o["likelihood"], layer=o["layer"],
                                binarize=o["binarize"], private_dim=o["private_dim"], weight=o["weight"],
-                               encoder_transform=default_transform(o["likelihood"]))
+                               zero_variance=o.get("zero_variance", "warn"), transform=o.get("transform"),
+                               encoder_transform=default_transform(o["likelihood"], o["kind"]),
+                               **{k: o[k] for k in ("image_key", "image_store", "channels") if k in o})
             for name, o in reg["modalities"].items()
         }
         for name, s in specs.items():
@@ -122,12 +159,13 @@ class VennCell:
                 check_range(f"modalities.{name}.private_dim", s.private_dim, 1, integer=True)
         self.mdata = mdata
         self.batch_key = reg["batch_key"]
-        self.data = MultiModalData(mdata, specs, batch_key=self.batch_key)
+        self.data = MultiModalData(mdata, specs, batch_key=self.batch_key, backed=backed, chunk_size=chunk_size)
         self.specs = specs
         self.seed = seed
         self.validation_fraction = validation_fraction
         torch.manual_seed(seed)
         self.module = VennModule(specs, self.data.n_cells, self.config, self.data.n_batches)
+        init_likelihoods(self.module, self.data, seed=seed)
         if self.config.latent_init == "spectral":
             start = spectral_init(self.data, self.config.shared_dim, self.module.private_dims, seed=seed)
             if start is not None:
@@ -176,7 +214,8 @@ class VennCell:
         if mdata is None or mdata is self.mdata:
             return self.data
         return MultiModalData(mdata, self.specs, batch_key=self.batch_key, batch_categories=self.data.batch_categories,
-                              fit_transform=False, allow_missing_modalities=True)
+                              fit_transform=False, allow_missing_modalities=True,
+                              backed=bool(getattr(mdata, "isbacked", False)))
 
     @torch.no_grad()
     def _embed(self, data: MultiModalData, modalities=None, batch_size: int = 2048) -> dict[str, np.ndarray]:
@@ -196,15 +235,19 @@ class VennCell:
         return out
 
     def get_latent_representation(self, mdata: md.MuData | None = None, block: str = "shared",
-                                  modalities: list[str] | None = None, source: str = "encoder") -> np.ndarray:
+                                  modalities: list[str] | None = None, source: str = "encoder",
+                                  refine_epochs: int = 0) -> np.ndarray:
         """Latents for every cell of ``mdata`` (default: the training data).
 
         block: ``"shared"``, ``"private:<modality>"`` or ``"all"`` (shared then every private, concatenated).
         modalities: which of the cell's modalities the encoders may use for the shared block (default all
         available). source: ``"encoder"`` (stage 2) or ``"stage1"`` (the optimised latents; training data only).
-        Cells lacking a modality get NaN in that modality's private block.
+        Cells lacking a modality get NaN in that modality's private block. refine_epochs > 0: start from the
+        encoder latents and refine them against the frozen decoders (see ``refine``).
         """
         self._require_trained()
+        if refine_epochs and source != "encoder":
+            raise VennCellInputError("refine_epochs refines encoder latents; use it with source='encoder'.")
         if modalities is not None:
             missing = [m for m in modalities if m not in self.specs]
             if missing:
@@ -212,13 +255,31 @@ class VennCell:
         if source == "stage1":
             if mdata is not None and mdata is not self.mdata:
                 raise VennCellInputError("source='stage1' exists only for the training cells; use source='encoder' "
-                                         "or refine_latents() for new cells.")
+                                         "(optionally with refine_epochs=N) for new cells.")
             lat = self._stage1_latents()
         elif source == "encoder":
-            lat = self._embed(self._data_for(mdata), modalities)
+            lat = self.refine(mdata, modalities, refine_epochs) if refine_epochs else self._embed(self._data_for(mdata), modalities)
         else:
             raise VennCellInputError(f"source must be 'encoder' or 'stage1', got {source!r}.")
         return _pick_block(lat, block, list(self.specs))
+
+    def refine(self, mdata: md.MuData | None = None, modalities: list[str] | None = None, epochs: int = 20,
+               batch_size: int = 256, lr_latent: float = 5e-2, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Test-time refinement: encoder latents of ``mdata``'s cells, then ``epochs`` of stage-1 optimisation of
+        those latents with every network frozen (through ``Stage1Plan``). Only the ``modalities`` given (default
+        all) drive it; other modalities' private blocks stay as the encoders gave them. Returns every block."""
+        from venncell.train.refine import refine_latents
+
+        self._require_trained()
+        check_range("refine epochs", epochs, 1, integer=True)
+        use = list(modalities) if modalities is not None else list(self.specs)
+        missing = [m for m in use if m not in self.specs]
+        if missing:
+            raise VennCellInputError(f"modalities {missing} are not in the model (it has {list(self.specs)}).")
+        data = self._data_for(mdata)
+        start = self._embed(data, use)
+        return refine_latents(self.module, data, start, use, epochs, batch_size, lr_latent,
+                              self.seed if seed is None else seed)
 
     def predict_modality(self, mdata: md.MuData | None = None, source: list[str] | str = ("rna",),
                          target: str = "protein", scale: str = "normalised") -> np.ndarray:
@@ -227,7 +288,9 @@ class VennCell:
         The shared latent is encoded from the sources; the target's shared-only decoder maps it to the
         target (its private latent is, by construction, unknowable from other modalities).
         ``scale``: ``"normalised"`` (proportions for counts, probabilities for binary, values for
-        Gaussian) or ``"counts"`` (times the median training library size of the target).
+        Gaussian) or ``"counts"`` (times the median training library size of the target). ``nb_mixture``
+        gives the denoised (background-free) protein counts on both scales; ``bernoulli_factors`` gives the
+        probabilities of a cell at the median training depth; ``zinb`` includes the dropout.
         """
         self._require_trained()
         source = [source] if isinstance(source, str) else list(source)
@@ -248,18 +311,20 @@ class VennCell:
                 out.append(dec.likelihood.normalised_mean(dec(zb, b)).numpy())
         pred = np.concatenate(out)
         if scale == "counts":
-            if self.specs[target].likelihood != "nb":
+            if self.specs[target].likelihood not in ("nb", "zinb", "nb_mixture"):
                 raise VennCellInputError(f"scale='counts' needs a count modality; '{target}' is {self.specs[target].likelihood}.")
-            pred = pred * float(np.median(self.data.library[target]))
+            if self.specs[target].likelihood != "nb_mixture":  # nb_mixture's normalised scale is already counts
+                pred = pred * float(np.median(self.data.library[target]))
         elif scale != "normalised":
             raise VennCellInputError(f"scale must be 'normalised' or 'counts', got {scale!r}.")
         return pred
 
-    def write_latents(self, mdata: md.MuData | None = None, modalities: list[str] | None = None) -> md.MuData:
+    def write_latents(self, mdata: md.MuData | None = None, modalities: list[str] | None = None,
+                      refine_epochs: int = 0) -> md.MuData:
         """Put the latents where scverse tools look: ``mdata.obsm["X_venn_shared"]`` and
         ``mdata.obsm["X_venn_private_<mod>"]`` (plus ``*_stage1`` for the training data)."""
         target = self.mdata if mdata is None else mdata
-        enc = self._embed(self._data_for(mdata), modalities)
+        enc = self.refine(mdata, modalities, refine_epochs) if refine_epochs else self._embed(self._data_for(mdata), modalities)
         target.obsm["X_venn_shared"] = enc["shared"]
         for m in self.specs:
             target.obsm[f"X_venn_private_{m}"] = enc[f"private:{m}"]
@@ -347,7 +412,8 @@ class VennCell:
                                          "the new data to get_latent_representation(mdata=...) instead.")
             self.mdata = mdata
             self.data = MultiModalData(mdata, self.specs, batch_key=self.batch_key,
-                                       batch_categories=meta["batch_categories"], fit_transform=False)
+                                       batch_categories=meta["batch_categories"], fit_transform=False,
+                                       backed=bool(getattr(mdata, "isbacked", False)))
         else:
             self.mdata = None
             self.data = _NoData(meta["batch_categories"])

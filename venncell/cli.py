@@ -33,7 +33,7 @@ def config_dir() -> str:
     raise FileNotFoundError("VennCell's Hydra configs (conf/config.yaml) were not found next to the package.")
 
 
-def read_mudata(path: str) -> md.MuData:
+def read_mudata(path: str, backed: bool = False) -> md.MuData:
     p = Path(path)
     if not p.exists():
         raise VennCellInputError(f"data.path={path}: no such file.")
@@ -41,7 +41,7 @@ def read_mudata(path: str) -> md.MuData:
         if p.suffix == ".h5ad":
             raise VennCellInputError(f"data.path={path} is a single AnnData; VennCell needs a MuData (.h5mu) with "
                                      "two or more modalities (build one with `mudata.MuData({'rna': a, 'prot': b})`).")
-        return md.read_h5mu(str(p))
+        return md.read_h5mu(str(p), backed=backed)
     except VennCellInputError:
         raise
     except Exception as e:  # h5py raises several types for damaged files
@@ -52,10 +52,11 @@ def load_data(cfg: DictConfig) -> md.MuData:
     d = cfg.data
     if d.name == "synthetic":
         mdata, _ = make_synthetic(n_cells=d.n_cells, modalities=dict(d.modalities), shared_dim=d.true_shared_dim,
-                                  private_dim=d.true_private_dim, n_clusters=d.n_clusters, seed=d.seed)
+                                  private_dim=d.true_private_dim, n_clusters=d.n_clusters, seed=d.seed,
+                                  n_batches=d.get("n_batches", 0), batch_effect=d.get("batch_effect", 1.0))
         return mdata
     if d.name == "mudata":
-        return read_mudata(d.path)
+        return read_mudata(d.path, backed=bool(d.get("backed", False)))
     raise VennCellInputError(f"data.name={d.name!r} is not known; use data=synthetic or data=mudata.")
 
 
@@ -93,9 +94,14 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     register = cfg.data.get("register")
     VennCell.setup_mudata(mdata, modalities=OmegaConf.to_container(register) if register else None,
                           batch_key=cfg.data.get("batch_key"))
-    model = VennCell(mdata, validation_fraction=cfg.data.validation_fraction, seed=cfg.seed, **_model_kwargs(cfg))
+    backed = bool(getattr(mdata, "isbacked", False))
+    model = VennCell(mdata, validation_fraction=cfg.data.validation_fraction, seed=cfg.seed, backed=backed,
+                     chunk_size=cfg.data.get("chunk_size") if backed else None, **_model_kwargs(cfg))
     log.info("%s", model)
     history = model.train(run_dir=run_dir, logger=make_loggers(cfg, run_dir), resume=cfg.resume, **_train_kwargs(cfg))
+    if history.get("ddp", {}).get("global_rank", 0) != 0:
+        # a DDP worker (Lightning re-ran this command for it): rank 0 holds the gathered model and writes outputs
+        return {"history": history, "model": repr(model)}
     model.save(run_dir / "model")
     model.write_latents()
     metrics = {"history": history, "model": repr(model)}
@@ -114,7 +120,13 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.report:  # before venn.h5mu is written, so that it carries the venn_* .var columns
         from venncell.cli_report import write_run_report
         write_run_report(model, run_dir)
-    atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
+    if backed:  # copying the out-of-core input into the run folder would defeat the point: latents only
+        import anndata as ad
+
+        ad.AnnData(obs=mdata.obs[[]].assign(venn_split=mdata.obs["venn_split"]),
+                   obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")}).write_h5ad(run_dir / "venn_latents.h5ad")
+    else:
+        atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
     from venncell.tracking import finish_run
 
     finish_run(cfg, run_dir, metrics)  # keep last: logs recovery and <run_dir>/figures/*.png to W&B, closes the run
@@ -186,7 +198,7 @@ def _load_for_apply(cfg: DictConfig):
 def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
     model, mdata = _load_for_apply(cfg)
     mods = list(cfg.modalities) if cfg.get("modalities") else None
-    model.write_latents(mdata, modalities=mods)
+    model.write_latents(mdata, modalities=mods, refine_epochs=int(cfg.get("refine_epochs") or 0))
     out = run_dir / cfg.output
     atomic_write_h5mu(mdata, out)
     log.info("Wrote %s", out)

@@ -21,14 +21,18 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 from sklearn.decomposition import PCA
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
 from venncell import VennCell
 
+from totalvi import run_totalvi  # noqa: E402  (beside this script)
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[2] / "shared" / "datasets" / "pbmc10k_cite_totalvi"
+LABELS = ("Main.RNA", "Fine.RNA")
 
 
 def load() -> tuple[md.MuData, pd.DataFrame]:
@@ -57,56 +61,187 @@ def pearson_per_feature(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
 
 
+# VennCell settings tried (each is a row in RESULTS.md); model keywords go to VennCell(...).
+CONFIGS = {
+    "default": dict(shared_dim=16, private_dim=8),
+    "shared32": dict(shared_dim=32, private_dim=8),
+    "wide": dict(shared_dim=32, private_dim=8, hidden=256),
+    "wide_nl3": dict(shared_dim=32, private_dim=8, hidden=256, n_layers=3),
+}
+
+
+def train_or_load(mdata, name: str, s1: int, s2: int, out: Path) -> tuple[VennCell, float]:
+    """Trains (or reloads the model a previous run of the same settings saved) so that analyses can be rerun."""
+    folder = out / f"{name}_e{s1}_{s2}"
+    if (folder / "model" / "venncell.json").exists():
+        meta = json.loads((folder / "model" / "venncell.json").read_text())
+        return VennCell.load(folder / "model", mdata), float(meta.get("history", {}).get("train_seconds", float("nan")))
+    model = VennCell(mdata, seed=0, **CONFIGS[name])
+    t0 = time.perf_counter()
+    # resume=True: a killed run continues from its last Lightning checkpoint instead of starting over
+    model.train(stage1_epochs=s1, stage2_epochs=s2, run_dir=folder, progress_bar="none", resume=True)
+    model.history["train_seconds"] = time.perf_counter() - t0
+    model.save(folder / "model")
+    return model, model.history["train_seconds"]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--stage1-epochs", type=int, default=100)
     p.add_argument("--stage2-epochs", type=int, default=40)
+    p.add_argument("--config", default="default", choices=sorted(CONFIGS))
+    p.add_argument("--totalvi-epochs", type=int, default=100)
+    p.add_argument("--refine-epochs", type=int, default=20)
+    p.add_argument("--totalvi-fits", default="full,hidden",
+                   help="'hidden' alone: one totalVI fit serves both the latent and the RNA -> ADT prediction")
     p.add_argument("--out", default=str(HERE / "run"))
+    p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json, train nothing")
     args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.report_only:
+        res = json.loads((HERE / "results.json").read_text())
+        print(write_results(res, list(res["pearson_knn_rna_pca"])))
+        return
+    out = Path(args.out)
     mdata, labels = load()
     VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
-    model = VennCell(mdata, shared_dim=16, private_dim=8, seed=0)
-    t0 = time.perf_counter()
-    model.train(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, run_dir=args.out,
-                progress_bar="none")
-    train_s = time.perf_counter() - t0
+    model, train_s = train_or_load(mdata, args.config, args.stage1_epochs, args.stage2_epochs, out)
+    held = ~model.is_train
 
     blocks = {"shared": model.get_latent_representation(), "private:rna": model.get_latent_representation(block="private:rna"),
               "private:protein": model.get_latent_representation(block="private:protein")}
     blocks["shared ⊕ privates"] = np.hstack(list(blocks.values()))
-    acc = {b: {lab: knn_accuracy(z, labels[lab]) for lab in ("Main.RNA", "Fine.RNA")} for b, z in blocks.items()}
+    acc = {b: {lab: knn_accuracy(z, labels[lab]) for lab in LABELS} for b, z in blocks.items()}
+    # the stage-1 (optimised) latents, for comparison: what the encoders were trained to reproduce
+    st1 = np.hstack([model.get_latent_representation(block=b, source="stage1") for b in list(blocks)[:3]])
+    acc["shared ⊕ privates, stage-1 latents"] = {lab: knn_accuracy(st1, labels[lab]) for lab in LABELS}
 
-    held = ~model.is_train
-    adt = mdata["protein"].X
+    adt = np.asarray(mdata["protein"].X)
     adt_prop = adt / adt.sum(1, keepdims=True)
+    truth = np.log1p(adt_prop[held] * 1e4)
     pred = model.predict_modality(source=["rna"], target="protein")
-    r_venn = pearson_per_feature(np.log1p(pred[held] * 1e4), np.log1p(adt_prop[held] * 1e4))
+    r_venn = pearson_per_feature(np.log1p(pred[held] * 1e4), truth)
     x = mdata["rna"].X
     lognorm = np.log1p(np.asarray(x.multiply(1e4 / x.sum(1)).todense()))
     pcs = PCA(50, random_state=0).fit(lognorm[~held]).transform(lognorm)
     knn = KNeighborsRegressor(15).fit(pcs[~held], np.log1p(adt_prop[~held] * 1e4))
-    r_knn = pearson_per_feature(knn.predict(pcs[held]), np.log1p(adt_prop[held] * 1e4))
+    r_knn = pearson_per_feature(knn.predict(pcs[held]), truth)
     proteins = list(mdata["protein"].var_names)
+    row = {"config": CONFIGS[args.config], "epochs": [args.stage1_epochs, args.stage2_epochs], "train_seconds": train_s,
+           "knn_accuracy": acc, "pearson_venncell": dict(zip(proteins, r_venn.tolist())),
+           "refinement": refinement(model, mdata, held, labels, args.refine_epochs)}
 
-    res = {"knn_accuracy": acc, "pearson_venncell": dict(zip(proteins, r_venn.tolist())),
-           "pearson_knn_rna_pca": dict(zip(proteins, r_knn.tolist())), "n_heldout": int(held.sum()),
-           "train_seconds": train_s, "epochs": [args.stage1_epochs, args.stage2_epochs]}
+    res = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+    res = res if "venncell" in res else {}  # results.json of the older single-run layout is replaced
+    res.setdefault("venncell", {})[f"{args.config}_e{args.stage1_epochs}_{args.stage2_epochs}"] = row
+    res["pearson_knn_rna_pca"] = dict(zip(proteins, r_knn.tolist()))
+    res["n_heldout"] = int(held.sum())
+    tv = run_totalvi(mdata, held, args.totalvi_epochs, out, fits=tuple(args.totalvi_fits.split(",")))
+    fits = args.totalvi_fits.split(",")
+    res["totalvi"] = {"epochs": args.totalvi_epochs, "fits": fits,
+                      "epochs_run": [int(tv[f"epochs_{f}"]) for f in fits],
+                      "train_seconds": [float(tv[f"seconds_{f}"]) for f in fits],
+                      "knn_accuracy": {lab: knn_accuracy(tv["latent"], labels[lab]) for lab in LABELS},
+                      "pearson": dict(zip(proteins, pearson_per_feature(
+                          np.log1p(tv["protein_hat"] / tv["protein_hat"].sum(1, keepdims=True) * 1e4), truth).tolist()))}
+    tag = f"{args.config}_e{args.stage1_epochs}_{args.stage2_epochs}"
+    if res.get("main_config", tag) == tag:  # the first configuration written stays the main one
+        res["main_config"] = tag
+        res["command"] = (f"OMP_NUM_THREADS=1 python experiments/pbmc10k_cite/run.py --config {args.config} --stage1-epochs "
+                          f"{args.stage1_epochs} --stage2-epochs {args.stage2_epochs} --totalvi-epochs {args.totalvi_epochs} "
+                          f"--refine-epochs {args.refine_epochs} --totalvi-fits {args.totalvi_fits}")
     (HERE / "results.json").write_text(json.dumps(res, indent=1))
-    lines = [f"# PBMC 10k CITE-seq (RNA 4,000 HVG + 14 ADT, 6,855 cells)\n",
-             f"Command: `python experiments/pbmc10k_cite/run.py --stage1-epochs {args.stage1_epochs} "
-             f"--stage2-epochs {args.stage2_epochs}` (2 CPU cores, training {train_s / 60:.1f} min). "
-             "totalVI was not run in this environment (see the note at the end).\n",
-             "## kNN label accuracy (k = 15, 5-fold CV)\n", "| latent block | Main.RNA | Fine.RNA |", "|---|---|---|"]
-    lines += [f"| {b} | {a['Main.RNA']:.3f} | {a['Fine.RNA']:.3f} |" for b, a in acc.items()]
-    lines += ["", f"## RNA → ADT on {int(held.sum())} held-out cells (Pearson of log-normalised values)\n",
-              "| protein | VennCell (shared from RNA → shared-only decoder) | kNN regression, RNA PCA |", "|---|---|---|"]
-    lines += [f"| {pname} | {a:.3f} | {b:.3f} |" for pname, a, b in zip(proteins, r_venn, r_knn)]
-    lines += [f"| **mean** | **{r_venn.mean():.3f}** | **{r_knn.mean():.3f}** |", "",
-              "totalVI (scvi-tools) is not installed in this project's environment, so the side-by-side totalVI "
-              "column the issue asks for is still missing; the issue's reference numbers for totalVI are about "
-              "0.94 (Main.RNA) / 0.86 (Fine.RNA)."]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = write_results(res, proteins)
+    print(text)
+
+
+def refinement(model: VennCell, mdata, held: np.ndarray, labels: pd.DataFrame, epochs: int) -> dict:
+    """Held-out cells embedded as if new (a MuData of just them): encoder only vs refined against the frozen
+    decoders. kNN accuracy is 5-fold CV within the held-out cells (too few for Fine.RNA's rare classes to
+    mean much)."""
+    from venncell.train.refine import reconstruction_nll
+
+    new = mdata[held].copy()
+    data = model._data_for(new)
+    out = {}
+    for name, mods in (("rna+protein", None), ("rna only", ["rna"])):
+        enc = model._embed(data, mods)
+        t0 = time.perf_counter()
+        ref = model.refine(new, modalities=mods, epochs=epochs)
+        secs = time.perf_counter() - t0
+        y = labels.loc[new.obs_names]
+        for kind, lat in (("encoder", enc), ("refined", ref)):
+            z = np.hstack([lat["shared"], lat["private:rna"], lat["private:protein"]])
+            out[f"{name} / {kind}"] = {
+                "nll": reconstruction_nll(model.module, data, lat, mods),
+                "knn_shared": {lab: knn_accuracy(lat["shared"], y[lab]) for lab in LABELS},
+                "knn_all": {lab: knn_accuracy(z, y[lab]) for lab in LABELS},
+                "seconds": secs if kind == "refined" else 0.0}
+    out["epochs"] = epochs
+    return out
+
+
+def write_results(res: dict, proteins: list[str]) -> str:
+    main = res["venncell"][res["main_config"]]
+    tv = res["totalvi"]
+    L = [f"# PBMC 10k CITE-seq (RNA 4,000 HVG + 14 ADT, 6,855 cells): VennCell next to totalVI\n",
+         f"Command: `{res['command']}` (one thread each, on a shared 2-core machine; other rows of the configuration "
+         "table come from the same command with `--config`/epochs changed; trained models and totalVI fits are cached "
+         "in `experiments/pbmc10k_cite/run/`, gitignored).\n",
+         f"Main VennCell row: `{res['main_config']}` (settings {main['config']}, stage-1/stage-2 epochs {main['epochs']}, "
+         f"training {main['train_seconds'] / 60:.1f} min). totalVI (scvi-tools 1.4.2, defaults, max_epochs "
+         f"{tv['epochs']}; epochs actually run with early stopping: {tv['epochs_run']}, "
+         f"{sum(tv['train_seconds']) / 60:.1f} min for its fit(s) {tv['fits']}).\n",
+         "Training minutes count this invocation only: a model resumed from Lightning checkpoints shows ~0 (the "
+         "`default_e40_20` model was resumed from the checkpoints of the earlier 40 + 20 epoch run, which trained in "
+         "7.8 min on 2 cores). Wall times here are inflated: the 2-core machine was shared by ~15 busy processes.\n",
+         *([f"totalVI ran {tv['epochs']} epochs, not the issue's 100, and only its 'hidden' fit: one fit serves both "
+            "tables, so in the kNN table its latent for the held-out 10 % of cells comes from RNA alone (VennCell's "
+            "uses both modalities for every cell); `--totalvi-fits full,hidden` adds the separate all-proteins fit. "
+            "Both cuts were forced by CPU time on the shared machine.\n"] if tv["fits"] == ["hidden"] or tv["epochs"] < 100
+           else []),
+         "## kNN label accuracy (k = 15, 5-fold CV, every labelled cell)\n",
+         "| latent | Main.RNA | Fine.RNA |", "|---|---|---|"]
+    L += [f"| VennCell {b} | {a['Main.RNA']:.3f} | {a['Fine.RNA']:.3f} |" for b, a in main["knn_accuracy"].items()]
+    L += [f"| totalVI latent (20 dims) | {tv['knn_accuracy']['Main.RNA']:.3f} | {tv['knn_accuracy']['Fine.RNA']:.3f} |",
+          "", f"## RNA → ADT on the {res['n_heldout']} held-out cells (Pearson of log-normalised values)\n",
+          "VennCell: held-out cells are its validation cells (their data never reached the networks), protein "
+          "predicted from RNA alone (shared latent from the RNA encoder → shared-only protein decoder). totalVI: the "
+          "same cells' proteins set to zero in a batch of their own, which totalVI treats as unmeasured proteins; "
+          "prediction = its denoised protein expression decoded in the measured batch. kNN: 15 neighbours in the "
+          "50-PC space of log-normalised RNA, fitted on the training cells.\n",
+          "| protein | VennCell | totalVI | kNN regression, RNA PCA |", "|---|---|---|---|"]
+    rv, rt, rk = (np.array([d[p] for p in proteins]) for d in (main["pearson_venncell"], tv["pearson"],
+                                                                  res["pearson_knn_rna_pca"]))
+    L += [f"| {p} | {a:.3f} | {b:.3f} | {c:.3f} |" for p, a, b, c in zip(proteins, rv, rt, rk)]
+    L += [f"| **mean** | **{rv.mean():.3f}** | **{rt.mean():.3f}** | **{rk.mean():.3f}** |", ""]
+    L += ["## VennCell configurations tried (goal: shared ⊕ privates ≥ totalVI on both labels)\n",
+          f"totalVI: Main.RNA {tv['knn_accuracy']['Main.RNA']:.3f}, Fine.RNA {tv['knn_accuracy']['Fine.RNA']:.3f}.\n",
+          "| configuration | settings | epochs (stage 1 / 2) | shared ⊕ privates Main.RNA | Fine.RNA | shared Main.RNA | "
+          "Fine.RNA | RNA → ADT mean r | training min |", "|---|---|---|---|---|---|---|---|---|"]
+    for tag, r in res["venncell"].items():
+        a, s = r["knn_accuracy"]["shared ⊕ privates"], r["knn_accuracy"]["shared"]
+        L.append(f"| {tag} | {r['config']} | {r['epochs'][0]} / {r['epochs'][1]} | {a['Main.RNA']:.3f} | "
+                 f"{a['Fine.RNA']:.3f} | {s['Main.RNA']:.3f} | {s['Fine.RNA']:.3f} | "
+                 f"{np.mean(list(r['pearson_venncell'].values())):.3f} | {r['train_seconds'] / 60:.1f} |")
+    ref = main["refinement"]
+    L += ["", f"## Test-time refinement of the held-out cells ({ref['epochs']} epochs, `model.refine`)\n",
+          f"The {res['n_heldout']} held-out cells as a new MuData: encoder latents, then refined against the frozen "
+          "decoders (stage-1 objective, networks frozen). NLL = mean per-feature negative log-likelihood of the full "
+          "decoders without latent noise (lower is better) over the modalities that drive the refinement. kNN "
+          "accuracy: 5-fold CV among the held-out cells only.\n",
+          "| input / embedding | NLL rna | NLL protein | kNN shared Main | kNN shared Fine | kNN shared ⊕ privates Main | "
+          "Fine | seconds |", "|---|---|---|---|---|---|---|---|"]
+    for k, v in ref.items():
+        if k == "epochs":
+            continue
+        n = v["nll"]
+        L.append(f"| {k} | {n.get('rna', float('nan')):.4f} | {n.get('protein', float('nan')):.4f} | "
+                 f"{v['knn_shared']['Main.RNA']:.3f} | {v['knn_shared']['Fine.RNA']:.3f} | "
+                 f"{v['knn_all']['Main.RNA']:.3f} | {v['knn_all']['Fine.RNA']:.3f} | {v['seconds']:.0f} |")
+    text = "\n".join(L) + "\n"
+    (HERE / "RESULTS.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sweep shared_dim x latent_noise (3 x 3 = 9 runs) on the synthetic default data
 # (3000 cells, RNA 1000 + protein 100 + ATAC 1000 features, true shared dim 4, true private dim 2),
-# with the default trainer (100 stage-1 + 40 stage-2 epochs), one run after another on the CPU.
-# Not run yet: see README.md. Run from anywhere: `bash experiments/sweep_shared_dim_noise/run.sh`.
+# with 40 stage-1 + 15 stage-2 epochs (the default trainer runs 100 + 40; shortened to fit a 2-core
+# machine), one run after another on the CPU.
+# Run from anywhere: `bash experiments/sweep_shared_dim_noise/run.sh`.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SWEEP_DIR=${SWEEP_DIR:-experiments/sweep_shared_dim_noise/multirun}
@@ -11,6 +12,7 @@ venncell-train -m \
   model.shared_dim=4,8,16 \
   model.latent_noise=0.05,0.1,0.2 \
   seed=0 \
+  trainer.stage1_epochs=40 trainer.stage2_epochs=15 \
   trainer.progress_bar=none \
   logger=csv \
   objective=shared_recovery \

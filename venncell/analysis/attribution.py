@@ -272,7 +272,7 @@ def _marker_blocks(model, mk: "Marker", idx: np.ndarray, lat: dict) -> dict[str,
 # ---------------------------------------------------------------------------------------------- features
 def _normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tensor:
     """Observed data on the decoders' normalised scale (what ``likelihood.normalised_mean`` predicts)."""
-    return x / lib if spec.likelihood == "nb" else x
+    return x / lib if spec.likelihood in ("nb", "zinb") else x  # nb_mixture's normalised scale is counts
 
 
 def _decoder_variants(module, m: str, zs, zp_all, rows, perms, b) -> dict[str, torch.Tensor]:
@@ -465,7 +465,7 @@ def _feature_values(model, m: str, j: int, idx: np.ndarray) -> np.ndarray:
 
 def log_normalised(spec, x, library: np.ndarray):
     """The encoders' scale without torch: log1p counts per 10k for counts, the values otherwise (sparse kept)."""
-    if spec.likelihood != "nb":
+    if spec.encoder_transform != "log1p_cp10k":
         return x
     scale = 1e4 / np.maximum(library, 1.0)
     if sp.issparse(x):

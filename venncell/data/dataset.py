@@ -38,7 +38,7 @@ def _align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
             f"(first: {missing[:5]}); {len(extra)} extra feature(s) (first: {extra[:5]}). Give the data the "
             "model's features (model.registry) — e.g. reindex and fill with zeros — or retrain."
         )
-    if len(var_names) != len(spec.features):
+    if len(var_names) != len(spec.features) and not set(var_names) - set(spec.features) <= set(spec.dropped_features):
         warnings.warn(
             f"Modality '{spec.name}': the data has {len(var_names) - len(spec.features)} extra feature(s); "
             "using the model's features only, in the model's order.",
@@ -64,8 +64,19 @@ class MultiModalData:
         batch_categories: list[str] | None = None,
         fit_transform: bool = True,
         allow_missing_modalities: bool = False,
+        backed: bool = False,
+        chunk_size: int | None = None,
     ):
         self.specs = specs
+        # backed: rows are read from the .h5mu on disk per chunk (venncell.data.backed); chunk_size also
+        # switches make_loader to the chunk-wise sampler (set it on in-memory data to get the same batches)
+        self.backed = backed
+        self.chunk_size = chunk_size
+        if backed:
+            from venncell.data.backed import DEFAULT_CHUNK_SIZE, backed_path, open_backed_modality
+
+            path = backed_path(mdata)
+            self.chunk_size = chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         self.obs_names = np.asarray(mdata.obs_names).astype(str)
         self.n_cells = len(self.obs_names)
         if self.n_cells == 0:
@@ -82,21 +93,51 @@ class MultiModalData:
                     f"Modality '{name}' is registered but not in the MuData (it has {list(mdata.mod)})."
                 )
             a = mdata.mod[name]
+            if spec.kind == "image":  # read lazily per batch; see venncell.data.images
+                from venncell.data.images import image_source
+
+                self.x[name] = image_source(spec, a, fit_transform)
+                self.row[name] = self._rows(mdata, name)
+                self.library[name] = np.ones(a.n_obs, dtype=np.float32)
+                continue
+            if backed and spec.transform is not None:
+                raise VennCellInputError(f"Modality '{name}': transform={spec.transform!r} is not supported for backed "
+                                         "data; load the MuData into memory or drop the transform.")
+            if backed:
+                if fit_transform:
+                    spec.features = list(map(str, a.var_names))
+                cols = None if fit_transform else _align_features(spec, a.var_names)
+                self.x[name], self.library[name] = open_backed_modality(path, spec, fit_transform, cols, chunk_size)
+                self.row[name] = self._rows(mdata, name)
+                continue
             x = _select_matrix(a, spec)
             if not fit_transform:
                 cols = _align_features(spec, a.var_names)
                 if cols is not None:
                     x = x[:, cols]
-            check_matrix(name, x, spec.likelihood, spec.features or list(a.var_names), spec.binarize)
+            var_names = list(map(str, a.var_names))
+            const = check_matrix(name, x, spec.likelihood, spec.features or var_names, spec.binarize,
+                                 spec.zero_variance if fit_transform else "keep")
+            if fit_transform and spec.zero_variance == "drop" and const.size:
+                keep = np.setdiff1d(np.arange(x.shape[1]), const)
+                if keep.size == 0:
+                    raise VennCellInputError(
+                        f"Modality '{name}': every feature has zero variance, so zero_variance='drop' leaves nothing."
+                    )
+                spec.dropped_features = [var_names[i] for i in const]
+                var_names = [var_names[i] for i in keep]
+                x = x[:, keep]
             x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) or spec.likelihood != "gaussian" else np.asarray(x, dtype=np.float32)
             if spec.binarize:
                 x = (x > 0).astype(np.float32)
+            if spec.transform is not None:
+                x = apply_transform(spec, x, fit=fit_transform)
             if fit_transform:
-                spec.features = list(map(str, a.var_names))
+                spec.features = var_names
                 if spec.encoder_transform == "standardise":
-                    dense = x.toarray() if sp.issparse(x) else x
-                    spec.feature_mean = dense.mean(0).tolist()
-                    spec.feature_std = (dense.std(0) + 1e-6).tolist()
+                    mean, std = _column_mean_std(x)  # sparse-aware: never densify a whole modality
+                    spec.feature_mean = mean.tolist()
+                    spec.feature_std = (std + 1e-6).tolist()
             self.x[name] = x
             self.row[name] = self._rows(mdata, name)
             self.library[name] = np.asarray(x.sum(1)).ravel().astype(np.float32)
@@ -160,7 +201,41 @@ class MultiModalData:
         return out
 
 
+def _column_mean_std(x) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.asarray(x.mean(0), dtype=np.float64).ravel()
+    sq = np.asarray((x.multiply(x) if sp.issparse(x) else np.square(x, dtype=np.float64)).mean(0)).ravel()
+    return mean, np.sqrt(np.maximum(sq - mean**2, 0.0))
+
+
+def apply_transform(spec: ModalitySpec, x, fit: bool):
+    """The load-time transform of the data itself (``spec.transform``); ``fit`` records its parameters.
+
+    ``clr``: muon's ``prot.pp.clr(axis=0)`` formula, ``log1p(x_ij / exp(mean_i log1p(x_ij)))``, with the
+    per-feature mean taken over the training cells and reused for new cells. Zeros stay zeros (sparse kept).
+    """
+    if spec.transform != "clr":
+        raise VennCellInputError(f"Modality '{spec.name}': unknown transform {spec.transform!r}; use 'clr' or null.")
+    vals = x.data if sp.issparse(x) else np.asarray(x)
+    if vals.size and vals.min() < 0:
+        raise VennCellInputError(
+            f"Modality '{spec.name}': transform='clr' needs non-negative counts but the data has negative values "
+            f"(min {vals.min():.3g}), so it is already normalised. Give raw counts (e.g. layer='counts') or drop "
+            "transform='clr' and model the values as they are (likelihood='gaussian')."
+        )
+    if fit:
+        log1p = x.log1p() if sp.issparse(x) else np.log1p(x)
+        spec.clr_log_geomean = np.asarray(log1p.mean(0), dtype=np.float64).ravel().tolist()
+    scale = np.exp(-np.asarray(spec.clr_log_geomean, dtype=np.float64))
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float32, copy=True)
+        x.data = np.log1p(x.data * scale[x.indices]).astype(np.float32)
+        return x
+    return np.log1p(np.asarray(x, dtype=np.float64) * scale).astype(np.float32)
+
+
 def encoder_transform(spec: ModalitySpec, x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    if spec.encoder_transform == "none":
+        return x
     if spec.encoder_transform == "log1p_cp10k":
         return torch.log1p(x / library * 1e4)
     if spec.encoder_transform == "binary":
@@ -213,6 +288,10 @@ class _BatchFetcher(torch.utils.data.Dataset):
 
 def make_loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int = 0):
     """A DataLoader yielding densified mini-batches; ``batch_size=None`` because the sampler batches."""
-    return torch.utils.data.DataLoader(
-        _BatchFetcher(data), sampler=CellBatches(indices, batch_size, shuffle, seed), batch_size=None
-    )
+    if data.chunk_size:  # backed data: walk the cells chunk by chunk so disk reads stay contiguous
+        from venncell.data.backed import ChunkedCellBatches
+
+        sampler = ChunkedCellBatches(indices, batch_size, shuffle, seed, data.chunk_size)
+    else:
+        sampler = CellBatches(indices, batch_size, shuffle, seed)
+    return torch.utils.data.DataLoader(_BatchFetcher(data), sampler=sampler, batch_size=None)

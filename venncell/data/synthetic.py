@@ -83,6 +83,8 @@ def make_synthetic(
     protein_library_mean: float = 3000.0,
     atac_mean_accessibility: float = 0.15,
     feature_noise: float = 0.3,
+    n_batches: int = 0,
+    batch_effect: float = 1.0,
     seed: int = 0,
 ) -> tuple[md.MuData, SyntheticTruth]:
     """Generate a paired multi-modal dataset with known shared and private factors.
@@ -96,6 +98,11 @@ def make_synthetic(
         True dimensions of the shared block and of each private block.
     n_clusters, cluster_spread
         Shared factors are cluster centres plus a continuous Gaussian trend of this spread.
+    n_batches, batch_effect
+        With ``n_batches >= 2`` cells are assigned to batches (``obs["batch"]``) and every feature of every
+        modality gets a batch-specific shift of ``batch_effect`` standard deviations (times a random
+        per-feature loading) — a technical effect present in every modality, which a model must not
+        mistake for shared biology. 0 keeps the data identical to a batch-free run with the same seed.
 
     Returns
     -------
@@ -111,6 +118,9 @@ def make_synthetic(
     u_shared = centres[cluster] + cluster_spread * rng.normal(size=(n_cells, shared_dim)) * 1.5
     u_shared = (u_shared - u_shared.mean(0)) / u_shared.std(0)
 
+    # batches come from their own stream so that the biological data is unchanged by adding them
+    batch_rng = np.random.default_rng([seed, 1])
+    batch = batch_rng.integers(0, n_batches, size=n_cells) if n_batches >= 2 else None
     obs_names = [f"cell{i:06d}" for i in range(n_cells)]
     mods: dict[str, ad.AnnData] = {}
     private: dict[str, np.ndarray] = {}
@@ -120,6 +130,9 @@ def make_synthetic(
         u_priv = rng.normal(size=(n_cells, private_dim))
         signal, driver = _modality_signal(rng, u_shared, u_priv, n_features, pure_fraction)
         signal = signal + feature_noise * rng.normal(size=signal.shape)
+        if batch is not None:
+            shifts = batch_rng.normal(size=(n_batches, n_features))
+            signal = signal + batch_effect * shifts[batch]
         x = _emit(rng, kind, signal, rna_library_mean, protein_library_mean, atac_mean_accessibility)
         a = ad.AnnData(X=x)
         a.obs_names = obs_names
@@ -131,6 +144,8 @@ def make_synthetic(
 
     mdata = md.MuData(mods)
     mdata.obs["cluster"] = pd.Categorical([f"c{c}" for c in cluster])
+    if batch is not None:
+        mdata.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])
     mdata.obsm["true_shared"] = u_shared
     for name, u in private.items():
         mdata.obsm[f"true_private_{name}"] = u

@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+from venncell.data.spec import BINARY_LIKELIHOODS, COUNT_LIKELIHOODS
+
 
 class VennCellInputError(ValueError):
     """Raised for data or configuration that VennCell cannot train on."""
@@ -20,8 +22,20 @@ def _values(x) -> np.ndarray:
     return x.data if sp.issparse(x) else np.asarray(x)
 
 
-def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False) -> None:
-    """Validate one modality's matrix against its likelihood."""
+ZERO_VARIANCE_POLICIES = ("warn", "drop", "keep")
+
+
+def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False,
+                 zero_variance: str = "warn") -> np.ndarray:
+    """Validate one modality's matrix against its likelihood.
+
+    Returns the column indices of zero-variance features; ``zero_variance`` says whether they are
+    reported (``warn``), dropped by the caller (``drop``) or silently kept (``keep``).
+    """
+    if zero_variance not in ZERO_VARIANCE_POLICIES:
+        raise VennCellInputError(
+            f"Modality '{name}': zero_variance={zero_variance!r} is not one of {ZERO_VARIANCE_POLICIES}."
+        )
     n_cells, n_features = x.shape
     if n_cells == 0:
         raise VennCellInputError(
@@ -42,35 +56,36 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
             f"Modality '{name}' contains {n_bad} NaN/inf value(s){bad}. Impute or drop those cells/features "
             "before training (e.g. `adata = adata[~np.isnan(adata.X).any(1)]`)."
         )
-    if likelihood == "nb":
+    if likelihood in COUNT_LIKELIHOODS:
         if vals.size and vals.min() < 0:
             raise VennCellInputError(
-                f"Modality '{name}' uses the negative binomial (count) likelihood but has negative values "
+                f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has negative values "
                 f"(min {vals.min():.3g}). Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian' "
                 "for normalised data."
             )
         if vals.size and not np.allclose(vals, np.round(vals)):
             raise VennCellInputError(
-                f"Modality '{name}' uses the negative binomial (count) likelihood but has non-integer values "
+                f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has non-integer values "
                 "(it looks normalised). Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian'."
             )
-    if likelihood == "bernoulli" and not binarize:
+    if likelihood in BINARY_LIKELIHOODS and not binarize:
         if vals.size and not np.isin(np.unique(vals[:1_000_000]), (0, 1)).all():
             raise VennCellInputError(
                 f"Modality '{name}' uses the Bernoulli likelihood but has values other than 0/1. "
                 "Set binarize=true for this modality (counts > 0 become 1) or choose another likelihood."
             )
-    if likelihood in ("nb", "bernoulli"):
+    if likelihood in COUNT_LIKELIHOODS + BINARY_LIKELIHOODS:
         totals = np.asarray(x.sum(1)).ravel()
         n_empty = int((totals == 0).sum())
         if n_empty == n_cells:
             raise VennCellInputError(f"Modality '{name}': every cell is all-zero; there is nothing to learn from.")
-        if n_empty and likelihood == "nb":
+        if n_empty and likelihood in COUNT_LIKELIHOODS:
             raise VennCellInputError(
                 f"Modality '{name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(totals == 0))}), so "
                 "their library size is 0 and the count likelihood is undefined. Filter them "
                 "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`) or mark the modality missing for them."
             )
+    const = np.array([], dtype=np.int64)
     if n_cells > 1:
         if sp.issparse(x):
             mean = np.asarray(x.mean(0)).ravel()
@@ -79,15 +94,17 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
         else:
             var = np.asarray(x).var(0)
         const = np.flatnonzero(var <= 1e-12)
-        if const.size:
+        if const.size and zero_variance == "warn":
             names = ", ".join(str(features[i]) for i in const[:5])
             warnings.warn(
                 f"Modality '{name}': {const.size} feature(s) have zero variance ({names}"
-                f"{', ...' if const.size > 5 else ''}); they carry no information. Drop them with "
-                "`data.drop_constant_features=true` or filter before training.",
+                f"{', ...' if const.size > 5 else ''}); they carry no information. Set zero_variance='drop' for this modality "
+                "(`setup_mudata(modalities={..: {'zero_variance': 'drop'}})` or "
+                f"`data.register.{name}.zero_variance=drop`) to drop them, or 'keep' to silence this warning.",
                 VennCellInputWarning,
                 stacklevel=3,
             )
+    return const
 
 
 def _first_bad(x, finite_values: np.ndarray) -> str:
@@ -110,3 +127,34 @@ def check_range(name: str, value, low=None, high=None, integer: bool = False) ->
         raise VennCellInputError(f"Config value {name}={value!r} is out of range: it must be >= {low}.")
     if high is not None and value > high:
         raise VennCellInputError(f"Config value {name}={value!r} is out of range: it must be <= {high}.")
+
+
+def check_image_array(name: str, arr, channels, n_obs: int) -> None:
+    """Shape, dtype and channel checks of an image modality's cells x C x H x W array (pixels: see images.py)."""
+    shape = tuple(getattr(arr, "shape", ()))
+    dtype = np.dtype(getattr(arr, "dtype", object))
+    if len(shape) != 4:
+        raise VennCellInputError(
+            f"Modality '{name}': the image array has shape {shape} (rank {len(shape)}) but must be 4-D, cells x "
+            "channels x height x width. Add a channel axis for single-channel images (`images[:, None]`) or move a "
+            "channels-last axis first (`images.transpose(0, 3, 1, 2)`)."
+        )
+    if dtype == np.bool_ or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise VennCellInputError(
+            f"Modality '{name}': the image array has dtype {dtype}; pixels must be real numbers. Convert it "
+            "(`images.astype(np.float32)`)."
+        )
+    if shape[0] != n_obs:
+        raise VennCellInputError(
+            f"Modality '{name}': the image array has {shape[0]} rows but the modality has {n_obs} cells. Row i of "
+            "the array must be the modality's cell i (same order as its obs_names)."
+        )
+    if min(shape[1:]) == 0:
+        raise VennCellInputError(f"Modality '{name}': the image array has an empty axis (shape {shape}).")
+    if channels is not None:
+        bad = [c for c in channels if not isinstance(c, (int, np.integer)) or not 0 <= c < shape[1]]
+        if bad or not len(channels):
+            raise VennCellInputError(
+                f"Modality '{name}': channels {list(channels)} are out of range; the image array has {shape[1]} "
+                f"channel(s), so pick indices in 0..{shape[1] - 1} (or channels=null for all)."
+            )

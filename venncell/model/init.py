@@ -12,18 +12,92 @@ Private m: top principal components of modality m's PCA scores after regressing 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import scipy.sparse as sp
+import torch
 from sklearn.decomposition import PCA
 
 from venncell.data.dataset import MultiModalData, encoder_transform
 
+log = logging.getLogger(__name__)
+
 
 def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
     spec = data.specs[m]
-    batch = data.get(rows)
-    x = encoder_transform(spec, batch[f"x:{m}"], batch[f"lib:{m}"]).numpy()
+    if spec.kind == "image":
+        x = _image_pixels(data, m, rows)
+    else:
+        x = _encoder_scale(data, m, rows)
     k = max(1, min(k, x.shape[1] - 1, x.shape[0] - 1))
+    if sp.issparse(x):
+        # arpack centres implicitly, so this is the dense PCA's answer without densifying tens of thousands
+        # of peaks for every cell (covariance_eigh would build a features x features matrix)
+        return PCA(n_components=k, random_state=seed, svd_solver="arpack").fit_transform(x)
     return PCA(n_components=k, random_state=seed, svd_solver="randomized").fit_transform(x.astype(np.float64))
+
+
+def _rows_sparse(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1024):
+    """Modality m's rows for the given cells (CSR when the data is sparse) and their libraries (>= 1, as ``get``)."""
+    src = data.x.get(m)
+    if isinstance(src, (np.ndarray, sp.spmatrix, sp.sparray)):
+        r = data.row[m][rows]
+        return src[r], np.maximum(data.library[m][r], 1.0)
+    xs, libs = [], []  # any other source (backed): densify one chunk at a time, keep it sparse
+    for i in range(0, len(rows), chunk):
+        b = data.get(rows[i:i + chunk])
+        xs.append(sp.csr_matrix(b[f"x:{m}"].numpy()))
+        libs.append(b[f"lib:{m}"].numpy().ravel())
+    return sp.vstack(xs, format="csr"), np.concatenate(libs)
+
+
+def _encoder_scale(data: MultiModalData, m: str, rows: np.ndarray):
+    """``encoder_transform`` of the rows, computed on the sparse matrix when there is one."""
+    spec = data.specs[m]
+    x, lib = _rows_sparse(data, m, rows)
+    if not sp.issparse(x):
+        return encoder_transform(spec, torch.as_tensor(x), torch.as_tensor(lib)[:, None]).numpy()
+    x = sp.csr_matrix(x, dtype=np.float64)
+    if spec.encoder_transform == "log1p_cp10k":
+        x = sp.csr_matrix(sp.diags(1e4 / lib) @ x)
+        x.data = np.log1p(x.data)
+    elif spec.encoder_transform == "binary":
+        x = (x > 0).astype(np.float64)
+    elif spec.encoder_transform == "standardise":
+        # the mean shift is left to PCA's centring; only the scale changes the components
+        x = sp.csr_matrix(x @ sp.diags(1.0 / np.asarray(spec.feature_std, dtype=np.float64)))
+    else:
+        x = encoder_transform(spec, torch.as_tensor(x.toarray()), torch.as_tensor(lib)[:, None]).numpy()
+    return x
+
+
+def _image_pixels(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Standardised pixels average-pooled to <= 16 x 16, read in chunks: PCA needs coarse shape and intensity,
+    and full-resolution crops of many cells need not fit in memory."""
+    from venncell.data.images import downsample
+
+    src, spec = data.x[m], data.specs[m]
+    return np.concatenate([downsample(src[data.row[m][rows[i:i + chunk]]], spec.image_shape)
+                           for i in range(0, len(rows), chunk)])
+
+
+def _whole_chunks(cells: np.ndarray, chunk_size: int, max_cells: int, rng) -> np.ndarray:
+    """A random subsample made of whole on-disk chunks: backed data then reads only those chunks, each
+    sequentially, instead of touching every chunk of the file for a few scattered cells."""
+    groups = np.split(cells, np.flatnonzero(np.diff(cells // chunk_size)) + 1)
+    take = rng.permutation(len(groups))[: max(1, max_cells // chunk_size)]
+    rows = np.concatenate([groups[g] for g in take])
+    log.info("Spectral init fitted on %d of %d cells (%d on-disk chunks); the other cells start from random "
+             "latents.", len(rows), len(cells), len(take))
+    return rows
+
+
+def _within_batch(s: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    out = s.copy()
+    for b in np.unique(batch):
+        out[batch == b] -= s[batch == b].mean(0)
+    return out
 
 
 def _unit(z: np.ndarray) -> np.ndarray:
@@ -43,8 +117,14 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
     if len(complete) < max(10, shared_dim + 2):
         return None
     fit_rows = complete if len(complete) <= max_cells else rng.choice(complete, max_cells, replace=False)
+    if getattr(data, "backed", False) and len(complete) > max_cells:
+        fit_rows = _whole_chunks(complete, data.chunk_size, max_cells, rng)
     fit_rows = np.sort(fit_rows)
     scores = {m: _modality_scores(data, m, fit_rows, n_pcs, seed) for m in mods}
+    if data.batch is not None:
+        # a batch shift shows in every modality, so GCCA would call it shared; the decoders see the batch,
+        # so the latents should start without it
+        scores = {m: _within_batch(s, data.batch[fit_rows]) for m, s in scores.items()}
     whitened = np.hstack([_unit(s) for s in scores.values()])
     pca = PCA(n_components=min(shared_dim, whitened.shape[1]), random_state=seed)
     shared_fit = _unit(pca.fit_transform(whitened))
@@ -61,3 +141,27 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
         block[fit_rows, : comp.shape[1]] = _unit(comp)
         private[m] = block
     return shared, private
+
+
+def init_likelihoods(module, data: MultiModalData, max_cells: int = 50_000, seed: int = 0) -> None:
+    """Data-dependent starts of the likelihood heads (protein background, ATAC reference depth and region
+    factors), from at most ``max_cells`` cells that have the modality. Stored in the module's state, so a
+    saved model keeps them."""
+    from venncell.nn.likelihoods import Likelihood
+
+    rng = np.random.default_rng(seed)
+    for m in module.specs:
+        heads = [dec.likelihood for decs in (module.decoders, module.shared_decoders) if m in decs
+                 for dec in [decs[m]]]
+        heads = [h for h in heads if type(h).init_from_data is not Likelihood.init_from_data]
+        if not heads or m not in data.x:
+            continue
+        cells = np.flatnonzero(data.present(m))
+        if len(cells) == 0:
+            continue
+        if len(cells) > max_cells:
+            cells = np.sort(rng.choice(cells, max_cells, replace=False))
+        x, _ = _rows_sparse(data, m, cells)
+        depth = np.asarray(x.sum(1)).ravel()
+        for h in heads:
+            h.init_from_data(x, depth)

@@ -38,14 +38,18 @@ class VennConfig:
     consistency_weight: float = 1.0
     independence_weight: float = 0.1
     stage2_recon_weight: float = 0.0
+    # image modalities (kind "image"): conv widths, one stride-2 stage each (venncell.nn.cnn)
+    cnn_channels: tuple[int, ...] = (16, 32, 64)
 
 
 class Decoder(nn.Module):
     def __init__(self, d_in: int, spec: ModalitySpec, n_batches: int, cfg: VennConfig):
         super().__init__()
         self.n_batches = n_batches
-        self.net = MLP(d_in + n_batches, spec.n_features, cfg.hidden, cfg.n_layers, cfg.dropout)
-        self.likelihood = make_likelihood(spec.likelihood, spec.n_features)
+        lik = make_likelihood(spec.likelihood, spec.n_features)
+        # heads such as zinb / nb_mixture read several outputs per feature (Likelihood.n_raw)
+        self.net = MLP(d_in + n_batches, spec.n_features * lik.n_raw, cfg.hidden, cfg.n_layers, cfg.dropout)
+        self.likelihood = lik
 
     def forward(self, z: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
         if self.n_batches:
@@ -66,6 +70,23 @@ class Encoder(nn.Module):
         return out[:, : self.shared_dim], out[:, self.shared_dim :]
 
 
+def make_decoder(d_in: int, spec: ModalitySpec, n_batches: int, cfg: VennConfig) -> nn.Module:
+    """Convolutional for image modalities, MLP otherwise (same interface: ``.likelihood``, ``(z, batch)``)."""
+    if spec.kind == "image":
+        from venncell.nn.cnn import ImageDecoder
+
+        return ImageDecoder(d_in, spec, n_batches, cfg)
+    return Decoder(d_in, spec, n_batches, cfg)
+
+
+def make_encoder(spec: ModalitySpec, shared_dim: int, private_dim: int, cfg: VennConfig) -> nn.Module:
+    if spec.kind == "image":
+        from venncell.nn.cnn import ImageEncoder
+
+        return ImageEncoder(spec, shared_dim, private_dim, cfg)
+    return Encoder(spec, shared_dim, private_dim, cfg)
+
+
 class VennModule(nn.Module):
     """Per-cell latent tables (stage 1), per-modality decoders and encoders."""
 
@@ -80,11 +101,11 @@ class VennModule(nn.Module):
             {m: self._table(n_cells, d, cfg.latent_init_std) for m, d in self.private_dims.items()}
         )
         self.decoders = nn.ModuleDict(
-            {m: Decoder(cfg.shared_dim + self.private_dims[m], s, n_batches, cfg) for m, s in specs.items()}
+            {m: make_decoder(cfg.shared_dim + self.private_dims[m], s, n_batches, cfg) for m, s in specs.items()}
         )
-        self.shared_decoders = nn.ModuleDict({m: Decoder(cfg.shared_dim, s, n_batches, cfg) for m, s in specs.items()})
+        self.shared_decoders = nn.ModuleDict({m: make_decoder(cfg.shared_dim, s, n_batches, cfg) for m, s in specs.items()})
         self.encoders = nn.ModuleDict(
-            {m: Encoder(s, cfg.shared_dim, self.private_dims[m], cfg) for m, s in specs.items()}
+            {m: make_encoder(s, cfg.shared_dim, self.private_dims[m], cfg) for m, s in specs.items()}
         )
 
     @staticmethod

@@ -1,11 +1,17 @@
 """Likelihood heads: turn a decoder's raw output into a per-cell negative log-likelihood and a mean.
 
-Each head owns its per-feature parameters (NB inverse dispersion, Gaussian scale) so that decoders
-stay plain MLPs producing one number per feature.
+Each head owns its per-feature parameters (NB inverse dispersion, Gaussian scale, protein background,
+ATAC region factors). A head needing several decoder outputs per feature sets ``n_raw``: the decoder then
+emits ``n_raw`` blocks of ``n_features`` columns, ``[block 0 | block 1 | ...]``, and every method still
+returns one value per *feature* (cells x n_features).
 """
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,10 +24,23 @@ class Likelihood(nn.Module):
 
     name: str = ""
     needs_library = False
+    n_raw = 1  # decoder outputs per feature
+    data_type = "real"  # "counts" | "binary" | "real": what the input checks demand
 
     def __init__(self, n_features: int):
         super().__init__()
         self.n_features = n_features
+
+    def split(self, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ``n_raw`` blocks of the decoder output, each cells x n_features."""
+        if raw.shape[-1] != self.n_features * self.n_raw:
+            raise ValueError(f"{type(self).__name__}: decoder output has {raw.shape[-1]} columns, expected "
+                             f"{self.n_features} features x {self.n_raw}.")
+        return raw.split(self.n_features, dim=-1)
+
+    @torch.no_grad()
+    def init_from_data(self, x, library) -> None:
+        """Set data-dependent parameters from training data (scipy CSR or ndarray, library per cell)."""
 
     def nll(self, raw: torch.Tensor, x: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
         """Per-cell, per-feature negative log-likelihood."""
@@ -56,23 +75,17 @@ class NegativeBinomial(Likelihood):
 
     name = "nb"
     needs_library = True
+    data_type = "counts"
 
     def __init__(self, n_features: int):
         super().__init__(n_features)
         self.log_theta = nn.Parameter(torch.full((n_features,), 2.0))
 
+    def theta(self) -> torch.Tensor:
+        return torch.exp(self.log_theta.clamp(-8.0, 12.0))
+
     def nll(self, raw, x, library):
-        mu = self.mean(raw, library)
-        theta = torch.exp(self.log_theta.clamp(-8.0, 12.0))
-        log_theta_mu = torch.log(theta + mu + _EPS)
-        ll = (
-            theta * (torch.log(theta + _EPS) - log_theta_mu)
-            + x * (torch.log(mu + _EPS) - log_theta_mu)
-            + torch.lgamma(x + theta)
-            - torch.lgamma(theta)
-            - torch.lgamma(x + 1.0)
-        )
-        return -ll
+        return -_nb_log_prob(x, self.mean(raw, library), self.theta())
 
     def mean(self, raw, library):
         p = torch.softmax(raw, dim=-1)
@@ -84,6 +97,7 @@ class NegativeBinomial(Likelihood):
 
 class Bernoulli(Likelihood):
     name = "bernoulli"
+    data_type = "binary"
 
     def nll(self, raw, x, library):
         return F.binary_cross_entropy_with_logits(raw, x, reduction="none")
@@ -92,7 +106,182 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(raw)
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {c.name: c for c in (Gaussian, NegativeBinomial, Bernoulli)}
+def _nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """log NB(x; mean mu, inverse dispersion theta), elementwise."""
+    log_theta_mu = torch.log(theta + mu + _EPS)
+    return (
+        theta * (torch.log(theta + _EPS) - log_theta_mu)
+        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+
+
+class ZeroInflatedNB(NegativeBinomial):
+    """NB as ``nb`` plus a per-cell, per-gene dropout logit (decoder block 1), as scVI's ZINB.
+
+    A zero is either a dropout (probability pi) or an NB zero. ``mean`` is the expected count
+    ``(1 - pi) * mu``; ``normalised_mean`` the same per unit library, so ``normalised_mean * library == mean``.
+    """
+
+    name = "zinb"
+    n_raw = 2
+
+    def dropout(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.split(raw)[1])
+
+    def nll(self, raw, x, library):
+        rate, logit = self.split(raw)
+        log_nb = _nb_log_prob(x, torch.softmax(rate, dim=-1) * library, self.theta())
+        log_keep = -F.softplus(logit)  # log(1 - pi)
+        zero = torch.logaddexp(-F.softplus(-logit), log_keep + log_nb)  # log(pi + (1 - pi) NB(0))
+        return -torch.where(x < 0.5, zero, log_keep + log_nb)
+
+    def mean(self, raw, library):
+        rate, logit = self.split(raw)
+        p = torch.softmax(rate, dim=-1) * torch.sigmoid(-logit)
+        return p if library is None else p * library
+
+    def normalised_mean(self, raw):
+        return self.mean(raw, None)
+
+
+class NBMixture(Likelihood):
+    """totalVI-style protein counts: NB background/foreground mixture with a shared dispersion.
+
+    background_j = exp(log_background_j), a learned per-protein count (not library-scaled: ambient
+    antibody does not scale with the cell); foreground = background * (1 + softplus(block 0 + fore_bias_j));
+    fore_bias starts at the data's foreground/background ratio (an untrained decoder would otherwise start
+    the foreground on top of the background, and the shared dispersion then collapses to fit one wide mode);
+    probability of background = sigmoid(block 1). ``mean`` is the mixture mean; ``normalised_mean`` the
+    foreground part ``(1 - pi) * foreground`` — the denoised protein on the count scale, as totalVI's
+    ``include_protein_background=False``.
+    """
+
+    name = "nb_mixture"
+    n_raw = 2
+    data_type = "counts"
+
+    def __init__(self, n_features: int):
+        super().__init__(n_features)
+        self.log_theta = nn.Parameter(torch.full((n_features,), 2.0))
+        self.log_background = nn.Parameter(torch.zeros(n_features))
+        self.fore_bias = nn.Parameter(torch.zeros(n_features))
+
+    def theta(self) -> torch.Tensor:
+        return torch.exp(self.log_theta.clamp(-8.0, 12.0))
+
+    def background(self) -> torch.Tensor:
+        return torch.exp(self.log_background.clamp(-10.0, 15.0))
+
+    def components(self, raw):
+        """(background mean, foreground mean, background probability), each cells x proteins."""
+        fore, logit = self.split(raw)
+        bg = self.background()
+        return bg.expand_as(fore), bg * (1.0 + F.softplus(fore + self.fore_bias)), torch.sigmoid(logit)
+
+    def nll(self, raw, x, library):
+        fore, logit = self.split(raw)
+        bg = self.background()
+        theta = self.theta()
+        log_bg = -F.softplus(-logit) + _nb_log_prob(x, bg.expand_as(fore), theta)
+        log_fg = -F.softplus(logit) + _nb_log_prob(x, bg * (1.0 + F.softplus(fore + self.fore_bias)), theta)
+        return -torch.logaddexp(log_bg, log_fg)
+
+    def mean(self, raw, library):
+        bg, fg, pi = self.components(raw)
+        return pi * bg + (1.0 - pi) * fg
+
+    def normalised_mean(self, raw):
+        _, fg, pi = self.components(raw)
+        return (1.0 - pi) * fg
+
+    @torch.no_grad()
+    def init_from_data(self, x, library) -> None:
+        """Background start per protein = lower component of a 2-Gaussian mixture on log1p counts (totalVI's
+        prior), foreground start = the upper one; proteins where the mixture fails fall back to the 10 % and
+        90 % quantiles."""
+        from sklearn.mixture import GaussianMixture
+
+        rng = np.random.default_rng(0)
+        rows = rng.choice(x.shape[0], min(x.shape[0], 5000), replace=False)
+        sub = x[np.sort(rows)]
+        dense = np.log1p(sub.toarray() if sp.issparse(sub) else np.asarray(sub, dtype=np.float64))
+        log_bg, log_fg = np.quantile(dense, [0.1, 0.9], axis=0)
+        for j in range(dense.shape[1]):
+            col = dense[:, j : j + 1]
+            if np.unique(col).size < 3:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gmm = GaussianMixture(2, random_state=0).fit(col)
+            log_bg[j], log_fg[j] = float(gmm.means_.min()), float(gmm.means_.max())
+        bg = np.maximum(np.expm1(log_bg), 0.1)
+        excess = np.clip(np.expm1(log_fg) / bg - 1.0, 0.1, 1e4)  # softplus(fore_bias) = fg / bg - 1
+        self.log_background.copy_(torch.as_tensor(np.log(bg), dtype=torch.float32))
+        self.fore_bias.copy_(torch.as_tensor(excess + np.log(-np.expm1(-excess)), dtype=torch.float32))
+
+
+class BernoulliFactors(Likelihood):
+    """MultiVI-style accessibility: p = sigmoid(raw) * region_factor * cell_factor.
+
+    region_factor = sigmoid(region_logit), a learned per-peak parameter. cell_factor = the cell's observed
+    depth (accessible peaks, passed as ``library``) / the median training depth, clipped to [1e-3, 1]: a
+    fixed function of the data, so new cells need no fitting. Without a depth (predicting ATAC for a cell
+    that has none) the median training cell's factor is used. The reference depth is a buffer, saved
+    with the model.
+    """
+
+    name = "bernoulli_factors"
+    data_type = "binary"
+    needs_library = True
+    depth_quantile = 0.5
+
+    def __init__(self, n_features: int):
+        super().__init__(n_features)
+        self.region_logit = nn.Parameter(torch.zeros(n_features))
+        self.register_buffer("ref_depth", torch.ones(()))
+        self.register_buffer("median_factor", torch.ones(()))
+
+    def region_factor(self) -> torch.Tensor:
+        return torch.sigmoid(self.region_logit)
+
+    def cell_factor(self, library: torch.Tensor | None) -> torch.Tensor:
+        if library is None:
+            return self.median_factor
+        return (library / self.ref_depth).clamp(1e-3, 1.0)
+
+    def _log_p(self, raw, library):
+        return F.logsigmoid(raw) + F.logsigmoid(self.region_logit) + torch.log(self.cell_factor(library))
+
+    def nll(self, raw, x, library):
+        log_p = self._log_p(raw, library).clamp_max(-1e-6)
+        return -(x * log_p + (1.0 - x) * torch.log1p(-torch.exp(log_p)))
+
+    def mean(self, raw, library):
+        return torch.exp(self._log_p(raw, library))
+
+    def normalised_mean(self, raw):
+        return self.mean(raw, None)
+
+    @torch.no_grad()
+    def init_from_data(self, x, library) -> None:
+        """Reference depth from the training cells; region factors start at each peak's frequency over what
+        sigmoid(0) * mean cell factor gives, so the decoder starts near the marginal accessibility."""
+        depth = np.asarray(library, dtype=np.float64).ravel()
+        ref = float(np.quantile(depth[depth > 0], self.depth_quantile)) if (depth > 0).any() else 1.0
+        factors = np.clip(depth / ref, 1e-3, 1.0)
+        self.ref_depth.fill_(ref)
+        self.median_factor.fill_(float(np.median(factors)))
+        freq = np.asarray(x.mean(0)).ravel()
+        start = np.clip(freq / (0.5 * factors.mean()), 1e-3, 0.99)
+        self.region_logit.copy_(torch.as_tensor(np.log(start / (1 - start)), dtype=torch.float32))
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    c.name: c for c in (Gaussian, NegativeBinomial, Bernoulli, ZeroInflatedNB, NBMixture, BernoulliFactors)
+}
 
 
 def make_likelihood(name: str, n_features: int) -> Likelihood:

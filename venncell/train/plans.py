@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import numpy as np
 import torch
 
 from venncell.model.venn import VennModule
+
+# Deliberate (see _Plan._log_terms): under DDP the logged training terms are rank 0's shard.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -17,9 +22,19 @@ def subset_batch(batch: dict, keep: torch.Tensor) -> dict:
     return {k: v[keep] for k, v in batch.items()}
 
 
-def _step_seed(seed: int, stage: int, step: int) -> int:
-    # Reseeding from (seed, stage, step) makes noise identical whether or not the run was resumed.
-    return (seed * 1_000_003 + stage * 10_007 + step) % (2**63 - 1)
+def _step_seed(seed: int, stage: int, step: int, rank: int = 0) -> int:
+    # Reseeding from (seed, stage, step) makes noise identical whether or not the run was resumed; the rank
+    # term gives DDP ranks independent noise/dropout (rank 0 keeps the single-process stream).
+    return (seed * 1_000_003 + stage * 10_007 + step + rank * 7_919_993) % (2**63 - 1)
+
+
+def owned_cells(n_cells: int, rank: int, world: int) -> np.ndarray:
+    """The latent-table rows that DDP rank ``rank`` owns in stage 1: a fixed strided share of all cells.
+
+    Fixed across epochs, so exactly one rank ever updates a row and the tables never need an all-reduce.
+    Strided (not contiguous) so every rank gets a similar mix of training and held-out cells.
+    """
+    return np.arange(rank, n_cells, world)
 
 
 class _Plan(L.LightningModule):
@@ -29,9 +44,17 @@ class _Plan(L.LightningModule):
         super().__init__()
         self.module = module
         self.seed = seed
+        # Read by torch's DistributedDataParallel (which Lightning's DDP strategy builds around this plan): the
+        # latent tables (O(cells) rows) are never all-reduced or broadcast by DDP — stage 1 shards them by rank
+        # and gathers explicitly (Stage1Plan.gather_latents); in stage 2 they are frozen inputs.
+        # ``is_train`` is an O(cells) buffer DDP would otherwise re-broadcast before every step.
+        latent = {id(p) for p in module.latent_parameters()}
+        self._ddp_params_and_buffers_to_ignore = [
+            f"module.{n}" for n, p in module.named_parameters() if id(p) in latent
+        ] + ["is_train"]
 
     def on_train_batch_start(self, batch, batch_idx):
-        torch.manual_seed(_step_seed(self.seed, self.stage, self.global_step))
+        torch.manual_seed(_step_seed(self.seed, self.stage, self.global_step, self.global_rank))
 
     def _check_finite(self, terms: dict[str, torch.Tensor], where: str) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
@@ -47,6 +70,9 @@ class _Plan(L.LightningModule):
         )
 
     def _log_terms(self, terms: dict, prefix: str, batch_size: int, on_step: bool) -> None:
+        # Not sync_dist: under DDP stage-1 terms are rank-local (syncing would add ~20 scalar all-reduces per
+        # step, and a rank whose shard lacks a term in an epoch would deadlock the epoch-end sync); stage-2
+        # validation sees every held-out cell on every rank, so its values agree without a sync.
         for k, v in terms.items():
             self.log(f"{prefix}/{k}", v.detach(), on_step=on_step, on_epoch=True, batch_size=batch_size,
                      prog_bar=(k == "loss"))
@@ -73,6 +99,64 @@ class Stage1Plan(_Plan):
         self.lr_network = lr_network
         self.lr_latent = lr_latent
         self.grad_clip = grad_clip
+
+    # ------------------------------------------------------------------ DDP: sharded latent tables
+    def _world(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def on_fit_start(self):
+        if self._world() > 1:
+            # DDP skips the (ignored) tables when it syncs the initial weights; start every rank from
+            # rank 0's latents so a DDP run starts exactly where a single-process run does. Once, O(cells).
+            for p in self.module.latent_parameters():
+                torch.distributed.broadcast(p.data, src=0)
+
+    def _latent_state(self) -> list[torch.Tensor]:
+        """Per-row tensors that ranks own: the tables and, once it exists, SparseAdam's moments of them."""
+        rows = [p.data for p in self.module.latent_parameters()]
+        if self._trainer is not None and self.trainer.optimizers:
+            opt = self.optimizers(use_pl_optimizer=False)[1]
+            for p in self.module.latent_parameters():
+                st = opt.state.get(p, {})
+                rows += [st[k] for k in ("exp_avg", "exp_avg_sq") if k in st]
+        return rows
+
+    @torch.no_grad()
+    def gather_latents(self) -> None:
+        """Copy every rank's owned rows to every rank (one all-gather of ~cells/world rows).
+
+        Called when stage 1 ends and when a checkpoint is written, so rank 0's checkpoint and the saved
+        model hold the full table (and resuming, with any number of ranks, continues from it).
+        """
+        world = self._world()
+        if world == 1:
+            return
+        rows = self._latent_state()
+        n, rank = rows[0].shape[0], self.global_rank
+        widths = [t.shape[1] for t in rows]
+        per = -(-n // world)
+        mine = torch.cat([t[rank::world] for t in rows], dim=1)
+        buf = mine.new_zeros(per, sum(widths))
+        buf[: mine.shape[0]] = mine
+        every = self.all_gather(buf)  # (world, per, width)
+        for r in range(world):
+            k = len(range(r, n, world))
+            for t, piece in zip(rows, torch.split(every[r, :k], widths, dim=1)):
+                t[r::world] = piece.to(t.dtype)
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        if self._world() > 1:  # every rank runs this hook (Lightning dumps on all ranks, rank 0 writes)
+            self.gather_latents()
+            latent = {id(p) for p in self.module.latent_parameters()}
+            for n, p in self.named_parameters():
+                if id(p) in latent:
+                    checkpoint["state_dict"][n] = p.detach()
+            if "optimizer_states" in checkpoint:
+                checkpoint["optimizer_states"][1] = self.optimizers(use_pl_optimizer=False)[1].state_dict()
+
+    def on_train_end(self):
+        self.gather_latents()
 
     def configure_optimizers(self):
         nets = torch.optim.Adam(self.module.network_parameters(), lr=self.lr_network, foreach=True)
@@ -115,12 +199,14 @@ class Stage2Plan(_Plan):
         self.lr = lr
         self.weight_decay = weight_decay
 
-    def on_fit_start(self):
+    def setup(self, stage: str):
+        # In setup (before DDP wraps the plan), not on_fit_start: DDP registers gradient hooks only for
+        # parameters that require grad at wrap time, so frozen decoders/tables never enter its all-reduce.
         enc = {id(p) for p in self.module.encoders.parameters()}
         for p in self.module.parameters():
             p.requires_grad_(id(p) in enc)
 
-    def on_fit_end(self):
+    def teardown(self, stage: str):
         for p in self.module.parameters():
             p.requires_grad_(True)
 

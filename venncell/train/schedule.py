@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
-from venncell.data.dataset import MultiModalData, make_loader
+from venncell.data.dataset import CellBatches, MultiModalData, _BatchFetcher, make_loader
 from venncell.model.venn import VennModule
-from venncell.train.plans import Stage1Plan, Stage2Plan
+from venncell.train.plans import Stage1Plan, Stage2Plan, owned_cells
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ class TrainConfig:
     devices: int | str = 1
     strategy: str = "auto"
     num_nodes: int = 1
+    # strategy=ddp only: None = Lightning's default for the device (nccl on GPU, gloo on CPU). Unused
+    # parameters are the norm here (a rank's batch may lack a modality or have no training cells; the
+    # apollo preset leaves encoders out of stage 1), so DDP must look for them.
+    process_group_backend: str | None = None
+    find_unused_parameters: bool = True
     precision: str = "32-true"
     progress_bar: str = "rich"  # rich | tqdm | none
     log_every_n_steps: int = 10
@@ -49,6 +54,54 @@ def _progress(kind: str) -> list[Callback]:
     return []
 
 
+class RankBatches(CellBatches):
+    """One DDP rank's mini-batches. Every rank yields the same number of batches (DDP ranks must take the
+    same number of steps, or they wait on each other's all-reduce forever).
+
+    ``fixed_shard=True`` (stage 1): the rank always gets the same cells (``owned_cells``), so only it updates
+    their latent rows. ``False`` (stage 2): a fresh global permutation per epoch is dealt out, like
+    ``DistributedSampler``. Order depends only on (seed, epoch), as in ``CellBatches``, so resume is exact.
+    """
+
+    def __init__(self, indices, batch_size: int, shuffle: bool, seed: int, rank: int, world: int, fixed_shard: bool):
+        super().__init__(indices, batch_size, shuffle, seed)
+        self.rank, self.world, self.fixed_shard = rank, world, fixed_shard
+        largest_share = -(-len(self.indices) // world)
+        self.n_batches = max(1, -(-largest_share // self.batch_size))
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        if self.fixed_shard:
+            mine = self.indices[owned_cells(len(self.indices), self.rank, self.world)]
+            if self.shuffle:
+                mine = mine[rng.permutation(len(mine))]
+        else:
+            order = self.indices[rng.permutation(len(self.indices))] if self.shuffle else self.indices
+            mine = order[self.rank :: self.world]
+        # array_split, not fixed-size chunks: shares differ by one cell, batch counts must not
+        yield from np.array_split(mine, self.n_batches)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+
+def _loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int, trainer: L.Trainer,
+            fixed_shard: bool):
+    if trainer.world_size == 1:  # the single-process path stays bit-identical to earlier releases
+        return make_loader(data, indices, batch_size, shuffle, seed)
+    sampler = RankBatches(indices, batch_size, shuffle, seed, trainer.global_rank, trainer.world_size, fixed_shard)
+    return torch.utils.data.DataLoader(_BatchFetcher(data), sampler=sampler, batch_size=None)
+
+
+def _strategy(cfg: TrainConfig):
+    if cfg.strategy != "ddp":
+        return cfg.strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(process_group_backend=cfg.process_group_backend,
+                       find_unused_parameters=cfg.find_unused_parameters)
+
+
 def _trainer(cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers) -> tuple[L.Trainer, ModelCheckpoint]:
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="epoch{epoch:04d}",
                            auto_insert_metric_name=False, save_last=True, save_top_k=1, every_n_epochs=1)
@@ -57,7 +110,7 @@ def _trainer(cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers) 
         max_epochs=epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        strategy=cfg.strategy,
+        strategy=_strategy(cfg),
         num_nodes=cfg.num_nodes,
         precision=cfg.precision,
         logger=loggers(stage) if callable(loggers) else loggers,
@@ -68,6 +121,7 @@ def _trainer(cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers) 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic="warn" if cfg.accelerator != "cpu" else True,
+        use_distributed_sampler=False,  # our samplers shard by rank themselves (RankBatches)
     )
     if cfg.limit_train_batches is not None:
         kwargs["limit_train_batches"] = cfg.limit_train_batches
@@ -119,20 +173,25 @@ def run_two_stage(
     plan1 = Stage1Plan(module, is_train, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed)
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
     t0 = time.perf_counter()
-    trainer1.fit(plan1, train_dataloaders=make_loader(data, all_idx, cfg.batch_size, True, cfg.seed),
+    # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
+    trainer1.fit(plan1, train_dataloaders=_loader(data, all_idx, cfg.batch_size, True, cfg.seed, trainer1, True),
                  ckpt_path=_resume_path(run_dir, "stage1", resume))
     metrics = {"stage1": _numbers(trainer1.callback_metrics), "wall_time_s": {"stage1": time.perf_counter() - t0}}
     t0 = time.perf_counter()
 
     plan2 = Stage2Plan(module, cfg.lr_encoder, seed=cfg.seed)
     trainer2, _ = _trainer(cfg, "stage2", cfg.stage2_epochs, run_dir, loggers)
+    # not sharded: every rank scores every held-out cell, so the logged values agree without a sync
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
-    trainer2.fit(plan2, train_dataloaders=make_loader(data, train_idx, cfg.batch_size, True, cfg.seed + 1),
+    train2 = _loader(data, train_idx, cfg.batch_size, True, cfg.seed + 1, trainer2, False)
+    trainer2.fit(plan2, train_dataloaders=train2,
                  val_dataloaders=val_loader, ckpt_path=_resume_path(run_dir, "stage2", resume))
     if val_loader is not None:
         trainer2.validate(plan2, dataloaders=val_loader, verbose=False)
     metrics["stage2"] = _numbers(trainer2.callback_metrics)
     metrics["wall_time_s"]["stage2"] = time.perf_counter() - t0
+    if trainer2.world_size > 1:
+        metrics["ddp"] = {"world_size": trainer2.world_size, "global_rank": trainer2.global_rank}
     module.eval()
     return metrics
 

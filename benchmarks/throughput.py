@@ -1,0 +1,339 @@
+"""Throughput and memory of VennCell (in memory and backed) against totalVI, on synthetic CITE-seq-like data.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/throughput.py all
+
+writes ``benchmarks/RESULTS.md`` (and ``benchmarks/results.json``). Data go to ``benchmarks/data/``
+(gitignored). Every measurement runs in its own subprocess so that peak RSS belongs to one method.
+totalVI (scvi-tools) is only imported here: it is never a VennCell dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+N_GENES, N_PROTEINS, SHARED, PRIVATE = 2000, 100, 4, 2
+BATCH = 128
+STEPS = 60  # timed steps per stage (after WARMUP untimed ones)
+WARMUP = 5
+
+
+# ------------------------------------------------------------------ data
+def _generate(n: int, seed: int = 0):
+    """Poisson counts from known factors: log-rates linear in (shared, private) factors. RNA is ~10 %
+    non-zero like droplet data; protein is dense. Chunked so 100k cells stay well under 1 GB."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    w = {"rna": rng.normal(0, 0.35, (SHARED + PRIVATE, N_GENES)), "protein": rng.normal(0, 0.45, (SHARED + PRIVATE, N_PROTEINS))}
+    base = {"rna": rng.normal(np.log(0.07), 0.8, N_GENES), "protein": rng.normal(3.0, 0.7, N_PROTEINS)}
+    zs = rng.normal(size=(n, SHARED)).astype(np.float32)
+    zp = {m: rng.normal(size=(n, PRIVATE)).astype(np.float32) for m in w}
+    lib = rng.lognormal(0, 0.3, n)
+    out = {m: [] for m in w}
+    for s in range(0, n, 20_000):
+        e = min(n, s + 20_000)
+        for m in w:
+            eta = base[m] + np.c_[zs[s:e], zp[m][s:e]] @ w[m] + np.log(lib[s:e])[:, None]
+            out[m].append(sp.csr_matrix(rng.poisson(np.exp(eta)).astype(np.float32)))
+    return {m: sp.vstack(v, format="csr") for m, v in out.items()}, zs, zp
+
+
+def _write(path: Path, x: dict, zs, zp) -> None:
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+
+    names = pd.Index([f"c{i}" for i in range(x["rna"].shape[0])])
+    mods = {m: ad.AnnData(x[m], obs=pd.DataFrame(index=names),
+                          var=pd.DataFrame(index=[f"{m}_{j}" for j in range(x[m].shape[1])])) for m in x}
+    mdata = md.MuData(mods)
+    mdata.obsm["true_shared"] = zs
+    for m in zp:
+        mdata.obsm[f"true_private_{m}"] = zp[m]
+    tmp = path.with_suffix(".tmp.h5mu")
+    mdata.write(tmp)
+    tmp.rename(path)
+
+
+def data_path(n: int) -> Path:
+    return DATA / f"synth_{n}.h5mu"
+
+
+def generate(sizes) -> None:
+    """10k and 100k are generated; 1M is the 100k cells tiled 10x (same per-cell cost, 10x faster to make)."""
+    import scipy.sparse as sp
+
+    DATA.mkdir(exist_ok=True)
+    for n in sorted(s for s in sizes if s <= 100_000):
+        if not data_path(n).exists():
+            t = time.perf_counter()
+            _write(data_path(n), *_generate(n, seed=n))
+            print(f"generated {n} cells in {time.perf_counter() - t:.0f} s", flush=True)
+    for n in (s for s in sizes if s > 100_000):
+        if not data_path(n).exists():
+            t = time.perf_counter()
+            x, zs, zp = _generate(100_000, seed=100_000)
+            k = n // 100_000
+            _write(data_path(n), {m: sp.vstack([v] * k, format="csr") for m, v in x.items()}, np.tile(zs, (k, 1)),
+                   {m: np.tile(v, (k, 1)) for m, v in zp.items()})
+            print(f"tiled {n} cells in {time.perf_counter() - t:.0f} s", flush=True)
+
+
+# ------------------------------------------------------------------ timing
+def _timer():
+    from lightning.pytorch.callbacks import Callback
+
+    class Timer(Callback):
+        """Cells/s over steps WARMUP.. end of a stage (Lightning start-up and warm-up excluded)."""
+
+        def __init__(self):
+            self.stages: dict = {}
+
+        def on_train_start(self, trainer, pl_module):
+            self._t0, self._n = None, 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == WARMUP:
+                self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self._t0 is not None:
+                self._n += len(batch["idx"]) if isinstance(batch, dict) and "idx" in batch else BATCH
+
+        def on_train_end(self, trainer, pl_module):
+            dt = time.perf_counter() - self._t0
+            cpu = time.process_time() - self._c0
+            name = f"stage{getattr(pl_module, 'stage', 0)}"
+            state = 0
+            for opt in trainer.optimizers:
+                for st in opt.state.values():
+                    state += sum(v.numel() * v.element_size() for v in st.values() if hasattr(v, "numel"))
+            # cells per CPU-second is the robust number on a shared machine: wall time includes waiting for a core
+            self.stages[name] = {"cells_per_s": self._n / dt, "cells_per_cpu_s": self._n / cpu, "timed_cells": self._n, "optimiser_state_MB": state / 2**20}
+
+    return Timer()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_now_mb() -> float:
+    # resident memory at the end of training: the peak is often set by set-up (spectral init), not training
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_venncell(n: int, backed: bool, steps: int) -> dict:
+    import mudata as md
+    import torch
+
+    from venncell import VennCell
+
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    mdata = md.read_h5mu(data_path(n), backed=backed)
+    VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
+    model = VennCell(mdata, shared_dim=8, private_dim=4, validation_fraction=0.0, backed=backed)
+    setup_s = time.perf_counter() - t
+    rss_setup = _peak_rss_mb()
+    timer = _timer()
+    # callbacks=[timer] replaces the checkpoint callback: a checkpoint per (truncated) epoch would be timed too
+    model.train(stage1_epochs=1, stage2_epochs=1, batch_size=BATCH, limit_train_batches=steps + WARMUP,
+                progress_bar="none", callbacks=[timer], enable_checkpointing=False)
+    tables = [model.module.shared_table, *model.module.private_tables.values()]
+    return {"method": "venncell" + ("-backed" if backed else ""), "n": n, "setup_s": setup_s,
+            "peak_rss_after_setup_MB": rss_setup, "peak_rss_MB": _peak_rss_mb(), "rss_end_MB": _rss_now_mb(),
+            "latent_table_MB": sum(t.weight.numel() * 4 for t in tables) / 2**20, **timer.stages}
+
+
+def _totalvi_adata(n: int):
+    import mudata as md
+
+    mdata = md.read_h5mu(data_path(n))
+    adata = mdata.mod["rna"].copy()
+    adata.obsm["protein"] = mdata.mod["protein"].X.toarray()
+    return adata, mdata
+
+
+def measure_totalvi(n: int, steps: int) -> dict:
+    import torch
+    import scvi
+
+    torch.set_num_threads(1)
+    scvi.settings.seed = 0
+    t = time.perf_counter()
+    adata, _ = _totalvi_adata(n)
+    scvi.model.TOTALVI.setup_anndata(adata, protein_expression_obsm_key="protein")
+    model = scvi.model.TOTALVI(adata)
+    setup_s = time.perf_counter() - t
+    timer = _timer()
+    model.train(max_epochs=1, batch_size=BATCH, train_size=0.9, early_stopping=False, accelerator="cpu", limit_val_batches=0,
+                limit_train_batches=steps + WARMUP, callbacks=[timer], enable_progress_bar=False,
+                enable_checkpointing=False, reduce_lr_on_plateau=False, logger=False)
+    return {"method": "totalvi", "n": n, "setup_s": setup_s, "peak_rss_MB": _peak_rss_mb(), "rss_end_MB": _rss_now_mb(),
+            "stage1": timer.stages.get("stage0")}
+
+
+def quality(n: int, method: str, epochs: int) -> dict:
+    import torch
+
+    from venncell.analysis.recovery import cv_r2
+
+    torch.set_num_threads(1)
+    adata, mdata = _totalvi_adata(n)
+    truth = {"shared": mdata.obsm["true_shared"], **{f"private:{m}": mdata.obsm[f"true_private_{m}"] for m in ("rna", "protein")}}
+    t = time.perf_counter()
+    if method == "totalvi":
+        import scvi
+
+        scvi.settings.seed = 0
+        scvi.model.TOTALVI.setup_anndata(adata, protein_expression_obsm_key="protein")
+        model = scvi.model.TOTALVI(adata)
+        model.train(max_epochs=epochs, batch_size=BATCH, early_stopping=False, accelerator="cpu",
+                    enable_progress_bar=False, logger=False, enable_checkpointing=False, reduce_lr_on_plateau=False)
+        z = model.get_latent_representation()
+        latents = {"shared": z, "private:rna": z, "private:protein": z}  # one joint latent: no private blocks
+    else:
+        from venncell import VennCell
+
+        VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
+        model = VennCell(mdata, shared_dim=8, private_dim=4)
+        model.train(stage1_epochs=epochs, stage2_epochs=max(5, epochs // 3), batch_size=BATCH, progress_bar="none")
+        latents = {b: model.get_latent_representation(block=b) for b in truth}
+    wall = time.perf_counter() - t
+    r2 = {f"{b} <- true {b}": cv_r2(latents[b], truth[b]) for b in truth}
+    r2["shared latent <- true private (leakage, max)"] = max(cv_r2(latents["shared"], truth[b]) for b in truth if b != "shared")
+    return {"method": method, "n": n, "epochs": epochs, "wall_s": wall, "peak_rss_MB": _peak_rss_mb(), "knn_r2": r2}
+
+
+# ------------------------------------------------------------------ driver
+def _sub(args: list[str], timeout: int) -> dict | None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    t = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"TIMEOUT {args}", flush=True)
+        return {"error": f"timed out after {timeout} s", "args": args}
+    lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+    if p.returncode or not lines:
+        print(f"FAILED {args}\n{p.stderr[-3000:]}", flush=True)
+        return {"error": p.stderr[-500:], "args": args}
+    out = json.loads(lines[-1][7:])
+    out["process_wall_s"] = time.perf_counter() - t
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def run_all(sizes, steps: int, q_epochs: int, totalvi_epochs: int) -> None:
+    generate(sizes)
+    results = {"measure": [], "quality": [], "argv": " ".join(sys.argv[1:])}
+    out = HERE / "results.json"
+    for n in sizes:
+        if n <= 100_000:
+            results["measure"].append(_sub(["measure", "--method", "venncell", "--n", str(n), "--steps", str(steps)], 900))
+        results["measure"].append(_sub(["measure", "--method", "venncell", "--backed", "--n", str(n), "--steps", str(steps)], 900))
+        if n <= 100_000:
+            results["measure"].append(_sub(["measure", "--method", "totalvi", "--n", str(n), "--steps", str(steps)], 900))
+        out.write_text(json.dumps(results, indent=1))
+    n_q = min(sizes)
+    results["quality"].append(_sub(["quality", "--method", "venncell", "--n", str(n_q), "--epochs", str(q_epochs)], 1800))
+    results["quality"].append(_sub(["quality", "--method", "totalvi", "--n", str(n_q), "--epochs", str(totalvi_epochs)], 1800))
+    out.write_text(json.dumps(results, indent=1))
+    write_markdown(results, " ".join(sys.argv[1:]))
+
+
+def write_markdown(results: dict, argv: str) -> None:
+    nan = float("nan")
+    m = [r for r in results["measure"] if r and "error" not in r]
+    lines = ["# Throughput and memory: VennCell vs totalVI", "",
+             f"Command: `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/throughput.py {argv}`", "",
+             f"Synthetic Poisson counts from known factors: cells x ({N_GENES} genes, ~10 % non-zero + {N_PROTEINS} "
+             f"proteins), batch size {BATCH}, a fixed number of timed steps per stage after {WARMUP} warm-up steps "
+             "(`limit_train_batches`), one subprocess per row (peak RSS is that process's). CPU only, one thread "
+             "(`torch.set_num_threads(1)`, `OMP_NUM_THREADS=1`) on a 2-core machine shared with other jobs (load "
+             "average 12-16 during these runs): wall-clock cells/s mostly measures the share of a core the job got, "
+             "so throughput is also given per CPU-second of the process, which is the comparable number. No GPU was "
+             "lent to this task: the GPU benchmark was not run. 1M = the 100k cells tiled 10x (same per-cell cost). "
+             "Checkpointing is off in the timed runs (a checkpoint per truncated epoch would dominate).", "",
+             "| method | cells | set-up s (wall) | stage 1 cells/s (wall) | stage 1 cells/CPU-s | stage 2 cells/CPU-s | "
+             "stage-1 epoch, CPU-s (est.) | peak RSS MB | RSS after training MB | latent tables MB | stage-1 optimiser "
+             "state MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in m:
+        s1, s2 = r.get("stage1") or {}, r.get("stage2") or {}
+        c1 = s1.get("cells_per_cpu_s")
+        lines.append(f"| {r['method']} | {r['n']:,} | {r['setup_s']:.0f} | {s1.get('cells_per_s', nan):.0f} | "
+                     f"{c1 or nan:.0f} | {s2.get('cells_per_cpu_s', nan):.0f} | {r['n'] / c1 if c1 else nan:.0f} | "
+                     f"{r['peak_rss_MB']:.0f} | {r.get('rss_end_MB', nan):.0f} | {r.get('latent_table_MB', nan):.1f} | "
+                     f"{s1.get('optimiser_state_MB', nan):.1f} |")
+    ratios = []
+    for n in sorted({r["n"] for r in m}):
+        v = {r["method"]: r for r in m if r["n"] == n}
+        if "venncell" in v and "totalvi" in v and v["totalvi"].get("stage1"):
+            ratios.append(f"| {n:,} | {v['venncell']['stage1']['cells_per_cpu_s'] / v['totalvi']['stage1']['cells_per_cpu_s']:.2f} | "
+                          f"{v['venncell']['peak_rss_MB'] / v['totalvi']['peak_rss_MB']:.2f} |")
+    if ratios:
+        lines += ["", "VennCell (in memory, stage 1) / totalVI, same cells and batch size:", "",
+                  "| cells | throughput ratio (per CPU-s) | peak RSS ratio |", "|---|---|---|", *ratios]
+    q = [r for r in results["quality"] if r and "error" not in r]
+    if q:
+        keys = list(q[0]["knn_r2"])
+        lines += ["", f"Latent quality at {q[0]['n']:,} cells: kNN-R² (k = 15, 5-fold) of the true factors from each "
+                  "method's latent (VennCell: encoder latents of the named block; totalVI: its one joint latent for "
+                  "every row, it has no private blocks).", "",
+                  "| metric | " + " | ".join(f"{r['method']} ({r['epochs']} epochs, {r['wall_s']:.0f} s wall)" for r in q) + " |",
+                  "|---|" + "---|" * len(q)]
+        for k in keys:
+            lines.append(f"| {k} | " + " | ".join(f"{r['knn_r2'][k]:.3f}" for r in q) + " |")
+    failed = [r for r in results["measure"] + results["quality"] if r and "error" in r]
+    if failed:
+        lines += ["", "Runs that did not finish:", ""] + [f"- `{' '.join(r['args'])}`: {r['error'][-200:]!r}" for r in failed]
+    notes = HERE / "NOTES.md"  # hand-written reading of the numbers, kept across re-runs
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["all", "gen", "measure", "quality", "markdown"])
+    ap.add_argument("--method", default="venncell")
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--backed", action="store_true")
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--quality-epochs", type=int, default=30)
+    ap.add_argument("--totalvi-epochs", type=int, default=100)
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    if a.what == "gen":
+        generate(sizes)
+    elif a.what == "measure":
+        r = measure_totalvi(a.n, a.steps) if a.method == "totalvi" else measure_venncell(a.n, a.backed, a.steps)
+        print("RESULT " + json.dumps(r))
+    elif a.what == "quality":
+        print("RESULT " + json.dumps(quality(a.n, a.method, a.epochs)))
+    elif a.what == "markdown":
+        res = json.loads((HERE / "results.json").read_text())  # re-render after editing NOTES.md
+        write_markdown(res, res.get("argv", "all"))
+    else:
+        run_all(sizes, a.steps, a.quality_epochs, a.totalvi_epochs)
+
+
+if __name__ == "__main__":
+    main()

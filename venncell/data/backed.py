@@ -1,0 +1,237 @@
+"""Out-of-core training: read each modality's rows from the .h5mu on disk, one contiguous chunk at a time.
+
+A backed ``MultiModalData`` keeps a ``BackedMatrix`` per modality instead of an in-memory CSR. Rows are
+read in aligned blocks of ``chunk_size`` rows and the last two blocks are cached, so a sampler that walks
+the cells chunk by chunk (``ChunkedCellBatches``) reads every block once per epoch, sequentially within the
+block, instead of one random row per cell. Library sizes, feature statistics and input validation are
+computed in one streaming pass over the blocks; nothing of size cells x features is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import anndata as ad
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from venncell.data.spec import ModalitySpec
+from venncell.data.validate import VennCellInputError, check_matrix
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 1024
+_PASS_ROWS = 16_384  # rows per read in the streaming statistics pass (bigger = fewer, longer sequential reads)
+
+
+def _sparse_dataset(group):
+    # anndata moved this helper between releases; both spellings read a CSR/CSC group lazily
+    fn = getattr(getattr(ad, "io", None), "sparse_dataset", None) or ad.experimental.sparse_dataset
+    return fn(group)
+
+
+def backed_path(mdata) -> str:
+    """The file behind a MuData opened with ``mudata.read_h5mu(path, backed=True)``."""
+    path = getattr(mdata, "filename", None)
+    if not getattr(mdata, "isbacked", False) or not path:
+        raise VennCellInputError(
+            "backed=True needs a MuData opened from disk in backed mode: "
+            "`mudata.read_h5mu(path, backed=True)` (or pass the .h5mu path itself)."
+        )
+    return str(path)
+
+
+def head_rows(x, n: int = 5000):
+    """The first ``n`` rows of a backed matrix (for guessing a likelihood) without reading the rest."""
+    if sp.issparse(x) or isinstance(x, np.ndarray):
+        return x
+    return x[: min(n, x.shape[0])]
+
+
+class BackedMatrix:
+    """Rows of one modality's matrix, read from disk in aligned, cached blocks of ``chunk_size`` rows.
+
+    ``m[rows]`` returns a float32 CSR (sparse on disk) or ndarray (dense on disk) in the order of ``rows``.
+    ``reads`` records every ``(start, stop)`` read from disk, so tests can check that reads are contiguous.
+    """
+
+    def __init__(self, path: str, key: str, spec: ModalitySpec, cols: np.ndarray | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, cache_blocks: int = 2):
+        self.path, self.key, self.spec, self.cols = path, key, spec, cols
+        self.chunk_size = int(chunk_size)
+        self.cache_blocks = cache_blocks
+        self._file = None
+        self._ds = None
+        self._cache: OrderedDict[int, sp.csr_matrix | np.ndarray] = OrderedDict()
+        self.reads: list[tuple[int, int]] = []
+        ds = self._dataset()
+        self.shape = (ds.shape[0], ds.shape[1] if cols is None else len(cols))
+        self.sparse = not isinstance(ds, h5py.Dataset)
+
+    # h5py handles are not picklable and must not cross a fork: open lazily, drop on pickling
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_file=None, _ds=None, _cache=OrderedDict())
+        return state
+
+    def _dataset(self):
+        if self._ds is None:
+            self._file = h5py.File(self.path, "r")
+            if self.key not in self._file:
+                raise VennCellInputError(f"Modality '{self.spec.name}': '{self.key}' is not in {self.path}.")
+            node = self._file[self.key]
+            if isinstance(node, h5py.Dataset):
+                self._ds = node
+            else:
+                enc = node.attrs.get("encoding-type", "")
+                if enc not in ("csr_matrix", "csc_matrix"):
+                    raise VennCellInputError(f"Modality '{self.spec.name}': '{self.key}' has encoding '{enc}'; "
+                                             "backed training reads dense arrays or CSR matrices.")
+                if enc == "csc_matrix":
+                    raise VennCellInputError(
+                        f"Modality '{self.spec.name}' is stored column-wise (CSC) in {self.path}: reading cells would "
+                        "touch the whole matrix. Rewrite it as CSR (`adata.X = adata.X.tocsr(); mdata.write(path)`)."
+                    )
+                self._ds = _sparse_dataset(node)
+        return self._ds
+
+    def read(self, start: int, stop: int, binarize: bool = True):
+        """Rows [start, stop) straight from disk, aligned to the registered features, float32, binarised
+        when the modality is (``binarize=False`` gives the raw values, for validation)."""
+        self.reads.append((int(start), int(stop)))
+        x = self._dataset()[start:stop]
+        if self.cols is not None:
+            x = x[:, self.cols]
+        if sp.issparse(x):
+            x = sp.csr_matrix(x, dtype=np.float32)
+            if self.spec.binarize and binarize:
+                x.data = (x.data > 0).astype(np.float32)
+                x.eliminate_zeros()
+        else:
+            x = np.asarray(x, dtype=np.float32)
+            if self.spec.binarize and binarize:
+                x = (x > 0).astype(np.float32)
+        return x
+
+    def _block(self, b: int):
+        if b in self._cache:
+            self._cache.move_to_end(b)
+            return self._cache[b]
+        start = b * self.chunk_size
+        block = self.read(start, min(self.shape[0], start + self.chunk_size))
+        self._cache[b] = block
+        while len(self._cache) > self.cache_blocks:
+            self._cache.popitem(last=False)
+        return block
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        blocks = srt // self.chunk_size
+        cuts = np.flatnonzero(np.diff(blocks)) + 1
+        parts = []
+        for seg in np.split(np.arange(len(srt)), cuts):
+            if len(seg):
+                b = int(blocks[seg[0]])
+                parts.append(self._block(b)[srt[seg] - b * self.chunk_size])
+        out = sp.vstack(parts, format="csr") if self.sparse else np.concatenate(parts)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return out[inverse]
+
+    def iter_pass(self, rows: int = _PASS_ROWS):
+        """(start, raw block) over the whole matrix, each read once and not cached."""
+        for start in range(0, self.shape[0], rows):
+            yield start, self.read(start, min(self.shape[0], start + rows), binarize=False)
+
+
+def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, cols: np.ndarray | None,
+                         chunk_size: int) -> tuple[BackedMatrix, np.ndarray]:
+    """A modality's backed matrix and its per-row library sizes, from one streaming, validating pass.
+
+    Sets ``spec.feature_mean`` / ``feature_std`` when fitting a ``standardise`` transform (computed from
+    streamed sums, float64, so they match the in-memory mean/std to rounding).
+    """
+    key = f"mod/{spec.name}/" + ("X" if spec.layer is None else f"layers/{spec.layer}")
+    m = BackedMatrix(path, key, spec, cols, chunk_size)
+    n, p = m.shape
+    library = np.empty(n, dtype=np.float32)
+    s1 = np.zeros(p)
+    s2 = np.zeros(p)
+    n_empty = 0
+    for start, x in m.iter_pass():
+        stop = start + x.shape[0]
+        try:
+            # the checks that need all cells at once (zero variance, all-zero cells) are done below
+            check_matrix(spec.name, x, spec.likelihood, spec.features or [str(i) for i in range(p)], spec.binarize,
+                         zero_variance="keep")
+        except VennCellInputError as e:
+            if "all-zero" not in str(e):
+                raise VennCellInputError(f"{e} (found in rows {start}-{stop - 1} of the backed file {path})") from None
+        if spec.binarize:
+            x = (x > 0).astype(np.float32)
+        library[start:stop] = np.asarray(x.sum(1)).ravel()
+        n_empty += int((library[start:stop] == 0).sum())
+        s1 += np.asarray(x.sum(0), dtype=np.float64).ravel()
+        s2 += np.asarray((x.multiply(x) if sp.issparse(x) else x * x).sum(0), dtype=np.float64).ravel()
+    if spec.likelihood in ("nb", "bernoulli") and n_empty:
+        if n_empty == n:
+            raise VennCellInputError(f"Modality '{spec.name}': every cell is all-zero; there is nothing to learn from.")
+        if spec.likelihood == "nb":
+            raise VennCellInputError(
+                f"Modality '{spec.name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(library == 0))}), "
+                "so their library size is 0 and the count likelihood is undefined. Filter them "
+                "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`) or mark the modality missing for them."
+            )
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean**2, 0.0)
+    if (var <= 1e-12).any():
+        log.info("Modality '%s': %d zero-variance feature(s) in the backed data.", spec.name, int((var <= 1e-12).sum()))
+    if fit_transform and spec.encoder_transform == "standardise":
+        spec.feature_mean = mean.tolist()
+        spec.feature_std = (np.sqrt(var) + 1e-6).tolist()
+    m._cache.clear()
+    m.reads.clear()
+    return m, library
+
+
+class ChunkedCellBatches:
+    """Mini-batches that walk the data chunk by chunk: disk reads stay contiguous, order stays random.
+
+    Cells are grouped into aligned chunks of ``chunk_size`` cell indices (the reader's blocks); each epoch
+    shuffles the order of the chunks and the cells within each chunk, then cuts the stream into batches.
+    Like ``CellBatches`` the order is a pure function of ``(seed, epoch)``, so resumed runs see the same
+    batches. A batch is drawn from at most two neighbouring chunks of the stream, so with a two-block cache
+    every chunk is read from disk once per epoch.
+    """
+
+    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self.indices = np.sort(np.asarray(indices))
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.chunk_size = int(chunk_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle or len(self.indices) == 0:
+            return self.indices
+        rng = np.random.default_rng((self.seed, self.epoch))
+        chunk = self.indices // self.chunk_size
+        groups = np.split(self.indices, np.flatnonzero(np.diff(chunk)) + 1)
+        return np.concatenate([groups[g][rng.permutation(len(groups[g]))] for g in rng.permutation(len(groups))])
+
+    def __iter__(self):
+        order = self.order()
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size

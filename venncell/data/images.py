@@ -1,0 +1,216 @@
+"""Image modalities: cells x C x H x W crops, in ``.obsm[key]`` or in an external ``.npy`` / zarr store.
+
+A store is opened memory-mapped (``np.load(mmap_mode="r")`` or ``zarr.open``) and only the rows of a
+mini-batch are read, so image sets larger than memory train like any other modality. Several modalities may
+share one store and pick different ``channels`` of it (e.g. a DNA channel vs cytoskeleton channels).
+
+Pixels reach the model standardised per channel (mean / std over every cell and pixel, computed once at setup
+and saved with the model) and flattened to ``C*H*W`` columns, so the rest of VennCell sees an ordinary
+Gaussian modality; the CNN encoder and decoder (``venncell.nn.cnn``) reshape them using ``spec.image_shape``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from venncell.data.validate import VennCellInputError, check_image_array
+
+# ``adata.uns`` key naming a modality's store file; new data for a saved model points at its own store here.
+STORE_UNS_KEY = "venncell_image_store"
+_CHUNK = 512  # rows per read when scanning a whole store (statistics, NaN check)
+
+
+def open_store(name: str, path: str | Path):
+    """Open a store lazily: ``.npy`` memory-mapped, ``.zarr`` through zarr (optional dependency)."""
+    p = Path(path)
+    if not p.exists():
+        raise VennCellInputError(
+            f"Modality '{name}': image store {str(p)!r} does not exist. Fix the `store` path in setup_mudata "
+            f"(or `adata.uns['{STORE_UNS_KEY}']` of that modality), or put the array in `.obsm` instead."
+        )
+    if p.suffix == ".zarr" or p.is_dir():
+        try:
+            import zarr
+        except ImportError:
+            raise VennCellInputError(
+                f"Modality '{name}': image store {str(p)!r} is a zarr store but zarr is not installed. "
+                "`pip install zarr`, or save the array as .npy (np.save)."
+            ) from None
+        return zarr.open_array(str(p), mode="r")
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:  # object arrays need pickling and cannot be memory-mapped
+        raise VennCellInputError(
+            f"Modality '{name}': image store {str(p)!r} cannot be memory-mapped ({e}); it must hold a numeric "
+            "array (save it with `np.save(path, images.astype(np.float32))`)."
+        ) from None
+    except OSError as e:
+        raise VennCellInputError(f"Modality '{name}': image store {str(p)!r} is not a readable .npy file ({e}).") from None
+
+
+def _read_rows(arr, rows: np.ndarray) -> np.ndarray:
+    if hasattr(arr, "get_orthogonal_selection"):  # zarr
+        return np.asarray(arr.get_orthogonal_selection((rows, slice(None), slice(None), slice(None))))
+    # np.memmap (fancy indexing reads only these rows), in-memory arrays, h5py datasets (sorted rows)
+    return np.asarray(arr[rows])
+
+
+class ImageSource:
+    """One modality's view of an image array: selected channels, standardised, flattened per cell."""
+
+    def __init__(self, name: str, array, channels: list[int] | None, n_obs: int):
+        check_image_array(name, array, channels, n_obs)
+        self.name = name
+        self.array = array
+        self.channels = list(range(array.shape[1])) if channels is None else [int(c) for c in channels]
+        self.shape = (len(self.channels), int(array.shape[2]), int(array.shape[3]))
+        self.mean = np.zeros(len(self.channels))
+        self.std = np.ones(len(self.channels))
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def raw(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")  # sorted reads are sequential on disk
+        out = np.empty((len(rows),) + self.shape, dtype=np.float32)
+        if len(rows):
+            block = _read_rows(self.array, rows[order])
+            out[order] = block[:, self.channels].astype(np.float32)
+        return out
+
+    def scan(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std over all cells, checking every pixel is finite on the way."""
+        total = np.zeros(len(self.channels))
+        sq = np.zeros(len(self.channels))
+        n_pix = 0
+        for start in range(0, len(self), _CHUNK):
+            x = self.raw(np.arange(start, min(start + _CHUNK, len(self)))).astype(np.float64)
+            finite = np.isfinite(x)
+            if not finite.all():
+                i, c, h, w = np.unravel_index(int(np.argmin(finite.ravel())), x.shape)
+                raise VennCellInputError(
+                    f"Modality '{self.name}': the images contain {int((~finite).sum())}+ NaN/inf pixel(s) (first at "
+                    f"cell row {start + i}, channel {self.channels[c]}, pixel ({h}, {w})). Replace them (e.g. "
+                    "`np.nan_to_num(images)`) or drop those cells before training."
+                )
+            total += x.sum((0, 2, 3))
+            sq += (x**2).sum((0, 2, 3))
+            n_pix += x.shape[0] * x.shape[2] * x.shape[3]
+        mean = total / max(n_pix, 1)
+        std = np.sqrt(np.maximum(sq / max(n_pix, 1) - mean**2, 0.0)) + 1e-6
+        return mean, std
+
+    def set_stats(self, mean, std) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """Standardised pixels of these rows, flattened to ``C*H*W`` columns."""
+        x = self.raw(rows)
+        x = (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+        return x.reshape(len(x), -1)
+
+
+def image_source(spec, adata, fit: bool) -> ImageSource:
+    """Open the image array of ``spec`` for this modality's AnnData.
+
+    ``.obsm[spec.image_key]`` when the data has it; otherwise the store named in ``adata.uns`` (set by
+    setup_mudata, or by the user for new data) and, while fitting, the store the registry recorded. So a saved
+    model embeds new data from that data's own store, never from the one it was trained on.
+    """
+    name = spec.name
+    path = adata.uns.get(STORE_UNS_KEY) or (spec.image_store if fit else None)
+    if spec.image_key is not None and spec.image_key in adata.obsm:
+        array = adata.obsm[spec.image_key]
+    elif path is not None:
+        array = open_store(name, path)
+    elif spec.image_key is not None:
+        raise VennCellInputError(
+            f"Modality '{name}': `.obsm['{spec.image_key}']` does not exist (obsm keys: "
+            f"{list(adata.obsm) or 'none'}). Put the cells x C x H x W array there, or point "
+            f"`mdata['{name}'].uns['{STORE_UNS_KEY}']` at a .npy/.zarr file holding it."
+        )
+    else:
+        raise VennCellInputError(
+            f"Modality '{name}' is an image modality stored outside the MuData, but this data names no store. "
+            f"Set `mdata['{name}'].uns['{STORE_UNS_KEY}'] = 'path/to/images.npy'` (rows = this modality's cells) "
+            "or register it with setup_mudata(..., modalities={name: {'kind': 'image', 'store': path}})."
+        )
+    src = ImageSource(name, array, spec.channels, adata.n_obs)
+    if fit:
+        spec.image_shape = list(src.shape)
+        mean, std = src.scan()
+        spec.channel_mean, spec.channel_std = mean.tolist(), std.tolist()
+    else:
+        if spec.image_shape is not None and list(src.shape) != list(spec.image_shape):
+            raise VennCellInputError(
+                f"Modality '{name}': images are {tuple(src.shape)} (channels x height x width) but the model was "
+                f"trained on {tuple(spec.image_shape)}. Crop/resize them to the training size."
+            )
+        src.scan()  # finiteness check only: the model's own statistics are used
+    src.set_stats(spec.channel_mean, spec.channel_std)
+    return src
+
+
+def downsample(x: np.ndarray, shape, max_side: int = 16) -> np.ndarray:
+    """Average-pool flattened images to at most ``max_side`` pixels a side (for PCA-based initialisation)."""
+    import torch
+    import torch.nn.functional as F
+
+    c, h, w = shape
+    t = torch.as_tensor(x, dtype=torch.float32).reshape(-1, c, h, w)
+    t = F.adaptive_avg_pool2d(t, (min(h, max_side), min(w, max_side)))
+    return t.reshape(len(t), -1).numpy()
+
+
+def register_image(name: str, kind: str, adata, opts: dict) -> dict:
+    """The registry entry of an image modality (called by ``VennCell.setup_mudata``).
+
+    Options: ``obsm_key`` (array in ``adata.obsm``) or ``store`` (path of a ``.npy`` / ``.zarr`` array whose
+    row i is the modality's cell i), ``channels`` (indices into the array's channel axis; default all),
+    ``private_dim``, ``weight``. The likelihood is Gaussian on per-channel standardised pixels.
+    """
+    if kind != "image":
+        raise VennCellInputError(
+            f"Modality '{name}': options obsm_key/store/channels are for image modalities; set kind: image."
+        )
+    key, store = opts.get("obsm_key"), opts.get("store")
+    if key is None and store is None:  # a MuData written after an earlier setup keeps its store path
+        store = adata.uns.get(STORE_UNS_KEY)
+    if (key is None) == (store is None):
+        raise VennCellInputError(
+            f"Modality '{name}' is an image modality: give exactly one of obsm_key (a cells x C x H x W array in "
+            f"`.obsm`) or store (path of a .npy/.zarr file holding it); got obsm_key={key!r}, store={store!r}."
+        )
+    if opts.get("likelihood") not in (None, "auto", "gaussian"):
+        raise VennCellInputError(
+            f"Modality '{name}': image modalities use the Gaussian likelihood on standardised pixels; "
+            f"likelihood={opts['likelihood']!r} is not supported (drop the option)."
+        )
+    for bad in ("layer", "binarize"):
+        if opts.get(bad):
+            raise VennCellInputError(f"Modality '{name}': option {bad!r} does not apply to image modalities; drop it.")
+    channels = opts.get("channels")
+    if channels is not None:
+        channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
+        channels = [int(c) if isinstance(c, (int, np.integer)) else c for c in channels]  # JSON-safe
+    if store is not None:
+        store = str(Path(store).resolve())
+        arr = open_store(name, store)
+        adata.uns[STORE_UNS_KEY] = store
+    else:
+        if key not in adata.obsm:
+            raise VennCellInputError(
+                f"Modality '{name}': `.obsm['{key}']` does not exist (obsm keys: {list(adata.obsm) or 'none'}). "
+                "Put the cells x C x H x W array there or register a `store` path."
+            )
+        arr = adata.obsm[key]
+    check_image_array(name, arr, channels, adata.n_obs)
+    return {
+        "kind": "image", "likelihood": "gaussian", "layer": None, "binarize": False,
+        "private_dim": opts.get("private_dim"), "weight": float(opts.get("weight", 1.0)),
+        "image_key": key, "image_store": store, "channels": channels,
+    }
