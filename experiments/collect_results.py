@@ -18,8 +18,9 @@ def parse(text: str) -> tuple[str, str, list[tuple[str, list[str]]]]:
     """Title, first command, and (heading, table lines) for every table in a RESULTS.md."""
     lines = text.splitlines()
     title = next((ln.lstrip("# ").strip() for ln in lines if ln.startswith("# ")), "")
-    m = re.search(r"Command:\s*`([^`]+)`", text)
-    command = m.group(1) if m else ""
+    # "Command: `...`" or "Command (notes with `code`): `...`": the longest code span on the Command line
+    m = re.search(r"^Command.*$", text, flags=re.MULTILINE)
+    command = max(re.findall(r"`([^`]+)`", m.group(0)), key=len, default="") if m else ""
     tables, heading, current = [], "", []
     for ln in lines + [""]:
         if ln.startswith("|"):

@@ -1,4 +1,4 @@
-"""Likelihood heads on real data (small NeurIPS 2021 BMMC starters, 500 cells each): does the modality's
+"""Likelihood heads on real data (small NeurIPS 2021 BMMC starters, 600 and 500 cells): does the modality's
 likelihood change what the latents capture?
 
 - CITE (RNA + ADT): protein as `nb`, `nb_mixture` (totalVI-style background) or `clr` + gaussian; RNA as `nb`
@@ -111,7 +111,7 @@ def main() -> None:
         rows.append(("Multiome", name, run(multi, mods, "atac", args)))
         print(rows[-1], flush=True)
     lines = [
-        "# Likelihood heads on the BMMC starters (500 cells each)", "",
+        "# Likelihood heads on the BMMC starters (CITE 600 cells, Multiome 500)", "",
         f"Command: `OMP_NUM_THREADS=1 python experiments/likelihood_heads/run.py --stage1-epochs {args.stage1_epochs} "
         f"--stage2-epochs {args.stage2_epochs}` (seed 0, shared_dim 8, private_dim 4). Cell-type kNN accuracy "
         "(k=15, 5-fold) of the stage-2 encoder latents; RNA -> ADT mean Pearson on the validation cells (log1p "
