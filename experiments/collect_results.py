@@ -18,9 +18,12 @@ def parse(text: str) -> tuple[str, str, list[tuple[str, list[str]]]]:
     """Title, first command, and (heading, table lines) for every table in a RESULTS.md."""
     lines = text.splitlines()
     title = next((ln.lstrip("# ").strip() for ln in lines if ln.startswith("# ")), "")
-    # "Command: `...`" or "Command (notes with `code`): `...`": the longest code span on the Command line
+    # "Command: `...`" or "Command (notes with `code`): `...`": the first code span that runs a script or an
+    # entry point on the Command line (later spans name what that script runs inside)
     m = re.search(r"^Command.*$", text, flags=re.MULTILINE)
-    command = max(re.findall(r"`([^`]+)`", m.group(0)), key=len, default="") if m else ""
+    spans = re.findall(r"`([^`]+)`", m.group(0)) if m else []
+    runs = [c for c in spans if re.search(r"(python|bash|venncell-)\S*\s", c)]
+    command = runs[0] if runs else max(spans, key=len, default="")
     tables, heading, current = [], "", []
     for ln in lines + [""]:
         if ln.startswith("|"):

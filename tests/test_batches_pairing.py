@@ -11,8 +11,8 @@ from sklearn.model_selection import cross_val_score
 from venncell import VennCell, make_synthetic
 from venncell.analysis.recovery import cv_r2
 
-MODS = {"rna": 200, "protein": 40}
-TRAIN = dict(stage1_epochs=30, stage2_epochs=10, batch_size=128, progress_bar="none")
+MODS = {"rna": 120, "protein": 30}
+TRAIN = dict(stage1_epochs=20, stage2_epochs=8, batch_size=128, progress_bar="none")
 
 
 def _batch_accuracy(z: np.ndarray, batch: np.ndarray) -> float:
@@ -22,7 +22,7 @@ def _batch_accuracy(z: np.ndarray, batch: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def batched():
-    return make_synthetic(n_cells=800, modalities=dict(MODS), n_batches=2, batch_effect=1.0, seed=3)
+    return make_synthetic(n_cells=600, modalities=dict(MODS), n_batches=2, batch_effect=1.0, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def batch_runs(batched, tmp_path_factory):
     for key in (None, "batch"):
         m = mdata.copy()
         VennCell.setup_mudata(m, batch_key=key)
-        model = VennCell(m, shared_dim=4, private_dim=2, seed=0)
+        model = VennCell(m, shared_dim=4, private_dim=2, hidden=64, encoder_hidden=64, seed=0)
         model.train(run_dir=tmp_path_factory.mktemp(f"batch_{key}"), **TRAIN)
         out[key] = model
     return out
@@ -61,7 +61,7 @@ def test_batch_key_keeps_batch_out_of_the_latents(batched, batch_runs):
     assert rec["batch"] >= 0.6, "removing the batch must not remove the shared biology"
 
 
-def _partially_paired(seed=4, n=900):
+def _partially_paired(seed=4, n=600):
     """RNA for every cell; protein for two thirds of the cells, with one third (a different one) RNA-only."""
     full, truth = make_synthetic(n_cells=n, modalities=dict(MODS), seed=seed)
     rng = np.random.default_rng(seed)
@@ -74,9 +74,9 @@ def _partially_paired(seed=4, n=900):
 
 def test_partially_paired_end_to_end(tmp_path):
     mdata, truth, order, with_prot = _partially_paired()
-    assert mdata.n_obs == 900 and mdata["protein"].n_obs == 600
+    assert mdata.n_obs == 600 and mdata["protein"].n_obs == 400
     VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
-    model = VennCell(mdata, shared_dim=4, private_dim=2, seed=0)
+    model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=64, encoder_hidden=64, seed=0)
     model.train(run_dir=tmp_path, **TRAIN)
 
     has = np.array([c in with_prot for c in mdata.obs_names])

@@ -11,7 +11,6 @@ from pathlib import Path
 import mudata as md
 import numpy as np
 import pytest
-import torch
 
 from conftest import FAST, TINY_MODS
 from venncell import VennCell

@@ -196,7 +196,6 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
     table["baseline (no batch correction)"] = {b: scores(z, ct, batch) for b, z in baseline.items()}
     floor = batch_from_cell_type(batch, ct)
 
-    cfg_text = (ROOT / "conf" / "experiment" / f"{exp}.yaml").read_text()
     res = {"table": table, "batch_from_cell_type": floor, "train_seconds": seconds,
            "n_cells": int(mdata.n_obs), "n_cell_types": int(len(np.unique(ct))),
            "batch_counts": pd.Series(batch).value_counts().to_dict(),

@@ -8,7 +8,6 @@ Writes report.html + CSVs into experiments/pbmc10k_cite/run_attribution/ (not co
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from run import HERE, load  # same folder
 

@@ -184,7 +184,7 @@ def refinement(model: VennCell, mdata, held: np.ndarray, labels: pd.DataFrame, e
 def write_results(res: dict, proteins: list[str]) -> str:
     main = res["venncell"][res["main_config"]]
     tv = res["totalvi"]
-    L = [f"# PBMC 10k CITE-seq (RNA 4,000 HVG + 14 ADT, 6,855 cells): VennCell next to totalVI\n",
+    L = ["# PBMC 10k CITE-seq (RNA 4,000 HVG + 14 ADT, 6,855 cells): VennCell next to totalVI\n",
          f"Command: `{res['command']}` (one thread each, on a shared 2-core machine; other rows of the configuration "
          "table come from the same command with `--config`/epochs changed; trained models and totalVI fits are cached "
          "in `experiments/pbmc10k_cite/run/`, gitignored).\n",

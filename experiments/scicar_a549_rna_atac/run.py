@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import anndata as ad

@@ -98,9 +98,9 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
             names = ", ".join(str(features[i]) for i in const[:5])
             warnings.warn(
                 f"Modality '{name}': {const.size} feature(s) have zero variance ({names}"
-                f"{', ...' if const.size > 5 else ''}); they carry no information. Set zero_variance='drop' for this modality "
-                "(`setup_mudata(modalities={..: {'zero_variance': 'drop'}})` or "
-                f"`data.register.{name}.zero_variance=drop`) to drop them, or 'keep' to silence this warning.",
+                f"{', ...' if const.size > 5 else ''}); they carry no information. Set zero_variance='drop' in this modality's "
+                f"registry entry (`setup_mudata(modalities={{'{name}': {{..., 'zero_variance': 'drop'}}}})`, or the "
+                "same key in `data.register`) to drop them, or 'keep' to silence this warning.",
                 VennCellInputWarning,
                 stacklevel=3,
             )
