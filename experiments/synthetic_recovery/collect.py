@@ -17,7 +17,7 @@ def main(run_dirs):
     runs = {Path(d).name: json.loads((Path(d) / "metrics.json").read_text()) for d in run_dirs}
     print("# Synthetic ground truth: recovery matrix summary\n")
     print("Command: `bash experiments/synthetic_recovery/run.sh` (3,000 cells: RNA 1,000 genes NB, protein 100 NB, "
-          "ATAC 1,000 peaks Bernoulli; 4 true shared + 2 true private dims per modality). Cross-validated R² "
+          "ATAC 1,000 peaks Bernoulli with per-cell and per-region factors; 4 true shared + 2 true private dims per modality). Cross-validated R² "
           "(5-fold) of each true factor block from each learned block; latents from the stage-2 encoders "
           "(all modalities) and from stage 1. Targets: recovery ≥ 0.9 (shared), ≥ 0.85 (each private), "
           "leakage ≤ 0.15.\n")
