@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -31,15 +30,15 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.model_selection import StratifiedKFold
 from sklearn.metrics import silhouette_samples
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.neighbors import KNeighborsClassifier
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ROOT.parent / "shared" / "datasets"
 SEED = 0
+
+sys.path.insert(0, str(ROOT / "experiments"))
+from baselines import epochs_of, knn_accuracy, lsi_atac, pca_rna, unit  # noqa: E402
 
 
 def build(name: str, mod2: str, kind2: str, out: Path) -> md.MuData:
@@ -63,13 +62,6 @@ def build(name: str, mod2: str, kind2: str, out: Path) -> md.MuData:
 
 
 # ------------------------------------------------------------------ metrics
-def knn_accuracy(z: np.ndarray, y: np.ndarray) -> float:
-    cv = StratifiedKFold(5, shuffle=True, random_state=SEED)
-    with warnings.catch_warnings():  # rare cell types have < 5 members; StratifiedKFold warns and still splits
-        warnings.simplefilter("ignore", UserWarning)
-        return float(cross_val_score(KNeighborsClassifier(15), z, y, cv=cv).mean())
-
-
 def batch_asw(z: np.ndarray, batch: np.ndarray, cell_type: np.ndarray) -> float:
     """scib's batch ASW: per cell type, 1 - |silhouette of batch labels|, averaged over cells then types."""
     scores = []
@@ -100,23 +92,6 @@ def scores(z: np.ndarray, cell_type: np.ndarray, batch: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------ baselines
-def pca_rna(a: ad.AnnData, n: int = 30) -> np.ndarray:
-    a = ad.AnnData(a.layers["counts"].copy())
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    sc.pp.pca(a, n_comps=n, random_state=SEED)
-    return a.obsm["X_pca"]
-
-
-def lsi_atac(a: ad.AnnData, n: int = 30) -> np.ndarray:
-    """TF-IDF + truncated SVD; the first component tracks sequencing depth and is dropped (as in Signac)."""
-    x = (a.layers["counts"] > 0).astype(np.float32)
-    tfidf = TfidfTransformer(norm="l1", sublinear_tf=False).fit_transform(x)
-    z = TruncatedSVD(n + 1, random_state=SEED).fit_transform(np.log1p(tfidf * 1e4))
-    z = z[:, 1:]
-    return (z - z.mean(0)) / z.std(0)
-
-
 def pca_adt(a: ad.AnnData, n: int = 30) -> np.ndarray:
     """CLR per cell, then PCA."""
     x = np.asarray(a.layers["counts"].todense() if hasattr(a.layers["counts"], "todense") else a.layers["counts"])
@@ -124,20 +99,6 @@ def pca_adt(a: ad.AnnData, n: int = 30) -> np.ndarray:
     b = ad.AnnData(clr.astype(np.float32))
     sc.pp.pca(b, n_comps=min(n, x.shape[1] - 1), random_state=SEED)
     return b.obsm["X_pca"]
-
-
-def _unit(z: np.ndarray) -> np.ndarray:
-    """Scale a block to unit total variance so neither block dominates a concatenation."""
-    z = z - z.mean(0)
-    return z / np.sqrt((z**2).sum(1).mean())
-
-
-# ------------------------------------------------------------------ driver
-def _epochs(run_dir: Path) -> str:
-    import yaml
-
-    t = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())["trainer"]
-    return f"{t['stage1_epochs']} stage-1 + {t['stage2_epochs']} stage-2 epochs, batch size {t['batch_size']}"
 
 
 def train(exp: str, run_dir: Path, extra: list[str]) -> float:
@@ -188,11 +149,11 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
                   f"private {mod2}": out.obsm[f"X_venn_private_{mod2}"]}
         blocks["shared ⊕ privates"] = np.hstack(list(blocks.values()))
         table[label] = {b: scores(z, ct, batch) for b, z in blocks.items()}
-    other = lsi_atac(mdata[mod2]) if kind2 == "atac" else pca_adt(mdata[mod2])
-    rna_pcs = pca_rna(mdata["rna"])
+    other = lsi_atac(mdata[mod2].layers["counts"]) if kind2 == "atac" else pca_adt(mdata[mod2])
+    rna_pcs = pca_rna(mdata["rna"].layers["counts"])
     base_name = "LSI" if kind2 == "atac" else "CLR + PCA"
     baseline = {"PCA of RNA (30 PCs)": rna_pcs, f"{base_name} of {mod2.upper()} (30 dims)": other,
-                "both concatenated": np.hstack([_unit(rna_pcs), _unit(other)])}
+                "both concatenated": np.hstack([unit(rna_pcs), unit(other)])}
     table["baseline (no batch correction)"] = {b: scores(z, ct, batch) for b, z in baseline.items()}
     floor = batch_from_cell_type(batch, ct)
 
@@ -211,7 +172,7 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
              f"gitignored `experiments/neurips2021_bmmc_{name}/data/` and runs `venncell-train experiment={exp}` "
              f"(decoders conditioned on batch) and `venncell-train experiment={exp} data.batch_key=null`; "
              f"training took {train_min:.1f} min for both runs (OMP_NUM_THREADS=1, 2 shared cores).\n",
-             f"Model: `{res['models']['batch_key=batch']}`; {_epochs(here / 'runs' / 'batch')}.\n",
+             f"Model: `{res['models']['batch_key=batch']}`; {epochs_of(here / 'runs' / 'batch')}.\n",
              "Latents: stage-2 encoder latents of all cells from every modality (`obsm['X_venn_*']` of the run's "
              "`venn.h5mu`). Cell-type and batch accuracy: kNN classifier (k = 15), 5-fold stratified CV. "
              "Batch ASW: scib-style silhouette of batch labels within each cell type, 1 − |s| (1 = fully mixed). "

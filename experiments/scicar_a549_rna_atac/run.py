@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,20 +26,17 @@ import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 import torch
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfTransformer
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.neighbors import KNeighborsClassifier
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "scicar_a549_rna_atac"
 OUT = HERE / "data" / "scicar_a549.h5mu"
 RUN = HERE / "runs" / "venncell"
-SEED = 0
+
+sys.path.insert(0, str(ROOT / "experiments"))
+from baselines import epochs_of, knn_accuracy, lsi_atac, pca_rna, unit  # noqa: E402
 
 
 def build() -> md.MuData:
@@ -57,39 +55,6 @@ def build() -> md.MuData:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     mdata.write(str(OUT))
     return mdata
-
-
-def knn_accuracy(z: np.ndarray, y: np.ndarray) -> float:
-    cv = StratifiedKFold(5, shuffle=True, random_state=SEED)
-    return float(cross_val_score(KNeighborsClassifier(15), z, y, cv=cv).mean())
-
-
-def pca_rna(x, n: int = 30) -> np.ndarray:
-    a = ad.AnnData(x.copy())
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    sc.pp.pca(a, n_comps=n, random_state=SEED)
-    return a.obsm["X_pca"]
-
-
-def lsi_atac(x, n: int = 30) -> np.ndarray:
-    """TF-IDF of the binarised features + truncated SVD, first (depth) component dropped, as in Signac."""
-    tfidf = TfidfTransformer(norm="l1").fit_transform((x > 0).astype(np.float32))
-    z = TruncatedSVD(n + 1, random_state=SEED).fit_transform(np.log1p(tfidf * 1e4))[:, 1:]
-    return (z - z.mean(0)) / z.std(0)
-
-
-def unit(z: np.ndarray) -> np.ndarray:
-    """Unit total variance, so neither block dominates a concatenation."""
-    z = z - z.mean(0)
-    return z / np.sqrt((z**2).sum(1).mean())
-
-
-def _epochs(run_dir: Path) -> str:
-    import yaml
-
-    t = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())["trainer"]
-    return f"{t['stage1_epochs']} stage-1 + {t['stage2_epochs']} stage-2 epochs, batch size {t['batch_size']}"
 
 
 def main():
@@ -145,7 +110,7 @@ def main():
              "selection) into the gitignored `experiments/scicar_a549_rna_atac/data/` and runs "
              f"`{' '.join(['venncell-train experiment=scicar_a549', *args.overrides])}`" +
              (f"; training {seconds / 60:.1f} min (OMP_NUM_THREADS=1, 2 shared cores)" if seconds else "") + ".\n",
-             f"Model: `{model_repr}`; {_epochs(RUN)}.\n",
+             f"Model: `{model_repr}`; {epochs_of(RUN)}.\n",
              f"Label: `treatment_time` {counts}; majority-class accuracy {chance:.3f}. kNN classifier (k = 15), "
              "5-fold stratified CV. Encoder = stage-2 encoder latents from both modalities (what new cells get); "
              "stage 1 = the optimised per-cell latents.\n",
