@@ -19,7 +19,7 @@ import torch
 from venncell.data.dataset import MultiModalData, make_loader
 from venncell.data.spec import KINDS, KIND_DEFAULT_LIKELIHOOD, ModalitySpec, default_transform, guess_kind, infer_likelihood
 from venncell.data.spec import BINARY_LIKELIHOODS, TRANSFORMS
-from venncell.data.validate import ZERO_VARIANCE_POLICIES, VennCellInputError, check_range
+from venncell.data.validate import VennCellInputError, check_range, check_zero_variance_policy
 from venncell.model.init import init_likelihoods, spectral_init
 from venncell.model.venn import VennConfig, VennModule
 from venncell.nn.likelihoods import LIKELIHOODS
@@ -76,10 +76,7 @@ class VennCell:
             unknown = set(opts) - _MODALITY_KEYS - _IMAGE_KEYS
             if unknown:
                 raise VennCellInputError(f"Modality '{name}': unknown option(s) {sorted(unknown)}; use {sorted(_MODALITY_KEYS)}.")
-            if opts.get("zero_variance", "warn") not in ZERO_VARIANCE_POLICIES:
-                raise VennCellInputError(
-                    f"Modality '{name}': zero_variance={opts['zero_variance']!r} is not one of {ZERO_VARIANCE_POLICIES}."
-                )
+            check_zero_variance_policy(name, opts.get("zero_variance", "warn"))
             kind = opts.get("kind") or guess_kind(name)
             if kind not in KINDS:
                 raise VennCellInputError(f"Modality '{name}': kind '{kind}' is not one of {KINDS}.")

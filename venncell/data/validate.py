@@ -25,6 +25,11 @@ def _values(x) -> np.ndarray:
 ZERO_VARIANCE_POLICIES = ("warn", "drop", "keep")
 
 
+def check_zero_variance_policy(name: str, policy: str) -> None:
+    if policy not in ZERO_VARIANCE_POLICIES:
+        raise VennCellInputError(f"Modality '{name}': zero_variance={policy!r} is not one of {ZERO_VARIANCE_POLICIES}.")
+
+
 def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False,
                  zero_variance: str = "warn") -> np.ndarray:
     """Validate one modality's matrix against its likelihood.
@@ -32,10 +37,7 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
     Returns the column indices of zero-variance features; ``zero_variance`` says whether they are
     reported (``warn``), dropped by the caller (``drop``) or silently kept (``keep``).
     """
-    if zero_variance not in ZERO_VARIANCE_POLICIES:
-        raise VennCellInputError(
-            f"Modality '{name}': zero_variance={zero_variance!r} is not one of {ZERO_VARIANCE_POLICIES}."
-        )
+    check_zero_variance_policy(name, zero_variance)
     n_cells, n_features = x.shape
     if n_cells == 0:
         raise VennCellInputError(
