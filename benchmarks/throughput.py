@@ -235,6 +235,7 @@ def _sub(args: list[str], timeout: int) -> dict | None:
         return {"error": p.stderr[-500:], "args": args}
     out = json.loads(lines[-1][7:])
     out["process_wall_s"] = time.perf_counter() - t
+    out["load_avg_1min"] = os.getloadavg()[0]  # how busy the 2-core machine was as the row finished
     print(json.dumps(out), flush=True)
     return out
 
@@ -257,6 +258,11 @@ def run_all(sizes, steps: int, q_epochs: int, totalvi_epochs: int) -> None:
     write_markdown(results, " ".join(sys.argv[1:]))
 
 
+def _load_range(results: dict) -> str:
+    loads = [r["load_avg_1min"] for r in results["measure"] + results["quality"] if r and "load_avg_1min" in r]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
+
+
 def write_markdown(results: dict, argv: str) -> None:
     nan = float("nan")
     m = [r for r in results["measure"] if r and "error" not in r]
@@ -265,9 +271,10 @@ def write_markdown(results: dict, argv: str) -> None:
              f"Synthetic Poisson counts from known factors: cells x ({N_GENES} genes, ~10 % non-zero + {N_PROTEINS} "
              f"proteins), batch size {BATCH}, a fixed number of timed steps per stage after {WARMUP} warm-up steps "
              "(`limit_train_batches`), one subprocess per row (peak RSS is that process's). CPU only, one thread "
-             "(`torch.set_num_threads(1)`, `OMP_NUM_THREADS=1`) on a 2-core machine shared with other jobs (load "
-             "average 12-16 during these runs): wall-clock cells/s mostly measures the share of a core the job got, "
-             "so throughput is also given per CPU-second of the process, which is the comparable number. No GPU was "
+             "(`torch.set_num_threads(1)`, `OMP_NUM_THREADS=1`) on a 2-core machine shared with other jobs (1-minute "
+             f"load average {_load_range(results)} as the rows finished): wall-clock cells/s measures the share of a "
+             "core the job got, so throughput is also given per CPU-second of the process, which is the comparable "
+             "number. No GPU was "
              "lent to this task: the GPU benchmark was not run. 1M = the 100k cells tiled 10x (same per-cell cost). "
              "Checkpointing is off in the timed runs (a checkpoint per truncated epoch would dominate).", "",
              "| method | cells | set-up s (wall) | stage 1 cells/s (wall) | stage 1 cells/CPU-s | stage 2 cells/CPU-s | "

@@ -13,7 +13,7 @@ from torch import nn
 
 from venncell.data.dataset import encoder_transform
 from venncell.data.spec import ModalitySpec
-from venncell.model.penalties import normalised_hsic, unexplained_fraction
+from venncell.model.penalties import centred_rbf_gram, normalised_hsic, unexplained_fraction
 from venncell.nn import MLP, make_likelihood
 
 
@@ -32,8 +32,10 @@ class VennConfig:
     latent_init: str = "spectral"  # spectral (see venncell.model.init) | random
     latent_l2: float = 1e-3
     shared_only_weight: float = 1.0
-    # True: the shared-only decoders learn from the shared latent but do not shape it (VennCell);
-    # False: their gradient also moves the latent, pulling every modality's private signal into it (APOLLO).
+    # True: the shared-only decoders learn from the shared latent but do not shape it (VennCell). Nothing in
+    # stage 1 then depends on them, so they are fitted in stage 2, to the final shared latents, beside the
+    # encoders (a third of stage 1's cost saved). False: their gradient also moves the latent, pulling every
+    # modality's private signal into it (APOLLO), so they must train in stage 1.
     shared_only_detach: bool = True
     consistency_weight: float = 1.0
     independence_weight: float = 0.1
@@ -166,6 +168,18 @@ class VennModule(nn.Module):
             return self.shared_decoders[m](z_shared, b)
         return self.decoders[m](torch.cat([z_shared, z_private], dim=1), b)
 
+    @property
+    def shared_decoders_in_stage2(self) -> bool:
+        """Whether stage 2 fits the shared-only decoders (they do not shape the latents; see VennConfig)."""
+        return self.cfg.shared_only_weight > 0 and self.cfg.shared_only_detach
+
+    def stage2_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """What stage 2 trains: the encoders and, when detached, the shared-only decoders."""
+        out = {"encoders": list(self.encoders.parameters())}
+        if self.shared_decoders_in_stage2:
+            out["shared_decoders"] = list(self.shared_decoders.parameters())
+        return out
+
     # ------------------------------------------------------------------ stage 1
     def stage1_loss(self, batch: dict, noise: bool = True) -> dict[str, torch.Tensor]:
         """The stage-1 objective for the batch's cells, term by term (``loss`` is the total).
@@ -181,6 +195,7 @@ class VennModule(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         zs_in = z_s + cfg.latent_noise * torch.randn_like(z_s) if noise else z_s
         total = cfg.latent_l2 * (z_s.pow(2).sum(1).mean())
+        k_shared = None
         for m in self.modalities:
             mask = batch[f"mask:{m}"]
             if not mask.any():
@@ -192,9 +207,8 @@ class VennModule(nn.Module):
             rec = _masked_mean(self.nll(m, raw, batch), mask)
             terms[f"recon/{m}"] = rec
             total = total + w * rec + cfg.latent_l2 * _masked_mean(zp.pow(2).sum(1), mask)
-            if cfg.shared_only_weight > 0:
-                zs_so = zs_in.detach() if cfg.shared_only_detach else zs_in
-                raw_s = self.decode_raw(m, zs_so, None, batch, shared_only=True)
+            if cfg.shared_only_weight > 0 and not self.shared_decoders_in_stage2:
+                raw_s = self.decode_raw(m, zs_in, None, batch, shared_only=True)
                 rec_s = _masked_mean(self.nll(m, raw_s, batch), mask)
                 terms[f"recon_shared_only/{m}"] = rec_s
                 total = total + cfg.shared_only_weight * w * rec_s
@@ -204,21 +218,39 @@ class VennModule(nn.Module):
                 terms[f"consistency/{m}"] = cons
                 total = total + cfg.consistency_weight * cons
             if cfg.independence_weight > 0 and mask.sum() > 4:
-                dep = normalised_hsic(z_s[mask], zp[mask])
+                if mask.all():  # the shared latent's Gram is the same for every fully measured modality
+                    k_shared = centred_rbf_gram(z_s) if k_shared is None else k_shared
+                    dep = normalised_hsic(z_s, zp, k_shared)
+                else:
+                    dep = normalised_hsic(z_s[mask], zp[mask])
                 terms[f"independence/{m}"] = dep
                 total = total + cfg.independence_weight * dep
         terms["loss"] = total
         return terms
 
     # ------------------------------------------------------------------ stage 2
-    def stage2_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Encoders regress the frozen stage-1 latents (scale-free), optionally plus reconstruction."""
+    def stage2_loss(self, batch: dict, noise: bool = True, recon: bool = False) -> dict[str, torch.Tensor]:
+        """Encoders regress the frozen stage-1 latents (scale-free), optionally plus reconstruction.
+
+        ``loss`` is the encoders' objective; ``shared_only`` (when ``shared_decoders_in_stage2``) is the
+        shared-only decoders' NLL given the frozen shared latent. The two share no parameters; they are kept
+        apart so that ``loss`` means the same with or without them (it is the sweeps' default objective).
+        ``recon``: also report the full decoders' NLL of the encoder latents (a monitor, computed anyway
+        when ``stage2_recon_weight`` > 0).
+        """
+        cfg = self.cfg
         with torch.no_grad():
             z_s, z_p = self.latents(batch["idx"])
         terms: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=z_s.device)
+        shared_only = torch.zeros((), device=z_s.device)
+        zs_in = z_s + cfg.latent_noise * torch.randn_like(z_s) if noise else z_s
         for m in self.modalities:
             mask = batch[f"mask:{m}"]
+            if self.shared_decoders_in_stage2 and mask.any():
+                rec_s = _masked_mean(self.nll(m, self.decode_raw(m, zs_in, None, batch, shared_only=True), batch), mask)
+                terms[f"recon_shared_only/{m}"] = rec_s
+                shared_only = shared_only + cfg.shared_only_weight * self.specs[m].weight * rec_s
             if mask.sum() < 2:
                 continue
             s_hat, p_hat = self.encode(m, batch)
@@ -227,11 +259,14 @@ class VennModule(nn.Module):
             terms[f"latent_shared/{m}"] = err_s
             terms[f"latent_private/{m}"] = err_p
             total = total + err_s + err_p
-            rec = _masked_mean(self.nll(m, self.decode_raw(m, s_hat, p_hat, batch), batch), mask)
-            terms[f"recon/{m}"] = rec
-            if self.cfg.stage2_recon_weight > 0:
-                total = total + self.cfg.stage2_recon_weight * rec
+            if recon or cfg.stage2_recon_weight > 0:
+                rec = _masked_mean(self.nll(m, self.decode_raw(m, s_hat, p_hat, batch), batch), mask)
+                terms[f"recon/{m}"] = rec
+                if cfg.stage2_recon_weight > 0:
+                    total = total + cfg.stage2_recon_weight * rec
         terms["loss"] = total
+        if self.shared_decoders_in_stage2:
+            terms["shared_only"] = shared_only
         return terms
 
     # ------------------------------------------------------------------ inference

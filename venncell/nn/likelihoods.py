@@ -112,10 +112,23 @@ def _nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torc
     return (
         theta * (torch.log(theta + _EPS) - log_theta_mu)
         + x * (torch.log(mu + _EPS) - log_theta_mu)
-        + torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1.0)
+        + _log_gamma_ratio(x, theta)
     )
+
+
+def _log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``, elementwise.
+
+    The term is exactly 0 wherever x = 0, and lgamma with its digamma backward is the dearest op of a
+    training step; on sparse counts (RNA: ~90 % zeros) it is evaluated at the non-zeros only.
+    """
+    theta = theta.expand_as(x)
+    if x.numel() == 0 or (x > 0).float().mean() > 0.5:
+        return torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0)
+    nz = x.nonzero(as_tuple=True)
+    xv, tv = x[nz], theta[nz]
+    vals = torch.lgamma(xv + tv) - torch.lgamma(tv) - torch.lgamma(xv + 1.0)
+    return torch.zeros(x.shape, dtype=vals.dtype, device=x.device).index_put(nz, vals)
 
 
 class ZeroInflatedNB(NegativeBinomial):

@@ -61,17 +61,41 @@ class RankBatches(CellBatches):
     ``fixed_shard=True`` (stage 1): the rank always gets the same cells (``owned_cells``), so only it updates
     their latent rows. ``False`` (stage 2): a fresh global permutation per epoch is dealt out, like
     ``DistributedSampler``. Order depends only on (seed, epoch), as in ``CellBatches``, so resume is exact.
+    ``chunk_size`` (backed data): cells are dealt by whole reader chunks and shuffled chunk by chunk, as
+    ``ChunkedCellBatches`` does in one process, so each rank's disk reads stay contiguous.
     """
 
-    def __init__(self, indices, batch_size: int, shuffle: bool, seed: int, rank: int, world: int, fixed_shard: bool):
+    def __init__(self, indices, batch_size: int, shuffle: bool, seed: int, rank: int, world: int, fixed_shard: bool,
+                 chunk_size: int | None = None):
         super().__init__(indices, batch_size, shuffle, seed)
         self.rank, self.world, self.fixed_shard = rank, world, fixed_shard
-        largest_share = -(-len(self.indices) // world)
+        chunks = np.unique(self.indices // chunk_size) if chunk_size else np.array([])
+        # dealing whole chunks needs at least one chunk per rank; fewer chunks than ranks deal cells instead
+        self.chunk_size = chunk_size if chunk_size and len(chunks) >= world else None
+        if self.chunk_size:  # a rank's share is at most ceil(chunks / world) full chunks
+            largest_share = min(len(self.indices), -(-len(chunks) // world) * self.chunk_size)
+        else:
+            largest_share = -(-len(self.indices) // world)
         self.n_batches = max(1, -(-largest_share // self.batch_size))
+
+    def _chunk_groups(self, cells: np.ndarray) -> list[np.ndarray]:
+        return np.split(cells, np.flatnonzero(np.diff(cells // self.chunk_size)) + 1)
 
     def __iter__(self):
         rng = np.random.default_rng((self.seed, self.epoch))
-        if self.fixed_shard:
+        if self.chunk_size:
+            if self.fixed_shard:
+                groups = self._chunk_groups(self.indices[owned_cells(len(self.indices), self.rank, self.world,
+                                                                     self.chunk_size)])
+            else:
+                groups = self._chunk_groups(self.indices)
+                if self.shuffle:
+                    groups = [groups[g] for g in rng.permutation(len(groups))]
+                groups = groups[self.rank :: self.world]
+            if self.shuffle:
+                groups = [groups[g][rng.permutation(len(groups[g]))] for g in rng.permutation(len(groups))]
+            mine = np.concatenate(groups)
+        elif self.fixed_shard:
             mine = self.indices[owned_cells(len(self.indices), self.rank, self.world)]
             if self.shuffle:
                 mine = mine[rng.permutation(len(mine))]
@@ -89,7 +113,8 @@ def _loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed:
             fixed_shard: bool):
     if trainer.world_size == 1:  # the single-process path stays bit-identical to earlier releases
         return make_loader(data, indices, batch_size, shuffle, seed)
-    sampler = RankBatches(indices, batch_size, shuffle, seed, trainer.global_rank, trainer.world_size, fixed_shard)
+    sampler = RankBatches(indices, batch_size, shuffle, seed, trainer.global_rank, trainer.world_size, fixed_shard,
+                          data.chunk_size)
     return torch.utils.data.DataLoader(_BatchFetcher(data), sampler=sampler, batch_size=None)
 
 
@@ -170,7 +195,7 @@ def run_two_stage(
     val_idx = np.flatnonzero(~is_train)
     all_idx = np.arange(data.n_cells)
 
-    plan1 = Stage1Plan(module, is_train, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed)
+    plan1 = Stage1Plan(module, is_train, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed, data.chunk_size)
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
     t0 = time.perf_counter()
     # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
