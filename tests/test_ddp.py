@@ -90,7 +90,7 @@ def test_ddp_outputs_load_in_one_process(runs):
         even, odd = moved[0::2].mean().item(), moved[1::2].mean().item()
         assert min(even, odd) > 0.5 * max(even, odd) > 0, (name, even, odd)
 
-    # SparseAdam's moments are gathered too, so a resume (any number of ranks) continues every row
+    # RowAdam's moments are gathered too, so a resume (any number of ranks) continues every row
     moments = ckpt["optimizer_states"][1]["state"][0]["exp_avg"]
     for rows in (moments[0::2], moments[1::2]):
         assert (rows.abs().sum(1) > 0).float().mean() > 0.9
@@ -140,7 +140,7 @@ def test_ddp_backed_run_gathers_every_chunk(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "stage1" / "last.ckpt", map_location="cpu", weights_only=False)
-    moments = ckpt["optimizer_states"][1]["state"][0]["exp_avg"]  # the shared table's SparseAdam moment
+    moments = ckpt["optimizer_states"][1]["state"][0]["exp_avg"]  # the shared table's RowAdam moment
     for start in range(0, 300, 64):  # rank 0 owns chunks 0, 2, 4; rank 1 chunks 1, 3
         rows = moments[start : start + 64]
         assert (rows.abs().sum(1) > 0).float().mean() > 0.9, start

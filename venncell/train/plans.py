@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from venncell.model.venn import VennModule
+from venncell.train.row_adam import RowAdam
 
 # Deliberate (see _Plan._log_terms): under DDP the logged training terms are rank 0's shard.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
@@ -70,7 +71,12 @@ class _Plan(L.LightningModule):
         ] + ["is_train"]
 
     def on_train_batch_start(self, batch, batch_idx):
-        torch.manual_seed(_step_seed(self.seed, self.stage, self.global_step, self.global_rank))
+        # Only the generator the step draws from: torch.manual_seed also walks every accelerator's generators,
+        # a few ms per step. Same CPU stream as torch.manual_seed, so runs stay bit-identical.
+        seed = _step_seed(self.seed, self.stage, self.global_step, self.global_rank)
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
 
     def _check_finite(self, terms: dict[str, torch.Tensor], where: str) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
@@ -96,7 +102,8 @@ class _Plan(L.LightningModule):
         rank whose shard lacks a term in an epoch would deadlock the sync); stage-2 validation sees every
         held-out cell on every rank, so its values agree without a sync.
         """
-        if on_step:
+        # Lightning writes step values only every log_every_n_steps batches; logging the others is wasted time
+        if on_step and self.trainer._logger_connector.should_update_logs:
             self.log(f"{prefix}/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=batch_size)
         for k, v in terms.items():
@@ -151,13 +158,13 @@ class Stage1Plan(_Plan):
                 torch.distributed.broadcast(p.data, src=0)
 
     def _latent_state(self) -> list[torch.Tensor]:
-        """Per-row tensors that ranks own: the tables and, once it exists, SparseAdam's moments of them."""
+        """Per-row tensors that ranks own: the tables and, once it exists, RowAdam's per-row state."""
         rows = [p.data for p in self.module.latent_parameters()]
         if self._trainer is not None and self.trainer.optimizers:
             opt = self.optimizers(use_pl_optimizer=False)[1]
             for p in self.module.latent_parameters():
                 st = opt.state.get(p, {})
-                rows += [st[k] for k in ("exp_avg", "exp_avg_sq") if k in st]
+                rows += [st[k] for k in ("exp_avg", "exp_avg_sq", "row_step") if k in st]
         return rows
 
     @torch.no_grad()
@@ -198,9 +205,10 @@ class Stage1Plan(_Plan):
         self.gather_latents()
 
     def configure_optimizers(self):
-        nets = fused_adam(torch.optim.Adam, self.module.network_parameters(), lr=self.lr_network)
-        # SparseAdam: only the rows of this batch's cells get moment updates (no dense O(cells) state walk).
-        latents = torch.optim.SparseAdam(self.module.latent_parameters(), lr=self.lr_latent)
+        self._network_params = self.module.network_parameters()  # walked every step by the gradient clip
+        nets = fused_adam(torch.optim.Adam, self._network_params, lr=self.lr_network)
+        # Only the rows of this batch's cells are updated (no dense O(cells) walk), each with its own Adam step count.
+        latents = RowAdam(self.module.latent_parameters(), lr=self.lr_latent)
         return [nets, latents]
 
     def training_step(self, batch, batch_idx):
@@ -222,7 +230,7 @@ class Stage1Plan(_Plan):
         opt_lat.zero_grad()
         self.manual_backward(total)
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.module.network_parameters(), self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._network_params, self.grad_clip)
         opt_net.step()
         opt_lat.step()
         return total.detach()

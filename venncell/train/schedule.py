@@ -25,7 +25,7 @@ class TrainConfig:
     stage2_epochs: int = 40
     batch_size: int = 128
     lr_network: float = 1e-3
-    lr_latent: float = 5e-2
+    lr_latent: float = 1e-2  # RowAdam: a row moves ~lr per epoch; see venncell/train/row_adam.py
     lr_encoder: float = 1e-3
     grad_clip: float = 10.0
     seed: int = 0
