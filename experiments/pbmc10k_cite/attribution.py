@@ -1,5 +1,5 @@
 """Attribution on PBMC 10k CITE-seq: which block (shared / private RNA / private protein) carries each protein
-and each cell-type label. Same model and settings as run.py (same seed, so the same trained model).
+and each cell-type label. The same trained model as run.py's `default` row for the given epochs (its cache is reused).
 
 Usage: python experiments/pbmc10k_cite/attribution.py [--stage1-epochs 40 --stage2-epochs 20]
 Writes report.html + CSVs into experiments/pbmc10k_cite/run_attribution/ (not committed) and ATTRIBUTION.md here.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from run import HERE, load  # same folder
+from run import HERE, load, train_or_load  # same folder
 
 from venncell import VennCell
 from venncell.cli_report import write_run_report
@@ -28,9 +28,9 @@ def main():
     for col in ("Main.RNA", "Fine.RNA"):
         mdata.obs[col] = labels[col].astype("category")
     VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
-    model = VennCell(mdata, shared_dim=16, private_dim=8, seed=0)
+    # run.py's `default` model for these epochs (trained there, or here if it is not cached yet)
+    model, _ = train_or_load(mdata, "default", args.stage1_epochs, args.stage2_epochs, HERE / "run")
     out = HERE / "run_attribution"
-    model.train(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, run_dir=out, progress_bar="none")
     res = write_run_report(model, out, markers=MARKERS, umap=False)
     m = res.markers
     cols = [c for c in m.columns if c not in ("marker", "kind", "n_cells", "note") and not c.endswith(("_lo", "_hi"))]
