@@ -103,7 +103,7 @@ class _Plan(L.LightningModule):
         held-out cell on every rank, so its values agree without a sync.
         """
         # Lightning writes step values only every log_every_n_steps batches; logging the others is wasted time
-        if on_step and self.trainer._logger_connector.should_update_logs:
+        if on_step and getattr(self.trainer._logger_connector, "should_update_logs", True):
             self.log(f"{prefix}/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=batch_size)
         for k, v in terms.items():
