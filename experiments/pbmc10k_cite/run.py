@@ -70,6 +70,8 @@ CONFIGS = {
     "lr3e-3": dict(shared_dim=16, private_dim=8, train=dict(lr_latent=0.003)),
     "noise0.2": dict(shared_dim=16, private_dim=8, latent_noise=0.2),
     "wide": dict(shared_dim=32, private_dim=8, hidden=256),
+    "shared24": dict(shared_dim=24, private_dim=8),
+    "private16": dict(shared_dim=16, private_dim=16),
     # defined for further runs; not run with the current optimiser
     "apollo": dict(shared_dim=16, private_dim=8, independence_weight=0.0, consistency_weight=0.0,
                    shared_only_detach=False),
