@@ -198,6 +198,16 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
     return m, library
 
 
+def chunk_groups(cells: np.ndarray, chunk_size: int) -> list[np.ndarray]:
+    """Sorted cell indices split into the runs that fall in one reader chunk each."""
+    return np.split(cells, np.flatnonzero(np.diff(cells // chunk_size)) + 1)
+
+
+def shuffle_chunks(groups: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The chunks in random order, each with its cells in random order (reads stay within one chunk)."""
+    return [groups[g][rng.permutation(len(groups[g]))] for g in rng.permutation(len(groups))]
+
+
 class ChunkedCellBatches:
     """Mini-batches that walk the data chunk by chunk: disk reads stay contiguous, order stays random.
 
@@ -224,9 +234,7 @@ class ChunkedCellBatches:
         if not self.shuffle or len(self.indices) == 0:
             return self.indices
         rng = np.random.default_rng((self.seed, self.epoch))
-        chunk = self.indices // self.chunk_size
-        groups = np.split(self.indices, np.flatnonzero(np.diff(chunk)) + 1)
-        return np.concatenate([groups[g][rng.permutation(len(groups[g]))] for g in rng.permutation(len(groups))])
+        return np.concatenate(shuffle_chunks(chunk_groups(self.indices, self.chunk_size), rng))
 
     def __iter__(self):
         order = self.order()

@@ -180,6 +180,10 @@ class VennModule(nn.Module):
             out["shared_decoders"] = list(self.shared_decoders.parameters())
         return out
 
+    def _shared_only_nll(self, m: str, z_shared: torch.Tensor, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of modality m's shared-only decoder over the cells that have m."""
+        return _masked_mean(self.nll(m, self.decode_raw(m, z_shared, None, batch, shared_only=True), batch), mask)
+
     # ------------------------------------------------------------------ stage 1
     def stage1_loss(self, batch: dict, noise: bool = True) -> dict[str, torch.Tensor]:
         """The stage-1 objective for the batch's cells, term by term (``loss`` is the total).
@@ -208,9 +212,7 @@ class VennModule(nn.Module):
             terms[f"recon/{m}"] = rec
             total = total + w * rec + cfg.latent_l2 * _masked_mean(zp.pow(2).sum(1), mask)
             if cfg.shared_only_weight > 0 and not self.shared_decoders_in_stage2:
-                raw_s = self.decode_raw(m, zs_in, None, batch, shared_only=True)
-                rec_s = _masked_mean(self.nll(m, raw_s, batch), mask)
-                terms[f"recon_shared_only/{m}"] = rec_s
+                rec_s = terms[f"recon_shared_only/{m}"] = self._shared_only_nll(m, zs_in, batch, mask)
                 total = total + cfg.shared_only_weight * w * rec_s
             if cfg.consistency_weight > 0 and mask.sum() > 2:
                 pred_s, _ = self.encode(m, batch)
@@ -248,8 +250,7 @@ class VennModule(nn.Module):
         for m in self.modalities:
             mask = batch[f"mask:{m}"]
             if self.shared_decoders_in_stage2 and mask.any():
-                rec_s = _masked_mean(self.nll(m, self.decode_raw(m, zs_in, None, batch, shared_only=True), batch), mask)
-                terms[f"recon_shared_only/{m}"] = rec_s
+                rec_s = terms[f"recon_shared_only/{m}"] = self._shared_only_nll(m, zs_in, batch, mask)
                 shared_only = shared_only + cfg.shared_only_weight * self.specs[m].weight * rec_s
             if mask.sum() < 2:
                 continue

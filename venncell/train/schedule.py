@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
+from venncell.data.backed import chunk_groups, shuffle_chunks
 from venncell.data.dataset import CellBatches, MultiModalData, _BatchFetcher, make_loader
 from venncell.model.venn import VennModule
 from venncell.train.plans import Stage1Plan, Stage2Plan, owned_cells
@@ -78,23 +79,18 @@ class RankBatches(CellBatches):
             largest_share = -(-len(self.indices) // world)
         self.n_batches = max(1, -(-largest_share // self.batch_size))
 
-    def _chunk_groups(self, cells: np.ndarray) -> list[np.ndarray]:
-        return np.split(cells, np.flatnonzero(np.diff(cells // self.chunk_size)) + 1)
-
     def __iter__(self):
         rng = np.random.default_rng((self.seed, self.epoch))
         if self.chunk_size:
             if self.fixed_shard:
-                groups = self._chunk_groups(self.indices[owned_cells(len(self.indices), self.rank, self.world,
-                                                                     self.chunk_size)])
+                owned = owned_cells(len(self.indices), self.rank, self.world, self.chunk_size)
+                groups = chunk_groups(self.indices[owned], self.chunk_size)
             else:
-                groups = self._chunk_groups(self.indices)
+                groups = chunk_groups(self.indices, self.chunk_size)
                 if self.shuffle:
                     groups = [groups[g] for g in rng.permutation(len(groups))]
                 groups = groups[self.rank :: self.world]
-            if self.shuffle:
-                groups = [groups[g][rng.permutation(len(groups[g]))] for g in rng.permutation(len(groups))]
-            mine = np.concatenate(groups)
+            mine = np.concatenate(shuffle_chunks(groups, rng) if self.shuffle else groups)
         elif self.fixed_shard:
             mine = self.indices[owned_cells(len(self.indices), self.rank, self.world)]
             if self.shuffle:
