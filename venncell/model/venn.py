@@ -34,7 +34,7 @@ class VennConfig:
     shared_only_weight: float = 1.0
     # True: the shared-only decoders learn from the shared latent but do not shape it (VennCell). Nothing in
     # stage 1 then depends on them, so they are fitted in stage 2, to the final shared latents, beside the
-    # encoders (a third of stage 1's cost saved). False: their gradient also moves the latent, pulling every
+    # encoders (one decoder pass per modality less per stage-1 step). False: their gradient also moves the latent, pulling every
     # modality's private signal into it (APOLLO), so they must train in stage 1.
     shared_only_detach: bool = True
     consistency_weight: float = 1.0

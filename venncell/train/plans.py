@@ -31,8 +31,7 @@ def _step_seed(seed: int, stage: int, step: int, rank: int = 0) -> int:
 
 def fused_adam(cls, params, **kwargs) -> torch.optim.Optimizer:
     """``cls`` (Adam/AdamW) with the fused kernel where this torch has it for the parameters' device: one
-    kernel per step instead of ~10 per tensor, a sixth of a CPU training step (torch < 2.4 has no fused
-    CPU Adam and falls back to foreach)."""
+    kernel per step instead of several per tensor (torch < 2.4 has no fused CPU Adam and falls back to foreach)."""
     params = list(params)
     try:
         return cls(params, fused=True, **kwargs)
@@ -94,10 +93,10 @@ class _Plan(L.LightningModule):
     def _log_terms(self, terms: dict, prefix: str, batch_size: int, on_step: bool) -> None:
         """Accumulate the epoch means of every term; log only the total loss per step.
 
-        Each ``self.log`` call costs Lightning ~1 ms on CPU (it walks its whole result collection), so logging
-        ~8 terms per step cost a fifth of a stage-1 step. The terms are summed here as plain tensors and logged
-        once per epoch under the names Lightning would give them (``<term>_epoch`` next to ``loss_step``
-        for per-step terms, the plain name for epoch-only ones).
+        Each ``self.log`` call walks Lightning's whole result collection, so logging ~8 terms per step was a
+        visible share of a CPU stage-1 step. The terms are summed here as plain tensors and logged once per epoch
+        under the names Lightning would give them (``<term>_epoch`` next to ``loss_step`` for per-step terms, the
+        plain name for epoch-only ones).
         Not sync_dist: under DDP stage-1 terms are rank-local (syncing would add ~20 scalar all-reduces, and a
         rank whose shard lacks a term in an epoch would deadlock the sync); stage-2 validation sees every
         held-out cell on every rank, so its values agree without a sync.
