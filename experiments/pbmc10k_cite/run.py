@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,12 +24,14 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from sklearn.decomposition import PCA
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.neighbors import KNeighborsRegressor
 
 from venncell import VennCell
 
 from totalvi import run_totalvi  # noqa: E402  (beside this script)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import baselines  # noqa: E402  (experiments/baselines.py: the kNN protocol every experiment uses)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[2] / "shared" / "datasets" / "pbmc10k_cite_totalvi"
@@ -50,9 +53,9 @@ def load() -> tuple[md.MuData, pd.DataFrame]:
 
 
 def knn_accuracy(z: np.ndarray, y: pd.Series) -> float:
+    """``baselines.knn_accuracy`` over the labelled cells."""
     ok = y.notna().to_numpy()
-    cv = StratifiedKFold(5, shuffle=True, random_state=0)
-    return float(cross_val_score(KNeighborsClassifier(15), z[ok], y[ok].astype(str), cv=cv).mean())
+    return baselines.knn_accuracy(z[ok], y[ok].astype(str).to_numpy())
 
 
 def pearson_per_feature(a: np.ndarray, b: np.ndarray) -> np.ndarray:

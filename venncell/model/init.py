@@ -43,15 +43,13 @@ def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, see
 def _rows_sparse(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1024):
     """Modality m's rows for the given cells (CSR when the data is sparse) and their libraries (>= 1, as ``get``)."""
     src = data.x.get(m)
+    r = data.row[m][rows]
+    lib = np.maximum(data.library[m][r], 1.0)
     if isinstance(src, (np.ndarray, sp.spmatrix, sp.sparray)):
-        r = data.row[m][rows]
-        return src[r], np.maximum(data.library[m][r], 1.0)
-    xs, libs = [], []  # any other source (backed): densify one chunk at a time, keep it sparse
-    for i in range(0, len(rows), chunk):
-        b = data.get(rows[i:i + chunk])
-        xs.append(sp.csr_matrix(b[f"x:{m}"].numpy()))
-        libs.append(b[f"lib:{m}"].numpy().ravel())
-    return sp.vstack(xs, format="csr"), np.concatenate(libs)
+        return src[r], lib
+    # any other source (backed): one chunk of this modality at a time, kept sparse; the other modalities
+    # (images, say) are not read
+    return sp.vstack([sp.csr_matrix(src[r[i:i + chunk]]) for i in range(0, len(r), chunk)], format="csr"), lib
 
 
 def _encoder_scale(data: MultiModalData, m: str, rows: np.ndarray):
