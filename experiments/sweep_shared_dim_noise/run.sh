@@ -25,4 +25,8 @@ status=$?
 venncell-sweep-summary "$SWEEP_DIR" --objective shared_recovery --direction maximize --quiet
 venncell-sweep-summary "$SWEEP_DIR" --objective stage2/val/loss --direction minimize \
   --out "$SWEEP_DIR/by_stage2_val_loss" --quiet
+# the committed copies (multirun/ is gitignored) and the table RESULTS.md shows
+cp "$SWEEP_DIR/sweep_summary.csv" experiments/sweep_shared_dim_noise/sweep_summary.csv
+cp "$SWEEP_DIR/by_stage2_val_loss/sweep_summary.csv" experiments/sweep_shared_dim_noise/sweep_summary_by_stage2_val_loss.csv
+python experiments/sweep_shared_dim_noise/table.py
 exit $status
