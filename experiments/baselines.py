@@ -53,3 +53,18 @@ def epochs_of(run_dir: Path) -> str:
 
     t = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())["trainer"]
     return f"{t['stage1_epochs']} stage-1 + {t['stage2_epochs']} stage-2 epochs, batch size {t['batch_size']}"
+
+
+HAND_WRITTEN = ("<!-- Written by hand below this line: the script keeps it when it rewrites the tables above; "
+                "check its numbers against them after a rerun. -->")
+
+
+def write_results_md(path, generated: str) -> None:
+    """Write a script's RESULTS.md: its generated tables, then the existing file's hand-written part (everything
+    from the ``HAND_WRITTEN`` line on), so that rerunning the script does not erase the discussion."""
+    from pathlib import Path
+
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(HAND_WRITTEN):] if HAND_WRITTEN in old else ""
+    path.write_text(generated.rstrip("\n") + "\n" + ("\n" + kept if kept else ""))

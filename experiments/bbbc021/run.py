@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from sklearn.preprocessing import StandardScaler
 from venncell import VennCell
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from baselines import write_results_md  # noqa: E402
 DATA = HERE.parents[2] / "shared" / "datasets" / "bbbc021_singlecell_crops_dmso_vs_protsynth"
 CHANNELS = {"dapi": [0], "cyto": [1, 2]}
 
@@ -139,7 +142,7 @@ def main():
     for name, r in rows.items():
         lines.append(f"| {name} | {r['dim']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
                      f"{r['auc']:.3f} ± {r['auc_sd']:.3f} |")
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    write_results_md(HERE / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -32,6 +32,8 @@ from sklearn.model_selection import cross_val_score
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "experiments" / "neurips2021_bmmc_multiome"))
+sys.path.insert(0, str(ROOT / "experiments"))
+from baselines import write_results_md  # noqa: E402
 from bmmc import knn_accuracy  # noqa: E402
 
 from venncell import VennCell  # noqa: E402
@@ -124,7 +126,7 @@ def main() -> None:
         f = lambda k: f"{r[k]:.3f}" if k in r else "–"  # noqa: E731
         lines.append(f"| {data} | {name} | {f('acc_shared')} | {f('acc_all')} | {f('rna_to_adt_pearson')} | "
                      f"{f('depth_r2_private_atac')} | {f('depth_r2_shared')} | {r['seconds']:.0f} |")
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    write_results_md(HERE / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
 
 

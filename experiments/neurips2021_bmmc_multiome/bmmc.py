@@ -38,7 +38,7 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 SEED = 0
 
 sys.path.insert(0, str(ROOT / "experiments"))
-from baselines import epochs_of, knn_accuracy, lsi_atac, pca_rna, unit  # noqa: E402
+from baselines import epochs_of, knn_accuracy, lsi_atac, pca_rna, unit, write_results_md  # noqa: E402
 
 
 def build(name: str, mod2: str, kind2: str, out: Path) -> md.MuData:
@@ -183,7 +183,7 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
     for label, rows in table.items():
         for b, s in rows.items():
             lines.append(f"| {label} | {b} | {s['cell_type_acc']:.3f} | {s['batch_acc']:.3f} | {s['batch_asw']:.3f} |")
-    (here / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    write_results_md(here / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -9,7 +9,8 @@ Usage (from the repository root): python experiments/scicar_a549_rna_atac/run.py
    by kNN accuracy (k = 15, 5-fold stratified CV) for the time label, next to PCA of RNA, LSI of ATAC and both.
 Also scores the shared latent embedded from one modality alone: if it predicts time as well from ATAC as from
 RNA, the time signal it holds is common to both modalities rather than copied from one.
-Writes RESULTS.md and results.json next to this script (the discussion at the end of RESULTS.md is written by hand).
+Writes RESULTS.md and results.json next to this script (the discussion at the end of RESULTS.md is written by hand
+and kept when the script reruns: `baselines.write_results_md`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ OUT = HERE / "data" / "scicar_a549.h5mu"
 RUN = HERE / "runs" / "venncell"
 
 sys.path.insert(0, str(ROOT / "experiments"))
-from baselines import epochs_of, knn_accuracy, lsi_atac, pca_rna, unit  # noqa: E402
+from baselines import epochs_of, knn_accuracy, lsi_atac, pca_rna, unit, write_results_md  # noqa: E402
 
 
 def build() -> md.MuData:
@@ -119,7 +120,7 @@ def main():
         s1 = rows["stage 1"].get(b)
         lines.append(f"| {b} | {acc:.3f} | {'' if s1 is None else f'{s1:.3f}'} |")
     lines += ["", "| baseline | kNN accuracy |", "|---|---|"] + [f"| {b} | {a:.3f} |" for b, a in base.items()]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    write_results_md(HERE / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
 
 
