@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.decomposition import PCA
 
+from venncell.data.backed import chunk_groups
 from venncell.data.dataset import MultiModalData, encoder_transform
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _image_pixels(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1
 def _whole_chunks(cells: np.ndarray, chunk_size: int, max_cells: int, rng) -> np.ndarray:
     """A random subsample made of whole on-disk chunks: backed data then reads only those chunks, each
     sequentially, instead of touching every chunk of the file for a few scattered cells."""
-    groups = np.split(cells, np.flatnonzero(np.diff(cells // chunk_size)) + 1)
+    groups = chunk_groups(cells, chunk_size)
     take = rng.permutation(len(groups))[: max(1, max_cells // chunk_size)]
     rows = np.concatenate([groups[g] for g in take])
     log.info("Spectral init fitted on %d of %d cells (%d on-disk chunks); the other cells start from random "
