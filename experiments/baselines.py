@@ -62,8 +62,6 @@ HAND_WRITTEN = ("<!-- Written by hand below this line: the script keeps it when 
 def write_results_md(path, generated: str) -> None:
     """Write a script's RESULTS.md: its generated tables, then the existing file's hand-written part (everything
     from the ``HAND_WRITTEN`` line on), so that rerunning the script does not erase the discussion."""
-    from pathlib import Path
-
     path = Path(path)
     old = path.read_text() if path.exists() else ""
     kept = old[old.index(HAND_WRITTEN):] if HAND_WRITTEN in old else ""
