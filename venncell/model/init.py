@@ -111,8 +111,9 @@ def _keep_spectrum(z: np.ndarray) -> np.ndarray:
     """Centred, scaled so the mean per-dimension variance is 1, leading components staying larger.
 
     Whitening the starting components would give a weak trailing component as much weight in every distance
-    as the leading one: kNN label accuracy of 16 RNA PCs on PBMC falls from 0.851 to 0.832 when they are
-    whitened. Decoders can rescale any latent axis, so this only changes where neighbourhoods start."""
+    as the leading one: kNN label accuracy (`Fine.RNA`) of 16 RNA PCs on PBMC falls from 0.852 to 0.836 when they
+    are whitened (experiments/pbmc10k_cite/RESULTS.md). Decoders can rescale any latent axis, so this only
+    changes where neighbourhoods start."""
     z = z - z.mean(0)
     return z / (np.sqrt((z**2).mean(0).mean()) + 1e-8)
 
