@@ -1,7 +1,7 @@
 """Where a stage-1 step's time goes: one 128-cell step on the benchmark's 10k cells, with terms switched off in turn.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/profile_step.py   (after `python benchmarks/throughput.py gen --sizes 10000`)
-Writes profile_step.txt next to this script. CPU time per step (min of 3 repeats of 30 steps), no Lightning:
+Writes profile_step.txt next to this script. CPU time per step (best of 16 interleaved rounds of 20 steps), no Lightning:
 the differences between rows are the cost of the term switched off.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from venncell import VennCell
+from venncell.nn.likelihoods import Likelihood, NegativeBinomial
 from venncell.train.plans import fused_adam
 from venncell.train.row_adam import RowAdam
 
@@ -30,7 +31,7 @@ def main() -> None:
     nets = fused_adam(torch.optim.Adam, mod.network_parameters(), lr=1e-3)
     lat = RowAdam(mod.latent_parameters(), lr=1e-2)
     rng = np.random.default_rng(0)
-    batches = [model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False))) for _ in range(33)]
+    batches = [model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False))) for _ in range(23)]
 
     def step(b, optimise: bool) -> None:
         loss = mod.stage1_loss(b)["loss"]
@@ -42,22 +43,40 @@ def main() -> None:
             nets.step()
             lat.step()
 
-    def ms_per_step(optimise: bool = True) -> float:
+    sparse_nb = NegativeBinomial.cell_nll
+    # name -> (config changes, NB training term, optimiser steps); every row starts from the defaults
+    variants = {
+        "full stage-1 step (defaults)": ({}, sparse_nb, True),
+        "same, NB through the dense per-feature formula (before the sparse path)": ({}, Likelihood.cell_nll, True),
+        "consistency on 32 of the 128 cells (`model=fast`)": ({"consistency_cells": 32}, sparse_nb, True),
+        "without the optimiser steps": ({}, sparse_nb, False),
+        "without the consistency encoders": ({"consistency_weight": 0.0}, sparse_nb, True),
+        "without consistency and HSIC (reconstruction only)": ({"consistency_weight": 0.0, "independence_weight": 0.0},
+                                                               sparse_nb, True),
+    }
+    defaults = {k: getattr(cfg, k) for k in ("consistency_cells", "consistency_weight", "independence_weight")}
+
+    def ms_per_step(changes: dict, nb_term, optimise: bool) -> float:
+        for k, v in {**defaults, **changes}.items():
+            setattr(cfg, k, v)
+        NegativeBinomial.cell_nll = nb_term
         for b in batches[:3]:
             step(b, optimise)
-        best = float("inf")
-        for _ in range(3):
-            t = time.process_time()
-            for b in batches[3:]:
-                step(b, optimise)
-            best = min(best, (time.process_time() - t) / (len(batches) - 3) * 1e3)
-        return best
+        t = time.process_time()
+        for b in batches[3:]:
+            step(b, optimise)
+        return (time.process_time() - t) / (len(batches) - 3) * 1e3
 
-    rows = [("full stage-1 step (defaults)", ms_per_step()), ("without the optimiser steps", ms_per_step(False))]
-    cfg.consistency_weight = 0.0
-    rows.append(("without the consistency encoders", ms_per_step()))
-    cfg.independence_weight = 0.0
-    rows.append(("without consistency and HSIC (reconstruction only)", ms_per_step()))
+    # Rounds over every row in a fresh random order, best of 16 per row: the machine's load drifts, and interleaving
+    # exposes every row to it alike.
+    best = {name: float("inf") for name in variants}
+    order = list(variants)
+    for _ in range(16):
+        rng.shuffle(order)
+        for name in order:
+            best[name] = min(best[name], ms_per_step(*variants[name]))
+    NegativeBinomial.cell_nll = sparse_nb
+    rows = list(best.items())
     t = time.process_time()
     for _ in range(30):
         model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False)))

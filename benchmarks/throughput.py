@@ -26,6 +26,9 @@ N_GENES, N_PROTEINS, SHARED, PRIVATE = 2000, 100, 4, 2
 BATCH = 128
 STEPS = 60  # timed steps per stage (after WARMUP untimed ones)
 WARMUP = 5
+# VennCell variants: the defaults, and the `model=fast` preset (conf/model/fast.yaml: the consistency term on 32 of
+# each batch's 128 cells)
+VARIANTS = {"venncell": {}, "venncell-fast": {"consistency_cells": 32}}
 
 
 # ------------------------------------------------------------------ data
@@ -137,7 +140,7 @@ def _rss_now_mb() -> float:
     return float("nan")
 
 
-def measure_venncell(n: int, backed: bool, steps: int) -> dict:
+def measure_venncell(n: int, backed: bool, steps: int, method: str = "venncell") -> dict:
     import mudata as md
     import torch
 
@@ -147,7 +150,7 @@ def measure_venncell(n: int, backed: bool, steps: int) -> dict:
     t = time.perf_counter()
     mdata = md.read_h5mu(data_path(n), backed=backed)
     VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
-    model = VennCell(mdata, shared_dim=8, private_dim=4, validation_fraction=0.0, backed=backed)
+    model = VennCell(mdata, shared_dim=8, private_dim=4, validation_fraction=0.0, backed=backed, **VARIANTS[method])
     setup_s = time.perf_counter() - t
     rss_setup = _peak_rss_mb()
     timer = _timer()
@@ -155,7 +158,7 @@ def measure_venncell(n: int, backed: bool, steps: int) -> dict:
     model.train(stage1_epochs=1, stage2_epochs=1, batch_size=BATCH, limit_train_batches=steps + WARMUP,
                 progress_bar="none", callbacks=[timer], enable_checkpointing=False)
     tables = [model.module.shared_table, *model.module.private_tables.values()]
-    return {"method": "venncell" + ("-backed" if backed else ""), "n": n, "setup_s": setup_s,
+    return {"method": method + ("-backed" if backed else ""), "n": n, "setup_s": setup_s,
             "peak_rss_after_setup_MB": rss_setup, "peak_rss_MB": _peak_rss_mb(), "rss_end_MB": _rss_now_mb(),
             "latent_table_MB": sum(t.weight.numel() * 4 for t in tables) / 2**20, **timer.stages}
 
@@ -211,7 +214,7 @@ def quality(n: int, method: str, epochs: int) -> dict:
         from venncell import VennCell
 
         VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
-        model = VennCell(mdata, shared_dim=8, private_dim=4)
+        model = VennCell(mdata, shared_dim=8, private_dim=4, **VARIANTS[method])
         model.train(stage1_epochs=epochs, stage2_epochs=max(5, epochs // 3), batch_size=BATCH, progress_bar="none")
         latents = {b: model.get_latent_representation(block=b) for b in truth}
     wall = time.perf_counter() - t
@@ -249,10 +252,12 @@ def run_all(sizes, steps: int, q_epochs: int, totalvi_epochs: int) -> None:
         results["measure"].append(_sub(["measure", "--method", "venncell", "--n", str(n), "--steps", str(steps)], 1800))
         results["measure"].append(_sub(["measure", "--method", "venncell", "--backed", "--n", str(n), "--steps", str(steps)], 900))
         if n <= 100_000:
+            results["measure"].append(_sub(["measure", "--method", "venncell-fast", "--n", str(n), "--steps", str(steps)], 900))
             results["measure"].append(_sub(["measure", "--method", "totalvi", "--n", str(n), "--steps", str(steps)], 900))
         out.write_text(json.dumps(results, indent=1))
     n_q = min(sizes)
-    results["quality"].append(_sub(["quality", "--method", "venncell", "--n", str(n_q), "--epochs", str(q_epochs)], 1800))
+    for method in VARIANTS:
+        results["quality"].append(_sub(["quality", "--method", method, "--n", str(n_q), "--epochs", str(q_epochs)], 1800))
     results["quality"].append(_sub(["quality", "--method", "totalvi", "--n", str(n_q), "--epochs", str(totalvi_epochs)], 1800))
     out.write_text(json.dumps(results, indent=1))
     write_markdown(results, " ".join(sys.argv[1:]))
@@ -291,12 +296,14 @@ def write_markdown(results: dict, argv: str) -> None:
     ratios = []
     for n in sorted({r["n"] for r in m}):
         v = {r["method"]: r for r in m if r["n"] == n}
-        if "venncell" in v and "totalvi" in v and v["totalvi"].get("stage1"):
-            ratios.append(f"| {n:,} | {v['venncell']['stage1']['cells_per_cpu_s'] / v['totalvi']['stage1']['cells_per_cpu_s']:.2f} | "
-                          f"{v['venncell']['peak_rss_MB'] / v['totalvi']['peak_rss_MB']:.2f} |")
+        if "totalvi" not in v or not v["totalvi"].get("stage1"):
+            continue
+        for method in (k for k in VARIANTS if k in v):
+            ratios.append(f"| {method} | {n:,} | {v[method]['stage1']['cells_per_cpu_s'] / v['totalvi']['stage1']['cells_per_cpu_s']:.2f} | "
+                          f"{v[method]['peak_rss_MB'] / v['totalvi']['peak_rss_MB']:.2f} |")
     if ratios:
         lines += ["", "VennCell (in memory, stage 1) / totalVI, same cells and batch size:", "",
-                  "| cells | throughput ratio (per CPU-s) | peak RSS ratio |", "|---|---|---|", *ratios]
+                  "| method | cells | throughput ratio (per CPU-s) | peak RSS ratio |", "|---|---|---|---|", *ratios]
     q = [r for r in results["quality"] if r and "error" not in r]
     if q:
         keys = list(q[0]["knn_r2"])
@@ -341,7 +348,7 @@ def main() -> None:
             (HERE / "results.json").write_text(json.dumps(res, indent=1))
             write_markdown(res, res.get("argv", "all"))
             return
-        r = measure_totalvi(a.n, a.steps) if a.method == "totalvi" else measure_venncell(a.n, a.backed, a.steps)
+        r = measure_totalvi(a.n, a.steps) if a.method == "totalvi" else measure_venncell(a.n, a.backed, a.steps, a.method)
         print("RESULT " + json.dumps(r))
     elif a.what == "quality":
         print("RESULT " + json.dumps(quality(a.n, a.method, a.epochs)))

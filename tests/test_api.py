@@ -122,3 +122,42 @@ def test_load_rejects_non_model(tmp_path):
     (tmp_path / "venncell.json").write_text('{"format": 1, "conf')
     with pytest.raises(VennCellInputError, match="unreadable or truncated"):
         VennCell.load(tmp_path)
+
+
+def test_consistency_on_part_of_each_batch(tiny_mdata):
+    """consistency_cells below 8 is refused; otherwise stage 1's encoders see that many of a batch's cells.
+
+    0 means every cell; the refusal names the setting."""
+    import torch
+
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="consistency_cells"):
+        VennCell(tiny_mdata, consistency_cells=3)
+    for k, expected in ((0, 64), (16, 16)):
+        model = VennCell(tiny_mdata, consistency_cells=k, seed=0)
+        module = model.module
+        seen = []
+        encode = module.encode
+        module.encode = lambda m, batch: (seen.append(batch[f"x:{m}"].shape[0]), encode(m, batch))[1]
+        terms = module.stage1_loss(model.data.get(np.arange(64)))
+        assert set(seen) == {expected} and len(seen) == len(module.modalities)
+        assert all(torch.isfinite(terms[f"consistency/{m}"]) for m in module.modalities)
+
+
+def test_every_model_preset_composes_and_builds():
+    """Each conf/model/*.yaml composes with the main config into settings VennCell accepts."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from venncell.cli import _model_kwargs, config_dir
+    from venncell.model.venn import VennConfig
+
+    presets = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
+    assert {"venncell", "apollo", "fast"} <= set(presets)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for name in presets:
+            kwargs = _model_kwargs(compose("config", overrides=[f"model={name}"]))
+            VennConfig(**kwargs)  # an unknown key fails here
+            if name == "fast":
+                assert kwargs["consistency_cells"] == 32

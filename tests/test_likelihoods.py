@@ -27,6 +27,79 @@ def test_negative_binomial_matches_scipy():
     np.testing.assert_allclose(lik.normalised_mean(raw).sum(-1).detach().numpy(), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["nb", "zinb", "nb_mixture", "bernoulli_factors", "gaussian"])
+def test_cell_nll_is_the_mean_of_the_per_feature_nll(name):
+    """The training term (``cell_nll``: NB takes a sparse path through the non-zeros) equals the reference
+    per-feature NLL averaged over features, in value and in gradient, with and without the loader's non-zeros."""
+    from venncell.data.dataset import _nonzeros
+
+    rng = np.random.default_rng(1)
+    n, g = 6, 40
+    lik = make_likelihood(name, g)
+    with torch.no_grad():
+        for p in lik.parameters():
+            p.copy_(torch.as_tensor(rng.normal(scale=0.5, size=p.shape), dtype=torch.float32))
+    counts = rng.poisson(rng.gamma(0.3, 4.0, size=(n, g))).astype(np.float32)
+    counts[2] = 0.0  # an all-zero cell
+    x = torch.tensor(counts if lik.data_type != "binary" else (counts > 0).astype(np.float32))
+    library = torch.tensor(counts.sum(1, keepdims=True)).clamp_min(1.0)
+    raw = torch.tensor(rng.normal(size=(n, g * lik.n_raw)), dtype=torch.float32, requires_grad=True)
+    import scipy.sparse as sp
+
+    csr = sp.csr_matrix(x.numpy())
+    nonzeros = torch.from_numpy(_nonzeros(csr, np.arange(n), x.numpy()))
+    assert torch.equal(nonzeros, x.nonzero().T)
+
+    def value_and_grads(fn):
+        raw.grad = None
+        lik.zero_grad()
+        v = fn()
+        v.sum().backward()
+        return v.detach(), [raw.grad.clone()] + [p.grad.clone() for p in lik.parameters() if p.grad is not None]
+
+    ref, ref_grads = value_and_grads(lambda: lik.nll(raw, x, library).mean(1))
+    for nz in (None, nonzeros):
+        got, grads = value_and_grads(lambda: lik.cell_nll(raw, x, library, nz))
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        assert len(grads) == len(ref_grads)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_batches_carry_nonzeros_of_count_modalities_only():
+    """The loader lists NB modalities' non-zeros (from the CSR, masked-out cells excluded) and nothing else."""
+    import anndata as ad
+    import mudata as md
+    import scipy.sparse as sp
+
+    from venncell import VennCell
+
+    rng = np.random.default_rng(0)
+    rna = rng.poisson(0.5, size=(30, 12)).astype(np.float32)
+    prot = rng.poisson(5.0, size=(30, 4)).astype(np.float32)
+    mdata = md.MuData({"rna": ad.AnnData(sp.csr_matrix(rna)), "protein": ad.AnnData(prot)})
+    VennCell.setup_mudata(mdata, {"rna": "rna", "protein": {"kind": "protein", "likelihood": "zinb"}})
+    model = VennCell(mdata, validation_fraction=0.0)
+    idx = np.array([5, 0, 17, 3])
+    batch = model.data.get(idx)
+    assert "nz:protein" not in batch
+    assert torch.equal(batch["nz:rna"], batch["x:rna"].nonzero().T)
+    # a subset of the batch (held-out cells, the consistency term's cells) keeps its rows' non-zeros, renumbered
+    from venncell.data.dataset import subset_batch
+
+    for keep in (torch.tensor([True, False, True, True]), torch.tensor([3, 0])):
+        sub = subset_batch(batch, keep)
+        flat = sub["nz:rna"][0] * 12 + sub["nz:rna"][1]
+        assert torch.equal(flat.sort().values, sub["x:rna"].reshape(-1).nonzero().squeeze(1))
+    # cells missing from a modality: the CSR holds only the present cells' rows, placed at their batch rows
+    from venncell.data.dataset import _nonzeros
+
+    dense = np.zeros((4, 12), dtype=np.float32)
+    dense[[1, 3]] = rna[[5, 17]]
+    got = _nonzeros(sp.csr_matrix(rna[[5, 17]]), np.array([1, 3]), dense)
+    np.testing.assert_array_equal(got, np.stack(np.nonzero(dense)))
+
+
 def test_bernoulli_matches_scipy():
     lik = make_likelihood("bernoulli", 3)
     raw = torch.tensor([[0.0, 2.0, -1.0], [3.0, -2.0, 0.5]])

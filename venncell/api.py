@@ -457,6 +457,10 @@ def _check_config(cfg: VennConfig) -> None:
     check_range("dropout", cfg.dropout, 0.0, 0.99)
     if cfg.latent_init not in ("spectral", "random"):
         raise VennCellInputError(f"Config value latent_init={cfg.latent_init!r} must be 'spectral' or 'random'.")
+    check_range("consistency_cells", cfg.consistency_cells, 0, integer=True)
+    if 0 < cfg.consistency_cells < 8:
+        raise VennCellInputError(f"Config value consistency_cells={cfg.consistency_cells} is too few cells to estimate "
+                                 "the unexplained fraction; use 0 (every cell of the batch) or at least 8.")
     for name in ("latent_noise", "latent_l2", "shared_only_weight", "consistency_weight", "independence_weight",
                  "stage2_recon_weight"):
         check_range(name, getattr(cfg, name), 0.0)

@@ -11,6 +11,7 @@ import torch
 
 from venncell.data.spec import ModalitySpec
 from venncell.data.validate import VennCellInputError, check_matrix
+from venncell.nn.likelihoods import LIKELIHOODS
 
 
 def _select_matrix(a, spec: ModalitySpec):
@@ -181,7 +182,11 @@ class MultiModalData:
         return self.row[name] >= 0
 
     def get(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """Densify the rows of the given cells for every modality."""
+        """Densify the rows of the given cells for every modality.
+
+        For likelihoods that read them (``Likelihood.uses_nonzeros``), ``nz:<modality>`` holds the (row, column)
+        indices of ``x:<modality>``'s non-zeros, 2 x nnz; whoever edits ``x`` in a batch must drop it.
+        """
         idx = np.asarray(idx)
         out: dict[str, torch.Tensor] = {"idx": torch.as_tensor(idx, dtype=torch.long)}
         if self.batch is not None:
@@ -191,14 +196,49 @@ class MultiModalData:
             mask = rows >= 0
             x = np.zeros((len(idx), spec.n_features), dtype=np.float32)
             lib = np.ones(len(idx), dtype=np.float32)
+            sub = None
             if mask.any() and name in self.x:
                 sub = self.x[name][rows[mask]]
                 x[mask] = sub.toarray() if sp.issparse(sub) else sub
                 lib[mask] = self.library[name][rows[mask]]
+            if getattr(LIKELIHOODS.get(spec.likelihood), "uses_nonzeros", False):
+                out[f"nz:{name}"] = torch.from_numpy(_nonzeros(sub, np.flatnonzero(mask), x))
             out[f"x:{name}"] = torch.from_numpy(x)
             out[f"mask:{name}"] = torch.from_numpy(mask)
             out[f"lib:{name}"] = torch.from_numpy(lib).clamp_min(1.0).unsqueeze(1)
         return out
+
+
+def _nonzeros(sub, sub_rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(row, column) indices, 2 x nnz, of the dense batch ``x``'s non-zeros; ``sub`` (rows ``sub_rows`` of x),
+    when CSR, gives them without a pass over x. Explicit zeros may be listed (every term they enter is 0)."""
+    if not sp.issparse(sub):
+        return np.stack(np.nonzero(x)).astype(np.int64)
+    sub = sp.csr_matrix(sub)
+    if not sub.has_canonical_format:
+        sub.sum_duplicates()  # a listed position must appear once
+    rows = np.repeat(sub_rows.astype(np.int64), np.diff(sub.indptr))
+    return np.stack([rows, sub.indices.astype(np.int64)])
+
+
+def subset_batch(batch: dict, keep: torch.Tensor) -> dict:
+    """The batch restricted to some of its cells: ``keep`` is a boolean mask or row indices (in the new order).
+
+    Per-cell tensors are indexed; the non-zero lists (``nz:``, 2 x nnz of (row, column)) keep the kept rows'
+    entries, renumbered, so the likelihoods' sparse path stays exact.
+    """
+    n = batch["idx"].shape[0]
+    rows = keep.nonzero().squeeze(1) if keep.dtype == torch.bool else keep
+    new_row = torch.full((n,), -1, dtype=torch.long, device=rows.device)
+    new_row[rows] = torch.arange(rows.numel(), device=rows.device)
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("nz:"):
+            r = new_row[v[0]]
+            out[k] = torch.stack([r, v[1]])[:, r >= 0]
+        else:
+            out[k] = v[rows]
+    return out
 
 
 def _column_mean_std(x) -> tuple[np.ndarray, np.ndarray]:

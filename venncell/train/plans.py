@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from venncell.data.dataset import subset_batch
 from venncell.model.venn import VennModule
 from venncell.train.row_adam import RowAdam
 
@@ -17,10 +18,6 @@ warnings.filterwarnings("ignore", message=r".*when logging on epoch level in dis
 
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the message names the term and the last good checkpoint."""
-
-
-def subset_batch(batch: dict, keep: torch.Tensor) -> dict:
-    return {k: v[keep] for k, v in batch.items()}
 
 
 def _step_seed(seed: int, stage: int, step: int, rank: int = 0) -> int:
