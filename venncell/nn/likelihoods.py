@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _EPS = 1e-8
 
@@ -26,8 +27,8 @@ class Likelihood(nn.Module):
     needs_library = False
     n_raw = 1  # decoder outputs per feature
     data_type = "real"  # "counts" | "binary" | "real": what the input checks demand
-    # cell_nll reads the batch's non-zero positions (``nz:<modality>``, flat indices into x), which the
-    # loader takes from the CSR structure for free; finding them in a dense batch costs as much as an NB pass.
+    # cell_nll reads the batch's non-zero positions (``nz:<modality>``, 2 x nnz (row, column)), which the loader
+    # takes from the CSR structure for free; finding them in the dense batch is a full pass over it.
     uses_nonzeros = False
 
     def __init__(self, n_features: int):
@@ -128,8 +129,9 @@ class _SparseNBNLL(torch.autograd.Function):
     -log NB = sum_g theta_g (t_g - log theta_g) + sum_{x_g > 0} [x_g (t_g - log mu_g) - G(x_g, theta_g)], with
     t = log(theta + mu) and G = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1). Only t (and, backward, 1 / s,
     s = theta + mu) is needed densely; every term holding x is evaluated at the non-zeros (``row``, ``col``),
-    and lgamma / digamma of theta per gene rather than per non-zero. Autograd over the same formula makes about
-    three times as many passes over the cells x genes array; RNA's NB was the dearest term of a training step.
+    and lgamma / digamma of theta per gene rather than per non-zero. The gradients are written out because
+    autograd would keep and revisit every intermediate cells x genes array; with the per-feature formula a stage-1
+    step costs ~15 % more CPU (benchmarks/profile_step.txt).
     """
 
     @staticmethod
@@ -148,6 +150,7 @@ class _SparseNBNLL(torch.autograd.Function):
         return dense.index_add(0, row, at_nonzeros)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         mu, s, t, theta, log_lib, xv, thv, row, col, flat = ctx.saved_tensors
         r = s.reciprocal()
