@@ -75,7 +75,7 @@ CONFIGS = {
     "wide": dict(shared_dim=32, private_dim=8, hidden=256),
     "shared24": dict(shared_dim=24, private_dim=8),
     "private16": dict(shared_dim=16, private_dim=16),
-    # defined for further runs; not run with the current optimiser
+    # APOLLO's objective (no leakage control; the shared-only decoders shape the shared latent), VennCell's start
     "apollo": dict(shared_dim=16, private_dim=8, independence_weight=0.0, consistency_weight=0.0,
                    shared_only_detach=False),
 }
