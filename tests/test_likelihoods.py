@@ -339,7 +339,7 @@ def test_spectral_scores_from_sparse_equal_dense_pca(transform):
 
     from venncell.data.dataset import encoder_transform
     from venncell.data.spec import ModalitySpec
-    from venncell.model.init import _encoder_scale, _modality_scores
+    from venncell.model.init import _encoder_input, _modality_scores
 
     rng = np.random.default_rng(7)
     dense = (rng.poisson(0.3, size=(120, 40)) * (rng.random((120, 40)) < 0.5)).astype(np.float32)
@@ -354,7 +354,7 @@ def test_spectral_scores_from_sparse_equal_dense_pca(transform):
         library = {"m": dense.sum(1)}
 
     rows = np.arange(120)
-    assert sp.issparse(_encoder_scale(_Data, "m", rows))
+    assert sp.issparse(_encoder_input(_Data, "m", rows))
     got = _modality_scores(_Data, "m", rows, 5, seed=0)
     ref_x = encoder_transform(_Data.specs["m"], torch.tensor(dense), torch.tensor(dense.sum(1))[:, None]).numpy()
     ref = PCA(5, svd_solver="full").fit_transform(ref_x.astype(np.float64))

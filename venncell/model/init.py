@@ -31,7 +31,7 @@ def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, see
     if spec.kind == "image":
         x = _image_pixels(data, m, rows)
     else:
-        x = _encoder_scale(data, m, rows)
+        x = _encoder_input(data, m, rows)
     k = max(1, min(k, x.shape[1] - 1, x.shape[0] - 1))
     if sp.issparse(x):
         # arpack centres implicitly, so this is the dense PCA's answer without densifying tens of thousands
@@ -52,11 +52,12 @@ def _rows_sparse(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 10
     return sp.vstack([sp.csr_matrix(src[r[i:i + chunk]]) for i in range(0, len(r), chunk)], format="csr"), lib
 
 
-def _encoder_scale(data: MultiModalData, m: str, rows: np.ndarray):
+def _encoder_input(data: MultiModalData, m: str, rows: np.ndarray):
     """``encoder_transform`` of the rows, computed on the sparse matrix when there is one.
 
-    Counts are not scaled per feature before PCA (scanpy's ``scale``): on the 500–600-cell BMMC starters that
-    lowered the start's cell-type kNN accuracy by 0.02–0.06, though it helped PBMC's fine labels a little."""
+    Counts are not scaled per feature before PCA (scanpy's ``scale``): in an ad hoc check (not committed) it
+    lowered the start's cell-type kNN accuracy on the 500–600-cell BMMC starters, though it helped PBMC's fine
+    labels a little."""
     spec = data.specs[m]
     x, lib = _rows_sparse(data, m, rows)
     if not sp.issparse(x):
