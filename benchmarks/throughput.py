@@ -26,9 +26,18 @@ N_GENES, N_PROTEINS, SHARED, PRIVATE = 2000, 100, 4, 2
 BATCH = 128
 STEPS = 60  # timed steps per stage (after WARMUP untimed ones)
 WARMUP = 5
-# VennCell variants: the defaults, and the `model=fast` preset (conf/model/fast.yaml: the consistency term on 32 of
-# each batch's 128 cells)
-VARIANTS = {"venncell": {}, "venncell-fast": {"consistency_cells": 32}}
+
+
+def _preset(name: str) -> dict:
+    """The settings a conf/model preset changes on top of the defaults (read from the file, not copied here)."""
+    import yaml
+
+    d = yaml.safe_load((HERE.parent / "conf" / "model" / f"{name}.yaml").read_text())
+    return {k: v for k, v in d.items() if k not in ("defaults", "name")}
+
+
+# VennCell variants: the defaults, and the `model=fast` preset (the consistency term on part of each batch)
+VARIANTS = {"venncell": {}, "venncell-fast": _preset("fast")}
 
 
 # ------------------------------------------------------------------ data
