@@ -138,7 +138,11 @@ def test_consistency_on_part_of_each_batch(tiny_mdata):
         module = model.module
         seen = []
         encode = module.encode
-        module.encode = lambda m, batch: (seen.append(batch[f"x:{m}"].shape[0]), encode(m, batch))[1]
+        def counting(m, batch, rows=None):
+            seen.append(batch[f"x:{m}"].shape[0] if rows is None else rows.numel())
+            return encode(m, batch, rows)
+
+        module.encode = counting
         terms = module.stage1_loss(model.data.get(np.arange(64)))
         assert set(seen) == {expected} and len(seen) == len(module.modalities)
         assert all(torch.isfinite(terms[f"consistency/{m}"]) for m in module.modalities)
@@ -160,4 +164,26 @@ def test_every_model_preset_composes_and_builds():
             kwargs = _model_kwargs(compose("config", overrides=[f"model={name}"]))
             VennConfig(**kwargs)  # an unknown key fails here
             if name == "fast":
-                assert kwargs["consistency_cells"] == 32
+                assert kwargs["consistency_cells"] == 32 and kwargs["leakage_every"] == 3
+
+
+def test_leakage_every_k_batches_weights_the_terms_k_times(tiny_mdata):
+    """leakage_every below 1 is refused; k >= 1 puts the leakage terms, weighted k times, on every k-th batch.
+
+    The other batches leave the encoders out entirely (no pass, no gradient)."""
+    import torch
+
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="leakage_every"):
+        VennCell(tiny_mdata, leakage_every=0)
+    module = VennCell(tiny_mdata, leakage_every=3, seed=0).module
+    assert [module.leakage_factor(i) for i in range(7)] == [3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 3.0]
+    batch = VennCell(tiny_mdata, seed=0).data.get(np.arange(64))
+    loss = {f: module.stage1_loss(batch, noise=False, leakage=f)["loss"] for f in (0.0, 1.0, 3.0)}
+    torch.testing.assert_close(loss[3.0] - loss[0.0], 3 * (loss[1.0] - loss[0.0]))
+    assert loss[1.0] > loss[0.0]  # the leakage terms are positive here, so the check above is not 0 = 0
+    terms = module.stage1_loss(batch, leakage=0.0)
+    assert not any(k.startswith(("consistency/", "independence/")) for k in terms)
+    module.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in module.encoders.parameters())

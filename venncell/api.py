@@ -461,6 +461,7 @@ def _check_config(cfg: VennConfig) -> None:
     if 0 < cfg.consistency_cells < 8:
         raise VennCellInputError(f"Config value consistency_cells={cfg.consistency_cells} is too few cells to estimate "
                                  "the unexplained fraction; use 0 (every cell of the batch) or at least 8.")
+    check_range("leakage_every", cfg.leakage_every, 1, integer=True)
     for name in ("latent_noise", "latent_l2", "shared_only_weight", "consistency_weight", "independence_weight",
                  "stage2_recon_weight"):
         check_range(name, getattr(cfg, name), 0.0)

@@ -82,6 +82,18 @@ def _model_kwargs(cfg: DictConfig) -> dict:
     return m
 
 
+def model_preset(name: str) -> dict:
+    """The VennCell keywords that ``conf/model/<name>.yaml`` changes on top of the defaults (``model=venncell``).
+
+    For Python callers (benchmarks, experiments, tests) that want a preset without the CLI; not inside a Hydra app.
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        base, preset = (_model_kwargs(compose("config", overrides=[f"model={n}"])) for n in ("venncell", name))
+    return {k: v for k, v in preset.items() if base.get(k) != v}
+
+
 def _train_kwargs(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.trainer, resolve=True)
 

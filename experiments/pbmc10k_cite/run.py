@@ -27,6 +27,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsRegressor
 
 from venncell import VennCell
+from venncell.cli import model_preset
 
 from totalvi import run_totalvi  # noqa: E402  (beside this script)
 
@@ -78,6 +79,8 @@ CONFIGS = {
     # APOLLO's objective (no leakage control; the shared-only decoders shape the shared latent), VennCell's start
     "apollo": dict(shared_dim=16, private_dim=8, independence_weight=0.0, consistency_weight=0.0,
                    shared_only_detach=False),
+    # the `model=fast` preset (cheaper stage-1 steps: leakage control on part of the batches and cells)
+    "fast": dict(shared_dim=16, private_dim=8, **model_preset("fast")),
 }
 
 

@@ -194,13 +194,18 @@ class MultiModalData:
         for name, spec in self.specs.items():
             rows = self.row[name][idx]
             mask = rows >= 0
-            x = np.zeros((len(idx), spec.n_features), dtype=np.float32)
-            lib = np.ones(len(idx), dtype=np.float32)
             sub = None
-            if mask.any() and name in self.x:
-                sub = self.x[name][rows[mask]]
-                x[mask] = sub.toarray() if sp.issparse(sub) else sub
-                lib[mask] = self.library[name][rows[mask]]
+            if mask.all() and name in self.x:  # every cell has the modality: no zero-filled frame to copy into
+                sub = self.x[name][rows]
+                x = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float32)
+                lib = np.asarray(self.library[name][rows], dtype=np.float32)
+            else:
+                x = np.zeros((len(idx), spec.n_features), dtype=np.float32)
+                lib = np.ones(len(idx), dtype=np.float32)
+                if mask.any() and name in self.x:
+                    sub = self.x[name][rows[mask]]
+                    x[mask] = sub.toarray() if sp.issparse(sub) else sub
+                    lib[mask] = self.library[name][rows[mask]]
             if getattr(LIKELIHOODS.get(spec.likelihood), "uses_nonzeros", False):
                 out[f"nz:{name}"] = torch.from_numpy(_nonzeros(sub, np.flatnonzero(mask), x))
             out[f"x:{name}"] = torch.from_numpy(x)

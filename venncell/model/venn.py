@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from venncell.data.dataset import encoder_transform, subset_batch
+from venncell.data.dataset import encoder_transform
 from venncell.data.spec import ModalitySpec
 from venncell.model.penalties import centred_rbf_gram, normalised_hsic, unexplained_fraction
 from venncell.nn import MLP, make_likelihood
@@ -41,6 +41,9 @@ class VennConfig:
     # Cells per step whose consistency term is computed (0 = every cell). The RNA encoder is the costliest
     # network of a stage-1 step; a random subset estimates the same unexplained fraction more cheaply.
     consistency_cells: int = 0
+    # Leakage control (consistency + independence) on every k-th stage-1 batch only, weighted k times so that the
+    # objective is the same in expectation. Steps without it skip the encoders (passes and optimiser update).
+    leakage_every: int = 1
     independence_weight: float = 0.1
     stage2_recon_weight: float = 0.0
     # image modalities (kind "image"): conv widths, one stride-2 stage each (venncell.nn.cnn)
@@ -155,9 +158,12 @@ class VennModule(nn.Module):
     def latents(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.shared_table(idx), {m: t(idx) for m, t in self.private_tables.items()}
 
-    def encode(self, m: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        x = encoder_transform(self.specs[m], batch[f"x:{m}"], batch[f"lib:{m}"])
-        return self.encoders[m](x)
+    def encode(self, m: str, batch: dict, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Modality m's encoder on the batch's cells, or on its ``rows`` only (None = every cell)."""
+        x, lib = batch[f"x:{m}"], batch[f"lib:{m}"]
+        if rows is not None:
+            x, lib = x[rows], lib[rows]
+        return self.encoders[m](encoder_transform(self.specs[m], x, lib))
 
     def nll(self, m: str, raw: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per-cell NLL, averaged over features so that modalities of different width weigh alike."""
@@ -187,8 +193,10 @@ class VennModule(nn.Module):
         return _masked_mean(self.nll(m, self.decode_raw(m, z_shared, None, batch, shared_only=True), batch), mask)
 
     # ------------------------------------------------------------------ stage 1
-    def stage1_loss(self, batch: dict, noise: bool = True) -> dict[str, torch.Tensor]:
+    def stage1_loss(self, batch: dict, noise: bool = True, leakage: float = 1.0) -> dict[str, torch.Tensor]:
         """The stage-1 objective for the batch's cells, term by term (``loss`` is the total).
+
+        ``leakage`` multiplies both leakage-control weights; 0 leaves those terms out (``leakage_every``).
 
         Leakage control (the two terms the ``apollo`` preset switches off):
         - consistency: each modality's encoder must predict the shared latent from that modality alone;
@@ -216,26 +224,37 @@ class VennModule(nn.Module):
             if cfg.shared_only_weight > 0 and not self.shared_decoders_in_stage2:
                 rec_s = terms[f"recon_shared_only/{m}"] = self._shared_only_nll(m, zs_in, batch, mask)
                 total = total + cfg.shared_only_weight * w * rec_s
-            if cfg.consistency_weight > 0 and mask.sum() > 2:
+            if leakage > 0 and cfg.consistency_weight > 0 and mask.sum() > 2:
                 rows = self._consistency_rows(mask)
-                pred_s, _ = self.encode(m, subset_batch(batch, rows))
-                cons = unexplained_fraction(z_s[rows], pred_s)
+                pred_s, _ = self.encode(m, batch, rows)
+                cons = unexplained_fraction(z_s if rows is None else z_s[rows], pred_s)
                 terms[f"consistency/{m}"] = cons
-                total = total + cfg.consistency_weight * cons
-            if cfg.independence_weight > 0 and mask.sum() > 4:
+                total = total + leakage * cfg.consistency_weight * cons
+            if leakage > 0 and cfg.independence_weight > 0 and mask.sum() > 4:
                 if mask.all():  # the shared latent's Gram is the same for every fully measured modality
                     k_shared = centred_rbf_gram(z_s) if k_shared is None else k_shared
                     dep = normalised_hsic(z_s, zp, k_shared)
                 else:
                     dep = normalised_hsic(z_s[mask], zp[mask])
                 terms[f"independence/{m}"] = dep
-                total = total + cfg.independence_weight * dep
+                total = total + leakage * cfg.independence_weight * dep
         terms["loss"] = total
         return terms
 
-    def _consistency_rows(self, mask: torch.Tensor) -> torch.Tensor:
-        rows = mask.nonzero().squeeze(1)
+    def leakage_factor(self, batch_idx: int) -> float:
+        """``stage1_loss``'s ``leakage`` for an epoch's ``batch_idx``-th batch under ``leakage_every``.
+
+        Keyed on the batch's place in its epoch, so a resumed run puts the terms on the same batches.
+        """
+        k = self.cfg.leakage_every
+        return float(k) if batch_idx % k == 0 else 0.0
+
+    def _consistency_rows(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """The rows whose consistency term is computed; None = every row (spares copying the batch)."""
         k = self.cfg.consistency_cells
+        if mask.all() and not (k and mask.numel() > k):
+            return None
+        rows = mask.nonzero().squeeze(1)
         if k and rows.numel() > k:
             rows = rows[torch.randperm(rows.numel())[:k]]
         return rows

@@ -211,14 +211,15 @@ class Stage1Plan(_Plan):
         opt_net, opt_lat = self.optimizers()
         train = self.is_train[batch["idx"]]
         total = torch.zeros((), device=self.device)
+        leakage = self.module.leakage_factor(batch_idx)
         if train.any():
-            terms = self.module.stage1_loss(batch if train.all() else subset_batch(batch, train))
+            terms = self.module.stage1_loss(batch if train.all() else subset_batch(batch, train), leakage=leakage)
             self._check_finite(terms, "training")
             self._log_terms(terms, "stage1/train", int(train.sum()), on_step=True)
             total = total + terms["loss"] * train.float().mean()
         if (~train).any():
             with self.module.networks_frozen():
-                terms_v = self.module.stage1_loss(subset_batch(batch, ~train))
+                terms_v = self.module.stage1_loss(subset_batch(batch, ~train), leakage=leakage)
             self._check_finite(terms_v, "held-out")
             self._log_terms(terms_v, "stage1/val", int((~train).sum()), on_step=False)
             total = total + terms_v["loss"] * (~train).float().mean()
