@@ -79,6 +79,8 @@ CONFIGS = {
     # APOLLO's objective (no leakage control; the shared-only decoders shape the shared latent), VennCell's start
     "apollo": dict(shared_dim=16, private_dim=8, independence_weight=0.0, consistency_weight=0.0,
                    shared_only_detach=False),
+    # stage-2 encoders also reconstruct the data through the frozen decoders (amortised, autoencoder-like latents)
+    "stage2_recon": dict(shared_dim=16, private_dim=8, stage2_recon_weight=1.0),
     # the `model=fast` preset (cheaper stage-1 steps: leakage control on part of the batches and cells)
     "fast": dict(shared_dim=16, private_dim=8, **model_preset("fast")),
 }
