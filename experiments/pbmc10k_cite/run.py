@@ -81,6 +81,8 @@ CONFIGS = {
                    shared_only_detach=False),
     # stage-2 encoders also reconstruct the data through the frozen decoders (amortised, autoencoder-like latents)
     "stage2_recon": dict(shared_dim=16, private_dim=8, stage2_recon_weight=1.0),
+    # 50x the default L2 pull of the latents towards 0 (a stronger prior on cells with little signal)
+    "l2_0.05": dict(shared_dim=16, private_dim=8, latent_l2=0.05),
     # the `model=fast` preset (cheaper stage-1 steps: leakage control on part of the batches and cells)
     "fast": dict(shared_dim=16, private_dim=8, **model_preset("fast")),
 }
