@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from venncell import VennCell
+from venncell.cli import model_preset
 from venncell.nn.likelihoods import Likelihood, NegativeBinomial
 from venncell.train.plans import fused_adam
-from venncell.cli import model_preset
 from venncell.train.row_adam import RowAdam
 
 HERE = Path(__file__).resolve().parent

@@ -286,8 +286,7 @@ def _median_rows(rows: list[dict]) -> list[dict]:
     for group in groups.values():
         ok = sorted((r for r in group if r.get("stage1")), key=lambda r: r["stage1"]["cells_per_cpu_s"])
         pick = dict(ok[(len(ok) - 1) // 2] if ok else group[0])
-        values = [r["stage1"]["cells_per_cpu_s"] for r in ok]
-        pick["all"], pick["range"] = values or [None], (min(values), max(values)) if values else (0, 0)
+        pick["rounds"] = [r["stage1"]["cells_per_cpu_s"] for r in ok]
         out.append(pick)
     return out
 
@@ -320,8 +319,9 @@ def write_markdown(results: dict, argv: str) -> None:
     for r in _median_rows(m):
         s1, s2 = r.get("stage1") or {}, r.get("stage2") or {}
         c1 = s1.get("cells_per_cpu_s")
-        spread = f" ({r['range'][0]:.0f}-{r['range'][1]:.0f})" if len(r["all"]) > 1 else ""
-        lines.append(f"| {r['method']} | {r['n']:,} | {len(r['all'])} | {r['setup_s']:.0f} | {s1.get('cells_per_s', nan):.0f} | "
+        rounds = r["rounds"]
+        spread = f" ({min(rounds):.0f}-{max(rounds):.0f})" if len(rounds) > 1 else ""
+        lines.append(f"| {r['method']} | {r['n']:,} | {max(len(rounds), 1)} | {r['setup_s']:.0f} | {s1.get('cells_per_s', nan):.0f} | "
                      f"{c1 or nan:.0f}{spread} | {s2.get('cells_per_cpu_s', nan):.0f} | {r['n'] / c1 if c1 else nan:.0f} | "
                      f"{r['peak_rss_MB']:.0f} | {r.get('rss_end_MB', nan):.0f} | {r.get('latent_table_MB', nan):.1f} | "
                      f"{s1.get('optimiser_state_MB', nan):.1f} |")

@@ -138,6 +138,7 @@ def test_consistency_on_part_of_each_batch(tiny_mdata):
         module = model.module
         seen = []
         encode = module.encode
+
         def counting(m, batch, rows=None):
             seen.append(batch[f"x:{m}"].shape[0] if rows is None else rows.numel())
             return encode(m, batch, rows)
@@ -152,19 +153,16 @@ def test_every_model_preset_composes_and_builds():
     """Each conf/model/*.yaml composes with the main config into settings VennCell accepts."""
     from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
-
-    from venncell.cli import _model_kwargs, config_dir
+    from venncell.cli import config_dir, model_preset
     from venncell.model.venn import VennConfig
 
     presets = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
     assert {"venncell", "apollo", "fast"} <= set(presets)
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        for name in presets:
-            kwargs = _model_kwargs(compose("config", overrides=[f"model={name}"]))
-            VennConfig(**kwargs)  # an unknown key fails here
-            if name == "fast":
-                assert kwargs["consistency_cells"] == 32 and kwargs["leakage_every"] == 3
+    for name in presets:
+        kwargs = model_preset(name)
+        VennConfig(**kwargs)  # an unknown key fails here
+        if name == "fast":
+            assert kwargs["consistency_cells"] == 32 and kwargs["leakage_every"] == 3
 
 
 def test_leakage_every_k_batches_weights_the_terms_k_times(tiny_mdata):
@@ -176,9 +174,10 @@ def test_leakage_every_k_batches_weights_the_terms_k_times(tiny_mdata):
     VennCell.setup_mudata(tiny_mdata)
     with pytest.raises(VennCellInputError, match="leakage_every"):
         VennCell(tiny_mdata, leakage_every=0)
-    module = VennCell(tiny_mdata, leakage_every=3, seed=0).module
+    model = VennCell(tiny_mdata, leakage_every=3, seed=0)
+    module = model.module
     assert [module.leakage_factor(i) for i in range(7)] == [3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 3.0]
-    batch = VennCell(tiny_mdata, seed=0).data.get(np.arange(64))
+    batch = model.data.get(np.arange(64))
     loss = {f: module.stage1_loss(batch, noise=False, leakage=f)["loss"] for f in (0.0, 1.0, 3.0)}
     torch.testing.assert_close(loss[3.0] - loss[0.0], 3 * (loss[1.0] - loss[0.0]))
     assert loss[1.0] > loss[0.0]  # the leakage terms are positive here, so the check above is not 0 = 0

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from test_recovery import MODS, N_TRAIN, TRAIN, _learned
-from venncell import VennCell, make_synthetic
+from test_recovery import TRAIN, _learned, make_all_cells, training_cells
+from venncell import VennCell
 from venncell.analysis.recovery import evaluate_recovery
 from venncell.cli import model_preset
-from venncell.data import SyntheticTruth
 
 
 @pytest.fixture(scope="module")
 def synthetic():
-    # test_recovery's training cells, built the same way
-    mdata, truth = make_synthetic(n_cells=N_TRAIN + 300, modalities=dict(MODS), seed=0)
-    keep = slice(0, N_TRAIN)
-    return mdata[keep].copy(), SyntheticTruth(shared=truth.shared[keep], private={m: v[keep] for m, v in truth.private.items()},
-                                              cluster=truth.cluster[keep])
+    return training_cells(make_all_cells())
 
 
 @pytest.fixture(scope="module")

@@ -24,19 +24,28 @@ def _learned(model, source="encoder"):
 N_TRAIN = 1500
 
 
-@pytest.fixture(scope="module")
-def all_cells():
+def make_all_cells():
     """1,800 cells from one generator: the first 1,500 train the model, the rest are never seen by it."""
     return make_synthetic(n_cells=N_TRAIN + 300, modalities=dict(MODS), seed=0)
 
 
-@pytest.fixture(scope="module")
-def synthetic(all_cells):
+def training_cells(all_cells):
+    """The first N_TRAIN cells of ``make_all_cells()`` and their truth."""
     mdata, truth = all_cells
     keep = slice(0, N_TRAIN)
     sub = SyntheticTruth(shared=truth.shared[keep], private={m: v[keep] for m, v in truth.private.items()},
                          cluster=truth.cluster[keep])
     return mdata[keep].copy(), sub
+
+
+@pytest.fixture(scope="module")
+def all_cells():
+    return make_all_cells()
+
+
+@pytest.fixture(scope="module")
+def synthetic(all_cells):
+    return training_cells(all_cells)
 
 
 @pytest.fixture(scope="module")

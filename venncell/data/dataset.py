@@ -195,17 +195,17 @@ class MultiModalData:
             rows = self.row[name][idx]
             mask = rows >= 0
             sub = None
-            if mask.all() and name in self.x:  # every cell has the modality: no zero-filled frame to copy into
-                sub = self.x[name][rows]
-                x = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float32)
-                lib = np.asarray(self.library[name][rows], dtype=np.float32)
+            if mask.any() and name in self.x:
+                sub = self.x[name][rows[mask]]
+                dense = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float32)
+                present_lib = np.asarray(self.library[name][rows[mask]], dtype=np.float32)
+            if sub is not None and mask.all():  # every cell has the modality: no zero-filled frame to copy into
+                x, lib = dense, present_lib
             else:
                 x = np.zeros((len(idx), spec.n_features), dtype=np.float32)
                 lib = np.ones(len(idx), dtype=np.float32)
-                if mask.any() and name in self.x:
-                    sub = self.x[name][rows[mask]]
-                    x[mask] = sub.toarray() if sp.issparse(sub) else sub
-                    lib[mask] = self.library[name][rows[mask]]
+                if sub is not None:
+                    x[mask], lib[mask] = dense, present_lib
             if getattr(LIKELIHOODS.get(spec.likelihood), "uses_nonzeros", False):
                 out[f"nz:{name}"] = torch.from_numpy(_nonzeros(sub, np.flatnonzero(mask), x))
             out[f"x:{name}"] = torch.from_numpy(x)
