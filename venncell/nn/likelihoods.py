@@ -124,49 +124,54 @@ class Bernoulli(Likelihood):
 
 
 class _SparseNBNLL(torch.autograd.Function):
-    """Per-cell NB NLL summed over genes, mean ``exp(log_lib) * softmax(raw)``; gradients for raw and theta.
+    """Per-cell NB NLL summed over genes, mean ``mu = exp(log_lib) * p``, ``p = softmax(raw)``; gradients for raw
+    and theta.
 
     -log NB = sum_g theta_g (t_g - log theta_g) + sum_{x_g > 0} [x_g (t_g - log mu_g) - G(x_g, theta_g)], with
-    t = log(theta + mu) and G = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1). Only t (and, backward, 1 / s,
-    s = theta + mu) is needed densely; every term holding x is evaluated at the non-zeros (``row``, ``col``),
-    and lgamma / digamma of theta per gene rather than per non-zero. The gradients are written out because
-    autograd would keep and revisit every intermediate cells x genes array; with the per-feature formula a stage-1
-    step costs ~15 % more CPU (benchmarks/profile_step.txt).
+    t = log(theta + mu) and G = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1). Only p, s = theta + mu and t are
+    needed densely; every term holding x is evaluated at the non-zeros (``row``, ``col``), and lgamma / digamma of
+    theta per gene rather than per non-zero. The gradients are written out because autograd would keep and revisit
+    every intermediate cells x genes array; with the per-feature formula a stage-1 step costs ~15 % more CPU
+    (benchmarks/profile_step.txt). Each dense op over a batch's cells x genes costs about as much as the whole
+    sparse part, so the formulas below are arranged to make as few of them as possible (e.g. ``q = theta / s``
+    serves the raw and the theta gradient alike).
     """
 
     @staticmethod
     def forward(ctx, raw, theta, x, log_lib, row, col):
         n, g = raw.shape
-        log_mu = raw - (torch.logsumexp(raw, dim=1, keepdim=True) - log_lib)
-        mu = torch.exp(log_mu)
-        s = mu + theta
+        log_p = torch.log_softmax(raw, dim=1)  # log p, not log of p: exact where p underflows
+        p = torch.exp(log_p)
+        lib = torch.exp(log_lib)
+        s = torch.addcmul(theta, p, lib)
         t = torch.log(s)
         flat = row * g + col
         xv, thv = x.reshape(-1).index_select(0, flat), theta.index_select(0, col)
         gamma = torch.lgamma(xv + thv) - torch.lgamma(theta).index_select(0, col) - torch.lgamma(xv + 1.0)
-        at_nonzeros = xv * (t.reshape(-1).index_select(0, flat) - log_mu.reshape(-1).index_select(0, flat)) - gamma
-        ctx.save_for_backward(mu, s, t, theta, log_lib, xv, thv, row, col, flat)
+        log_mu = log_p.reshape(-1).index_select(0, flat) + log_lib.reshape(-1).index_select(0, row)
+        at_nonzeros = xv * (t.reshape(-1).index_select(0, flat) - log_mu) - gamma
+        ctx.save_for_backward(p, s, t, theta, lib, xv, thv, row, col, flat)
         dense = t @ theta - (theta * torch.log(theta)).sum()
         return dense.index_add(0, row, at_nonzeros)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        mu, s, t, theta, log_lib, xv, thv, row, col, flat = ctx.saved_tensors
-        r = s.reciprocal()
-        rv = r.reshape(-1).index_select(0, flat)
+        p, s, t, theta, lib, xv, thv, row, col, flat = ctx.saved_tensors
+        q = torch.div(theta, s)
+        qv = q.reshape(-1).index_select(0, flat)
         grad_raw = grad_theta = None
         if ctx.needs_input_grad[0]:
-            # d/d mu_g = (theta_g + x_g) / s_g - x_g / mu_g; through the softmax: a - p * sum(a), a = mu * d/d mu
-            a = mu * r * theta
-            a.reshape(-1).index_add_(0, flat, xv * (mu.reshape(-1).index_select(0, flat) * rv - 1.0))
-            p = mu * torch.exp(-log_lib)
-            grad_raw = (a - p * a.sum(1, keepdim=True)) * grad[:, None]
+            # d/d mu_g = (theta_g + x_g) / s_g - x_g / mu_g, so mu_g d/d mu_g = mu_g q_g - x_g q_g; through the softmax:
+            # a - p * sum(a), a = mu * d/d mu
+            a = torch.mul(q, p).mul_(lib)
+            a.reshape(-1).index_add_(0, flat, xv * qv, alpha=-1.0)
+            grad_raw = torch.addcmul(a, p, a.sum(1, keepdim=True), value=-1.0).mul_(grad[:, None])
         if ctx.needs_input_grad[1]:
-            # d/d theta_g = t_g + theta_g / s_g - log theta_g - 1 + x_g / s_g - psi(x_g + theta_g) + psi(theta_g)
+            # d/d theta_g = t_g + q_g - log theta_g - 1 + x_g / s_g - psi(x_g + theta_g) + psi(theta_g)
             gv = grad.index_select(0, row)
-            sparse = gv * (xv * rv - torch.digamma(xv + thv) + torch.digamma(theta).index_select(0, col))
-            grad_theta = (grad @ t + theta * (grad @ r) - grad.sum() * (torch.log(theta) + 1.0)).index_add(0, col, sparse)
+            sparse = gv * (xv * qv / thv - torch.digamma(xv + thv) + torch.digamma(theta).index_select(0, col))
+            grad_theta = (grad @ t + grad @ q - grad.sum() * (torch.log(theta) + 1.0)).index_add(0, col, sparse)
         return grad_raw, grad_theta, None, None, None, None
 
 

@@ -75,9 +75,12 @@ class _Plan(L.LightningModule):
             torch.cuda.manual_seed(seed)
 
     def _check_finite(self, terms: dict[str, torch.Tensor], where: str) -> None:
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        if not bad:
+        # The totals (``loss``; stage 2's ``shared_only``, which is kept apart from it) are weighted sums of the other
+        # optimised terms, finite unless one of those is not: only a non-finite total needs the term-by-term search
+        # (two checks per step instead of one per term). Monitors outside the totals are not optimised.
+        if all(bool(torch.isfinite(terms[k]).all()) for k in ("loss", "shared_only") if k in terms):
             return
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         culprit = [k for k in bad if k != "loss"] or bad
         saver = self.trainer.checkpoint_callback if self._trainer is not None else None
         ckpt = (saver.last_model_path if saver is not None else "") or "none saved yet"
