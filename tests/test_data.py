@@ -101,6 +101,43 @@ def test_partially_paired_cells_are_masked():
     np.testing.assert_allclose(batch["x:protein"][1].numpy(), b["c15"].X.toarray().ravel())
 
 
+@pytest.mark.parametrize("canonical", [True, False])
+def test_batch_rows_match_scipy_for_partial_and_unsorted_csr(canonical):
+    """A batch read straight from the CSR arrays equals scipy's rows: values, zero rows for absent cells, non-zeros;
+    a CSR with unsorted and duplicate entries (summed, as scipy reads them) takes scipy's path."""
+    rng = np.random.default_rng(2)
+    dense = rng.poisson(0.6, (20, 9)).astype(np.float32)
+    dense[np.arange(20), np.arange(20) % 9] += 1.0  # no all-zero cell (refused for counts)
+    a = ad.AnnData(sp.csr_matrix(dense))
+    a.obs_names = [f"c{i}" for i in range(20)]
+    other = ad.AnnData(rng.poisson(2, (30, 3)).astype(np.float32))
+    other.obs_names = [f"c{i}" for i in range(30)]
+    mdata = md.MuData({"rna": a, "protein": other})
+    specs = {"rna": ModalitySpec("rna", likelihood="nb", encoder_transform="log1p_cp10k"),
+             "protein": ModalitySpec("protein", likelihood="gaussian", encoder_transform="standardise")}
+    data = MultiModalData(mdata, specs)
+    if not canonical:
+        # AnnData canonicalises what it is given, so the matrix is swapped in: every row's entries reversed, and
+        # row 4's first entry split into two listed entries that sum to it
+        r, c, v = sp.find(data.x["rna"])
+        order = np.lexsort((-c, r))
+        r, c, v = r[order], c[order], v[order]
+        first4 = np.flatnonzero(r == 4)[0]
+        v[first4] -= 1.0
+        r, c, v = np.insert(r, first4, 4), np.insert(c, first4, c[first4]), np.insert(v, first4, 1.0)
+        data.x["rna"] = sp.csr_matrix((v.astype(np.float32), c, np.searchsorted(r, np.arange(21))), shape=(20, 9))
+        assert not data.x["rna"].has_canonical_format
+    cells = ("c25", "c4", "c0", "c29", "c13")  # c25, c29: no rna
+    batch = data.get(np.array([list(mdata.obs_names).index(c) for c in cells]))
+    want = np.zeros((5, 9), dtype=np.float32)
+    for i, c in enumerate(cells):
+        if int(c[1:]) < 20:  # the rna cells are c0..c19, rows 0..19 of the matrix
+            want[i] = dense[int(c[1:])]
+    np.testing.assert_array_equal(batch["x:rna"].numpy(), want)
+    assert batch["mask:rna"].tolist() == [False, True, True, False, True]
+    assert sorted(map(tuple, batch["nz:rna"].T.tolist())) == sorted(map(tuple, np.argwhere(want).tolist()))
+
+
 def test_cell_batches_depend_only_on_seed_and_epoch():
     s = CellBatches(np.arange(100), 16, shuffle=True, seed=3)
     s.set_epoch(4)
