@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from venncell import VennCell
 from venncell.data import ModalitySpec, MultiModalData, make_synthetic, truth_from_mudata
-from venncell.data.dataset import CellBatches
+from venncell.data.dataset import CellBatches, _csr_rows
 from venncell.data.spec import infer_likelihood
 
 
@@ -102,9 +102,13 @@ def test_partially_paired_cells_are_masked():
 
 
 @pytest.mark.parametrize("canonical", [True, False])
-def test_batch_rows_match_scipy_for_partial_and_unsorted_csr(canonical):
+def test_batch_rows_match_scipy_for_partial_and_unsorted_csr(canonical, monkeypatch):
     """A batch read straight from the CSR arrays equals scipy's rows: values, zero rows for absent cells, non-zeros;
     a CSR with unsorted and duplicate entries (summed, as scipy reads them) takes scipy's path."""
+    from venncell.data import dataset
+
+    direct = []
+    monkeypatch.setattr(dataset, "_csr_rows", lambda *a: direct.append(1) or _csr_rows(*a))
     rng = np.random.default_rng(2)
     dense = rng.poisson(0.6, (20, 9)).astype(np.float32)
     dense[np.arange(20), np.arange(20) % 9] += 1.0  # no all-zero cell (refused for counts)
@@ -136,6 +140,7 @@ def test_batch_rows_match_scipy_for_partial_and_unsorted_csr(canonical):
     np.testing.assert_array_equal(batch["x:rna"].numpy(), want)
     assert batch["mask:rna"].tolist() == [False, True, True, False, True]
     assert sorted(map(tuple, batch["nz:rna"].T.tolist())) == sorted(map(tuple, np.argwhere(want).tolist()))
+    assert bool(direct) == canonical  # the direct read ran for the canonical matrix only
 
 
 def test_cell_batches_depend_only_on_seed_and_epoch():

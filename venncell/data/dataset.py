@@ -225,7 +225,9 @@ def _csr_rows(x: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Rows of a canonical CSR matrix densified (float32), and their non-zeros' (row among ``rows``, column), 2 x nnz.
 
     The same as ``x[rows].toarray()`` and ``_nonzeros`` of it, straight from ``indptr`` / ``indices`` / ``data``:
-    scipy's fancy row indexing builds an intermediate matrix and validates it, most of the cost of a batch."""
+    scipy's fancy row indexing builds an intermediate matrix and validates it, most of the cost of a batch.
+    ``get`` relies on scipy's cached ``has_canonical_format``: the matrices in ``MultiModalData.x`` are never edited
+    in place."""
     starts = x.indptr[rows].astype(np.int64)
     counts = x.indptr[rows + 1] - starts
     batch_row = np.repeat(np.arange(len(rows), dtype=np.int64), counts)

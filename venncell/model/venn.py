@@ -197,6 +197,7 @@ class VennModule(nn.Module):
         """The stage-1 objective for the batch's cells, term by term (``loss`` is the total).
 
         ``leakage`` multiplies both leakage-control weights; 0 leaves those terms out (``leakage_every``).
+        Every returned term enters ``loss`` (the training plan's non-finite check reads ``loss`` only).
 
         Leakage control (the two terms the ``apollo`` preset switches off):
         - consistency: each modality's encoder must predict the shared latent from that modality alone;
@@ -267,7 +268,8 @@ class VennModule(nn.Module):
         shared-only decoders' NLL given the frozen shared latent. The two share no parameters; they are kept
         apart so that ``loss`` means the same with or without them (it is the sweeps' default objective).
         ``recon``: also report the full decoders' NLL of the encoder latents (a monitor, computed anyway
-        when ``stage2_recon_weight`` > 0).
+        when ``stage2_recon_weight`` > 0). Every optimised term enters ``loss`` or ``shared_only`` (the training
+        plan's non-finite check reads those two only).
         """
         cfg = self.cfg
         with torch.no_grad():
