@@ -31,7 +31,7 @@ def test_negative_binomial_matches_scipy():
 def test_cell_nll_is_the_mean_of_the_per_feature_nll(name):
     """The training term (``cell_nll``: NB takes a sparse path through the non-zeros) equals the reference
     per-feature NLL averaged over features, in value and in gradient, with and without the loader's non-zeros."""
-    from venncell.data.dataset import _nonzeros
+    from venncell.data.dataset import _csr_rows
 
     rng = np.random.default_rng(1)
     n, g = 6, 40
@@ -47,7 +47,7 @@ def test_cell_nll_is_the_mean_of_the_per_feature_nll(name):
     import scipy.sparse as sp
 
     csr = sp.csr_matrix(x.numpy())
-    nonzeros = torch.from_numpy(_nonzeros(csr, np.arange(n), x.numpy()))
+    nonzeros = torch.from_numpy(_csr_rows(csr, np.arange(n))[1])
     assert torch.equal(nonzeros, x.nonzero().T)
 
     def value_and_grads(fn):
@@ -92,12 +92,14 @@ def test_batches_carry_nonzeros_of_count_modalities_only():
         flat = sub["nz:rna"][0] * 12 + sub["nz:rna"][1]
         assert torch.equal(flat.sort().values, sub["x:rna"].reshape(-1).nonzero().squeeze(1))
     # cells missing from a modality: the CSR holds only the present cells' rows, placed at their batch rows
-    from venncell.data.dataset import _nonzeros
-
+    part = md.MuData({"rna": mdata["rna"][[5, 17]].copy(), "protein": mdata["protein"].copy()})
+    VennCell.setup_mudata(part, {"rna": "rna", "protein": {"kind": "protein", "likelihood": "zinb"}})
+    names = list(part.obs_names)
+    got = VennCell(part, validation_fraction=0.0).data.get(np.array([names.index(c) for c in ("0", "5", "3", "17")]))
     dense = np.zeros((4, 12), dtype=np.float32)
     dense[[1, 3]] = rna[[5, 17]]
-    got = _nonzeros(sp.csr_matrix(rna[[5, 17]]), np.array([1, 3]), dense)
-    np.testing.assert_array_equal(got, np.stack(np.nonzero(dense)))
+    np.testing.assert_array_equal(got["x:rna"].numpy(), dense)
+    np.testing.assert_array_equal(got["nz:rna"].numpy(), np.stack(np.nonzero(dense)))
 
 
 def test_bernoulli_matches_scipy():

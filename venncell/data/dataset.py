@@ -194,15 +194,21 @@ class MultiModalData:
         for name, spec in self.specs.items():
             rows = self.row[name][idx]
             mask = rows >= 0
-            sub = nonzeros = dense = None
+            nonzeros = dense = None
             if mask.any() and name in self.x:
-                src = self.x[name]
-                if sp.issparse(src) and src.format == "csr" and src.has_canonical_format:
-                    dense, nonzeros = _csr_rows(src, rows[mask])
+                src, take = self.x[name], rows[mask]
+                if not (sp.issparse(src) and src.format == "csr" and src.has_canonical_format):
+                    # backed readers, dense arrays, image stores, non-canonical CSR: their rows are read first (a
+                    # canonical in-memory CSR is read in place)
+                    src, take = src[take], np.arange(len(take))
+                    if sp.issparse(src):
+                        src = sp.csr_matrix(src)
+                        src.sum_duplicates()  # a listed position must appear once
+                if sp.issparse(src):
+                    dense, nonzeros = _csr_rows(src, take)
                     nonzeros[0] = np.flatnonzero(mask)[nonzeros[0]]
-                else:  # backed readers, dense arrays, image stores, non-canonical CSR
-                    sub = src[rows[mask]]
-                    dense = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float32)
+                else:
+                    dense = np.asarray(src, dtype=np.float32)
                 present_lib = np.asarray(self.library[name][rows[mask]], dtype=np.float32)
             if dense is not None and mask.all():  # every cell has the modality: no zero-filled frame to copy into
                 x, lib = dense, present_lib
@@ -212,8 +218,8 @@ class MultiModalData:
                 if dense is not None:
                     x[mask], lib[mask] = dense, present_lib
             if getattr(LIKELIHOODS.get(spec.likelihood), "uses_nonzeros", False):
-                if nonzeros is None:
-                    nonzeros = _nonzeros(sub, np.flatnonzero(mask), x)
+                if nonzeros is None:  # dense source, or no cell of the batch has the modality
+                    nonzeros = np.stack(np.nonzero(x)).astype(np.int64)
                 out[f"nz:{name}"] = torch.from_numpy(nonzeros)
             out[f"x:{name}"] = torch.from_numpy(x)
             out[f"mask:{name}"] = torch.from_numpy(mask)
@@ -223,8 +229,9 @@ class MultiModalData:
 
 def _csr_rows(x: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a canonical CSR matrix densified (float32), and their non-zeros' (row among ``rows``, column), 2 x nnz.
+    Explicit zeros may be listed (every term they enter is 0).
 
-    The same as ``x[rows].toarray()`` and ``_nonzeros`` of it, straight from ``indptr`` / ``indices`` / ``data``:
+    The same as ``x[rows].toarray()`` and its non-zeros, straight from ``indptr`` / ``indices`` / ``data``:
     scipy's fancy row indexing builds an intermediate matrix and validates it, most of the cost of a batch.
     ``get`` relies on scipy's cached ``has_canonical_format``: the matrices in ``MultiModalData.x`` are never edited
     in place."""
@@ -237,18 +244,6 @@ def _csr_rows(x: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     dense = np.zeros(len(rows) * x.shape[1], dtype=np.float32)
     dense[batch_row * x.shape[1] + cols] = x.data[pos]  # one flat index: cheaper than a 2-D fancy assignment
     return dense.reshape(len(rows), x.shape[1]), np.stack([batch_row, cols])
-
-
-def _nonzeros(sub, sub_rows: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(row, column) indices, 2 x nnz, of the dense batch ``x``'s non-zeros; ``sub`` (rows ``sub_rows`` of x),
-    when CSR, gives them without a pass over x. Explicit zeros may be listed (every term they enter is 0)."""
-    if not sp.issparse(sub):
-        return np.stack(np.nonzero(x)).astype(np.int64)
-    sub = sp.csr_matrix(sub)
-    if not sub.has_canonical_format:
-        sub.sum_duplicates()  # a listed position must appear once
-    rows = np.repeat(sub_rows.astype(np.int64), np.diff(sub.indptr))
-    return np.stack([rows, sub.indices.astype(np.int64)])
 
 
 def subset_batch(batch: dict, keep: torch.Tensor) -> dict:
