@@ -32,8 +32,8 @@ def parse(text: str) -> tuple[str, str, list[tuple[str, list[str]]]]:
         if current:
             tables.append((heading, current))
             current = []
-        if ln.startswith("## "):
-            heading = ln[3:].strip()
+        if ln.startswith(("## ", "### ")):  # a ### sub-section's tables (e.g. earlier runs kept as measured) keep its name
+            heading = ln.lstrip("#").strip()
     return title, command, tables
 
 

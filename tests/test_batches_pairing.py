@@ -77,6 +77,7 @@ def test_partially_paired_end_to_end(tmp_path):
     assert mdata.n_obs == 600 and mdata["protein"].n_obs == 400
     VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
     model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=64, encoder_hidden=64, seed=0)
+    assert "400 of 600 cells" in repr(model) and "rna (rna, nb, 120 features)" in repr(model)  # the user sees the pairing
     model.train(run_dir=tmp_path, **TRAIN)
 
     has = np.array([c in with_prot for c in mdata.obs_names])

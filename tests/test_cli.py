@@ -40,7 +40,11 @@ def test_train_outputs(train_run):
         assert mdata.obsm[key].shape[0] == 200
     assert mdata.obsm["X_venn_shared"].shape[1] == 8
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "stage2/val/loss" in metrics["history"]["stage2"]
+    s2 = metrics["history"]["stage2"]
+    assert "stage2/val/loss" in s2
+    # the default sweep objective: the held-out reconstruction summed over the modalities (weights 1 here)
+    per_modality = [s2[f"stage2/val/recon/{m}"] for m in ("rna", "protein", "atac")]
+    assert s2["stage2/val/recon"] == pytest.approx(sum(per_modality), rel=1e-5)
     summary = metrics["recovery"]["encoder"]["knn"]["summary"]
     assert {"shared_recovery", "min_private_recovery", "leak_private_into_shared"} <= set(summary)
     assert (out / "checkpoints" / "stage1" / "last.ckpt").exists()
@@ -93,6 +97,11 @@ def test_bad_path_is_one_clear_line(tmp_path):
     assert res.returncode == 2
     assert "venncell: error: data.path=" in res.stderr and "no such file" in res.stderr
     assert "Traceback" not in res.stderr
+    # said once on the terminal, and recorded in the run's log (where sweep summaries read a failed job's error)
+    assert (res.stdout + res.stderr).count("no such file") == 1
+    assert "][ERROR] - data.path=" in (tmp_path / "cli.log").read_text()
+    res = run(["venncell-train", "data=mudata", "trainer=fast", f"hydra.run.dir={tmp_path / 'unset'}"], ok=False)
+    assert res.returncode == 2 and "venncell: error: data.path is not set" in res.stderr and "Traceback" not in res.stderr
     trunc = tmp_path / "trunc.h5mu"
     trunc.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     res = run(["venncell-train", "data=mudata", f"data.path={trunc}", "trainer=fast", f"hydra.run.dir={tmp_path}"], ok=False)

@@ -29,3 +29,10 @@ def test_render_dedupes_and_caps_variants():
             for i in range(10)] + [{"test": "tests/test_x.py::test_b", "doc": "Bad thing", "type": "T", "message": "a|b"}] * 2
     md = b.render(recs)
     assert md.count("test_x.py::test_a") == b.MAX_PER_TEST and md.count("Bad thing") == 1 and "a\\|b" in md
+
+
+def test_render_hides_pytest_temporary_folders():
+    b = _builder()
+    md = b.render([{"test": "tests/test_x.py::test_c", "doc": "", "type": "E",
+                    "message": "no file /tmp/pytest-of-root/pytest-105/test_c0/x.h5mu"}])
+    assert "<tmp>/test_c0/x.h5mu" in md and "pytest-105" not in md

@@ -77,12 +77,21 @@ def uninterrupted(tmp_path_factory) -> np.ndarray:
     return _latents(ref)
 
 
+def _epoch_rows(run_dir: Path, stage: str) -> list[int]:
+    """The epochs of a stage's CSV log that carry the epoch-level training loss, in file order."""
+    import csv
+
+    with (run_dir / "logs" / stage / "metrics.csv").open(newline="") as f:
+        return [int(float(r["epoch"])) for r in csv.DictReader(f) if r.get(f"{stage}/train/loss_epoch")]
+
+
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
     run = tmp_path / "killed"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([*TRAIN, f"hydra.run.dir={run}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
+    # the CSV log too: Lightning's CSV writer deletes an existing metrics.csv, and the resumed run must keep it
+    killed = [*TRAIN, "logger=csv", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     ckpt_dir = run / "checkpoints" / stage
     deadline = time.time() + 300
     while time.time() < deadline and not list(ckpt_dir.glob("epoch*.ckpt")):
@@ -94,6 +103,12 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (run / "venn.h5mu").exists()
-    subprocess.run([*TRAIN, f"hydra.run.dir={run}", "resume=true"], check=True, capture_output=True, timeout=600)
+    subprocess.run([*killed, "resume=true"], check=True, capture_output=True, timeout=600)
     # Same batches, same noise, same optimiser state: CPU float32 results agree to rounding.
     np.testing.assert_allclose(_latents(run), uninterrupted, rtol=0, atol=1e-5)
+    # every epoch's row once, in order: the killed part kept, the epochs after its checkpoint logged once (again)
+    assert _epoch_rows(run, "stage1") == list(range(30))
+    assert _epoch_rows(run, "stage2") == list(range(10))
+    # resuming a finished run changes nothing, its logs included
+    subprocess.run([*killed, "resume=true"], check=True, capture_output=True, timeout=600)
+    assert _epoch_rows(run, "stage1") == list(range(30)) and _epoch_rows(run, "stage2") == list(range(10))

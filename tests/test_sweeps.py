@@ -56,6 +56,19 @@ def test_optuna_config_composes():
     assert cfg.hydra.callbacks.sweep_summary._target_ == "venncell.sweep.SweepSummaryCallback"
 
 
+@pytest.mark.parametrize("override, sampler", [([], "TPESampler"), (["hydra/sweeper/sampler=random"], "RandomSampler"),
+                                               (["hydra/sweeper/sampler=cmaes"], "CmaEsSampler")])
+def test_every_sampler_the_optuna_config_names_composes(override, sampler):
+    """conf/hparams_search/optuna.yaml's comment offers these samplers: each must compose with the file's settings."""
+    from hydra import compose, initialize_config_dir
+
+    from venncell.cli import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=optuna", *override], return_hydra_config=True)
+    assert cfg.hydra.sweeper.sampler._target_.endswith(sampler) and cfg.hydra.sweeper.sampler.seed == cfg.seed
+
+
 def test_optuna_sweep(optuna_sweep):
     d = optuna_sweep
     best = OmegaConf.load(d / "optimization_results.yaml")
@@ -66,7 +79,7 @@ def test_optuna_sweep(optuna_sweep):
     for r in runs:
         overrides = {o.split("=", 1)[0] for o in OmegaConf.load(r / ".hydra" / "overrides.yaml")}
         assert SEARCHED <= overrides
-        losses.append(json.loads((r / "metrics.json").read_text())["history"]["stage2"]["stage2/val/loss"])
+        losses.append(json.loads((r / "metrics.json").read_text())["history"]["stage2"]["stage2/val/recon"])
     assert best.best_value == pytest.approx(min(losses))
 
     # written by the Hydra callback when the multirun ended
@@ -74,9 +87,10 @@ def test_optuna_sweep(optuna_sweep):
     assert [r["status"] for r in rows] == ["ok", "ok"] and [r["rank"] for r in rows] == ["1", "2"]
     objs = [float(r["objective"]) for r in rows]
     assert objs == sorted(losses)
-    assert {"model.shared_dim", "stage2/val/loss", "stage1/val/loss", "shared_recovery", "error"} <= set(rows[0])
+    assert {"model.shared_dim", "stage2/val/recon", "stage2/val/loss", "stage1/val/loss", "shared_recovery",
+            "error"} <= set(rows[0])
     md = (d / "sweep_summary.md").read_text()
-    assert "Objective: `stage2/val/loss` (minimize)" in md and "| model.shared_dim |" in md
+    assert "Objective: `stage2/val/recon` (minimize)" in md and "| model.shared_dim |" in md
 
 
 def test_summary_cli_maximize_and_failed_run(optuna_sweep, tmp_path, capsys):
@@ -100,9 +114,9 @@ def test_summary_cli_maximize_and_failed_run(optuna_sweep, tmp_path, capsys):
     assert rows[2]["run"] == "2" and rows[2]["error"] == "something | broke" and rows[2]["rank"] == ""
     assert "something \\| broke" in (sweep / "sweep_summary.md").read_text()
 
-    # defaults come from the sweep itself (objective stage2/val/loss, the Optuna sweeper's direction)
+    # defaults come from the sweep itself (objective stage2/val/recon, the Optuna sweeper's direction)
     assert main([str(sweep), "--out", str(tmp_path / "t"), "--quiet"]) == 0
-    assert "Objective: `stage2/val/loss` (minimize)" in (tmp_path / "t" / "sweep_summary.md").read_text()
+    assert "Objective: `stage2/val/recon` (minimize)" in (tmp_path / "t" / "sweep_summary.md").read_text()
 
     assert main([str(tmp_path / "t")]) == 2
     assert "no runs" in capsys.readouterr().err

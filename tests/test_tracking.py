@@ -94,3 +94,23 @@ def test_csv_logger_does_not_import_wandb(tmp_path, monkeypatch):
     finish_run(cfg, tmp_path, {"recovery": {}})
     with pytest.raises(ImportError):
         make_loggers(OmegaConf.create({"logger": {"kind": "wandb"}}), tmp_path)("stage1")
+
+
+def test_progress_bar_columns_are_short_and_distinct():
+    """Lightning cut both stage-1 loss names to "stage1/train/los…" and showed the logger's version as "v_num"."""
+    from venncell.train.schedule import _bar_metrics
+
+    assert _bar_metrics({"v_num": "age1", "stage1/train/loss_step": 1.0, "stage1/train/loss_epoch": 2.0}) == {
+        "loss": 1.0, "loss_epoch": 2.0}
+    assert _bar_metrics({"stage2/train/loss_step": 1.0, "stage2/val/loss": 3.0}) == {"loss": 1.0, "val/loss": 3.0}
+
+
+def test_trainers_skip_lightnings_banner(caplog):
+    import logging
+
+    from venncell.train.schedule import quiet_trainer
+
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    assert not [r for r in caplog.records if "GPU available" in r.getMessage() or "Tip" in r.getMessage()]
+    assert logging.getLogger("lightning.pytorch.utilities.rank_zero").level == logging.NOTSET  # restored

@@ -54,6 +54,30 @@ def test_non_binary_under_bernoulli():
         _build(_pair(_counts(), _counts(seed=1)), rna="rna", protein={"kind": "protein", "likelihood": "bernoulli"})
 
 
+@pytest.mark.parametrize("change, reason", [(lambda x: np.log1p(x), r"non-integer values \(e\.g\. [0-9.]+\)"),
+                                            (lambda x: x - 5, r"negative values \(min -")])
+def test_count_kind_that_is_not_counts_warns_before_falling_back_to_gaussian(change, reason):
+    """kind 'rna' with log-normalised (or centred) values: the Gaussian fallback is announced, with the fix."""
+    m = _pair(change(_counts()), _counts(seed=1))
+    with pytest.warns(VennCellInputWarning, match=rf"'rna' \(kind 'rna'\) has {reason}.*Gaussian.*layer='counts'"):
+        model = _build(m, rna="rna", protein="protein")
+    assert model.specs["rna"].likelihood == "gaussian"
+    # registering the Gaussian on purpose is silent
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        _build(m, rna={"kind": "rna", "likelihood": "gaussian"}, protein="protein")
+
+
+@pytest.mark.parametrize("where", ["rna", "both"])
+def test_repeated_cell_names_are_rejected(where):
+    names = [f"c{i}" for i in range(19)] + ["c0"]
+    m = _pair(_counts(), _counts(seed=1), rna_names=names, prot_names=names if where == "both" else None)
+    with pytest.raises(VennCellInputError, match=r"repeated cell name.*'c0'.*obs_names_make_unique"):
+        _build(m, rna="rna", protein="protein")
+
+
 def test_no_common_cells():
     m = _pair(_counts(), _counts(seed=1), prot_names=[f"x{i}" for i in range(20)])
     with pytest.raises(VennCellInputError, match=r"No cell is measured in more than one modality"):

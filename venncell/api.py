@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from venncell.data.dataset import MultiModalData, make_loader
-from venncell.data.spec import KINDS, KIND_DEFAULT_LIKELIHOOD, ModalitySpec, default_transform, guess_kind, infer_likelihood
+from venncell.data.spec import (KINDS, KIND_DEFAULT_LIKELIHOOD, ModalitySpec, default_transform, guess_kind, infer_likelihood,
+                                not_counts_reason)
 from venncell.data.spec import BINARY_LIKELIHOODS, TRANSFORMS
-from venncell.data.validate import VennCellInputError, check_range, check_zero_variance_policy
+from venncell.data.validate import VennCellInputError, VennCellInputWarning, check_range, check_zero_variance_policy
 from venncell.model.init import init_likelihoods, spectral_init
 from venncell.model.venn import VennConfig, VennModule
 from venncell.nn.likelihoods import LIKELIHOODS
@@ -108,7 +109,18 @@ class VennCell:
             if lik == "auto":
                 from venncell.data.backed import head_rows  # a backed matrix: guess from its first rows only
 
-                lik = infer_likelihood(name, kind, head_rows(x)) if x.shape[0] and x.shape[1] else KIND_DEFAULT_LIKELIHOOD[kind]
+                head = head_rows(x) if x.shape[0] and x.shape[1] else None
+                lik = infer_likelihood(name, kind, head) if head is not None else KIND_DEFAULT_LIKELIHOOD[kind]
+                reason = not_counts_reason(head) if head is not None else None
+                if lik == "gaussian" and KIND_DEFAULT_LIKELIHOOD[kind] != "gaussian" and reason:
+                    # e.g. log-normalised .X handed over where raw counts were meant: say so rather than quietly
+                    # fitting a different model
+                    warnings.warn(
+                        f"Modality '{name}' (kind '{kind}') has {reason}, so it is modelled as "
+                        f"Gaussian, not with the {kind} count likelihood ('{KIND_DEFAULT_LIKELIHOOD[kind]}'). If these "
+                        "are normalised values, give the raw counts (e.g. `layer='counts'`); to keep the Gaussian "
+                        "model and silence this, register the modality with `likelihood='gaussian'`.",
+                        VennCellInputWarning, stacklevel=2)
             if lik not in LIKELIHOODS:
                 raise VennCellInputError(f"Modality '{name}': likelihood '{lik}' is not one of {sorted(LIKELIHOODS)}.")
             binarize = bool(opts.get("binarize", lik in BINARY_LIKELIHOODS and kind == "atac"))
@@ -176,7 +188,11 @@ class VennCell:
         self.is_trained = False
 
     def __repr__(self) -> str:
-        mods = ", ".join(f"{m} ({s.kind}, {s.likelihood}, {s.n_features} features)" for m, s in self.specs.items())
+        n = self.data.n_cells
+        # partially paired data: how many cells each modality has, where not all
+        mods = ", ".join(f"{m} ({s.kind}, {s.likelihood}, {s.n_features} features"
+                         + (f", {k} of {n} cells" if (k := int(self.data.present(m).sum())) < n else "") + ")"
+                         for m, s in self.specs.items())
         return (f"VennCell(shared_dim={self.config.shared_dim}, private_dims={self.module.private_dims}, "
                 f"cells={self.data.n_cells}, modalities=[{mods}], trained={self.is_trained})")
 
@@ -268,7 +284,7 @@ class VennCell:
         from venncell.train.refine import refine_latents
 
         self._require_trained()
-        check_range("refine epochs", epochs, 1, integer=True)
+        check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
         use = list(modalities) if modalities is not None else list(self.specs)
         missing = [m for m in use if m not in self.specs]
         if missing:

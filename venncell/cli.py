@@ -48,6 +48,13 @@ def read_mudata(path: str, backed: bool = False) -> md.MuData:
         raise VennCellInputError(f"data.path={path} could not be read as .h5mu (unreadable or truncated): {e}") from None
 
 
+def data_path(cfg: DictConfig) -> str:
+    """``data.path``, or a one-line error when it was not given (omegaconf's would be a traceback)."""
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise VennCellInputError("data.path is not set: name the MuData file to read, e.g. `data.path=my.h5mu`.")
+    return cfg.data.path
+
+
 def load_data(cfg: DictConfig) -> md.MuData:
     d = cfg.data
     if d.name == "synthetic":
@@ -56,7 +63,7 @@ def load_data(cfg: DictConfig) -> md.MuData:
                                   n_batches=d.get("n_batches", 0), batch_effect=d.get("batch_effect", 1.0))
         return mdata
     if d.name == "mudata":
-        return read_mudata(d.path, backed=bool(d.get("backed", False)))
+        return read_mudata(data_path(cfg), backed=bool(d.get("backed", False)))
     raise VennCellInputError(f"data.name={d.name!r} is not known; use data=synthetic or data=mudata.")
 
 
@@ -176,6 +183,16 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _log_to_files(message: str) -> None:
+    """An ERROR record for the run's log file only (sweep summaries read a failed job's error there); the terminal
+    gets the one stderr line, not the same message twice."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for logger in (log, logging.getLogger()):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+
 def _friendly(fn):
     """Turn VennCell's input errors into one clear line instead of a traceback."""
 
@@ -183,7 +200,7 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except VennCellInputError as e:
-            log.error("%s", e)
+            _log_to_files(f"{e}")
             print(f"venncell: error: {e}", file=sys.stderr)
             if _in_multirun():  # an exception (not an exit) lets Hydra record it and run the other jobs
                 raise
@@ -203,7 +220,7 @@ def _load_for_apply(cfg: DictConfig):
     if not cfg.get("model_dir"):
         raise VennCellInputError("model_dir=DIR is required (a run's <run_dir>/model folder).")
     model = VennCell.load(cfg.model_dir)
-    mdata = read_mudata(cfg.data.path)
+    mdata = read_mudata(data_path(cfg))
     return model, mdata
 
 

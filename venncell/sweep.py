@@ -37,7 +37,7 @@ log = logging.getLogger("venncell")
 
 ERROR_FILE = "job_error.txt"
 # shown in the Markdown table when present (the CSV has every metric)
-KEY_METRICS = ["stage1/val/loss", "stage2/val/loss", "shared_recovery", "min_private_recovery",
+KEY_METRICS = ["stage1/val/loss", "stage2/val/recon", "stage2/val/loss", "shared_recovery", "min_private_recovery",
                "leak_private_into_shared", "leak_shared_into_private"]
 
 
@@ -136,7 +136,7 @@ def sweep_defaults(sweep_dir: Path) -> tuple[str | None, str | None]:
 def summarise(sweep_dir: str | Path, objective: str | None = None, direction: str | None = None) -> dict:
     sweep_dir = Path(sweep_dir).resolve()
     d_obj, d_dir = sweep_defaults(sweep_dir)
-    objective = objective or d_obj or "stage2/val/loss"
+    objective = objective or d_obj or "stage2/val/recon"
     direction = (direction or d_dir or "minimize").lower()
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction must be minimize or maximize, got {direction!r}")
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Summarise a Hydra multirun of venncell-train: one table of every run's overrides and final "
                     "metrics, sorted by the objective (writes sweep_summary.csv and sweep_summary.md).")
     p.add_argument("sweep_dir", help="the multirun folder (hydra.sweep.dir), e.g. multirun/2024-01-01/12-00-00")
-    p.add_argument("--objective", help="metric to sort by (default: the sweep's `objective`, else stage2/val/loss); "
+    p.add_argument("--objective", help="metric to sort by (default: the sweep's `objective`, else stage2/val/recon); "
                                        "history keys such as stage2/val/loss or recovery keys such as shared_recovery")
     p.add_argument("--direction", choices=["minimize", "maximize"],
                    help="default: the sweep's hydra.sweeper.direction, else minimize")

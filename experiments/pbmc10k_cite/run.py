@@ -88,18 +88,18 @@ CONFIGS = {
 }
 
 
-def train_or_load(mdata, name: str, s1: int, s2: int, out: Path) -> tuple[VennCell, float]:
-    """Trains (or reloads the model a previous run of the same settings saved) so that analyses can be rerun.
+def train_or_load(mdata, name: str, s1: int, s2: int, out: Path, seed: int = 0) -> tuple[VennCell, float]:
+    """Trains (or reloads the model a previous run of the same settings and seed saved) so that analyses can be rerun.
 
     The training wall time is kept in ``train_seconds.txt`` beside the checkpoints, so a model resumed from the
     finished checkpoints of an identical earlier run still reports how long training took."""
-    folder = out / f"{name}_e{s1}_{s2}"
+    folder = out / (f"{name}_e{s1}_{s2}" + (f"_s{seed}" if seed else ""))
     seconds = folder / "train_seconds.txt"
     if (folder / "model" / "venncell.json").exists():
         return VennCell.load(folder / "model", mdata), float(seconds.read_text()) if seconds.exists() else float("nan")
     kw = dict(CONFIGS[name])
     train_kw = kw.pop("train", {})
-    model = VennCell(mdata, seed=0, **kw)
+    model = VennCell(mdata, seed=seed, **kw)
     t0 = time.perf_counter()
     # resume=True: a killed run continues from its last Lightning checkpoint instead of starting over
     model.train(stage1_epochs=s1, stage2_epochs=s2, run_dir=folder, progress_bar="none", resume=True, **train_kw)

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from venncell.data.spec import ModalitySpec
-from venncell.data.validate import VennCellInputError, check_matrix
+from venncell.data.validate import VennCellInputError, check_matrix, column_max, column_min, warn_zero_variance
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
     library = np.empty(n, dtype=np.float32)
     s1 = np.zeros(p)
     s2 = np.zeros(p)
+    lo, hi = np.full(p, np.inf), np.full(p, -np.inf)  # column ranges: constant columns, as check_matrix finds them
     n_empty = 0
     for start, x in m.iter_pass():
         stop = start + x.shape[0]
@@ -171,6 +172,7 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
         except VennCellInputError as e:
             if "all-zero" not in str(e):
                 raise VennCellInputError(f"{e} (found in rows {start}-{stop - 1} of the backed file {path})") from None
+        lo, hi = np.minimum(lo, column_min(x)), np.maximum(hi, column_max(x))  # raw values, as check_matrix sees them
         if spec.binarize:
             x = (x > 0).astype(np.float32)
         library[start:stop] = np.asarray(x.sum(1)).ravel()
@@ -188,8 +190,25 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
             )
     mean = s1 / n
     var = np.maximum(s2 / n - mean**2, 0.0)
-    if (var <= 1e-12).any():
-        log.info("Modality '%s': %d zero-variance feature(s) in the backed data.", spec.name, int((var <= 1e-12).sum()))
+    const = np.flatnonzero(lo == hi) if n > 1 else np.array([], dtype=np.int64)
+    # the in-memory reader's zero-variance policy, applied after the pass (the statistics need every cell)
+    if fit_transform and spec.zero_variance == "warn":
+        warn_zero_variance(spec.name, const, spec.features or [str(i) for i in range(p)], stacklevel=5)
+    if fit_transform and spec.zero_variance == "drop" and const.size:
+        keep = np.setdiff1d(np.arange(p), const)
+        if keep.size == 0:
+            raise VennCellInputError(
+                f"Modality '{spec.name}': every feature has zero variance, so zero_variance='drop' leaves nothing.")
+        names = spec.features or [str(i) for i in range(p)]
+        spec.dropped_features = [names[i] for i in const]
+        spec.features = [names[i] for i in keep]
+        # a constant column adds its value to every cell's library; without it the library is what the
+        # in-memory reader computes after dropping the column
+        values = lo[const] > 0 if spec.binarize else lo[const]
+        library -= np.float32(values.sum())
+        m.cols = keep if m.cols is None else m.cols[keep]
+        m.shape = (n, keep.size)
+        mean, var = mean[keep], var[keep]
     if fit_transform and spec.encoder_transform == "standardise":
         spec.feature_mean = mean.tolist()
         spec.feature_std = (np.sqrt(var) + 1e-6).tolist()

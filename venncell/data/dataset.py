@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from venncell.data.spec import ModalitySpec
-from venncell.data.validate import VennCellInputError, check_matrix
+from venncell.data.validate import VennCellInputError, check_matrix, check_unique_obs_names
 from venncell.nn.likelihoods import LIKELIHOODS
 
 
@@ -82,6 +82,10 @@ class MultiModalData:
         self.n_cells = len(self.obs_names)
         if self.n_cells == 0:
             raise VennCellInputError("The MuData has zero cells; nothing to train on.")
+        # cells are paired across modalities by name: a repeated name makes the pairing (and every latent) ambiguous
+        for where, names in [("The MuData", self.obs_names),
+                             *((f"Modality '{m}'", np.asarray(mdata.mod[m].obs_names)) for m in specs if m in mdata.mod)]:
+            check_unique_obs_names(where, names)
         self.x: dict[str, sp.csr_matrix | np.ndarray] = {}
         self.row: dict[str, np.ndarray] = {}  # global cell -> row in the modality, -1 when absent
         self.library: dict[str, np.ndarray] = {}

@@ -104,6 +104,20 @@ def infer_likelihood(name: str, kind: str, x) -> str:
     return "gaussian"
 
 
+def not_counts_reason(x) -> str | None:
+    """Why ``infer_likelihood`` would not treat x as counts (None when it would, or when only NaN / inf stand in the
+    way: those are an input error of their own, raised when the data are checked)."""
+    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    sample = values[: 200_000]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return None
+    if sample.min() < 0:
+        return f"negative values (min {sample.min():.3g})"
+    frac = sample[~np.isclose(sample, np.round(sample))]
+    return f"non-integer values (e.g. {frac[0]:.3g})" if frac.size else None
+
+
 def default_transform(likelihood: str, kind: str | None = None) -> str:
     if kind == "image":
         return "none"  # pixels arrive standardised per channel (venncell.data.images)

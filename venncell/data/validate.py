@@ -30,6 +30,29 @@ def check_zero_variance_policy(name: str, policy: str) -> None:
         raise VennCellInputError(f"Modality '{name}': zero_variance={policy!r} is not one of {ZERO_VARIANCE_POLICIES}.")
 
 
+def column_max(x) -> np.ndarray:
+    return np.asarray(x.max(0).toarray() if sp.issparse(x) else np.asarray(x).max(0)).ravel()
+
+
+def column_min(x) -> np.ndarray:
+    return np.asarray(x.min(0).toarray() if sp.issparse(x) else np.asarray(x).min(0)).ravel()
+
+
+def warn_zero_variance(name: str, const: np.ndarray, features, stacklevel: int = 2) -> None:
+    """The ``zero_variance='warn'`` policy's warning for the zero-variance columns ``const`` (none: no warning)."""
+    if not len(const):
+        return
+    names = ", ".join(str(features[i]) for i in const[:5])
+    warnings.warn(
+        f"Modality '{name}': {len(const)} feature(s) have zero variance ({names}"
+        f"{', ...' if len(const) > 5 else ''}); they carry no information. Set zero_variance='drop' in this modality's "
+        f"registry entry (`setup_mudata(modalities={{'{name}': {{..., 'zero_variance': 'drop'}}}})`, or the "
+        "same key in `data.register`) to drop them, or 'keep' to silence this warning.",
+        VennCellInputWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False,
                  zero_variance: str = "warn") -> np.ndarray:
     """Validate one modality's matrix against its likelihood.
@@ -56,7 +79,8 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
         n_bad = int((~finite).sum())
         raise VennCellInputError(
             f"Modality '{name}' contains {n_bad} NaN/inf value(s){bad}. Impute or drop those cells/features "
-            "before training (e.g. `adata = adata[~np.isnan(adata.X).any(1)]`)."
+            "before training (e.g. keep the cells whose values are all finite, for a dense or sparse .X: "
+            "`adata = adata[np.isfinite(np.asarray(adata.X.sum(1))).ravel()]`)."
         )
     if likelihood in COUNT_LIKELIHOODS:
         if vals.size and vals.min() < 0:
@@ -89,23 +113,11 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
             )
     const = np.array([], dtype=np.int64)
     if n_cells > 1:
-        if sp.issparse(x):
-            mean = np.asarray(x.mean(0)).ravel()
-            sq = np.asarray(x.multiply(x).mean(0)).ravel()
-            var = sq - mean**2
-        else:
-            var = np.asarray(x).var(0)
-        const = np.flatnonzero(var <= 1e-12)
-        if const.size and zero_variance == "warn":
-            names = ", ".join(str(features[i]) for i in const[:5])
-            warnings.warn(
-                f"Modality '{name}': {const.size} feature(s) have zero variance ({names}"
-                f"{', ...' if const.size > 5 else ''}); they carry no information. Set zero_variance='drop' in this modality's "
-                f"registry entry (`setup_mudata(modalities={{'{name}': {{..., 'zero_variance': 'drop'}}}})`, or the "
-                "same key in `data.register`) to drop them, or 'keep' to silence this warning.",
-                VennCellInputWarning,
-                stacklevel=3,
-            )
+        # constant = max equals min: exact, where a float32 E[x^2] - E[x]^2 leaves a constant non-zero column
+        # a small positive "variance"
+        const = np.flatnonzero(column_max(x) == column_min(x))
+        if zero_variance == "warn":
+            warn_zero_variance(name, const, features, stacklevel=5)
     return const
 
 
@@ -160,3 +172,15 @@ def check_image_array(name: str, arr, channels, n_obs: int) -> None:
                 f"Modality '{name}': channels {list(channels)} are out of range; the image array has {shape[1]} "
                 f"channel(s), so pick indices in 0..{shape[1] - 1} (or channels=null for all)."
             )
+
+
+def check_unique_obs_names(where: str, names: np.ndarray) -> None:
+    """Cells are matched across modalities by obs_names, so each name must occur once."""
+    uniq, counts = np.unique(np.asarray(names).astype(str), return_counts=True)
+    dup = uniq[counts > 1]
+    if dup.size:
+        raise VennCellInputError(
+            f"{where} has {dup.size} repeated cell name(s) in obs_names (e.g. {', '.join(repr(str(d)) for d in dup[:3])}); cells "
+            "are paired across modalities by name, so each must be unique. Fix the barcodes, or call "
+            "`.obs_names_make_unique()` on each modality (the same cells must get the same names in every modality)."
+        )

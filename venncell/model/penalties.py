@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -23,9 +24,19 @@ def centred_rbf_gram(x: torch.Tensor) -> torch.Tensor:
     # an index op), detached so the bandwidth does not become a way to cheat the penalty.
     n = x.shape[0]
     off = d2.detach().flatten()[1:].view(n - 1, n + 1)[:, :-1]
-    bandwidth = off.median().clamp_min(1e-6)
+    bandwidth = _lower_median(off).clamp_min(1e-6)
     k = torch.exp(-d2 / bandwidth)
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+
+
+def _lower_median(t: torch.Tensor) -> torch.Tensor:
+    """``t.median()`` (the lower of the two middle values), by numpy's selection on CPU: torch's CPU median of a
+    128-cell batch's ~16k pairs cost ~5x as much, about 1 ms per Gram, three Grams per leakage-control step."""
+    if t.device.type != "cpu":
+        return t.median()
+    v = t.reshape(-1).numpy()
+    k = (v.size - 1) // 2
+    return torch.as_tensor(np.partition(v, k)[k], dtype=t.dtype)
 
 
 def normalised_hsic(x: torch.Tensor, y: torch.Tensor, kx: torch.Tensor | None = None) -> torch.Tensor:

@@ -267,8 +267,8 @@ class VennModule(nn.Module):
         ``loss`` is the encoders' objective; ``shared_only`` (when ``shared_decoders_in_stage2``) is the
         shared-only decoders' NLL given the frozen shared latent. The two share no parameters; they are kept
         apart so that ``loss`` means the same with or without them (it is the sweeps' default objective).
-        ``recon``: also report the full decoders' NLL of the encoder latents (a monitor, computed anyway
-        when ``stage2_recon_weight`` > 0). Every optimised term enters ``loss`` or ``shared_only`` (the training
+        ``recon``: also report the full decoders' NLL of the encoder latents, per modality and weighted (``recon``;
+        monitors, computed anyway when ``stage2_recon_weight`` > 0). Every optimised term enters ``loss`` or ``shared_only`` (the training
         plan's non-finite check reads those two only).
         """
         cfg = self.cfg
@@ -277,6 +277,7 @@ class VennModule(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=z_s.device)
         shared_only = torch.zeros((), device=z_s.device)
+        recon_total = torch.zeros((), device=z_s.device)
         zs_in = z_s + cfg.latent_noise * torch.randn_like(z_s) if noise else z_s
         for m in self.modalities:
             mask = batch[f"mask:{m}"]
@@ -294,8 +295,14 @@ class VennModule(nn.Module):
             if recon or cfg.stage2_recon_weight > 0:
                 rec = _masked_mean(self.nll(m, self.decode_raw(m, s_hat, p_hat, batch), batch), mask)
                 terms[f"recon/{m}"] = rec
+                recon_total = recon_total + self.specs[m].weight * rec
                 if cfg.stage2_recon_weight > 0:
                     total = total + cfg.stage2_recon_weight * rec
+        if recon:
+            # the encoders' latents decoded by the frozen decoders, modalities weighted as in stage 1: on held-out
+            # cells, a reconstruction score that compares models of different latent sizes (``loss`` does not: it
+            # measures how well the encoders predict each model's own stage-1 latents)
+            terms["recon"] = recon_total
         terms["loss"] = total
         if self.shared_decoders_in_stage2:
             terms["shared_only"] = shared_only

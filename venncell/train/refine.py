@@ -17,6 +17,7 @@ from torch import nn
 from venncell.data.dataset import MultiModalData, make_loader
 from venncell.model.venn import VennModule
 from venncell.train.plans import Stage1Plan
+from venncell.train.schedule import quiet_trainer
 
 
 def frozen_view(module: VennModule, n_cells: int, modalities: list[str]) -> VennModule:
@@ -52,7 +53,7 @@ def refine_latents(module: VennModule, data: MultiModalData, start: dict[str, np
     with warnings.catch_warnings():
         # the trained networks stay in eval mode on purpose (frozen: no dropout); Lightning warns about it
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        L.Trainer(**kwargs).fit(plan, train_dataloaders=make_loader(data, np.arange(data.n_cells), batch_size, True,
+        quiet_trainer(**kwargs).fit(plan, train_dataloaders=make_loader(data, np.arange(data.n_cells), batch_size, True,
                                                                     seed))
     module.eval()
     after = view.network_parameters()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
 
 from venncell.data.backed import chunk_groups, shuffle_chunks
 from venncell.data.dataset import CellBatches, MultiModalData, _BatchFetcher, make_loader
@@ -47,11 +49,30 @@ class TrainConfig:
     trainer_kwargs: dict = field(default_factory=dict)
 
 
+def _bar_metrics(items: dict) -> dict:
+    """The progress bar's columns: the stage is in the bar's description already, and Lightning truncates long names
+    ("stage1/train/loss_step" and "..._epoch" both showed as "stage1/train/los…"); the logger's version (the stage
+    name, shown as a cut "v_num") says nothing."""
+    items = dict(items)
+    items.pop("v_num", None)
+    return {k.replace("/train/", "/").split("/", 1)[-1].removesuffix("_step"): v for k, v in items.items()}
+
+
+class _RichBar(RichProgressBar):
+    def get_metrics(self, trainer, pl_module):
+        return _bar_metrics(super().get_metrics(trainer, pl_module))
+
+
+class _TQDMBar(TQDMProgressBar):
+    def get_metrics(self, trainer, pl_module):
+        return _bar_metrics(super().get_metrics(trainer, pl_module))
+
+
 def _progress(kind: str) -> list[Callback]:
     if kind == "rich":
-        return [RichProgressBar(leave=True)]
+        return [_RichBar(leave=True)]
     if kind == "tqdm":
-        return [TQDMProgressBar()]
+        return [_TQDMBar()]
     return []
 
 
@@ -124,8 +145,11 @@ def _strategy(cfg: TrainConfig):
 
 
 def _trainer(cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers) -> tuple[L.Trainer, ModelCheckpoint]:
+    # save_on_train_epoch_end: every epoch, also in stage 2, whose validation (every check_val_every_n_epoch epochs)
+    # would otherwise decide when a checkpoint is written, so a killed run could lose several epochs
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="epoch{epoch:04d}",
-                           auto_insert_metric_name=False, save_last=True, save_top_k=1, every_n_epochs=1)
+                           auto_insert_metric_name=False, save_last=True, save_top_k=1, every_n_epochs=1,
+                           save_on_train_epoch_end=True)
     callbacks = [ckpt, *_progress(cfg.progress_bar)]
     kwargs = dict(
         max_epochs=epochs,
@@ -149,27 +173,62 @@ def _trainer(cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers) 
     if stage == "stage2":
         kwargs["check_val_every_n_epoch"] = cfg.check_val_every_n_epoch
     kwargs.update(cfg.trainer_kwargs or {})
-    return L.Trainer(**kwargs), ckpt
+    return quiet_trainer(**kwargs), ckpt
 
 
-def _resume_path(run_dir: Path, stage: str, resume: bool) -> str | None:
-    """The newest readable checkpoint of a stage: a kill during a checkpoint write can leave
-    ``last.ckpt`` truncated, and then the per-epoch copy beside it is used instead."""
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """``L.Trainer(**kwargs)`` without the banner Lightning logs at every Trainer (accelerators found, an advert for
+    its cloud logger): train() builds two, refine() and attribution more. Lightning's warnings still show."""
+    info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = info.level
+    info.setLevel(max(level, logging.WARNING))
+    try:
+        return L.Trainer(**kwargs)
+    finally:
+        info.setLevel(level)
+
+
+def _resume_path(run_dir: Path, stage: str, resume: bool) -> tuple[str | None, int]:
+    """The newest readable checkpoint of a stage and its global step (None, 0 without one): a kill during a
+    checkpoint write can leave ``last.ckpt`` truncated, and then the per-epoch copy beside it is used instead."""
     if not resume:
-        return None
+        return None, 0
     folder = run_dir / "checkpoints" / stage
     candidates = [folder / "last.ckpt"] + sorted(folder.glob("epoch*.ckpt"), reverse=True)
     for path in candidates:
         if not path.exists():
             continue
         try:
-            torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # truncated zip, pickle error, ...
             log.warning("Checkpoint %s is unreadable (%s); trying an older one.", path, e)
             continue
         log.info("Resuming %s from %s", stage, path)
-        return str(path)
-    return None
+        return str(path), int(ckpt.get("global_step", 0))
+    return None, 0
+
+
+def _keep_csv_history(trainer: L.Trainer, step: int) -> None:
+    """Keeps a resumed stage's CSV log: Lightning's CSV writer deletes an existing metrics.csv when it opens it.
+
+    The rows logged before the checkpoint's global ``step`` are read first and handed back to the new writer, which
+    writes them ahead of the resumed rows; rows logged after the checkpoint are dropped, because the resumed run
+    logs those steps again.
+    """
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        rows = []
+        if path.exists():
+            with path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    kept = {k: (int(float(v)) if k in ("step", "epoch") else float(v)) for k, v in row.items() if v != ""}
+                    if kept.get("step", step) < step:
+                        rows.append(kept)
+        writer = logger.experiment  # opening the writer (first access) deletes the old file
+        if isinstance(getattr(writer, "metrics", None), list):  # not on DDP ranks > 0, which log nothing
+            writer.metrics[:0] = rows
 
 
 def run_two_stage(
@@ -193,10 +252,13 @@ def run_two_stage(
 
     plan1 = Stage1Plan(module, is_train, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed, data.chunk_size)
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
+    ckpt1, step1 = _resume_path(run_dir, "stage1", resume)
+    if resume:
+        _keep_csv_history(trainer1, step1)
     t0 = time.perf_counter()
     # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
     trainer1.fit(plan1, train_dataloaders=_loader(data, all_idx, cfg.batch_size, True, cfg.seed, trainer1, True),
-                 ckpt_path=_resume_path(run_dir, "stage1", resume))
+                 ckpt_path=ckpt1)
     metrics = {"stage1": _numbers(trainer1.callback_metrics), "wall_time_s": {"stage1": time.perf_counter() - t0}}
     t0 = time.perf_counter()
 
@@ -205,8 +267,10 @@ def run_two_stage(
     # not sharded: every rank scores every held-out cell, so the logged values agree without a sync
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
     train2 = _loader(data, train_idx, cfg.batch_size, True, cfg.seed + 1, trainer2, False)
-    trainer2.fit(plan2, train_dataloaders=train2,
-                 val_dataloaders=val_loader, ckpt_path=_resume_path(run_dir, "stage2", resume))
+    ckpt2, step2 = _resume_path(run_dir, "stage2", resume)
+    if resume:
+        _keep_csv_history(trainer2, step2)
+    trainer2.fit(plan2, train_dataloaders=train2, val_dataloaders=val_loader, ckpt_path=ckpt2)
     if val_loader is not None:
         trainer2.validate(plan2, dataloaders=val_loader, verbose=False)
     metrics["stage2"] = _numbers(trainer2.callback_metrics)
