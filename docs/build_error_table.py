@@ -36,9 +36,13 @@ def error_test_files() -> list[str]:
     return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if EXPECTS_ERROR.search(p.read_text()))
 
 
+# pytest's temporary folders (under the system's temporary directory, wherever that is)
+_PYTEST_TMP = re.escape(tempfile.gettempdir().rstrip("/")) + r"/pytest-of-[^/\s]+/pytest-\d+/"
+
+
 def _cell(text: str, limit: int = 400) -> str:
     # pytest's temporary folders differ on every run: without this the table changed at each regeneration
-    text = re.sub(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/", "<tmp>/", " ".join(text.split()))
+    text = re.sub(_PYTEST_TMP, "<tmp>/", " ".join(text.split()))
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return text.replace("|", "\\|")
 

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import torch
 import pytest
 
 from venncell import VennCell, VennCellInputError
@@ -186,3 +187,24 @@ def test_leakage_every_k_batches_weights_the_terms_k_times(tiny_mdata):
     module.zero_grad(set_to_none=True)
     terms["loss"].backward()
     assert all(p.grad is None for p in module.encoders.parameters())
+
+
+def test_stage2_recon_total_weights_modalities_and_counts_single_cell_modalities():
+    """stage2/val/recon (the default sweep objective) = sum over modalities of weight x that modality's NLL, a
+    modality measured in only one cell of the batch included."""
+    import anndata as ad
+    import mudata as md_
+
+    from venncell import make_synthetic as synth
+
+    full, _ = synth(n_cells=60, modalities={"rna": 30, "protein": 8}, seed=2)
+    mdata = md_.MuData({"rna": full["rna"].copy(), "protein": ad.AnnData(full["protein"].X[:40].copy(),
+                        obs=full["protein"].obs.iloc[:40].copy(), var=full["protein"].var.copy())})
+    VennCell.setup_mudata(mdata, {"rna": {"kind": "rna", "weight": 2.0}, "protein": "protein"})
+    model = VennCell(mdata, shared_dim=2, private_dim=2, hidden=16, encoder_hidden=16)
+    has_protein = np.flatnonzero(model.data.present("protein"))
+    rna_only = np.flatnonzero(~model.data.present("protein"))
+    for rows in (np.arange(60), np.r_[rna_only[:10], has_protein[:1]]):  # the second: one protein cell
+        terms = model.module.stage2_loss(model.data.get(rows), noise=False, recon=True)
+        expected = 2.0 * terms["recon/rna"] + terms["recon/protein"]
+        assert torch.allclose(terms["recon"], expected), (terms["recon"], expected)

@@ -100,8 +100,10 @@ def test_bad_path_is_one_clear_line(tmp_path):
     # said once on the terminal, and recorded in the run's log (where sweep summaries read a failed job's error)
     assert (res.stdout + res.stderr).count("no such file") == 1
     assert "][ERROR] - data.path=" in (tmp_path / "cli.log").read_text()
-    res = run(["venncell-train", "data=mudata", "trainer=fast", f"hydra.run.dir={tmp_path / 'unset'}"], ok=False)
-    assert res.returncode == 2 and "venncell: error: data.path is not set" in res.stderr and "Traceback" not in res.stderr
+    for unset in ([], ["data.path=null"]):
+        res = run(["venncell-train", "data=mudata", "trainer=fast", f"hydra.run.dir={tmp_path / 'unset'}", *unset], ok=False)
+        assert res.returncode == 2 and "venncell: error: data.path is not set" in res.stderr
+        assert "Traceback" not in res.stderr
     trunc = tmp_path / "trunc.h5mu"
     trunc.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     res = run(["venncell-train", "data=mudata", f"data.path={trunc}", "trainer=fast", f"hydra.run.dir={tmp_path}"], ok=False)

@@ -15,6 +15,12 @@ def test_lower_median_matches_torch_median_with_ties_and_odd_or_even_counts():
     # a non-contiguous view, as centred_rbf_gram passes it
     t = torch.randn(9, 10, generator=g)[:, :-1]
     assert torch.equal(_lower_median(t), t.median())
+    for dtype in (torch.float64, torch.bfloat16):  # bfloat16: numpy has none, torch's median answers
+        t = torch.randn(6, 6, generator=g).to(dtype)
+        assert torch.equal(_lower_median(t), t.median()) and _lower_median(t).dtype == dtype
+    t = torch.randn(6, 6, generator=g)
+    t[2, 3] = float("nan")
+    assert torch.isnan(_lower_median(t))  # as torch.median: NaN is not hidden by the selection
 
 
 def test_centred_gram_is_centred_and_uses_the_median_bandwidth():

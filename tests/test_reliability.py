@@ -78,11 +78,15 @@ def uninterrupted(tmp_path_factory) -> np.ndarray:
 
 
 def _epoch_rows(run_dir: Path, stage: str) -> list[int]:
-    """The epochs of a stage's CSV log that carry the epoch-level training loss, in file order."""
+    """The epochs of a stage's CSV log that carry the epoch-level training loss, in file order; and checks that
+    the per-step rows are each logged once, in order (a resumed run must not repeat the killed run's steps)."""
     import csv
 
     with (run_dir / "logs" / stage / "metrics.csv").open(newline="") as f:
-        return [int(float(r["epoch"])) for r in csv.DictReader(f) if r.get(f"{stage}/train/loss_epoch")]
+        rows = list(csv.DictReader(f))
+    steps = [int(float(r["step"])) for r in rows if r.get(f"{stage}/train/loss_step")]
+    assert steps and steps == sorted(set(steps)), f"{stage}: step rows repeated or out of order"
+    return [int(float(r["epoch"])) for r in rows if r.get(f"{stage}/train/loss_epoch")]
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
@@ -112,3 +116,19 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
     # resuming a finished run changes nothing, its logs included
     subprocess.run([*killed, "resume=true"], check=True, capture_output=True, timeout=600)
     assert _epoch_rows(run, "stage1") == list(range(30)) and _epoch_rows(run, "stage2") == list(range(10))
+
+
+def test_resume_keeps_the_csv_rows_before_the_checkpoint_and_skips_a_line_cut_short(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from venncell.train.schedule import _keep_csv_history, quiet_trainer
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="stage1")
+    folder = tmp_path / "logs" / "stage1"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,loss,step\n0,1.5,0\n0,1.25,3\n1,1.0,5\n1,0")  # killed mid-line
+    trainer = quiet_trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    _keep_csv_history(trainer, step=5)  # the checkpoint was taken after 5 logged steps
+    assert logger.experiment.metrics == [{"epoch": 0, "loss": 1.5, "step": 0}, {"epoch": 0, "loss": 1.25, "step": 3}]
+    logger.save()
+    assert (folder / "metrics.csv").read_text().splitlines()[1:] == ["0,1.5,0", "0,1.25,3"]

@@ -50,9 +50,10 @@ def read_mudata(path: str, backed: bool = False) -> md.MuData:
 
 def data_path(cfg: DictConfig) -> str:
     """``data.path``, or a one-line error when it was not given (omegaconf's would be a traceback)."""
-    if OmegaConf.is_missing(cfg.data, "path"):
-        raise VennCellInputError("data.path is not set: name the MuData file to read, e.g. `data.path=my.h5mu`.")
-    return cfg.data.path
+    if "path" not in cfg.data or OmegaConf.is_missing(cfg.data, "path") or cfg.data.path is None:
+        raise VennCellInputError("data.path is not set: name the MuData file to read, e.g. "
+                                 "`data=mudata data.path=my.h5mu`.")
+    return str(cfg.data.path)
 
 
 def load_data(cfg: DictConfig) -> md.MuData:

@@ -73,8 +73,12 @@ def write_markdown(res: dict) -> str:
         d = np.array([res["venncell"][s]["shared ⊕ privates"][lab] - res["totalvi"][s]["latent"][lab] for s in seeds])
         sds = [np.std([a[lab] for a in per_seed], ddof=1) for _, per_seed in rows] if len(seeds) > 1 else [0.0]
         same_sign = (d > 0).all() or (d < 0).all()
-        verdict = ("larger than either method's seed-to-seed spread and of the same sign for every seed: not seed "
-                   "noise" if same_sign and abs(d.mean()) > 2 * max(sds) else "within the seed-to-seed spread")
+        if same_sign and abs(d.mean()) > 3 * max(sds):
+            verdict = "the same sign for every seed and over 3 times the largest seed-to-seed sd: not seed noise"
+        elif same_sign:
+            verdict = "the same sign for every seed, but within 3 times the largest seed-to-seed sd: small next to it"
+        else:
+            verdict = "of both signs across seeds: within the seed-to-seed spread"
         L.append(f"- `{lab}`: VennCell − totalVI = {d.mean():+.3f} on average; largest sd of a row {max(sds):.3f}; "
                  f"{verdict}.")
     text = "\n".join(L) + "\n"

@@ -176,6 +176,10 @@ def check_image_array(name: str, arr, channels, n_obs: int) -> None:
 
 def check_unique_obs_names(where: str, names: np.ndarray) -> None:
     """Cells are matched across modalities by obs_names, so each name must occur once."""
+    import pandas as pd
+
+    if pd.Index(names).is_unique:  # a hash check; sorting millions of names would cost seconds
+        return
     uniq, counts = np.unique(np.asarray(names).astype(str), return_counts=True)
     dup = uniq[counts > 1]
     if dup.size:

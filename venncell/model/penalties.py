@@ -32,8 +32,8 @@ def centred_rbf_gram(x: torch.Tensor) -> torch.Tensor:
 def _lower_median(t: torch.Tensor) -> torch.Tensor:
     """``t.median()`` (the lower of the two middle values), by numpy's selection on CPU: torch's CPU median of a
     128-cell batch's ~16k pairs cost ~5x as much, about 1 ms per Gram, three Grams per leakage-control step."""
-    if t.device.type != "cpu":
-        return t.median()
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not bool(torch.isfinite(t).all()):
+        return t.median()  # numpy has no bfloat16, and torch's median propagates NaN
     v = t.reshape(-1).numpy()
     k = (v.size - 1) // 2
     return torch.as_tensor(np.partition(v, k)[k], dtype=t.dtype)

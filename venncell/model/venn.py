@@ -284,14 +284,15 @@ class VennModule(nn.Module):
             if self.shared_decoders_in_stage2 and mask.any():
                 rec_s = terms[f"recon_shared_only/{m}"] = self._shared_only_nll(m, zs_in, batch, mask)
                 shared_only = shared_only + cfg.shared_only_weight * self.specs[m].weight * rec_s
-            if mask.sum() < 2:
+            if not mask.any():
                 continue
             s_hat, p_hat = self.encode(m, batch)
-            err_s = unexplained_fraction(z_s[mask], s_hat[mask])
-            err_p = unexplained_fraction(z_p[m][mask], p_hat[mask])
-            terms[f"latent_shared/{m}"] = err_s
-            terms[f"latent_private/{m}"] = err_p
-            total = total + err_s + err_p
+            if mask.sum() >= 2:  # a fraction of variance needs two cells
+                err_s = unexplained_fraction(z_s[mask], s_hat[mask])
+                err_p = unexplained_fraction(z_p[m][mask], p_hat[mask])
+                terms[f"latent_shared/{m}"] = err_s
+                terms[f"latent_private/{m}"] = err_p
+                total = total + err_s + err_p
             if recon or cfg.stage2_recon_weight > 0:
                 rec = _masked_mean(self.nll(m, self.decode_raw(m, s_hat, p_hat, batch), batch), mask)
                 terms[f"recon/{m}"] = rec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from venncell.data.backed import chunk_groups, shuffle_chunks
 from venncell.data.dataset import CellBatches, MultiModalData, _BatchFetcher, make_loader
@@ -204,30 +206,50 @@ def _resume_path(run_dir: Path, stage: str, resume: bool) -> tuple[str | None, i
             log.warning("Checkpoint %s is unreadable (%s); trying an older one.", path, e)
             continue
         log.info("Resuming %s from %s", stage, path)
-        return str(path), int(ckpt.get("global_step", 0))
+        return str(path), _logged_step(ckpt)
     return None, 0
+
+
+def _logged_step(ckpt: dict) -> int:
+    """The step the loggers had reached at the checkpoint. Not ``global_step``: that counts optimiser steps, two per
+    batch in stage 1 (networks and latents), while the logged step counts batches."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
+    except (KeyError, TypeError):
+        return int(ckpt.get("global_step", 0))
 
 
 def _keep_csv_history(trainer: L.Trainer, step: int) -> None:
     """Keeps a resumed stage's CSV log: Lightning's CSV writer deletes an existing metrics.csv when it opens it.
 
-    The rows logged before the checkpoint's global ``step`` are read first and handed back to the new writer, which
+    The rows logged before the checkpoint's logged ``step`` are read first and handed back to the new writer, which
     writes them ahead of the resumed rows; rows logged after the checkpoint are dropped, because the resumed run
-    logs those steps again.
+    logs those steps again. A row a kill cut short is skipped. Rank 0 only: it alone writes the log.
     """
+    if rank_zero_only.rank != 0:
+        return
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger):
             continue
         path = Path(logger.log_dir) / "metrics.csv"
-        rows = []
+        rows, bad = [], 0
         if path.exists():
             with path.open(newline="") as f:
                 for row in csv.DictReader(f):
-                    kept = {k: (int(float(v)) if k in ("step", "epoch") else float(v)) for k, v in row.items() if v != ""}
+                    try:
+                        kept = {k: (int(float(v)) if k in ("step", "epoch") else float(v))
+                                for k, v in row.items() if v != ""}
+                    except (TypeError, ValueError):  # a line cut short (None) or garbled by the kill
+                        bad += 1
+                        continue
                     if kept.get("step", step) < step:
                         rows.append(kept)
-        writer = logger.experiment  # opening the writer (first access) deletes the old file
-        if isinstance(getattr(writer, "metrics", None), list):  # not on DDP ranks > 0, which log nothing
+        if bad:
+            log.warning("Skipped %d damaged row(s) of %s while resuming.", bad, path)
+        with warnings.catch_warnings():  # "Previous log files ... will be deleted": not so, they are kept here
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = logger.experiment  # opening the writer (first access) deletes the old file
+        if isinstance(getattr(writer, "metrics", None), list):
             writer.metrics[:0] = rows
 
 
