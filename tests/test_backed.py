@@ -100,20 +100,21 @@ def test_backed_errors_are_clear(h5mu, tmp_path):
         VennCell(b, backed=True)
 
 
-@pytest.mark.parametrize("policy", ["warn", "drop", "keep"])
-def test_backed_applies_the_zero_variance_policy_like_in_memory(tmp_path, policy):
-    """A constant feature: backed data warn / drop / keep exactly as the in-memory reader does, same libraries."""
+@pytest.mark.parametrize("policy, mod", [("warn", "rna"), ("drop", "rna"), ("keep", "rna"), ("drop", "atac")])
+def test_backed_applies_the_zero_variance_policy_like_in_memory(tmp_path, policy, mod):
+    """A constant feature: backed data warn / drop / keep exactly as the in-memory reader does, same libraries
+    (atac: binarised, its constant 2 counts 1 in every cell's depth)."""
     import warnings
 
     from venncell.data import VennCellInputWarning
 
-    mdata, _ = make_synthetic(n_cells=200, modalities={"rna": 40, "protein": 12}, seed=4)
-    x = mdata["rna"].X.toarray()
+    mdata, _ = make_synthetic(n_cells=200, modalities={mod: 40, "protein": 12}, seed=4)
+    x = mdata[mod].X.toarray()
     x[:, 5] = 2.0  # constant, non-zero: it also adds to every cell's library size
-    mdata.mod["rna"].X = sp.csr_matrix(x)
+    mdata.mod[mod].X = sp.csr_matrix(x)
     path = tmp_path / "const.h5mu"
     mdata.write(path)
-    reg = {"rna": {"kind": "rna", "zero_variance": policy}, "protein": "protein"}
+    reg = {mod: {"kind": mod, "zero_variance": policy}, "protein": "protein"}
     models = {}
     for backed in (False, True):
         m = md.read_h5mu(path, backed=backed)
@@ -124,10 +125,11 @@ def test_backed_applies_the_zero_variance_policy_like_in_memory(tmp_path, policy
         said = [w for w in caught if issubclass(w.category, VennCellInputWarning) and "zero variance" in str(w.message)]
         assert len(said) == (policy == "warn"), (backed, [str(w.message) for w in caught])
         if said:
-            assert "'rna'" in str(said[0].message) and said[0].filename == __file__  # points at the caller's line
-    mem, bk = models[False].specs["rna"], models[True].specs["rna"]
+            assert f"'{mod}'" in str(said[0].message) and said[0].filename == __file__  # points at the caller's line
+    mem, bk = models[False].specs[mod], models[True].specs[mod]
     assert bk.features == mem.features and bk.dropped_features == mem.dropped_features
     assert len(mem.features) == (39 if policy == "drop" else 40)
-    np.testing.assert_allclose(models[True].data.library["rna"], models[False].data.library["rna"], rtol=1e-6)
+    np.testing.assert_allclose(models[True].data.library[mod], models[False].data.library[mod], rtol=1e-6)
     rows = np.arange(0, 200, 7)
-    np.testing.assert_array_equal(models[True].data.get(rows)["x:rna"].numpy(), models[False].data.get(rows)["x:rna"].numpy())
+    np.testing.assert_array_equal(models[True].data.get(rows)[f"x:{mod}"].numpy(),
+                                  models[False].data.get(rows)[f"x:{mod}"].numpy())
