@@ -40,15 +40,17 @@ def optuna_sweep(tmp_path_factory) -> Path:
     return out
 
 
-def test_optuna_config_composes():
+def _compose_optuna(*overrides: str):
     from hydra import compose, initialize_config_dir
 
     from venncell.cli import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["hparams_search=optuna", "objective=shared_recovery",
-                                           "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=7"],
-                      return_hydra_config=True)
+        return compose("config", overrides=["hparams_search=optuna", *overrides], return_hydra_config=True)
+
+
+def test_optuna_config_composes():
+    cfg = _compose_optuna("objective=shared_recovery", "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=7")
     sw = cfg.hydra.sweeper
     assert sw._target_.endswith("OptunaSweeper") and sw.n_trials == 7 and sw.direction == "maximize"
     assert set(sw.params) == SEARCHED
@@ -60,12 +62,7 @@ def test_optuna_config_composes():
                                                (["hydra/sweeper/sampler=cmaes"], "CmaEsSampler")])
 def test_every_sampler_the_optuna_config_names_composes(override, sampler):
     """conf/hparams_search/optuna.yaml's comment offers these samplers: each must compose with the file's settings."""
-    from hydra import compose, initialize_config_dir
-
-    from venncell.cli import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["hparams_search=optuna", *override], return_hydra_config=True)
+    cfg = _compose_optuna(*override)
     assert cfg.hydra.sweeper.sampler._target_.endswith(sampler) and cfg.hydra.sweeper.sampler.seed == cfg.seed
 
 

@@ -111,8 +111,8 @@ class VennCell:
 
                 head = head_rows(x) if x.shape[0] and x.shape[1] else None
                 lik = infer_likelihood(name, kind, head) if head is not None else KIND_DEFAULT_LIKELIHOOD[kind]
-                reason = not_counts_reason(head) if head is not None else None
-                if lik == "gaussian" and KIND_DEFAULT_LIKELIHOOD[kind] != "gaussian" and reason:
+                # (head is None only where lik is the kind's default, so the reason is needed only with data)
+                if lik == "gaussian" and KIND_DEFAULT_LIKELIHOOD[kind] != "gaussian" and (reason := not_counts_reason(head)):
                     # e.g. log-normalised .X handed over where raw counts were meant: say so rather than quietly
                     # fitting a different model
                     warnings.warn(

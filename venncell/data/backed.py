@@ -192,14 +192,14 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
     var = np.maximum(s2 / n - mean**2, 0.0)
     const = np.flatnonzero(lo == hi) if n > 1 else np.array([], dtype=np.int64)
     # the in-memory reader's zero-variance policy, applied after the pass (the statistics need every cell)
+    names = spec.features or [str(i) for i in range(p)]
     if fit_transform and spec.zero_variance == "warn":
-        warn_zero_variance(spec.name, const, spec.features or [str(i) for i in range(p)], stacklevel=5)
+        warn_zero_variance(spec.name, const, names, stacklevel=5)
     if fit_transform and spec.zero_variance == "drop" and const.size:
         keep = np.setdiff1d(np.arange(p), const)
         if keep.size == 0:
             raise VennCellInputError(
                 f"Modality '{spec.name}': every feature has zero variance, so zero_variance='drop' leaves nothing.")
-        names = spec.features or [str(i) for i in range(p)]
         spec.dropped_features = [names[i] for i in const]
         spec.features = [names[i] for i in keep]
         # a constant column adds its value to every cell's library; without it the library is what the

@@ -81,19 +81,22 @@ def guess_kind(name: str) -> str:
     return "features"
 
 
+def _value_sample(x) -> np.ndarray:
+    """Up to 200k of x's stored values: enough to tell counts, binary and real values apart."""
+    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    return values[:200_000]
+
+
 def infer_likelihood(name: str, kind: str, x) -> str:
     """Choose a likelihood from the modality's kind and content.
 
     Binary data -> Bernoulli; non-negative integers -> NB (ATAC counts -> Bernoulli with cell/region factors after binarising);
     anything else -> Gaussian.
     """
-    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    sample = values[: 200_000]
+    sample = _value_sample(x)
     if sample.size == 0:
         return KIND_DEFAULT_LIKELIHOOD.get(kind, "gaussian")
-    finite = np.isfinite(sample).all()
-    nonneg = finite and sample.min() >= 0
-    integer = nonneg and np.allclose(sample, np.round(sample))
+    integer = bool(np.isfinite(sample).all()) and not_counts_reason(sample) is None
     binary = integer and sample.max() <= 1
     if kind == "atac" and integer:
         return "bernoulli_factors"
@@ -107,8 +110,7 @@ def infer_likelihood(name: str, kind: str, x) -> str:
 def not_counts_reason(x) -> str | None:
     """Why ``infer_likelihood`` would not treat x as counts (None when it would, or when only NaN / inf stand in the
     way: those are an input error of their own, raised when the data are checked)."""
-    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    sample = values[: 200_000]
+    sample = _value_sample(x)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return None

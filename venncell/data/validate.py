@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from venncell.data.spec import BINARY_LIKELIHOODS, COUNT_LIKELIHOODS
@@ -176,15 +177,12 @@ def check_image_array(name: str, arr, channels, n_obs: int) -> None:
 
 def check_unique_obs_names(where: str, names: np.ndarray) -> None:
     """Cells are matched across modalities by obs_names, so each name must occur once."""
-    import pandas as pd
-
-    if pd.Index(names).is_unique:  # a hash check; sorting millions of names would cost seconds
+    index = pd.Index(names)
+    if index.is_unique:  # a hash check; sorting millions of names would cost seconds
         return
-    uniq, counts = np.unique(np.asarray(names).astype(str), return_counts=True)
-    dup = uniq[counts > 1]
-    if dup.size:
-        raise VennCellInputError(
-            f"{where} has {dup.size} repeated cell name(s) in obs_names (e.g. {', '.join(repr(str(d)) for d in dup[:3])}); cells "
-            "are paired across modalities by name, so each must be unique. Fix the barcodes, or call "
-            "`.obs_names_make_unique()` on each modality (the same cells must get the same names in every modality)."
-        )
+    dup = index[index.duplicated()].unique()
+    raise VennCellInputError(
+        f"{where} has {len(dup)} repeated cell name(s) in obs_names (e.g. {', '.join(repr(str(d)) for d in dup[:3])}); cells "
+        "are paired across modalities by name, so each must be unique. Fix the barcodes, or call "
+        "`.obs_names_make_unique()` on each modality (the same cells must get the same names in every modality)."
+    )

@@ -55,9 +55,7 @@ def _bar_metrics(items: dict) -> dict:
     """The progress bar's columns: the stage is in the bar's description already, and Lightning truncates long names
     ("stage1/train/loss_step" and "..._epoch" both showed as "stage1/train/los…"); the logger's version (the stage
     name, shown as a cut "v_num") says nothing."""
-    items = dict(items)
-    items.pop("v_num", None)
-    return {k.replace("/train/", "/").split("/", 1)[-1].removesuffix("_step"): v for k, v in items.items()}
+    return {k.replace("/train/", "/").split("/", 1)[-1].removesuffix("_step"): v for k, v in items.items() if k != "v_num"}
 
 
 class _RichBar(RichProgressBar):
