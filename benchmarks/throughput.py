@@ -65,9 +65,11 @@ def _write(path: Path, x: dict, zs, zp) -> None:
     import mudata as md
     import pandas as pd
 
-    names = pd.Index([f"c{i}" for i in range(x["rna"].shape[0])])
+    # object dtype: pandas 3's default string arrays are not written by anndata 0.12
+    names = pd.Index([f"c{i}" for i in range(x["rna"].shape[0])], dtype=object)
     mods = {m: ad.AnnData(x[m], obs=pd.DataFrame(index=names),
-                          var=pd.DataFrame(index=[f"{m}_{j}" for j in range(x[m].shape[1])])) for m in x}
+                          var=pd.DataFrame(index=pd.Index([f"{m}_{j}" for j in range(x[m].shape[1])], dtype=object)))
+            for m in x}
     mdata = md.MuData(mods)
     mdata.obsm["true_shared"] = zs
     for m in zp:
@@ -116,13 +118,15 @@ def _timer():
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == WARMUP:
+                _sync()  # on a GPU, start the clock once the warm-up steps' kernels have finished
                 self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if self._t0 is not None:
-                self._n += len(batch["idx"]) if isinstance(batch, dict) and "idx" in batch else BATCH
+                self._n += _batch_cells(batch)
 
         def on_train_end(self, trainer, pl_module):
+            _sync()
             dt = time.perf_counter() - self._t0
             cpu = time.process_time() - self._c0
             name = f"stage{getattr(pl_module, 'stage', 0)}"
@@ -131,9 +135,60 @@ def _timer():
                 for st in opt.state.values():
                     state += sum(v.numel() * v.element_size() for v in st.values() if hasattr(v, "numel"))
             # cells per CPU-second is the robust number on a shared machine: wall time includes waiting for a core
-            self.stages[name] = {"cells_per_s": self._n / dt, "cells_per_cpu_s": self._n / cpu, "timed_cells": self._n, "optimiser_state_MB": state / 2**20}
+            self.stages[name] = {"cells_per_s": self._n / dt, "cells_per_cpu_s": self._n / cpu, "timed_cells": self._n,
+                                 "optimiser_state_MB": state / 2**20, **_gpu_memory()}
 
     return Timer()
+
+
+def _batch_cells(batch) -> int:
+    """Cells in a training batch: VennCell's carry their row indices (``idx``), scvi-tools' a tensor per field."""
+    if isinstance(batch, dict) and "idx" in batch:
+        return len(batch["idx"])
+    if isinstance(batch, dict):
+        return next(len(v) for v in batch.values() if hasattr(v, "shape") and len(v.shape))
+    raise TypeError(f"unknown batch type {type(batch)}")
+
+
+def _pin(accelerator: str, workers: int) -> bool:
+    # rows with workers on an accelerator also page-lock their batches (both methods): the GPU rows were run so
+    return accelerator != "cpu" and workers > 0
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _gpu_memory() -> dict:
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {"gpu_peak_MB": torch.cuda.max_memory_allocated() / 2**20}
+
+
+def _read(n: int, backed: bool = False):
+    """The benchmark's MuData. 1M cells, when not generated on disk, are the 100k file tiled 10x in memory (the
+    GPU run does this: writing a 2.8 GB file costs more device time than the rows it feeds)."""
+    import mudata as md
+
+    if data_path(n).exists() or backed or n <= 100_000:
+        return md.read_h5mu(data_path(n), backed=backed)
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    base, k = md.read_h5mu(data_path(100_000)), n // 100_000
+    names = pd.Index([f"c{i}" for i in range(n)], dtype=object)
+    mods = {m: ad.AnnData(sp.vstack([a.X] * k, format="csr"), obs=pd.DataFrame(index=names), var=a.var.copy())
+            for m, a in base.mod.items()}
+    out = md.MuData(mods)
+    for key in base.obsm:
+        out.obsm[key] = np.tile(np.asarray(base.obsm[key]), (k, 1))
+    return out
 
 
 def _peak_rss_mb() -> float:
@@ -148,63 +203,66 @@ def _rss_now_mb() -> float:
     return float("nan")
 
 
-def measure_venncell(n: int, backed: bool, steps: int, method: str = "venncell") -> dict:
-    import mudata as md
+def measure_venncell(n: int, backed: bool, steps: int, method: str = "venncell", accelerator: str = "cpu",
+                     batch: int = BATCH, threads: int = 1, workers: int = 0) -> dict:
     import torch
 
     from venncell import VennCell
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     t = time.perf_counter()
-    mdata = md.read_h5mu(data_path(n), backed=backed)
+    mdata = _read(n, backed)
     VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
     model = VennCell(mdata, shared_dim=8, private_dim=4, validation_fraction=0.0, backed=backed, **_variant_kwargs(method))
     setup_s = time.perf_counter() - t
     rss_setup = _peak_rss_mb()
     timer = _timer()
     # callbacks=[timer] replaces the checkpoint callback: a checkpoint per (truncated) epoch would be timed too
-    model.train(stage1_epochs=1, stage2_epochs=1, batch_size=BATCH, limit_train_batches=steps + WARMUP,
-                progress_bar="none", callbacks=[timer], enable_checkpointing=False)
+    model.train(stage1_epochs=1, stage2_epochs=1, batch_size=batch, limit_train_batches=steps + WARMUP,
+                progress_bar="none", callbacks=[timer], enable_checkpointing=False, accelerator=accelerator,
+                num_workers=workers, pin_memory=_pin(accelerator, workers))
     tables = [model.module.shared_table, *model.module.private_tables.values()]
-    return {"method": method + ("-backed" if backed else ""), "n": n, "setup_s": setup_s,
+    return {"method": method + ("-backed" if backed else ""), "n": n, "batch": batch, "accelerator": accelerator,
+            "workers": workers, "setup_s": setup_s,
             "peak_rss_after_setup_MB": rss_setup, "peak_rss_MB": _peak_rss_mb(), "rss_end_MB": _rss_now_mb(),
             "latent_table_MB": sum(t.weight.numel() * 4 for t in tables) / 2**20, **timer.stages}
 
 
 def _totalvi_adata(n: int):
-    import mudata as md
-
-    mdata = md.read_h5mu(data_path(n))
+    mdata = _read(n)
     adata = mdata.mod["rna"].copy()
     adata.obsm["protein"] = mdata.mod["protein"].X.toarray()
     return adata, mdata
 
 
-def measure_totalvi(n: int, steps: int) -> dict:
+def measure_totalvi(n: int, steps: int, accelerator: str = "cpu", batch: int = BATCH, threads: int = 1,
+                    workers: int = 0) -> dict:
     import torch
     import scvi
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     scvi.settings.seed = 0
+    scvi.settings.dl_num_workers = workers  # same batch-assembly workers as the VennCell row
+    scvi.settings.dl_persistent_workers = workers > 0
     t = time.perf_counter()
     adata, _ = _totalvi_adata(n)
     scvi.model.TOTALVI.setup_anndata(adata, protein_expression_obsm_key="protein")
     model = scvi.model.TOTALVI(adata)
     setup_s = time.perf_counter() - t
     timer = _timer()
-    model.train(max_epochs=1, batch_size=BATCH, train_size=0.9, early_stopping=False, accelerator="cpu", limit_val_batches=0,
-                limit_train_batches=steps + WARMUP, callbacks=[timer], enable_progress_bar=False,
-                enable_checkpointing=False, reduce_lr_on_plateau=False, logger=False)
-    return {"method": "totalvi", "n": n, "setup_s": setup_s, "peak_rss_MB": _peak_rss_mb(), "rss_end_MB": _rss_now_mb(),
+    model.train(max_epochs=1, batch_size=batch, train_size=0.9, early_stopping=False, accelerator=accelerator,
+                devices=1, datasplitter_kwargs={"pin_memory": _pin(accelerator, workers)}, limit_val_batches=0, limit_train_batches=steps + WARMUP, callbacks=[timer],
+                enable_progress_bar=False, enable_checkpointing=False, reduce_lr_on_plateau=False, logger=False)
+    return {"method": "totalvi", "n": n, "batch": batch, "accelerator": accelerator, "workers": workers, "setup_s": setup_s, "peak_rss_MB": _peak_rss_mb(), "rss_end_MB": _rss_now_mb(),
             "stage1": timer.stages.get("stage0")}
 
 
-def quality(n: int, method: str, epochs: int) -> dict:
+def quality(n: int, method: str, epochs: int, accelerator: str = "cpu", threads: int = 1) -> dict:
     import torch
 
     from venncell.analysis.recovery import cv_r2
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     adata, mdata = _totalvi_adata(n)
     truth = {"shared": mdata.obsm["true_shared"], **{f"private:{m}": mdata.obsm[f"true_private_{m}"] for m in ("rna", "protein")}}
     t = time.perf_counter()
@@ -214,7 +272,7 @@ def quality(n: int, method: str, epochs: int) -> dict:
         scvi.settings.seed = 0
         scvi.model.TOTALVI.setup_anndata(adata, protein_expression_obsm_key="protein")
         model = scvi.model.TOTALVI(adata)
-        model.train(max_epochs=epochs, batch_size=BATCH, early_stopping=False, accelerator="cpu",
+        model.train(max_epochs=epochs, batch_size=BATCH, early_stopping=False, accelerator=accelerator, devices=1,
                     enable_progress_bar=False, logger=False, enable_checkpointing=False, reduce_lr_on_plateau=False)
         z = model.get_latent_representation()
         latents = {"shared": z, "private:rna": z, "private:protein": z}  # one joint latent: no private blocks
@@ -223,17 +281,19 @@ def quality(n: int, method: str, epochs: int) -> dict:
 
         VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
         model = VennCell(mdata, shared_dim=8, private_dim=4, **_variant_kwargs(method))
-        model.train(stage1_epochs=epochs, stage2_epochs=max(5, epochs // 3), batch_size=BATCH, progress_bar="none")
+        model.train(stage1_epochs=epochs, stage2_epochs=max(5, epochs // 3), batch_size=BATCH, progress_bar="none",
+                    accelerator=accelerator)
         latents = {b: model.get_latent_representation(block=b) for b in truth}
     wall = time.perf_counter() - t
     r2 = {f"{b} <- true {b}": cv_r2(latents[b], truth[b]) for b in truth}
     r2["shared latent <- true private (leakage, max)"] = max(cv_r2(latents["shared"], truth[b]) for b in truth if b != "shared")
-    return {"method": method, "n": n, "epochs": epochs, "wall_s": wall, "peak_rss_MB": _peak_rss_mb(), "knn_r2": r2}
+    return {"method": method, "n": n, "epochs": epochs, "accelerator": accelerator, "wall_s": wall,
+            "peak_rss_MB": _peak_rss_mb(), "knn_r2": r2}
 
 
 # ------------------------------------------------------------------ driver
-def _sub(args: list[str], timeout: int) -> dict | None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+def _sub(args: list[str], timeout: int, threads: int = 1) -> dict | None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     t = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -277,6 +337,103 @@ def run_all(sizes, steps: int, q_epochs: int, totalvi_epochs: int, rounds: int) 
     write_markdown(results, " ".join(sys.argv[1:]))
 
 
+# ------------------------------------------------------------------ GPU
+GPU_THREADS = 4  # CPU threads per GPU row (batch assembly, set-up), the same for every method
+GPU_RESULTS = HERE / "results_gpu.json"
+
+
+def _gpu_steps(n: int, batch: int) -> int:
+    # within one epoch of totalVI's 90 % training split, at most 300
+    return max(20, min(300, int(0.9 * n / batch) - WARMUP - 2))
+
+
+def _device_info() -> dict:
+    import torch
+
+    return {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__}
+
+
+def run_gpu(sizes, batches, rounds: int, out: Path, quality_n: int, q_epochs: int, totalvi_epochs: int,
+            accelerator: str = "gpu", only: tuple = (), workers: int = 0) -> None:
+    """The same rows on a GPU: VennCell (defaults, `model=fast`) and totalVI at each size and batch size (totalVI only
+    up to 100k cells, as on the CPU), rounds back to back; results appended to ``out`` after every row."""
+    generate(sorted({min(n, 100_000) for n in sizes}))
+    results = json.loads(out.read_text()) if out.exists() else {"measure": [], "quality": [], "argv": [], "info": _device_info()}
+    results["argv"].append(" ".join(sys.argv[1:]))
+    t = lambda n: ["--accelerator", accelerator, "--threads", str(GPU_THREADS), "--n", str(n)]  # noqa: E731
+    for n in sizes:
+        for batch in batches:
+            methods = [m for m in [*VARIANTS, "totalvi"] if (n <= 100_000 or m != "totalvi") and (not only or m in only)]
+            for r in range(rounds):
+                for method in methods:
+                    row = _sub(["measure", "--method", method, *t(n), "--batch", str(batch), "--steps", str(_gpu_steps(n, batch)),
+                                "--workers", str(workers)], 900, GPU_THREADS)
+                    if row:
+                        row["round"] = r
+                    results["measure"].append(row)
+                    out.write_text(json.dumps(results, indent=1))
+    if quality_n:
+        for method, epochs in [(m, q_epochs) for m in VARIANTS] + [("totalvi", totalvi_epochs)]:
+            results["quality"].append(_sub(["quality", "--method", method, *t(quality_n), "--epochs", str(epochs)], 900, GPU_THREADS))
+            out.write_text(json.dumps(results, indent=1))
+
+
+def write_gpu_markdown(results: dict) -> None:
+    nan = float("nan")
+    info = results.get("info", {})
+    m = [r for r in results["measure"] if r and "error" not in r]
+    lines = ["# Throughput on a GPU: VennCell vs totalVI", "",
+             "Commands, run on the lent GPU machine one after the other (each appends to `results_gpu.json`), then "
+             "rendered here with `python benchmarks/throughput.py markdown-gpu`:", "",
+             *[f"- `python benchmarks/throughput.py {a.replace('/root/out/', '$OUT/')}`" for a in results.get("argv", [])], "",
+             f"Device: {info.get('device', '?')}, torch {info.get('torch', '?')}. Same synthetic data, same timing "
+             f"callback as the CPU benchmark (`RESULTS.md`): {WARMUP} untimed warm-up steps, then a fixed number of "
+             "timed steps per stage within one epoch, the clock read after `torch.cuda.synchronize()`; one subprocess per "
+             f"row; {GPU_THREADS} CPU threads per process for every method (batch assembly and set-up run on the CPU). "
+             "Wall-clock cells/s is the number here: the GPU machine is not shared. 1M cells = the 100k cells tiled "
+             "10x in memory. Set-up includes reading the file and VennCell's spectral start (CPU).", "",
+             "| method | cells | batch | workers | round | set-up s | stage 1 cells/s | stage 2 cells/s | stage-1 epoch s "
+             "(est.) | stage-1 GPU peak MB | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in m:
+        s1, s2 = r.get("stage1") or {}, r.get("stage2") or {}
+        c1 = s1.get("cells_per_s")
+        lines.append(f"| {r['method']} | {r['n']:,} | {r['batch']} | {r.get('workers', 0)} | {r.get('round', 0)} | "
+                     f"{r['setup_s']:.0f} | {c1 or nan:.0f} | "
+                     f"{s2.get('cells_per_s', nan):.0f} | {r['n'] / c1 if c1 else nan:.1f} | {s1.get('gpu_peak_MB', nan):.0f} | "
+                     f"{r['peak_rss_MB']:.0f} |")
+    ratios = []
+    keys = sorted({(r["n"], r["batch"], r.get("workers", 0)) for r in m})
+    for n, batch, workers in keys:
+        by_round: dict = {}
+        for r in m:
+            if (r["n"], r["batch"], r.get("workers", 0)) == (n, batch, workers) and r.get("stage1"):
+                by_round.setdefault(r.get("round"), {})[r["method"]] = r
+        for method in VARIANTS:
+            tput = [v[method]["stage1"]["cells_per_s"] / v["totalvi"]["stage1"]["cells_per_s"]
+                    for v in by_round.values() if method in v and "totalvi" in v]
+            if tput:
+                ratios.append(f"| {method} | {n:,} | {batch} | {workers} | **{float(np.median(tput)):.2f}** | "
+                              f"{', '.join(f'{x:.2f}' for x in tput)} |")
+    if ratios:
+        lines += ["", "VennCell stage 1 / totalVI, wall-clock cells/s, same cells and batch size, taken within each round:", "",
+                  "| method | cells | batch | workers | ratio (median of rounds) | each round |", "|---|---|---|---|---|---|",
+                  *ratios]
+    q = [r for r in results["quality"] if r and "error" not in r]
+    if q:
+        lines += ["", f"Latent quality on the GPU at {q[0]['n']:,} cells (kNN-R², k = 15, 5-fold, as in `RESULTS.md`):", "",
+                  "| metric | " + " | ".join(f"{r['method']} ({r['epochs']} epochs, {r['wall_s']:.0f} s wall)" for r in q) + " |",
+                  "|---|" + "---|" * len(q)]
+        for k in q[0]["knn_r2"]:
+            lines.append(f"| {k} | " + " | ".join(f"{r['knn_r2'][k]:.3f}" for r in q) + " |")
+    failed = [r for r in results["measure"] + results["quality"] if r and "error" in r]
+    if failed:
+        lines += ["", "Runs that did not finish:", ""] + [f"- `{' '.join(r['args'])}`: {r['error'][-200:]!r}" for r in failed]
+    notes = HERE / "NOTES_GPU.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    (HERE / "RESULTS_GPU.md").write_text("\n".join(lines) + "\n")
+
+
 def _median_rows(rows: list[dict]) -> list[dict]:
     """One row per (method, cells): the round with the median stage-1 throughput, with every round's value."""
     groups: dict = {}
@@ -308,8 +465,8 @@ def write_markdown(results: dict, argv: str) -> None:
              "(`torch.set_num_threads(1)`, `OMP_NUM_THREADS=1`) on a 2-core machine shared with other jobs (1-minute "
              f"load average {_load_range(results)} as the rows finished): wall-clock cells/s measures the share of a "
              "core the job got, so throughput is also given per CPU-second of the process, which is the comparable "
-             "number. No GPU was "
-             "lent to this task: the GPU benchmark was not run. 1M = the 100k cells tiled 10x (same per-cell cost). "
+             "number. The same benchmark on a GPU is in `RESULTS_GPU.md`. "
+             "1M = the 100k cells tiled 10x (same per-cell cost). "
              "Checkpointing is off in the timed runs (a checkpoint per truncated epoch would dominate).", "",
              "Rows measured in several rounds show the round with the median stage-1 throughput, and in brackets the "
              "range over the rounds.", "",
@@ -365,7 +522,7 @@ def write_markdown(results: dict, argv: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["all", "gen", "measure", "quality", "markdown"])
+    ap.add_argument("what", choices=["all", "gen", "measure", "quality", "markdown", "gpu", "markdown-gpu"])
     ap.add_argument("--method", default="venncell")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--backed", action="store_true")
@@ -376,6 +533,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="all: interleaved rounds of the compared rows (<= 100k cells)")
     ap.add_argument("--quality-epochs", type=int, default=30)
     ap.add_argument("--totalvi-epochs", type=int, default=100)
+    ap.add_argument("--accelerator", default="cpu", help="measure / quality / gpu: cpu or gpu (gpu: pass gpu)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="measure: batch size")
+    ap.add_argument("--threads", type=int, default=1, help="measure / quality: torch CPU threads")
+    ap.add_argument("--workers", type=int, default=0, help="measure / gpu: batch-assembly worker processes (both methods; on a GPU with pinned memory)")
+    ap.add_argument("--batches", default=str(BATCH), help="gpu: batch sizes, comma-separated")
+    ap.add_argument("--methods", default="", help="gpu: only these methods (comma-separated; default every one)")
+    ap.add_argument("--quality-n", type=int, default=0, help="gpu: also the latent-quality rows at this many cells")
+    ap.add_argument("--out", type=Path, default=GPU_RESULTS, help="gpu: results file, appended to when it exists")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     if a.what == "gen":
@@ -389,10 +554,18 @@ def main() -> None:
             (HERE / "results.json").write_text(json.dumps(res, indent=1))
             write_markdown(res, res.get("argv", "all"))
             return
-        r = measure_totalvi(a.n, a.steps) if a.method == "totalvi" else measure_venncell(a.n, a.backed, a.steps, a.method)
-        print("RESULT " + json.dumps(r))
+        if a.method == "totalvi":
+            r = measure_totalvi(a.n, a.steps, a.accelerator, a.batch, a.threads, a.workers)
+        else:
+            r = measure_venncell(a.n, a.backed, a.steps, a.method, a.accelerator, a.batch, a.threads, a.workers)
+        print("RESULT " + json.dumps({**r, **_device_info()}))
     elif a.what == "quality":
-        print("RESULT " + json.dumps(quality(a.n, a.method, a.epochs)))
+        print("RESULT " + json.dumps(quality(a.n, a.method, a.epochs, a.accelerator, a.threads)))
+    elif a.what == "gpu":
+        run_gpu(sizes, [int(b) for b in a.batches.split(",")], a.rounds, a.out, a.quality_n, a.quality_epochs,
+                a.totalvi_epochs, a.accelerator, tuple(filter(None, a.methods.split(","))), a.workers)
+    elif a.what == "markdown-gpu":
+        write_gpu_markdown(json.loads(GPU_RESULTS.read_text()))
     elif a.what == "markdown":
         res = json.loads((HERE / "results.json").read_text())  # re-render after editing NOTES.md
         write_markdown(res, res.get("argv", "all"))

@@ -208,3 +208,21 @@ def test_stage2_recon_total_weights_modalities_and_counts_single_cell_modalities
         terms = model.module.stage2_loss(model.data.get(rows), noise=False, recon=True)
         expected = 2.0 * terms["recon/rna"] + terms["recon/protein"]
         assert torch.allclose(terms["recon"], expected), (terms["recon"], expected)
+
+
+def test_batch_worker_processes_train_the_same_model(tiny_mdata, tmp_path):
+    """Batches assembled in 2 worker processes are the same batches in the same order: the same model."""
+    from conftest import FAST
+
+    latents = []
+    for workers in (0, 2):
+        mdata = tiny_mdata.copy()
+        VennCell.setup_mudata(mdata)
+        model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
+        model.train(run_dir=tmp_path / str(workers), num_workers=workers, **FAST)
+        latents.append(model.get_latent_representation(block="shared", source="stage1"))
+        latents.append(model.get_latent_representation())
+    np.testing.assert_array_equal(latents[0], latents[2])
+    np.testing.assert_array_equal(latents[1], latents[3])
+    with pytest.raises(VennCellInputError, match="num_workers=-1"):
+        model.train(num_workers=-1, **FAST)

@@ -98,6 +98,8 @@ def test_backed_errors_are_clear(h5mu, tmp_path):
     VennCell.setup_mudata(b, {"rna": {"kind": "rna", "likelihood": "nb"}, "protein": "protein"})
     with pytest.raises(VennCellInputError, match="Modality 'rna'.*non-integer.*rows 0-299"):
         VennCell(b, backed=True)
+    with pytest.raises(VennCellInputError, match="num_workers=2 with backed data.*Fix: num_workers=0"):
+        _model(h5mu, backed=True).train(num_workers=2, stage1_epochs=1, stage2_epochs=1, progress_bar="none")
 
 
 @pytest.mark.parametrize("policy, mod", [("warn", "rna"), ("drop", "rna"), ("keep", "rna"), ("drop", "atac")])

@@ -113,3 +113,13 @@ def test_bad_path_is_one_clear_line(tmp_path):
 def test_python_module_entry():
     res = run([sys.executable, "-c", "import venncell.cli as c; print(c.config_dir())"])
     assert Path(res.stdout.strip(), "config.yaml").exists()
+
+
+def test_help_lists_only_what_each_command_takes():
+    """venncell-train's --help lists the config groups; the other commands' list their own keys, not training's."""
+    train = run(["venncell-train", "--help"]).stdout
+    assert train.startswith("venncell-train:") and "trainer: " in train and "model: " in train
+    for cmd, key in [("venncell-embed", "refine_epochs"), ("venncell-predict", "target"), ("venncell-report", "markers")]:
+        out = run([cmd, "--help"]).stdout
+        assert out.startswith(f"{cmd}:") and f"{key}:" in out, out
+        assert "Configuration groups" not in out and "trainer: " not in out, out

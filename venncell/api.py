@@ -215,6 +215,11 @@ class VennCell:
         check_range("stage1_epochs", cfg.stage1_epochs, 1, integer=True)
         check_range("stage2_epochs", cfg.stage2_epochs, 1, integer=True)
         check_range("batch_size", cfg.batch_size, 2, integer=True)
+        check_range("num_workers", cfg.num_workers, 0, integer=True)
+        if cfg.num_workers and self.data.chunk_size:
+            raise VennCellInputError(
+                f"num_workers={cfg.num_workers} with backed data: worker processes cannot share the open HDF5 file. "
+                "Fix: num_workers=0 (trainer.num_workers=0 on the command line), or read the data into memory.")
         if run_dir is None:
             run_dir = tempfile.mkdtemp(prefix="venncell_")
         self.history = run_two_stage(self.module, self.data, self.is_train, cfg, run_dir,

@@ -355,7 +355,8 @@ class _BatchFetcher(torch.utils.data.Dataset):
         return self.data.get(idx)
 
 
-def make_loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int = 0):
+def make_loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                pin_memory: bool = False):
     """A DataLoader yielding densified mini-batches; ``batch_size=None`` because the sampler batches."""
     if data.chunk_size:  # backed data: walk the cells chunk by chunk so disk reads stay contiguous
         from venncell.data.backed import ChunkedCellBatches
@@ -363,4 +364,23 @@ def make_loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, s
         sampler = ChunkedCellBatches(indices, batch_size, shuffle, seed, data.chunk_size)
     else:
         sampler = CellBatches(indices, batch_size, shuffle, seed)
-    return torch.utils.data.DataLoader(_BatchFetcher(data), sampler=sampler, batch_size=None)
+    return batch_loader(data, sampler, num_workers, pin_memory)
+
+
+def batch_loader(data: MultiModalData, sampler, num_workers: int = 0, pin_memory: bool = False):
+    """The DataLoader over a batch sampler (each item one batch of cell indices).
+
+    ``num_workers > 0`` assembles batches in worker processes, overlapping the CPU work of densifying rows with the
+    training step (on a GPU that work is a large share of a step); the sampler stays in this process, so the batches
+    and their order are the same for any number of workers. Workers are forked, so they share the in-memory
+    matrices instead of receiving a pickled copy each.
+    """
+    extra = {}
+    if num_workers:
+        import multiprocessing as mp
+
+        extra = {"persistent_workers": True, "prefetch_factor": 4}
+        if "fork" in mp.get_all_start_methods():
+            extra["multiprocessing_context"] = "fork"
+    return torch.utils.data.DataLoader(_BatchFetcher(data), sampler=sampler, batch_size=None, num_workers=num_workers,
+                                       pin_memory=pin_memory, **extra)

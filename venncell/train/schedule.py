@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from venncell.data.backed import chunk_groups, shuffle_chunks
-from venncell.data.dataset import CellBatches, MultiModalData, _BatchFetcher, make_loader
+from venncell.data.dataset import CellBatches, MultiModalData, batch_loader, make_loader
 from venncell.model.venn import VennModule
 from venncell.train.plans import Stage1Plan, Stage2Plan, owned_cells
 
@@ -48,6 +48,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 5
     limit_train_batches: float | int | None = None
+    num_workers: int = 0  # batch-assembly processes (training batches; in-memory data only)
+    pin_memory: bool = False  # page-locked batches for the host-to-device copy (accelerators only)
     trainer_kwargs: dict = field(default_factory=dict)
 
 
@@ -127,12 +129,12 @@ class RankBatches(CellBatches):
 
 
 def _loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int, trainer: L.Trainer,
-            fixed_shard: bool):
+            fixed_shard: bool, cfg: TrainConfig):
     if trainer.world_size == 1:  # the single-process path stays bit-identical to earlier releases
-        return make_loader(data, indices, batch_size, shuffle, seed)
+        return make_loader(data, indices, batch_size, shuffle, seed, cfg.num_workers, cfg.pin_memory)
     sampler = RankBatches(indices, batch_size, shuffle, seed, trainer.global_rank, trainer.world_size, fixed_shard,
                           data.chunk_size)
-    return torch.utils.data.DataLoader(_BatchFetcher(data), sampler=sampler, batch_size=None)
+    return batch_loader(data, sampler, cfg.num_workers, cfg.pin_memory)
 
 
 def _strategy(cfg: TrainConfig):
@@ -277,7 +279,7 @@ def run_two_stage(
         _keep_csv_history(trainer1, step1)
     t0 = time.perf_counter()
     # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
-    trainer1.fit(plan1, train_dataloaders=_loader(data, all_idx, cfg.batch_size, True, cfg.seed, trainer1, True),
+    trainer1.fit(plan1, train_dataloaders=_loader(data, all_idx, cfg.batch_size, True, cfg.seed, trainer1, True, cfg),
                  ckpt_path=ckpt1)
     metrics = {"stage1": _numbers(trainer1.callback_metrics), "wall_time_s": {"stage1": time.perf_counter() - t0}}
     t0 = time.perf_counter()
@@ -286,7 +288,7 @@ def run_two_stage(
     trainer2, _ = _trainer(cfg, "stage2", cfg.stage2_epochs, run_dir, loggers)
     # not sharded: every rank scores every held-out cell, so the logged values agree without a sync
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
-    train2 = _loader(data, train_idx, cfg.batch_size, True, cfg.seed + 1, trainer2, False)
+    train2 = _loader(data, train_idx, cfg.batch_size, True, cfg.seed + 1, trainer2, False, cfg)
     ckpt2, step2 = _resume_path(run_dir, "stage2", resume)
     if resume:
         _keep_csv_history(trainer2, step2)
