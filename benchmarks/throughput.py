@@ -177,6 +177,8 @@ def _read(n: int, backed: bool = False):
 
     if data_path(n).exists() or backed or n <= 100_000:
         return md.read_h5mu(data_path(n), backed=backed)
+    if n % 100_000:
+        raise SystemExit(f"{n} cells: only multiples of 100,000 are tiled from the 100k file; generate it with `gen`")
     import anndata as ad
     import pandas as pd
     import scipy.sparse as sp
@@ -565,7 +567,7 @@ def main() -> None:
         run_gpu(sizes, [int(b) for b in a.batches.split(",")], a.rounds, a.out, a.quality_n, a.quality_epochs,
                 a.totalvi_epochs, a.accelerator, tuple(filter(None, a.methods.split(","))), a.workers)
     elif a.what == "markdown-gpu":
-        write_gpu_markdown(json.loads(GPU_RESULTS.read_text()))
+        write_gpu_markdown(json.loads(a.out.read_text()))
     elif a.what == "markdown":
         res = json.loads((HERE / "results.json").read_text())  # re-render after editing NOTES.md
         write_markdown(res, res.get("argv", "all"))

@@ -212,14 +212,25 @@ def test_stage2_recon_total_weights_modalities_and_counts_single_cell_modalities
 
 def test_batch_worker_processes_train_the_same_model(tiny_mdata, tmp_path):
     """Batches assembled in 2 worker processes are the same batches in the same order: the same model."""
+    from lightning.pytorch.callbacks import Callback
+
     from conftest import FAST
+
+    class Workers(Callback):  # the loader each stage actually trained with
+        def __init__(self):
+            self.seen = []
+
+        def on_train_start(self, trainer, pl_module):
+            self.seen.append(trainer.train_dataloader.num_workers)
 
     latents = []
     for workers in (0, 2):
         mdata = tiny_mdata.copy()
         VennCell.setup_mudata(mdata)
         model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
-        model.train(run_dir=tmp_path / str(workers), num_workers=workers, **FAST)
+        seen = Workers()
+        model.train(run_dir=tmp_path / str(workers), num_workers=workers, callbacks=[seen], **FAST)
+        assert seen.seen == [workers, workers]
         latents.append(model.get_latent_representation(block="shared", source="stage1"))
         latents.append(model.get_latent_representation())
     np.testing.assert_array_equal(latents[0], latents[2])

@@ -30,11 +30,25 @@ def synthetic():
     return training_cells(make_all_cells())
 
 
+class _Backend(Callback):
+    """What each stage trained on: (process-group backend or None, world size, device type)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_start(self, trainer, pl_module):
+        dist = torch.distributed
+        self.seen.append((dist.get_backend() if dist.is_initialized() else None, trainer.world_size, pl_module.device.type))
+
+
 def _fit(mdata, run_dir, **kwargs):
     mdata = mdata.copy()
     VennCell.setup_mudata(mdata)
     model = VennCell(mdata, shared_dim=8, private_dim=4, seed=0)
+    seen = kwargs.setdefault("callbacks", [_Backend()])[0]
     model.train(run_dir=run_dir, **{**TRAIN, **kwargs})
+    want = "cuda" if kwargs.get("accelerator") == "gpu" else "cpu"
+    assert [device for _, _, device in seen.seen] == [want, want]  # both stages, no silent fallback
     return model
 
 
@@ -76,15 +90,6 @@ def test_gpu_same_seed_same_latents(tmp_path):
     assert np.abs(a - b).max() < 1e-3, np.abs(a - b).max()
     a, b = (r.get_latent_representation(mdata) for r in runs)
     assert np.abs(a - b).max() < 1e-3, np.abs(a - b).max()
-
-
-class _Backend(Callback):
-    def __init__(self):
-        self.seen = []
-
-    def on_train_start(self, trainer, pl_module):
-        dist = torch.distributed
-        self.seen.append((dist.get_backend() if dist.is_initialized() else None, trainer.world_size, pl_module.device.type))
 
 
 def test_ddp_strategy_with_nccl_on_one_gpu(synthetic, fitted, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import mudata as md
@@ -372,15 +373,13 @@ def batch_loader(data: MultiModalData, sampler, num_workers: int = 0, pin_memory
 
     ``num_workers > 0`` assembles batches in worker processes, overlapping the CPU work of densifying rows with the
     training step (on a GPU that work is a large share of a step); the sampler stays in this process, so the batches
-    and their order are the same for any number of workers. Workers are forked, so they share the in-memory
-    matrices instead of receiving a pickled copy each.
+    and their order are the same for any number of workers. On Linux the workers are forked, so they share the
+    in-memory matrices instead of receiving a pickled copy each (elsewhere fork is unsafe, and the default applies).
     """
     extra = {}
     if num_workers:
-        import multiprocessing as mp
-
         extra = {"persistent_workers": True, "prefetch_factor": 4}
-        if "fork" in mp.get_all_start_methods():
+        if sys.platform.startswith("linux"):
             extra["multiprocessing_context"] = "fork"
     return torch.utils.data.DataLoader(_BatchFetcher(data), sampler=sampler, batch_size=None, num_workers=num_workers,
                                        pin_memory=pin_memory, **extra)
