@@ -155,18 +155,24 @@ def _pin(accelerator: str, workers: int) -> bool:
     return accelerator != "cpu" and workers > 0
 
 
-def _sync() -> None:
+def _cuda_in_use() -> bool:
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _sync() -> None:
+    if _cuda_in_use():
+        import torch
+
         torch.cuda.synchronize()
 
 
 def _gpu_memory() -> dict:
+    if not _cuda_in_use():
+        return {}
     import torch
 
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-        return {}
     return {"gpu_peak_MB": torch.cuda.max_memory_allocated() / 2**20}
 
 
@@ -360,7 +366,7 @@ def run_gpu(sizes, batches, rounds: int, out: Path, quality_n: int, q_epochs: in
     """The same rows on a GPU: VennCell (defaults, `model=fast`) and totalVI at each size and batch size (totalVI only
     up to 100k cells, as on the CPU), rounds back to back; results appended to ``out`` after every row."""
     generate(sorted({min(n, 100_000) for n in sizes}))
-    results = json.loads(out.read_text()) if out.exists() else {"measure": [], "quality": [], "argv": [], "info": _device_info()}
+    results = json.loads(out.read_text()) if out.exists() else {"measure": [], "quality": [], "argv": []}
     results["argv"].append(" ".join(sys.argv[1:]))
     t = lambda n: ["--accelerator", accelerator, "--threads", str(GPU_THREADS), "--n", str(n)]  # noqa: E731
     for n in sizes:
@@ -382,8 +388,8 @@ def run_gpu(sizes, batches, rounds: int, out: Path, quality_n: int, q_epochs: in
 
 def write_gpu_markdown(results: dict) -> None:
     nan = float("nan")
-    info = results.get("info", {})
     m = [r for r in results["measure"] if r and "error" not in r]
+    info = next((r for r in m if "device" in r), {})  # every measured row names its device and torch
     lines = ["# Throughput on a GPU: VennCell vs totalVI", "",
              "Commands, run on the lent GPU machine one after the other (each appends to `results_gpu.json`), then "
              "rendered here with `python benchmarks/throughput.py markdown-gpu`:", "",
@@ -420,9 +426,17 @@ def write_gpu_markdown(results: dict) -> None:
         lines += ["", "VennCell stage 1 / totalVI, wall-clock cells/s, same cells and batch size, taken within each round:", "",
                   "| method | cells | batch | workers | ratio (median of rounds) | each round |", "|---|---|---|---|---|---|",
                   *ratios]
+    lines += _closing_lines(results, "Latent quality on the GPU at {n} cells (kNN-R², k = 15, 5-fold, as in `RESULTS.md`):",
+                            "NOTES_GPU.md")
+    (HERE / "RESULTS_GPU.md").write_text("\n".join(lines) + "\n")
+
+
+def _closing_lines(results: dict, quality_title: str, notes_file: str) -> list[str]:
+    """The end of a results page: the latent-quality table, the runs that did not finish, the hand-written notes."""
+    lines = []
     q = [r for r in results["quality"] if r and "error" not in r]
     if q:
-        lines += ["", f"Latent quality on the GPU at {q[0]['n']:,} cells (kNN-R², k = 15, 5-fold, as in `RESULTS.md`):", "",
+        lines += ["", quality_title.format(n=f"{q[0]['n']:,}"), "",
                   "| metric | " + " | ".join(f"{r['method']} ({r['epochs']} epochs, {r['wall_s']:.0f} s wall)" for r in q) + " |",
                   "|---|" + "---|" * len(q)]
         for k in q[0]["knn_r2"]:
@@ -430,10 +444,10 @@ def write_gpu_markdown(results: dict) -> None:
     failed = [r for r in results["measure"] + results["quality"] if r and "error" in r]
     if failed:
         lines += ["", "Runs that did not finish:", ""] + [f"- `{' '.join(r['args'])}`: {r['error'][-200:]!r}" for r in failed]
-    notes = HERE / "NOTES_GPU.md"
+    notes = HERE / notes_file  # hand-written reading of the numbers, kept across re-runs
     if notes.exists():
         lines += ["", notes.read_text().strip()]
-    (HERE / "RESULTS_GPU.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def _median_rows(rows: list[dict]) -> list[dict]:
@@ -503,22 +517,9 @@ def write_markdown(results: dict, argv: str) -> None:
                   "between rows of that round:", "",
                   "| method | cells | throughput ratio, median of rounds (per CPU-s) | each round | peak RSS ratio |",
                   "|---|---|---|---|---|", *ratios]
-    q = [r for r in results["quality"] if r and "error" not in r]
-    if q:
-        keys = list(q[0]["knn_r2"])
-        lines += ["", f"Latent quality at {q[0]['n']:,} cells: kNN-R² (k = 15, 5-fold) of the true factors from each "
-                  "method's latent (VennCell: encoder latents of the named block; totalVI: its one joint latent for "
-                  "every row, it has no private blocks).", "",
-                  "| metric | " + " | ".join(f"{r['method']} ({r['epochs']} epochs, {r['wall_s']:.0f} s wall)" for r in q) + " |",
-                  "|---|" + "---|" * len(q)]
-        for k in keys:
-            lines.append(f"| {k} | " + " | ".join(f"{r['knn_r2'][k]:.3f}" for r in q) + " |")
-    failed = [r for r in results["measure"] + results["quality"] if r and "error" in r]
-    if failed:
-        lines += ["", "Runs that did not finish:", ""] + [f"- `{' '.join(r['args'])}`: {r['error'][-200:]!r}" for r in failed]
-    notes = HERE / "NOTES.md"  # hand-written reading of the numbers, kept across re-runs
-    if notes.exists():
-        lines += ["", notes.read_text().strip()]
+    lines += _closing_lines(results, "Latent quality at {n} cells: kNN-R² (k = 15, 5-fold) of the true factors from each "
+                            "method's latent (VennCell: encoder latents of the named block; totalVI: its one joint latent "
+                            "for every row, it has no private blocks).", "NOTES.md")
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from venncell.data.spec import ModalitySpec
-from venncell.data.validate import VennCellInputError, check_matrix, column_max, column_min, warn_zero_variance
+from venncell.data.validate import VennCellInputError, check_matrix, column_range, warn_zero_variance
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
         except VennCellInputError as e:
             if "all-zero" not in str(e):
                 raise VennCellInputError(f"{e} (found in rows {start}-{stop - 1} of the backed file {path})") from None
-        lo, hi = np.minimum(lo, column_min(x)), np.maximum(hi, column_max(x))  # raw values, as check_matrix sees them
+        x_lo, x_hi = column_range(x)  # raw values, as check_matrix sees them
+        lo, hi = np.minimum(lo, x_lo), np.maximum(hi, x_hi)
         if spec.binarize:
             x = (x > 0).astype(np.float32)
         library[start:stop] = np.asarray(x.sum(1)).ravel()

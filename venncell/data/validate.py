@@ -31,12 +31,12 @@ def check_zero_variance_policy(name: str, policy: str) -> None:
         raise VennCellInputError(f"Modality '{name}': zero_variance={policy!r} is not one of {ZERO_VARIANCE_POLICIES}.")
 
 
-def column_max(x) -> np.ndarray:
-    return np.asarray(x.max(0).toarray() if sp.issparse(x) else np.asarray(x).max(0)).ravel()
-
-
-def column_min(x) -> np.ndarray:
-    return np.asarray(x.min(0).toarray() if sp.issparse(x) else np.asarray(x).min(0)).ravel()
+def column_range(x) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's minimum and maximum, for a dense or sparse matrix."""
+    if sp.issparse(x):
+        return x.min(0).toarray().ravel(), x.max(0).toarray().ravel()
+    x = np.asarray(x)
+    return x.min(0), x.max(0)
 
 
 def warn_zero_variance(name: str, const: np.ndarray, features, stacklevel: int = 2) -> None:
@@ -116,7 +116,8 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
     if n_cells > 1:
         # constant = max equals min: exact, where a float32 E[x^2] - E[x]^2 leaves a constant non-zero column
         # a small positive "variance"
-        const = np.flatnonzero(column_max(x) == column_min(x))
+        lo, hi = column_range(x)
+        const = np.flatnonzero(lo == hi)
         if zero_variance == "warn":
             warn_zero_variance(name, const, features, stacklevel=5)
     return const

@@ -128,11 +128,11 @@ class RankBatches(CellBatches):
         return self.n_batches
 
 
-def _loader(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int, trainer: L.Trainer,
-            fixed_shard: bool, cfg: TrainConfig):
+def _loader(data: MultiModalData, indices, seed: int, trainer: L.Trainer, fixed_shard: bool, cfg: TrainConfig):
+    """A stage's shuffled training batches of ``cfg.batch_size`` cells (per rank under DDP)."""
     if trainer.world_size == 1:  # the single-process path stays bit-identical to earlier releases
-        return make_loader(data, indices, batch_size, shuffle, seed, cfg.num_workers, cfg.pin_memory)
-    sampler = RankBatches(indices, batch_size, shuffle, seed, trainer.global_rank, trainer.world_size, fixed_shard,
+        return make_loader(data, indices, cfg.batch_size, True, seed, cfg.num_workers, cfg.pin_memory)
+    sampler = RankBatches(indices, cfg.batch_size, True, seed, trainer.global_rank, trainer.world_size, fixed_shard,
                           data.chunk_size)
     return batch_loader(data, sampler, cfg.num_workers, cfg.pin_memory)
 
@@ -279,7 +279,7 @@ def run_two_stage(
         _keep_csv_history(trainer1, step1)
     t0 = time.perf_counter()
     # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
-    trainer1.fit(plan1, train_dataloaders=_loader(data, all_idx, cfg.batch_size, True, cfg.seed, trainer1, True, cfg),
+    trainer1.fit(plan1, train_dataloaders=_loader(data, all_idx, cfg.seed, trainer1, True, cfg),
                  ckpt_path=ckpt1)
     metrics = {"stage1": _numbers(trainer1.callback_metrics), "wall_time_s": {"stage1": time.perf_counter() - t0}}
     t0 = time.perf_counter()
@@ -288,7 +288,7 @@ def run_two_stage(
     trainer2, _ = _trainer(cfg, "stage2", cfg.stage2_epochs, run_dir, loggers)
     # not sharded: every rank scores every held-out cell, so the logged values agree without a sync
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
-    train2 = _loader(data, train_idx, cfg.batch_size, True, cfg.seed + 1, trainer2, False, cfg)
+    train2 = _loader(data, train_idx, cfg.seed + 1, trainer2, False, cfg)
     ckpt2, step2 = _resume_path(run_dir, "stage2", resume)
     if resume:
         _keep_csv_history(trainer2, step2)
