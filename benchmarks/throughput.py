@@ -319,8 +319,15 @@ def _sub(args: list[str], timeout: int, threads: int = 1) -> dict | None:
     return out
 
 
+def _generate_apart(sizes) -> None:
+    """``generate`` in a child process. Generating in the driver would leave it several GB large, and each measured
+    row's process would then report that as its peak RSS: Linux carries a process's RSS high-water mark over
+    ``fork`` + ``exec``, so a child's ``ru_maxrss`` starts at its parent's resident size."""
+    subprocess.run([sys.executable, __file__, "gen", "--sizes", ",".join(map(str, sizes))], check=True)
+
+
 def run_all(sizes, steps: int, q_epochs: int, totalvi_epochs: int, rounds: int) -> None:
-    generate(sizes)
+    _generate_apart(sizes)
     results = {"measure": [], "quality": [], "argv": " ".join(sys.argv[1:])}
     out = HERE / "results.json"
     for n in sizes:
@@ -365,7 +372,7 @@ def run_gpu(sizes, batches, rounds: int, out: Path, quality_n: int, q_epochs: in
             accelerator: str = "gpu", only: tuple = (), workers: int = 0) -> None:
     """The same rows on a GPU: VennCell (defaults, `model=fast`) and totalVI at each size and batch size (totalVI only
     up to 100k cells, as on the CPU), rounds back to back; results appended to ``out`` after every row."""
-    generate(sorted({min(n, 100_000) for n in sizes}))
+    _generate_apart(sorted({min(n, 100_000) for n in sizes}))
     results = json.loads(out.read_text()) if out.exists() else {"measure": [], "quality": [], "argv": []}
     results["argv"].append(" ".join(sys.argv[1:]))
     t = lambda n: ["--accelerator", accelerator, "--threads", str(GPU_THREADS), "--n", str(n)]  # noqa: E731

@@ -83,9 +83,10 @@ def test_partially_paired_end_to_end(tmp_path):
     has = np.array([c in with_prot for c in mdata.obs_names])
     shared = model.get_latent_representation(block="shared")
     assert np.isfinite(shared).all(), "every cell has RNA, so every cell gets a shared latent"
-    # RNA-only cells: the shared latent still recovers the true shared factors (fitted on all cells, scored on them)
+    # RNA-only cells: the shared latent still recovers the true shared factors (fitted on all cells, scored on
+    # them). 0.88 measured; 0.80 when these cells started from random latents instead of the spectral start's maps
     r2_rna_only = cv_r2(shared[~has], truth.shared[order][~has])
-    assert r2_rna_only > 0.6, r2_rna_only
+    assert r2_rna_only > 0.83, r2_rna_only
     # the protein private block exists only where protein was measured
     p_prot = model.get_latent_representation(block="private:protein")
     assert np.isnan(p_prot[~has]).all() and np.isfinite(p_prot[has]).all()

@@ -357,7 +357,7 @@ def test_spectral_scores_from_sparse_equal_dense_pca(transform):
 
     rows = np.arange(120)
     assert sp.issparse(_encoder_input(_Data, "m", rows))
-    got = _modality_scores(_Data, "m", rows, 5, seed=0)
+    got, _ = _modality_scores(_Data, "m", rows, 5, seed=0)
     ref_x = encoder_transform(_Data.specs["m"], torch.tensor(dense), torch.tensor(dense.sum(1))[:, None]).numpy()
     ref = PCA(5, svd_solver="full").fit_transform(ref_x.astype(np.float64))
     np.testing.assert_allclose(np.abs(got), np.abs(ref), rtol=1e-4, atol=1e-4)

@@ -132,3 +132,25 @@ def test_resume_keeps_the_csv_rows_before_the_checkpoint_and_skips_a_line_cut_sh
     assert logger.experiment.metrics == [{"epoch": 0, "loss": 1.5, "step": 0}, {"epoch": 0, "loss": 1.25, "step": 3}]
     logger.save()
     assert (folder / "metrics.csv").read_text().splitlines()[1:] == ["0,1.5,0", "0,1.25,3"]
+
+
+def test_resume_skips_a_truncated_last_checkpoint(tmp_path):
+    """A kill during a checkpoint write leaves ``last.ckpt`` cut short: resuming takes the epoch copy beside it."""
+    import torch
+
+    from venncell.train.schedule import _resume_path
+
+    folder = tmp_path / "checkpoints" / "stage1"
+    folder.mkdir(parents=True)
+    state = {"global_step": 14, "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 7}}},
+             "state_dict": {"w": torch.arange(100_000, dtype=torch.float32)}}
+    torch.save(state, folder / "epoch0003.ckpt")
+    whole = (folder / "epoch0003.ckpt").read_bytes()
+    (folder / "last.ckpt").write_bytes(whole[: len(whole) // 2])
+    assert _resume_path(tmp_path, "stage1", resume=True) == (str(folder / "epoch0003.ckpt"), 7)
+    (folder / "last.ckpt").write_bytes(whole)
+    assert _resume_path(tmp_path, "stage1", resume=True) == (str(folder / "last.ckpt"), 7)
+    (folder / "epoch0003.ckpt").write_bytes(whole[:100])
+    (folder / "last.ckpt").write_bytes(whole[:-10])
+    assert _resume_path(tmp_path, "stage1", resume=True) == (None, 0)
+    assert _resume_path(tmp_path, "stage1", resume=False) == (None, 0)

@@ -26,18 +26,21 @@ from venncell.data.dataset import MultiModalData, encoder_transform
 log = logging.getLogger(__name__)
 
 
-def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
-    spec = data.specs[m]
-    if spec.kind == "image":
-        x = _image_pixels(data, m, rows)
-    else:
-        x = _encoder_input(data, m, rows)
+def _pca_input(data: MultiModalData, m: str, rows: np.ndarray):
+    return _image_pixels(data, m, rows) if data.specs[m].kind == "image" else _encoder_input(data, m, rows)
+
+
+def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, PCA]:
+    """PCA scores of modality m for the rows, and the fitted PCA (to place other cells with the same map)."""
+    x = _pca_input(data, m, rows)
     k = max(1, min(k, x.shape[1] - 1, x.shape[0] - 1))
     if sp.issparse(x):
         # arpack centres implicitly, so this is the dense PCA's answer without densifying tens of thousands
         # of peaks for every cell (covariance_eigh would build a features x features matrix)
-        return PCA(n_components=k, random_state=seed, svd_solver="arpack").fit_transform(x)
-    return PCA(n_components=k, random_state=seed, svd_solver="randomized").fit_transform(x.astype(np.float64))
+        pca = PCA(n_components=k, random_state=seed, svd_solver="arpack")
+        return pca.fit_transform(x), pca
+    pca = PCA(n_components=k, random_state=seed, svd_solver="randomized")
+    return pca.fit_transform(x.astype(np.float64)), pca
 
 
 def _rows_sparse(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1024):
@@ -92,8 +95,8 @@ def _whole_chunks(cells: np.ndarray, chunk_size: int, max_cells: int, rng) -> np
     groups = chunk_groups(cells, chunk_size)
     take = rng.permutation(len(groups))[: max(1, max_cells // chunk_size)]
     rows = np.concatenate([groups[g] for g in take])
-    log.info("Spectral init fitted on %d of %d cells (%d on-disk chunks); the other cells start from random "
-             "latents.", len(rows), len(cells), len(take))
+    log.info("Spectral init fitted on %d of %d cells (%d on-disk chunks); the other cells are placed by the "
+             "fitted maps.", len(rows), len(cells), len(take))
     return rows
 
 
@@ -115,16 +118,27 @@ def _keep_spectrum(z: np.ndarray) -> np.ndarray:
     as the leading one: kNN label accuracy (`Fine.RNA`) of 16 RNA PCs on PBMC falls from 0.852 to 0.836 when they
     are whitened (experiments/pbmc10k_cite/RESULTS.md). Decoders can rescale any latent axis, so this only
     changes where neighbourhoods start."""
-    z = z - z.mean(0)
-    return z / (np.sqrt((z**2).mean(0).mean()) + 1e-8)
+    centre, scale = _spectrum_scale(z)
+    return (z - centre) / scale
+
+
+def _spectrum_scale(z: np.ndarray) -> tuple[np.ndarray, float]:
+    """``_keep_spectrum``'s centre and scale, kept to place other cells on the same axes."""
+    centre = z.mean(0)
+    return centre, float(np.sqrt(((z - centre) ** 2).mean(0).mean()) + 1e-8)
 
 
 def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str, int], n_pcs: int = 30,
                   seed: int = 0, max_cells: int = 50_000) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """Starting latents for every cell (mean per-dimension variance 1), or None when no cell has every modality.
+    """Starting latents for every cell (mean per-dimension variance 1), or None when too few cells have every
+    modality.
 
-    Fitted on (at most ``max_cells``) cells that have every modality; every other cell starts from
-    random values, as it would without this initialisation.
+    The maps (per-modality PCA, GCCA, private PCA of the residuals) are fitted on (at most ``max_cells``) cells
+    that have every modality; every other cell is placed by the same maps (``_place_rest``). A cell lacking some
+    modalities gets the least-squares prediction of its shared start from the modalities it has. Before, such
+    cells started from random values: on partially paired synthetic data their shared block then recovered the
+    true shared factors markedly worse than the paired cells' (tests/test_batches_pairing.py), and from a random
+    start leakage control trades recovery against leakage (experiments/leakage_weight/RESULTS.md).
     """
     rng = np.random.default_rng(seed)
     mods = list(data.specs)
@@ -135,27 +149,99 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
     if getattr(data, "backed", False) and len(complete) > max_cells:
         fit_rows = _whole_chunks(complete, data.chunk_size, max_cells, rng)
     fit_rows = np.sort(fit_rows)
-    scores = {m: _modality_scores(data, m, fit_rows, n_pcs, seed) for m in mods}
+    fitted = {m: _modality_scores(data, m, fit_rows, n_pcs, seed) for m in mods}
+    scores = {m: sc for m, (sc, _) in fitted.items()}
+    maps = {"pca": {m: pca for m, (_, pca) in fitted.items()}, "batch_means": {}}
     if data.batch is not None:
         # a batch shift shows in every modality, so GCCA would call it shared; the decoders see the batch,
         # so the latents should start without it
-        scores = {m: _within_batch(s, data.batch[fit_rows]) for m, s in scores.items()}
-    whitened = np.hstack([_unit(s) for s in scores.values()])
+        maps["batch_means"] = {m: _batch_means(sc, data.batch[fit_rows]) for m, sc in scores.items()}
+        scores = {m: _within_batch(sc, data.batch[fit_rows]) for m, sc in scores.items()}
+    maps["unit"] = {m: (sc.mean(0), sc.std(0) + 1e-8) for m, sc in scores.items()}
+    whitened = np.hstack([_unit(sc) for sc in scores.values()])
     pca = PCA(n_components=min(shared_dim, whitened.shape[1]), random_state=seed)
-    shared_fit = _keep_spectrum(pca.fit_transform(whitened))
+    raw = pca.fit_transform(whitened)
+    maps["shared"] = (pca, *_spectrum_scale(raw))
+    shared_fit = _keep_spectrum(raw)
     shared = rng.normal(size=(data.n_cells, shared_dim))
     shared[fit_rows, : shared_fit.shape[1]] = shared_fit
-    private = {}
+    private, maps["private"] = {}, {}
     for m in mods:
-        s = scores[m]
-        beta, *_ = np.linalg.lstsq(np.c_[shared_fit, np.ones(len(s))], s, rcond=None)
-        resid = s - np.c_[shared_fit, np.ones(len(s))] @ beta
+        sc = scores[m]
+        beta, *_ = np.linalg.lstsq(np.c_[shared_fit, np.ones(len(sc))], sc, rcond=None)
+        resid = sc - np.c_[shared_fit, np.ones(len(sc))] @ beta
         d = private_dims[m]
-        comp = PCA(n_components=min(d, resid.shape[1]), random_state=seed).fit_transform(resid)
+        pca_p = PCA(n_components=min(d, resid.shape[1]), random_state=seed)
+        comp = pca_p.fit_transform(resid)
+        maps["private"][m] = (beta, pca_p, *_spectrum_scale(comp))
         block = rng.normal(size=(data.n_cells, d))
         block[fit_rows, : comp.shape[1]] = _keep_spectrum(comp)
         private[m] = block
+    rest = np.setdiff1d(np.arange(data.n_cells), fit_rows)
+    if len(rest):
+        _place_rest(data, rest, maps, scores, shared_fit, shared, private)
     return shared, private
+
+
+def _batch_means(s: np.ndarray, batch: np.ndarray) -> dict:
+    return {b: s[batch == b].mean(0) for b in np.unique(batch)}
+
+
+def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: dict, shared_fit: np.ndarray,
+                shared: np.ndarray, private: dict, chunk: int = 20_000) -> None:
+    """Starts for the cells outside the fit rows, written into ``shared`` / ``private`` in place.
+
+    A cell with every modality goes through exactly the fitted maps, so it starts where it would have started
+    as a fit row (up to the fit rows' batch means). A cell with only some modalities S gets its shared start from
+    a least-squares regression of the fit rows' shared start on their whitened scores of S, and each private
+    start from its own residual, as for the fit rows. Read a chunk of cells at a time (backed data: in file order).
+    """
+    mods = list(data.specs)
+    whiten = {m: (fit_scores[m] - mu) / sd for m, (mu, sd) in maps["unit"].items()}
+    by_subset: dict[tuple, np.ndarray] = {}  # modality subset -> regression of the shared start on its scores
+    pca_s, centre_s, scale_s = maps["shared"]
+    for start in range(0, len(rest), chunk):
+        rows = rest[start:start + chunk]
+        has = np.stack([data.present(m)[rows] for m in mods], axis=1)
+        raw, white = {}, {}
+        for k, m in enumerate(mods):
+            if not has[:, k].any():
+                continue
+            r = rows[has[:, k]]
+            sc = maps["pca"][m].transform(_pca_input(data, m, r))
+            if data.batch is not None:
+                sc = sc - _means_for(sc, data.batch[r], maps["batch_means"][m])
+            raw[m] = np.full((len(rows), sc.shape[1]), np.nan)
+            raw[m][has[:, k]] = sc
+            white[m] = (raw[m] - maps["unit"][m][0]) / maps["unit"][m][1]
+        for subset in {tuple(h) for h in has}:
+            present = [m for m, h in zip(mods, subset) if h]
+            if not present:
+                continue  # a cell with no modality has nothing to place it by
+            cells = np.flatnonzero((has == subset).all(1))
+            w = np.hstack([white[m][cells] for m in present])
+            if len(present) == len(mods):
+                z = (pca_s.transform(w) - centre_s) / scale_s
+            else:
+                if subset not in by_subset:
+                    x_fit = np.hstack([whiten[m] for m in present])
+                    by_subset[subset], *_ = np.linalg.lstsq(np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)
+                z = np.c_[w, np.ones(len(w))] @ by_subset[subset]
+            shared[rows[cells], : z.shape[1]] = z
+            for m in present:
+                beta, pca_p, centre, scale = maps["private"][m]
+                resid = raw[m][cells] - np.c_[z, np.ones(len(z))] @ beta
+                comp = (pca_p.transform(resid) - centre) / scale
+                private[m][rows[cells], : comp.shape[1]] = comp
+
+
+def _means_for(s: np.ndarray, batch: np.ndarray, fit_means: dict) -> np.ndarray:
+    """Each cell's batch mean: the fit rows' where its batch had fit rows, else its own batch's among these cells."""
+    out = np.empty_like(s)
+    for b in np.unique(batch):
+        sel = batch == b
+        out[sel] = fit_means[b] if b in fit_means else s[sel].mean(0)
+    return out
 
 
 def init_likelihoods(module, data: MultiModalData, max_cells: int = 50_000, seed: int = 0) -> None:

@@ -201,7 +201,9 @@ def _resume_path(run_dir: Path, stage: str, resume: bool) -> tuple[str | None, i
         if not path.exists():
             continue
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            # mmap: the pickle is read, the tensors only mapped; Lightning reads the file again to resume, so a full
+            # load here would read it twice. A truncated write loses the zip's closing directory and fails here.
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         except Exception as e:  # truncated zip, pickle error, ...
             log.warning("Checkpoint %s is unreadable (%s); trying an older one.", path, e)
             continue
