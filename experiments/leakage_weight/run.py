@@ -79,7 +79,7 @@ def job_cli(dataset: str, setting: str, seed: int) -> dict:
     import mudata as md
 
     exp, label, batch = CLI_DATASETS[dataset]
-    data = _build(dataset)
+    _build(dataset)
     run_dir = RUNS / f"{dataset}_{setting}_s{seed}"
     cons, ind = _weights(setting)
     cmd = ["venncell-train", f"experiment={exp}", f"hydra.run.dir={run_dir}", "logger=none",
@@ -88,7 +88,7 @@ def job_cli(dataset: str, setting: str, seed: int) -> dict:
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     out = md.read_h5mu(str(run_dir / "venn.h5mu"))
     mods = [k[len("X_venn_private_"):] for k in out.obsm if k.startswith("X_venn_private_") and not k.endswith("_stage1")]
-    y = data.obs[label].to_numpy()
+    y = out.obs[label].to_numpy()  # the CLI's output is its input MuData plus the latents, in the same cell order
     res = {}
     for suffix, prefix in (("", "encoder"), ("_stage1", "stage 1")):
         blocks = {"shared": out.obsm[f"X_venn_shared{suffix}"],
@@ -98,27 +98,26 @@ def job_cli(dataset: str, setting: str, seed: int) -> dict:
             from baselines import knn_accuracy
 
             res["encoder shared ⊕ privates: batch accuracy (lower = better mixed)"] = knn_accuracy(
-                np.hstack(list(blocks.values())), data.obs[batch].to_numpy())
+                np.hstack(list(blocks.values())), out.obs[batch].to_numpy())
     return res
 
 
-def _build(dataset: str):
-    """The experiment's own MuData builder (its data folder is gitignored)."""
-    import mudata as md
-
+def _build(dataset: str) -> None:
+    """Writes the experiment's input MuData (gitignored) with the experiment's own builder, unless it exists."""
     if dataset == "scicar":
         sys.path.insert(0, str(EXP / "scicar_a549_rna_atac"))
         import run as scicar  # noqa: E402
 
-        return md.read_h5mu(str(scicar.OUT)) if scicar.OUT.exists() else scicar.build()
+        if not scicar.OUT.exists():
+            scicar.build()
+        return
     name = dataset.split("_")[1]
-    sys.path.insert(0, str(EXP / "neurips2021_bmmc_multiome"))
-    import bmmc  # noqa: E402
-
     path = EXP / f"neurips2021_bmmc_{name}" / "data" / f"bmmc_{name}.h5mu"
-    if path.exists():
-        return md.read_h5mu(str(path))
-    return bmmc.build(name, "atac" if name == "multiome" else "adt", "atac" if name == "multiome" else "protein", path)
+    if not path.exists():
+        sys.path.insert(0, str(EXP / "neurips2021_bmmc_multiome"))
+        import bmmc  # noqa: E402
+
+        bmmc.build(name, "atac" if name == "multiome" else "adt", "atac" if name == "multiome" else "protein", path)
 
 
 def job_pbmc(setting: str, seed: int, epochs=(40, 20)) -> dict:
@@ -241,6 +240,9 @@ def main():
     keys = [(ds, st, s) for ds in args.datasets.split(",") for st in SETTINGS
             for s in map(int, (args.pbmc_seeds if ds == "pbmc" else args.seeds).split(","))]
     todo = [k for k in keys if k not in done]
+    sys.path.insert(0, str(EXP))
+    for ds in sorted({k[0] for k in todo} & set(CLI_DATASETS)):  # here, so that parallel jobs never write it twice
+        _build(ds)
     print(f"{len(todo)} runs to do ({len(keys) - len(todo)} already in results.json)", flush=True)
     argv = " ".join(sys.argv[1:])
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -30,7 +30,15 @@ def _pca_input(data: MultiModalData, m: str, rows: np.ndarray):
     return _image_pixels(data, m, rows) if data.specs[m].kind == "image" else _encoder_input(data, m, rows)
 
 
-def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, PCA]:
+def _fit_scores(pca: PCA, x, same_map: bool) -> np.ndarray:
+    """Scores of the rows a PCA is fitted on. ``same_map``: through ``transform``, exactly the map other cells are
+    placed by; ``fit_transform`` returns the (randomised) SVD's U·S instead, which differs from it on trailing
+    components, and is kept when no other cell is placed, so such runs stay as they were."""
+    return pca.fit(x).transform(x) if same_map else pca.fit_transform(x)
+
+
+def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int,
+                     same_map: bool = False) -> tuple[np.ndarray, PCA]:
     """PCA scores of modality m for the rows, and the fitted PCA (to place other cells with the same map)."""
     x = _pca_input(data, m, rows)
     k = max(1, min(k, x.shape[1] - 1, x.shape[0] - 1))
@@ -38,9 +46,9 @@ def _modality_scores(data: MultiModalData, m: str, rows: np.ndarray, k: int, see
         # arpack centres implicitly, so this is the dense PCA's answer without densifying tens of thousands
         # of peaks for every cell (covariance_eigh would build a features x features matrix)
         pca = PCA(n_components=k, random_state=seed, svd_solver="arpack")
-        return pca.fit_transform(x), pca
+        return _fit_scores(pca, x, same_map), pca
     pca = PCA(n_components=k, random_state=seed, svd_solver="randomized")
-    return pca.fit_transform(x.astype(np.float64)), pca
+    return _fit_scores(pca, x.astype(np.float64), same_map), pca
 
 
 def _rows_sparse(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1024):
@@ -129,7 +137,8 @@ def _spectrum_scale(z: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str, int], n_pcs: int = 30,
-                  seed: int = 0, max_cells: int = 50_000) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+                  seed: int = 0, max_cells: int = 50_000,
+                  place_chunk: int = 20_000) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """Starting latents for every cell (mean per-dimension variance 1), or None when too few cells have every
     modality.
 
@@ -149,7 +158,9 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
     if getattr(data, "backed", False) and len(complete) > max_cells:
         fit_rows = _whole_chunks(complete, data.chunk_size, max_cells, rng)
     fit_rows = np.sort(fit_rows)
-    fitted = {m: _modality_scores(data, m, fit_rows, n_pcs, seed) for m in mods}
+    rest = np.setdiff1d(np.arange(data.n_cells), fit_rows)
+    same_map = len(rest) > 0
+    fitted = {m: _modality_scores(data, m, fit_rows, n_pcs, seed, same_map) for m in mods}
     scores = {m: sc for m, (sc, _) in fitted.items()}
     maps = {"pca": {m: pca for m, (_, pca) in fitted.items()}, "batch_means": {}}
     if data.batch is not None:
@@ -160,7 +171,7 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
     maps["unit"] = {m: (sc.mean(0), sc.std(0) + 1e-8) for m, sc in scores.items()}
     whitened = np.hstack([_unit(sc) for sc in scores.values()])
     pca = PCA(n_components=min(shared_dim, whitened.shape[1]), random_state=seed)
-    raw = pca.fit_transform(whitened)
+    raw = _fit_scores(pca, whitened, same_map)
     maps["shared"] = (pca, *_spectrum_scale(raw))
     shared_fit = _keep_spectrum(raw)
     shared = rng.normal(size=(data.n_cells, shared_dim))
@@ -172,14 +183,15 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
         resid = sc - np.c_[shared_fit, np.ones(len(sc))] @ beta
         d = private_dims[m]
         pca_p = PCA(n_components=min(d, resid.shape[1]), random_state=seed)
-        comp = pca_p.fit_transform(resid)
+        comp = _fit_scores(pca_p, resid, same_map)
         maps["private"][m] = (beta, pca_p, *_spectrum_scale(comp))
         block = rng.normal(size=(data.n_cells, d))
         block[fit_rows, : comp.shape[1]] = _keep_spectrum(comp)
         private[m] = block
-    rest = np.setdiff1d(np.arange(data.n_cells), fit_rows)
     if len(rest):
-        _place_rest(data, rest, maps, scores, shared_fit, shared, private)
+        log.info("Spectral start fitted on %d cells with every modality; placing the other %d by its maps.",
+                 len(fit_rows), len(rest))
+        _place_rest(data, rest, maps, scores, shared_fit, shared, private, chunk=place_chunk)
     return shared, private
 
 
@@ -192,29 +204,27 @@ def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: 
     """Starts for the cells outside the fit rows, written into ``shared`` / ``private`` in place.
 
     A cell with every modality goes through exactly the fitted maps, so it starts where it would have started
-    as a fit row (up to the fit rows' batch means). A cell with only some modalities S gets its shared start from
-    a least-squares regression of the fit rows' shared start on their whitened scores of S, and each private
-    start from its own residual, as for the fit rows. Read a chunk of cells at a time (backed data: in file order).
+    as a fit row. A cell with only some modalities S gets its shared start from a least-squares regression of the
+    fit rows' shared start on their whitened scores of S, and each private start from its own residual, as for the
+    fit rows. Cells are read ``chunk`` at a time (backed data: in file order).
     """
     mods = list(data.specs)
+    if data.batch is not None:
+        _add_unseen_batch_means(data, rest, maps, chunk)
     whiten = {m: (fit_scores[m] - mu) / sd for m, (mu, sd) in maps["unit"].items()}
-    by_subset: dict[tuple, np.ndarray] = {}  # modality subset -> regression of the shared start on its scores
+    by_subset: dict[tuple, np.ndarray | None] = {}  # modality subset -> regression of the shared start on its scores
     pca_s, centre_s, scale_s = maps["shared"]
     for start in range(0, len(rest), chunk):
         rows = rest[start:start + chunk]
         has = np.stack([data.present(m)[rows] for m in mods], axis=1)
         raw, white = {}, {}
         for k, m in enumerate(mods):
-            if not has[:, k].any():
-                continue
-            r = rows[has[:, k]]
-            sc = maps["pca"][m].transform(_pca_input(data, m, r))
-            if data.batch is not None:
-                sc = sc - _means_for(sc, data.batch[r], maps["batch_means"][m])
-            raw[m] = np.full((len(rows), sc.shape[1]), np.nan)
-            raw[m][has[:, k]] = sc
-            white[m] = (raw[m] - maps["unit"][m][0]) / maps["unit"][m][1]
-        for subset in {tuple(h) for h in has}:
+            if has[:, k].any():
+                r = rows[has[:, k]]
+                raw[m] = np.full((len(rows), maps["pca"][m].n_components_), np.nan)
+                raw[m][has[:, k]] = _scores(data, m, r, maps)
+                white[m] = (raw[m] - maps["unit"][m][0]) / maps["unit"][m][1]
+        for subset in map(tuple, np.unique(has, axis=0)):
             present = [m for m, h in zip(mods, subset) if h]
             if not present:
                 continue  # a cell with no modality has nothing to place it by
@@ -225,7 +235,15 @@ def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: 
             else:
                 if subset not in by_subset:
                     x_fit = np.hstack([whiten[m] for m in present])
-                    by_subset[subset], *_ = np.linalg.lstsq(np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)
+                    # too few fit rows for this regression: it would interpolate them and place these cells
+                    # by noise; they keep their random start
+                    by_subset[subset] = None if len(x_fit) < 5 * (x_fit.shape[1] + 1) else np.linalg.lstsq(
+                        np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)[0]
+                    if by_subset[subset] is None:
+                        log.warning("Only %d cells have every modality: cells with only %s keep random starts.",
+                                    len(x_fit), present)
+                if by_subset[subset] is None:
+                    continue
                 z = np.c_[w, np.ones(len(w))] @ by_subset[subset]
             shared[rows[cells], : z.shape[1]] = z
             for m in present:
@@ -235,13 +253,29 @@ def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: 
                 private[m][rows[cells], : comp.shape[1]] = comp
 
 
-def _means_for(s: np.ndarray, batch: np.ndarray, fit_means: dict) -> np.ndarray:
-    """Each cell's batch mean: the fit rows' where its batch had fit rows, else its own batch's among these cells."""
-    out = np.empty_like(s)
-    for b in np.unique(batch):
-        sel = batch == b
-        out[sel] = fit_means[b] if b in fit_means else s[sel].mean(0)
-    return out
+def _scores(data: MultiModalData, m: str, rows: np.ndarray, maps: dict) -> np.ndarray:
+    """Modality m's PCA scores for the rows (which have m), batch means removed as for the fit rows."""
+    sc = maps["pca"][m].transform(_pca_input(data, m, rows))
+    if data.batch is None:
+        return sc
+    means = maps["batch_means"][m]
+    return sc - np.stack([means[b] for b in data.batch[rows]])
+
+
+def _add_unseen_batch_means(data: MultiModalData, rest: np.ndarray, maps: dict, chunk: int) -> None:
+    """Batch means of the PCA scores for batches that have no fit row (e.g. a batch measured with one modality
+    only), over all of that batch's other cells: one extra pass over just those cells."""
+    for m in data.specs:
+        seen = maps["batch_means"][m]
+        rows = rest[data.present(m)[rest] & ~np.isin(data.batch[rest], list(seen))]
+        sums: dict = {}
+        for start in range(0, len(rows), chunk):
+            r = rows[start:start + chunk]
+            sc = maps["pca"][m].transform(_pca_input(data, m, r))
+            for b in np.unique(data.batch[r]):
+                total, count = sums.get(b, (0.0, 0))
+                sums[b] = (total + sc[data.batch[r] == b].sum(0), count + int((data.batch[r] == b).sum()))
+        seen.update({b: total / count for b, (total, count) in sums.items()})
 
 
 def init_likelihoods(module, data: MultiModalData, max_cells: int = 50_000, seed: int = 0) -> None:
