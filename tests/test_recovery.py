@@ -69,6 +69,12 @@ def test_recovery_metric_detects_leakage():
     assert s_clean["shared_recovery"] > 0.9 and s_clean["leak_private_into_shared"] < 0.05
     assert s_leaky["leak_private_into_shared"] > 0.8
     assert cv_r2(rng.normal(size=(300, 3)), rng.normal(size=(300, 1)), probe="linear") < 0.05
+    # one target column, both probes: a well-predicted factor scores near 1 (a shape slip once gave the linear
+    # probe -397 here, which the line above could not notice)
+    x = rng.normal(size=(300, 2))
+    y = x[:, 0] + 0.1 * rng.normal(size=300)
+    for probe in ("linear", "knn"):
+        assert cv_r2(x, y, probe=probe) > 0.85 and cv_r2(x, y[:, None], probe=probe) > 0.85, probe
 
 
 def test_venncell_recovers_shared_and_private_without_leakage(venn_model, synthetic):

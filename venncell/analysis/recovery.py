@@ -25,6 +25,8 @@ def cv_r2(x: np.ndarray, y: np.ndarray, probe: str = "knn", n_folds: int = 5, se
         raise ValueError(f"probe must be 'knn' or 'linear', got {probe!r}")
     y = np.asarray(y, dtype=float).reshape(len(y), -1)
     pred = cross_val_predict(model, np.asarray(x, dtype=float), y, cv=KFold(n_folds, shuffle=True, random_state=seed))
+    # RidgeCV returns (n,) for a one-column y; (n, 1) - (n,) would broadcast to an (n, n) residual
+    pred = np.asarray(pred, dtype=float).reshape(y.shape)
     ss_res = ((y - pred) ** 2).sum()
     ss_tot = ((y - y.mean(0)) ** 2).sum()
     return float(1.0 - ss_res / ss_tot)
