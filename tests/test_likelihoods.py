@@ -372,7 +372,7 @@ def test_spectral_start_keeps_the_spectrum():
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(500, 3)) * [3.0, 2.0, 0.5] + 7.0
-    out = _keep_spectrum(z)
+    out, _ = _keep_spectrum(z)
     np.testing.assert_allclose(out.mean(0), 0, atol=1e-9)
     np.testing.assert_allclose(out.var(0).mean(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(out.var(0) / out.var(0)[0], z.var(0) / z.var(0)[0], rtol=1e-9)

@@ -108,32 +108,22 @@ def _whole_chunks(cells: np.ndarray, chunk_size: int, max_cells: int, rng) -> np
     return rows
 
 
-def _within_batch(s: np.ndarray, batch: np.ndarray) -> np.ndarray:
-    out = s.copy()
-    for b in np.unique(batch):
-        out[batch == b] -= s[batch == b].mean(0)
-    return out
+def _centre(s: np.ndarray, batch: np.ndarray, means: dict) -> np.ndarray:
+    """Scores with each cell's batch mean removed (``means``: batch -> mean over the fit rows of that batch)."""
+    return s - np.stack([means[b] for b in batch])
 
 
-def _unit(z: np.ndarray) -> np.ndarray:
-    return (z - z.mean(0)) / (z.std(0) + 1e-8)
-
-
-def _keep_spectrum(z: np.ndarray) -> np.ndarray:
-    """Centred, scaled so the mean per-dimension variance is 1, leading components staying larger.
+def _keep_spectrum(z: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, float]]:
+    """Centred, scaled so the mean per-dimension variance is 1, leading components staying larger; also returns the
+    (centre, scale) used, to place other cells on the same axes.
 
     Whitening the starting components would give a weak trailing component as much weight in every distance
     as the leading one: kNN label accuracy (`Fine.RNA`) of 16 RNA PCs on PBMC falls from 0.852 to 0.836 when they
     are whitened (experiments/pbmc10k_cite/RESULTS.md). Decoders can rescale any latent axis, so this only
     changes where neighbourhoods start."""
-    centre, scale = _spectrum_scale(z)
-    return (z - centre) / scale
-
-
-def _spectrum_scale(z: np.ndarray) -> tuple[np.ndarray, float]:
-    """``_keep_spectrum``'s centre and scale, kept to place other cells on the same axes."""
     centre = z.mean(0)
-    return centre, float(np.sqrt(((z - centre) ** 2).mean(0).mean()) + 1e-8)
+    scale = float(np.sqrt(((z - centre) ** 2).mean(0).mean()) + 1e-8)
+    return (z - centre) / scale, (centre, scale)
 
 
 def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str, int], n_pcs: int = 30,
@@ -166,14 +156,15 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
     if data.batch is not None:
         # a batch shift shows in every modality, so GCCA would call it shared; the decoders see the batch,
         # so the latents should start without it
-        maps["batch_means"] = {m: _batch_means(sc, data.batch[fit_rows]) for m, sc in scores.items()}
-        scores = {m: _within_batch(sc, data.batch[fit_rows]) for m, sc in scores.items()}
+        batch = data.batch[fit_rows]
+        maps["batch_means"] = {m: {b: sc[batch == b].mean(0) for b in np.unique(batch)} for m, sc in scores.items()}
+        scores = {m: _centre(sc, batch, maps["batch_means"][m]) for m, sc in scores.items()}
     maps["unit"] = {m: (sc.mean(0), sc.std(0) + 1e-8) for m, sc in scores.items()}
-    whitened = np.hstack([_unit(sc) for sc in scores.values()])
+    white_fit = {m: (sc - maps["unit"][m][0]) / maps["unit"][m][1] for m, sc in scores.items()}
+    whitened = np.hstack(list(white_fit.values()))
     pca = PCA(n_components=min(shared_dim, whitened.shape[1]), random_state=seed)
-    raw = _fit_scores(pca, whitened, same_map)
-    maps["shared"] = (pca, *_spectrum_scale(raw))
-    shared_fit = _keep_spectrum(raw)
+    shared_fit, spectrum = _keep_spectrum(_fit_scores(pca, whitened, same_map))
+    maps["shared"] = (pca, *spectrum)
     shared = rng.normal(size=(data.n_cells, shared_dim))
     shared[fit_rows, : shared_fit.shape[1]] = shared_fit
     private, maps["private"] = {}, {}
@@ -183,23 +174,19 @@ def spectral_init(data: MultiModalData, shared_dim: int, private_dims: dict[str,
         resid = sc - np.c_[shared_fit, np.ones(len(sc))] @ beta
         d = private_dims[m]
         pca_p = PCA(n_components=min(d, resid.shape[1]), random_state=seed)
-        comp = _fit_scores(pca_p, resid, same_map)
-        maps["private"][m] = (beta, pca_p, *_spectrum_scale(comp))
+        comp, spectrum = _keep_spectrum(_fit_scores(pca_p, resid, same_map))
+        maps["private"][m] = (beta, pca_p, *spectrum)
         block = rng.normal(size=(data.n_cells, d))
-        block[fit_rows, : comp.shape[1]] = _keep_spectrum(comp)
+        block[fit_rows, : comp.shape[1]] = comp
         private[m] = block
     if len(rest):
         log.info("Spectral start fitted on %d cells with every modality; placing the other %d by its maps.",
                  len(fit_rows), len(rest))
-        _place_rest(data, rest, maps, scores, shared_fit, shared, private, chunk=place_chunk)
+        _place_rest(data, rest, maps, white_fit, shared_fit, shared, private, chunk=place_chunk)
     return shared, private
 
 
-def _batch_means(s: np.ndarray, batch: np.ndarray) -> dict:
-    return {b: s[batch == b].mean(0) for b in np.unique(batch)}
-
-
-def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: dict, shared_fit: np.ndarray,
+def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, white_fit: dict, shared_fit: np.ndarray,
                 shared: np.ndarray, private: dict, chunk: int = 20_000) -> None:
     """Starts for the cells outside the fit rows, written into ``shared`` / ``private`` in place.
 
@@ -211,7 +198,6 @@ def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: 
     mods = list(data.specs)
     if data.batch is not None:
         _add_unseen_batch_means(data, rest, maps, chunk)
-    whiten = {m: (fit_scores[m] - mu) / sd for m, (mu, sd) in maps["unit"].items()}
     by_subset: dict[tuple, np.ndarray | None] = {}  # modality subset -> regression of the shared start on its scores
     pca_s, centre_s, scale_s = maps["shared"]
     for start in range(0, len(rest), chunk):
@@ -234,14 +220,7 @@ def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: 
                 z = (pca_s.transform(w) - centre_s) / scale_s
             else:
                 if subset not in by_subset:
-                    x_fit = np.hstack([whiten[m] for m in present])
-                    # too few fit rows for this regression: it would interpolate them and place these cells
-                    # by noise; they keep their random start
-                    by_subset[subset] = None if len(x_fit) < 5 * (x_fit.shape[1] + 1) else np.linalg.lstsq(
-                        np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)[0]
-                    if by_subset[subset] is None:
-                        log.warning("Only %d cells have every modality: cells with only %s keep random starts.",
-                                    len(x_fit), present)
+                    by_subset[subset] = _subset_regression(white_fit, present, shared_fit)
                 if by_subset[subset] is None:
                     continue
                 z = np.c_[w, np.ones(len(w))] @ by_subset[subset]
@@ -253,13 +232,20 @@ def _place_rest(data: MultiModalData, rest: np.ndarray, maps: dict, fit_scores: 
                 private[m][rows[cells], : comp.shape[1]] = comp
 
 
-def _scores(data: MultiModalData, m: str, rows: np.ndarray, maps: dict) -> np.ndarray:
-    """Modality m's PCA scores for the rows (which have m), batch means removed as for the fit rows."""
+def _subset_regression(white_fit: dict, present: list[str], shared_fit: np.ndarray) -> np.ndarray | None:
+    """Least squares of the fit rows' shared start on their whitened scores of the ``present`` modalities (with an
+    intercept); None when too few fit rows back it: it would interpolate them and place cells by noise."""
+    x_fit = np.hstack([white_fit[m] for m in present])
+    if len(x_fit) < 5 * (x_fit.shape[1] + 1):
+        log.warning("Only %d cells have every modality: cells with only %s keep random starts.", len(x_fit), present)
+        return None
+    return np.linalg.lstsq(np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)[0]
+
+
+def _scores(data: MultiModalData, m: str, rows: np.ndarray, maps: dict, centred: bool = True) -> np.ndarray:
+    """Modality m's PCA scores for the rows (which have m); ``centred``: batch means removed as for the fit rows."""
     sc = maps["pca"][m].transform(_pca_input(data, m, rows))
-    if data.batch is None:
-        return sc
-    means = maps["batch_means"][m]
-    return sc - np.stack([means[b] for b in data.batch[rows]])
+    return _centre(sc, data.batch[rows], maps["batch_means"][m]) if centred and data.batch is not None else sc
 
 
 def _add_unseen_batch_means(data: MultiModalData, rest: np.ndarray, maps: dict, chunk: int) -> None:
@@ -271,7 +257,7 @@ def _add_unseen_batch_means(data: MultiModalData, rest: np.ndarray, maps: dict, 
         sums: dict = {}
         for start in range(0, len(rows), chunk):
             r = rows[start:start + chunk]
-            sc = maps["pca"][m].transform(_pca_input(data, m, r))
+            sc = _scores(data, m, r, maps, centred=False)
             for b in np.unique(data.batch[r]):
                 total, count = sums.get(b, (0.0, 0))
                 sums[b] = (total + sc[data.batch[r] == b].sum(0), count + int((data.batch[r] == b).sum()))
