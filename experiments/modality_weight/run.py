@@ -1,0 +1,168 @@
+"""Modality weights on real data: each modality's reconstruction counted once (the default) vs by its number of
+features.
+
+Usage (from the repository root):
+    OMP_NUM_THREADS=1 python experiments/modality_weight/run.py [--seeds 0,1] [--jobs 2]
+
+Each modality's reconstruction term is a mean NLL per feature. By default (`equal`) every modality counts once,
+whatever its size; `by features` gives modality m the weight n_m / min_k n_k (``ModalitySpec.weight``), so the
+smallest modality keeps weight 1 and the NLLs add up as a joint likelihood over all features would. Against the
+rest of the objective (leakage control, prior) that also weakens those terms for the larger modality.
+experiments/pbmc10k_cite/LATENT_DRIFT.md shows why this matters on PBMC. Datasets, each with its own
+configuration: sci-CAR (`conf/experiment/scicar_a549.yaml`, RNA 2,613 genes + ATAC 815 peaks), the BMMC CITE
+starter (`conf/experiment/bmmc_cite.yaml`, RNA 1,000 + ADT 134), PBMC (run.py's `default`, 40 + 20 epochs, RNA
+4,000 + ADT 14). The BMMC Multiome starter has 600 genes and 600 peaks, so both settings are the same model there.
+Scores: kNN accuracy (k = 15, 5-fold stratified CV; experiments/baselines.py) of shared ⊕ privates, from the
+encoders and from the stage-1 tables. Writes RESULTS.md and results.json next to this script. Data are read by
+path from ../shared/datasets through each experiment's own builder, never copied here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+EXP = HERE.parent
+ROOT = EXP.parent
+RUNS = HERE / "run"
+DATASETS = {"scicar": ("scicar_a549", "treatment_time"), "bmmc_cite": ("bmmc_cite", "cell_type"), "pbmc": (None, None)}
+SETTINGS = ("equal", "by features")
+
+
+def _leakage_module():
+    """experiments/leakage_weight/run.py (its input builders), under a name that does not clash with other run.py."""
+    spec = importlib.util.spec_from_file_location("leakage_weight_run", EXP / "leakage_weight" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _weights(n_features: dict[str, int], setting: str) -> dict[str, float]:
+    return {m: (n / min(n_features.values()) if setting == "by features" else 1.0) for m, n in n_features.items()}
+
+
+def _scores(model, y: np.ndarray) -> dict[str, float]:
+    from baselines import knn_accuracy
+
+    ok = np.array([isinstance(v, str) or v == v for v in y])
+    out = {}
+    for source in ("encoder", "stage1"):
+        z = model.get_latent_representation(block="all", source=source)
+        out[f"{source}"] = knn_accuracy(z[ok], np.asarray(y)[ok].astype(str))
+    return out
+
+
+def job(dataset: str, setting: str, seed: int) -> dict:
+    import mudata as md
+    import torch
+    from omegaconf import OmegaConf
+
+    from venncell import VennCell
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(EXP))
+    if dataset == "pbmc":
+        sys.path.insert(0, str(EXP / "pbmc10k_cite"))
+        import run as pbmc  # noqa: E402  (experiments/pbmc10k_cite/run.py: loader, settings)
+
+        mdata, labels = pbmc.load()
+        reg = {"rna": {"kind": "rna"}, "protein": {"kind": "protein"}}
+        batch_key, dims, epochs = None, pbmc.CONFIGS["default"], (40, 20)
+        targets = {lab: labels[lab].to_numpy() for lab in pbmc.LABELS}
+    else:
+        exp, label = DATASETS[dataset]
+        _leakage_module()._build(dataset)
+        cfg = OmegaConf.load(ROOT / "conf" / "experiment" / f"{exp}.yaml")
+        mdata = md.read_h5mu(str(ROOT / cfg.data.path))
+        reg = OmegaConf.to_container(cfg.data.register)
+        batch_key = cfg.data.get("batch_key")
+        dims = dict(shared_dim=cfg.model.shared_dim, private_dim=cfg.model.private_dim)
+        epochs = (cfg.trainer.stage1_epochs, cfg.trainer.stage2_epochs)
+        targets = {label: mdata.obs[label].to_numpy()}
+    n = {m: mdata[m].n_vars for m in reg}
+    w = _weights(n, setting)
+    VennCell.setup_mudata(mdata, {m: {**o, "weight": w[m]} for m, o in reg.items()}, batch_key=batch_key)
+    model = VennCell(mdata, seed=seed, **dims)
+    model.train(stage1_epochs=epochs[0], stage2_epochs=epochs[1], progress_bar="none",
+                run_dir=RUNS / f"{dataset}_{setting.replace(' ', '_')}_s{seed}")
+    res = {"weights": w, "n_features": n, "epochs": list(epochs)}
+    res["knn"] = {lab: _scores(model, y) for lab, y in targets.items()}
+    if batch_key:
+        res["batch_knn_encoder"] = _scores(model, mdata.obs[batch_key].to_numpy())["encoder"]
+    return res
+
+
+def write(res: dict, argv: str) -> str:
+    lines = ["# Modality weights on real data: each modality once (default) vs by its number of features\n",
+             f"Command: `{argv}` (from the repository root; one thread per job). Settings and data: this script's "
+             "docstring. kNN accuracy of shared ⊕ privates (k = 15, 5-fold stratified CV), mean over seeds, each seed "
+             "in brackets. Batch: kNN accuracy of the batch label from the encoder latents (lower = better mixed).\n",
+             "| data | label | setting | modality weights | encoder latents | stage-1 latents | batch (encoder) |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset in DATASETS:
+        for setting in SETTINGS:
+            runs = [r for r in res["jobs"] if r["dataset"] == dataset and r["setting"] == setting]
+            if not runs:
+                continue
+            w = ", ".join(f"{m} {v:.3g}" for m, v in runs[0]["result"]["weights"].items())
+
+            def cell(get) -> str:
+                v = [get(r["result"]) for r in runs]
+                return f"{np.mean(v):.3f} ({' / '.join(f'{x:.3f}' for x in v)})"
+
+            for lab in runs[0]["result"]["knn"]:
+                batch = cell(lambda r: r["batch_knn_encoder"]) if "batch_knn_encoder" in runs[0]["result"] else "–"
+                lines.append(f"| {dataset} | {lab} | {setting} | {w} | {cell(lambda r: r['knn'][lab]['encoder'])} | "
+                             f"{cell(lambda r: r['knn'][lab]['stage1'])} | {batch} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--job", nargs=3, metavar=("DATASET", "SETTING", "SEED"), help="run one job, print its result")
+    p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
+    args = p.parse_args()
+    if args.job:
+        print("RESULT " + json.dumps(job(args.job[0], args.job[1].replace("_", " "), int(args.job[2]))))
+        return
+    from baselines import write_results_md  # noqa: E402  (sys.path: below)
+
+    if args.report_only:
+        res = json.loads((HERE / "results.json").read_text())
+        write_results_md(HERE / "RESULTS.md", write(res, res["command"]))
+        return
+    # the two input builders run once, before parallel jobs could race on writing the same file
+    lk = _leakage_module()
+    for d in ("scicar", "bmmc_cite"):
+        lk._build(d)
+    keys = [(d, s, int(seed)) for d in DATASETS for s in SETTINGS for seed in args.seeds.split(",")]
+
+    def spawn(key) -> dict:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, __file__, "--job", key[0], key[1].replace(" ", "_"), str(key[2])],
+                             capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout
+        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+        return {"dataset": key[0], "setting": key[1], "seed": key[2], "result": json.loads(line[len("RESULT "):])}
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        jobs = list(pool.map(spawn, keys))
+    argv = f"OMP_NUM_THREADS=1 python experiments/modality_weight/run.py --seeds {args.seeds} --jobs {args.jobs}"
+    res = {"command": argv, "jobs": jobs}
+    (HERE / "results.json").write_text(json.dumps(res, indent=1))
+    write_results_md(HERE / "RESULTS.md", write(res, argv))
+
+
+sys.path.insert(0, str(EXP))
+if __name__ == "__main__":
+    main()
