@@ -3,6 +3,10 @@ every results table uses the same kNN protocol and the same PCA / LSI baselines.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -66,3 +70,12 @@ def write_results_md(path, generated: str) -> None:
     old = path.read_text() if path.exists() else ""
     kept = old[old.index(HAND_WRITTEN):] if HAND_WRITTEN in old else ""
     path.write_text(generated.rstrip("\n") + "\n" + ("\n" + kept if kept else ""))
+
+
+def child_result(args: list[str], tag: str, cwd=None):
+    """Runs ``python <args>`` with one thread and returns the JSON it printed on the line starting with ``tag``:
+    how the experiment scripts run each job in a process of its own (its imports and thread settings apart)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+                         check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith(tag))[len(tag):])

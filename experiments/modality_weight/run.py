@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 EXP = HERE.parent
 ROOT = EXP.parent
 RUNS = HERE / "run"
+sys.path.insert(0, str(EXP))
+from baselines import child_result, knn_accuracy, write_results_md  # noqa: E402
 DATASETS = {"scicar": ("scicar_a549", "treatment_time"), "bmmc_cite": ("bmmc_cite", "cell_type"), "pbmc": (None, None)}
 SETTINGS = ("equal", "by features")
 
@@ -51,14 +51,10 @@ def _weights(n_features: dict[str, int], setting: str) -> dict[str, float]:
 
 
 def _scores(model, y: np.ndarray) -> dict[str, float]:
-    from baselines import knn_accuracy
-
-    ok = np.array([isinstance(v, str) or v == v for v in y])
-    out = {}
-    for source in ("encoder", "stage1"):
-        z = model.get_latent_representation(block="all", source=source)
-        out[f"{source}"] = knn_accuracy(z[ok], np.asarray(y)[ok].astype(str))
-    return out
+    """kNN accuracy of shared ⊕ privates from each source, over the labelled cells."""
+    ok = np.array([isinstance(v, str) or v == v for v in y])  # NaN labels (unlabelled cells) are left out
+    return {source: knn_accuracy(model.get_latent_representation(block="all", source=source)[ok],
+                                 np.asarray(y)[ok].astype(str)) for source in ("encoder", "stage1")}
 
 
 def job(dataset: str, setting: str, seed: int) -> dict:
@@ -69,7 +65,6 @@ def job(dataset: str, setting: str, seed: int) -> dict:
     from venncell import VennCell
 
     torch.set_num_threads(1)
-    sys.path.insert(0, str(EXP))
     if dataset == "pbmc":
         sys.path.insert(0, str(EXP / "pbmc10k_cite"))
         import run as pbmc  # noqa: E402  (experiments/pbmc10k_cite/run.py: loader, settings)
@@ -136,8 +131,6 @@ def main():
     if args.job:
         print("RESULT " + json.dumps(job(args.job[0], args.job[1].replace("_", " "), int(args.job[2]))))
         return
-    from baselines import write_results_md  # noqa: E402  (sys.path: below)
-
     if args.report_only:
         res = json.loads((HERE / "results.json").read_text())
         write_results_md(HERE / "RESULTS.md", write(res, res["command"]))
@@ -149,11 +142,9 @@ def main():
     keys = [(d, s, int(seed)) for d in DATASETS for s in SETTINGS for seed in args.seeds.split(",")]
 
     def spawn(key) -> dict:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        out = subprocess.run([sys.executable, __file__, "--job", key[0], key[1].replace(" ", "_"), str(key[2])],
-                             capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout
-        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-        return {"dataset": key[0], "setting": key[1], "seed": key[2], "result": json.loads(line[len("RESULT "):])}
+        job_args = ["--job", key[0], key[1].replace(" ", "_"), key[2]]
+        result = child_result([Path(__file__).resolve(), *job_args], "RESULT ", cwd=ROOT)
+        return {"dataset": key[0], "setting": key[1], "seed": key[2], "result": result}
 
     with ThreadPoolExecutor(args.jobs) as pool:
         jobs = list(pool.map(spawn, keys))
@@ -163,6 +154,5 @@ def main():
     write_results_md(HERE / "RESULTS.md", write(res, argv))
 
 
-sys.path.insert(0, str(EXP))
 if __name__ == "__main__":
     main()

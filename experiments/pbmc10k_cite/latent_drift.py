@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from baselines import write_results_md  # noqa: E402  (keeps the page's hand-written part on a rerun)
+from baselines import child_result, write_results_md  # noqa: E402
 
 SETTINGS = {
     "default": dict(lr=1e-2),
@@ -97,7 +95,7 @@ def run_setting(name: str, epochs: int) -> dict:
 
 
 def write(res: dict, argv: str) -> str:
-    epochs = sorted({int(e) for t in res["settings"].values() for e in t}, key=int)
+    epochs = sorted({int(e) for t in res["settings"].values() for e in t})
     lines = [
         "# PBMC 10k CITE-seq: cell-type kNN of the stage-1 latents while stage 1 runs\n",
         f"Command: `{argv}` (one thread per job). Written by `latent_drift.py`; its docstring lists the settings. "
@@ -142,10 +140,7 @@ def main():
         return
 
     def spawn(name: str) -> dict:
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        out = subprocess.run([sys.executable, __file__, "--setting", name, "--epochs", str(args.epochs)], env=env,
-                             capture_output=True, text=True, check=True).stdout
-        return json.loads(next(line for line in out.splitlines() if line.startswith("TRAJECTORY "))[11:])
+        return child_result([Path(__file__).resolve(), "--setting", name, "--epochs", args.epochs], "TRAJECTORY ")
 
     with ThreadPoolExecutor(args.jobs) as pool:
         res = {"settings": dict(zip(SETTINGS, pool.map(spawn, SETTINGS)))}
