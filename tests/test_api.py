@@ -237,3 +237,17 @@ def test_batch_worker_processes_train_the_same_model(tiny_mdata, tmp_path):
     np.testing.assert_array_equal(latents[1], latents[3])
     with pytest.raises(VennCellInputError, match="num_workers=-1"):
         model.train(num_workers=-1, **FAST)
+
+
+def test_encoder_dropout_reaches_the_encoders_only(tiny_mdata):
+    """encoder_dropout regularises the encoders (which regress each training cell's own latent) and leaves the
+    decoders deterministic; an out-of-range value is a config error naming the key."""
+    from torch import nn
+
+    VennCell.setup_mudata(tiny_mdata)
+    module = VennCell(tiny_mdata, encoder_dropout=0.3).module
+    for m in module.modalities:
+        assert [d.p for d in module.encoders[m].modules() if isinstance(d, nn.Dropout)] == [0.3] * module.cfg.n_layers
+        assert not any(isinstance(d, nn.Dropout) for d in module.decoders[m].modules())
+    with pytest.raises(VennCellInputError, match="encoder_dropout"):
+        VennCell(tiny_mdata, encoder_dropout=1.5)

@@ -476,15 +476,20 @@ def _check_config(cfg: VennConfig) -> None:
     check_range("encoder_hidden", cfg.encoder_hidden, 1, integer=True)
     check_range("n_layers", cfg.n_layers, 0, integer=True)
     check_range("dropout", cfg.dropout, 0.0, 0.99)
+    check_range("encoder_dropout", cfg.encoder_dropout, 0.0, 0.99)
     if cfg.latent_init not in ("spectral", "random"):
         raise VennCellInputError(f"Config value latent_init={cfg.latent_init!r} must be 'spectral' or 'random'.")
+    if cfg.latent_posterior not in ("point", "variational"):
+        raise VennCellInputError(f"Config value latent_posterior={cfg.latent_posterior!r} must be 'point' (a latent per "
+                                 "cell) or 'variational' (a Gaussian per cell with a KL to the prior).")
+    check_range("latent_init_logvar", cfg.latent_init_logvar, -12.0, 4.0)
     check_range("consistency_cells", cfg.consistency_cells, 0, integer=True)
     if 0 < cfg.consistency_cells < 8:
         raise VennCellInputError(f"Config value consistency_cells={cfg.consistency_cells} is too few cells to estimate "
                                  "the unexplained fraction; use 0 (every cell of the batch) or at least 8.")
     check_range("leakage_every", cfg.leakage_every, 1, integer=True)
-    for name in ("latent_noise", "latent_l2", "shared_only_weight", "consistency_weight", "independence_weight",
-                 "stage2_recon_weight"):
+    for name in ("latent_noise", "latent_l2", "kl_weight", "shared_only_weight", "consistency_weight",
+                 "independence_weight", "stage2_recon_weight"):
         check_range(name, getattr(cfg, name), 0.0)
 
 

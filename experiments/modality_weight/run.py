@@ -8,6 +8,9 @@ Each modality's reconstruction term is a mean NLL per feature. By default (`equa
 whatever its size; `by features` gives modality m the weight n_m / min_k n_k (``ModalitySpec.weight``), so the
 smallest modality keeps weight 1 and the NLLs add up as a joint likelihood over all features would. Against the
 rest of the objective (leakage control, prior) that also weakens those terms for the larger modality.
+`variational`: `by features` with variational latent tables (``latent_posterior="variational"``: a Gaussian per
+cell, KL to N(0, I) weighted 1 / min_k n_k, in place of the fixed latent noise and L2), so that stage 1 is the
+ELBO of all features divided by min_k n_k.
 experiments/pbmc10k_cite/LATENT_DRIFT.md shows why this matters on PBMC. Datasets, each with its own
 configuration: sci-CAR (`conf/experiment/scicar_a549.yaml`, RNA 2,613 genes + ATAC 815 peaks), the BMMC CITE
 starter (`conf/experiment/bmmc_cite.yaml`, RNA 1,000 + ADT 134), PBMC (run.py's `default`, 40 + 20 epochs, RNA
@@ -35,7 +38,7 @@ RUNS = HERE / "run"
 sys.path.insert(0, str(EXP))
 from baselines import child_result, knn_accuracy, write_results_md  # noqa: E402
 DATASETS = {"scicar": ("scicar_a549", "treatment_time"), "bmmc_cite": ("bmmc_cite", "cell_type"), "pbmc": (None, None)}
-SETTINGS = ("equal", "by features")
+SETTINGS = ("equal", "by features", "variational")
 
 
 def _leakage_module():
@@ -47,7 +50,14 @@ def _leakage_module():
 
 
 def _weights(n_features: dict[str, int], setting: str) -> dict[str, float]:
-    return {m: (n / min(n_features.values()) if setting == "by features" else 1.0) for m, n in n_features.items()}
+    return {m: (1.0 if setting == "equal" else n / min(n_features.values())) for m, n in n_features.items()}
+
+
+def _posterior(n_features: dict[str, int], setting: str) -> dict:
+    """The `variational` setting's model keywords: stage 1 as the ELBO / min n (a KL per cell, weighted 1 / min n)."""
+    if setting != "variational":
+        return {}
+    return dict(latent_posterior="variational", kl_weight=1.0 / min(n_features.values()))
 
 
 def _scores(model, y: np.ndarray) -> dict[str, float]:
@@ -86,10 +96,10 @@ def job(dataset: str, setting: str, seed: int) -> dict:
     n = {m: mdata[m].n_vars for m in reg}
     w = _weights(n, setting)
     VennCell.setup_mudata(mdata, {m: {**o, "weight": w[m]} for m, o in reg.items()}, batch_key=batch_key)
-    model = VennCell(mdata, seed=seed, **dims)
+    model = VennCell(mdata, seed=seed, **dims, **_posterior(n, setting))
     model.train(stage1_epochs=epochs[0], stage2_epochs=epochs[1], progress_bar="none",
                 run_dir=RUNS / f"{dataset}_{setting.replace(' ', '_')}_s{seed}")
-    res = {"weights": w, "n_features": n, "epochs": list(epochs)}
+    res = {"weights": w, "n_features": n, "epochs": list(epochs), "model": _posterior(n, setting)}
     res["knn"] = {lab: _scores(model, y) for lab, y in targets.items()}
     if batch_key:
         res["batch_knn_encoder"] = _scores(model, mdata.obs[batch_key].to_numpy())["encoder"]
@@ -98,7 +108,8 @@ def job(dataset: str, setting: str, seed: int) -> dict:
 
 def write(res: dict, argv: str) -> str:
     lines = ["# Modality weights on real data: each modality once (default) vs by its number of features\n",
-             f"Command: `{argv}` (from the repository root; one thread per job). Settings and data: this script's "
+             f"Command: `{argv}`" + "".join(f"; rows added with `{c}`" for c in res.get("added", []))
+             + " (from the repository root; one thread per job). Settings and data: this script's "
              "docstring. kNN accuracy of shared ⊕ privates (k = 15, 5-fold stratified CV), mean over seeds, each seed "
              "in brackets. Batch: kNN accuracy of the batch label from the encoder latents (lower = better mixed).\n",
              "| data | label | setting | modality weights | encoder latents | stage-1 latents | batch (encoder) |",
@@ -127,6 +138,8 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--job", nargs=3, metavar=("DATASET", "SETTING", "SEED"), help="run one job, print its result")
     p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
+    p.add_argument("--settings", help="comma-separated settings to run (spaces as _); the stored jobs of the others "
+                                      "are kept")
     args = p.parse_args()
     if args.job:
         print("RESULT " + json.dumps(job(args.job[0], args.job[1].replace("_", " "), int(args.job[2]))))
@@ -139,7 +152,10 @@ def main():
     lk = _leakage_module()
     for d in ("scicar", "bmmc_cite"):
         lk._build(d)
-    keys = [(d, s, int(seed)) for d in DATASETS for s in SETTINGS for seed in args.seeds.split(",")]
+    settings = [x.replace("_", " ") for x in args.settings.split(",")] if args.settings else list(SETTINGS)
+    if set(settings) - set(SETTINGS):
+        raise SystemExit(f"--settings: unknown {sorted(set(settings) - set(SETTINGS))}; known: {SETTINGS}")
+    keys = [(d, s, int(seed)) for d in DATASETS for s in settings for seed in args.seeds.split(",")]
 
     def spawn(key) -> dict:
         job_args = ["--job", key[0], key[1].replace(" ", "_"), key[2]]
@@ -150,8 +166,14 @@ def main():
         jobs = list(pool.map(spawn, keys))
     argv = f"OMP_NUM_THREADS=1 python experiments/modality_weight/run.py --seeds {args.seeds} --jobs {args.jobs}"
     res = {"command": argv, "jobs": jobs}
+    if args.settings:
+        res = json.loads((HERE / "results.json").read_text())
+        argv += f" --settings {args.settings}"
+        done = {(j["dataset"], j["setting"], j["seed"]) for j in jobs}
+        res["jobs"] = [j for j in res["jobs"] if (j["dataset"], j["setting"], j["seed"]) not in done] + jobs
+        res["added"] = [c for c in res.get("added", []) if c != argv] + [argv]
     (HERE / "results.json").write_text(json.dumps(res, indent=1))
-    write_results_md(HERE / "RESULTS.md", write(res, argv))
+    write_results_md(HERE / "RESULTS.md", write(res, res["command"]))
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ def main() -> None:
     ap.add_argument("--variant", choices=["ae", "vae"], default="ae")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--kl-scale", type=float, default=2000.0)
+    ap.add_argument("--rna-weight", type=float, default=1.0,
+                    help="RNA reconstruction weight (ModalitySpec.weight; run.py's rna_weight300 uses 300)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     mdata, labels = load()
-    VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
+    VennCell.setup_mudata(mdata, modalities={"rna": {"kind": "rna", "weight": a.rna_weight}, "protein": "protein"})
     vae = a.variant == "vae"
     # the VAE's sampling replaces the latent noise and its KL the latent L2
     extra = dict(latent_noise=0.0, latent_l2=0.0) if vae else {}
@@ -86,13 +88,14 @@ def main() -> None:
     with torch.no_grad():
         z = torch.cat([encode(data.get(np.arange(s, min(s + 1024, data.n_cells))))
                        for s in range(0, data.n_cells, 1024)]).numpy()
-    row = {"variant": a.variant, "epochs": a.epochs, "kl_scale": a.kl_scale if vae else None,
+    row = {"variant": a.variant, "epochs": a.epochs, "kl_scale": a.kl_scale if vae else None, "rna_weight": a.rna_weight,
            "train_seconds": round(seconds, 1),
            "shared": {lab: knn_accuracy(z[:, : dims[0]], labels[lab]) for lab in LABELS},
            "shared ⊕ privates": {lab: knn_accuracy(z, labels[lab]) for lab in LABELS}}
     out = HERE / "amortised_probe.json"
     rows = json.loads(out.read_text()) if out.exists() else []
-    rows = [r for r in rows if (r["variant"], r["epochs"], r["kl_scale"]) != (row["variant"], row["epochs"], row["kl_scale"])]
+    key = ("variant", "epochs", "kl_scale", "rna_weight")
+    rows = [r for r in rows if tuple(r.get(k, 1.0) for k in key) != tuple(row[k] for k in key)]
     out.write_text(json.dumps(rows + [row], indent=1))
     for r in rows + [row]:
         print(r)

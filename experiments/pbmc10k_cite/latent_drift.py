@@ -19,6 +19,13 @@ with latent noise, as logged). Settings:
   for the 14 protein counts) and counts once, so by default the proteins dominate the latents' gradients; 300 is
   about the genes : proteins ratio (4,000 : 14), i.e. the two NLLs summed over features as in a joint likelihood,
   with the protein term, leakage control and prior ~300 times weaker against RNA (run.py's `rna_weight300`).
+- `... cosine decay`: RNA weight 300 with both learning rates (latents and networks) decaying from their start to 0
+  over the run on a cosine, so the latents settle instead of moving ~lr every epoch to the end; at latent rate 1e-1,
+  and at 3e-2 with latent noise 0.3 alone or with the strong prior (which against RNA weighted 300 times is ~300
+  times weaker than in `lr 3e-2, strong prior`).
+- `lr 3e-2, variational (ELBO / 14)`: run.py's `variational` stage 1: a Gaussian per cell (mean and log-variance
+  tables, ``latent_posterior="variational"``) with KL to N(0, I), and each modality's NLL summed over its features,
+  all divided by the protein panel's width (RNA weight 4,000 / 14, KL weight 1 / 14); kNN of the means.
 Writes LATENT_DRIFT.md and latent_drift.json next to this script. Data: ../shared/datasets/pbmc10k_cite_totalvi,
 by path, through run.py's loader.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +56,13 @@ SETTINGS = {
     "lr 3e-2, RNA weight 20": dict(lr=3e-2, rna_weight=20.0),
     "lr 3e-2, RNA weight 300": dict(lr=3e-2, rna_weight=300.0),
     "RNA weight 300": dict(lr=1e-2, rna_weight=300.0),
+    "lr 1e-1, RNA weight 300, cosine decay": dict(lr=1e-1, rna_weight=300.0, cosine=True),
+    "lr 3e-2, RNA weight 300, cosine decay, latent noise 0.3": dict(lr=3e-2, rna_weight=300.0, cosine=True,
+                                                                    model=dict(latent_noise=0.3)),
+    "lr 3e-2, RNA weight 300, cosine decay, strong prior": dict(lr=3e-2, rna_weight=300.0, cosine=True,
+                                                                model=dict(latent_l2=0.05, latent_noise=0.3)),
+    "lr 3e-2, variational (ELBO / 14)": dict(lr=3e-2, rna_weight=4000 / 14,
+                                             model=dict(latent_posterior="variational", kl_weight=1 / 14)),
 }
 
 
@@ -76,7 +91,11 @@ def run_setting(name: str, epochs: int) -> dict:
     class Probe(L.Callback):
         def on_train_epoch_start(self, trainer, plan):
             if hasattr(plan, "lr_latent"):  # stage 1 only
-                trainer.optimizers[1].param_groups[0]["lr"] = 0.0 if trainer.current_epoch < s.get("frozen_epochs", 0) else s["lr"]
+                epoch = trainer.current_epoch
+                # cosine: both learning rates decay from their start to 0 over the run (no constant-step jitter at the end)
+                decay = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if s.get("cosine") else 1.0
+                trainer.optimizers[1].param_groups[0]["lr"] = 0.0 if epoch < s.get("frozen_epochs", 0) else s["lr"] * decay
+                trainer.optimizers[0].param_groups[0]["lr"] = plan.lr_network * decay
 
         def on_train_epoch_end(self, trainer, plan):
             epoch = trainer.current_epoch + 1
@@ -98,7 +117,9 @@ def write(res: dict, argv: str) -> str:
     epochs = sorted({int(e) for t in res["settings"].values() for e in t})
     lines = [
         "# PBMC 10k CITE-seq: cell-type kNN of the stage-1 latents while stage 1 runs\n",
-        f"Command: `{argv}` (one thread per job). Written by `latent_drift.py`; its docstring lists the settings. "
+        f"Command: `{argv}` (one thread per job)"
+        + "".join(f"; settings added with `{c}`" for c in res.get("added", []))
+        + ". Written by `latent_drift.py`; its docstring lists the settings. "
         "run.py's `default` model (shared 16, private 8, seed 0), stage 1 only, every cell; kNN label accuracy "
         "(k = 15, 5-fold CV, run.py's protocol) of the latent tables. Epoch 0 is the spectral start. NLL: the "
         "epoch's mean reconstruction NLL per feature on the training cells (with latent noise), as stage 1 logs it.\n",
@@ -130,6 +151,8 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--setting", help="run one setting and print its trajectory as JSON (what each job does)")
     p.add_argument("--report-only", action="store_true", help="rewrite LATENT_DRIFT.md from latent_drift.json")
+    p.add_argument("--only", help="settings separated by ';': run these, keep the other settings' stored trajectories "
+                                  "(same --epochs as the stored run)")
     args = p.parse_args()
     if args.report_only:
         res = json.loads((HERE / "latent_drift.json").read_text())
@@ -142,12 +165,27 @@ def main():
     def spawn(name: str) -> dict:
         return child_result([Path(__file__).resolve(), "--setting", name, "--epochs", args.epochs], "TRAJECTORY ")
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        res = {"settings": dict(zip(SETTINGS, pool.map(spawn, SETTINGS)))}
     argv = f"OMP_NUM_THREADS=1 python experiments/pbmc10k_cite/latent_drift.py --epochs {args.epochs} --jobs {args.jobs}"
-    res["command"] = argv
+    names = list(SETTINGS)
+    res = {"settings": {}}
+    if args.only:
+        names = args.only.split(";")
+        unknown = [n for n in names if n not in SETTINGS]
+        if unknown:
+            raise SystemExit(f"--only: unknown settings {unknown}; known: {list(SETTINGS)}")
+        res = json.loads((HERE / "latent_drift.json").read_text())
+        if f"--epochs {args.epochs} " not in res["command"]:
+            raise SystemExit(f"--only: the stored run has other epochs ({res['command']})")
+        argv += f' --only "{args.only}"'
+    with ThreadPoolExecutor(args.jobs) as pool:
+        res["settings"].update(zip(names, pool.map(spawn, names)))
+    res["settings"] = {n: res["settings"][n] for n in SETTINGS if n in res["settings"]}
+    if args.only:
+        res["added"] = [c for c in res.get("added", []) if c != argv] + [argv]
+    else:
+        res = {"settings": res["settings"], "command": argv}
     (HERE / "latent_drift.json").write_text(json.dumps(res, indent=1))
-    write_results_md(HERE / "LATENT_DRIFT.md", write(res, argv))
+    write_results_md(HERE / "LATENT_DRIFT.md", write(res, res["command"]))
 
 
 if __name__ == "__main__":
