@@ -97,6 +97,22 @@ def test_ddp_outputs_load_in_one_process(runs):
 
 
 
+def test_ddp_gathers_the_variational_log_variances(tmp_path):
+    """Variational latents under DDP: the log-variance tables are sharded like the means, so the saved model must
+    hold both ranks' rows (rank 0 updates the even rows, rank 1 the odd ones); a table left out of the gather would
+    keep its starting value on the odd rows."""
+    from venncell import VennCell
+
+    _train(tmp_path / "v", "trainer.batch_size=32", "model.latent_posterior=variational", "model.kl_weight=0.05",
+           "model.latent_init_logvar=-2.0")
+    model = VennCell.load(tmp_path / "v" / "model")
+    assert model.module.cfg.latent_posterior == "variational"
+    for name, table in model.module.logvar_tables.items():
+        moved = (table.weight.detach() + 2.0).abs().sum(1)
+        even, odd = moved[0::2].mean().item(), moved[1::2].mean().item()
+        assert min(even, odd) > 0.5 * max(even, odd) > 0, (name, even, odd)
+
+
 def test_rank_batches_deal_whole_chunks_for_backed_data():
     """Backed data under DDP: each rank reads only its own reader chunks, every cell once per epoch, and all
     ranks take the same number of steps (stage 1: fixed chunk ownership; stage 2: chunks dealt per epoch)."""

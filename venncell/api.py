@@ -166,6 +166,11 @@ class VennCell:
         for name, s in specs.items():
             if s.private_dim is not None:
                 check_range(f"modalities.{name}.private_dim", s.private_dim, 1, integer=True)
+        images = [name for name, s in specs.items() if s.kind == "image"]
+        if self.config.joint_encoder and images:
+            raise VennCellInputError(f"joint_encoder=True reads every modality's features side by side, but modality "
+                                     f"{images[0]!r} is an image; leave joint_encoder off for image modalities (each "
+                                     "keeps its own convolutional encoder).")
         self.mdata = mdata
         self.batch_key = reg["batch_key"]
         self.data = MultiModalData(mdata, specs, batch_key=self.batch_key, backed=backed, chunk_size=chunk_size)

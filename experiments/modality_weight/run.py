@@ -14,7 +14,8 @@ ELBO of all features divided by min_k n_k.
 experiments/pbmc10k_cite/LATENT_DRIFT.md shows why this matters on PBMC. Datasets, each with its own
 configuration: sci-CAR (`conf/experiment/scicar_a549.yaml`, RNA 2,613 genes + ATAC 815 peaks), the BMMC CITE
 starter (`conf/experiment/bmmc_cite.yaml`, RNA 1,000 + ADT 134), PBMC (run.py's `default`, 40 + 20 epochs, RNA
-4,000 + ADT 14). The BMMC Multiome starter has 600 genes and 600 peaks, so both settings are the same model there.
+4,000 + ADT 14), the BMMC Multiome starter (`conf/experiment/bmmc_multiome.yaml`, 600 genes + 600 peaks: `equal`
+and `by features` are the same model there, so only `equal` and `variational` are run on it).
 Scores: kNN accuracy (k = 15, 5-fold stratified CV; experiments/baselines.py) of shared ⊕ privates, from the
 encoders and from the stage-1 tables. Writes RESULTS.md and results.json next to this script. Data are read by
 path from ../shared/datasets through each experiment's own builder, never copied here.
@@ -37,7 +38,8 @@ ROOT = EXP.parent
 RUNS = HERE / "run"
 sys.path.insert(0, str(EXP))
 from baselines import child_result, knn_accuracy, write_results_md  # noqa: E402
-DATASETS = {"scicar": ("scicar_a549", "treatment_time"), "bmmc_cite": ("bmmc_cite", "cell_type"), "pbmc": (None, None)}
+DATASETS = {"scicar": ("scicar_a549", "treatment_time"), "bmmc_cite": ("bmmc_cite", "cell_type"),
+            "bmmc_multiome": ("bmmc_multiome", "cell_type"), "pbmc": (None, None)}
 SETTINGS = ("equal", "by features", "variational")
 
 
@@ -138,6 +140,7 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--job", nargs=3, metavar=("DATASET", "SETTING", "SEED"), help="run one job, print its result")
     p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of " + ", ".join(DATASETS))
     p.add_argument("--settings", help="comma-separated settings to run (spaces as _); the stored jobs of the others "
                                       "are kept")
     args = p.parse_args()
@@ -150,12 +153,16 @@ def main():
         return
     # the two input builders run once, before parallel jobs could race on writing the same file
     lk = _leakage_module()
-    for d in ("scicar", "bmmc_cite"):
+    datasets = args.datasets.split(",")
+    if set(datasets) - set(DATASETS):
+        raise SystemExit(f"--datasets: unknown {sorted(set(datasets) - set(DATASETS))}; known: {list(DATASETS)}")
+    for d in set(datasets) & {"scicar", "bmmc_cite", "bmmc_multiome"}:
         lk._build(d)
     settings = [x.replace("_", " ") for x in args.settings.split(",")] if args.settings else list(SETTINGS)
     if set(settings) - set(SETTINGS):
         raise SystemExit(f"--settings: unknown {sorted(set(settings) - set(SETTINGS))}; known: {SETTINGS}")
-    keys = [(d, s, int(seed)) for d in DATASETS for s in settings for seed in args.seeds.split(",")]
+    keys = [(d, s, int(seed)) for d in datasets for s in settings for seed in args.seeds.split(",")
+            if not (d == "bmmc_multiome" and s == "by features")]  # equal sizes: the same model as `equal`
 
     def spawn(key) -> dict:
         job_args = ["--job", key[0], key[1].replace(" ", "_"), key[2]]
@@ -166,9 +173,10 @@ def main():
         jobs = list(pool.map(spawn, keys))
     argv = f"OMP_NUM_THREADS=1 python experiments/modality_weight/run.py --seeds {args.seeds} --jobs {args.jobs}"
     res = {"command": argv, "jobs": jobs}
-    if args.settings:
+    if args.settings or datasets != list(DATASETS):  # a partial run: keep the stored jobs it did not redo
         res = json.loads((HERE / "results.json").read_text())
-        argv += f" --settings {args.settings}"
+        argv += (f" --settings {args.settings}" if args.settings else "") + (
+            f" --datasets {args.datasets}" if datasets != list(DATASETS) else "")
         done = {(j["dataset"], j["setting"], j["seed"]) for j in jobs}
         res["jobs"] = [j for j in res["jobs"] if (j["dataset"], j["setting"], j["seed"]) not in done] + jobs
         res["added"] = [c for c in res.get("added", []) if c != argv] + [argv]
