@@ -65,6 +65,17 @@ def pearson_per_feature(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
 
 
+# RNA's reconstruction weighted 300 times (ModalitySpec.weight): about the genes : proteins ratio (4,000 : 14), so the
+# two NLLs add up as a joint likelihood over all features, and the protein term, leakage control and prior weigh ~300
+# times less against RNA than by default (latent_drift.py: by default stage 1 bends the latents towards the 14
+# proteins while the RNA fit gets worse)
+RNA_WEIGHT300 = dict(shared_dim=16, private_dim=8, modalities=dict(rna=dict(kind="rna", weight=300.0)))
+# stage 1 as an ELBO: variational latent tables (a Gaussian per cell, KL to N(0, I)) and each modality's NLL summed
+# over its features, all divided by the smallest modality's width (14): RNA weight 4,000 / 14, KL weight 1 / 14. The
+# per-cell variances (no longer a fixed latent noise) let stage 1 add cell-type structure.
+ELBO = dict(shared_dim=16, private_dim=8, latent_posterior="variational", kl_weight=1 / 14,
+            modalities=dict(rna=dict(kind="rna", weight=4000 / 14)), train=dict(lr_latent=0.03))
+
 # VennCell settings tried (each is a row in RESULTS.md); model keywords go to VennCell(...), `train` (TrainConfig
 # fields, here the stage-1 latent learning rate; default 1e-2) to model.train.
 CONFIGS = {
@@ -85,28 +96,15 @@ CONFIGS = {
     "l2_0.05": dict(shared_dim=16, private_dim=8, latent_l2=0.05),
     # the `model=fast` preset (cheaper stage-1 steps: leakage control on part of the batches and cells)
     "fast": dict(shared_dim=16, private_dim=8, **model_preset("fast")),
-    # RNA's reconstruction weighted 300 times (ModalitySpec.weight): about the genes : proteins ratio (4,000 : 14), so
-    # the two NLLs add up as a joint likelihood over all features, and the protein term, leakage control and prior
-    # weigh ~300 times less against RNA than by default (latent_drift.py: by default stage 1 bends the latents towards
-    # the 14 proteins while the RNA fit gets worse)
-    "rna_weight300": dict(shared_dim=16, private_dim=8, modalities=dict(rna=dict(kind="rna", weight=300.0))),
-    "rna_weight300_lr3e-2": dict(shared_dim=16, private_dim=8, modalities=dict(rna=dict(kind="rna", weight=300.0)),
-                                 train=dict(lr_latent=0.03)),
-    # stage 1 as an ELBO: variational latent tables (a Gaussian per cell, KL to N(0, I)) and each modality's NLL
-    # summed over its features, all divided by the smallest modality's width (14): RNA weight 4,000 / 14, KL weight
-    # 1 / 14. The per-cell variances (no longer a fixed latent noise) let stage 1 add cell-type structure.
-    "variational": dict(shared_dim=16, private_dim=8, latent_posterior="variational", kl_weight=1 / 14,
-                        modalities=dict(rna=dict(kind="rna", weight=4000 / 14)), train=dict(lr_latent=0.03)),
+    "rna_weight300": RNA_WEIGHT300,
+    "rna_weight300_lr3e-2": {**RNA_WEIGHT300, "train": dict(lr_latent=0.03)},
+    "variational": ELBO,
     # the same with dropout 0.5 in the encoders: the RNA encoder (4,000 genes in) otherwise memorises its training
-    # cells' latents (R^2 1.00 there, 0.76 on held-out cells)
+    # cells' latents (RESULTS.md, encoder R^2 table)
+    "variational_encdrop0.5": {**ELBO, "encoder_dropout": 0.5},
     # ... and one stage-2 encoder over both modalities for the cells that have both (joint_encoder), instead of the
     # average of the RNA and protein encoders' shared estimates
-    "variational_joint": dict(shared_dim=16, private_dim=8, latent_posterior="variational", kl_weight=1 / 14,
-                              encoder_dropout=0.5, joint_encoder=True,
-                              modalities=dict(rna=dict(kind="rna", weight=4000 / 14)), train=dict(lr_latent=0.03)),
-    "variational_encdrop0.5": dict(shared_dim=16, private_dim=8, latent_posterior="variational", kl_weight=1 / 14,
-                                   encoder_dropout=0.5, modalities=dict(rna=dict(kind="rna", weight=4000 / 14)),
-                                   train=dict(lr_latent=0.03)),
+    "variational_joint": {**ELBO, "encoder_dropout": 0.5, "joint_encoder": True},
 }
 MODALITIES = {"rna": "rna", "protein": "protein"}
 
@@ -164,11 +162,12 @@ def main():
     blocks["shared ⊕ privates"] = np.hstack(list(blocks.values()))
     acc = {b: {lab: knn_accuracy(z, labels[lab]) for lab in LABELS} for b, z in blocks.items()}
     # the shared block as the RNA encoder alone gives it (the default averages both encoders' estimates)
-    from_rna = np.hstack([model.get_latent_representation(modalities=["rna"]), blocks["private:rna"],
-                          blocks["private:protein"]])
+    shared_from = {m: model.get_latent_representation(modalities=[m]) for m in MODALITIES}
+    from_rna = np.hstack([shared_from["rna"], blocks["private:rna"], blocks["private:protein"]])
     acc["shared from the RNA encoder only ⊕ privates"] = {lab: knn_accuracy(from_rna, labels[lab]) for lab in LABELS}
     # the stage-1 (optimised) latents, for comparison: what the encoders were trained to reproduce
-    st1 = np.hstack([model.get_latent_representation(block=b, source="stage1") for b in list(blocks)[:3]])
+    stage1 = {b: model.get_latent_representation(block=b, source="stage1") for b in list(blocks)[:3]}
+    st1 = np.hstack(list(stage1.values()))
     acc["shared ⊕ privates, stage-1 latents"] = {lab: knn_accuracy(st1, labels[lab]) for lab in LABELS}
     # where stage 1 starts: the same model untrained (spectral initialisation of the tables)
     start = VennCell(mdata, seed=0, **{k: v for k, v in CONFIGS[args.config].items() if k not in ("train", "modalities")}).module
@@ -176,10 +175,10 @@ def main():
     acc["shared ⊕ privates, spectral start (untrained)"] = {lab: knn_accuracy(z0, labels[lab]) for lab in LABELS}
     # how well each encoder alone reproduces the stage-1 shared latent (R^2 over its dimensions), on the cells it was
     # trained on and on the held-out cells: a gap means the encoder memorises its training cells
-    target = model.get_latent_representation(source="stage1")
+    target = stage1["shared"]
     encoder_r2 = {}
-    for m in [*MODALITIES, "embedding"]:  # embedding: the default, every modality (averaged, or the joint encoder)
-        est = model.get_latent_representation(modalities=None if m == "embedding" else [m])
+    # embedding: the default, from every modality (the encoders' average, or the joint encoder)
+    for m, est in {**shared_from, "embedding": blocks["shared"]}.items():
         encoder_r2[m] = {part: float(1 - ((est - target)[sel] ** 2).sum() / ((target[sel] - target[sel].mean(0)) ** 2).sum())
                          for part, sel in (("training cells", ~held), ("held-out cells", held))}
 

@@ -47,13 +47,14 @@ def totalvi_scores(mdata, labels, held, seed: int, epochs: int, out: Path) -> di
 def write_markdown(res: dict) -> str:
     seeds = sorted(res["totalvi"], key=int)
     configs = list(res["venncell"])
+    encoder = {c: [res["venncell"][c][s]["shared ⊕ privates"] for s in seeds] for c in configs}
+    totalvi = [res["totalvi"][s]["latent"] for s in seeds]
     rows = []
     for c in configs:
-        rows += [(f"VennCell `{c}` shared ⊕ privates (encoder latents)",
-                  [res["venncell"][c][s]["shared ⊕ privates"] for s in seeds]),
+        rows += [(f"VennCell `{c}` shared ⊕ privates (encoder latents)", encoder[c]),
                  (f"VennCell `{c}` shared ⊕ privates, stage-1 latents",
                   [res["venncell"][c][s]["shared ⊕ privates, stage-1 latents"] for s in seeds])]
-    rows.append(("totalVI latent (20 dims)", [res["totalvi"][s]["latent"] for s in seeds]))
+    rows.append(("totalVI latent (20 dims)", totalvi))
     L = ["# PBMC 10k CITE-seq: seed-to-seed spread of the kNN comparison\n",
          f"Command: `{res['command']}` (one thread per process; `--only venncell` and `--only totalvi` trained in two "
          "processes side by side, then the command above wrote this page from their caches).\n",
@@ -74,8 +75,7 @@ def write_markdown(res: dict) -> str:
           "|---|---|" + "---|" * (len(seeds) + 1)]
 
     def diff(c: str, lab: str) -> np.ndarray:
-        return np.array([res["venncell"][c][s]["shared ⊕ privates"][lab] - res["totalvi"][s]["latent"][lab]
-                         for s in seeds])
+        return np.array([v[lab] - t[lab] for v, t in zip(encoder[c], totalvi)])
 
     for c in configs:
         for lab in R.LABELS:
@@ -84,8 +84,7 @@ def write_markdown(res: dict) -> str:
     L.append("")
     for c, lab in [(c, lab) for c in configs for lab in R.LABELS]:  # the reading, from the numbers above
         d = diff(c, lab)
-        mine = [per_seed for name, per_seed in rows if f"`{c}` shared ⊕ privates (encoder" in name or "totalVI" in name]
-        sds = [np.std([a[lab] for a in per_seed], ddof=1) for per_seed in mine] if len(seeds) > 1 else [0.0]
+        sds = [np.std([a[lab] for a in per_seed], ddof=1) for per_seed in (encoder[c], totalvi)] if len(seeds) > 1 else [0.0]
         same_sign = (d > 0).all() or (d < 0).all()
         if not d.any():
             verdict = "equal for every seed"
@@ -115,7 +114,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     mdata, labels = R.load()
-    VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
+    VennCell.setup_mudata(mdata, modalities=R.MODALITIES)
     seeds = [int(s) for s in args.seeds.split(",")]
     configs = args.configs.split(",")
     res: dict = {"venncell": {c: {} for c in configs}, "totalvi": {}}

@@ -224,6 +224,10 @@ class VennModule(nn.Module):
             x, lib = x[rows], lib[rows]
         return self.encoders[m](encoder_transform(self.specs[m], x, lib))
 
+    def fully_measured(self, batch: dict) -> torch.Tensor:
+        """Indices of the batch's cells measured in every modality: those the joint encoder reads."""
+        return torch.stack([batch[f"mask:{m}"] for m in self.modalities]).all(0).nonzero().squeeze(1)
+
     def encode_joint(self, batch: dict, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The joint encoder on the batch's ``rows`` (cells measured in every modality): (shared, {m: private})."""
         x = torch.cat([encoder_transform(self.specs[m], batch[f"x:{m}"][rows], batch[f"lib:{m}"][rows])
@@ -249,7 +253,8 @@ class VennModule(nn.Module):
 
     def stage2_parameters(self) -> dict[str, list[nn.Parameter]]:
         """What stage 2 trains: the encoders and, when detached, the shared-only decoders."""
-        out = {"encoders": list(self.encoders.parameters()) + (list(self.joint.parameters()) if self.cfg.joint_encoder else [])}
+        encoders = [self.encoders] + ([self.joint] if self.cfg.joint_encoder else [])
+        out = {"encoders": [p for e in encoders for p in e.parameters()]}
         if self.shared_decoders_in_stage2:
             out["shared_decoders"] = list(self.shared_decoders.parameters())
         return out
@@ -366,9 +371,8 @@ class VennModule(nn.Module):
                 recon_total = recon_total + self.specs[m].weight * rec
                 if cfg.stage2_recon_weight > 0:
                     total = total + cfg.stage2_recon_weight * rec
-        full = torch.stack([batch[f"mask:{m}"] for m in self.modalities]).all(0)
-        if self.cfg.joint_encoder and full.sum() >= 2:
-            rows = full.nonzero().squeeze(1)
+        rows = self.fully_measured(batch) if cfg.joint_encoder else None
+        if rows is not None and rows.numel() >= 2:  # a fraction of variance needs two cells
             s_hat, p_hat = self.encode_joint(batch, rows)
             terms["latent_shared/joint"] = err = unexplained_fraction(z_s[rows], s_hat)
             total = total + err
@@ -404,14 +408,12 @@ class VennModule(nn.Module):
                 count += mask[:, None].float()
             out[f"private:{m}"] = torch.where(mask[:, None], p_hat, torch.full_like(p_hat, float("nan")))
         out["shared"] = torch.where(count > 0, shared_sum / count.clamp_min(1), torch.full_like(shared_sum, float("nan")))
-        if self.cfg.joint_encoder and set(use) == set(self.modalities):
-            full = torch.stack([batch[f"mask:{m}"] for m in self.modalities]).all(0)
-            if full.any():
-                rows = full.nonzero().squeeze(1)
-                s_hat, p_hat = self.encode_joint(batch, rows)
-                out["shared"][rows] = s_hat
-                for m in self.modalities:
-                    out[f"private:{m}"][rows] = p_hat[m]
+        rows = self.fully_measured(batch) if self.cfg.joint_encoder and set(use) == set(self.modalities) else None
+        if rows is not None and rows.numel():
+            s_hat, p_hat = self.encode_joint(batch, rows)
+            out["shared"][rows] = s_hat
+            for m in self.modalities:
+                out[f"private:{m}"][rows] = p_hat[m]
         return out
 
 
