@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from venncell import VennCell
-from venncell.cli import model_preset
+from venncell.module.config import PRESETS
 from venncell.nn.likelihoods import Likelihood, NegativeBinomial
 from venncell.train.plans import fused_adam
 from venncell.train.row_adam import RowAdam
@@ -32,7 +32,9 @@ def main() -> None:
     nets = fused_adam(torch.optim.Adam, mod.network_parameters(), lr=1e-3)
     lat = RowAdam(mod.latent_parameters(), lr=1e-2)
     rng = np.random.default_rng(0)
-    batches = [model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False))) for _ in range(24)]
+    batches = [
+        model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False))) for _ in range(24)
+    ]
 
     def step(b, i: int, optimise: bool) -> None:
         loss = mod.stage1_loss(b, leakage=mod.leakage_factor(i))["loss"]
@@ -48,15 +50,30 @@ def main() -> None:
     # name -> (config changes, NB training term, optimiser steps); every row starts from the defaults
     variants = {
         "full stage-1 step (defaults)": ({}, sparse_nb, True),
-        "same, NB through the dense per-feature formula (before the sparse path)": ({}, Likelihood.cell_nll, True),
+        "same, NB through the dense per-feature formula (before the sparse path)": (
+            {},
+            Likelihood.cell_nll,
+            True,
+        ),
         "consistency on 32 of the 128 cells": ({"consistency_cells": 32}, sparse_nb, True),
-        "`model=fast` (conf/model/fast.yaml)": (model_preset("fast"), sparse_nb, True),
+        "`model=fast` (conf/model/fast.yaml)": (PRESETS["fast"], sparse_nb, True),
         "without the optimiser steps": ({}, sparse_nb, False),
         "without the consistency encoders": ({"consistency_weight": 0.0}, sparse_nb, True),
-        "without consistency and HSIC (reconstruction only)": ({"consistency_weight": 0.0, "independence_weight": 0.0},
-                                                               sparse_nb, True),
+        "without consistency and HSIC (reconstruction only)": (
+            {"consistency_weight": 0.0, "independence_weight": 0.0},
+            sparse_nb,
+            True,
+        ),
     }
-    defaults = {k: getattr(cfg, k) for k in ("consistency_cells", "consistency_weight", "independence_weight", "leakage_every")}
+    defaults = {
+        k: getattr(cfg, k)
+        for k in (
+            "consistency_cells",
+            "consistency_weight",
+            "independence_weight",
+            "leakage_every",
+        )
+    }
 
     def ms_per_step(changes: dict, nb_term, optimise: bool) -> float:
         for k, v in {**defaults, **changes}.items():
@@ -82,8 +99,15 @@ def main() -> None:
     t = time.process_time()
     for _ in range(30):
         model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False)))
-    rows.append(("batch densification (data.get), not in the rows above", (time.process_time() - t) / 30 * 1e3))
-    lines = ["| step | CPU ms per 128-cell step |", "|---|---|"] + [f"| {n} | {v:.1f} |" for n, v in rows]
+    rows.append(
+        (
+            "batch densification (data.get), not in the rows above",
+            (time.process_time() - t) / 30 * 1e3,
+        )
+    )
+    lines = ["| step | CPU ms per 128-cell step |", "|---|---|"] + [
+        f"| {n} | {v:.1f} |" for n, v in rows
+    ]
     (HERE / "profile_step.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

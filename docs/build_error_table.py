@@ -27,13 +27,21 @@ def tests_expecting_errors(path: Path) -> list[str]:
     import ast
 
     src = path.read_text()
-    return [node.name for node in ast.walk(ast.parse(src))
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
-            and EXPECTS_ERROR.search(ast.get_source_segment(src, node) or "")]
+    return [
+        node.name
+        for node in ast.walk(ast.parse(src))
+        if isinstance(node, ast.FunctionDef)
+        and node.name.startswith("test_")
+        and EXPECTS_ERROR.search(ast.get_source_segment(src, node) or "")
+    ]
 
 
 def error_test_files() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if EXPECTS_ERROR.search(p.read_text()))
+    return sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "tests").rglob("test_*.py")
+        if EXPECTS_ERROR.search(p.read_text())
+    )
 
 
 # pytest's temporary folders (under the system's temporary directory, wherever that is)
@@ -59,7 +67,9 @@ def render(records: list[dict]) -> str:
         per_test[test] = per_test.get(test, 0) + 1
         file, _, name = r["test"].partition("::")
         what = r["doc"] or name.split("[")[0].removeprefix("test_").replace("_", " ")
-        rows.append(f"| {_cell(what, 120)} | `{r['type']}` | {_cell(r['message'])} | `{Path(file).name}::{name}` |")
+        rows.append(
+            f"| {_cell(what, 120)} | `{r['type']}` | {_cell(r['message'])} | `{Path(file).name}::{name}` |"
+        )
     head = [
         "# Bad input → error",
         "",
@@ -79,7 +89,11 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "catalogue.json"
         env = dict(os.environ, VENNCELL_ERROR_TABLE=str(path), OMP_NUM_THREADS="1")
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT, env=env)
+        rc = subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+            cwd=ROOT,
+            env=env,
+        )
         if rc != 0:
             print("some tests failed; the table is not written", file=sys.stderr)
             return rc

@@ -24,7 +24,9 @@ SEED = 0
 def knn_accuracy(z: np.ndarray, y: np.ndarray) -> float:
     """kNN (k = 15) accuracy, 5-fold stratified CV."""
     cv = StratifiedKFold(5, shuffle=True, random_state=SEED)
-    with warnings.catch_warnings():  # rare classes have < 5 members; StratifiedKFold warns and still splits
+    with (
+        warnings.catch_warnings()
+    ):  # rare classes have < 5 members; StratifiedKFold warns and still splits
         warnings.simplefilter("ignore", UserWarning)
         return float(cross_val_score(KNeighborsClassifier(15), z, y, cv=cv).mean())
 
@@ -59,8 +61,10 @@ def epochs_of(run_dir: Path) -> str:
     return f"{t['stage1_epochs']} stage-1 + {t['stage2_epochs']} stage-2 epochs, batch size {t['batch_size']}"
 
 
-HAND_WRITTEN = ("<!-- Written by hand below this line: the script keeps it when it rewrites the tables above; "
-                "check its numbers against them after a rerun. -->")
+HAND_WRITTEN = (
+    "<!-- Written by hand below this line: the script keeps it when it rewrites the tables above; "
+    "check its numbers against them after a rerun. -->"
+)
 
 
 def write_results_md(path, generated: str) -> None:
@@ -68,7 +72,7 @@ def write_results_md(path, generated: str) -> None:
     from the ``HAND_WRITTEN`` line on), so that rerunning the script does not erase the discussion."""
     path = Path(path)
     old = path.read_text() if path.exists() else ""
-    kept = old[old.index(HAND_WRITTEN):] if HAND_WRITTEN in old else ""
+    kept = old[old.index(HAND_WRITTEN) :] if HAND_WRITTEN in old else ""
     path.write_text(generated.rstrip("\n") + "\n" + ("\n" + kept if kept else ""))
 
 
@@ -76,6 +80,12 @@ def child_result(args: list[str], tag: str, cwd=None):
     """Runs ``python <args>`` with one thread and returns the JSON it printed on the line starting with ``tag``:
     how the experiment scripts run each job in a process of its own (its imports and thread settings apart)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                         check=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith(tag))[len(tag):])
+    out = subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        check=True,
+    ).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith(tag))[len(tag) :])

@@ -1,13 +1,15 @@
 """VennCell: one shared latent plus one private latent per modality for multi-modal single cells."""
 
-import mudata as _md
+from importlib.metadata import PackageNotFoundError, version
 
-# Keep modality .obs/.var columns where they are; silences mudata's FutureWarning on every update().
-_md.set_options(pull_on_update=False)
+from venncell.data.split import validation_split
+from venncell.data.synthetic import make_synthetic
+from venncell.data.validate import VennCellInputError
+from venncell.model import VennCell
 
-from venncell.api import VennCell  # noqa: E402
-from venncell.data.synthetic import make_synthetic  # noqa: E402
-from venncell.data.validate import VennCellInputError  # noqa: E402
+try:
+    __version__ = version("venncell")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
 
-__all__ = ["VennCell", "VennCellInputError", "make_synthetic"]
-__version__ = "0.1.0"
+__all__ = ["VennCell", "VennCellInputError", "__version__", "make_synthetic", "validation_split"]

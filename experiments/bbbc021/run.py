@@ -36,6 +36,7 @@ from venncell import VennCell
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from baselines import write_results_md  # noqa: E402
+
 DATA = HERE.parents[2] / "shared" / "datasets" / "bbbc021_singlecell_crops_dmso_vs_protsynth"
 CHANNELS = {"dapi": [0], "cyto": [1, 2]}
 
@@ -47,7 +48,11 @@ def build_store(pool: int, cache: Path) -> tuple[Path, pd.DataFrame]:
         cache.mkdir(parents=True, exist_ok=True)
         x = np.stack([np.load(DATA / p) for p in man.path]).astype(np.float32)  # (n, 68, 68, 3)
         n, h, w, c = x.shape
-        x = x[:, : h // pool * pool, : w // pool * pool].reshape(n, h // pool, pool, w // pool, pool, c).mean((2, 4))
+        x = (
+            x[:, : h // pool * pool, : w // pool * pool]
+            .reshape(n, h // pool, pool, w // pool, pool, c)
+            .mean((2, 4))
+        )
         tmp = store.with_suffix(".tmp.npy")
         np.save(tmp, np.log1p(x).transpose(0, 3, 1, 2).astype(np.float32))
         tmp.rename(store)
@@ -56,9 +61,13 @@ def build_store(pool: int, cache: Path) -> tuple[Path, pd.DataFrame]:
 
 def load(pool: int, cache: Path) -> tuple[md.MuData, pd.DataFrame, Path]:
     store, man = build_store(pool, cache)
-    obs = pd.DataFrame({"moa": man.moa.values, "field": man.field_id.values},
-                       index=[f"cell{i}" for i in range(len(man))])
-    mods = {m: ad.AnnData(np.zeros((len(obs), 0), dtype=np.float32), obs=obs.copy()) for m in CHANNELS}
+    obs = pd.DataFrame(
+        {"moa": man.moa.values, "field": man.field_id.values},
+        index=[f"cell{i}" for i in range(len(man))],
+    )
+    mods = {
+        m: ad.AnnData(np.zeros((len(obs), 0), dtype=np.float32), obs=obs.copy()) for m in CHANNELS
+    }
     mdata = md.MuData(mods)
     mdata.obs = obs.copy()
     return mdata, man, store
@@ -66,9 +75,15 @@ def load(pool: int, cache: Path) -> tuple[md.MuData, pd.DataFrame, Path]:
 
 def probe(z: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    res = cross_validate(clf, z, y, groups=groups, cv=GroupKFold(5), scoring=("accuracy", "roc_auc"))
-    return {"accuracy": float(res["test_accuracy"].mean()), "accuracy_sd": float(res["test_accuracy"].std()),
-            "auc": float(res["test_roc_auc"].mean()), "auc_sd": float(res["test_roc_auc"].std())}
+    res = cross_validate(
+        clf, z, y, groups=groups, cv=GroupKFold(5), scoring=("accuracy", "roc_auc")
+    )
+    return {
+        "accuracy": float(res["test_accuracy"].mean()),
+        "accuracy_sd": float(res["test_accuracy"].std()),
+        "auc": float(res["test_roc_auc"].mean()),
+        "auc_sd": float(res["test_roc_auc"].std()),
+    }
 
 
 def main():
@@ -79,35 +94,58 @@ def main():
     p.add_argument("--shared-dim", type=int, default=8)
     p.add_argument("--private-dim", type=int, default=8)
     p.add_argument("--cnn-channels", default="8,16,32")
-    p.add_argument("--cache", default=str(HERE / "data"), help="where the pooled pixel store is built")
+    p.add_argument(
+        "--cache", default=str(HERE / "data"), help="where the pooled pixel store is built"
+    )
     p.add_argument("--out", default=str(HERE / "run"))
-    p.add_argument("--build-only", action="store_true",
-                   help="only build the store and <cache>/bbbc021.h5mu (for `venncell-train experiment=bbbc021`)")
+    p.add_argument(
+        "--build-only",
+        action="store_true",
+        help="only build the store and <cache>/bbbc021.h5mu (for `venncell-train experiment=bbbc021`)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     t_load = time.perf_counter()
     mdata, man, store = load(args.pool, Path(args.cache))
-    VennCell.setup_mudata(mdata, modalities={m: {"kind": "image", "store": str(store), "channels": ch}
-                                             for m, ch in CHANNELS.items()})
-    if args.build_only:  # the h5mu holds only obs and the store path; the pixels stay in the .npy store
+    VennCell.setup_mudata(
+        mdata,
+        modalities={
+            m: {"kind": "image", "store": str(store), "channels": ch} for m, ch in CHANNELS.items()
+        },
+    )
+    if (
+        args.build_only
+    ):  # the h5mu holds only obs and the store path; the pixels stay in the .npy store
         mdata.write(str(Path(args.cache) / "bbbc021.h5mu"))
         return
-    model = VennCell(mdata, shared_dim=args.shared_dim, private_dim=args.private_dim, seed=0,
-                     cnn_channels=[int(c) for c in args.cnn_channels.split(",")])
+    model = VennCell(
+        mdata,
+        shared_dim=args.shared_dim,
+        private_dim=args.private_dim,
+        seed=0,
+        cnn_channels=[int(c) for c in args.cnn_channels.split(",")],
+    )
     load_s = time.perf_counter() - t_load
     t0, cpu0 = time.perf_counter(), time.process_time()
-    model.train(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, batch_size=128,
-                run_dir=args.out, progress_bar="none")
+    model.train(
+        stage1_epochs=args.stage1_epochs,
+        stage2_epochs=args.stage2_epochs,
+        batch_size=128,
+        run_dir=args.out,
+        progress_bar="none",
+    )
     train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
 
     y = (man.moa.values != "DMSO").astype(int)
     groups = man.field_id.values
-    blocks = {"shared": model.get_latent_representation(),
-              "private: dapi": model.get_latent_representation(block="private:dapi"),
-              "private: cyto (tubulin+actin)": model.get_latent_representation(block="private:cyto"),
-              "all (shared + privates)": model.get_latent_representation(block="all"),
-              "shared, encoded from dapi alone": model.get_latent_representation(modalities=["dapi"]),
-              "shared, encoded from cyto alone": model.get_latent_representation(modalities=["cyto"])}
+    blocks = {
+        "shared": model.get_latent_representation(),
+        "private: dapi": model.get_latent_representation(block="private:dapi"),
+        "private: cyto (tubulin+actin)": model.get_latent_representation(block="private:cyto"),
+        "all (shared + privates)": model.get_latent_representation(block="all"),
+        "shared, encoded from dapi alone": model.get_latent_representation(modalities=["dapi"]),
+        "shared, encoded from cyto alone": model.get_latent_representation(modalities=["cyto"]),
+    }
     rows = {name: probe(z, y, groups) | {"dim": z.shape[1]} for name, z in blocks.items()}
     pix = np.load(store, mmap_mode="r")
     for name, ch in {"all channels": [0, 1, 2], "dapi": [0], "cyto": [1, 2]}.items():
@@ -117,15 +155,27 @@ def main():
             z = PCA(k, random_state=0).fit_transform(x)
             rows[f"baseline: PCA({k}) of pixels, {name}"] = probe(z, y, groups) | {"dim": k}
 
-    results = {"args": vars(args), "n_cells": int(len(y)), "n_fields": int(len(set(groups))),
-               "image_shape": {m: s.image_shape for m, s in model.specs.items()},
-               "load_s": load_s, "train_s": train_s, "train_cpu_s": train_cpu_s, "probe": rows}
+    results = {
+        "args": vars(args),
+        "n_cells": int(len(y)),
+        "n_fields": int(len(set(groups))),
+        "image_shape": {m: s.image_shape for m, s in model.specs.items()},
+        "load_s": load_s,
+        "train_s": train_s,
+        "train_cpu_s": train_cpu_s,
+        "probe": rows,
+    }
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
-    cmd = ("python experiments/bbbc021/run.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                           if k not in ("cache", "out", "build_only")))
+    cmd = "python experiments/bbbc021/run.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in ("cache", "out", "build_only")
+    )
     lines = [
-        "# BBBC021: DMSO vs protein-synthesis inhibitors from DAPI vs tubulin/actin image latents", "",
-        f"Command (2 CPU cores shared with other jobs, `OMP_NUM_THREADS=1`): `OMP_NUM_THREADS=1 {cmd}`", "",
+        "# BBBC021: DMSO vs protein-synthesis inhibitors from DAPI vs tubulin/actin image latents",
+        "",
+        f"Command (2 CPU cores shared with other jobs, `OMP_NUM_THREADS=1`): `OMP_NUM_THREADS=1 {cmd}`",
+        "",
         f"{len(y)} cells (1000 DMSO, 1000 protein-synthesis inhibitors) from {len(set(groups))} fields; crops pooled "
         f"{args.pool}x{args.pool} to {model.specs['dapi'].image_shape[1]}x{model.specs['dapi'].image_shape[2]} px, "
         "log1p, standardised per channel. Modalities: `dapi` (channel 0) and `cyto` (tubulin + actin, channels 1-2), "
@@ -133,15 +183,20 @@ def main():
         f"{args.shared_dim}, private_dim {args.private_dim}, CNN channels {args.cnn_channels}, "
         f"{args.stage1_epochs} + {args.stage2_epochs} epochs, {train_s / 60:.1f} min training wall time "
         f"({train_cpu_s / 60:.1f} min CPU time) "
-        f"(+ {load_s:.0f} s loading and spectral init).", "",
+        f"(+ {load_s:.0f} s loading and spectral init).",
+        "",
         "Probe: logistic regression on standardised latents (stage-2 encoder latents of every cell), 5-fold "
         "GroupKFold with groups = source field; mean ± sd over folds. The model and the PCA baselines are "
-        "unsupervised and fitted on all 2,000 cells (labels are used only by the probe).", "",
-        "| latent | dim | accuracy | ROC AUC |", "|---|---|---|---|",
+        "unsupervised and fitted on all 2,000 cells (labels are used only by the probe).",
+        "",
+        "| latent | dim | accuracy | ROC AUC |",
+        "|---|---|---|---|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['dim']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
-                     f"{r['auc']:.3f} ± {r['auc_sd']:.3f} |")
+        lines.append(
+            f"| {name} | {r['dim']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
+            f"{r['auc']:.3f} ± {r['auc_sd']:.3f} |"
+        )
     write_results_md(HERE / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
 

@@ -42,19 +42,32 @@ md.set_options(pull_on_update=False)
 warnings.filterwarnings("ignore")
 
 CITE = {
-    "nb / nb": {"rna": {"kind": "rna", "layer": "counts"}, "adt": {"kind": "protein", "layer": "counts"}},
-    "nb / nb_mixture": {"rna": {"kind": "rna", "layer": "counts"},
-                        "adt": {"kind": "protein", "layer": "counts", "likelihood": "nb_mixture"}},
-    "nb / clr": {"rna": {"kind": "rna", "layer": "counts"},
-                 "adt": {"kind": "protein", "layer": "counts", "transform": "clr"}},
-    "zinb / nb_mixture": {"rna": {"kind": "rna", "layer": "counts", "likelihood": "zinb"},
-                          "adt": {"kind": "protein", "layer": "counts", "likelihood": "nb_mixture"}},
+    "nb / nb": {
+        "rna": {"kind": "rna", "layer": "counts"},
+        "adt": {"kind": "protein", "layer": "counts"},
+    },
+    "nb / nb_mixture": {
+        "rna": {"kind": "rna", "layer": "counts"},
+        "adt": {"kind": "protein", "layer": "counts", "likelihood": "nb_mixture"},
+    },
+    "nb / clr": {
+        "rna": {"kind": "rna", "layer": "counts"},
+        "adt": {"kind": "protein", "layer": "counts", "transform": "clr"},
+    },
+    "zinb / nb_mixture": {
+        "rna": {"kind": "rna", "layer": "counts", "likelihood": "zinb"},
+        "adt": {"kind": "protein", "layer": "counts", "likelihood": "nb_mixture"},
+    },
 }
 MULTIOME = {
-    "nb / bernoulli": {"rna": {"kind": "rna", "layer": "counts"},
-                       "atac": {"kind": "atac", "layer": "counts", "likelihood": "bernoulli", "binarize": True}},
-    "nb / bernoulli_factors": {"rna": {"kind": "rna", "layer": "counts"},
-                               "atac": {"kind": "atac", "layer": "counts", "likelihood": "bernoulli_factors"}},
+    "nb / bernoulli": {
+        "rna": {"kind": "rna", "layer": "counts"},
+        "atac": {"kind": "atac", "layer": "counts", "likelihood": "bernoulli", "binarize": True},
+    },
+    "nb / bernoulli_factors": {
+        "rna": {"kind": "rna", "layer": "counts"},
+        "atac": {"kind": "atac", "layer": "counts", "likelihood": "bernoulli_factors"},
+    },
 }
 
 
@@ -70,12 +83,20 @@ def run(path: Path, mods: dict, second: str, args) -> dict:
     torch.manual_seed(0)
     model = VennCell(mdata, shared_dim=8, private_dim=4, seed=0)
     t0 = time.time()
-    model.train(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, batch_size=128,
-                run_dir=tempfile.mkdtemp(prefix="venncell_lik_"), progress_bar="none")
+    model.train(
+        stage1_epochs=args.stage1_epochs,
+        stage2_epochs=args.stage2_epochs,
+        batch_size=128,
+        run_dir=tempfile.mkdtemp(prefix="venncell_lik_"),
+        progress_bar="none",
+    )
     y = mdata.obs["cell_type"].to_numpy()
     shared = model.get_latent_representation()
-    out = {"seconds": time.time() - t0, "acc_shared": knn_accuracy(shared, y),
-           "acc_all": knn_accuracy(model.get_latent_representation(block="all"), y)}
+    out = {
+        "seconds": time.time() - t0,
+        "acc_shared": knn_accuracy(shared, y),
+        "acc_all": knn_accuracy(model.get_latent_representation(block="all"), y),
+    }
     val = ~model.is_train
     if second == "adt":
         pred = model.predict_modality(source=["rna"], target="adt")[val]
@@ -92,8 +113,12 @@ def run(path: Path, mods: dict, second: str, args) -> dict:
     else:
         depth = np.log(model.data.library["atac"])
         z = model.get_latent_representation(block="private:atac")
-        out["depth_r2_private_atac"] = float(cross_val_score(LinearRegression(), z, depth, cv=5, scoring="r2").mean())
-        out["depth_r2_shared"] = float(cross_val_score(LinearRegression(), shared, depth, cv=5, scoring="r2").mean())
+        out["depth_r2_private_atac"] = float(
+            cross_val_score(LinearRegression(), z, depth, cv=5, scoring="r2").mean()
+        )
+        out["depth_r2_shared"] = float(
+            cross_val_score(LinearRegression(), shared, depth, cv=5, scoring="r2").mean()
+        )
     return out
 
 
@@ -113,19 +138,23 @@ def main() -> None:
         rows.append(("Multiome", name, run(multi, mods, "atac", args)))
         print(rows[-1], flush=True)
     lines = [
-        "# Likelihood heads on the BMMC starters (CITE 600 cells, Multiome 500)", "",
+        "# Likelihood heads on the BMMC starters (CITE 600 cells, Multiome 500)",
+        "",
         f"Command: `OMP_NUM_THREADS=1 python experiments/likelihood_heads/run.py --stage1-epochs {args.stage1_epochs} "
         f"--stage2-epochs {args.stage2_epochs}` (seed 0, shared_dim 8, private_dim 4). Cell-type kNN accuracy "
         "(k=15, 5-fold) of the stage-2 encoder latents; RNA -> ADT mean Pearson on the validation cells (log1p "
         "counts per 10k for count heads, CLR values for clr — not comparable across those two scales); depth R^2 "
-        "= 5-fold R^2 of log ATAC depth from the latent block (lower = less depth in the latent).", "",
+        "= 5-fold R^2 of log ATAC depth from the latent block (lower = less depth in the latent).",
+        "",
         "| data | RNA / other likelihood | acc shared | acc shared+privates | RNA->ADT Pearson | depth R^2 private atac | depth R^2 shared | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for data, name, r in rows:
         f = lambda k: f"{r[k]:.3f}" if k in r else "–"  # noqa: E731
-        lines.append(f"| {data} | {name} | {f('acc_shared')} | {f('acc_all')} | {f('rna_to_adt_pearson')} | "
-                     f"{f('depth_r2_private_atac')} | {f('depth_r2_shared')} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {data} | {name} | {f('acc_shared')} | {f('acc_all')} | {f('rna_to_adt_pearson')} | "
+            f"{f('depth_r2_private_atac')} | {f('depth_r2_shared')} | {r['seconds']:.0f} |"
+        )
     write_results_md(HERE / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
 

@@ -38,21 +38,31 @@ ROOT = EXP.parent
 RUNS = HERE / "run"
 sys.path.insert(0, str(EXP))
 from baselines import child_result, knn_accuracy, write_results_md  # noqa: E402
-DATASETS = {"scicar": ("scicar_a549", "treatment_time"), "bmmc_cite": ("bmmc_cite", "cell_type"),
-            "bmmc_multiome": ("bmmc_multiome", "cell_type"), "pbmc": (None, None)}
+
+DATASETS = {
+    "scicar": ("scicar_a549", "treatment_time"),
+    "bmmc_cite": ("bmmc_cite", "cell_type"),
+    "bmmc_multiome": ("bmmc_multiome", "cell_type"),
+    "pbmc": (None, None),
+}
 SETTINGS = ("equal", "by features", "variational")
 
 
 def _leakage_module():
     """experiments/leakage_weight/run.py (its input builders), under a name that does not clash with other run.py."""
-    spec = importlib.util.spec_from_file_location("leakage_weight_run", EXP / "leakage_weight" / "run.py")
+    spec = importlib.util.spec_from_file_location(
+        "leakage_weight_run", EXP / "leakage_weight" / "run.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def _weights(n_features: dict[str, int], setting: str) -> dict[str, float]:
-    return {m: (1.0 if setting == "equal" else n / min(n_features.values())) for m, n in n_features.items()}
+    return {
+        m: (1.0 if setting == "equal" else n / min(n_features.values()))
+        for m, n in n_features.items()
+    }
 
 
 def _posterior(n_features: dict[str, int], setting: str) -> dict:
@@ -64,9 +74,16 @@ def _posterior(n_features: dict[str, int], setting: str) -> dict:
 
 def _scores(model, y: np.ndarray) -> dict[str, float]:
     """kNN accuracy of shared ⊕ privates from each source, over the labelled cells."""
-    ok = np.array([isinstance(v, str) or v == v for v in y])  # NaN labels (unlabelled cells) are left out
-    return {source: knn_accuracy(model.get_latent_representation(block="all", source=source)[ok],
-                                 np.asarray(y)[ok].astype(str)) for source in ("encoder", "stage1")}
+    ok = np.array(
+        [isinstance(v, str) or v == v for v in y]
+    )  # NaN labels (unlabelled cells) are left out
+    return {
+        source: knn_accuracy(
+            model.get_latent_representation(block="all", source=source)[ok],
+            np.asarray(y)[ok].astype(str),
+        )
+        for source in ("encoder", "stage1")
+    }
 
 
 def job(dataset: str, setting: str, seed: int) -> dict:
@@ -97,10 +114,16 @@ def job(dataset: str, setting: str, seed: int) -> dict:
         targets = {label: mdata.obs[label].to_numpy()}
     n = {m: mdata[m].n_vars for m in reg}
     w = _weights(n, setting)
-    VennCell.setup_mudata(mdata, {m: {**o, "weight": w[m]} for m, o in reg.items()}, batch_key=batch_key)
+    VennCell.setup_mudata(
+        mdata, {m: {**o, "weight": w[m]} for m, o in reg.items()}, batch_key=batch_key
+    )
     model = VennCell(mdata, seed=seed, **dims, **_posterior(n, setting))
-    model.train(stage1_epochs=epochs[0], stage2_epochs=epochs[1], progress_bar="none",
-                run_dir=RUNS / f"{dataset}_{setting.replace(' ', '_')}_s{seed}")
+    model.train(
+        stage1_epochs=epochs[0],
+        stage2_epochs=epochs[1],
+        progress_bar="none",
+        run_dir=RUNS / f"{dataset}_{setting.replace(' ', '_')}_s{seed}",
+    )
     res = {"weights": w, "n_features": n, "epochs": list(epochs), "model": _posterior(n, setting)}
     res["knn"] = {lab: _scores(model, y) for lab, y in targets.items()}
     if batch_key:
@@ -109,13 +132,16 @@ def job(dataset: str, setting: str, seed: int) -> dict:
 
 
 def write(res: dict, argv: str) -> str:
-    lines = ["# Modality weights on real data: each modality once (default) vs by its number of features\n",
-             f"Command: `{argv}`" + "".join(f"; rows added with `{c}`" for c in res.get("added", []))
-             + " (from the repository root; one thread per job). Settings and data: this script's "
-             "docstring. kNN accuracy of shared ⊕ privates (k = 15, 5-fold stratified CV), mean over seeds, each seed "
-             "in brackets. Batch: kNN accuracy of the batch label from the encoder latents (lower = better mixed).\n",
-             "| data | label | setting | modality weights | encoder latents | stage-1 latents | batch (encoder) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Modality weights on real data: each modality once (default) vs by its number of features\n",
+        f"Command: `{argv}`"
+        + "".join(f"; rows added with `{c}`" for c in res.get("added", []))
+        + " (from the repository root; one thread per job). Settings and data: this script's "
+        "docstring. kNN accuracy of shared ⊕ privates (k = 15, 5-fold stratified CV), mean over seeds, each seed "
+        "in brackets. Batch: kNN accuracy of the batch label from the encoder latents (lower = better mixed).\n",
+        "| data | label | setting | modality weights | encoder latents | stage-1 latents | batch (encoder) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for dataset in DATASETS:
         for setting in SETTINGS:
             runs = [r for r in res["jobs"] if r["dataset"] == dataset and r["setting"] == setting]
@@ -128,9 +154,15 @@ def write(res: dict, argv: str) -> str:
                 return f"{np.mean(v):.3f} ({' / '.join(f'{x:.3f}' for x in v)})"
 
             for lab in runs[0]["result"]["knn"]:
-                batch = cell(lambda r: r["batch_knn_encoder"]) if "batch_knn_encoder" in runs[0]["result"] else "–"
-                lines.append(f"| {dataset} | {lab} | {setting} | {w} | {cell(lambda r: r['knn'][lab]['encoder'])} | "
-                             f"{cell(lambda r: r['knn'][lab]['stage1'])} | {batch} |")
+                batch = (
+                    cell(lambda r: r["batch_knn_encoder"])
+                    if "batch_knn_encoder" in runs[0]["result"]
+                    else "–"
+                )
+                lines.append(
+                    f"| {dataset} | {lab} | {setting} | {w} | {cell(lambda r: r['knn'][lab]['encoder'])} | "
+                    f"{cell(lambda r: r['knn'][lab]['stage1'])} | {batch} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -138,14 +170,30 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--job", nargs=3, metavar=("DATASET", "SETTING", "SEED"), help="run one job, print its result")
-    p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
-    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of " + ", ".join(DATASETS))
-    p.add_argument("--settings", help="comma-separated settings to run (spaces as _); the stored jobs of the others "
-                                      "are kept")
+    p.add_argument(
+        "--job",
+        nargs=3,
+        metavar=("DATASET", "SETTING", "SEED"),
+        help="run one job, print its result",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite RESULTS.md from results.json"
+    )
+    p.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help="comma-separated subset of " + ", ".join(DATASETS),
+    )
+    p.add_argument(
+        "--settings",
+        help="comma-separated settings to run (spaces as _); the stored jobs of the others are kept",
+    )
     args = p.parse_args()
     if args.job:
-        print("RESULT " + json.dumps(job(args.job[0], args.job[1].replace("_", " "), int(args.job[2]))))
+        print(
+            "RESULT "
+            + json.dumps(job(args.job[0], args.job[1].replace("_", " "), int(args.job[2])))
+        )
         return
     if args.report_only:
         res = json.loads((HERE / "results.json").read_text())
@@ -155,14 +203,27 @@ def main():
     lk = _leakage_module()
     datasets = args.datasets.split(",")
     if set(datasets) - set(DATASETS):
-        raise SystemExit(f"--datasets: unknown {sorted(set(datasets) - set(DATASETS))}; known: {list(DATASETS)}")
+        raise SystemExit(
+            f"--datasets: unknown {sorted(set(datasets) - set(DATASETS))}; known: {list(DATASETS)}"
+        )
     for d in set(datasets) & {"scicar", "bmmc_cite", "bmmc_multiome"}:
         lk._build(d)
-    settings = [x.replace("_", " ") for x in args.settings.split(",")] if args.settings else list(SETTINGS)
+    settings = (
+        [x.replace("_", " ") for x in args.settings.split(",")]
+        if args.settings
+        else list(SETTINGS)
+    )
     if set(settings) - set(SETTINGS):
-        raise SystemExit(f"--settings: unknown {sorted(set(settings) - set(SETTINGS))}; known: {SETTINGS}")
-    keys = [(d, s, int(seed)) for d in datasets for s in settings for seed in args.seeds.split(",")
-            if not (d == "bmmc_multiome" and s == "by features")]  # equal sizes: the same model as `equal`
+        raise SystemExit(
+            f"--settings: unknown {sorted(set(settings) - set(SETTINGS))}; known: {SETTINGS}"
+        )
+    keys = [
+        (d, s, int(seed))
+        for d in datasets
+        for s in settings
+        for seed in args.seeds.split(",")
+        if not (d == "bmmc_multiome" and s == "by features")
+    ]  # equal sizes: the same model as `equal`
 
     def spawn(key) -> dict:
         job_args = ["--job", key[0], key[1].replace(" ", "_"), key[2]]
@@ -173,12 +234,17 @@ def main():
         jobs = list(pool.map(spawn, keys))
     argv = f"OMP_NUM_THREADS=1 python experiments/modality_weight/run.py --seeds {args.seeds} --jobs {args.jobs}"
     res = {"command": argv, "jobs": jobs}
-    if args.settings or datasets != list(DATASETS):  # a partial run: keep the stored jobs it did not redo
+    if args.settings or datasets != list(
+        DATASETS
+    ):  # a partial run: keep the stored jobs it did not redo
         res = json.loads((HERE / "results.json").read_text())
         argv += (f" --settings {args.settings}" if args.settings else "") + (
-            f" --datasets {args.datasets}" if datasets != list(DATASETS) else "")
+            f" --datasets {args.datasets}" if datasets != list(DATASETS) else ""
+        )
         done = {(j["dataset"], j["setting"], j["seed"]) for j in jobs}
-        res["jobs"] = [j for j in res["jobs"] if (j["dataset"], j["setting"], j["seed"]) not in done] + jobs
+        res["jobs"] = [
+            j for j in res["jobs"] if (j["dataset"], j["setting"], j["seed"]) not in done
+        ] + jobs
         res["added"] = [c for c in res.get("added", []) if c != argv] + [argv]
     (HERE / "results.json").write_text(json.dumps(res, indent=1))
     write_results_md(HERE / "RESULTS.md", write(res, res["command"]))

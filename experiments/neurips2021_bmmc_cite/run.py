@@ -15,4 +15,6 @@ from bmmc import main  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main("cite", "adt", "protein", "NeurIPS 2021 BMMC CITE-seq starter (RNA 1,000 genes + 134 ADT)")
+    main(
+        "cite", "adt", "protein", "NeurIPS 2021 BMMC CITE-seq starter (RNA 1,000 genes + 134 ADT)"
+    )

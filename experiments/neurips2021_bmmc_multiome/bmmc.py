@@ -30,8 +30,8 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from sklearn.model_selection import StratifiedKFold
 from sklearn.metrics import silhouette_samples
+from sklearn.model_selection import StratifiedKFold
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -51,8 +51,12 @@ def build(name: str, mod2: str, kind2: str, out: Path) -> md.MuData:
     mods = {}
     for key, a in (("rna", rna), (mod2, other)):
         counts = a.layers["counts"].astype(np.float32)
-        mods[key] = ad.AnnData(X=counts.copy(), layers={"counts": counts}, obs=pd.DataFrame(index=a.obs_names),
-                               var=pd.DataFrame(index=a.var_names))
+        mods[key] = ad.AnnData(
+            X=counts.copy(),
+            layers={"counts": counts},
+            obs=pd.DataFrame(index=a.obs_names),
+            var=pd.DataFrame(index=a.var_names),
+        )
     mdata = md.MuData(mods)
     mdata.obs["cell_type"] = rna.obs["cell_type"].astype(str).to_numpy()
     mdata.obs["batch"] = rna.obs["batch"].astype(str).to_numpy()
@@ -87,14 +91,21 @@ def batch_from_cell_type(batch: np.ndarray, cell_type: np.ndarray) -> float:
 
 
 def scores(z: np.ndarray, cell_type: np.ndarray, batch: np.ndarray) -> dict:
-    return {"cell_type_acc": knn_accuracy(z, cell_type), "batch_acc": knn_accuracy(z, batch),
-            "batch_asw": batch_asw(z, batch, cell_type)}
+    return {
+        "cell_type_acc": knn_accuracy(z, cell_type),
+        "batch_acc": knn_accuracy(z, batch),
+        "batch_asw": batch_asw(z, batch, cell_type),
+    }
 
 
 # ------------------------------------------------------------------ baselines
 def pca_adt(a: ad.AnnData, n: int = 30) -> np.ndarray:
     """CLR per cell, then PCA."""
-    x = np.asarray(a.layers["counts"].todense() if hasattr(a.layers["counts"], "todense") else a.layers["counts"])
+    x = np.asarray(
+        a.layers["counts"].todense()
+        if hasattr(a.layers["counts"], "todense")
+        else a.layers["counts"]
+    )
     clr = np.log1p(x) - np.log1p(x).mean(1, keepdims=True)
     b = ad.AnnData(clr.astype(np.float32))
     sc.pp.pca(b, n_comps=min(n, x.shape[1] - 1), random_state=SEED)
@@ -102,8 +113,14 @@ def pca_adt(a: ad.AnnData, n: int = 30) -> np.ndarray:
 
 
 def train(exp: str, run_dir: Path, extra: list[str]) -> float:
-    cmd = ["venncell-train", f"experiment={exp}", f"hydra.run.dir={run_dir}", "logger=none",
-           "trainer.progress_bar=none", *extra]
+    cmd = [
+        "venncell-train",
+        f"experiment={exp}",
+        f"hydra.run.dir={run_dir}",
+        "logger=none",
+        "trainer.progress_bar=none",
+        *extra,
+    ]
     print("+", " ".join(cmd), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
@@ -115,9 +132,17 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
     import argparse
 
     p = argparse.ArgumentParser()
-    p.add_argument("--build-only", action="store_true", help="only write the MuData the experiment config reads")
-    p.add_argument("--skip-train", action="store_true", help="score existing runs (runs/batch, runs/no_batch)")
-    p.add_argument("--stage1-epochs", type=int, default=None, help="default: conf/experiment/bmmc_<x>.yaml")
+    p.add_argument(
+        "--build-only",
+        action="store_true",
+        help="only write the MuData the experiment config reads",
+    )
+    p.add_argument(
+        "--skip-train", action="store_true", help="score existing runs (runs/batch, runs/no_batch)"
+    )
+    p.add_argument(
+        "--stage1-epochs", type=int, default=None, help="default: conf/experiment/bmmc_<x>.yaml"
+    )
     p.add_argument("--stage2-epochs", type=int, default=None)
     args = p.parse_args()
     here = ROOT / "experiments" / f"neurips2021_bmmc_{name}"
@@ -129,9 +154,14 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
         return
     epochs = [f"trainer.stage1_epochs={args.stage1_epochs}"] if args.stage1_epochs else []
     epochs += [f"trainer.stage2_epochs={args.stage2_epochs}"] if args.stage2_epochs else []
-    runs = {"batch_key=batch": ("runs/batch", []), "no batch_key": ("runs/no_batch", ["data.batch_key=null"])}
+    runs = {
+        "batch_key=batch": ("runs/batch", []),
+        "no batch_key": ("runs/no_batch", ["data.batch_key=null"]),
+    }
     seconds = {}
-    if args.skip_train and (here / "results.json").exists():  # keep the wall times measured when it trained
+    if (
+        args.skip_train and (here / "results.json").exists()
+    ):  # keep the wall times measured when it trained
         seconds = json.loads((here / "results.json").read_text()).get("train_seconds", {})
     for label, (sub, extra) in runs.items():
         if not args.skip_train:
@@ -145,47 +175,73 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
     table: dict[str, dict[str, dict]] = {}
     for label, (sub, _) in runs.items():
         out = md.read_h5mu(str(here / sub / "venn.h5mu"))
-        blocks = {"shared": out.obsm["X_venn_shared"], "private rna": out.obsm["X_venn_private_rna"],
-                  f"private {mod2}": out.obsm[f"X_venn_private_{mod2}"]}
+        blocks = {
+            "shared": out.obsm["X_venn_shared"],
+            "private rna": out.obsm["X_venn_private_rna"],
+            f"private {mod2}": out.obsm[f"X_venn_private_{mod2}"],
+        }
         blocks["shared ⊕ privates"] = np.hstack(list(blocks.values()))
         table[label] = {b: scores(z, ct, batch) for b, z in blocks.items()}
     other = lsi_atac(mdata[mod2].layers["counts"]) if kind2 == "atac" else pca_adt(mdata[mod2])
     rna_pcs = pca_rna(mdata["rna"].layers["counts"])
     base_name = "LSI" if kind2 == "atac" else "CLR + PCA"
-    baseline = {"PCA of RNA (30 PCs)": rna_pcs, f"{base_name} of {mod2.upper()} (30 dims)": other,
-                "both concatenated": np.hstack([unit(rna_pcs), unit(other)])}
-    table["baseline (no batch correction)"] = {b: scores(z, ct, batch) for b, z in baseline.items()}
+    baseline = {
+        "PCA of RNA (30 PCs)": rna_pcs,
+        f"{base_name} of {mod2.upper()} (30 dims)": other,
+        "both concatenated": np.hstack([unit(rna_pcs), unit(other)]),
+    }
+    table["baseline (no batch correction)"] = {
+        b: scores(z, ct, batch) for b, z in baseline.items()
+    }
     floor = batch_from_cell_type(batch, ct)
 
-    res = {"table": table, "batch_from_cell_type": floor, "train_seconds": seconds,
-           "n_cells": int(mdata.n_obs), "n_cell_types": int(len(np.unique(ct))),
-           "batch_counts": pd.Series(batch).value_counts().to_dict(),
-           "models": {lab: json.loads((here / sub / "metrics.json").read_text())["model"] for lab, (sub, _) in runs.items()}}
+    res = {
+        "table": table,
+        "batch_from_cell_type": floor,
+        "train_seconds": seconds,
+        "n_cells": int(mdata.n_obs),
+        "n_cell_types": int(len(np.unique(ct))),
+        "batch_counts": pd.Series(batch).value_counts().to_dict(),
+        "models": {
+            lab: json.loads((here / sub / "metrics.json").read_text())["model"]
+            for lab, (sub, _) in runs.items()
+        },
+    }
     (here / "results.json").write_text(json.dumps(res, indent=1))
 
     cmd = f"python experiments/neurips2021_bmmc_{name}/run.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in (("stage1_epochs", args.stage1_epochs), ("stage2_epochs", args.stage2_epochs)) if v)
+        f" --{k.replace('_', '-')} {v}"
+        for k, v in (("stage1_epochs", args.stage1_epochs), ("stage2_epochs", args.stage2_epochs))
+        if v
+    )
     train_min = sum(seconds.values()) / 60 if seconds else float("nan")
-    lines = [f"# {title}\n",
-             f"Command: `{cmd}` (from the repository root; {mdata.n_obs} cells, "
-             f"{len(np.unique(ct))} expert cell types, batches {res['batch_counts']}). It builds the MuData into the "
-             f"gitignored `experiments/neurips2021_bmmc_{name}/data/` and runs `venncell-train experiment={exp}` "
-             f"(decoders conditioned on batch) and `venncell-train experiment={exp} data.batch_key=null`; "
-             f"training took {train_min:.1f} min for both runs (OMP_NUM_THREADS=1, 2 shared cores).\n",
-             f"Model: `{res['models']['batch_key=batch']}`; {epochs_of(here / 'runs' / 'batch')}.\n",
-             "Latents: stage-2 encoder latents of all cells from every modality (`obsm['X_venn_*']` of the run's "
-             "`venn.h5mu`). Cell-type and batch accuracy: kNN classifier (k = 15), 5-fold stratified CV. "
-             "Batch ASW: scib-style silhouette of batch labels within each cell type, 1 − |s| (1 = fully mixed). "
-             f"**Batch from cell type only** (majority batch of the cell type, 5-fold CV): **{floor:.3f}** — a "
-             "latent that keeps cell type but holds no other batch information would score about this batch "
-             "accuracy, not 0.5.\n",
-             "| model | latent block | cell-type acc ↑ | batch acc ↓ | batch ASW ↑ |", "|---|---|---|---|---|"]
+    lines = [
+        f"# {title}\n",
+        f"Command: `{cmd}` (from the repository root; {mdata.n_obs} cells, "
+        f"{len(np.unique(ct))} expert cell types, batches {res['batch_counts']}). It builds the MuData into the "
+        f"gitignored `experiments/neurips2021_bmmc_{name}/data/` and runs `venncell-train experiment={exp}` "
+        f"(decoders conditioned on batch) and `venncell-train experiment={exp} data.batch_key=null`; "
+        f"training took {train_min:.1f} min for both runs (OMP_NUM_THREADS=1, 2 shared cores).\n",
+        f"Model: `{res['models']['batch_key=batch']}`; {epochs_of(here / 'runs' / 'batch')}.\n",
+        "Latents: stage-2 encoder latents of all cells from every modality (`obsm['X_venn_*']` of the run's "
+        "`venn.h5mu`). Cell-type and batch accuracy: kNN classifier (k = 15), 5-fold stratified CV. "
+        "Batch ASW: scib-style silhouette of batch labels within each cell type, 1 − |s| (1 = fully mixed). "
+        f"**Batch from cell type only** (majority batch of the cell type, 5-fold CV): **{floor:.3f}** — a "
+        "latent that keeps cell type but holds no other batch information would score about this batch "
+        "accuracy, not 0.5.\n",
+        "| model | latent block | cell-type acc ↑ | batch acc ↓ | batch ASW ↑ |",
+        "|---|---|---|---|---|",
+    ]
     for label, rows in table.items():
         for b, s in rows.items():
-            lines.append(f"| {label} | {b} | {s['cell_type_acc']:.3f} | {s['batch_acc']:.3f} | {s['batch_asw']:.3f} |")
+            lines.append(
+                f"| {label} | {b} | {s['cell_type_acc']:.3f} | {s['batch_acc']:.3f} | {s['batch_asw']:.3f} |"
+            )
     write_results_md(here / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    sys.exit("run experiments/neurips2021_bmmc_multiome/run.py or experiments/neurips2021_bmmc_cite/run.py")
+    sys.exit(
+        "run experiments/neurips2021_bmmc_multiome/run.py or experiments/neurips2021_bmmc_cite/run.py"
+    )

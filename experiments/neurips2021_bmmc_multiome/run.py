@@ -14,4 +14,9 @@ from bmmc import main  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main("multiome", "atac", "atac", "NeurIPS 2021 BMMC Multiome starter (RNA 600 genes + ATAC 600 peaks)")
+    main(
+        "multiome",
+        "atac",
+        "atac",
+        "NeurIPS 2021 BMMC Multiome starter (RNA 600 genes + ATAC 600 peaks)",
+    )

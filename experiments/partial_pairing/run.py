@@ -43,14 +43,20 @@ def _train(mdata, seed: int, folder: Path, epochs=(40, 20)):
 
     VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
     model = VennCell(mdata, seed=seed, **pbmc.CONFIGS["default"])
-    model.train(stage1_epochs=epochs[0], stage2_epochs=epochs[1], run_dir=folder, progress_bar="none")
+    model.train(
+        stage1_epochs=epochs[0], stage2_epochs=epochs[1], run_dir=folder, progress_bar="none"
+    )
     return model
 
 
 def _knn(model, labels, groups: dict[str, np.ndarray]) -> dict:
-    z = np.hstack([model.get_latent_representation(), model.get_latent_representation(block="private:rna")])
-    return {g: {lab: pbmc.knn_accuracy(z[cells], labels[lab].iloc[cells]) for lab in LABELS}
-            for g, cells in groups.items()}
+    z = np.hstack(
+        [model.get_latent_representation(), model.get_latent_representation(block="private:rna")]
+    )
+    return {
+        g: {lab: pbmc.knn_accuracy(z[cells], labels[lab].iloc[cells]) for lab in LABELS}
+        for g, cells in groups.items()
+    }
 
 
 def main():
@@ -58,12 +64,22 @@ def main():
     p.add_argument("--fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="now")
-    p.add_argument("--skip-paired", action="store_true", help="reuse the fully paired row already in results.json")
-    p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json, train nothing")
+    p.add_argument(
+        "--skip-paired",
+        action="store_true",
+        help="reuse the fully paired row already in results.json",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite RESULTS.md from results.json, train nothing",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.report_only:
-        write_results_md(HERE / "RESULTS.md", _markdown(json.loads((HERE / "results.json").read_text())))
+        write_results_md(
+            HERE / "RESULTS.md", _markdown(json.loads((HERE / "results.json").read_text()))
+        )
         return
     import venncell
 
@@ -89,12 +105,19 @@ def main():
         pred = m.predict_modality(source=["rna"], target="protein")[lost]
         return float(np.mean(pbmc.pearson_per_feature(np.log1p(pred * 1e4), truth)))
 
-    res["rows"][args.tag] = {"package": venncell.__file__, "knn": _knn(model, labels, groups),
-                             "rna_only_protein_r": protein_r(model), "seconds": seconds}
+    res["rows"][args.tag] = {
+        "package": venncell.__file__,
+        "knn": _knn(model, labels, groups),
+        "rna_only_protein_r": protein_r(model),
+        "seconds": seconds,
+    }
     if not args.skip_paired or "fully paired" not in res["rows"]:
         paired = _train(full.copy(), args.seed, HERE / "run" / f"paired_s{args.seed}")
         # in-sample for this model (it was trained on these proteins): kept in results.json, not in the table
-        res["rows"]["fully paired"] = {"knn": _knn(paired, labels, groups), "rna_only_protein_r": protein_r(paired)}
+        res["rows"]["fully paired"] = {
+            "knn": _knn(paired, labels, groups),
+            "rna_only_protein_r": protein_r(paired),
+        }
     res.update(fraction=args.fraction, seed=args.seed, n_lost=int(lost.sum()), n_cells=n)
     out.write_text(json.dumps(res, indent=1))
     write_results_md(HERE / "RESULTS.md", _markdown(res))
@@ -102,23 +125,32 @@ def main():
 
 
 def _markdown(res: dict) -> str:
-    lines = ["# Partial pairing on real data: PBMC 10k CITE-seq with half of the cells' proteins removed\n",
-             f"Command: `OMP_NUM_THREADS=1 python experiments/partial_pairing/run.py --fraction {res['fraction']} "
-             f"--seed {res['seed']} --tag now` (from the repository root). {res['n_lost']:,} of {res['n_cells']:,} "
-             "cells keep only their RNA; the model trains on what each cell has (the `default` settings of "
-             "`experiments/pbmc10k_cite/run.py`, 40 + 20 epochs). The fully paired row is the same model trained with "
-             "every cell's proteins, scored on the same cells.\n",
-             "kNN label accuracy (k = 15, 5-fold stratified CV within each group) of shared ⊕ RNA-private (encoder "
-             "latents); RNA → protein: the RNA-only cells' removed proteins predicted from their RNA, mean Pearson "
-             "over the 14 proteins (log-normalised).\n",
-             "| model | RNA-only cells: Main.RNA | Fine.RNA | paired cells: Main.RNA | Fine.RNA | RNA-only cells: RNA → "
-             "protein r |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Partial pairing on real data: PBMC 10k CITE-seq with half of the cells' proteins removed\n",
+        f"Command: `OMP_NUM_THREADS=1 python experiments/partial_pairing/run.py --fraction {res['fraction']} "
+        f"--seed {res['seed']} --tag now` (from the repository root). {res['n_lost']:,} of {res['n_cells']:,} "
+        "cells keep only their RNA; the model trains on what each cell has (the `default` settings of "
+        "`experiments/pbmc10k_cite/run.py`, 40 + 20 epochs). The fully paired row is the same model trained with "
+        "every cell's proteins, scored on the same cells.\n",
+        "kNN label accuracy (k = 15, 5-fold stratified CV within each group) of shared ⊕ RNA-private (encoder "
+        "latents); RNA → protein: the RNA-only cells' removed proteins predicted from their RNA, mean Pearson "
+        "over the 14 proteins (log-normalised).\n",
+        "| model | RNA-only cells: Main.RNA | Fine.RNA | paired cells: Main.RNA | Fine.RNA | RNA-only cells: RNA → "
+        "protein r |",
+        "|---|---|---|---|---|---|",
+    ]
     for tag, row in res["rows"].items():
         k = row["knn"]
-        lines.append(f"| {tag} | {k['RNA-only cells']['Main.RNA']:.3f} | {k['RNA-only cells']['Fine.RNA']:.3f} | "
-                     f"{k['paired cells']['Main.RNA']:.3f} | {k['paired cells']['Fine.RNA']:.3f} | "
-                     + (f"{row['rna_only_protein_r']:.3f}" if tag != "fully paired"
-                        else "– (it was trained on these proteins)") + " |")
+        lines.append(
+            f"| {tag} | {k['RNA-only cells']['Main.RNA']:.3f} | {k['RNA-only cells']['Fine.RNA']:.3f} | "
+            f"{k['paired cells']['Main.RNA']:.3f} | {k['paired cells']['Fine.RNA']:.3f} | "
+            + (
+                f"{row['rna_only_protein_r']:.3f}"
+                if tag != "fully paired"
+                else "– (it was trained on these proteins)"
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from run import LABELS, knn_accuracy, load  # beside this script
+
 from venncell import VennCell
-from venncell.data.dataset import encoder_transform, make_loader
+from venncell.data.dataset import make_loader
+from venncell.data.transforms import encoder_transform
 from venncell.nn import MLP
 
 HERE = Path(__file__).resolve().parent
@@ -37,13 +38,19 @@ def main() -> None:
     ap.add_argument("--variant", choices=["ae", "vae"], default="ae")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--kl-scale", type=float, default=2000.0)
-    ap.add_argument("--rna-weight", type=float, default=1.0,
-                    help="RNA reconstruction weight (ModalitySpec.weight; run.py's rna_weight300 uses 300)")
+    ap.add_argument(
+        "--rna-weight",
+        type=float,
+        default=1.0,
+        help="RNA reconstruction weight (ModalitySpec.weight; run.py's rna_weight300 uses 300)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     mdata, labels = load()
-    VennCell.setup_mudata(mdata, modalities={"rna": {"kind": "rna", "weight": a.rna_weight}, "protein": "protein"})
+    VennCell.setup_mudata(
+        mdata, modalities={"rna": {"kind": "rna", "weight": a.rna_weight}, "protein": "protein"}
+    )
     vae = a.variant == "vae"
     # the VAE's sampling replaces the latent noise and its KL the latent L2
     extra = dict(latent_noise=0.0, latent_l2=0.0) if vae else {}
@@ -56,11 +63,13 @@ def main() -> None:
     state: dict = {}
 
     def encode(batch: dict) -> torch.Tensor:
-        inp = torch.cat([encoder_transform(mod.specs[m], batch[f"x:{m}"], batch[f"lib:{m}"]) for m in mods], 1)
+        inp = torch.cat(
+            [encoder_transform(mod.specs[m], batch.x[m], batch[f"lib:{m}"]) for m in mods], 1
+        )
         out = joint(inp)
         if not vae:
             return out
-        mean, log_var = out[:, : sum(dims)], out[:, sum(dims):].clamp(-10.0, 6.0)
+        mean, log_var = out[:, : sum(dims)], out[:, sum(dims) :].clamp(-10.0, 6.0)
         state["kl"] = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(1).mean()
         return mean + torch.randn_like(mean) * (0.5 * log_var).exp() if joint.training else mean
 
@@ -86,12 +95,21 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     joint.eval()
     with torch.no_grad():
-        z = torch.cat([encode(data.get(np.arange(s, min(s + 1024, data.n_cells))))
-                       for s in range(0, data.n_cells, 1024)]).numpy()
-    row = {"variant": a.variant, "epochs": a.epochs, "kl_scale": a.kl_scale if vae else None, "rna_weight": a.rna_weight,
-           "train_seconds": round(seconds, 1),
-           "shared": {lab: knn_accuracy(z[:, : dims[0]], labels[lab]) for lab in LABELS},
-           "shared ⊕ privates": {lab: knn_accuracy(z, labels[lab]) for lab in LABELS}}
+        z = torch.cat(
+            [
+                encode(data.get(np.arange(s, min(s + 1024, data.n_cells))))
+                for s in range(0, data.n_cells, 1024)
+            ]
+        ).numpy()
+    row = {
+        "variant": a.variant,
+        "epochs": a.epochs,
+        "kl_scale": a.kl_scale if vae else None,
+        "rna_weight": a.rna_weight,
+        "train_seconds": round(seconds, 1),
+        "shared": {lab: knn_accuracy(z[:, : dims[0]], labels[lab]) for lab in LABELS},
+        "shared ⊕ privates": {lab: knn_accuracy(z, labels[lab]) for lab in LABELS},
+    }
     out = HERE / "amortised_probe.json"
     rows = json.loads(out.read_text()) if out.exists() else []
     key = ("variant", "epochs", "kl_scale", "rna_weight")

@@ -12,11 +12,26 @@ import argparse
 from run import HERE, load, train_or_load  # same folder
 
 from venncell import VennCell
-from venncell.cli_report import write_run_report
+from venncell.cli.report import write_run_report
 
-MARKERS = ["protein:CD3", "protein:CD4", "protein:CD8a", "protein:CD14", "protein:CD16", "protein:CD19",
-           "protein:CD56", "protein:CD45RA", "protein:CD45RO", "protein:CD127", "protein:CD25", "protein:PD-1",
-           "protein:TIGIT", "protein:CD15", "Main.RNA", "Fine.RNA"]
+MARKERS = [
+    "protein:CD3",
+    "protein:CD4",
+    "protein:CD8a",
+    "protein:CD14",
+    "protein:CD16",
+    "protein:CD19",
+    "protein:CD56",
+    "protein:CD45RA",
+    "protein:CD45RO",
+    "protein:CD127",
+    "protein:CD25",
+    "protein:PD-1",
+    "protein:TIGIT",
+    "protein:CD15",
+    "Main.RNA",
+    "Fine.RNA",
+]
 
 
 def main():
@@ -29,21 +44,36 @@ def main():
         mdata.obs[col] = labels[col].astype("category")
     VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
     # run.py's `default` model for these epochs (trained there, or here if it is not cached yet)
-    model, _ = train_or_load(mdata, "default", args.stage1_epochs, args.stage2_epochs, HERE / "run")
+    model, _ = train_or_load(
+        mdata, "default", args.stage1_epochs, args.stage2_epochs, HERE / "run"
+    )
     out = HERE / "run_attribution"
     res = write_run_report(model, out, markers=MARKERS, umap=False)
     m = res.markers
-    cols = [c for c in m.columns if c not in ("marker", "kind", "n_cells", "note") and not c.endswith(("_lo", "_hi"))]
-    lines = ["# PBMC 10k CITE-seq: which block carries each protein and label\n",
-             f"Command: `python experiments/pbmc10k_cite/attribution.py --stage1-epochs {args.stage1_epochs} "
-             f"--stage2-epochs {args.stage2_epochs}`. A protein marker is probed from a shared latent embedded from "
-             "RNA only (so its own ADT value cannot leak in); see `venncell.analysis.attribution`.\n",
-             "| marker | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    cols = [
+        c
+        for c in m.columns
+        if c not in ("marker", "kind", "n_cells", "note") and not c.endswith(("_lo", "_hi"))
+    ]
+    lines = [
+        "# PBMC 10k CITE-seq: which block carries each protein and label\n",
+        f"Command: `python experiments/pbmc10k_cite/attribution.py --stage1-epochs {args.stage1_epochs} "
+        f"--stage2-epochs {args.stage2_epochs}`. A protein marker is probed from a shared latent embedded from "
+        "RNA only (so its own ADT value cannot leak in); see `venncell.analysis.attribution`.\n",
+        "| marker | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for i, row in m.iterrows():
-        lines.append(f"| {row.get('marker', i)} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+        lines.append(
+            f"| {row.get('marker', i)} | " + " | ".join(_fmt(row[c]) for c in cols) + " |"
+        )
     mods = res.modalities.set_index("modality") if "modality" in res.modalities else res.modalities
-    lines += ["", "## Explained variance per modality\n", "| modality | " + " | ".join(map(str, mods.columns)) + " |",
-              "|---|" + "---|" * len(mods.columns)]
+    lines += [
+        "",
+        "## Explained variance per modality\n",
+        "| modality | " + " | ".join(map(str, mods.columns)) + " |",
+        "|---|" + "---|" * len(mods.columns),
+    ]
     for name, row in mods.iterrows():
         lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
     (HERE / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")

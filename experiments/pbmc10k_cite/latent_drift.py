@@ -50,41 +50,55 @@ from baselines import child_result, write_results_md  # noqa: E402
 SETTINGS = {
     "default": dict(lr=1e-2),
     "lr 3e-2": dict(lr=3e-2),
-    "lr 3e-2, no leakage control": dict(lr=3e-2, model=dict(consistency_weight=0.0, independence_weight=0.0)),
+    "lr 3e-2, no leakage control": dict(
+        lr=3e-2, model=dict(consistency_weight=0.0, independence_weight=0.0)
+    ),
     "lr 3e-2, decoders first": dict(lr=3e-2, frozen_epochs=20),
     "lr 3e-2, strong prior": dict(lr=3e-2, model=dict(latent_l2=0.05, latent_noise=0.3)),
     "lr 3e-2, RNA weight 20": dict(lr=3e-2, rna_weight=20.0),
     "lr 3e-2, RNA weight 300": dict(lr=3e-2, rna_weight=300.0),
     "RNA weight 300": dict(lr=1e-2, rna_weight=300.0),
     "lr 1e-1, RNA weight 300, cosine decay": dict(lr=1e-1, rna_weight=300.0, cosine=True),
-    "lr 3e-2, RNA weight 300, cosine decay, latent noise 0.3": dict(lr=3e-2, rna_weight=300.0, cosine=True,
-                                                                    model=dict(latent_noise=0.3)),
-    "lr 3e-2, RNA weight 300, cosine decay, strong prior": dict(lr=3e-2, rna_weight=300.0, cosine=True,
-                                                                model=dict(latent_l2=0.05, latent_noise=0.3)),
-    "lr 3e-2, variational (ELBO / 14)": dict(lr=3e-2, rna_weight=4000 / 14,
-                                             model=dict(latent_posterior="variational", kl_weight=1 / 14)),
+    "lr 3e-2, RNA weight 300, cosine decay, latent noise 0.3": dict(
+        lr=3e-2, rna_weight=300.0, cosine=True, model=dict(latent_noise=0.3)
+    ),
+    "lr 3e-2, RNA weight 300, cosine decay, strong prior": dict(
+        lr=3e-2, rna_weight=300.0, cosine=True, model=dict(latent_l2=0.05, latent_noise=0.3)
+    ),
+    "lr 3e-2, variational (ELBO / 14)": dict(
+        lr=3e-2, rna_weight=4000 / 14, model=dict(latent_posterior="variational", kl_weight=1 / 14)
+    ),
 }
 
 
 def run_setting(name: str, epochs: int) -> dict:
     """One setting's trajectory: {epoch: {label: (shared, shared ⊕ privates), "nll": {modality: value}}}."""
     import lightning as L
-
     import run as pbmc  # noqa: E402  (run.py beside this script: loader, kNN protocol, settings)
+
     from venncell import VennCell
 
     s = SETTINGS[name]
     mdata, labels = pbmc.load()
-    VennCell.setup_mudata(mdata, modalities={"rna": {"kind": "rna", "weight": s.get("rna_weight", 1.0)},
-                                             "protein": "protein"})
+    VennCell.setup_mudata(
+        mdata,
+        modalities={
+            "rna": {"kind": "rna", "weight": s.get("rna_weight", 1.0)},
+            "protein": "protein",
+        },
+    )
     model = VennCell(mdata, seed=0, **pbmc.CONFIGS["default"], **s.get("model", {}))
     trajectory: dict = {}
 
     def score(module) -> dict:
         shared = module.shared_table.weight.detach().numpy()
-        both = np.hstack([shared, *[t.weight.detach().numpy() for t in module.private_tables.values()]])
-        return {lab: [pbmc.knn_accuracy(shared, labels[lab]), pbmc.knn_accuracy(both, labels[lab])]
-                for lab in pbmc.LABELS}
+        both = np.hstack(
+            [shared, *[t.weight.detach().numpy() for t in module.private_tables.values()]]
+        )
+        return {
+            lab: [pbmc.knn_accuracy(shared, labels[lab]), pbmc.knn_accuracy(both, labels[lab])]
+            for lab in pbmc.LABELS
+        }
 
     trajectory[0] = score(model.module)
 
@@ -94,7 +108,9 @@ def run_setting(name: str, epochs: int) -> dict:
                 epoch = trainer.current_epoch
                 # cosine: both learning rates decay from their start to 0 over the run (no constant-step jitter at the end)
                 decay = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if s.get("cosine") else 1.0
-                trainer.optimizers[1].param_groups[0]["lr"] = 0.0 if epoch < s.get("frozen_epochs", 0) else s["lr"] * decay
+                trainer.optimizers[1].param_groups[0]["lr"] = (
+                    0.0 if epoch < s.get("frozen_epochs", 0) else s["lr"] * decay
+                )
                 trainer.optimizers[0].param_groups[0]["lr"] = plan.lr_network * decay
 
         def on_train_epoch_end(self, trainer, plan):
@@ -102,14 +118,25 @@ def run_setting(name: str, epochs: int) -> dict:
             if not hasattr(plan, "lr_latent") or epoch % 10:
                 return
             # callbacks run before the plan's own epoch end, which logs (and clears) these sums
-            nll = {k.split("recon/")[1].removesuffix("_epoch"): float(t / c) for k, (t, c) in plan._term_sums.items()
-                   if "/recon/" in k}
+            nll = {
+                k.split("recon/")[1].removesuffix("_epoch"): float(t / c)
+                for k, (t, c) in plan._term_sums.items()
+                if "/recon/" in k
+            }
             trajectory[epoch] = {**score(plan.module), "nll": nll}
 
     run_dir = HERE / "run" / "latent_drift" / name.replace(" ", "_").replace(",", "")
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an earlier one's checkpoints
-    model.train(stage1_epochs=epochs, stage2_epochs=1, progress_bar="none", lr_latent=s["lr"], callbacks=[Probe()],
-                run_dir=run_dir)
+    shutil.rmtree(
+        run_dir, ignore_errors=True
+    )  # a fresh run, not a resume of an earlier one's checkpoints
+    model.train(
+        stage1_epochs=epochs,
+        stage2_epochs=1,
+        progress_bar="none",
+        lr_latent=s["lr"],
+        callbacks=[Probe()],
+        run_dir=run_dir,
+    )
     return trajectory
 
 
@@ -124,23 +151,42 @@ def write(res: dict, argv: str) -> str:
         "(k = 15, 5-fold CV, run.py's protocol) of the latent tables. Epoch 0 is the spectral start. NLL: the "
         "epoch's mean reconstruction NLL per feature on the training cells (with latent noise), as stage 1 logs it.\n",
     ]
-    tv = json.loads((HERE / "results.json").read_text()).get("totalvi") if (HERE / "results.json").exists() else None
+    tv = (
+        json.loads((HERE / "results.json").read_text()).get("totalvi")
+        if (HERE / "results.json").exists()
+        else None
+    )
     if tv:
-        lines.append(f"totalVI (run.py's fit, {tv['epochs']} epochs, RESULTS.md): " + ", ".join(
-            f"{lab} {v:.3f}" for lab, v in tv["knn_accuracy"].items()) + ".\n")
+        lines.append(
+            f"totalVI (run.py's fit, {tv['epochs']} epochs, RESULTS.md): "
+            + ", ".join(f"{lab} {v:.3f}" for lab, v in tv["knn_accuracy"].items())
+            + ".\n"
+        )
     for lab in ("Fine.RNA", "Main.RNA"):
-        lines += [f"## `{lab}`: shared ⊕ privates (shared alone)\n",
-                  "| setting | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
-                  "|---|" + "---|" * len(epochs)]
+        lines += [
+            f"## `{lab}`: shared ⊕ privates (shared alone)\n",
+            "| setting | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+            "|---|" + "---|" * len(epochs),
+        ]
         for name, t in res["settings"].items():
-            cells = [f"{t[str(e)][lab][1]:.3f} ({t[str(e)][lab][0]:.3f})" if str(e) in t else "" for e in epochs]
+            cells = [
+                f"{t[str(e)][lab][1]:.3f} ({t[str(e)][lab][0]:.3f})" if str(e) in t else ""
+                for e in epochs
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Reconstruction NLL per feature, rna / protein\n",
-              "| setting | " + " | ".join(f"epoch {e}" for e in epochs[1:]) + " |", "|---|" + "---|" * (len(epochs) - 1)]
+    lines += [
+        "## Reconstruction NLL per feature, rna / protein\n",
+        "| setting | " + " | ".join(f"epoch {e}" for e in epochs[1:]) + " |",
+        "|---|" + "---|" * (len(epochs) - 1),
+    ]
     for name, t in res["settings"].items():
-        cells = [f"{t[str(e)]['nll']['rna']:.4f} / {t[str(e)]['nll']['protein']:.3f}" if str(e) in t else ""
-                 for e in epochs[1:]]
+        cells = [
+            f"{t[str(e)]['nll']['rna']:.4f} / {t[str(e)]['nll']['protein']:.3f}"
+            if str(e) in t
+            else ""
+            for e in epochs[1:]
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -149,10 +195,17 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--setting", help="run one setting and print its trajectory as JSON (what each job does)")
-    p.add_argument("--report-only", action="store_true", help="rewrite LATENT_DRIFT.md from latent_drift.json")
-    p.add_argument("--only", help="settings separated by ';': run these, keep the other settings' stored trajectories "
-                                  "(same --epochs as the stored run)")
+    p.add_argument(
+        "--setting", help="run one setting and print its trajectory as JSON (what each job does)"
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite LATENT_DRIFT.md from latent_drift.json"
+    )
+    p.add_argument(
+        "--only",
+        help="settings separated by ';': run these, keep the other settings' stored trajectories "
+        "(same --epochs as the stored run)",
+    )
     args = p.parse_args()
     if args.report_only:
         res = json.loads((HERE / "latent_drift.json").read_text())
@@ -163,7 +216,9 @@ def main():
         return
 
     def spawn(name: str) -> dict:
-        return child_result([Path(__file__).resolve(), "--setting", name, "--epochs", args.epochs], "TRAJECTORY ")
+        return child_result(
+            [Path(__file__).resolve(), "--setting", name, "--epochs", args.epochs], "TRAJECTORY "
+        )
 
     argv = f"OMP_NUM_THREADS=1 python experiments/pbmc10k_cite/latent_drift.py --epochs {args.epochs} --jobs {args.jobs}"
     names = list(SETTINGS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from run import HERE, load  # same folder
 
-from venncell.api import atomic_write_h5mu
+from venncell.model import atomic_write_h5mu
 
 
 def main():

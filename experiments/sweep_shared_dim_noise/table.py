@@ -13,20 +13,30 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 DEFAULTS = {"model.shared_dim": 8, "model.latent_noise": 0.1}
-COLUMNS = [("shared_recovery", "shared recovery ↑", max), ("min_private_recovery", "min private recovery ↑", max),
-           ("leak_private_into_shared", "leak private → shared ↓", None),
-           ("leak_shared_into_private", "leak shared → private ↓", None), ("stage2/val/loss", "stage-2 val loss ↓", min)]
+COLUMNS = [
+    ("shared_recovery", "shared recovery ↑", max),
+    ("min_private_recovery", "min private recovery ↑", max),
+    ("leak_private_into_shared", "leak private → shared ↓", None),
+    ("leak_shared_into_private", "leak shared → private ↓", None),
+    ("stage2/val/loss", "stage-2 val loss ↓", min),
+]
 
 
 def table(csv: Path) -> str:
     d = pd.read_csv(csv).sort_values(["model.shared_dim", "model.latent_noise"])
     best = {c: pick(d[c]) if pick else None for c, _, pick in COLUMNS}
-    lines = ["| shared_dim | latent_noise | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| shared_dim | latent_noise | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for _, r in d.iterrows():
         default = all(r[k] == v for k, v in DEFAULTS.items())
-        cells = [f"**{r['model.shared_dim']} (default)**" if default else f"{r['model.shared_dim']}",
-                 f"**{r['model.latent_noise']} (default)**" if default else f"{r['model.latent_noise']}"]
+        cells = [
+            f"**{r['model.shared_dim']} (default)**" if default else f"{r['model.shared_dim']}",
+            f"**{r['model.latent_noise']} (default)**"
+            if default
+            else f"{r['model.latent_noise']}",
+        ]
         for c, _, _ in COLUMNS:
             v = f"{r[c]:.3f}".replace("-", "−")
             cells.append(f"**{v}**" if best[c] is not None and r[c] == best[c] else v)

@@ -8,37 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
-from sklearn.model_selection import KFold, cross_val_predict
-from sklearn.neighbors import KNeighborsRegressor
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-
-def cv_r2(x: np.ndarray, y: np.ndarray, probe: str = "knn", n_folds: int = 5, seed: int = 0, k: int = 15) -> float:
-    """Cross-validated R^2 of ``y`` from ``x`` (variance-weighted over ``y``'s columns)."""
-    if probe == "knn":
-        model = make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=k))
-    elif probe == "linear":
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 7)))
-    else:
-        raise ValueError(f"probe must be 'knn' or 'linear', got {probe!r}")
-    y = np.asarray(y, dtype=float).reshape(len(y), -1)
-    pred = cross_val_predict(model, np.asarray(x, dtype=float), y, cv=KFold(n_folds, shuffle=True, random_state=seed))
-    # RidgeCV returns (n,) for a one-column y; (n, 1) - (n,) would broadcast to an (n, n) residual
-    pred = np.asarray(pred, dtype=float).reshape(y.shape)
-    ss_res = ((y - pred) ** 2).sum()
-    ss_tot = ((y - y.mean(0)) ** 2).sum()
-    return float(1.0 - ss_res / ss_tot)
+from venncell.analysis.probes import cv_r2
 
 
 def recovery_matrix(
-    learned: dict[str, np.ndarray], truth: dict[str, np.ndarray], probe: str = "knn", n_folds: int = 5, seed: int = 0
+    learned: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    probe: str = "knn",
+    n_folds: int = 5,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Rows: true blocks; columns: learned blocks; values: CV R^2."""
     rows = {}
     for t_name, t in truth.items():
-        rows[t_name] = {l_name: cv_r2(l, t, probe, n_folds, seed) for l_name, l in learned.items()}
+        rows[t_name] = {name: cv_r2(z, t, probe, n_folds, seed) for name, z in learned.items()}
     return pd.DataFrame(rows).T.loc[list(truth), list(learned)]
 
 
@@ -48,10 +32,16 @@ def summarise_recovery(mat: pd.DataFrame) -> dict[str, float]:
     out = {"shared_recovery": float(mat.loc["shared", "shared"])}
     for p in privs:
         out[f"{p}_recovery"] = float(mat.loc[p, p])
-    out["min_private_recovery"] = min(out[f"{p}_recovery"] for p in privs) if privs else float("nan")
+    out["min_private_recovery"] = (
+        min(out[f"{p}_recovery"] for p in privs) if privs else float("nan")
+    )
     # private factors leaking into shared, and shared factors leaking into privates
-    out["leak_private_into_shared"] = float(max(mat.loc[p, "shared"] for p in privs)) if privs else float("nan")
-    out["leak_shared_into_private"] = float(max(mat.loc["shared", p] for p in privs)) if privs else float("nan")
+    out["leak_private_into_shared"] = (
+        float(max(mat.loc[p, "shared"] for p in privs)) if privs else float("nan")
+    )
+    out["leak_shared_into_private"] = (
+        float(max(mat.loc["shared", p] for p in privs)) if privs else float("nan")
+    )
     cross = [mat.loc[p, q] for p in privs for q in privs if p != q]
     out["leak_private_into_other_private"] = float(max(cross)) if cross else float("nan")
     return out

@@ -8,14 +8,15 @@ import io
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from venncell.analysis.attribution import AttributionResult, venn_regions  # noqa: E402
+from venncell.analysis.attribution import AttributionResult
+from venncell.analysis.features import venn_regions
 
 COLORS = {"shared": "#3b75af", "private": "#ef8636", "unexplained": "#d0d0d0"}
 MAX_UMAP_MARKERS = 8
@@ -32,8 +33,12 @@ img{max-width:100%;display:block;margin:10px 0} .note{color:#555;font-size:.9em}
 """
 
 
-def write_report(result: AttributionResult, path: str | Path, title: str = "VennCell attribution report",
-                 umap: bool = True) -> Path:
+def write_report(
+    result: AttributionResult,
+    path: str | Path,
+    title: str = "VennCell attribution report",
+    umap: bool = True,
+) -> Path:
     """Render ``result`` to ``path`` (written whole: temporary file, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -42,23 +47,42 @@ def write_report(result: AttributionResult, path: str | Path, title: str = "Venn
     return path
 
 
-def render_html(result: AttributionResult, title: str = "VennCell attribution report", umap: bool = True) -> str:
+def render_html(
+    result: AttributionResult, title: str = "VennCell attribution report", umap: bool = True
+) -> str:
     cfg = result.config
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
-             f"</head><body><h1>{_e(title)}</h1>", _intro(result)]
-    parts += ["<h2>Venn summary per modality</h2>", _img(_fig_venn(result)), _modality_table(result.modalities)]
-    parts += ["<h2>Features: shared vs private explained variance</h2>",
-              "<p class='note'>Each point is a feature: EV of the shared-only estimate (x) and what the private "
-              "block adds on top (y). Labelled: the top features of each region.</p>",
-              _img(_fig_features(result)), _top_table(result)]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
+        f"</head><body><h1>{_e(title)}</h1>",
+        _intro(result),
+    ]
+    parts += [
+        "<h2>Venn summary per modality</h2>",
+        _img(_fig_venn(result)),
+        _modality_table(result.modalities),
+    ]
+    parts += [
+        "<h2>Features: shared vs private explained variance</h2>",
+        "<p class='note'>Each point is a feature: EV of the shared-only estimate (x) and what the private "
+        "block adds on top (y). Labelled: the top features of each region.</p>",
+        _img(_fig_features(result)),
+        _top_table(result),
+    ]
     if len(result.markers):
-        parts += ["<h2>Markers</h2>", _verdict_rule(cfg), _marker_table(result.markers),
-                  _img(_fig_markers(result))]
+        parts += [
+            "<h2>Markers</h2>",
+            _verdict_rule(cfg),
+            _marker_table(result.markers),
+            _img(_fig_markers(result)),
+        ]
     if umap:
         parts += ["<h2>Latent blocks (UMAP)</h2>", _img(_fig_umaps(result))]
-    parts += ["<h2>Latent dimensions</h2>",
-              "<p class='note'>Principal components of each latent block on held-out cells and the features most "
-              "correlated with each (Pearson r; counts on log1p-per-10k scale).</p>", _dimension_table(result)]
+    parts += [
+        "<h2>Latent dimensions</h2>",
+        "<p class='note'>Principal components of each latent block on held-out cells and the features most "
+        "correlated with each (Pearson r; counts on log1p-per-10k scale).</p>",
+        _dimension_table(result),
+    ]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -70,27 +94,33 @@ def _e(x) -> str:
 
 def _intro(result: AttributionResult) -> str:
     cfg = result.config
-    est = {"shared_decoder": "the shared-only decoder",
-           "private_marginalised": "the full decoder with the private block marginalised"}
+    est = {
+        "shared_decoder": "the shared-only decoder",
+        "private_marginalised": "the full decoder with the private block marginalised",
+    }
     used = {df.attrs.get("shared_estimate") for df in result.features.values()} - {None}
-    return (f"<p>{len(result.obs_names)} cells analysed. Explained variance (EV) is an R&sup2; against the data on "
-            "the decoders' normalised scale (proportions for counts, probabilities for binary features, values "
-            f"for Gaussian ones). Shared-only EV comes from {', '.join(est[u] for u in sorted(used)) or 'n/a'}; "
-            "the shared fraction of a feature is EV(shared-only) / EV(full decoder), the private fraction its "
-            f"complement. Intervals: {100 * cfg.ci:.0f} % bootstrap over cells ({cfg.n_boot} draws).</p>")
+    return (
+        f"<p>{len(result.obs_names)} cells analysed. Explained variance (EV) is an R&sup2; against the data on "
+        "the decoders' normalised scale (proportions for counts, probabilities for binary features, values "
+        f"for Gaussian ones). Shared-only EV comes from {', '.join(est[u] for u in sorted(used)) or 'n/a'}; "
+        "the shared fraction of a feature is EV(shared-only) / EV(full decoder), the private fraction its "
+        f"complement. Intervals: {100 * cfg.ci:.0f} % bootstrap over cells ({cfg.n_boot} draws).</p>"
+    )
 
 
 def _verdict_rule(cfg) -> str:
-    return (f"<p class='note'>Scores: held-out R&sup2; (continuous) or Brier skill (categorical) over {cfg.n_folds} "
-            f"folds, from ridge and kNN (k={cfg.knn_k}) probes; the verdict uses the {cfg.probe} probe per block. "
-            "A marker that is a feature of modality m is probed from a shared latent embedded <i>without</i> m, "
-            "and m's private block is encoded with the marker's own column replaced by its mean, so no block "
-            f"reads the marker itself. <b>not captured</b>: best block scores &lt; {cfg.min_score} or its "
-            f"permutation p &ge; {cfg.alpha} ({cfg.n_perm} permutations). A private block <i>adds</i> when "
-            f"shared&oplus;private beats shared in a paired bootstrap (p &lt; {cfg.alpha}) by at least "
-            f"{100 * cfg.min_gain:.0f} % of the best score. <b>shared</b>: none adds. <b>specific to m</b>: m adds "
-            f"and shared explains &le; {100 * cfg.specific_max:.0f} % of the best score. Otherwise <b>partly "
-            "shared</b>.</p>")
+    return (
+        f"<p class='note'>Scores: held-out R&sup2; (continuous) or Brier skill (categorical) over {cfg.n_folds} "
+        f"folds, from ridge and kNN (k={cfg.knn_k}) probes; the verdict uses the {cfg.probe} probe per block. "
+        "A marker that is a feature of modality m is probed from a shared latent embedded <i>without</i> m, "
+        "and m's private block is encoded with the marker's own column replaced by its mean, so no block "
+        f"reads the marker itself. <b>not captured</b>: best block scores &lt; {cfg.min_score} or its "
+        f"permutation p &ge; {cfg.alpha} ({cfg.n_perm} permutations). A private block <i>adds</i> when "
+        f"shared&oplus;private beats shared in a paired bootstrap (p &lt; {cfg.alpha}) by at least "
+        f"{100 * cfg.min_gain:.0f} % of the best score. <b>shared</b>: none adds. <b>specific to m</b>: m adds "
+        f"and shared explains &le; {100 * cfg.specific_max:.0f} % of the best score. Otherwise <b>partly "
+        "shared</b>.</p>"
+    )
 
 
 def _fmt(x, digits=2) -> str:
@@ -106,33 +136,66 @@ def _verdict_class(v: str) -> str:
 
 
 def _marker_table(markers: pd.DataFrame) -> str:
-    head = ["marker", "source", "kind", "cells", "verdict", "shared fraction [CI]", "shared score [CI]",
-            "best block", "best score [CI]", "perm. p", "private blocks that add"]
+    head = [
+        "marker",
+        "source",
+        "kind",
+        "cells",
+        "verdict",
+        "shared fraction [CI]",
+        "shared score [CI]",
+        "best block",
+        "best score [CI]",
+        "perm. p",
+        "private blocks that add",
+    ]
     rows = []
     for _, r in markers.iterrows():
         if "best_score" not in r or pd.isna(r.get("best_score")):
             cells = [r["marker"], r["source"], r["kind"], r["n_cells"], r["verdict"]] + [""] * 6
         else:
-            cells = [r["marker"], r["source"], r["kind"], r["n_cells"], r["verdict"], _ci(r, "shared_fraction"),
-                     _ci(r, "shared_score"), r["best_block"], _ci(r, "best_score"), _fmt(r["p_value"], 3),
-                     r["private_modalities"] or "none"]
-        tds = "".join(f"<td class='{_verdict_class(c)}'>{_e(c)}</td>" if i == 4 else f"<td>{_e(c)}</td>"
-                      for i, c in enumerate(cells))
+            cells = [
+                r["marker"],
+                r["source"],
+                r["kind"],
+                r["n_cells"],
+                r["verdict"],
+                _ci(r, "shared_fraction"),
+                _ci(r, "shared_score"),
+                r["best_block"],
+                _ci(r, "best_score"),
+                _fmt(r["p_value"], 3),
+                r["private_modalities"] or "none",
+            ]
+        tds = "".join(
+            f"<td class='{_verdict_class(c)}'>{_e(c)}</td>" if i == 4 else f"<td>{_e(c)}</td>"
+            for i, c in enumerate(cells)
+        )
         rows.append(f"<tr>{tds}</tr>")
     return f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>"
 
 
 def _modality_table(summary: pd.DataFrame) -> str:
-    cols = {"ev_shared": "shared EV", "ev_private": "private EV", "ev_explained": "explained",
-            "shared_share": "shared share of explained"}
-    df = pd.DataFrame({label: [_ci(r, c) for _, r in summary.iterrows()] for c, label in cols.items()},
-                      index=pd.Index(summary["modality"], name="modality"))
+    cols = {
+        "ev_shared": "shared EV",
+        "ev_private": "private EV",
+        "ev_explained": "explained",
+        "shared_share": "shared share of explained",
+    }
+    df = pd.DataFrame(
+        {label: [_ci(r, c) for _, r in summary.iterrows()] for c, label in cols.items()},
+        index=pd.Index(summary["modality"], name="modality"),
+    )
     df.insert(0, "features", summary["n_features"].to_numpy())
     return df.to_html(border=0)
 
 
 def _top_table(result: AttributionResult) -> str:
-    rows = {(m, region): ", ".join(feats) for m, top in result.top_features.items() for region, feats in top.items()}
+    rows = {
+        (m, region): ", ".join(feats)
+        for m, top in result.top_features.items()
+        for region, feats in top.items()
+    }
     df = pd.Series(rows, name="top features").rename_axis(["modality", "region"]).to_frame()
     return df.to_html(border=0)
 
@@ -141,9 +204,17 @@ def _dimension_table(result: AttributionResult) -> str:
     d = result.dimensions
     if d.empty:
         return "<p>No latent dimensions to show.</p>"
-    d = d.assign(item=d["modality"] + ":" + d["feature"] + " (" + d["correlation"].map("{:+.2f}".format) + ")")
+    d = d.assign(
+        item=d["modality"]
+        + ":"
+        + d["feature"]
+        + " ("
+        + d["correlation"].map("{:+.2f}".format)
+        + ")"
+    )
     g = d.groupby(["block", "component"], sort=False).agg(
-        variance=("explained_variance_ratio", "first"), features=("item", ", ".join))
+        variance=("explained_variance_ratio", "first"), features=("item", ", ".join)
+    )
     return g.to_html(float_format=lambda v: f"{v:.3f}", border=0)
 
 
@@ -151,23 +222,36 @@ def _dimension_table(result: AttributionResult) -> str:
 def _img(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return f"<img alt='figure' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')}'>"
 
 
 def _fig_venn(result: AttributionResult):
     s = result.modalities
-    fig, ax = plt.subplots(figsize=(9, 0.7 + 0.6 * len(s)))
+    fig = Figure(figsize=(9, 0.7 + 0.6 * len(s)))
+    ax = fig.subplots()
     y = np.arange(len(s))
     left = np.zeros(len(s))
-    for col, key, label in (("ev_shared", "shared", "shared"), ("ev_private", "private", "private (own modality)"),
-                            ("ev_unexplained", "unexplained", "unexplained")):
+    for col, key, label in (
+        ("ev_shared", "shared", "shared"),
+        ("ev_private", "private", "private (own modality)"),
+        ("ev_unexplained", "unexplained", "unexplained"),
+    ):
         v = s[col].to_numpy(dtype=float)
-        err = None if col == "ev_unexplained" else np.abs(np.vstack([v - s[col + "_lo"], s[col + "_hi"] - v]))
-        ax.barh(y, v, left=left, color=COLORS[key], label=label, xerr=err, ecolor="#333", capsize=2)
+        err = (
+            None
+            if col == "ev_unexplained"
+            else np.abs(np.vstack([v - s[col + "_lo"], s[col + "_hi"] - v]))
+        )
+        ax.barh(
+            y, v, left=left, color=COLORS[key], label=label, xerr=err, ecolor="#333", capsize=2
+        )
         left += v
     for i, share in enumerate(s["shared_share"]):
-        text = f"{100 * share:.0f} % of explained is shared" if np.isfinite(share) else "nothing explained"
+        text = (
+            f"{100 * share:.0f} % of explained is shared"
+            if np.isfinite(share)
+            else "nothing explained"
+        )
         ax.text(1.01, i, text, va="center", fontsize=9)
     ax.set_yticks(y, s["modality"])
     ax.set_xlim(0, 1)
@@ -178,29 +262,53 @@ def _fig_venn(result: AttributionResult):
 
 def _fig_features(result: AttributionResult):
     mods = list(result.features)
-    fig, axes = plt.subplots(1, len(mods), figsize=(4.2 * len(mods), 4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(mods), 4))
+    axes = fig.subplots(1, len(mods), squeeze=False)
     for ax, m in zip(axes[0], mods):
         df = result.features[m]
-        shared, private = venn_regions({"full": df["ev_full"].to_numpy(), "shared": df["ev_shared"].to_numpy()})
-        sc = ax.scatter(shared, private, c=df["shared_fraction"], cmap="coolwarm_r", vmin=0, vmax=1, s=8)
+        shared, private = venn_regions(
+            {"full": df["ev_full"].to_numpy(), "shared": df["ev_shared"].to_numpy()}
+        )
+        sc = ax.scatter(
+            shared, private, c=df["shared_fraction"], cmap="coolwarm_r", vmin=0, vmax=1, s=8
+        )
         pos = {f: i for i, f in enumerate(df.index)}
         for region in ("shared", "private"):
             for f in result.top_features[m][region][:3]:
-                ax.annotate(f, (shared[pos[f]], private[pos[f]]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    f,
+                    (shared[pos[f]], private[pos[f]]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         ax.set(title=m, xlabel="EV shared-only", ylabel="EV added by private")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
     fig.colorbar(sc, ax=axes[0].tolist(), label="shared fraction", shrink=0.8)
     return fig
 
 
 def _fig_markers(result: AttributionResult):
     """Markers x blocks heatmap of held-out scores (the better probe per block)."""
-    best = result.marker_scores.groupby(["marker", "block"], sort=False)["score"].max().unstack("block")
+    best = (
+        result.marker_scores.groupby(["marker", "block"], sort=False)["score"]
+        .max()
+        .unstack("block")
+    )
     best = best.reindex(index=[m for m in result.markers["marker"] if m in best.index])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * best.shape[1], 1.0 + 0.32 * best.shape[0]))
+    fig = Figure(figsize=(1.2 + 0.75 * best.shape[1], 1.0 + 0.32 * best.shape[0]))
+    ax = fig.subplots()
     im = ax.imshow(best.to_numpy(dtype=float), cmap="magma_r", vmin=0, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(best.to_numpy(dtype=float)):
-        ax.text(j, i, _fmt(v), ha="center", va="center", fontsize=7, color="white" if v > 0.55 else "black")
+        ax.text(
+            j,
+            i,
+            _fmt(v),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if v > 0.55 else "black",
+        )
     ax.set_xticks(range(best.shape[1]), best.columns, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(best.shape[0]), best.index, fontsize=8)
     fig.colorbar(im, ax=ax, label="held-out score", shrink=0.8)
@@ -213,15 +321,17 @@ def _umap(x: np.ndarray, seed: int) -> np.ndarray:
 
     a = ad.AnnData(X=x.astype(np.float32))
     sc.pp.neighbors(a, n_neighbors=min(15, len(x) - 1), use_rep="X", random_state=seed)
-    sc.tl.umap(a, random_state=seed, maxiter=200)  # a report view: fewer epochs than the default 500
+    sc.tl.umap(
+        a, random_state=seed, maxiter=200
+    )  # a report view: fewer epochs than the default 500
     return a.obsm["X_umap"]
 
 
 def _fig_umaps(result: AttributionResult):
     blocks = list(result.latents)
     markers = list(result.marker_values)[:MAX_UMAP_MARKERS] or [None]
-    fig, axes = plt.subplots(len(blocks), len(markers), figsize=(3.2 * len(markers), 3.0 * len(blocks)),
-                             squeeze=False)
+    fig = Figure(figsize=(3.2 * len(markers), 3.0 * len(blocks)))
+    axes = fig.subplots(len(blocks), len(markers), squeeze=False)
     for i, block in enumerate(blocks):
         x = result.latents[block]
         ok = np.isfinite(x).all(1)
@@ -247,11 +357,13 @@ def _scatter(ax, coords: np.ndarray, values) -> None:
         ax.scatter(coords[:, 0], coords[:, 1], s=3, c=v.to_numpy(dtype=float), cmap="viridis")
         return
     cats = pd.Categorical(v.astype(str))
-    cmap = plt.get_cmap("tab20")
+    cmap = colormaps["tab20"]
     ax.scatter(coords[:, 0], coords[:, 1], s=3, c=[cmap(c % 20) for c in cats.codes])
     if len(cats.categories) <= 10:
-        handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(k % 20), label=c)
-                   for k, c in enumerate(cats.categories)]
+        handles = [
+            Line2D([], [], marker="o", ls="", color=cmap(k % 20), label=c)
+            for k, c in enumerate(cats.categories)
+        ]
         ax.legend(handles=handles, fontsize=6, loc="best", frameon=False, markerscale=0.8)
 
 

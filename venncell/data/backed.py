@@ -17,12 +17,11 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from venncell.data.samplers import DEFAULT_CHUNK_SIZE
 from venncell.data.spec import ModalitySpec
-from venncell.data.validate import VennCellInputError, check_matrix, column_range, warn_zero_variance
+from venncell.data.validate import VennCellInputError, check_matrix, column_range
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK_SIZE = 1024
 _PASS_ROWS = 16_384  # rows per read in the streaming statistics pass (bigger = fewer, longer sequential reads)
 
 
@@ -57,9 +56,18 @@ class BackedMatrix:
     ``reads`` records every ``(start, stop)`` read from disk, so tests can check that reads are contiguous.
     """
 
-    def __init__(self, path: str, key: str, spec: ModalitySpec, cols: np.ndarray | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, cache_blocks: int = 2):
-        self.path, self.key, self.spec, self.cols = path, key, spec, cols
+    def __init__(
+        self,
+        path: str,
+        key: str,
+        name: str,
+        binarize: bool,
+        cols: np.ndarray | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        cache_blocks: int = 2,
+    ):
+        self.path, self.key, self.name, self.binarize, self.cols = path, key, name, binarize, cols
+        self.scale = None  # Gaussian modalities: per-feature divisor (ModalitySpec.data_scale)
         self.chunk_size = int(chunk_size)
         self.cache_blocks = cache_blocks
         self._file = None
@@ -80,18 +88,22 @@ class BackedMatrix:
         if self._ds is None:
             self._file = h5py.File(self.path, "r")
             if self.key not in self._file:
-                raise VennCellInputError(f"Modality '{self.spec.name}': '{self.key}' is not in {self.path}.")
+                raise VennCellInputError(
+                    f"Modality '{self.name}': '{self.key}' is not in {self.path}."
+                )
             node = self._file[self.key]
             if isinstance(node, h5py.Dataset):
                 self._ds = node
             else:
                 enc = node.attrs.get("encoding-type", "")
                 if enc not in ("csr_matrix", "csc_matrix"):
-                    raise VennCellInputError(f"Modality '{self.spec.name}': '{self.key}' has encoding '{enc}'; "
-                                             "backed training reads dense arrays or CSR matrices.")
+                    raise VennCellInputError(
+                        f"Modality '{self.name}': '{self.key}' has encoding '{enc}'; "
+                        "backed training reads dense arrays or CSR matrices."
+                    )
                 if enc == "csc_matrix":
                     raise VennCellInputError(
-                        f"Modality '{self.spec.name}' is stored column-wise (CSC) in {self.path}: reading cells would "
+                        f"Modality '{self.name}' is stored column-wise (CSC) in {self.path}: reading cells would "
                         "touch the whole matrix. Rewrite it as CSR (`adata.X = adata.X.tocsr(); mdata.write(path)`)."
                     )
                 self._ds = _sparse_dataset(node)
@@ -106,13 +118,17 @@ class BackedMatrix:
             x = x[:, self.cols]
         if sp.issparse(x):
             x = sp.csr_matrix(x, dtype=np.float32)
-            if self.spec.binarize and binarize:
+            if self.binarize and binarize:
                 x.data = (x.data > 0).astype(np.float32)
                 x.eliminate_zeros()
         else:
             x = np.asarray(x, dtype=np.float32)
-            if self.spec.binarize and binarize:
+            if self.binarize and binarize:
                 x = (x > 0).astype(np.float32)
+        if self.scale is not None and binarize:  # raw reads (validation) keep the stored values
+            from venncell.data.transforms import scale_columns
+
+            x = scale_columns(x, self.scale)
         return x
 
     def _block(self, b: int):
@@ -148,30 +164,54 @@ class BackedMatrix:
             yield start, self.read(start, min(self.shape[0], start + rows), binarize=False)
 
 
-def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, cols: np.ndarray | None,
-                         chunk_size: int) -> tuple[BackedMatrix, np.ndarray]:
-    """A modality's backed matrix and its per-row library sizes, from one streaming, validating pass.
+def _matrix_key(spec: ModalitySpec) -> str:
+    return f"mod/{spec.name}/" + ("X" if spec.layer is None else f"layers/{spec.layer}")
 
-    Sets ``spec.feature_mean`` / ``feature_std`` when fitting a ``standardise`` transform (computed from
-    streamed sums, float64, so they match the in-memory mean/std to rounding).
-    """
-    key = f"mod/{spec.name}/" + ("X" if spec.layer is None else f"layers/{spec.layer}")
-    m = BackedMatrix(path, key, spec, cols, chunk_size)
+
+def open_backed(
+    spec: ModalitySpec, path: str, cols: np.ndarray | None, chunk_size: int
+) -> BackedMatrix:
+    """A modality's rows on disk, aligned to ``cols`` of the stored matrix (None = every column)."""
+    m = BackedMatrix(path, _matrix_key(spec), spec.name, spec.binarize, cols, chunk_size)
+    m.scale = spec.data_scale
+    return m
+
+
+def fit_backed_spec(
+    spec: ModalitySpec, mdata, var_names: list[str], chunk_size: int | None
+) -> ModalitySpec:
+    """The spec of a backed modality from one streaming, validating pass over its rows: zero-variance features,
+    ``standardise`` statistics (from streamed float64 sums, matching the in-memory mean/std to rounding) and the
+    median library size. Nothing of size cells x features is held in memory."""
+    from venncell.data.registry import drop_zero_variance
+
+    path = backed_path(mdata)
+    if spec.transform is not None:
+        raise VennCellInputError(
+            f"Modality '{spec.name}': transform={spec.transform!r} is not supported for backed "
+            "data; load the MuData into memory or drop the transform."
+        )
+    m = open_backed(spec, path, None, chunk_size or DEFAULT_CHUNK_SIZE)
     n, p = m.shape
     library = np.empty(n, dtype=np.float32)
-    s1 = np.zeros(p)
-    s2 = np.zeros(p)
-    lo, hi = np.full(p, np.inf), np.full(p, -np.inf)  # column ranges: constant columns, as check_matrix finds them
+    s1, s2 = np.zeros(p), np.zeros(p)
+    lo, hi = (
+        np.full(p, np.inf),
+        np.full(p, -np.inf),
+    )  # column ranges: constant columns, as check_matrix finds them
     n_empty = 0
     for start, x in m.iter_pass():
         stop = start + x.shape[0]
         try:
             # the checks that need all cells at once (zero variance, all-zero cells) are done below
-            check_matrix(spec.name, x, spec.likelihood, spec.features or [str(i) for i in range(p)], spec.binarize,
-                         zero_variance="keep")
+            check_matrix(
+                spec.name, x, spec.likelihood, var_names, spec.binarize, zero_variance="keep"
+            )
         except VennCellInputError as e:
             if "all-zero" not in str(e):
-                raise VennCellInputError(f"{e} (found in rows {start}-{stop - 1} of the backed file {path})") from None
+                raise VennCellInputError(
+                    f"{e} (found in rows {start}-{stop - 1} of the backed file {path})"
+                ) from None
         x_lo, x_hi = column_range(x)  # raw values, as check_matrix sees them
         lo, hi = np.minimum(lo, x_lo), np.maximum(hi, x_hi)
         if spec.binarize:
@@ -179,11 +219,18 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
         library[start:stop] = np.asarray(x.sum(1)).ravel()
         n_empty += int((library[start:stop] == 0).sum())
         s1 += np.asarray(x.sum(0), dtype=np.float64).ravel()
-        s2 += np.asarray((x.multiply(x) if sp.issparse(x) else x * x).sum(0), dtype=np.float64).ravel()
-    if spec.likelihood in ("nb", "bernoulli") and n_empty:
+        s2 += np.asarray(
+            (x.multiply(x) if sp.issparse(x) else x * x).sum(0), dtype=np.float64
+        ).ravel()
+    if (
+        spec.likelihood in ("nb", "zinb", "nb_mixture", "bernoulli", "bernoulli_factors")
+        and n_empty
+    ):
         if n_empty == n:
-            raise VennCellInputError(f"Modality '{spec.name}': every cell is all-zero; there is nothing to learn from.")
-        if spec.likelihood == "nb":
+            raise VennCellInputError(
+                f"Modality '{spec.name}': every cell is all-zero; there is nothing to learn from."
+            )
+        if spec.likelihood in ("nb", "zinb", "nb_mixture"):
             raise VennCellInputError(
                 f"Modality '{spec.name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(library == 0))}), "
                 "so their library size is 0 and the count likelihood is undefined. Filter them "
@@ -192,74 +239,19 @@ def open_backed_modality(path: str, spec: ModalitySpec, fit_transform: bool, col
     mean = s1 / n
     var = np.maximum(s2 / n - mean**2, 0.0)
     const = np.flatnonzero(lo == hi) if n > 1 else np.array([], dtype=np.int64)
-    # the in-memory reader's zero-variance policy, applied after the pass (the statistics need every cell)
-    names = spec.features or [str(i) for i in range(p)]
-    if fit_transform and spec.zero_variance == "warn":
-        warn_zero_variance(spec.name, const, names, stacklevel=5)
-    if fit_transform and spec.zero_variance == "drop" and const.size:
+    spec = drop_zero_variance(spec, const, var_names)
+    if spec.dropped_features:
         keep = np.setdiff1d(np.arange(p), const)
-        if keep.size == 0:
-            raise VennCellInputError(
-                f"Modality '{spec.name}': every feature has zero variance, so zero_variance='drop' leaves nothing.")
-        spec.dropped_features = [names[i] for i in const]
-        spec.features = [names[i] for i in keep]
-        # a constant column adds its value to every cell's library; without it the library is what the
-        # in-memory reader computes after dropping the column
-        values = lo[const] > 0 if spec.binarize else lo[const]
-        library -= np.float32(values.sum())
-        m.cols = keep if m.cols is None else m.cols[keep]
-        m.shape = (n, keep.size)
+        # a constant column adds its value to every cell's library; without it the library is what the in-memory
+        # reader computes after dropping the column
+        library -= np.float32((lo[const] > 0 if spec.binarize else lo[const]).sum())
         mean, var = mean[keep], var[keep]
-    if fit_transform and spec.encoder_transform == "standardise":
-        spec.feature_mean = mean.tolist()
-        spec.feature_std = (np.sqrt(var) + 1e-6).tolist()
-    m._cache.clear()
-    m.reads.clear()
-    return m, library
-
-
-def chunk_groups(cells: np.ndarray, chunk_size: int) -> list[np.ndarray]:
-    """Sorted cell indices split into the runs that fall in one reader chunk each."""
-    return np.split(cells, np.flatnonzero(np.diff(cells // chunk_size)) + 1)
-
-
-def shuffle_chunks(groups: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """The chunks in random order, each with its cells in random order (reads stay within one chunk)."""
-    return [groups[g][rng.permutation(len(groups[g]))] for g in rng.permutation(len(groups))]
-
-
-class ChunkedCellBatches:
-    """Mini-batches that walk the data chunk by chunk: disk reads stay contiguous, order stays random.
-
-    Cells are grouped into aligned chunks of ``chunk_size`` cell indices (the reader's blocks); each epoch
-    shuffles the order of the chunks and the cells within each chunk, then cuts the stream into batches.
-    Like ``CellBatches`` the order is a pure function of ``(seed, epoch)``, so resumed runs see the same
-    batches. A batch is drawn from at most two neighbouring chunks of the stream, so with a two-block cache
-    every chunk is read from disk once per epoch.
-    """
-
-    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE):
-        self.indices = np.sort(np.asarray(indices))
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.chunk_size = int(chunk_size)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def order(self) -> np.ndarray:
-        if not self.shuffle or len(self.indices) == 0:
-            return self.indices
-        rng = np.random.default_rng((self.seed, self.epoch))
-        return np.concatenate(shuffle_chunks(chunk_groups(self.indices, self.chunk_size), rng))
-
-    def __iter__(self):
-        order = self.order()
-        for start in range(0, len(order), self.batch_size):
-            yield order[start : start + self.batch_size]
-
-    def __len__(self) -> int:
-        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+    if spec.likelihood == "gaussian":  # unit-scale data, as in memory (ModalitySpec.data_scale)
+        sd = np.sqrt(var)
+        scale = np.where(sd > 0, sd, 1.0)
+        spec.data_scale = scale.tolist()
+        mean, var = mean / scale, var / scale**2
+    if spec.encoder_transform == "standardise":
+        spec.feature_mean, spec.feature_std = mean.tolist(), (np.sqrt(var) + 1e-6).tolist()
+    spec.median_library = float(np.median(library))
+    return spec

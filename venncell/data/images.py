@@ -47,12 +47,16 @@ def open_store(name: str, path: str | Path):
             "array (save it with `np.save(path, images.astype(np.float32))`)."
         ) from None
     except OSError as e:
-        raise VennCellInputError(f"Modality '{name}': image store {str(p)!r} is not a readable .npy file ({e}).") from None
+        raise VennCellInputError(
+            f"Modality '{name}': image store {str(p)!r} is not a readable .npy file ({e})."
+        ) from None
 
 
 def _read_rows(arr, rows: np.ndarray) -> np.ndarray:
     if hasattr(arr, "get_orthogonal_selection"):  # zarr
-        return np.asarray(arr.get_orthogonal_selection((rows, slice(None), slice(None), slice(None))))
+        return np.asarray(
+            arr.get_orthogonal_selection((rows, slice(None), slice(None), slice(None)))
+        )
     # np.memmap (fancy indexing reads only these rows), in-memory arrays, h5py datasets (sorted rows)
     return np.asarray(arr[rows])
 
@@ -64,7 +68,9 @@ class ImageSource:
         check_image_array(name, array, channels, n_obs)
         self.name = name
         self.array = array
-        self.channels = list(range(array.shape[1])) if channels is None else [int(c) for c in channels]
+        self.channels = (
+            list(range(array.shape[1])) if channels is None else [int(c) for c in channels]
+        )
         self.shape = (len(self.channels), int(array.shape[2]), int(array.shape[3]))
         self.mean = np.zeros(len(self.channels))
         self.std = np.ones(len(self.channels))
@@ -114,41 +120,48 @@ class ImageSource:
         return x.reshape(len(x), -1)
 
 
-def image_source(spec, adata, fit: bool) -> ImageSource:
-    """Open the image array of ``spec`` for this modality's AnnData.
-
-    ``.obsm[spec.image_key]`` when the data has it; otherwise the store named in ``adata.uns`` (set by
-    setup_mudata, or by the user for new data) and, while fitting, the store the registry recorded. So a saved
-    model embeds new data from that data's own store, never from the one it was trained on.
-    """
+def _open_array(spec, adata, training: bool):
+    """The modality's image array: ``.obsm[spec.image_key]`` when the data has it; otherwise the store named in
+    ``adata.uns`` (set by setup_mudata, or by the user for new data) and, for the training data, the store the
+    registry recorded. So a saved model embeds new data from that data's own store, never from the training one."""
     name = spec.name
-    path = adata.uns.get(STORE_UNS_KEY) or (spec.image_store if fit else None)
+    path = adata.uns.get(STORE_UNS_KEY) or (spec.image_store if training else None)
     if spec.image_key is not None and spec.image_key in adata.obsm:
-        array = adata.obsm[spec.image_key]
-    elif path is not None:
-        array = open_store(name, path)
-    elif spec.image_key is not None:
+        return adata.obsm[spec.image_key]
+    if path is not None:
+        return open_store(name, path)
+    if spec.image_key is not None:
         raise VennCellInputError(
             f"Modality '{name}': `.obsm['{spec.image_key}']` does not exist (obsm keys: "
             f"{list(adata.obsm) or 'none'}). Put the cells x C x H x W array there, or point "
             f"`mdata['{name}'].uns['{STORE_UNS_KEY}']` at a .npy/.zarr file holding it."
         )
-    else:
-        raise VennCellInputError(
-            f"Modality '{name}' is an image modality stored outside the MuData, but this data names no store. "
-            f"Set `mdata['{name}'].uns['{STORE_UNS_KEY}'] = 'path/to/images.npy'` (rows = this modality's cells) "
-            "or register it with setup_mudata(..., modalities={name: {'kind': 'image', 'store': path}})."
-        )
-    src = ImageSource(name, array, spec.channels, adata.n_obs)
-    if fit:
-        spec.image_shape = list(src.shape)
-        mean, std = src.scan()
-        spec.channel_mean, spec.channel_std = mean.tolist(), std.tolist()
-    else:
+    raise VennCellInputError(
+        f"Modality '{name}' is an image modality stored outside the MuData, but this data names no store. "
+        f"Set `mdata['{name}'].uns['{STORE_UNS_KEY}'] = 'path/to/images.npy'` (rows = this modality's cells) "
+        "or register it with setup_mudata(..., modalities={name: {'kind': 'image', 'store': path}})."
+    )
+
+
+def fit_image_spec(spec, adata):
+    """The spec with the training images' shape and per-channel statistics (one scan, checking every pixel)."""
+    src = ImageSource(
+        spec.name, _open_array(spec, adata, training=True), spec.channels, adata.n_obs
+    )
+    mean, std = src.scan()
+    spec.image_shape = list(src.shape)
+    spec.channel_mean, spec.channel_std = mean.tolist(), std.tolist()
+    return spec
+
+
+def image_source(spec, adata, training: bool) -> ImageSource:
+    """The modality's images as the model reads them, standardised with the spec's (training) statistics."""
+    src = ImageSource(spec.name, _open_array(spec, adata, training), spec.channels, adata.n_obs)
+    if not training:
         if spec.image_shape is not None and list(src.shape) != list(spec.image_shape):
             raise VennCellInputError(
-                f"Modality '{name}': images are {tuple(src.shape)} (channels x height x width) but the model was "
-                f"trained on {tuple(spec.image_shape)}. Crop/resize them to the training size."
+                f"Modality '{spec.name}': images are {tuple(src.shape)} (channels x height x width) but the model "
+                f"was trained on {tuple(spec.image_shape)}. Crop/resize them to the training size."
             )
         src.scan()  # finiteness check only: the model's own statistics are used
     src.set_stats(spec.channel_mean, spec.channel_std)
@@ -166,8 +179,8 @@ def downsample(x: np.ndarray, shape, max_side: int = 16) -> np.ndarray:
     return t.reshape(len(t), -1).numpy()
 
 
-def register_image(name: str, kind: str, adata, opts: dict) -> dict:
-    """The registry entry of an image modality (called by ``VennCell.setup_mudata``).
+def image_options(name: str, kind: str, adata, opts: dict) -> dict:
+    """The validated setup options of an image modality (called by ``VennCell.setup_mudata``).
 
     Options: ``obsm_key`` (array in ``adata.obsm``) or ``store`` (path of a ``.npy`` / ``.zarr`` array whose
     row i is the modality's cell i), ``channels`` (indices into the array's channel axis; default all),
@@ -178,7 +191,9 @@ def register_image(name: str, kind: str, adata, opts: dict) -> dict:
             f"Modality '{name}': options obsm_key/store/channels are for image modalities; set kind: image."
         )
     key, store = opts.get("obsm_key"), opts.get("store")
-    if key is None and store is None:  # a MuData written after an earlier setup keeps its store path
+    if (
+        key is None and store is None
+    ):  # a MuData written after an earlier setup keeps its store path
         store = adata.uns.get(STORE_UNS_KEY)
     if (key is None) == (store is None):
         raise VennCellInputError(
@@ -192,11 +207,20 @@ def register_image(name: str, kind: str, adata, opts: dict) -> dict:
         )
     for bad in ("layer", "binarize"):
         if opts.get(bad):
-            raise VennCellInputError(f"Modality '{name}': option {bad!r} does not apply to image modalities; drop it.")
+            raise VennCellInputError(
+                f"Modality '{name}': option {bad!r} does not apply to image modalities; drop it."
+            )
+    if adata.n_vars:
+        raise VennCellInputError(
+            f"Modality '{name}' is an image modality but its AnnData has {adata.n_vars} feature column(s); the "
+            "pixels live in .obsm or a store. Register tabular features as a separate modality of kind 'features'."
+        )
     channels = opts.get("channels")
     if channels is not None:
         channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
-        channels = [int(c) if isinstance(c, (int, np.integer)) else c for c in channels]  # JSON-safe
+        channels = [
+            int(c) if isinstance(c, (int, np.integer)) else c for c in channels
+        ]  # JSON-safe
     if store is not None:
         store = str(Path(store).resolve())
         arr = open_store(name, store)
@@ -210,7 +234,13 @@ def register_image(name: str, kind: str, adata, opts: dict) -> dict:
         arr = adata.obsm[key]
     check_image_array(name, arr, channels, adata.n_obs)
     return {
-        "kind": "image", "likelihood": "gaussian", "layer": None, "binarize": False,
-        "private_dim": opts.get("private_dim"), "weight": float(opts.get("weight", 1.0)),
-        "image_key": key, "image_store": store, "channels": channels,
+        "kind": "image",
+        "likelihood": "gaussian",
+        "layer": None,
+        "binarize": False,
+        "private_dim": opts.get("private_dim"),
+        "weight": opts.get("weight"),
+        "image_key": key,
+        "image_store": store,
+        "channels": channels,
     }

@@ -1,35 +1,76 @@
-"""What VennCell needs to know about each modality, and how its likelihood is chosen."""
+"""What VennCell knows about each modality (``ModalitySpec``), and the names every layer agrees on.
+
+The registry (``venncell.data.registry``) computes a spec once, from the training data, and saves it with the
+model; everything else only reads it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-import scipy.sparse as sp
 
 KINDS = ("rna", "atac", "protein", "features", "image")
 # Default likelihood per kind; ``auto`` inspects the data instead.
-KIND_DEFAULT_LIKELIHOOD = {"rna": "nb", "protein": "nb", "atac": "bernoulli_factors", "features": "gaussian",
-                           "image": "gaussian"}
-# Which likelihoods need raw counts / 0-1 data (mirrors ``Likelihood.data_type``; plain names keep this module torch-free).
+KIND_DEFAULT_LIKELIHOOD = {
+    "rna": "nb",
+    "protein": "nb",
+    "atac": "bernoulli_factors",
+    "features": "gaussian",
+    "image": "gaussian",
+}
+# Likelihood names (the heads in ``venncell.nn.likelihoods`` are keyed by these) and what data each demands.
 COUNT_LIKELIHOODS = ("nb", "zinb", "nb_mixture")
 BINARY_LIKELIHOODS = ("bernoulli", "bernoulli_factors")
+LIKELIHOODS = (*COUNT_LIKELIHOODS, *BINARY_LIKELIHOODS, "gaussian")
+# Heads whose NLL reads the batch's non-zero positions, which the batch assembly takes from the CSR structure.
+NONZERO_LIKELIHOODS = ("nb",)
 # Load-time transforms of the data itself (before the likelihood sees it); None = the data as given.
 TRANSFORMS = (None, "clr")
+# Preprocessing in front of the encoders (and of the spectral start), chosen by the likelihood.
+ENCODER_TRANSFORMS = ("log1p_cp10k", "binary", "standardise", "none")
 
 
 @dataclass
 class ModalitySpec:
     """One modality's registry entry, saved with the model so new cells get the same treatment.
 
-    ``encoder_transform`` records the preprocessing applied before the encoders: ``log1p_cp10k``
-    (counts -> log1p of counts per 10k), ``binary`` or ``standardise`` (with ``feature_mean`` and
-    ``feature_std`` computed on the training cells).
-
-    ``transform`` changes the data itself at load time, before likelihood and encoders: ``clr`` is
-    muon's ``prot.pp.clr`` with its default ``axis=0``, ``log1p(x_ij / exp(mean_i log1p(x_ij)))`` —
-    each feature divided by its pseudo-geometric mean over the *training* cells, recorded in
-    ``clr_log_geomean`` so new cells get exactly the same numbers.
+    Parameters
+    ----------
+    name
+        Modality name (the MuData key).
+    kind
+        One of ``KINDS``.
+    likelihood
+        One of ``LIKELIHOODS``.
+    layer
+        AnnData layer holding the data (None = ``.X``).
+    binarize
+        Counts > 0 become 1 at load time (ATAC with a Bernoulli likelihood).
+    private_dim
+        Size of this modality's private block (None = the model's ``private_dim``).
+    weight
+        Multiplier of this modality's reconstruction term (None = the model's rule, ``modality_weights``).
+    features
+        Feature names after any dropped zero-variance features, in model order.
+    encoder_transform
+        Preprocessing before the encoders: ``log1p_cp10k`` (log1p of counts per 10k), ``binary``, ``standardise``
+        (with ``feature_mean`` / ``feature_std`` of the training cells) or ``none`` (images: standardised pixels).
+    transform
+        Load-time transform of the data: ``clr`` is muon's ``prot.pp.clr`` with ``axis=0``,
+        ``log1p(x_ij / exp(mean_i log1p(x_ij)))``, with ``clr_log_geomean`` from the training cells.
+    zero_variance
+        ``warn`` | ``drop`` | ``keep`` features with zero variance; dropped ones are listed in
+        ``dropped_features`` so new data may carry them.
+    median_library
+        Median library size of the training cells (``predict_modality(scale="counts")``).
+    data_scale
+        Gaussian modalities: each feature's standard deviation on the training cells; the data are divided by it
+        at load time, so the likelihood sees unit-scale values whatever the features' units (predictions are
+        multiplied back).
+    image_key, image_store, channels, image_shape, channel_mean, channel_std
+        Image modalities: cells x C x H x W in ``.obsm[image_key]`` or in the ``.npy``/zarr file ``image_store``;
+        ``channels`` picks channels; pixels are standardised per channel with the training statistics.
     """
 
     name: str
@@ -38,23 +79,21 @@ class ModalitySpec:
     layer: str | None = None
     binarize: bool = False
     private_dim: int | None = None
-    weight: float = 1.0
+    weight: float | None = None
     features: list[str] = field(default_factory=list)
     encoder_transform: str = "standardise"
     feature_mean: list[float] | None = None
     feature_std: list[float] | None = None
     transform: str | None = None
     clr_log_geomean: list[float] | None = None
-    # zero-variance features: warn | drop | keep; dropped ones are remembered so new data may carry them
     zero_variance: str = "warn"
     dropped_features: list[str] = field(default_factory=list)
-
-    # image modalities (kind "image", see venncell.data.images): cells x C x H x W in .obsm[image_key] or
-    # in the .npy/zarr file image_store; channels picks channels of it; pixels are standardised per channel
+    median_library: float = 1.0
+    data_scale: list[float] | None = None
     image_key: str | None = None
     image_store: str | None = None
     channels: list[int] | None = None
-    image_shape: list[int] | None = None  # (C, H, W) after channel selection
+    image_shape: list[int] | None = None
     channel_mean: list[float] | None = None
     channel_std: list[float] | None = None
 
@@ -69,42 +108,57 @@ class ModalitySpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModalitySpec:
-        return cls(**d)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def guess_kind(name: str) -> str:
+    """A modality's kind from its name (``rna``, ``gex`` -> rna; ``atac``, ``peaks`` -> atac; ``adt``, ``prot`` ->
+    protein; anything else -> features)."""
     lname = name.lower()
-    for key, kind in (("atac", "atac"), ("peak", "atac"), ("chrom", "atac"), ("rna", "rna"), ("gex", "rna"),
-                      ("prot", "protein"), ("adt", "protein"), ("cite", "protein")):
+    for key, kind in (
+        ("atac", "atac"),
+        ("peak", "atac"),
+        ("chrom", "atac"),
+        ("rna", "rna"),
+        ("gex", "rna"),
+        ("prot", "protein"),
+        ("adt", "protein"),
+        ("cite", "protein"),
+    ):
         if key in lname:
             return kind
     return "features"
 
 
+def default_encoder_transform(likelihood: str, kind: str | None = None) -> str:
+    if kind == "image":
+        return "none"  # pixels arrive standardised per channel (venncell.data.images)
+    if likelihood in COUNT_LIKELIHOODS:
+        return "log1p_cp10k"
+    return "binary" if likelihood in BINARY_LIKELIHOODS else "standardise"
+
+
 def _value_sample(x) -> np.ndarray:
     """Up to 200k of x's stored values: enough to tell counts, binary and real values apart."""
+    import scipy.sparse as sp
+
     values = x.data if sp.issparse(x) else np.asarray(x).ravel()
     return values[:200_000]
 
 
-def infer_likelihood(name: str, kind: str, x) -> str:
-    """Choose a likelihood from the modality's kind and content.
-
-    Binary data -> Bernoulli; non-negative integers -> NB (ATAC counts -> Bernoulli with cell/region factors after binarising);
-    anything else -> Gaussian.
-    """
+def infer_likelihood(kind: str, x) -> str:
+    """A likelihood from the modality's kind and content: binary data -> Bernoulli; non-negative integers -> NB (ATAC
+    counts -> Bernoulli with cell and region factors, after binarising); anything else -> Gaussian."""
     sample = _value_sample(x)
     if sample.size == 0:
         return KIND_DEFAULT_LIKELIHOOD.get(kind, "gaussian")
     integer = bool(np.isfinite(sample).all()) and not_counts_reason(sample) is None
-    binary = integer and sample.max() <= 1
     if kind == "atac" and integer:
         return "bernoulli_factors"
-    if binary:
+    if integer and sample.max() <= 1:
         return "bernoulli"
-    if integer:
-        return "nb"
-    return "gaussian"
+    return "nb" if integer else "gaussian"
 
 
 def not_counts_reason(x) -> str | None:
@@ -118,11 +172,3 @@ def not_counts_reason(x) -> str | None:
         return f"negative values (min {sample.min():.3g})"
     frac = sample[~np.isclose(sample, np.round(sample))]
     return f"non-integer values (e.g. {frac[0]:.3g})" if frac.size else None
-
-
-def default_transform(likelihood: str, kind: str | None = None) -> str:
-    if kind == "image":
-        return "none"  # pixels arrive standardised per channel (venncell.data.images)
-    if likelihood in COUNT_LIKELIHOODS:
-        return "log1p_cp10k"
-    return "binary" if likelihood in BINARY_LIKELIHOODS else "standardise"

@@ -29,9 +29,13 @@ class SyntheticTruth:
     cluster: np.ndarray
     # Per modality, which features are driven only by shared or only by private factors.
     feature_driver: dict[str, np.ndarray] = field(default_factory=dict)
+    # Factors seen by some modalities but not all, keyed by region name ("protein+rna": sorted, joined by "+").
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def blocks(self) -> dict[str, np.ndarray]:
-        out = {"shared": self.shared}
+        """Every true block under the name of the learned block that should recover it: ``shared``, each region,
+        ``private:<m>``."""
+        out = {"shared": self.shared, **self.regions}
         out.update({f"private:{m}": v for m, v in self.private.items()})
         return out
 
@@ -85,12 +89,15 @@ def make_synthetic(
     feature_noise: float = 0.3,
     n_batches: int = 0,
     batch_effect: float = 1.0,
+    region_factors: dict[str, int] | None = None,
     seed: int = 0,
 ) -> tuple[md.MuData, SyntheticTruth]:
     """Generate a paired multi-modal dataset with known shared and private factors.
 
     Parameters
     ----------
+    n_cells
+        Number of cells.
     modalities
         ``{name: n_features}``; the name's prefix picks the kind (``rna``, ``protein``, ``atac``,
         ``features``). Default: RNA (1000 genes), protein (100) and ATAC (1000 peaks).
@@ -98,11 +105,24 @@ def make_synthetic(
         True dimensions of the shared block and of each private block.
     n_clusters, cluster_spread
         Shared factors are cluster centres plus a continuous Gaussian trend of this spread.
+    pure_fraction
+        Fraction of each modality's features driven by the shared factors only, and the same fraction by the
+        private ones only (``var["true_driver"]``); the rest read both.
+    rna_library_mean, protein_library_mean, atac_mean_accessibility
+        Mean counts per cell of RNA and protein, mean open fraction of ATAC peaks.
+    feature_noise
+        Gaussian noise added to every feature's standardised signal, before the counts are drawn.
     n_batches, batch_effect
         With ``n_batches >= 2`` cells are assigned to batches (``obs["batch"]``) and every feature of every
         modality gets a batch-specific shift of ``batch_effect`` standard deviations (times a random
         per-feature loading) — a technical effect present in every modality, which a model must not
         mistake for shared biology. 0 keeps the data identical to a batch-free run with the same seed.
+    region_factors
+        Factors shared by some modalities but not all: ``{"protein+rna": 2}`` adds 2 factors that RNA and
+        protein see (next to the shared ones) and the other modalities do not. Stored in ``.obsm["true_region_<name>"]``.
+        None keeps the data identical to a run without them.
+    seed
+        Seed of every random draw (the same seed gives the same data).
 
     Returns
     -------
@@ -111,7 +131,7 @@ def make_synthetic(
     """
     modalities = dict(modalities or {"rna": 1000, "protein": 100, "atac": 1000})
     if len(modalities) < 2:
-        raise ValueError("make_synthetic needs at least two modalities, got " f"{list(modalities)}.")
+        raise ValueError(f"make_synthetic needs at least two modalities, got {list(modalities)}.")
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=1.5, size=(n_clusters, shared_dim))
     cluster = rng.integers(0, n_clusters, size=n_cells)
@@ -122,18 +142,25 @@ def make_synthetic(
     batch_rng = np.random.default_rng([seed, 1])
     batch = batch_rng.integers(0, n_batches, size=n_cells) if n_batches >= 2 else None
     obs_names = [f"cell{i:06d}" for i in range(n_cells)]
+    regions = _region_factors(region_factors or {}, list(modalities), n_cells, seed)
     mods: dict[str, ad.AnnData] = {}
     private: dict[str, np.ndarray] = {}
     drivers: dict[str, np.ndarray] = {}
     for name, n_features in modalities.items():
         kind = _kind_of(name)
         u_priv = rng.normal(size=(n_cells, private_dim))
-        signal, driver = _modality_signal(rng, u_shared, u_priv, n_features, pure_fraction)
+        seen = [
+            u for r, u in regions.items() if name in r.split("+")
+        ]  # the regions this modality sees
+        u_seen = np.hstack([u_shared, *seen]) if seen else u_shared
+        signal, driver = _modality_signal(rng, u_seen, u_priv, n_features, pure_fraction)
         signal = signal + feature_noise * rng.normal(size=signal.shape)
         if batch is not None:
             shifts = batch_rng.normal(size=(n_batches, n_features))
             signal = signal + batch_effect * shifts[batch]
-        x = _emit(rng, kind, signal, rna_library_mean, protein_library_mean, atac_mean_accessibility)
+        x = _emit(
+            rng, kind, signal, rna_library_mean, protein_library_mean, atac_mean_accessibility
+        )
         a = ad.AnnData(X=x)
         a.obs_names = obs_names
         a.var_names = [f"{name}_{j:04d}" for j in range(n_features)]
@@ -142,15 +169,40 @@ def make_synthetic(
         private[name] = u_priv
         drivers[name] = driver
 
-    mdata = md.MuData(mods)
+    with md.set_options(pull_on_update=False):  # keep each modality's .obs/.var where it is
+        mdata = md.MuData(mods)
     mdata.obs["cluster"] = pd.Categorical([f"c{c}" for c in cluster])
     if batch is not None:
         mdata.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])
     mdata.obsm["true_shared"] = u_shared
     for name, u in private.items():
         mdata.obsm[f"true_private_{name}"] = u
-    truth = SyntheticTruth(shared=u_shared, private=private, cluster=cluster, feature_driver=drivers)
+    for name, u in regions.items():
+        mdata.obsm[f"true_region_{name}"] = u
+    truth = SyntheticTruth(
+        shared=u_shared, private=private, cluster=cluster, feature_driver=drivers, regions=regions
+    )
     return mdata, truth
+
+
+def _region_factors(
+    spec: dict[str, int], modalities: list[str], n_cells: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Standard-normal factors of each region (from a stream of their own, so the other factors do not change)."""
+    out = {}
+    rng = np.random.default_rng([seed, 2])
+    for raw, dim in spec.items():
+        members = sorted(raw.split("+"))
+        if len(members) < 2 or len(set(members)) < len(members) or set(members) - set(modalities):
+            raise ValueError(
+                f"region_factors key {raw!r} must name two or more of the modalities {modalities}, joined by '+'."
+            )
+        if len(members) == len(modalities):
+            raise ValueError(
+                f"region {raw!r} holds every modality: those factors are the shared ones (shared_dim)."
+            )
+        out["+".join(members)] = rng.normal(size=(n_cells, int(dim)))
+    return out
 
 
 def truth_from_mudata(mdata: md.MuData) -> SyntheticTruth | None:
@@ -158,14 +210,29 @@ def truth_from_mudata(mdata: md.MuData) -> SyntheticTruth | None:
     if "true_shared" not in mdata.obsm:
         return None
     private = {
-        k[len("true_private_") :]: np.asarray(v) for k, v in mdata.obsm.items() if k.startswith("true_private_")
+        k[len("true_private_") :]: np.asarray(v)
+        for k, v in mdata.obsm.items()
+        if k.startswith("true_private_")
     }
-    cluster = np.asarray(pd.Categorical(mdata.obs["cluster"]).codes) if "cluster" in mdata.obs else None
+    cluster = (
+        np.asarray(pd.Categorical(mdata.obs["cluster"]).codes) if "cluster" in mdata.obs else None
+    )
     drivers = {
-        m: np.asarray(a.var["true_driver"]).astype(str) for m, a in mdata.mod.items() if "true_driver" in a.var
+        m: np.asarray(a.var["true_driver"]).astype(str)
+        for m, a in mdata.mod.items()
+        if "true_driver" in a.var
+    }
+    regions = {
+        k[len("true_region_") :]: np.asarray(v)
+        for k, v in mdata.obsm.items()
+        if k.startswith("true_region_")
     }
     return SyntheticTruth(
-        shared=np.asarray(mdata.obsm["true_shared"]), private=private, cluster=cluster, feature_driver=drivers
+        shared=np.asarray(mdata.obsm["true_shared"]),
+        private=private,
+        cluster=cluster,
+        feature_driver=drivers,
+        regions=regions,
     )
 
 

@@ -10,6 +10,11 @@ import scipy.sparse as sp
 
 from venncell.data.spec import BINARY_LIKELIHOODS, COUNT_LIKELIHOODS
 
+# float32 (the training precision) holds integers exactly up to 2^24; larger counts lose the NB likelihood's
+# precision (its log-gamma terms cancel), so they are refused rather than trained on silently
+MAX_COUNT = 2.0**24
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class VennCellInputError(ValueError):
     """Raised for data or configuration that VennCell cannot train on."""
@@ -28,7 +33,9 @@ ZERO_VARIANCE_POLICIES = ("warn", "drop", "keep")
 
 def check_zero_variance_policy(name: str, policy: str) -> None:
     if policy not in ZERO_VARIANCE_POLICIES:
-        raise VennCellInputError(f"Modality '{name}': zero_variance={policy!r} is not one of {ZERO_VARIANCE_POLICIES}.")
+        raise VennCellInputError(
+            f"Modality '{name}': zero_variance={policy!r} is not one of {ZERO_VARIANCE_POLICIES}."
+        )
 
 
 def column_range(x) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +61,9 @@ def warn_zero_variance(name: str, const: np.ndarray, features, stacklevel: int =
     )
 
 
-def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False,
-                 zero_variance: str = "warn") -> np.ndarray:
+def check_matrix(
+    name: str, x, likelihood: str, features, binarize: bool = False, zero_variance: str = "warn"
+) -> np.ndarray:
     """Validate one modality's matrix against its likelihood.
 
     Returns the column indices of zero-variance features; ``zero_variance`` says whether they are
@@ -72,8 +80,11 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
             f"Modality '{name}' has zero features. Remove it from the MuData or check the feature filter."
         )
     vals = _values(x)
-    if not np.issubdtype(vals.dtype, np.number):
-        raise VennCellInputError(f"Modality '{name}' holds non-numeric values (dtype {vals.dtype}); convert to float.")
+    if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.complexfloating):
+        raise VennCellInputError(
+            f"Modality '{name}' holds non-numeric values (dtype {vals.dtype}); convert it to "
+            "float (`adata.X = adata.X.astype(np.float32)`)."
+        )
     finite = np.isfinite(vals)
     if not finite.all():
         bad = _first_bad(x, finite)
@@ -83,7 +94,19 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
             "before training (e.g. keep the cells whose values are all finite, for a dense or sparse .X: "
             "`adata = adata[np.isfinite(np.asarray(adata.X.sum(1))).ravel()]`)."
         )
+    if vals.size and np.abs(vals).max() > FLOAT32_MAX:
+        raise VennCellInputError(
+            f"Modality '{name}' has values up to {np.abs(vals).max():.3g}, beyond float32 (the training precision, "
+            f"max {FLOAT32_MAX:.3g}). Rescale or log-transform that modality before training."
+        )
     if likelihood in COUNT_LIKELIHOODS:
+        if vals.size and vals.max() > MAX_COUNT:
+            raise VennCellInputError(
+                f"Modality '{name}' uses a count likelihood ('{likelihood}') but has a count of {vals.max():.3g}, "
+                f"above 2^24 = {MAX_COUNT:.0f}, the largest integer float32 holds exactly; no sequencing count is "
+                "that large. Check that modality for corrupt values, or model it as likelihood='gaussian' after a "
+                "log transform."
+            )
         if vals.size and vals.min() < 0:
             raise VennCellInputError(
                 f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has negative values "
@@ -105,7 +128,9 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
         totals = np.asarray(x.sum(1)).ravel()
         n_empty = int((totals == 0).sum())
         if n_empty == n_cells:
-            raise VennCellInputError(f"Modality '{name}': every cell is all-zero; there is nothing to learn from.")
+            raise VennCellInputError(
+                f"Modality '{name}': every cell is all-zero; there is nothing to learn from."
+            )
         if n_empty and likelihood in COUNT_LIKELIHOODS:
             raise VennCellInputError(
                 f"Modality '{name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(totals == 0))}), so "
@@ -119,7 +144,7 @@ def check_matrix(name: str, x, likelihood: str, features, binarize: bool = False
         lo, hi = column_range(x)
         const = np.flatnonzero(lo == hi)
         if zero_variance == "warn":
-            warn_zero_variance(name, const, features, stacklevel=5)
+            warn_zero_variance(name, const, features, stacklevel=6)
     return const
 
 
@@ -135,14 +160,26 @@ def _first_bad(x, finite_values: np.ndarray) -> str:
     return f" (first at cell row {row}, feature column {col})"
 
 
-def check_range(name: str, value, low=None, high=None, integer: bool = False) -> None:
+def check_range(
+    name: str, value, low=None, high=None, integer: bool = False, finite: bool = True
+) -> None:
     """Validate a configuration value; ``name`` is the config key the user would edit."""
     if integer and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
         raise VennCellInputError(f"Config value {name}={value!r} must be an integer.")
+    if not integer and (
+        isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+    ):
+        raise VennCellInputError(f"Config value {name}={value!r} must be a number.")
+    if finite and not np.isfinite(value):
+        raise VennCellInputError(f"Config value {name}={value!r} must be a finite number.")
     if low is not None and value < low:
-        raise VennCellInputError(f"Config value {name}={value!r} is out of range: it must be >= {low}.")
+        raise VennCellInputError(
+            f"Config value {name}={value!r} is out of range: it must be >= {low}."
+        )
     if high is not None and value > high:
-        raise VennCellInputError(f"Config value {name}={value!r} is out of range: it must be <= {high}.")
+        raise VennCellInputError(
+            f"Config value {name}={value!r} is out of range: it must be <= {high}."
+        )
 
 
 def check_image_array(name: str, arr, channels, n_obs: int) -> None:
@@ -155,10 +192,20 @@ def check_image_array(name: str, arr, channels, n_obs: int) -> None:
             "channels x height x width. Add a channel axis for single-channel images (`images[:, None]`) or move a "
             "channels-last axis first (`images.transpose(0, 3, 1, 2)`)."
         )
-    if dtype == np.bool_ or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+    if (
+        dtype == np.bool_
+        or not np.issubdtype(dtype, np.number)
+        or np.issubdtype(dtype, np.complexfloating)
+    ):
         raise VennCellInputError(
             f"Modality '{name}': the image array has dtype {dtype}; pixels must be real numbers. Convert it "
             "(`images.astype(np.float32)`)."
+        )
+    if shape[3] <= 4 < shape[1] and channels is None:
+        raise VennCellInputError(
+            f"Modality '{name}': the image array has shape {shape}, which looks channels-last (cells x height x "
+            f"width x channels); VennCell reads cells x channels x height x width. Move the channel axis first "
+            "(`images.transpose(0, 3, 1, 2)`)."
         )
     if shape[0] != n_obs:
         raise VennCellInputError(
@@ -166,9 +213,13 @@ def check_image_array(name: str, arr, channels, n_obs: int) -> None:
             "the array must be the modality's cell i (same order as its obs_names)."
         )
     if min(shape[1:]) == 0:
-        raise VennCellInputError(f"Modality '{name}': the image array has an empty axis (shape {shape}).")
+        raise VennCellInputError(
+            f"Modality '{name}': the image array has an empty axis (shape {shape})."
+        )
     if channels is not None:
-        bad = [c for c in channels if not isinstance(c, (int, np.integer)) or not 0 <= c < shape[1]]
+        bad = [
+            c for c in channels if not isinstance(c, (int, np.integer)) or not 0 <= c < shape[1]
+        ]
         if bad or not len(channels):
             raise VennCellInputError(
                 f"Modality '{name}': channels {list(channels)} are out of range; the image array has {shape[1]} "
@@ -187,3 +238,41 @@ def check_unique_obs_names(where: str, names: np.ndarray) -> None:
         "are paired across modalities by name, so each must be unique. Fix the barcodes, or call "
         "`.obs_names_make_unique()` on each modality (the same cells must get the same names in every modality)."
     )
+
+
+def check_unique_names(name: str, features) -> None:
+    """A modality's feature names must be unique: new data are aligned to the model's features by name."""
+    index = pd.Index([str(f) for f in features])
+    if index.is_unique:
+        return
+    dup = index[index.duplicated()].unique()
+    raise VennCellInputError(
+        f"Modality '{name}' has {len(dup)} repeated feature name(s) in var_names (e.g. "
+        f"{', '.join(repr(str(d)) for d in dup[:3])}); features are matched to new data by name, so each must be "
+        f"unique. Call `mdata['{name}'].var_names_make_unique()` (or drop the duplicates) before setup."
+    )
+
+
+def check_batch_labels(key: str, values) -> np.ndarray:
+    """The batch labels of ``.obs[key]`` as strings, refusing what cannot be a batch: missing labels, continuous
+    numbers, or about one label per cell."""
+    s = pd.Series(values)
+    if s.isna().any():
+        raise VennCellInputError(
+            f"batch_key '{key}': {int(s.isna().sum())} cell(s) have no batch label (NaN). Give every cell a batch "
+            f"(e.g. `mdata.obs['{key}'] = mdata.obs['{key}'].astype(str)` makes them one batch named 'nan', if "
+            "that is what they are) or drop those cells."
+        )
+    if pd.api.types.is_float_dtype(s) and not np.allclose(s, np.round(s)):
+        raise VennCellInputError(
+            f"batch_key '{key}' holds continuous numbers (e.g. {s.iloc[0]!r}); a batch is a category such as a "
+            "sample, donor or run. Name a categorical column, or convert this one if its values are codes."
+        )
+    labels = s.astype(str).to_numpy()
+    n_cat = len(set(labels))
+    if len(labels) >= 4 and n_cat > len(labels) / 2:
+        raise VennCellInputError(
+            f"batch_key '{key}' has {n_cat} distinct values for {len(labels)} cells, about one per cell: that is "
+            "an identifier or a measurement, not a batch. Name the column of samples, donors or runs."
+        )
+    return labels

@@ -10,4 +10,12 @@ from venncell.nn.likelihoods import (
 )
 from venncell.nn.mlp import MLP
 
-__all__ = ["LIKELIHOODS", "BernoulliFactors", "Likelihood", "MLP", "NBMixture", "ZeroInflatedNB", "make_likelihood"]
+__all__ = [
+    "LIKELIHOODS",
+    "BernoulliFactors",
+    "Likelihood",
+    "MLP",
+    "NBMixture",
+    "ZeroInflatedNB",
+    "make_likelihood",
+]

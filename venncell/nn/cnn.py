@@ -1,8 +1,8 @@
 """Convolutional encoder and decoder for image modalities (cells x C x H x W crops).
 
-Batches carry images flattened to ``C*H*W`` columns so that every modality looks alike to the losses; these
-networks reshape with ``spec.image_shape``. Widths come from ``VennConfig.cnn_channels`` (one stride-2 stage
-per entry). GroupNorm(1, c) — LayerNorm over a feature map — for the same reason the MLPs avoid BatchNorm:
+Batches carry images flattened to ``C*H*W`` columns so that every modality looks alike to the losses; the
+module's image encoder and decoder (``venncell.module.networks``) reshape them for these networks. ``channels``:
+one stride-2 stage per entry. GroupNorm(1, c) — LayerNorm over a feature map — for the same reason the MLPs avoid BatchNorm:
 stage 1 mixes training and frozen-network passes inside one step.
 """
 
@@ -12,8 +12,6 @@ import math
 
 import torch
 from torch import nn
-
-from venncell.nn.likelihoods import make_likelihood
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -31,8 +29,13 @@ class ConvEncoderNet(nn.Module):
             layers += _block(c, c_out, stride=2)
             c, h, w = c_out, math.ceil(h / 2), math.ceil(w / 2)
         self.conv = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.LayerNorm(hidden), nn.GELU(),
-                                  nn.Linear(hidden, d_out))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c * h * w, hidden),
+            nn.LayerNorm(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, d_out),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(x))
@@ -48,8 +51,12 @@ class ConvDecoderNet(nn.Module):
         n = len(channels)
         self.h0, self.w0 = math.ceil(h / 2**n), math.ceil(w / 2**n)
         self.c0 = channels[-1]
-        self.dense = nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.GELU(),
-                                   nn.Linear(hidden, self.c0 * self.h0 * self.w0))
+        self.dense = nn.Sequential(
+            nn.Linear(d_in, hidden),
+            nn.LayerNorm(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, self.c0 * self.h0 * self.w0),
+        )
         widths = list(channels[::-1][1:]) + [channels[0]]
         layers: list[nn.Module] = []
         c = self.c0
@@ -62,37 +69,6 @@ class ConvDecoderNet(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.dense(z).reshape(len(z), self.c0, self.h0, self.w0)
         _, h, w = self.shape
-        return self.up(x)[:, :, :h, :w]  # the coarse grid is rounded up; crop back to the image size
-
-
-class ImageEncoder(nn.Module):
-    """Drop-in for ``venncell.model.venn.Encoder``: flattened standardised pixels -> (shared, private)."""
-
-    def __init__(self, spec, shared_dim: int, private_dim: int, cfg):
-        super().__init__()
-        self.shape = tuple(spec.image_shape)
-        self.shared_dim = shared_dim
-        self.net = ConvEncoderNet(self.shape, shared_dim + private_dim, tuple(cfg.cnn_channels), cfg.encoder_hidden)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(x.reshape(len(x), *self.shape))
-        return out[:, : self.shared_dim], out[:, self.shared_dim :]
-
-
-class ImageDecoder(nn.Module):
-    """Drop-in for ``venncell.model.venn.Decoder``: latents (+ batch one-hot) -> flattened pixel means.
-
-    Gaussian likelihood on per-channel standardised pixels, one scale per pixel.
-    """
-
-    def __init__(self, d_in: int, spec, n_batches: int, cfg):
-        super().__init__()
-        self.n_batches = n_batches
-        self.net = ConvDecoderNet(d_in + n_batches, spec.image_shape, tuple(cfg.cnn_channels), cfg.hidden)
-        self.likelihood = make_likelihood(spec.likelihood, spec.n_features)
-
-    def forward(self, z: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
-        if self.n_batches:
-            z = torch.cat([z, nn.functional.one_hot(batch, self.n_batches).to(z.dtype)], dim=1)
-        out = self.net(z)
-        return out.reshape(len(out), -1)
+        return self.up(x)[
+            :, :, :h, :w
+        ]  # the coarse grid is rounded up; crop back to the image size

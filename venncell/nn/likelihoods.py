@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from venncell.data.spec import LIKELIHOODS as LIKELIHOOD_NAMES
+from venncell.data.spec import NONZERO_LIKELIHOODS
+
 _EPS = 1e-8
 
 
@@ -27,9 +30,6 @@ class Likelihood(nn.Module):
     needs_library = False
     n_raw = 1  # decoder outputs per feature
     data_type = "real"  # "counts" | "binary" | "real": what the input checks demand
-    # cell_nll reads the batch's non-zero positions (``nz:<modality>``, 2 x nnz (row, column)), which the loader
-    # takes from the CSR structure for free; finding them in the dense batch is a full pass over it.
-    uses_nonzeros = False
 
     def __init__(self, n_features: int):
         super().__init__()
@@ -38,20 +38,29 @@ class Likelihood(nn.Module):
     def split(self, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The ``n_raw`` blocks of the decoder output, each cells x n_features."""
         if raw.shape[-1] != self.n_features * self.n_raw:
-            raise ValueError(f"{type(self).__name__}: decoder output has {raw.shape[-1]} columns, expected "
-                             f"{self.n_features} features x {self.n_raw}.")
+            raise ValueError(
+                f"{type(self).__name__}: decoder output has {raw.shape[-1]} columns, expected "
+                f"{self.n_features} features x {self.n_raw}."
+            )
         return raw.split(self.n_features, dim=-1)
 
     @torch.no_grad()
     def init_from_data(self, x, library) -> None:
         """Set data-dependent parameters from training data (scipy CSR or ndarray, library per cell)."""
 
-    def nll(self, raw: torch.Tensor, x: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+    def nll(
+        self, raw: torch.Tensor, x: torch.Tensor, library: torch.Tensor | None
+    ) -> torch.Tensor:
         """Per-cell, per-feature negative log-likelihood."""
         raise NotImplementedError
 
-    def cell_nll(self, raw: torch.Tensor, x: torch.Tensor, library: torch.Tensor | None,
-                 nonzeros: torch.Tensor | None = None) -> torch.Tensor:
+    def cell_nll(
+        self,
+        raw: torch.Tensor,
+        x: torch.Tensor,
+        library: torch.Tensor | None,
+        nonzeros: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Per-cell NLL averaged over features: the training objective's term (equal to ``nll(...).mean(1)``)."""
         return self.nll(raw, x, library).mean(1)
 
@@ -85,7 +94,6 @@ class NegativeBinomial(Likelihood):
     name = "nb"
     needs_library = True
     data_type = "counts"
-    uses_nonzeros = True
 
     def __init__(self, n_features: int):
         super().__init__(n_features)
@@ -131,8 +139,7 @@ class _SparseNBNLL(torch.autograd.Function):
     t = log(theta + mu) and G = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1). Only p, s = theta + mu and t are
     needed densely; every term holding x is evaluated at the non-zeros (``row``, ``col``), and lgamma / digamma of
     theta per gene rather than per non-zero. The gradients are written out because autograd would keep and revisit
-    every intermediate cells x genes array; with the per-feature formula a stage-1 step costs ~15 % more CPU
-    (benchmarks/profile_step.txt). Each dense op over a batch's cells x genes costs about as much as the whole
+    every intermediate cells x genes array. Each dense op over a batch's cells x genes costs about as much as the whole
     sparse part, so the formulas below are arranged to make as few of them as possible (e.g. ``q = theta / s``
     serves the raw and the theta gradient alike).
     """
@@ -147,7 +154,11 @@ class _SparseNBNLL(torch.autograd.Function):
         t = torch.log(s)
         flat = row * g + col
         xv, thv = x.reshape(-1).index_select(0, flat), theta.index_select(0, col)
-        gamma = torch.lgamma(xv + thv) - torch.lgamma(theta).index_select(0, col) - torch.lgamma(xv + 1.0)
+        gamma = (
+            torch.lgamma(xv + thv)
+            - torch.lgamma(theta).index_select(0, col)
+            - torch.lgamma(xv + 1.0)
+        )
         log_mu = log_p.reshape(-1).index_select(0, flat) + log_lib.reshape(-1).index_select(0, row)
         at_nonzeros = xv * (t.reshape(-1).index_select(0, flat) - log_mu) - gamma
         ctx.save_for_backward(p, s, t, theta, lib, xv, thv, row, col, flat)
@@ -170,8 +181,12 @@ class _SparseNBNLL(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # d/d theta_g = t_g + q_g - log theta_g - 1 + x_g / s_g - psi(x_g + theta_g) + psi(theta_g)
             gv = grad.index_select(0, row)
-            sparse = gv * (xv * qv / thv - torch.digamma(xv + thv) + torch.digamma(theta).index_select(0, col))
-            grad_theta = (grad @ t + grad @ q - grad.sum() * (torch.log(theta) + 1.0)).index_add(0, col, sparse)
+            sparse = gv * (
+                xv * qv / thv - torch.digamma(xv + thv) + torch.digamma(theta).index_select(0, col)
+            )
+            grad_theta = (grad @ t + grad @ q - grad.sum() * (torch.log(theta) + 1.0)).index_add(
+                0, col, sparse
+            )
         return grad_raw, grad_theta, None, None, None, None
 
 
@@ -189,7 +204,7 @@ def _log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``, elementwise.
 
     The term is exactly 0 wherever x = 0, and lgamma with its digamma backward is the dearest op of a
-    training step; on sparse counts (RNA: ~90 % zeros) it is evaluated at the non-zeros only.
+    training step; on sparse counts (mostly zeros) it is evaluated at the non-zeros only.
     """
     theta = theta.expand_as(x)
     if x.numel() == 0 or (x > 0).float().mean() > 0.5:
@@ -210,7 +225,6 @@ class ZeroInflatedNB(NegativeBinomial):
     name = "zinb"
     n_raw = 2
     # a zero's likelihood depends on the dropout logit: no sparse shortcut
-    uses_nonzeros = False
     cell_nll = Likelihood.cell_nll
 
     def dropout(self, raw: torch.Tensor) -> torch.Tensor:
@@ -264,14 +278,20 @@ class NBMixture(Likelihood):
         """(background mean, foreground mean, background probability), each cells x proteins."""
         fore, logit = self.split(raw)
         bg = self.background()
-        return bg.expand_as(fore), bg * (1.0 + F.softplus(fore + self.fore_bias)), torch.sigmoid(logit)
+        return (
+            bg.expand_as(fore),
+            bg * (1.0 + F.softplus(fore + self.fore_bias)),
+            torch.sigmoid(logit),
+        )
 
     def nll(self, raw, x, library):
         fore, logit = self.split(raw)
         bg = self.background()
         theta = self.theta()
         log_bg = -F.softplus(-logit) + _nb_log_prob(x, bg.expand_as(fore), theta)
-        log_fg = -F.softplus(logit) + _nb_log_prob(x, bg * (1.0 + F.softplus(fore + self.fore_bias)), theta)
+        log_fg = -F.softplus(logit) + _nb_log_prob(
+            x, bg * (1.0 + F.softplus(fore + self.fore_bias)), theta
+        )
         return -torch.logaddexp(log_bg, log_fg)
 
     def mean(self, raw, library):
@@ -303,9 +323,13 @@ class NBMixture(Likelihood):
                 gmm = GaussianMixture(2, random_state=0).fit(col)
             log_bg[j], log_fg[j] = float(gmm.means_.min()), float(gmm.means_.max())
         bg = np.maximum(np.expm1(log_bg), 0.1)
-        excess = np.clip(np.expm1(log_fg) / bg - 1.0, 0.1, 1e4)  # softplus(fore_bias) = fg / bg - 1
+        excess = np.clip(
+            np.expm1(log_fg) / bg - 1.0, 0.1, 1e4
+        )  # softplus(fore_bias) = fg / bg - 1
         self.log_background.copy_(torch.as_tensor(np.log(bg), dtype=torch.float32))
-        self.fore_bias.copy_(torch.as_tensor(excess + np.log(-np.expm1(-excess)), dtype=torch.float32))
+        self.fore_bias.copy_(
+            torch.as_tensor(excess + np.log(-np.expm1(-excess)), dtype=torch.float32)
+        )
 
 
 class BernoulliFactors(Likelihood):
@@ -338,7 +362,11 @@ class BernoulliFactors(Likelihood):
         return (library / self.ref_depth).clamp(1e-3, 1.0)
 
     def _log_p(self, raw, library):
-        return F.logsigmoid(raw) + F.logsigmoid(self.region_logit) + torch.log(self.cell_factor(library))
+        return (
+            F.logsigmoid(raw)
+            + F.logsigmoid(self.region_logit)
+            + torch.log(self.cell_factor(library))
+        )
 
     def nll(self, raw, x, library):
         log_p = self._log_p(raw, library).clamp_max(-1e-6)
@@ -355,7 +383,9 @@ class BernoulliFactors(Likelihood):
         """Reference depth from the training cells; region factors start at each peak's frequency over what
         sigmoid(0) * mean cell factor gives, so the decoder starts near the marginal accessibility."""
         depth = np.asarray(library, dtype=np.float64).ravel()
-        ref = float(np.quantile(depth[depth > 0], self.depth_quantile)) if (depth > 0).any() else 1.0
+        ref = (
+            float(np.quantile(depth[depth > 0], self.depth_quantile)) if (depth > 0).any() else 1.0
+        )
         factors = np.clip(depth / ref, 1e-3, 1.0)
         self.ref_depth.fill_(ref)
         self.median_factor.fill_(float(np.median(factors)))
@@ -365,12 +395,18 @@ class BernoulliFactors(Likelihood):
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {
-    c.name: c for c in (Gaussian, NegativeBinomial, Bernoulli, ZeroInflatedNB, NBMixture, BernoulliFactors)
+    c.name: c
+    for c in (Gaussian, NegativeBinomial, Bernoulli, ZeroInflatedNB, NBMixture, BernoulliFactors)
 }
+# the data layer names the heads (venncell.data.spec) without importing torch; both lists must agree
+assert set(LIKELIHOODS) == set(LIKELIHOOD_NAMES), (sorted(LIKELIHOODS), LIKELIHOOD_NAMES)
+assert all(LIKELIHOODS[n].cell_nll is not Likelihood.cell_nll for n in NONZERO_LIKELIHOODS)
 
 
 def make_likelihood(name: str, n_features: int) -> Likelihood:
     try:
         return LIKELIHOODS[name](n_features)
     except KeyError:
-        raise ValueError(f"Unknown likelihood '{name}'; choose one of {sorted(LIKELIHOODS)}.") from None
+        raise ValueError(
+            f"Unknown likelihood '{name}'; choose one of {sorted(LIKELIHOODS)}."
+        ) from None

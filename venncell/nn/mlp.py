@@ -13,7 +13,9 @@ class MLP(nn.Module):
     and BatchNorm's running statistics would be corrupted by the frozen passes.
     """
 
-    def __init__(self, d_in: int, d_out: int, hidden: int = 128, n_layers: int = 2, dropout: float = 0.0):
+    def __init__(
+        self, d_in: int, d_out: int, hidden: int = 128, n_layers: int = 2, dropout: float = 0.0
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         d = d_in

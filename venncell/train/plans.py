@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
-
 import lightning as L
 import numpy as np
 import torch
 
-from venncell.data.dataset import subset_batch
-from venncell.model.venn import VennModule
+from venncell.data.samplers import owned_cells
+from venncell.module.losses import LossOutput
+from venncell.module.venn import VennModule
 from venncell.train.row_adam import RowAdam
-
-# Deliberate (see _Plan._log_terms): under DDP the logged training terms are rank 0's shard.
-warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,21 +32,9 @@ def fused_adam(cls, params, **kwargs) -> torch.optim.Optimizer:
         return cls(params, foreach=True, **kwargs)
 
 
-def owned_cells(n_cells: int, rank: int, world: int, chunk_size: int | None = None) -> np.ndarray:
-    """The latent-table rows that DDP rank ``rank`` owns in stage 1: a fixed strided share of all cells.
-
-    Fixed across epochs, so exactly one rank ever updates a row and the tables never need an all-reduce.
-    Strided (not contiguous) so every rank gets a similar mix of training and held-out cells. Backed data
-    (``chunk_size``): strided by whole chunks of the on-disk reader, so a rank reads only its own chunks,
-    each contiguously, instead of every chunk for a 1/world share of its rows.
-    """
-    if chunk_size and -(-n_cells // chunk_size) >= world:
-        return np.flatnonzero((np.arange(n_cells) // chunk_size) % world == rank)
-    return np.arange(rank, n_cells, world)
-
-
 class _Plan(L.LightningModule):
     stage = 0
+    _optimizers_per_step = 1  # global_step counts optimiser steps; stage 1 takes two per batch
 
     def __init__(self, module: VennModule, seed: int = 0):
         super().__init__()
@@ -74,23 +58,26 @@ class _Plan(L.LightningModule):
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
 
-    def _check_finite(self, terms: dict[str, torch.Tensor], where: str) -> None:
-        # The totals (``loss``; stage 2's ``shared_only``, which is kept apart from it) are weighted sums of the other
-        # optimised terms, finite unless one of those is not: only a non-finite total needs the term-by-term search
-        # (two checks per step instead of one per term). Monitors outside the totals are not optimised.
-        if all(bool(torch.isfinite(terms[k]).all()) for k in ("loss", "shared_only") if k in terms):
+    def _last_checkpoint(self) -> str:
+        saver = self.trainer.checkpoint_callback if self._trainer is not None else None
+        return (saver.last_model_path if saver is not None else "") or "none saved yet"
+
+    def _check_finite(self, out: LossOutput, where: str) -> None:
+        # The totals are weighted sums of the optimised terms, finite unless one of those is not: only a non-finite
+        # total needs the term-by-term search (one check per total and step instead of one per term)
+        if all(bool(torch.isfinite(t).all()) for t in out.objectives):
             return
+        terms = out.logged()
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         culprit = [k for k in bad if k != "loss"] or bad
-        saver = self.trainer.checkpoint_callback if self._trainer is not None else None
-        ckpt = (saver.last_model_path if saver is not None else "") or "none saved yet"
+        ckpt = self._last_checkpoint()
         raise NonFiniteLossError(
             f"Stage {self.stage} {where} loss became non-finite at step {self.global_step} in term(s) "
             f"{culprit} (the part after '/' is the modality). Last good checkpoint: {ckpt}. Usual fixes: lower "
             "the learning rates, check that modality's data for extreme values, or raise latent_l2."
         )
 
-    def _log_terms(self, terms: dict, prefix: str, batch_size: int, on_step: bool) -> None:
+    def _log_terms(self, out: LossOutput, prefix: str, batch_size: int, on_step: bool) -> None:
         """Accumulate the epoch means of every term; log only the total loss per step.
 
         Each ``self.log`` call walks Lightning's whole result collection, so logging ~8 terms per step was a
@@ -102,18 +89,40 @@ class _Plan(L.LightningModule):
         held-out cell on every rank, so its values agree without a sync.
         """
         # Lightning writes step values only every log_every_n_steps batches; logging the others is wasted time
-        if on_step and getattr(self.trainer._logger_connector, "should_update_logs", True):
-            self.log(f"{prefix}/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True,
-                     batch_size=batch_size)
-        for k, v in terms.items():
+        if (
+            on_step
+            and (self.global_step // self._optimizers_per_step + 1)
+            % self.trainer.log_every_n_steps
+            == 0
+        ):
+            self.log(
+                f"{prefix}/loss_step",
+                out.loss.detach(),
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+                batch_size=batch_size,
+            )
+        for k, v in out.logged().items():
             name = f"{prefix}/{k}" + ("_epoch" if on_step else "")
             total, count = self._term_sums.get(name, (0.0, 0))
             self._term_sums[name] = (total + v.detach() * batch_size, count + batch_size)
 
     def _flush_terms(self) -> None:
+        row = {}
         for name, (total, count) in self._term_sums.items():
-            self.log(name, total / count, on_step=False, on_epoch=True, prog_bar=name.endswith("/loss_epoch"))
+            row[name] = total / count
+            self.log(
+                name,
+                row[name],
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name.endswith("/loss_epoch"),
+            )
         self._term_sums = {}
+        # Lightning hands these to the loggers only after the epoch's checkpoint is written; the checkpoint keeps a
+        # copy, so a run killed in between still has this epoch's row when it resumes (schedule._keep_csv_history)
+        self._epoch_row = {"epoch": self.current_epoch, **{k: float(v) for k, v in row.items()}}
 
     def on_train_epoch_start(self):
         self._term_sums = {}  # a resumed epoch starts its means afresh
@@ -121,8 +130,28 @@ class _Plan(L.LightningModule):
     def on_train_epoch_end(self):
         self._flush_terms()
 
+    fingerprint: dict | None = (
+        None  # the run's (venncell.train.safety.fingerprint), saved with every checkpoint
+    )
+
     def on_save_checkpoint(self, checkpoint):
+        # a checkpoint must be one a resumed run can start from: every parameter and latent row finite
+        bad = [n for n, p in self.module.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            last = self._last_checkpoint()
+            raise NonFiniteLossError(
+                f"Stage {self.stage}: parameters {bad[:3]} hold NaN/inf at step {self.global_step}; this checkpoint "
+                f"is not written. Last good checkpoint: {last}. Usual fixes: lower the learning rates, or check "
+                "the data for extreme values."
+            )
         checkpoint["venncell_stage"] = self.stage
+        checkpoint["venncell_fingerprint"] = self.fingerprint
+        checkpoint["venncell_epoch_row"] = getattr(self, "_epoch_row", None)
+        if (
+            self._trainer is not None
+        ):  # the logs of the epochs a checkpoint covers are on disk with it
+            for logger in self.trainer.loggers:
+                logger.save()
 
 
 class Stage1Plan(_Plan):
@@ -134,13 +163,26 @@ class Stage1Plan(_Plan):
     """
 
     stage = 1
+    _optimizers_per_step = 2
 
-    def __init__(self, module: VennModule, is_train: np.ndarray, lr_network: float = 1e-3,
-                 lr_latent: float = 1e-2, grad_clip: float = 10.0, seed: int = 0, chunk_size: int | None = None):
+    def __init__(
+        self,
+        module: VennModule,
+        is_train: np.ndarray,
+        lr_network: float = 1e-3,
+        lr_latent: float = 1e-2,
+        grad_clip: float = 10.0,
+        seed: int = 0,
+        chunk_size: int | None = None,
+    ):
         super().__init__(module, seed)
-        self.chunk_size = chunk_size  # backed data: DDP ranks own whole reader chunks (owned_cells)
+        self.chunk_size = (
+            chunk_size  # backed data: DDP ranks own whole reader chunks (owned_cells)
+        )
         self.automatic_optimization = False
-        self.register_buffer("is_train", torch.as_tensor(is_train, dtype=torch.bool), persistent=False)
+        self.register_buffer(
+            "is_train", torch.as_tensor(is_train, dtype=torch.bool), persistent=False
+        )
         self.lr_network = lr_network
         self.lr_latent = lr_latent
         self.grad_clip = grad_clip
@@ -191,20 +233,26 @@ class Stage1Plan(_Plan):
 
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
-        if self._world() > 1:  # every rank runs this hook (Lightning dumps on all ranks, rank 0 writes)
+        if (
+            self._world() > 1
+        ):  # every rank runs this hook (Lightning dumps on all ranks, rank 0 writes)
             self.gather_latents()
             latent = {id(p) for p in self.module.latent_parameters()}
             for n, p in self.named_parameters():
                 if id(p) in latent:
                     checkpoint["state_dict"][n] = p.detach()
             if "optimizer_states" in checkpoint:
-                checkpoint["optimizer_states"][1] = self.optimizers(use_pl_optimizer=False)[1].state_dict()
+                checkpoint["optimizer_states"][1] = self.optimizers(use_pl_optimizer=False)[
+                    1
+                ].state_dict()
 
     def on_train_end(self):
         self.gather_latents()
 
     def configure_optimizers(self):
-        self._network_params = self.module.network_parameters()  # walked every step by the gradient clip
+        self._network_params = (
+            self.module.network_parameters()
+        )  # walked every step by the gradient clip
         nets = fused_adam(torch.optim.Adam, self._network_params, lr=self.lr_network)
         # Only the rows of this batch's cells are updated (no dense O(cells) walk), each with its own Adam step count.
         latents = RowAdam(self.module.latent_parameters(), lr=self.lr_latent)
@@ -212,20 +260,22 @@ class Stage1Plan(_Plan):
 
     def training_step(self, batch, batch_idx):
         opt_net, opt_lat = self.optimizers()
-        train = self.is_train[batch["idx"]]
+        train = self.is_train[batch.idx]
         total = torch.zeros((), device=self.device)
         leakage = self.module.leakage_factor(batch_idx)
         if train.any():
-            terms = self.module.stage1_loss(batch if train.all() else subset_batch(batch, train), leakage=leakage)
-            self._check_finite(terms, "training")
-            self._log_terms(terms, "stage1/train", int(train.sum()), on_step=True)
-            total = total + terms["loss"] * train.float().mean()
+            out = self.module.stage1_loss(
+                batch if train.all() else batch.subset(train), leakage=leakage
+            )
+            self._check_finite(out, "training")
+            self._log_terms(out, "stage1/train", int(train.sum()), on_step=True)
+            total = total + out.loss * train.float().mean()
         if (~train).any():
             with self.module.networks_frozen():
-                terms_v = self.module.stage1_loss(subset_batch(batch, ~train), leakage=leakage)
-            self._check_finite(terms_v, "held-out")
-            self._log_terms(terms_v, "stage1/val", int((~train).sum()), on_step=False)
-            total = total + terms_v["loss"] * (~train).float().mean()
+                out_v = self.module.stage1_loss(batch.subset(~train), leakage=leakage)
+            self._check_finite(out_v, "held-out")
+            self._log_terms(out_v, "stage1/val", int((~train).sum()), on_step=False)
+            total = total + out_v.loss * (~train).float().mean()
         opt_net.zero_grad()
         opt_lat.zero_grad()
         self.manual_backward(total)
@@ -241,7 +291,9 @@ class Stage2Plan(_Plan):
 
     stage = 2
 
-    def __init__(self, module: VennModule, lr: float = 1e-3, weight_decay: float = 1e-5, seed: int = 0):
+    def __init__(
+        self, module: VennModule, lr: float = 1e-3, weight_decay: float = 1e-5, seed: int = 0
+    ):
         super().__init__(module, seed)
         self.lr = lr
         self.weight_decay = weight_decay
@@ -265,13 +317,15 @@ class Stage2Plan(_Plan):
         return fused_adam(torch.optim.AdamW, params, lr=self.lr)
 
     def training_step(self, batch, batch_idx):
-        terms = self.module.stage2_loss(batch)
-        self._check_finite(terms, "training")
-        self._log_terms(terms, "stage2/train", len(batch["idx"]), on_step=True)
-        return terms["loss"] + terms.get("shared_only", 0.0)
+        out = self.module.stage2_loss(batch)
+        self._check_finite(out, "training")
+        self._log_terms(out, "stage2/train", len(batch), on_step=True)
+        return sum(out.objectives)
 
     def validation_step(self, batch, batch_idx):
-        terms = self.module.stage2_loss(batch, noise=False, recon=True)
+        out = self.module.stage2_loss(batch, noise=False, recon=True)
         # validation is a separate loop with its own epoch: log here (a few batches, the cost is negligible)
-        for k, v in terms.items():
-            self.log(f"stage2/val/{k}", v.detach(), on_step=False, on_epoch=True, batch_size=len(batch["idx"]))
+        for k, v in out.logged().items():
+            self.log(
+                f"stage2/val/{k}", v.detach(), on_step=False, on_epoch=True, batch_size=len(batch)
+            )

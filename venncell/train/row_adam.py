@@ -20,7 +20,13 @@ class RowAdam(torch.optim.Optimizer):
     number of updates of each row; 2-D so it can be gathered across DDP ranks like the moments).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         if lr < 0:
             raise ValueError(f"RowAdam: lr must be >= 0, got {lr}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
@@ -37,7 +43,9 @@ class RowAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if not p.grad.is_sparse:
-                    raise RuntimeError("RowAdam expects sparse gradients (nn.Embedding(sparse=True)).")
+                    raise RuntimeError(
+                        "RowAdam expects sparse gradients (nn.Embedding(sparse=True))."
+                    )
                 grad = p.grad.coalesce()
                 rows, g = grad.indices()[0], grad.values()
                 if rows.numel() == 0:

@@ -1,0 +1,226 @@
+"""The harness's datasets: every labelled real set in ../shared/datasets plus the built-in synthetic default.
+
+Each builder writes one .h5mu into ``benchmarks/integration/data/`` (gitignored; the data are never committed), with
+raw counts in ``.X`` of modalities named ``rna``, ``protein`` and ``atac`` (so VennCell's defaults recognise them by
+name), labels and batches in ``mdata.obs``. A dataset whose source folder is absent is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[2] / "shared" / "datasets"
+DATA = HERE / "data"
+
+
+@dataclass
+class Dataset:
+    """One benchmark dataset: where its MuData lives and what to score it on."""
+
+    name: str
+    kind: str  # cite | multiome | trimodal | image
+    labels: list[str]  # .obs columns scored; the first is the headline label
+    batch_key: str | None = None
+    source: str = ""  # folder in ../shared/datasets ("" = generated)
+    register: dict | None = None  # image modalities only: where the pixels are (data, not tuning)
+    notes: str = ""
+    modalities: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return DATA / f"{self.name}.h5mu"
+
+    def available(self) -> bool:
+        return not self.source or (SHARED / self.source).exists()
+
+    def load(self) -> md.MuData:
+        if not self.path.exists():
+            DATA.mkdir(parents=True, exist_ok=True)
+            mdata = BUILDERS[self.name]()
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            mdata.write(str(tmp))
+            tmp.rename(self.path)
+        return md.read_h5mu(str(self.path))
+
+
+def _counts(x) -> sp.csr_matrix:
+    return sp.csr_matrix(x, dtype=np.float32)
+
+
+def _mudata(mods: dict[str, ad.AnnData], obs: pd.DataFrame) -> md.MuData:
+    mdata = md.MuData(mods)
+    for col in obs.columns:
+        mdata.obs[col] = obs[col].to_numpy()
+    return mdata
+
+
+def build_synthetic() -> md.MuData:
+    from venncell import make_synthetic
+
+    mdata, _ = (
+        make_synthetic()
+    )  # the built-in default (3,000 cells, RNA + protein + ATAC); truth in .obsm
+    return mdata
+
+
+def build_pbmc10k_cite() -> md.MuData:
+    src = SHARED / "pbmc10k_cite_totalvi"
+    rna = pd.read_csv(src / "pbmc10k_harmo_rna.csv.gz", index_col=0).T
+    adt = pd.read_csv(src / "pbmc10k_harmo_pro.csv.gz", index_col=0).T
+    labels = pd.read_csv(src / "tagtango_labels.csv", index_col=0).reindex(rna.index)
+    cells = pd.DataFrame(index=rna.index.astype(str))
+    mods = {
+        "rna": ad.AnnData(
+            _counts(rna.values), obs=cells.copy(), var=pd.DataFrame(index=rna.columns)
+        ),
+        "protein": ad.AnnData(
+            adt.values.astype(np.float32),
+            obs=cells.copy(),
+            var=pd.DataFrame(index=[c.replace("_TotalSeqB", "") for c in adt.columns]),
+        ),
+    }
+    return _mudata(mods, labels[["Fine.RNA", "Main.RNA"]].astype(object).set_axis(cells.index))
+
+
+def _bmmc(name: str, mod2: str) -> md.MuData:
+    src = SHARED / f"neurips2021_bmmc_{name}_starter" / f"openproblems_bmmc_{name}_starter"
+    rna, other = ad.read_h5ad(f"{src}.output_rna.h5ad"), ad.read_h5ad(f"{src}.output_mod2.h5ad")
+    if not (rna.obs_names == other.obs_names).all():
+        raise RuntimeError(
+            f"BMMC {name}: the two modalities' cells differ (see the dataset's SOURCE.md)"
+        )
+    cells = pd.DataFrame(index=rna.obs_names.astype(str))
+    mods = {
+        key: ad.AnnData(
+            _counts(a.layers["counts"]), obs=cells.copy(), var=pd.DataFrame(index=a.var_names)
+        )
+        for key, a in (("rna", rna), (mod2, other))
+    }
+    return _mudata(mods, rna.obs[["cell_type", "batch"]].astype(str).set_axis(cells.index))
+
+
+def build_bmmc_cite() -> md.MuData:
+    return _bmmc("cite", "protein")
+
+
+def build_bmmc_multiome() -> md.MuData:
+    return _bmmc("multiome", "atac")
+
+
+def build_scicar() -> md.MuData:
+    src = SHARED / "scicar_a549_rna_atac"
+    cells = [line.strip() for line in open(src / "shared_cells.txt")]
+    rna = sp.load_npz(src / "diff_expr_shared_cells.npz").T.tocsr()
+    atac = sp.load_npz(src / "diff_atac_shared_cells.npz").T.tocsr()
+    meta = pd.read_csv(src / "GSM3271040_RNA_sciCAR_A549_cell.txt", index_col=0).loc[cells]
+    obs = pd.DataFrame(
+        {"treatment_time": meta["treatment_time"].astype(int).astype(str).add(" h").to_numpy()},
+        index=cells,
+    )
+    mods = {
+        "rna": ad.AnnData(
+            _counts(rna),
+            obs=obs[[]].copy(),
+            var=pd.DataFrame(index=[f"gene_{i:04d}" for i in range(rna.shape[1])]),
+        ),
+        "atac": ad.AnnData(
+            _counts(atac),
+            obs=obs[[]].copy(),  # the source gives no feature names
+            var=pd.DataFrame(index=[f"atac_{i:03d}" for i in range(atac.shape[1])]),
+        ),
+    }
+    return _mudata(mods, obs)
+
+
+BBBC_CHANNELS = {"dapi": [0], "cyto": [1, 2]}
+
+
+def build_bbbc021() -> md.MuData:
+    """Crops pooled 2 x 2 (68 -> 34 px), log1p, cells x 3 x 34 x 34 in ``.obsm['crops']`` of both modalities."""
+    src = SHARED / "bbbc021_singlecell_crops_dmso_vs_protsynth"
+    man = pd.read_csv(src / "manifest.csv")
+    x = np.stack([np.load(src / p) for p in man.path]).astype(np.float32)  # (n, 68, 68, 3)
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // 2, 2, w // 2, 2, c).mean((2, 4))
+    pixels = np.log1p(x).transpose(0, 3, 1, 2).astype(np.float32)
+    obs = pd.DataFrame(
+        {"moa": man.moa.astype(str).to_numpy(), "field": man.field_id.astype(str).to_numpy()},
+        index=[f"cell{i:05d}" for i in range(n)],
+    )
+    mods = {}
+    for m, ch in BBBC_CHANNELS.items():
+        a = ad.AnnData(np.zeros((n, 0), dtype=np.float32), obs=obs[[]].copy())
+        a.obsm["crops"] = pixels[:, ch]
+        mods[m] = a
+    return _mudata(mods, obs)
+
+
+BUILDERS = {
+    "synthetic": build_synthetic,
+    "pbmc10k_cite": build_pbmc10k_cite,
+    "bmmc_cite": build_bmmc_cite,
+    "bmmc_multiome": build_bmmc_multiome,
+    "scicar": build_scicar,
+    "bbbc021": build_bbbc021,
+}
+
+DATASETS = {
+    "synthetic": Dataset(
+        "synthetic",
+        "trimodal",
+        ["cluster"],
+        modalities=["rna", "protein", "atac"],
+        notes="built-in default generator, 3,000 cells; known shared and private factors",
+    ),
+    "pbmc10k_cite": Dataset(
+        "pbmc10k_cite",
+        "cite",
+        ["Fine.RNA", "Main.RNA"],
+        source="pbmc10k_cite_totalvi",
+        modalities=["rna", "protein"],
+        notes="6,855 cells, 4,000 genes + 14 ADT",
+    ),
+    "bmmc_cite": Dataset(
+        "bmmc_cite",
+        "cite",
+        ["cell_type"],
+        "batch",
+        "neurips2021_bmmc_cite_starter",
+        modalities=["rna", "protein"],
+        notes="600 cells, 1,000 genes + 134 ADT, 2 batches",
+    ),
+    "bmmc_multiome": Dataset(
+        "bmmc_multiome",
+        "multiome",
+        ["cell_type"],
+        "batch",
+        "neurips2021_bmmc_multiome_starter",
+        modalities=["rna", "atac"],
+        notes="500 cells, 600 genes + 600 peaks, 2 batches",
+    ),
+    "scicar": Dataset(
+        "scicar",
+        "multiome",
+        ["treatment_time"],
+        source="scicar_a549_rna_atac",
+        modalities=["rna", "atac"],
+        notes="1,874 cells, 2,613 genes + 815 ATAC features",
+    ),
+    "bbbc021": Dataset(
+        "bbbc021",
+        "image",
+        ["moa"],
+        source="bbbc021_singlecell_crops_dmso_vs_protsynth",
+        register={m: {"kind": "image", "obsm_key": "crops"} for m in BBBC_CHANNELS},
+        modalities=list(BBBC_CHANNELS),
+        notes="2,000 crops, DAPI vs tubulin + actin, 34 x 34 px",
+    ),
+}

@@ -1,0 +1,266 @@
+"""Attribution (issue 4): verdicts and feature fractions against synthetic ground truth.
+
+Two levels: the verdict logic on latents built directly from the true factors (independent of how well a
+model trains), and the whole pipeline on a model trained on synthetic data (module-scoped, ~2 min).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from venncell import VennCell, VennCellInputError
+from venncell.analysis.markers import combine_blocks, probe_marker
+from venncell.data import make_synthetic
+
+MODS = {"rna": 300, "protein": 60, "atac": 300}
+FAST_PROBES = dict(n_perm=40, n_boot=100, progress=False)
+
+
+def truth_markers(truth, seed: int = 0) -> dict[str, tuple[np.ndarray, str]]:
+    """24 markers with known answers: 9 built from shared factors, 5 from each modality's private factors.
+
+    Linear, nonlinear (tanh, sin, square: the square is invisible to a linear probe) and categorical
+    functions of random directions in one true block, plus noise.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(truth.shared)
+
+    def direction(u):
+        w = rng.normal(size=u.shape[1])
+        return u @ w / np.linalg.norm(w)
+
+    def noise(sd=0.4):
+        return sd * rng.normal(size=n)
+
+    out = {}
+    s = truth.shared
+    for i in range(3):
+        out[f"shared_linear_{i}"] = (direction(s) + noise(), "shared")
+    out["shared_tanh"] = (2 * np.tanh(direction(s)) + noise(), "shared")
+    out["shared_sin"] = (np.sin(1.5 * direction(s)) + noise(0.2), "shared")
+    out["shared_product"] = (direction(s) * direction(s) + noise(), "shared")
+    out["shared_high"] = (np.where(direction(s) + noise() > 0.3, "high", "low"), "shared")
+    out["shared_three"] = (np.digitize(direction(s) + noise(), [-0.5, 0.5]).astype(str), "shared")
+    out["cluster"] = (np.array([f"c{c}" for c in truth.cluster]), "shared")
+    for m, p in truth.private.items():
+        want = f"specific to {m}"
+        out[f"{m}_linear_0"] = (direction(p) + noise(), want)
+        out[f"{m}_linear_1"] = (direction(p) + noise(), want)
+        out[f"{m}_square"] = (direction(p) ** 2 + noise(), want)
+        out[f"{m}_sin"] = (np.sin(1.5 * direction(p)) + noise(0.2), want)
+        out[f"{m}_on"] = (np.where(direction(p) + noise() > 0, "on", "off"), want)
+    return out
+
+
+def accuracy(verdicts: pd.Series, expected: dict[str, str]) -> tuple[float, pd.DataFrame]:
+    df = pd.DataFrame({"verdict": verdicts, "expected": pd.Series(expected)})
+    return float((df["verdict"] == df["expected"]).mean()), df[df["verdict"] != df["expected"]]
+
+
+# ---------------------------------------------------------------------------------------------- verdict logic
+@pytest.fixture(scope="module")
+def truth_latents():
+    """Blocks made from the true factors, with noise and distractor dimensions, as a perfect model would give."""
+    _, truth = make_synthetic(
+        n_cells=800, modalities={"rna": 20, "protein": 10, "atac": 20}, seed=3
+    )
+    rng = np.random.default_rng(4)
+    n = len(truth.shared)
+
+    def block(u, extra):
+        return np.hstack([u, rng.normal(size=(n, extra))]) + 0.2 * rng.normal(
+            size=(n, u.shape[1] + extra)
+        )
+
+    blocks = combine_blocks(
+        block(truth.shared, 4), {m: block(p, 2) for m, p in truth.private.items()}
+    )
+    return truth, blocks
+
+
+def test_verdicts_on_true_latents(truth_latents):
+    truth, blocks = truth_latents
+    markers = truth_markers(truth)
+    mods = list(truth.private)
+    verdicts = {
+        name: probe_marker(v, blocks, mods, **FAST_PROBES)[0]["verdict"]
+        for name, (v, _) in markers.items()
+    }
+    acc, wrong = accuracy(pd.Series(verdicts), {k: e for k, (_, e) in markers.items()})
+    assert len(markers) >= 20
+    assert acc == 1.0, f"wrong verdicts:\n{wrong}"
+
+
+def test_partly_shared_and_not_captured(truth_latents):
+    truth, blocks = truth_latents
+    rng = np.random.default_rng(5)
+    mods = list(truth.private)
+    mixed = (
+        truth.shared[:, 0]
+        + truth.private["protein"][:, 0]
+        + 0.2 * rng.normal(size=len(truth.shared))
+    )
+    row, scores = probe_marker(mixed, blocks, mods, **FAST_PROBES)
+    assert row["verdict"].startswith("partly shared"), row
+    assert row["private_modalities"] == "protein"
+    assert 0.25 < row["shared_fraction"] < 0.75
+    assert row["shared_fraction_lo"] <= row["shared_fraction"] <= row["shared_fraction_hi"]
+    assert set(scores["block"]) == set(blocks) and set(scores["probe"]) == {"linear", "knn"}
+    noise, _ = probe_marker(rng.normal(size=len(truth.shared)), blocks, mods, **FAST_PROBES)
+    assert noise["verdict"] == "not captured"
+    categorical_noise, _ = probe_marker(
+        rng.choice(["a", "b", "c"], len(truth.shared)), blocks, mods, **FAST_PROBES
+    )
+    assert categorical_noise["verdict"] == "not captured"
+
+
+def test_permutation_p_values_are_calibrated(truth_latents):
+    """Under the null (a marker unrelated to every block) p-values are roughly uniform, not piled near 0."""
+    truth, blocks = truth_latents
+    rng = np.random.default_rng(6)
+    small = {k: blocks[k] for k in ("shared", "private:rna")}
+    ps = [
+        probe_marker(
+            rng.normal(size=len(truth.shared)),
+            combine_blocks(small["shared"], {"rna": small["private:rna"]}),
+            ["rna"],
+            n_perm=19,
+            n_boot=10,
+            seed=i,
+            progress=False,
+        )[1]["p_value"]
+        for i in range(8)
+    ]
+    ps = np.concatenate([p.to_numpy() for p in ps])
+    assert 0.25 < np.mean(ps) < 0.75
+    assert np.mean(ps < 0.05) < 0.2
+
+
+# ---------------------------------------------------------------------------------------------- trained model
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    mdata, truth = make_synthetic(n_cells=1500, modalities=dict(MODS), seed=0)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=8, private_dim=4, seed=0)
+    model.train(
+        stage1_epochs=40,
+        stage2_epochs=20,
+        batch_size=128,
+        lr_latent=0.05,
+        progress_bar="none",
+        run_dir=tmp_path_factory.mktemp("attr_run"),
+    )
+    markers = truth_markers(truth, seed=1)
+    for name, (values, _) in markers.items():
+        mdata.obs[name] = pd.Categorical(values) if values.dtype.kind in "OUS" else values
+    feature_markers = [f"{m}:{mdata[m].var_names[0]}" for m in MODS]
+    result = model.attribution(list(markers) + feature_markers, **FAST_PROBES)
+    return model, mdata, truth, markers, result
+
+
+def test_trained_marker_verdicts(trained):
+    _, _, _, markers, result = trained
+    verdicts = result.markers.set_index("marker")["verdict"]
+    acc, wrong = accuracy(verdicts.loc[list(markers)], {k: e for k, (_, e) in markers.items()})
+    print(f"trained-model verdict accuracy: {acc:.3f} over {len(markers)} markers")
+    assert acc >= 0.95, f"accuracy {acc:.2f}; wrong verdicts:\n{wrong}"
+
+
+def test_trained_feature_fractions(trained):
+    _, mdata, _, _, result = trained
+    for m in MODS:
+        var = mdata[m].var
+        for col in (
+            "venn_shared_fraction",
+            "venn_private_fraction",
+            "venn_shared_fraction_lo",
+            "venn_ev_full",
+        ):
+            assert col in var, col
+        frac = var.groupby("true_driver", observed=True)["venn_shared_fraction"].mean()
+        print(f"{m}: mean shared fraction by true driver {frac.round(3).to_dict()}")
+        assert frac["shared"] > frac["private"], (m, frac)
+        ok = var["venn_shared_fraction"].notna()
+        np.testing.assert_allclose(
+            var.loc[ok, "venn_shared_fraction"] + var.loc[ok, "venn_private_fraction"], 1.0
+        )
+        assert (
+            var.loc[ok, "venn_shared_fraction_lo"] <= var.loc[ok, "venn_shared_fraction"] + 1e-9
+        ).all()
+    summary = result.modalities.set_index("modality")
+    assert ((summary["shared_share"] > 0) & (summary["shared_share"] < 1)).all()
+    assert (
+        set(result.top_features) == set(MODS) and len(result.top_features["rna"]["shared"]) == 10
+    )
+
+
+def test_trained_dimensions_and_outputs(trained, tmp_path):
+    _, _, _, markers, result = trained
+    dims = result.dimensions
+    assert set(dims["block"]) == {"shared", "private:rna", "private:protein", "private:atac"}
+    assert dims["correlation"].abs().max() <= 1.0 + 1e-9
+    # private:protein's components move protein features first, not other modalities'
+    top = dims[
+        (dims["block"] == "private:protein") & (dims["component"] == "PC1") & (dims["rank"] <= 3)
+    ]
+    assert (top["modality"] == "protein").all(), top
+    written = result.write(tmp_path)
+    names = {p.name for p in written}
+    assert {"attribution.json", "attribution_markers.csv", "attribution_features_rna.csv"} <= names
+    js = json.loads((tmp_path / "attribution.json").read_text())
+    assert len(js["markers"]) == len(markers) + len(MODS) and js["markers"][0]["verdict"]
+
+
+# ---------------------------------------------------------------------------------------------- plumbing (tiny model)
+def test_feature_marker_is_probed_without_its_modality(trained_tiny, monkeypatch):
+    """The shared block of a protein marker comes from the other modalities' encoders, and protein's private
+    block is encoded with the marker's column held constant."""
+    import venncell.analysis.attribution as A
+
+    model, mdata, _ = trained_tiny
+    seen = {}
+    original = A.probe_markers
+
+    def spy(markers, blocks, *args, **kwargs):
+        seen.update(blocks)
+        return original(markers, blocks, *args, **kwargs)
+
+    monkeypatch.setattr(A, "probe_markers", spy)
+    feature = mdata["protein"].var_names[3]
+    model.attribution([f"protein:{feature}"], max_cells=0, **FAST_PROBES)
+    others = model.get_latent_representation(modalities=["rna", "atac"])
+    np.testing.assert_allclose(seen["shared"], others, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(seen["shared"], model.get_latent_representation())
+    own = model.get_latent_representation(block="private:protein")
+    assert not np.allclose(seen["private:protein"], own)
+    np.testing.assert_allclose(
+        seen["private:rna"], model.get_latent_representation(block="private:rna"), rtol=1e-5
+    )
+
+
+def test_marker_errors(trained_tiny):
+    model, mdata, _ = trained_tiny
+    with pytest.raises(VennCellInputError) as e:
+        model.attribution(["CD4_nope"], progress=False)
+    msg = str(e.value)
+    assert "'CD4_nope'" in msg and "mdata.obs" in msg and "rna" in msg and "protein" in msg
+    mdata.obs[mdata["rna"].var_names[0]] = 1.0  # an .obs column named like a gene
+    try:
+        with pytest.raises(VennCellInputError, match="ambiguous"):
+            model.attribution([mdata["rna"].var_names[0]], progress=False)
+    finally:
+        del mdata.obs[mdata["rna"].var_names[0]]
+    with pytest.raises(VennCellInputError, match="Unknown attribution option"):
+        model.attribution([], n_perms=3)
+
+
+def test_default_markers_and_var_columns(trained_tiny):
+    model, mdata, _ = trained_tiny
+    result = model.attribution(None, n_perm=10, n_boot=20, progress=False)
+    assert list(result.markers["marker"]) == ["cluster"]  # the one categorical .obs column
+    assert isinstance(result.markers["verdict"].iloc[0], str)
+    assert "venn_shared_fraction" in mdata["atac"].var

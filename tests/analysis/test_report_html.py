@@ -1,0 +1,114 @@
+"""The attribution report end to end, as a user runs it: ``venncell-train report=true``, then ``venncell-report``
+on the finished run, then report.html opened in headless Chromium (skipped when Chromium is absent)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import mudata as md
+import pandas as pd
+import pytest
+
+MARKERS = ["cluster", "protein:protein_0001"]
+QUICK = ["attribution.n_perm=20", "attribution.n_boot=50", "attribution.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory, helpers) -> Path:
+    out = tmp_path_factory.mktemp("report") / "run"
+    helpers.run_cli(
+        ["venncell-train", *helpers.TINY_CLI, "logger=none", "report=true", f"hydra.run.dir={out}"]
+    )
+    assert (out / "report.html").exists() and (
+        out / "attribution.json"
+    ).exists()  # written by the train hook
+    helpers.run_cli(
+        ["venncell-report", f"run_dir={out}", f"markers=[{','.join(MARKERS)}]", *QUICK]
+    )
+    return out
+
+
+def test_report_outputs(report_run):
+    out = report_run
+    markers = pd.read_csv(out / "attribution_markers.csv")
+    assert list(markers["marker"]) == MARKERS
+    assert markers["verdict"].notna().all()
+    js = json.loads((out / "attribution.json").read_text())
+    assert {"modalities", "markers", "marker_scores", "dimensions", "top_features"} <= set(js)
+    for m in ("rna", "protein", "atac"):
+        assert (out / f"attribution_features_{m}.csv").exists()
+    mdata = md.read_h5mu(str(out / "venn.h5mu"))
+    assert (
+        "venn_shared_fraction" in mdata["protein"].var
+        and "venn_private_fraction_hi" in mdata["rna"].var
+    )
+    assert (out / ".hydra" / "config.yaml").exists()  # the training run's own config is left alone
+
+
+def test_unknown_marker_is_a_clear_error(report_run, helpers):
+    res = helpers.run_cli(
+        ["venncell-report", f"run_dir={report_run}", "markers=[CD4_nope]", *QUICK], ok=False
+    )
+    assert res.returncode == 2
+    assert (
+        "'CD4_nope' was not found" in res.stderr
+        and "mdata.obs" in res.stderr
+        and "protein" in res.stderr
+    )
+    assert "Traceback" not in res.stderr
+
+
+def _png(data: bytes):
+    return mpimg.imread(io.BytesIO(data), format="png")
+
+
+def test_report_html_embeds_decodable_figures(report_run):
+    html = (report_run / "report.html").read_text()
+    assert (
+        "<script" not in html and "http://" not in html and "https://" not in html
+    )  # self-contained
+    images = re.findall(r"<img[^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    # Venn summary, feature scatter, marker heatmap, UMAP grid
+    assert len(images) == len(re.findall(r"<img", html)) == 4
+    for b64 in images:
+        pixels = _png(base64.b64decode(b64))
+        assert pixels.shape[0] > 50 and pixels.shape[1] > 50
+        assert pixels[..., :3].std() > 0.02, "a blank figure"
+    for marker in MARKERS:
+        assert marker in html
+
+
+def test_report_renders_in_chromium(report_run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    shot = tmp_path / "report.png"
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,3000",
+        (report_run / "report.html").resolve().as_uri(),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert shot.exists(), f"no screenshot ({res.returncode}):\n{res.stderr[-2000:]}"
+    pixels = _png(shot.read_bytes())[..., :3]
+    assert pixels.shape[:2] == (3000, 1200)
+    assert pixels.std() > 0.05, "the rendered page is blank"
+    top = pixels[:600]
+    assert top.std() > 0.05, "nothing rendered at the top of the page (title, first figure)"

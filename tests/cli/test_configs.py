@@ -1,0 +1,80 @@
+"""Every shipped Hydra config composes, and every key it sets is one the code reads and accepts: a typo in a preset
+or an experiment (``model.kl_wieght``) fails here, not only when someone runs that experiment on its data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from venncell.cli.store import data_settings, register_configs, to_object
+from venncell.data.registry import IMAGE_OPTIONS, MODALITY_OPTIONS
+from venncell.module.config import PRESETS as MODEL_PRESETS
+from venncell.module.config import ModelConfig
+from venncell.train.config import PRESETS as TRAIN_PRESETS
+from venncell.train.config import TrainConfig
+
+register_configs()
+EXPERIMENTS = sorted(
+    p.stem
+    for p in (Path(__file__).resolve().parents[2] / "venncell" / "conf" / "experiment").glob(
+        "*.yaml"
+    )
+)
+CHOICES = (
+    [("model", n) for n in MODEL_PRESETS]
+    + [("trainer", n) for n in TRAIN_PRESETS]
+    + [("logger", n) for n in ("csv", "wandb", "none")]
+    + [("data", n) for n in ("synthetic", "mudata")]
+    + [("experiment", n) for n in EXPERIMENTS]
+)
+
+
+def _compose(overrides, name="config"):
+    with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+@pytest.mark.parametrize("group,name", CHOICES, ids=[f"{g}={n}" for g, n in CHOICES])
+def test_config_composes_to_known_keys(group, name):
+    cfg = _compose([f"{group}={name}"])
+    to_object(ModelConfig, cfg.model)  # unknown keys and out-of-range values raise here
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert set(trainer) <= {f.name for f in dataclasses.fields(TrainConfig)}, set(trainer)
+    to_object(TrainConfig, cfg.trainer)
+    data_settings(cfg.data)
+    register = cfg.data.get("register")
+    for m, entry in (OmegaConf.to_container(register) if register else {}).items():
+        if isinstance(entry, dict):
+            assert set(entry) <= set(MODALITY_OPTIONS) | set(IMAGE_OPTIONS), (m, entry)
+
+
+def test_presets_are_the_dataclasses_defaults_changed():
+    """The defaults are written once: a group's node is the dataclass with only its preset's changes."""
+    cs = ConfigStore.instance()
+    fast = cs.load("model/fast.yaml").node
+    base = OmegaConf.structured(ModelConfig)
+    changed = {k for k in base if fast[k] != base[k]}
+    assert changed == set(MODEL_PRESETS["fast"]), changed
+    assert to_object(ModelConfig, _compose(["model=fast"]).model).leakage_every == 3
+
+
+def test_every_experiment_config_is_checked():
+    assert set(EXPERIMENTS) >= {
+        "pbmc10k_cite",
+        "scicar_a549",
+        "bmmc_cite",
+        "bmmc_multiome",
+        "bbbc021",
+    }
+
+
+def test_report_config_carries_the_attribution_defaults():
+    from venncell.analysis.attribution import AttributionConfig
+
+    cfg = _compose(["run_dir=x"], name="report")
+    assert OmegaConf.to_container(cfg.attribution) == dataclasses.asdict(AttributionConfig())

@@ -1,0 +1,187 @@
+"""Sweeps: hparams_search=optuna end to end (2 tiny trials), failed jobs, and venncell-sweep-summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from venncell.cli.sweep import main
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+SEARCHED = {
+    "model.shared_dim",
+    "model.private_dim",
+    "model.latent_noise",
+    "trainer.lr_latent",
+    "trainer.lr_network",
+}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def optuna_sweep(tmp_path_factory, helpers) -> Path:
+    out = tmp_path_factory.mktemp("optuna")
+    helpers.run_cli(
+        [
+            "venncell-train",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            *helpers.TINY_CLI,
+            "trainer.stage1_epochs=2",
+            "trainer.stage2_epochs=1",
+            "logger=none",
+            f"hydra.sweep.dir={out}",
+        ]
+    )
+    return out
+
+
+def _compose_optuna(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    from venncell.cli.store import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+        return compose(
+            "config", overrides=["hparams_search=optuna", *overrides], return_hydra_config=True
+        )
+
+
+def test_optuna_config_composes():
+    cfg = _compose_optuna(
+        "objective=shared_recovery", "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=7"
+    )
+    sw = cfg.hydra.sweeper
+    assert (
+        sw._target_.endswith("OptunaSweeper") and sw.n_trials == 7 and sw.direction == "maximize"
+    )
+    assert set(sw.params) == SEARCHED
+    assert cfg.objective == "shared_recovery" and str(cfg.hydra.mode).endswith("MULTIRUN")
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "venncell.cli.sweep.SweepSummaryCallback"
+
+
+@pytest.mark.parametrize(
+    "override, sampler",
+    [
+        ([], "TPESampler"),
+        (["hydra/sweeper/sampler=random"], "RandomSampler"),
+        (["hydra/sweeper/sampler=cmaes"], "CmaEsSampler"),
+    ],
+)
+def test_every_sampler_the_optuna_config_names_composes(override, sampler):
+    """conf/hparams_search/optuna.yaml's comment offers these samplers: each must compose with the file's settings."""
+    cfg = _compose_optuna(*override)
+    assert (
+        cfg.hydra.sweeper.sampler._target_.endswith(sampler)
+        and cfg.hydra.sweeper.sampler.seed == cfg.seed
+    )
+
+
+def test_optuna_sweep(optuna_sweep):
+    d = optuna_sweep
+    best = OmegaConf.load(d / "optimization_results.yaml")
+    assert set(best.best_params) == SEARCHED
+    runs = sorted(p for p in d.iterdir() if (p / ".hydra").is_dir())
+    assert [p.name for p in runs] == ["0", "1"]
+    losses = []
+    for r in runs:
+        overrides = {o.split("=", 1)[0] for o in OmegaConf.load(r / ".hydra" / "overrides.yaml")}
+        assert SEARCHED <= overrides
+        losses.append(
+            json.loads((r / "metrics.json").read_text())["history"]["stage2"]["stage2/val/recon"]
+        )
+    assert best.best_value == pytest.approx(min(losses))
+
+    # written by the Hydra callback when the multirun ended
+    rows = read_csv(d / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"] and [r["rank"] for r in rows] == ["1", "2"]
+    objs = [float(r["objective"]) for r in rows]
+    assert objs == sorted(losses)
+    assert {
+        "model.shared_dim",
+        "stage2/val/recon",
+        "stage2/val/loss",
+        "stage1/val/loss",
+        "shared_recovery",
+        "error",
+    } <= set(rows[0])
+    md = (d / "sweep_summary.md").read_text()
+    assert "Objective: `stage2/val/recon` (minimize)" in md and "| model.shared_dim |" in md
+
+
+def test_summary_cli_maximize_and_failed_run(optuna_sweep, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(optuna_sweep, sweep)
+    (sweep / "sweep_summary.csv").unlink()
+    # a job that died before writing metrics.json, with the error only in its Hydra log
+    dead = sweep / "2"
+    (dead / ".hydra").mkdir(parents=True)
+    (dead / ".hydra" / "overrides.yaml").write_text("- model.shared_dim=99\n")
+    (dead / "cli.log").write_text(
+        "[2024-01-01 00:00:00,000][venncell][INFO] - start\n"
+        "[2024-01-01 00:00:01,000][venncell][ERROR] - something | broke\n"
+    )
+    assert shutil.which(
+        "venncell-sweep-summary"
+    )  # the console script; called in-process below (faster)
+    assert main([str(sweep), "--objective", "shared_recovery", "--direction", "maximize"]) == 0
+    out = capsys.readouterr().out
+    assert "Wrote" in out and "(maximize)" in out
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    rec = [float(r["shared_recovery"]) for r in rows[:2]]
+    assert rec == sorted(rec, reverse=True) and [float(r["objective"]) for r in rows[:2]] == rec
+    assert (
+        rows[2]["run"] == "2" and rows[2]["error"] == "something | broke" and rows[2]["rank"] == ""
+    )
+    assert "something \\| broke" in (sweep / "sweep_summary.md").read_text()
+
+    # defaults come from the sweep itself (objective stage2/val/recon, the Optuna sweeper's direction)
+    assert main([str(sweep), "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    assert (
+        "Objective: `stage2/val/recon` (minimize)"
+        in (tmp_path / "t" / "sweep_summary.md").read_text()
+    )
+
+    assert main([str(tmp_path / "t")]) == 2
+    assert "no runs" in capsys.readouterr().err
+
+
+def test_failed_jobs_are_listed(tmp_path, helpers):
+    # job 0 fails inside Lightning, job 1 on a VennCell input error; both are recorded by the callback that
+    # conf/config.yaml switches on, and the first failure does not stop the second job
+    res = helpers.run_cli(
+        [
+            "venncell-train",
+            "-m",
+            *helpers.TINY_CLI,
+            "logger=none",
+            "data.name=synthetic,bogus",
+            "trainer.accelerator=bogus",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        ok=False,
+    )
+    assert res.returncode != 0
+    assert "trainer.accelerator" in (tmp_path / "0" / "job_error.txt").read_text()
+    assert main([str(tmp_path), "--quiet"]) == 0
+    rows = {r["run"]: r for r in read_csv(tmp_path / "sweep_summary.csv")}
+    assert rows["0"]["status"] == rows["1"]["status"] == "failed"
+    assert (
+        rows["0"]["error"].startswith("VennCellInputError: ")
+        and "accelerator" in rows["0"]["error"]
+    )
+    assert "data.name='bogus' is not known" in rows["1"]["error"]
+    assert "data.name='bogus' is not known" in (tmp_path / "1" / "job_error.txt").read_text()
+    assert rows["1"]["data.name"] == "bogus"

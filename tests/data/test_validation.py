@@ -1,0 +1,310 @@
+"""Bad input gets a clear VennCellInputError naming the modality, the problem and the fix."""
+
+from __future__ import annotations
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from venncell import VennCell, VennCellInputError
+from venncell.data import VennCellInputWarning
+
+
+def _pair(rna, prot, rna_names=None, prot_names=None):
+    a = ad.AnnData(rna)
+    a.obs_names = rna_names or [f"c{i}" for i in range(rna.shape[0])]
+    b = ad.AnnData(prot)
+    b.obs_names = prot_names or [f"c{i}" for i in range(prot.shape[0])]
+    return md.MuData({"rna": a, "protein": b})
+
+
+def _counts(n=20, f=6, seed=0):
+    return np.random.default_rng(seed).poisson(3, (n, f)).astype(np.float32) + 1
+
+
+def _build(mdata, **reg):
+    VennCell.setup_mudata(mdata, modalities=reg or None)
+    return VennCell(mdata, shared_dim=2, private_dim=2)
+
+
+def test_nan_is_named():
+    x = _counts()
+    x[3, 2] = np.nan
+    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN.*row 3, feature column 2"):
+        _build(
+            _pair(x, _counts(seed=1)), rna={"kind": "rna", "likelihood": "nb"}, protein="protein"
+        )
+
+
+def test_negative_counts_under_nb():
+    x = _counts()
+    x[0, 0] = -1
+    with pytest.raises(
+        VennCellInputError,
+        match=r"'rna'.*negative binomial.*negative values.*likelihood='gaussian'",
+    ):
+        _build(
+            _pair(x, _counts(seed=1)), rna={"kind": "rna", "likelihood": "nb"}, protein="protein"
+        )
+
+
+def test_non_integer_counts_under_nb():
+    x = _counts() + 0.5
+    with pytest.raises(VennCellInputError, match=r"'rna'.*non-integer.*layer='counts'"):
+        _build(
+            _pair(x, _counts(seed=1)), rna={"kind": "rna", "likelihood": "nb"}, protein="protein"
+        )
+
+
+def test_non_binary_under_bernoulli():
+    with pytest.raises(VennCellInputError, match=r"'protein'.*Bernoulli.*binarize=true"):
+        _build(
+            _pair(_counts(), _counts(seed=1)),
+            rna="rna",
+            protein={"kind": "protein", "likelihood": "bernoulli"},
+        )
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda x: np.log1p(x), r"non-integer values \(e\.g\. [0-9.]+\)"),
+        (lambda x: x - 5, r"negative values \(min -"),
+    ],
+)
+def test_count_kind_that_is_not_counts_warns_before_falling_back_to_gaussian(change, reason):
+    """kind 'rna' with log-normalised (or centred) values: the Gaussian fallback is announced, with the fix."""
+    m = _pair(change(_counts()), _counts(seed=1))
+    with pytest.warns(
+        VennCellInputWarning, match=rf"'rna' \(kind 'rna'\) has {reason}.*Gaussian.*layer='counts'"
+    ):
+        model = _build(m, rna="rna", protein="protein")
+    assert model.specs["rna"].likelihood == "gaussian"
+    # registering the Gaussian on purpose is silent
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        _build(m, rna={"kind": "rna", "likelihood": "gaussian"}, protein="protein")
+
+
+@pytest.mark.parametrize("where", ["rna", "both"])
+def test_repeated_cell_names_are_rejected(where):
+    names = [f"c{i}" for i in range(19)] + ["c0"]
+    m = _pair(
+        _counts(), _counts(seed=1), rna_names=names, prot_names=names if where == "both" else None
+    )
+    with pytest.raises(
+        VennCellInputError, match=r"repeated cell name.*'c0'.*obs_names_make_unique"
+    ):
+        _build(m, rna="rna", protein="protein")
+
+
+def test_no_common_cells():
+    m = _pair(_counts(), _counts(seed=1), prot_names=[f"x{i}" for i in range(20)])
+    with pytest.raises(VennCellInputError, match=r"No cell is measured in more than one modality"):
+        _build(m, rna="rna", protein="protein")
+
+
+def test_zero_features():
+    m = _pair(_counts(), np.zeros((20, 0), dtype=np.float32))
+    with pytest.raises(VennCellInputError, match=r"'protein' has zero features"):
+        _build(m, rna="rna", protein={"kind": "protein", "likelihood": "nb"})
+
+
+def test_all_zero_cell_under_counts():
+    x = _counts()
+    x[4] = 0
+    with pytest.raises(VennCellInputError, match=r"'rna'.*1 cell\(s\) are all-zero.*filter_cells"):
+        _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
+
+
+def test_zero_variance_feature_warns():
+    x = _counts()
+    x[:, 1] = 5
+    with pytest.warns(VennCellInputWarning, match=r"'rna': 1 feature\(s\) have zero variance"):
+        _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
+
+
+def test_zero_variance_feature_dropped_or_kept():
+    """zero_variance='drop' removes constant features (and new data may still carry them); 'keep' is silent."""
+    import warnings
+
+    x = _counts()
+    x[:, 1] = 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        model = _build(
+            _pair(x, _counts(seed=1)),
+            rna={"kind": "rna", "zero_variance": "drop"},
+            protein="protein",
+        )
+        assert model.specs["rna"].n_features == 5 and model.specs["rna"].dropped_features == ["1"]
+        model._data_for(_pair(x, _counts(seed=1)))  # the dropped feature in new data: no warning
+        kept = _build(
+            _pair(x, _counts(seed=1)),
+            rna={"kind": "rna", "zero_variance": "keep"},
+            protein="protein",
+        )
+        assert kept.specs["rna"].n_features == 6
+
+
+def test_zero_variance_policy_unknown():
+    with pytest.raises(VennCellInputError, match=r"'rna': zero_variance='remove' is not one of"):
+        _build(
+            _pair(_counts(), _counts(seed=1)),
+            rna={"kind": "rna", "zero_variance": "remove"},
+            protein="protein",
+        )
+
+
+def test_missing_layer_and_modality():
+    m = _pair(_counts(), _counts(seed=1))
+    with pytest.raises(VennCellInputError, match=r"'rna': layer 'counts' does not exist"):
+        VennCell.setup_mudata(m, modalities={"rna": {"layer": "counts"}, "protein": "protein"})
+    with pytest.raises(VennCellInputError, match=r"Modality 'adt' is not in the MuData"):
+        VennCell.setup_mudata(m, modalities={"rna": "rna", "adt": "protein"})
+
+
+def test_single_modality_rejected():
+    m = _pair(_counts(), _counts(seed=1))
+    with pytest.raises(VennCellInputError, match="at least two modalities"):
+        VennCell.setup_mudata(m, modalities=["rna"])
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("shared_dim", 0), ("private_dim", -1), ("latent_noise", -0.1), ("consistency_weight", -1.0)],
+)
+def test_config_out_of_range(key, value):
+    m = _pair(_counts(), _counts(seed=1))
+    VennCell.setup_mudata(m)
+    kwargs = {"shared_dim": 2, "private_dim": 2, key: value}
+    with pytest.raises(VennCellInputError, match=rf"{key}=.*out of range"):
+        VennCell(m, **kwargs)
+
+
+def test_sparse_nan_is_named():
+    x = sp.csr_matrix(_counts())
+    x.data[7] = np.inf
+    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN/inf.*row 1"):
+        _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
+
+
+# ---------------------------------------------------------------- property-based: any such input, same error
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(10, 30),
+    f=st.integers(2, 12),
+    row=st.integers(0, 1000),
+    col=st.integers(0, 1000),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf, -1.0, 2.5]),
+    sparse=st.booleans(),
+)
+def test_any_bad_count_value_is_reported(n, f, row, col, bad, sparse):
+    x = _counts(n, f)
+    r, c = row % n, col % f
+    x[r, c] = bad
+    m = _pair(sp.csr_matrix(x) if sparse else x, _counts(n, 4, seed=1))
+    expected = {
+        True: r"NaN/inf.*first at cell row",
+        False: r"negative values" if bad < 0 else r"non-integer",
+    }
+    with pytest.raises(
+        VennCellInputError, match=rf"Modality 'rna'.*{expected[not np.isfinite(bad)]}"
+    ):
+        _build(
+            m,
+            rna={"kind": "rna", "likelihood": "nb"},
+            protein={"kind": "protein", "likelihood": "nb"},
+        )
+
+
+# ---------------------------------------------------------------- image modalities (cells x C x H x W)
+def _with_image(img, n_obs=20, key="img"):
+    """RNA counts plus an image modality whose .obsm[key] holds ``img`` (None: nothing in .obsm)."""
+    m = _pair(_counts(n_obs), _counts(n_obs, seed=1))
+    cells = ad.AnnData(np.zeros((n_obs, 0), dtype=np.float32))
+    cells.obs_names = [f"c{i}" for i in range(n_obs)]
+    if img is not None:
+        cells.obsm[key] = img
+    return md.MuData({"rna": m["rna"], "cells": cells})
+
+
+def _images(n=20, c=2, dtype=np.float32):
+    return np.random.default_rng(0).random((n, c, 8, 8)).astype(dtype)
+
+
+def test_image_wrong_rank():
+    m = _with_image(_images()[:, 0])  # channel axis missing
+    with pytest.raises(
+        VennCellInputError, match=r"'cells'.*rank 3.*must be 4-D.*images\[:, None\]"
+    ):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_non_numeric_dtype():
+    m = _with_image(_images().astype(object))
+    with pytest.raises(VennCellInputError, match=r"'cells'.*dtype object.*astype\(np.float32\)"):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_bool_dtype():
+    m = _with_image(_images() > 0.5)
+    with pytest.raises(VennCellInputError, match=r"'cells'.*dtype bool.*real numbers"):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_channel_out_of_range():
+    m = _with_image(_images(c=2))
+    with pytest.raises(
+        VennCellInputError,
+        match=r"'cells'.*channels \[2\] are out of range.*2 channel\(s\).*0\.\.1",
+    ):
+        _build(m, rna="rna", cells={"kind": "image", "obsm_key": "img", "channels": [2]})
+
+
+def test_image_cell_count_mismatch(tmp_path):
+    np.save(tmp_path / "crops.npy", _images(n=25))  # the store has 25 rows, the modality 20 cells
+    with pytest.raises(
+        VennCellInputError, match=r"'cells'.*25 rows but the modality has 20 cells"
+    ):
+        _build(
+            _with_image(None),
+            rna="rna",
+            cells={"kind": "image", "store": str(tmp_path / "crops.npy")},
+        )
+
+
+def test_image_nan_pixels():
+    img = _images()
+    img[3, 1, 4, 5] = np.nan
+    with pytest.raises(
+        VennCellInputError,
+        match=r"'cells'.*NaN/inf pixel.*cell row 3, channel 1, pixel \(4, 5\).*nan_to_num",
+    ):
+        _build(_with_image(img), rna="rna", cells={"kind": "image", "obsm_key": "img"})
+
+
+def test_image_missing_obsm_key():
+    with pytest.raises(
+        VennCellInputError, match=r"'cells'.*obsm\['crops'\]` does not exist.*obsm keys: \['img'\]"
+    ):
+        _build(_with_image(_images()), rna="rna", cells={"kind": "image", "obsm_key": "crops"})
+
+
+def test_image_missing_store_file(tmp_path):
+    with pytest.raises(
+        VennCellInputError, match=r"'cells'.*image store .*nope.npy' does not exist.*`store` path"
+    ):
+        _build(
+            _with_image(None),
+            rna="rna",
+            cells={"kind": "image", "store": str(tmp_path / "nope.npy")},
+        )

@@ -1,0 +1,279 @@
+"""The Python API: latents, prediction, write-back, save/load (also across processes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from venncell import VennCell, VennCellInputError
+
+
+def test_latent_shapes_and_blocks(trained_tiny):
+    model, mdata, _ = trained_tiny
+    n = mdata.n_obs
+    assert model.get_latent_representation().shape == (n, 4)
+    assert model.get_latent_representation(block="private:rna").shape == (n, 2)
+    assert model.get_latent_representation(block="all").shape == (n, 4 + 3 * 2)
+    assert model.get_latent_representation(source="stage1").shape == (n, 4)
+    only_rna = model.get_latent_representation(modalities=["rna"])
+    assert np.isfinite(only_rna).all()
+    assert not np.allclose(only_rna, model.get_latent_representation())
+    with pytest.raises(VennCellInputError, match="block must be"):
+        model.get_latent_representation(block="private:nope")
+    with pytest.raises(VennCellInputError, match=r"modalities \['nope'\]"):
+        model.get_latent_representation(modalities=["nope"])
+
+
+def test_predict_modality(trained_tiny):
+    model, mdata, _ = trained_tiny
+    pred = model.predict_modality(source=["rna"], target="protein")
+    assert pred.shape == (mdata.n_obs, mdata["protein"].n_vars)
+    np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-4)  # NB proportions
+    counts = model.predict_modality(source="rna", target="protein", scale="counts")
+    assert counts.sum(1).mean() > 100
+    with pytest.raises(VennCellInputError, match="also a source"):
+        model.predict_modality(source=["rna"], target="rna")
+
+
+def test_write_latents_feeds_scanpy(trained_tiny):
+    import scanpy as sc
+
+    model, mdata, _ = trained_tiny
+    model.write_latents()
+    assert mdata.obsm["X_venn_shared"].shape == (mdata.n_obs, 4)
+    assert "X_venn_private_atac" in mdata.obsm and "X_venn_shared_stage1" in mdata.obsm
+    assert set(mdata.obs["venn_split"]) == {"train", "validation"}
+    sc.pp.neighbors(mdata, use_rep="X_venn_shared", n_neighbors=5)
+    assert "connectivities" in mdata.obsp
+
+
+def test_save_load_fresh_process_identical(trained_tiny, tmp_path):
+    model, mdata, _ = trained_tiny
+    model.save(tmp_path / "model")
+    data_path = tmp_path / "data.h5mu"
+    mdata.write(str(data_path))
+    np.save(tmp_path / "shared.npy", model.get_latent_representation())
+    np.save(
+        tmp_path / "pred.npy", model.predict_modality(source=["rna", "atac"], target="protein")
+    )
+    script = textwrap.dedent(f"""
+        import mudata, numpy as np
+        from venncell import VennCell
+        m = VennCell.load(r"{tmp_path / "model"}")
+        d = mudata.read_h5mu(r"{data_path}")
+        np.save(r"{tmp_path / "shared2.npy"}", m.get_latent_representation(d))
+        np.save(r"{tmp_path / "pred2.npy"}", m.predict_modality(d, source=["rna", "atac"], target="protein"))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "shared.npy"), np.load(tmp_path / "shared2.npy")
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), np.load(tmp_path / "pred2.npy"))
+
+
+def test_load_with_training_data_restores_stage1(trained_tiny, tmp_path):
+    model, mdata, _ = trained_tiny
+    model.save(tmp_path / "m")
+    again = VennCell.load(tmp_path / "m", mdata=mdata)
+    np.testing.assert_array_equal(
+        again.get_latent_representation(source="stage1"),
+        model.get_latent_representation(source="stage1"),
+    )
+
+
+def test_new_data_with_wrong_features(trained_tiny, tmp_path):
+    model, mdata, _ = trained_tiny
+    model.save(tmp_path / "m")
+    loaded = VennCell.load(tmp_path / "m")
+    bad = mdata.copy()
+    bad.mod["protein"] = bad["protein"][:, 3:].copy()
+    bad.update()
+    with pytest.raises(
+        VennCellInputError, match=r"'protein': 3 feature\(s\) the model was trained on are missing"
+    ):
+        loaded.get_latent_representation(bad)
+    shuffled = mdata.copy()
+    order = np.random.default_rng(0).permutation(shuffled["rna"].n_vars)
+    shuffled.mod["rna"] = shuffled["rna"][:, order].copy()
+    shuffled.update()
+    with pytest.warns(UserWarning, match="reordered"):
+        z = loaded.get_latent_representation(shuffled)
+    np.testing.assert_allclose(z, model.get_latent_representation(), rtol=1e-5, atol=1e-5)
+
+
+def test_embed_new_cells_from_one_modality(trained_tiny):
+    model, mdata, _ = trained_tiny
+    sub = mdata.copy()
+    del sub.mod["atac"]
+    del sub.mod["protein"]
+    sub.update()
+    z = model.get_latent_representation(sub)
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(
+        z, model.get_latent_representation(modalities=["rna"]), rtol=1e-5, atol=1e-5
+    )
+    assert np.isnan(model.get_latent_representation(sub, block="private:atac")).all()
+
+
+def test_untrained_model_refuses(tiny_mdata):
+    VennCell.setup_mudata(tiny_mdata)
+    model = VennCell(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="not trained"):
+        model.get_latent_representation()
+
+
+def test_load_rejects_non_model(tmp_path):
+    with pytest.raises(VennCellInputError, match="not a saved VennCell model"):
+        VennCell.load(tmp_path)
+    (tmp_path / "venncell.json").write_text('{"format": 1, "conf')
+    with pytest.raises(VennCellInputError, match="unreadable or truncated"):
+        VennCell.load(tmp_path)
+
+
+def test_consistency_on_part_of_each_batch(tiny_mdata):
+    """consistency_cells below 8 is refused; otherwise stage 1's encoders see that many of a batch's cells.
+
+    0 means every cell; the refusal names the setting."""
+    import torch
+
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="consistency_cells"):
+        VennCell(tiny_mdata, consistency_cells=3)
+    for k, expected in ((0, 64), (16, 16)):
+        model = VennCell(tiny_mdata, consistency_cells=k, seed=0)
+        module = model.module
+        seen = []
+        encode = module.encode
+
+        def counting(m, batch, rows=None):
+            seen.append(batch.x[m].shape[0] if rows is None else rows.numel())
+            return encode(m, batch, rows)
+
+        module.encode = counting
+        terms = module.stage1_loss(model.data.get(np.arange(64))).logged()
+        assert set(seen) == {expected} and len(seen) == len(module.modalities)
+        assert all(torch.isfinite(terms[f"consistency/{m}"]) for m in module.modalities)
+
+
+def test_every_model_preset_builds():
+    """Each named preset (``model=<name>``) is the defaults with a few fields changed, and VennCell accepts it."""
+    from venncell.module.config import PRESETS, model_preset
+
+    assert {"venncell", "apollo", "fast"} <= set(PRESETS)
+    for name in PRESETS:
+        cfg = model_preset(name)  # an unknown key fails here
+        if name == "fast":
+            assert cfg.consistency_cells == 32 and cfg.leakage_every == 3
+    with pytest.raises(VennCellInputError, match="Unknown model preset"):
+        model_preset("fastest")
+
+
+def test_leakage_every_k_batches_weights_the_terms_k_times(tiny_mdata):
+    """leakage_every below 1 is refused; k >= 1 puts the leakage terms, weighted k times, on every k-th batch.
+
+    The other batches leave the encoders out entirely (no pass, no gradient)."""
+    import torch
+
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="leakage_every"):
+        VennCell(tiny_mdata, leakage_every=0)
+    model = VennCell(tiny_mdata, leakage_every=3, seed=0)
+    module = model.module
+    assert [module.leakage_factor(i) for i in range(7)] == [3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 3.0]
+    batch = model.data.get(np.arange(64))
+    module.eval()  # encoder dropout off, so the three losses see the same encoder pass
+    loss = {f: module.stage1_loss(batch, noise=False, leakage=f).loss for f in (0.0, 1.0, 3.0)}
+    torch.testing.assert_close(loss[3.0] - loss[0.0], 3 * (loss[1.0] - loss[0.0]))
+    assert (
+        loss[1.0] > loss[0.0]
+    )  # the leakage terms are positive here, so the check above is not 0 = 0
+    terms = module.stage1_loss(batch, leakage=0.0).logged()
+    assert not any(k.startswith(("consistency/", "independence/")) for k in terms)
+    module.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in module.encoders.parameters())
+
+
+def test_stage2_recon_total_weights_modalities_and_counts_single_cell_modalities():
+    """stage2/val/recon (the default sweep objective) = sum over modalities of weight x that modality's NLL, a
+    modality measured in only one cell of the batch included."""
+    import anndata as ad
+    import mudata as md_
+
+    from venncell import make_synthetic as synth
+
+    full, _ = synth(n_cells=60, modalities={"rna": 30, "protein": 8}, seed=2)
+    mdata = md_.MuData(
+        {
+            "rna": full["rna"].copy(),
+            "protein": ad.AnnData(
+                full["protein"].X[:40].copy(),
+                obs=full["protein"].obs.iloc[:40].copy(),
+                var=full["protein"].var.copy(),
+            ),
+        }
+    )
+    VennCell.setup_mudata(mdata, {"rna": {"kind": "rna", "weight": 2.0}, "protein": "protein"})
+    model = VennCell(mdata, shared_dim=2, private_dim=2, hidden=16, encoder_hidden=16)
+    has_protein = np.flatnonzero(model.data.present("protein"))
+    rna_only = np.flatnonzero(~model.data.present("protein"))
+    for rows in (
+        np.arange(60),
+        np.r_[rna_only[:10], has_protein[:1]],
+    ):  # the second: one protein cell
+        terms = model.module.stage2_loss(model.data.get(rows), noise=False, recon=True).logged()
+        expected = 2.0 * terms["recon/rna"] + terms["recon/protein"]
+        assert torch.allclose(terms["recon"], expected), (terms["recon"], expected)
+
+
+def test_batch_worker_processes_train_the_same_model(tiny_mdata, tmp_path, helpers):
+    """Batches assembled in 2 worker processes are the same batches in the same order: the same model."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Workers(Callback):  # the loader each stage actually trained with
+        def __init__(self):
+            self.seen = []
+
+        def on_train_start(self, trainer, pl_module):
+            self.seen.append(trainer.train_dataloader.num_workers)
+
+    latents = []
+    for workers in (0, 2):
+        mdata = tiny_mdata.copy()
+        VennCell.setup_mudata(mdata)
+        model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
+        seen = Workers()
+        model.train(
+            run_dir=tmp_path / str(workers),
+            num_workers=workers,
+            trainer_kwargs={"callbacks": [seen]},
+            **helpers.FAST,
+        )
+        assert seen.seen == [workers, workers]
+        latents.append(model.get_latent_representation(block="shared", source="stage1"))
+        latents.append(model.get_latent_representation())
+    np.testing.assert_array_equal(latents[0], latents[2])
+    np.testing.assert_array_equal(latents[1], latents[3])
+    with pytest.raises(VennCellInputError, match="num_workers=-1"):
+        model.train(num_workers=-1, **helpers.FAST)
+
+
+def test_encoder_dropout_reaches_the_encoders_only(tiny_mdata):
+    """encoder_dropout regularises the encoders (which regress each training cell's own latent) and leaves the
+    decoders deterministic; an out-of-range value is a config error naming the key."""
+    from torch import nn
+
+    VennCell.setup_mudata(tiny_mdata)
+    module = VennCell(tiny_mdata, encoder_dropout=0.3).module
+    for m in module.modalities:
+        assert [d.p for d in module.encoders[m].modules() if isinstance(d, nn.Dropout)] == [
+            0.3
+        ] * module.cfg.n_layers
+        assert not any(isinstance(d, nn.Dropout) for d in module.decoders[m].modules())
+    with pytest.raises(VennCellInputError, match="encoder_dropout"):
+        VennCell(tiny_mdata, encoder_dropout=1.5)

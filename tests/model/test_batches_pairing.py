@@ -1,0 +1,104 @@
+"""Real-data situations on synthetic ground truth: a technical batch shift, and partially paired cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from venncell import VennCell, make_synthetic
+from venncell.analysis.probes import cv_r2
+
+MODS = {"rna": 120, "protein": 30}
+TRAIN = dict(stage1_epochs=20, stage2_epochs=8, batch_size=128, progress_bar="none")
+
+
+def _batch_accuracy(z: np.ndarray, batch: np.ndarray) -> float:
+    """How well a linear probe tells the batch from a latent (0.5 = not at all, for two balanced batches)."""
+    return float(
+        cross_val_score(
+            LogisticRegression(max_iter=2000), z, batch, cv=5, scoring="balanced_accuracy"
+        ).mean()
+    )
+
+
+@pytest.fixture(scope="module")
+def batched():
+    return make_synthetic(
+        n_cells=600, modalities=dict(MODS), n_batches=2, batch_effect=1.0, seed=3
+    )
+
+
+@pytest.fixture(scope="module")
+def batch_runs(batched, tmp_path_factory):
+    mdata, truth = batched
+    out = {}
+    for key in (None, "batch"):
+        m = mdata.copy()
+        VennCell.setup_mudata(m, batch_key=key)
+        model = VennCell(m, shared_dim=4, private_dim=2, hidden=64, encoder_hidden=64, seed=0)
+        model.train(run_dir=tmp_path_factory.mktemp(f"batch_{key}"), **TRAIN)
+        out[key] = model
+    return out
+
+
+def test_synthetic_batches_leave_biology_unchanged():
+    plain, t0 = make_synthetic(n_cells=100, modalities=dict(MODS), seed=5)
+    _, t1 = make_synthetic(n_cells=100, modalities=dict(MODS), n_batches=3, seed=5)
+    np.testing.assert_array_equal(t0.shared, t1.shared)
+    np.testing.assert_array_equal(t0.private["rna"], t1.private["rna"])
+    assert "batch" not in plain.obs
+
+
+def test_batch_key_keeps_batch_out_of_the_latents(batched, batch_runs):
+    mdata, truth = batched
+    batch = np.asarray(mdata.obs["batch"].cat.codes)
+    acc, rec = {}, {}
+    for key, model in batch_runs.items():
+        z = np.hstack(
+            [
+                model.get_latent_representation(block=b)
+                for b in ("shared", "private:rna", "private:protein")
+            ]
+        )
+        acc[key] = _batch_accuracy(z, batch)
+        rec[key] = cv_r2(model.get_latent_representation(block="shared"), truth.shared)
+    print(
+        f"batch probe accuracy without/with batch_key: {acc[None]:.3f} / {acc['batch']:.3f}; "
+        f"shared recovery {rec[None]:.3f} / {rec['batch']:.3f}"
+    )
+    assert acc[None] > 0.9, (
+        "the batch shift should be visible when the model is not told about batches"
+    )
+    assert acc["batch"] < acc[None] - 0.2
+    assert rec["batch"] >= 0.6, "removing the batch must not remove the shared biology"
+
+
+def test_partially_paired_end_to_end(tmp_path, helpers):
+    mdata, truth, order, with_prot = helpers.partially_paired()
+    assert mdata.n_obs == 600 and mdata["protein"].n_obs == 400
+    VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
+    model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=64, encoder_hidden=64, seed=0)
+    assert "400 of 600 cells" in repr(model) and "rna (rna, nb, 120 features)" in repr(
+        model
+    )  # the user sees the pairing
+    model.train(run_dir=tmp_path, **TRAIN)
+
+    has = np.array([c in with_prot for c in mdata.obs_names])
+    shared = model.get_latent_representation(block="shared")
+    assert np.isfinite(shared).all(), "every cell has RNA, so every cell gets a shared latent"
+    # RNA-only cells: the shared latent still recovers the true shared factors (fitted on all cells, scored on
+    # them). 0.88 measured; 0.80 when these cells started from random latents instead of the spectral start's maps
+    r2_rna_only = cv_r2(shared[~has], truth.shared[order][~has])
+    assert r2_rna_only > 0.83, r2_rna_only
+    # the protein private block exists only where protein was measured
+    p_prot = model.get_latent_representation(block="private:protein")
+    assert np.isnan(p_prot[~has]).all() and np.isfinite(p_prot[has]).all()
+    # stage 2 embeds from any subset: from protein alone, only the cells with protein get a shared latent
+    from_prot = model.get_latent_representation(block="shared", modalities=["protein"])
+    assert np.isnan(from_prot[~has]).all() and np.isfinite(from_prot[has]).all()
+    assert cv_r2(from_prot[has], truth.shared[order][has]) > 0.6
+    # the stage-1 table (learned directly, from whatever each cell has) also covers every cell
+    table = model.get_latent_representation(block="shared", source="stage1")
+    assert np.isfinite(table).all()

@@ -1,0 +1,453 @@
+"""One test per failure class of the hostile-input review (reliability, round two): each failed before its fix --
+silently (wrong output, exit 0) or with a traceback from deep inside a library."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from venncell import VennCell, VennCellInputError, make_synthetic
+from venncell.train import NonFiniteLossError
+
+TINY = dict(shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16)
+QUICK = dict(stage1_epochs=2, stage2_epochs=1, batch_size=32, progress_bar="none")
+
+
+def _pair(x_rna, x_other, other="protein", n=None):
+    n = n or x_rna.shape[0]
+    names = [f"c{i}" for i in range(n)]
+
+    def a(x, prefix):
+        return ad.AnnData(
+            x,
+            obs=pd.DataFrame(index=names),
+            var=pd.DataFrame(index=[f"{prefix}{j}" for j in range(x.shape[1])]),
+        )
+
+    return md.MuData({"rna": a(x_rna, "g"), other: a(x_other, "p")})
+
+
+def _counts(n=60, f=12, seed=0, lam=3.0):
+    x = np.random.default_rng(seed).poisson(lam, (n, f)).astype(np.float32)
+    x[:, 0] += 1  # no empty cell
+    return x
+
+
+# ------------------------------------------------------------------------------------------ extreme magnitudes
+def test_a_count_beyond_float32_integers_is_refused():
+    """One RNA count of 1e12 trained with exit 0 and a negative NB loss (float32 cancellation)."""
+    x = _counts()
+    x[3, 4] = 1e12
+    mdata = _pair(x, _counts(seed=1))
+    VennCell.setup_mudata(mdata)
+    with pytest.raises(VennCellInputError, match="rna.*2\\^24"):
+        VennCell(mdata, **TINY)
+
+
+def test_a_value_finite_in_float64_but_not_in_float32_is_refused():
+    """It passed the finite check and died in sklearn's PCA."""
+    feats = np.random.default_rng(0).normal(size=(60, 5))
+    feats[2, 1] = 1e300
+    mdata = _pair(_counts(), feats, other="features")
+    VennCell.setup_mudata(
+        mdata, {"rna": "rna", "features": {"kind": "features", "likelihood": "gaussian"}}
+    )
+    with pytest.raises(VennCellInputError, match="features.*float32"):
+        VennCell(mdata, **TINY)
+
+
+def test_features_of_any_scale_train(tmp_path):
+    """A column of 1e30 died as a traceback; reduced features (10 PCs next to 19 unstandardised topic scores up to
+    4.6e5, stored sparse) crashed the spectral start with ArpackError. Both must train with finite latents."""
+    rng = np.random.default_rng(3)
+    n = 120
+    pcs = rng.normal(size=(n, 10)).astype(np.float32)
+    pcs[:, 0] *= 1e30 / 10  # a column of huge values
+    topics = rng.gamma(0.3, 1e5, size=(n, 19)) * (rng.random((n, 19)) < 0.4)
+    topics[:, 0] = 4.6e5
+    topics[::7, 0] = 0.0
+    mdata = _pair(pcs, sp.csr_matrix(topics.astype(np.float32)), other="chrom_topics")
+    VennCell.setup_mudata(
+        mdata,
+        {
+            "rna": {"kind": "features", "likelihood": "gaussian"},
+            "chrom_topics": {"kind": "features", "likelihood": "gaussian"},
+        },
+    )
+    model = VennCell(mdata, **TINY)
+    model.train(run_dir=tmp_path, **QUICK)
+    assert np.isfinite(model.get_latent_representation(block="all")).all()
+    assert all(np.isfinite(v) for v in model.history["stage1"].values())
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def test_a_non_finite_latent_is_never_saved_as_last_good(tmp_path):
+    """An update that wrote NaN into the latent table was saved as last.ckpt one epoch before the error."""
+    mdata, _ = make_synthetic(n_cells=160, modalities={"rna": 40, "protein": 12}, seed=5)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, **TINY)
+    table = model.module.private_tables["protein"]
+    calls = {"n": 0}
+    original = model.module.latents
+
+    def poison(
+        idx,
+    ):  # after two epochs: one row of the table (a cell not in this batch) becomes NaN
+        calls["n"] += 1
+        if calls["n"] == 30:
+            with torch.no_grad():
+                table.weight[int(np.setdiff1d(np.arange(160), idx.numpy())[0])] = float("nan")
+        return original(idx)
+
+    model.module.latents = poison
+    with pytest.raises(NonFiniteLossError, match="NaN/inf|non-finite"):
+        model.train(
+            run_dir=tmp_path, stage1_epochs=6, stage2_epochs=1, batch_size=32, progress_bar="none"
+        )
+    ckpt = torch.load(
+        tmp_path / "checkpoints" / "stage1" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
+    # the cause removed, training resumes from that checkpoint and finishes
+    model.module.latents = original
+    with torch.no_grad():
+        table.weight.nan_to_num_(0.0)
+    model.train(
+        run_dir=tmp_path,
+        stage1_epochs=6,
+        stage2_epochs=1,
+        batch_size=32,
+        progress_bar="none",
+        resume=True,
+    )
+    assert np.isfinite(model.get_latent_representation(block="all")).all()
+
+
+# ------------------------------------------------------------------------------------------ degenerate sizes
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_too_few_cells_are_refused_up_front(n):
+    """1-2 cells trained fully, wrote every output, then failed with a KeyError traceback."""
+    mdata = _pair(_counts(n=n), _counts(n=n, seed=1))
+    VennCell.setup_mudata(mdata)
+    with pytest.raises(VennCellInputError, match="cells"):
+        VennCell(mdata, **TINY)
+
+
+def test_no_held_out_cells_still_finishes(tmp_path, helpers):
+    """validation_fraction=0 failed after writing every output (the held-out metric was missing)."""
+    out = tmp_path / "run"
+    res = helpers.run_cli(
+        [
+            "venncell-train",
+            *helpers.TINY_CLI,
+            "data.validation_fraction=0",
+            f"hydra.run.dir={out}",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "venn.h5mu").exists() and (out / "metrics.json").exists()
+
+
+def test_a_count_modality_with_one_feature_trains(tmp_path):
+    """It died in the spectral start."""
+    mdata = _pair(_counts(), _counts(f=1, seed=2, lam=8.0) + 1)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, **TINY)
+    model.train(run_dir=tmp_path, **QUICK)
+    assert np.isfinite(model.get_latent_representation(block="all")).all()
+
+
+# ------------------------------------------------------------------------------------------ labels and names
+def test_duplicate_feature_names_are_refused():
+    """Accepted, so new data with reordered columns embedded with silently wrong latents."""
+    mdata = _pair(_counts(), _counts(seed=1))
+    mdata["protein"].var_names = ["p0", "p1", "p1"] + [f"p{j}" for j in range(3, 12)]
+    VennCell.setup_mudata(mdata)
+    with pytest.raises(
+        VennCellInputError, match="protein.*repeated feature name.*var_names_make_unique"
+    ):
+        VennCell(mdata, **TINY)
+
+
+def test_missing_batch_labels_are_refused():
+    """NaN batch labels silently became a batch of their own."""
+    mdata = _pair(_counts(), _counts(seed=1))
+    mdata.obs["batch"] = ["a", "b"] * 29 + [np.nan, np.nan]
+    with pytest.raises(VennCellInputError, match="batch.*NaN"):
+        VennCell.setup_mudata(mdata, batch_key="batch")
+
+
+def test_a_continuous_batch_column_is_refused():
+    """A float batch_key with one value per cell became hundreds of batches and ended in non-finite losses."""
+    mdata = _pair(_counts(), _counts(seed=1))
+    mdata.obs["depth"] = np.random.default_rng(0).normal(size=60)
+    with pytest.raises(VennCellInputError, match="depth.*continuous"):
+        VennCell.setup_mudata(mdata, batch_key="depth")
+    mdata.obs["barcode"] = [f"b{i}" for i in range(60)]
+    with pytest.raises(VennCellInputError, match="one per cell"):
+        VennCell.setup_mudata(mdata, batch_key="barcode")
+
+
+# ------------------------------------------------------------------------------------------ settings
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("grad_clip", -5.0),
+        ("lr_latent", float("nan")),
+        ("seed", -1),
+        ("lr_network", float("inf")),
+        ("batch_size", 1.5),
+    ],
+)
+def test_out_of_range_training_settings_are_refused(tiny_mdata, key, value, tmp_path):
+    """grad_clip=-5 flipped the gradients (loss rose, exit 0); NaN learning rates and negative seeds passed."""
+    VennCell.setup_mudata(tiny_mdata)
+    model = VennCell(tiny_mdata, **TINY)
+    with pytest.raises(VennCellInputError, match=key):
+        model.train(run_dir=tmp_path, **{**QUICK, key: value})
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_negative_modality_weight_and_seed_are_refused(tiny_mdata):
+    with pytest.raises(VennCellInputError, match="weight"):
+        VennCell.setup_mudata(
+            tiny_mdata, {"rna": {"kind": "rna", "weight": -1.0}, "protein": "protein"}
+        )
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="seed"):
+        VennCell(tiny_mdata, seed=-3)
+
+
+# ------------------------------------------------------------------------------------------ signals
+def test_sigterm_stops_with_a_checkpoint_and_exit_143_then_resumes_exactly(tmp_path, helpers):
+    """SIGTERM during training exited 0 with no outputs: a killed job reported success."""
+    args = [
+        "venncell-train",
+        *helpers.TINY_CLI,
+        "trainer.stage1_epochs=40",
+        "trainer.stage2_epochs=4",
+        "logger=none",
+        "evaluate_recovery=false",
+    ]
+    ref = tmp_path / "ref"
+    helpers.run_cli([*args, f"hydra.run.dir={ref}"])
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*args, f"hydra.run.dir={run}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while (
+        not list((run / "checkpoints" / "stage1").glob("epoch*.ckpt")) and time.time() < deadline
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "SIGTERM" in err and "resume=true" in err and "Traceback" not in err
+    assert (
+        not (run / "venn.h5mu").exists()
+        and (run / "checkpoints" / "stage1" / "last.ckpt").exists()
+    )
+    helpers.run_cli([*args, f"hydra.run.dir={run}", "resume=true"])
+    a, b = (md.read_h5mu(str(d / "venn.h5mu")) for d in (ref, run))
+    for key in ("X_venn_shared", "X_venn_shared_stage1", "X_venn_private_rna"):
+        assert np.abs(a.obsm[key] - b.obsm[key]).max() == 0.0, key
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, helpers):
+    """resume=true with a changed shared_dim gave a torch size-mismatch traceback and overwrote
+    config_resolved.yaml with the rejected config."""
+    run = tmp_path / "run"
+    helpers.run_cli(["venncell-train", *helpers.TINY_CLI, f"hydra.run.dir={run}"])
+    before = (run / "config_resolved.yaml").read_text()
+    res = helpers.run_cli(
+        [
+            "venncell-train",
+            *helpers.TINY_CLI,
+            f"hydra.run.dir={run}",
+            "resume=true",
+            "model.shared_dim=5",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 2 and "model settings" in res.stderr and "Traceback" not in res.stderr
+    assert (run / "config_resolved.yaml").read_text() == before
+    res = helpers.run_cli(
+        [
+            "venncell-train",
+            *helpers.TINY_CLI,
+            f"hydra.run.dir={run}",
+            "resume=true",
+            "data.seed=9",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 2 and "data" in res.stderr
+
+
+def test_a_fresh_run_in_an_old_folder_does_not_resume_the_old_run(tmp_path, helpers):
+    """A fresh run (resume=false) into an old run folder, killed and resumed, silently continued the old run."""
+    run = tmp_path / "run"
+    helpers.run_cli(["venncell-train", *helpers.TINY_CLI, f"hydra.run.dir={run}"])
+    old = sorted(p.name for p in (run / "checkpoints" / "stage1").glob("*.ckpt"))
+    assert old
+    # a fresh run into the same folder, with other settings: the old checkpoints go before it starts
+    res = helpers.run_cli(
+        [
+            "venncell-train",
+            *helpers.TINY_CLI,
+            f"hydra.run.dir={run}",
+            "model.shared_dim=5",
+            "trainer.stage1_epochs=1",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 0
+    ckpt = torch.load(
+        run / "checkpoints" / "stage1" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["state_dict"]["module.shared_table.weight"].shape[1] == 5
+
+
+# ------------------------------------------------------------------------------------------ API and model files
+def test_an_untrained_model_reloads_untrained(tiny_mdata, tmp_path):
+    """An untrained model saved, and load() marked it trained: random encoders embedded cells silently."""
+    VennCell.setup_mudata(tiny_mdata)
+    VennCell(tiny_mdata, **TINY).save(tmp_path / "m")
+    loaded = VennCell.load(tmp_path / "m")
+    assert not loaded.is_trained
+    with pytest.raises(VennCellInputError, match="not trained"):
+        loaded.get_latent_representation(tiny_mdata)
+
+
+def test_a_tampered_model_file_is_a_clear_error(trained_tiny, tmp_path):
+    """torch's unpickling error advised weights_only=False (unsafe)."""
+    model, _, _ = trained_tiny
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "model.pt").write_bytes(b"PK\x03\x04 not a model")
+    with pytest.raises(VennCellInputError, match="model.pt") as err:
+        VennCell.load(tmp_path / "m")
+    assert "weights_only" not in str(err.value)
+
+
+def test_predicting_from_no_source_is_refused(trained_tiny):
+    """predict source=[] predicted a modality from itself."""
+    model, mdata, _ = trained_tiny
+    with pytest.raises(VennCellInputError, match="source is empty"):
+        model.predict_modality(mdata, source=[], target="protein")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, d: VennCell(None),
+        lambda m, d: VennCell(d.mod["rna"]),
+        lambda m, d: m.get_latent_representation(block="private:nope"),
+        lambda m, d: m.get_latent_representation(modalities="rna"),
+        lambda m, d: m.get_latent_representation(d.mod["rna"]),
+        lambda m, d: m.predict_modality(d, source=["rna"], target="nope"),
+        lambda m, d: m.predict_modality(d, source=["rna"], target="protein", scale="log"),
+        lambda m, d: m.train(stage1_epochs=1, unknown_option=3),
+        lambda m, d: VennCell.load("/nonexistent/model"),
+        lambda m, d: VennCell.setup_mudata(d, modalities=3),
+        lambda m, d: VennCell.setup_mudata(d, modalities={"rna": 5, "protein": "protein"}),
+    ],
+    ids=[
+        "no-data",
+        "anndata",
+        "block",
+        "modalities-str",
+        "new-anndata",
+        "target",
+        "scale",
+        "train-kwarg",
+        "load",
+        "setup-type",
+        "setup-entry",
+    ],
+)
+def test_api_misuse_is_a_venncell_error(trained_tiny, call):
+    """Bare TypeError / KeyError / AttributeError instead of VennCellInputError with a fix."""
+    model, mdata, _ = trained_tiny
+    with pytest.raises(VennCellInputError):
+        call(model, mdata.copy())
+
+
+# ------------------------------------------------------------------------------------------ weak spots
+def test_channels_last_images_are_named():
+    """Channels-last crops were accepted without a word."""
+    from venncell.data.validate import check_image_array
+
+    with pytest.raises(VennCellInputError, match="channels-last"):
+        check_image_array("dapi", np.zeros((10, 34, 34, 3), dtype=np.float32), None, 10)
+
+
+def test_object_dtype_is_a_clear_error():
+    x = _counts().astype(object)
+    mdata = _pair(_counts(), x)
+    VennCell.setup_mudata(
+        mdata, {"rna": "rna", "protein": {"kind": "protein", "likelihood": "nb"}}
+    )
+    with pytest.raises(VennCellInputError, match="protein.*non-numeric"):
+        VennCell(mdata, **TINY)
+
+
+def test_an_absent_gpu_is_a_clear_error(tiny_mdata, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="no CUDA GPU"):
+        VennCell(tiny_mdata, **TINY).train(run_dir=tmp_path, accelerator="gpu", **QUICK)
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path, helpers):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = helpers.run_cli(
+        ["venncell-train", *helpers.TINY_CLI, f"hydra.run.dir={blocker / 'run'}"], ok=False
+    )
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+def test_metrics_csv_keeps_every_epoch_after_a_kill(tmp_path, helpers):
+    """One epoch's row was lost from metrics.csv after a kill: the log is flushed with every checkpoint."""
+    run = tmp_path / "run"
+    args = [
+        "venncell-train",
+        *helpers.TINY_CLI,
+        "trainer.stage1_epochs=60",
+        "trainer.stage2_epochs=2",
+        f"hydra.run.dir={run}",
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.time() + 300
+    folder = run / "checkpoints" / "stage1"
+    while len(list(folder.glob("epoch*.ckpt"))) < 1 and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    ckpt = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    done = ckpt["epoch"] + 1  # epochs the checkpoint covers
+    rows = pd.read_csv(run / "logs" / "stage1" / "metrics.csv")
+    logged = set(rows.dropna(subset=["stage1/train/loss_epoch"])["epoch"].astype(int))
+    assert set(range(done)) <= logged, (done, sorted(logged))

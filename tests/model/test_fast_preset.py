@@ -1,0 +1,61 @@
+"""``model=fast`` (leakage control on every 3rd batch, weighted 3 times; consistency on 32 cells of it) on the
+synthetic ground truth of test_recovery: the cheaper steps must not buy speed with leakage."""
+
+from __future__ import annotations
+
+import pytest
+
+from venncell import VennCell
+from venncell.analysis.recovery import evaluate_recovery
+from venncell.module.config import PRESETS
+
+
+@pytest.fixture(scope="module")
+def synthetic(recovery_cells, helpers):
+    return helpers.training_cells(recovery_cells)
+
+
+@pytest.fixture(scope="module")
+def fast_kwargs():
+    kwargs = dict(PRESETS["fast"])
+    assert kwargs["leakage_every"] > 1 and kwargs["consistency_cells"] > 0
+    return {**kwargs, "shared_dim": 8, "private_dim": 4}
+
+
+def _summary(synthetic, tmp_path, helpers, **kwargs) -> dict:
+    mdata, truth = synthetic
+    mdata = mdata.copy()
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, seed=0, **kwargs)
+    model.train(run_dir=tmp_path, **helpers.RECOVERY_TRAIN)
+    return evaluate_recovery(helpers.learned_blocks(model), truth.blocks())["knn"]["summary"]
+
+
+def test_fast_preset_meets_the_recovery_thresholds(synthetic, fast_kwargs, tmp_path, helpers):
+    """The same thresholds as the defaults in test_recovery."""
+    s = _summary(synthetic, tmp_path, helpers, **fast_kwargs)
+    assert s["shared_recovery"] >= 0.9 and s["min_private_recovery"] >= 0.85, s
+    assert (
+        max(
+            s["leak_private_into_shared"],
+            s["leak_shared_into_private"],
+            s["leak_private_into_other_private"],
+        )
+        <= 0.15
+    ), s
+
+
+def test_fast_preset_still_controls_leakage_from_a_random_start(
+    synthetic, fast_kwargs, tmp_path, helpers
+):
+    """From the spectral start these data barely leak even without leakage control, so the test above cannot
+    tell whether the preset's leakage control runs. From a small random start it must: with it the private
+    factors stay out of the shared latent (measured 0.13; the defaults 0.01), with the terms switched off they do
+    not (0.61)."""
+    s = _summary(
+        synthetic,
+        tmp_path,
+        helpers,
+        **{**fast_kwargs, "latent_init": "random", "latent_init_std": 0.1},
+    )
+    assert s["leak_private_into_shared"] <= 0.3, s

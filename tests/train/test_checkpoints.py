@@ -1,0 +1,186 @@
+"""Determinism, NaN safety and resume after a real SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mudata as md
+import numpy as np
+import pytest
+
+from venncell import VennCell
+from venncell.data import make_synthetic
+from venncell.train import NonFiniteLossError
+
+
+def _tiny_model(seed=0):
+    mdata, _ = make_synthetic(
+        n_cells=160, modalities={"rna": 60, "protein": 20, "atac": 60}, seed=5
+    )
+    VennCell.setup_mudata(mdata)
+    return VennCell(mdata, shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16, seed=seed)
+
+
+def test_same_seed_same_latents(tmp_path, helpers):
+    runs = []
+    for i in range(2):
+        model = _tiny_model(seed=11)
+        model.train(run_dir=tmp_path / str(i), **helpers.FAST)
+        runs.append(
+            (
+                model.get_latent_representation(block="all"),
+                model.get_latent_representation(source="stage1"),
+            )
+        )
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    other = _tiny_model(seed=12)
+    other.train(run_dir=tmp_path / "other", **helpers.FAST)
+    assert not np.allclose(other.get_latent_representation(block="all"), runs[0][0])
+
+
+def test_non_finite_loss_names_modality_and_checkpoint(tmp_path):
+    model = _tiny_model()
+    original = model.module.nll
+    calls = {"n": 0}
+
+    def poisoned(m, raw, batch):
+        out = original(m, raw, batch)
+        if m == "protein":
+            calls["n"] += 1
+            if calls["n"] > 12:  # after the first epochs have been checkpointed
+                return out * float("nan")
+        return out
+
+    model.module.nll = poisoned
+    with pytest.raises(NonFiniteLossError) as err:
+        model.train(
+            run_dir=tmp_path, stage1_epochs=20, stage2_epochs=1, batch_size=64, progress_bar="none"
+        )
+    msg = str(err.value)
+    assert "recon/protein" in msg and "Stage 1" in msg
+    assert "last.ckpt" in msg
+    ckpt = msg.split("Last good checkpoint: ")[1].split(". ")[0]
+    assert Path(ckpt).exists()
+
+
+TRAIN = [
+    "venncell-train",
+    "trainer=fast",
+    "data.n_cells=400",
+    "data.modalities={rna:60,protein:20,atac:60}",
+    "model.hidden=32",
+    "model.encoder_hidden=32",
+    "trainer.batch_size=32",
+    "trainer.stage1_epochs=30",
+    "trainer.stage2_epochs=10",
+    "evaluate_recovery=false",
+    "logger=none",
+]
+
+
+def _latents(run_dir: Path) -> np.ndarray:
+    m = md.read_h5mu(str(run_dir / "venn.h5mu"))
+    return np.hstack(
+        [m.obsm["X_venn_shared"], m.obsm["X_venn_shared_stage1"], m.obsm["X_venn_private_rna"]]
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> np.ndarray:
+    ref = tmp_path_factory.mktemp("ref")
+    subprocess.run([*TRAIN, f"hydra.run.dir={ref}"], check=True, capture_output=True, timeout=600)
+    return _latents(ref)
+
+
+def _epoch_rows(run_dir: Path, stage: str) -> list[int]:
+    """The epochs of a stage's CSV log that carry the epoch-level training loss, in file order; and checks that
+    the per-step rows are each logged once, in order (a resumed run must not repeat the killed run's steps)."""
+    import csv
+
+    with (run_dir / "logs" / stage / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(float(r["step"])) for r in rows if r.get(f"{stage}/train/loss_step")]
+    assert steps and steps == sorted(set(steps)), f"{stage}: step rows repeated or out of order"
+    return [int(float(r["epoch"])) for r in rows if r.get(f"{stage}/train/loss_epoch")]
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the CSV log too: Lightning's CSV writer deletes an existing metrics.csv, and the resumed run must keep it
+    killed = [*TRAIN, "logger=csv", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ckpt_dir = run / "checkpoints" / stage
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpt_dir.glob("epoch*.ckpt")):
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before a {stage} checkpoint appeared")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "venn.h5mu").exists()
+    subprocess.run([*killed, "resume=true"], check=True, capture_output=True, timeout=600)
+    # Same batches, same noise, same optimiser state: CPU float32 results agree to rounding.
+    np.testing.assert_allclose(_latents(run), uninterrupted, rtol=0, atol=1e-5)
+    # every epoch's row once, in order: the killed part kept, the epochs after its checkpoint logged once (again)
+    assert _epoch_rows(run, "stage1") == list(range(30))
+    assert _epoch_rows(run, "stage2") == list(range(10))
+    # resuming a finished run changes nothing, its logs included
+    subprocess.run([*killed, "resume=true"], check=True, capture_output=True, timeout=600)
+    assert _epoch_rows(run, "stage1") == list(range(30)) and _epoch_rows(run, "stage2") == list(
+        range(10)
+    )
+
+
+def test_resume_keeps_the_csv_rows_before_the_checkpoint_and_skips_a_line_cut_short(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from venncell.train.schedule import _keep_csv_history, quiet_trainer
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="stage1")
+    folder = tmp_path / "logs" / "stage1"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text(
+        "epoch,loss,step\n0,1.5,0\n0,1.25,3\n1,1.0,5\n1,0"
+    )  # killed mid-line
+    trainer = quiet_trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    _keep_csv_history(trainer, step=5)  # the checkpoint was taken after 5 logged steps
+    assert logger.experiment.metrics == [
+        {"epoch": 0, "loss": 1.5, "step": 0},
+        {"epoch": 0, "loss": 1.25, "step": 3},
+    ]
+    logger.save()
+    assert (folder / "metrics.csv").read_text().splitlines()[1:] == ["0,1.5,0", "0,1.25,3"]
+
+
+def test_resume_skips_a_truncated_last_checkpoint(tmp_path):
+    """A kill during a checkpoint write leaves ``last.ckpt`` cut short: resuming takes the epoch copy beside it."""
+    import torch
+
+    from venncell.train.schedule import _resume_path
+
+    folder = tmp_path / "checkpoints" / "stage1"
+    folder.mkdir(parents=True)
+    state = {
+        "global_step": 14,
+        "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 7}}},
+        "state_dict": {"w": torch.arange(100_000, dtype=torch.float32)},
+    }
+    torch.save(state, folder / "epoch0003.ckpt")
+    whole = (folder / "epoch0003.ckpt").read_bytes()
+    (folder / "last.ckpt").write_bytes(whole[: len(whole) // 2])
+    assert _resume_path(tmp_path, "stage1", resume=True)[:2] == (str(folder / "epoch0003.ckpt"), 7)
+    (folder / "last.ckpt").write_bytes(whole)
+    assert _resume_path(tmp_path, "stage1", resume=True)[:2] == (str(folder / "last.ckpt"), 7)
+    (folder / "epoch0003.ckpt").write_bytes(whole[:100])
+    (folder / "last.ckpt").write_bytes(whole[:-10])
+    assert _resume_path(tmp_path, "stage1", resume=True)[:2] == (None, 0)
+    assert _resume_path(tmp_path, "stage1", resume=False)[:2] == (None, 0)

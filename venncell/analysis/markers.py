@@ -1,0 +1,315 @@
+"""Marker attribution: which latent block -- shared, a modality's private one, or shared plus it -- predicts a
+marker (a feature of any modality, or an ``.obs`` column), and the verdict (see ``venncell.analysis.attribution``)."""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.model_selection import KFold
+
+from venncell.analysis.probes import PROBES, boot_weights, out_of_fold, weighted_sst, with_ci
+from venncell.analysis.writers import concat_frames
+from venncell.data.transforms import log_normalised
+from venncell.data.validate import VennCellInputError
+from venncell.module.embed import embed_cells
+
+
+def combine_blocks(shared: np.ndarray, private: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The blocks a marker is probed from: shared, each private, shared + each private, and all."""
+    blocks = {"shared": shared}
+    blocks.update({f"private:{m}": p for m, p in private.items()})
+    blocks.update({f"shared+private:{m}": np.hstack([shared, p]) for m, p in private.items()})
+    blocks["all"] = np.hstack([shared, *private.values()])
+    return blocks
+
+
+def marker_groups(markers: list[Marker]) -> list[list[Marker]]:
+    """``.obs`` markers share one set of blocks; each feature marker needs its own (see _marker_blocks)."""
+    obs = [mk for mk in markers if mk.source == "obs"]
+    return ([obs] if obs else []) + [[mk] for mk in markers if mk.source != "obs"]
+
+
+def marker_blocks(module, data, mk: Marker, idx: np.ndarray, lat: dict) -> dict[str, np.ndarray]:
+    """The blocks a marker is probed from. A feature of modality m: the shared block from the other modalities
+    only, and m's private block from m's encoder with the feature itself replaced by its mean."""
+    mods = list(data.specs)
+    private = {m: lat[f"private:{m}"] for m in mods}
+    if mk.source == "obs":
+        return combine_blocks(lat["shared"], private)
+    # A feature of modality m: shared from the other modalities only, private:m blind to the feature itself.
+    m = mk.source
+    others = [o for o in mods if o != m]
+    fill = float(
+        np.asarray(data.rows(m, np.flatnonzero(data.present(m)))[0][:, mk.feature].mean())
+    )
+
+    def hide(batch):
+        batch.x[m][:, mk.feature] = fill
+
+    masked = embed_cells(module, data, idx, others, edit=hide)
+    private[m] = masked[f"private:{m}"]
+    return combine_blocks(masked["shared"], private)
+
+
+@dataclass
+class Marker:
+    name: str
+    source: str  # "obs" or the modality the feature belongs to
+    kind: str  # "continuous" | "categorical"
+    values: np.ndarray  # one per analysed cell; NaN / None where unknown
+    feature: int | None = None
+
+
+def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
+    """Find a marker among ``.obs`` columns and the modalities' features; clear errors when absent/ambiguous."""
+    specs = data.specs
+    name = str(name)
+    hits: list[tuple[str, str]] = []
+    if name.startswith("obs:") and name[4:] in mdata.obs.columns:
+        hits.append(("obs", name[4:]))
+    if name in mdata.obs.columns:
+        hits.append(("obs", name))
+    mod, _, feat = name.partition(":")
+    if feat and mod in specs and feat in specs[mod].features:
+        hits.append((mod, feat))
+    hits += [(m, name) for m, s in specs.items() if name in s.features]
+    if not hits:
+        raise VennCellInputError(_unknown_marker_message(name, mdata, specs))
+    if len(hits) > 1:
+        names = [f"obs:{f}" if s == "obs" else f"{s}:{f}" for s, f in hits]
+        raise VennCellInputError(
+            f"Marker {name!r} is ambiguous: it names {names}. Use one of those qualified names."
+        )
+    source, key = hits[0]
+    if source == "obs":
+        col = mdata.obs[key].iloc[idx]  # mdata.obs rows are the model's cells, in order
+        kind = infer_kind(col)
+        values = col.astype(object if kind == "categorical" else float).to_numpy()
+        return Marker(name, "obs", kind, values)
+    j = specs[source].features.index(key)
+    return Marker(name, source, "continuous", _feature_values(data, source, j, idx), feature=j)
+
+
+def infer_kind(values) -> str:
+    """Numbers are continuous; strings, categories and booleans are categorical."""
+    s = pd.Series(values) if not isinstance(values, pd.Series) else values
+    numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+    return "continuous" if numeric else "categorical"
+
+
+def _unknown_marker_message(name: str, mdata, specs) -> str:
+    obs = [str(c) for c in mdata.obs.columns]
+    candidates = obs + [f"{m}:{f}" for m, s in specs.items() for f in s.features]
+    close = difflib.get_close_matches(
+        name, candidates + [f for s in specs.values() for f in s.features], n=3
+    )
+    where = ", ".join(f"{m} ({s.n_features} features)" for m, s in specs.items())
+    shown = ", ".join(obs[:15]) + (" ..." if len(obs) > 15 else "")
+    msg = (
+        f"Marker {name!r} was not found. Looked for it as a column of mdata.obs ({shown or 'none'}) and as a "
+        f"feature (var_name) of every modality: {where}."
+    )
+    if close:
+        msg += f" Did you mean {close}?"
+    return msg + " Name a feature of one modality as 'modality:feature'."
+
+
+def _feature_values(data, m: str, j: int, idx: np.ndarray) -> np.ndarray:
+    """One feature on the display scale (``log_normalised``), NaN for cells without modality m."""
+    ok = data.present(m)[idx]
+    out = np.full(len(idx), np.nan)
+    x, lib = data.rows(m, idx[ok])
+    x = log_normalised(data.specs[m], x[:, [j]], lib)
+    out[ok] = np.asarray(x.todense() if sp.issparse(x) else x).ravel()
+    return out
+
+
+def _target(values: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """Target matrix (all cells x columns, one-hot for categories) and the cells where the marker is known."""
+    if kind == "categorical":
+        known = ~pd.isna(values)
+        codes, classes = pd.factorize(pd.Series(values[known]).astype(str), sort=True)
+        y = np.zeros((len(values), len(classes)))
+        y[np.flatnonzero(known), codes] = 1.0
+        return y, known, list(classes)
+    values = np.asarray(values, dtype=float)
+    return np.nan_to_num(values)[:, None], np.isfinite(values), []
+
+
+def probe_marker(
+    values: np.ndarray,
+    blocks: dict[str, np.ndarray],
+    modalities: list[str],
+    cfg=None,
+    kind: str | None = None,
+    **kwargs,
+) -> tuple[dict, pd.DataFrame]:
+    """Probe one marker from every latent block and decide its verdict.
+
+    ``blocks`` as from ``combine_blocks``; ``kind`` is inferred from the values when None. Returns the
+    verdict row (dict) and the per-block, per-probe scores (DataFrame). Works on any latents, e.g. ones
+    built from ground truth.
+    """
+    rows, scores = probe_markers(
+        {"marker": values}, blocks, modalities, cfg, {"marker": kind}, **kwargs
+    )
+    return rows["marker"], scores.drop(columns="marker")
+
+
+def probe_markers(
+    markers: dict[str, np.ndarray],
+    blocks: dict[str, np.ndarray],
+    modalities: list[str],
+    cfg=None,
+    kinds: dict[str, str | None] | None = None,
+    **kwargs,
+) -> tuple[dict[str, dict], pd.DataFrame]:
+    """``probe_marker`` for several markers probed from the same blocks: markers known on the same cells
+    share folds, permutations, bootstrap draws and -- since both probes are linear in the target -- fits."""
+    if cfg is None:
+        from venncell.analysis.attribution import make_config
+
+        cfg = make_config(kwargs)
+    kinds = kinds or {}
+    finite = np.logical_and.reduce([np.isfinite(b).all(1) for b in blocks.values()])
+    targets, groups = {}, defaultdict(list)
+    for name, values in markers.items():
+        kind = kinds.get(name) or infer_kind(values)
+        y, known, classes = _target(np.asarray(values), kind)
+        targets[name] = (kind, y, classes)
+        groups[(known & finite).tobytes()].append(name)
+    rows, scores = {}, []
+    for key, names in groups.items():
+        cells = np.frombuffer(key, dtype=bool)
+        for batch in _batches(names, [targets[n][1].shape[1] * (cfg.n_perm + 1) for n in names]):
+            sub = {n: (targets[n][0], targets[n][1][cells], targets[n][2]) for n in batch}
+            got_rows, got_scores = _probe_group(
+                sub, {b: x[cells] for b, x in blocks.items()}, modalities, cfg
+            )
+            rows.update(got_rows)
+            scores.append(got_scores)
+    return {n: rows[n] for n in markers}, concat_frames(scores, ["marker", "block", "probe"])
+
+
+def _batches(names: list[str], widths: list[int], max_width: int = 20_000):
+    """Split markers so that the stacked targets (real + permuted columns) stay a bounded size."""
+    batch, width = [], 0
+    for name, w in zip(names, widths):
+        if batch and width + w > max_width:
+            yield batch
+            batch, width = [], 0
+        batch.append(name)
+        width += w
+    if batch:
+        yield batch
+
+
+def _probe_group(
+    targets: dict[str, tuple], blocks: dict[str, np.ndarray], modalities: list[str], cfg
+) -> tuple[dict[str, dict], pd.DataFrame]:
+    """Markers whose targets are rows-aligned with ``blocks`` (cells already selected)."""
+    n = len(next(iter(blocks.values())))
+    degenerate = {
+        name
+        for name, (_, y, _) in targets.items()
+        if n < 2 * cfg.n_folds or np.allclose(y.var(0).sum(), 0)
+    }
+    rows = {
+        name: {
+            "kind": targets[name][0],
+            "n_cells": n,
+            "verdict": "not captured",
+            "note": "too few cells or a constant marker",
+        }
+        for name in degenerate
+    }
+    live = [name for name in targets if name not in degenerate]
+    if not live:
+        return rows, pd.DataFrame()
+    rng = np.random.default_rng(cfg.seed)
+    folds = list(KFold(cfg.n_folds, shuffle=True, random_state=cfg.seed).split(np.arange(n)))
+    perms = [rng.permutation(n) for _ in range(cfg.n_perm)]
+    weights = boot_weights(n, cfg.n_boot, rng)
+    # Columns: per marker, its real target then each permutation of it.
+    stacked, spans = [], {}
+    for name in live:
+        y = targets[name][1]
+        start = sum(a.shape[1] for a in stacked)
+        stacked.append(np.concatenate([y] + [y[p] for p in perms], axis=1))
+        spans[name] = slice(start, start + stacked[-1].shape[1])
+    y_all = np.concatenate(stacked, axis=1)
+    sst = {name: weighted_sst(targets[name][1], weights) for name in live}
+    boot, score_rows = defaultdict(dict), []
+    for block, x in blocks.items():
+        for probe in PROBES:
+            sq = (y_all - out_of_fold(x, y_all, folds, probe, cfg.knn_k, cfg.ridge_alpha)) ** 2
+            for name in live:
+                err = sq[:, spans[name]].reshape(n, cfg.n_perm + 1, -1).sum(2)
+                scores = 1.0 - err.sum(0) / sst[name][0]
+                draws = 1.0 - weights @ err[:, 0] / sst[name]
+                boot[name][block, probe] = draws
+                score_rows.append(
+                    {
+                        "marker": name,
+                        "block": block,
+                        "probe": probe,
+                        **with_ci("score", draws, cfg.ci),
+                        "p_value": (1 + np.sum(scores[1:] >= scores[0])) / (1 + cfg.n_perm),
+                    }
+                )
+    score_df = pd.DataFrame(score_rows)
+    for name in live:
+        kind, _, classes = targets[name]
+        mine = score_df[score_df["marker"] == name].drop(columns="marker")
+        rows[name] = {
+            "kind": kind,
+            "n_cells": n,
+            "classes": len(classes) or None,
+            **_verdict(mine, boot[name], modalities, cfg),
+        }
+    return rows, score_df
+
+
+def _verdict(scores: pd.DataFrame, boot: dict, modalities: list[str], cfg) -> dict:
+    """The rule of the module docstring, on the scores of the verdict probe."""
+    point = scores.set_index(["block", "probe"])["score"]
+    pvals = scores.set_index(["block", "probe"])["p_value"]
+    blocks = list(dict.fromkeys(scores["block"]))
+    probe = {b: (point[b].idxmax() if cfg.probe == "best" else cfg.probe) for b in blocks}
+    draws = {b: boot[b, probe[b]] for b in blocks}
+    best = max(blocks, key=lambda b: draws[b][0])
+    shared = draws["shared"]
+    out = {
+        "best_block": best,
+        **with_ci("best_score", draws[best], cfg.ci),
+        "p_value": pvals[best, probe[best]],
+        **with_ci("shared_score", shared, cfg.ci),
+    }
+    gains = {}
+    for m in modalities:
+        gain = draws[f"shared+private:{m}"] - shared
+        gains[m] = float(np.mean(gain[1:] <= 0))
+        out.update(with_ci(f"gain_{m}", gain, cfg.ci))
+        out[f"gain_{m}_p"] = gains[m]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(draws[best] > 0, np.clip(shared / draws[best], 0.0, 1.0), np.nan)
+    out.update(with_ci("shared_fraction", frac, cfg.ci))
+    material = cfg.min_gain * max(out["best_score"], 0.0)
+    adds = [m for m, p in gains.items() if p < cfg.alpha and out[f"gain_{m}"] >= material]
+    adds.sort(key=lambda m: -out[f"gain_{m}"])
+    out["private_modalities"] = ", ".join(adds)
+    f = out["shared_fraction"]
+    if out["best_score"] < cfg.min_score or out["p_value"] >= cfg.alpha:
+        out["verdict"] = "not captured"
+    elif not adds:
+        out["verdict"] = "shared"
+    elif f <= cfg.specific_max:
+        out["verdict"] = f"specific to {' + '.join(adds)}"
+    else:
+        out["verdict"] = f"partly shared ({100 * f:.0f} % shared)"
+    return out

@@ -1,0 +1,86 @@
+"""What an attribution run returns (``AttributionResult``) and how it is written: JSON and CSV tables, each file
+written whole (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class AttributionResult:
+    """Tables of one attribution run; ``write`` saves them, ``venncell.analysis.report`` renders them."""
+
+    config: object
+    features: dict[str, pd.DataFrame]
+    modalities: pd.DataFrame
+    top_features: dict[str, dict[str, list[str]]]
+    markers: pd.DataFrame
+    marker_scores: pd.DataFrame
+    dimensions: pd.DataFrame
+    # For plots: latent blocks and marker values of the cells used (rows = obs_names).
+    obs_names: np.ndarray = field(repr=False, default=None)
+    latents: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    marker_values: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (per-feature tables are in the CSVs only: they can be large)."""
+        return {
+            "config": asdict(self.config),
+            "scale": "normalised (proportions for counts, probabilities for binary, values for Gaussian)",
+            "modalities": _records(self.modalities),
+            "top_features": self.top_features,
+            "markers": _records(self.markers),
+            "marker_scores": _records(self.marker_scores),
+            "dimensions": _records(self.dimensions),
+        }
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """``attribution.json`` plus CSV tables; each written whole (temporary file, then rename)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tables = {f"attribution_features_{m}.csv": df for m, df in self.features.items()}
+        tables.update(
+            {
+                "attribution_modalities.csv": self.modalities,
+                "attribution_markers.csv": self.markers,
+                "attribution_marker_scores.csv": self.marker_scores,
+                "attribution_dimensions.csv": self.dimensions,
+            }
+        )
+        written = []
+        for name, df in tables.items():
+            written.append(
+                atomic_write_text(
+                    out / name, df.to_csv(index=name.startswith("attribution_features_"))
+                )
+            )
+        text = json.dumps(
+            self.to_dict(), indent=1, allow_nan=False
+        )  # strict JSON: NaN went to null in _records
+        written.append(atomic_write_text(out / "attribution.json", text))
+        return written
+
+
+def concat_frames(frames: list[pd.DataFrame], first: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=first)
+    df = pd.concat(frames, ignore_index=True)
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return json.loads(df.to_json(orient="records")) if len(df) else []
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,71 @@
+"""``venncell-embed`` and ``venncell-predict``: apply a saved model to new cells."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from venncell.cli.common import CONFIG_PATH, check_output_dir, data_path, friendly, log
+from venncell.data.readers import read_h5mu
+from venncell.data.validate import VennCellInputError, check_range
+from venncell.model import VennCell, atomic_write_h5mu
+
+
+def _load_for_apply(cfg: DictConfig):
+    if not cfg.get("model_dir") or cfg.model_dir == "???":
+        raise VennCellInputError("model_dir=DIR is required (a run's <run_dir>/model folder).")
+    model = VennCell.load(cfg.model_dir)
+    return model, read_h5mu(data_path(cfg))
+
+
+def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
+    """Shared and private latents of new cells -> ``<run_dir>/<output>``."""
+    refine = int(cfg.get("refine_epochs") or 0)
+    check_range("refine_epochs", refine, 0, integer=True)
+    model, mdata = _load_for_apply(cfg)
+    mods = list(cfg.modalities) if cfg.get("modalities") else None
+    model.write_latents(mdata, modalities=mods, refine_epochs=refine)
+    out = run_dir / cfg.output
+    atomic_write_h5mu(mdata, out)
+    log.info("Wrote %s", out)
+    return out
+
+
+def run_predict(cfg: DictConfig, run_dir: Path) -> Path:
+    """One modality of new cells predicted from others -> ``obsm["X_venn_predicted_<target>"]`` of the output."""
+    model, mdata = _load_for_apply(cfg)
+    source = [cfg.source] if isinstance(cfg.source, str) else list(cfg.source)
+    pred = model.predict_modality(mdata, source=source, target=cfg.target, scale=cfg.scale)
+    key = f"X_venn_predicted_{cfg.target}"
+    mdata.obsm[key] = pred
+    mdata.uns["venn_predicted_features"] = {cfg.target: list(model.specs[cfg.target].features)}
+    out = run_dir / cfg.output
+    atomic_write_h5mu(mdata, out)
+    log.info("Wrote %s (obsm['%s'])", out, key)
+    return out
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="embed", version_base="1.3")
+def _embed_app(cfg: DictConfig) -> None:
+    friendly(run_embed)(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="predict", version_base="1.3")
+def _predict_app(cfg: DictConfig) -> None:
+    friendly(run_predict)(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def embed() -> None:
+    """Console entry point of venncell-embed."""
+    check_output_dir(sys.argv[1:])
+    _embed_app()
+
+
+def predict() -> None:
+    """Console entry point of venncell-predict."""
+    check_output_dir(sys.argv[1:])
+    _predict_app()

@@ -1,0 +1,136 @@
+"""What every VennCell command shares: reading data, one-line errors, atomic JSON, loggers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from venncell.data.readers import read_h5mu
+from venncell.data.validate import VennCellInputError
+
+log = logging.getLogger("venncell")
+CONFIG_PATH = "../conf"  # the packaged configs (venncell/conf), relative to the cli modules
+
+
+def data_path(cfg) -> str:
+    """``data.path``, or a one-line error when it was not given."""
+    if "path" not in cfg.data or OmegaConf.is_missing(cfg.data, "path") or cfg.data.path is None:
+        raise VennCellInputError(
+            "data.path is not set: name the MuData file to read, e.g. `data=mudata data.path=my.h5mu`."
+        )
+    return str(cfg.data.path)
+
+
+def load_data(cfg):
+    """The run's MuData: generated (``data=synthetic``) or read (``data=mudata``)."""
+    d = cfg.data
+    if d.name == "synthetic":
+        from venncell.data.synthetic import make_synthetic
+
+        keys = (
+            "n_cells",
+            "modalities",
+            "shared_dim",
+            "private_dim",
+            "n_clusters",
+            "n_batches",
+            "batch_effect",
+            "seed",
+        )
+        given = {k: d[k] for k in keys if d.get(k) is not None and d.get(k) != {}}
+        mdata, _ = make_synthetic(**OmegaConf.to_container(OmegaConf.create(given)))
+        return mdata
+    if d.name == "mudata":
+        return read_h5mu(data_path(cfg), backed=bool(d.backed))
+    raise VennCellInputError(
+        f"data.name={d.name!r} is not known; use data=synthetic or data=mudata."
+    )
+
+
+def atomic_write_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _log_to_files(message: str) -> None:
+    """An ERROR record for the run's log file only (sweep summaries read a failed job's error there); the terminal
+    gets the one stderr line, not the same message twice."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for logger in (log, logging.getLogger()):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+
+def check_output_dir(argv: list[str]) -> None:
+    """One line and exit code 4 when ``hydra.run.dir=...`` cannot be created or written: Hydra makes the folder
+    before any of VennCell's code runs, and would answer with a traceback."""
+    for arg in argv:
+        if not arg.startswith("hydra.run.dir="):
+            continue
+        target = Path(arg.split("=", 1)[1])
+        probe = target
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            why = (
+                "is a file, not a folder"
+                if probe.exists() and not probe.is_dir()
+                else "is not writable"
+            )
+            print(
+                f"venncell: error: hydra.run.dir={target} cannot be created: {probe} {why}.",
+                file=sys.stderr,
+            )
+            raise SystemExit(4)
+
+
+def friendly(fn):
+    """One clear line and an exit code instead of a traceback: 2 for bad input or settings, 3 for training that
+    diverged, 4 for a file that cannot be written, 128 + signal for a run stopped by SIGTERM / SIGINT."""
+    from venncell.train.plans import NonFiniteLossError
+    from venncell.train.safety import TrainingInterrupted
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (VennCellInputError, NonFiniteLossError, TrainingInterrupted, OSError) as e:
+            code = {NonFiniteLossError: 3, TrainingInterrupted: getattr(e, "exit_code", 1)}.get(
+                type(e), 2
+            )
+            if isinstance(e, OSError):
+                code = 4
+                e = f"cannot read or write {e.filename or 'a file'}: {e.strerror or e}"
+            _log_to_files(f"{e}")
+            print(f"venncell: error: {e}", file=sys.stderr)
+            if (
+                in_multirun()
+            ):  # an exception (not an exit) lets Hydra record it and run the other jobs
+                raise
+            raise SystemExit(code) from None
+
+    return wrapper

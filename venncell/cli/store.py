@@ -1,0 +1,133 @@
+"""The command line's configuration: Hydra structured configs built from the package's own dataclasses, so every
+default is written once (``ModelConfig``, ``TrainConfig``, ``AttributionConfig``) and checked in one place (their
+``__post_init__``, run when the CLI turns a config into an object).
+
+Groups: ``data`` (synthetic, mudata), ``model`` (venncell, apollo, fast: ``venncell.module.config.PRESETS``),
+``trainer`` (default, fast, ddp, ddp_cpu: ``venncell.train.config.PRESETS``), ``logger`` (csv, wandb, none).
+``conf/config.yaml`` picks one of each and holds the run's top-level keys and Hydra's own settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from venncell.analysis.attribution import AttributionConfig
+from venncell.data.validate import VennCellInputError, check_range
+from venncell.module.config import PRESETS as MODEL_PRESETS
+from venncell.module.config import ModelConfig
+from venncell.train.config import PRESETS as TRAIN_PRESETS
+from venncell.train.config import TrainConfig
+
+
+@dataclass
+class MuDataConfig:
+    """A user's MuData (.h5mu). Every modality is used unless ``register`` lists some; ``register`` takes
+    ``VennCell.setup_mudata``'s per-modality options, e.g. ``{rna: {kind: rna, layer: counts}, adt: protein}``.
+    ``backed``: train out of core, reading rows from the file per chunk of ``chunk_size`` cells (the run then writes
+    venn_latents.h5ad, latents only, instead of a copy of the input)."""
+
+    name: str = "mudata"
+    path: Optional[str] = None
+    register: Optional[dict[str, Any]] = None
+    batch_key: Optional[str] = None
+    validation_fraction: float = 0.1
+    backed: bool = False
+    chunk_size: int = 1024
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in default: paired RNA + protein + ATAC generated from known shared and private factors. Every
+    generator key left null takes ``venncell.make_synthetic``'s default (its signature is the one place they are
+    written): ``n_cells``, ``modalities`` ({name: features}), ``shared_dim`` / ``private_dim`` (the true factors'),
+    ``n_clusters``, ``n_batches`` (>= 2 adds a technical batch shift to every modality), ``batch_effect``, ``seed``."""
+
+    name: str = "synthetic"
+    n_cells: Optional[int] = None
+    modalities: Any = None
+    shared_dim: Optional[int] = None
+    private_dim: Optional[int] = None
+    n_clusters: Optional[int] = None
+    n_batches: Optional[int] = None
+    batch_effect: Optional[float] = None
+    seed: Optional[int] = None
+    batch_key: Optional[str] = None
+    validation_fraction: float = 0.1
+    register: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class LoggerConfig:
+    """``kind``: csv (one metrics.csv per stage), wandb (one offline W&B run, ``wandb sync`` later) or none."""
+
+    kind: str = "csv"
+    project: str = "venncell"
+    mode: str = "offline"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReportConfig:
+    """``venncell-report``'s settings (see conf/report.yaml for its usage)."""
+
+    run_dir: str = "???"
+    markers: Optional[Any] = None
+    umap: bool = True
+    write_h5mu: bool = True
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+
+
+def register_configs() -> None:
+    """Put every group's nodes into Hydra's ConfigStore (called by each CLI entry point before Hydra runs)."""
+    cs = ConfigStore.instance()
+    cs.store(group="data", name="mudata", node=MuDataConfig)
+    cs.store(group="data", name="synthetic", node=SyntheticConfig)
+    for name, overrides in MODEL_PRESETS.items():
+        cs.store(group="model", name=name, node=replace(ModelConfig(), **overrides))
+    for name, overrides in TRAIN_PRESETS.items():
+        cs.store(group="trainer", name=name, node=replace(TrainConfig(), **overrides))
+    cs.store(group="logger", name="csv", node=LoggerConfig("csv"))
+    cs.store(group="logger", name="wandb", node=LoggerConfig("wandb"))
+    cs.store(group="logger", name="none", node=LoggerConfig("none"))
+    cs.store(name="report_schema", node=ReportConfig)
+
+
+def to_object(cls, node) -> Any:
+    """A dataclass from a (resolved) config node; its ``__post_init__`` checks every value, so a bad setting is a
+    one-line error naming it."""
+    from omegaconf import OmegaConf
+
+    values = (
+        OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
+    )
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise VennCellInputError(
+            f"Unknown setting(s) {unknown} for {cls.__name__}; valid: {sorted(known)}."
+        )
+    return cls(**values)
+
+
+def data_settings(cfg) -> dict:
+    """The data group as a dict, its shared numbers checked."""
+    d = dict(cfg)
+    check_range("data.validation_fraction", d.get("validation_fraction", 0.1), 0.0, 0.9)
+    if d.get("name") == "mudata":
+        check_range("data.chunk_size", d.get("chunk_size", 1024), 1, integer=True)
+    return d
+
+
+__all__ = [
+    "LoggerConfig",
+    "MuDataConfig",
+    "ReportConfig",
+    "SyntheticConfig",
+    "data_settings",
+    "register_configs",
+    "to_object",
+]

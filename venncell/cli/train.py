@@ -1,0 +1,157 @@
+"""``venncell-train``: set up the data, train both stages, write the model, the latents and the metrics.
+
+A thin layer over ``venncell.VennCell``; there is no second training loop.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from venncell.cli.common import (
+    CONFIG_PATH,
+    atomic_write_json,
+    check_output_dir,
+    friendly,
+    load_data,
+    log,
+)
+from venncell.cli.store import data_settings, register_configs, to_object
+from venncell.data.synthetic import truth_from_mudata
+from venncell.data.validate import VennCellInputError
+from venncell.model import VennCell, atomic_write_h5mu
+from venncell.module.config import ModelConfig
+from venncell.train.config import TrainConfig
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path):
+    """A factory: one logger per stage, so each stage's CSV has its own step axis."""
+    kind = cfg.logger.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return lambda stage: CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
+    if kind == "wandb":  # one W&B run for both stages; wandb is imported only here
+        from venncell.cli.tracking import wandb_logger_factory
+
+        return wandb_logger_factory(cfg, run_dir)
+    raise VennCellInputError(
+        f"logger.kind={kind!r} is not known; use logger=csv, logger=wandb or logger=none."
+    )
+
+
+def run_train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Everything ``venncell-train`` does, callable from Python (tests, sweeps)."""
+    model_cfg = to_object(
+        ModelConfig, cfg.model
+    )  # every setting checked before anything is read or written
+    train_cfg = to_object(TrainConfig, cfg.trainer)
+    data = data_settings(cfg.data)
+    mdata = load_data(cfg)
+    register = data.get("register")
+    VennCell.setup_mudata(
+        mdata,
+        modalities=OmegaConf.to_container(register) if register else None,
+        batch_key=data.get("batch_key"),
+    )
+    backed = bool(getattr(mdata, "isbacked", False))
+    model = VennCell(
+        mdata,
+        validation_fraction=data["validation_fraction"],
+        seed=cfg.seed,
+        backed=backed,
+        chunk_size=data.get("chunk_size") if backed else None,
+        **asdict(model_cfg),
+    )
+    log.info("%s", model)
+    train_kwargs = {**asdict(train_cfg), "seed": cfg.seed}
+    if (
+        cfg.resume
+    ):  # before anything of this run is written: a mismatch must leave the earlier run intact
+        model.check_resume(run_dir, **train_kwargs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    history = model.train(
+        run_dir=run_dir, logger=make_loggers(cfg, run_dir), resume=cfg.resume, **train_kwargs
+    )
+    if history.get("ddp", {}).get("global_rank", 0) != 0:
+        # a DDP worker (Lightning re-ran this command for it): rank 0 holds the gathered model and writes outputs
+        return {"history": history, "model": repr(model)}
+    model.save(run_dir / "model")
+    model.write_latents()
+    metrics = {"history": history, "model": repr(model)}
+    truth = truth_from_mudata(mdata)
+    if truth is not None and cfg.evaluate_recovery:
+        from venncell.analysis.recovery import evaluate_recovery
+
+        metrics["recovery"] = {}
+        for source in ("encoder", "stage1"):
+            learned = {"shared": model.get_latent_representation(block="shared", source=source)}
+            for m in model.specs:
+                learned[f"private:{m}"] = model.get_latent_representation(
+                    block=f"private:{m}", source=source
+                )
+            metrics["recovery"][source] = evaluate_recovery(learned, truth.blocks())
+        log.info(
+            "recovery (kNN R^2, encoder latents): %s",
+            metrics["recovery"]["encoder"]["knn"]["summary"],
+        )
+    atomic_write_json(metrics, run_dir / "metrics.json")
+    if cfg.report:  # before venn.h5mu is written, so that it carries the venn_* .var columns
+        from venncell.cli.report import write_run_report
+
+        write_run_report(model, run_dir)
+    if (
+        backed
+    ):  # copying the out-of-core input into the run folder would defeat the point: latents only
+        import anndata as ad
+
+        ad.AnnData(
+            obs=mdata.obs[[]].assign(venn_split=mdata.obs["venn_split"]),
+            obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")},
+        ).write_h5ad(run_dir / "venn_latents.h5ad")
+    else:
+        atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
+    from venncell.cli.tracking import finish_run
+
+    finish_run(
+        cfg, run_dir, metrics
+    )  # keep last: logs recovery and figures to W&B, closes the run
+    log.info("Wrote %s", run_dir)
+    return metrics
+
+
+def _objective(metrics: dict, key: str) -> float:
+    """The number a sweeper optimises; NaN (with a warning) when the run has no such metric, e.g. a held-out score
+    of a run without held-out cells: the run itself succeeded and its outputs are written."""
+    flat = {**metrics["history"].get("stage1", {}), **metrics["history"].get("stage2", {})}
+    if key in flat:
+        return float(flat[key])
+    rec = metrics.get("recovery", {}).get("encoder", {}).get("knn", {}).get("summary", {})
+    if key in rec:
+        return float(rec[key])
+    log.warning(
+        "objective %r is not among the run's metrics (e.g. no held-out cells); returning NaN.", key
+    )
+    return float("nan")
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = friendly(run_train)(cfg, run_dir)
+    return friendly(_objective)(metrics, cfg.objective)
+
+
+def main() -> float:
+    """Console entry point."""
+    register_configs()
+    check_output_dir(sys.argv[1:])
+    return _app()

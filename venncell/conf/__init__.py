@@ -1,0 +1,1 @@
+"""Hydra configs of the command line (YAML files; structured defaults in venncell.cli.store)."""

@@ -1,0 +1,29 @@
+"""Reading a MuData from disk, with one-line errors for what users get wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mudata as md
+
+from venncell.data.validate import VennCellInputError
+
+
+def read_h5mu(path: str | Path, backed: bool = False) -> md.MuData:
+    """The MuData in ``path`` (``backed``: matrices stay on disk, read on demand)."""
+    p = Path(path)
+    if not p.exists():
+        raise VennCellInputError(f"data.path={path}: no such file.")
+    if p.is_dir():
+        raise VennCellInputError(f"data.path={path} is a folder; name the .h5mu file inside it.")
+    if p.suffix == ".h5ad":
+        raise VennCellInputError(
+            f"data.path={path} is a single AnnData; VennCell needs a MuData (.h5mu) with two or "
+            "more modalities (build one with `mudata.MuData({'rna': a, 'prot': b})`)."
+        )
+    try:
+        return md.read_h5mu(str(p), backed=backed)
+    except Exception as e:  # h5py raises several types for damaged files
+        raise VennCellInputError(
+            f"data.path={path} could not be read as .h5mu (unreadable or truncated: {type(e).__name__}: {e})."
+        ) from None

@@ -1,0 +1,442 @@
+"""Register data once, apply it anywhere: the fields that turn a user's MuData into what a model needs.
+
+Two steps, as in scvi-tools' data fields:
+
+``setup_options``
+    validates the user's per-modality options (kind, likelihood, layer, ...) and the batch key, and resolves what
+    can be resolved without fitting (the kind from the name, the likelihood from the values). ``setup_mudata``
+    stores the result in ``mdata.uns``.
+``fit_registry``
+    computes, once, from the training data, everything the model needs to know about each modality -- its
+    features (zero-variance ones dropped or not), the statistics of its transforms, its median library size, its
+    image statistics -- and the batch categories: a ``DataRegistry``. It is saved with the model, and applied
+    unchanged to new data (``MultiModalData`` aligns new data to it and never modifies it).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from venncell.data.spec import (
+    BINARY_LIKELIHOODS,
+    KIND_DEFAULT_LIKELIHOOD,
+    KINDS,
+    LIKELIHOODS,
+    TRANSFORMS,
+    ModalitySpec,
+    default_encoder_transform,
+    guess_kind,
+    infer_likelihood,
+    not_counts_reason,
+)
+from venncell.data.transforms import (
+    apply_transform,
+    clr_log_geomean,
+    column_mean_std,
+    scale_columns,
+)
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellInputWarning,
+    check_batch_labels,
+    check_matrix,
+    check_range,
+    check_unique_names,
+    check_zero_variance_policy,
+    warn_zero_variance,
+)
+
+REGISTRY_KEY = "_venncell"  # mdata.uns key holding setup_mudata's options (JSON)
+MODALITY_OPTIONS = (
+    "kind",
+    "likelihood",
+    "layer",
+    "binarize",
+    "private_dim",
+    "weight",
+    "zero_variance",
+    "transform",
+)
+IMAGE_OPTIONS = ("obsm_key", "store", "channels")  # kind: image (venncell.data.images)
+
+
+@dataclass
+class DataRegistry:
+    """What a model knows about its data: one ``ModalitySpec`` per modality and the batch categories.
+
+    Parameters
+    ----------
+    specs
+        Per-modality specs, in modality order.
+    batch_key
+        ``.obs`` column of the batch labels, or None.
+    batch_categories
+        The training data's batch labels, sorted; new data must use these.
+    """
+
+    specs: dict[str, ModalitySpec]
+    batch_key: str | None = None
+    batch_categories: list[str] | None = None
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_categories) if self.batch_categories else 0
+
+    def to_dict(self) -> dict:
+        return {
+            "specs": {m: s.to_dict() for m, s in self.specs.items()},
+            "batch_key": self.batch_key,
+            "batch_categories": self.batch_categories,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataRegistry:
+        return cls(
+            {m: ModalitySpec.from_dict(s) for m, s in d["specs"].items()},
+            d.get("batch_key"),
+            d.get("batch_categories"),
+        )
+
+    def batch_codes(self, obs: pd.DataFrame) -> np.ndarray | None:
+        """The cells' batch codes (indices into ``batch_categories``); new labels are an error."""
+        if self.batch_key is None:
+            return None
+        if self.batch_key not in obs:
+            raise VennCellInputError(
+                f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: "
+                f"{list(obs)[:10]}); the model was trained with batches, so new data need it."
+            )
+        values = check_batch_labels(self.batch_key, obs[self.batch_key])
+        lookup = {c: i for i, c in enumerate(self.batch_categories)}
+        unknown = sorted(set(values) - set(lookup))
+        if unknown:
+            raise VennCellInputError(
+                f"batch_key '{self.batch_key}': categories {unknown[:5]} were not seen in training (it knew "
+                f"{self.batch_categories[:10]}). Map the new cells to a training batch, or retrain with them."
+            )
+        return np.array([lookup[v] for v in values], dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def setup_options(
+    mdata, modalities: dict | list | None = None, batch_key: str | None = None
+) -> dict:
+    """Validated registry options: ``{"modalities": {name: options}, "batch_key": ...}`` (JSON-ready).
+
+    ``modalities`` maps a modality name to a kind or to a dict of ``MODALITY_OPTIONS`` (images:
+    ``IMAGE_OPTIONS``); a list names the modalities to use; None uses every modality.
+    """
+    import mudata as md
+
+    if not isinstance(mdata, md.MuData):
+        raise VennCellInputError(f"setup_mudata needs a MuData, got {type(mdata).__name__}.")
+    if modalities is None:
+        modalities = list(mdata.mod)
+    if isinstance(modalities, (list, tuple)):
+        modalities = {m: {} for m in modalities}
+    if not isinstance(modalities, dict):
+        raise VennCellInputError(
+            f"modalities must be a dict or a list of modality names, got {type(modalities).__name__}."
+        )
+    if len(modalities) < 2:
+        raise VennCellInputError(
+            f"VennCell needs at least two modalities, got {list(modalities)}; a MuData with one modality has "
+            "no shared/private split to learn."
+        )
+    registry = {}
+    for name, opts in modalities.items():
+        if name not in mdata.mod:
+            raise VennCellInputError(
+                f"Modality '{name}' is not in the MuData (it has {list(mdata.mod)}). Fix the name in `modalities`."
+            )
+        registry[name] = _modality_options(name, mdata.mod[name], opts)
+    if batch_key is not None:
+        if batch_key not in mdata.obs:
+            raise VennCellInputError(
+                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {list(mdata.obs)[:10]})."
+            )
+        check_batch_labels(batch_key, mdata.obs[batch_key])
+    return {"modalities": registry, "batch_key": batch_key}
+
+
+def _modality_options(name: str, adata, opts) -> dict:
+    if isinstance(opts, str):
+        opts = {"kind": opts}
+    elif opts is None:
+        opts = {}
+    elif not isinstance(opts, dict):
+        raise VennCellInputError(
+            f"Modality '{name}': options must be a kind (str) or a dict, got {type(opts).__name__}."
+        )
+    opts = dict(opts)
+    unknown = set(opts) - set(MODALITY_OPTIONS) - set(IMAGE_OPTIONS)
+    if unknown:
+        raise VennCellInputError(
+            f"Modality '{name}': unknown option(s) {sorted(unknown)}; use "
+            f"{sorted(MODALITY_OPTIONS)} (images: {sorted(IMAGE_OPTIONS)})."
+        )
+    check_zero_variance_policy(name, opts.get("zero_variance", "warn"))
+    if opts.get("private_dim") is not None:
+        check_range(f"modalities.{name}.private_dim", opts["private_dim"], 1, integer=True)
+    if opts.get("weight") is not None:
+        check_range(f"modalities.{name}.weight", opts["weight"], 0.0, finite=True)
+        opts["weight"] = float(opts["weight"])
+    kind = opts.get("kind") or guess_kind(name)
+    if kind not in KINDS:
+        raise VennCellInputError(f"Modality '{name}': kind '{kind}' is not one of {KINDS}.")
+    if kind == "image" or set(opts) & set(IMAGE_OPTIONS):
+        from venncell.data.images import image_options
+
+        return image_options(name, kind, adata, opts)
+    layer = opts.get("layer")
+    if layer is not None and layer not in adata.layers:
+        raise VennCellInputError(
+            f"Modality '{name}': layer '{layer}' does not exist (layers: {list(adata.layers) or 'none'})."
+        )
+    x = adata.X if layer is None else adata.layers[layer]
+    if x is None:
+        raise VennCellInputError(f"Modality '{name}': .X is empty; name a layer with the data.")
+    lik = opts.get("likelihood") or "auto"
+    transform = opts.get("transform")
+    if transform not in TRANSFORMS:
+        raise VennCellInputError(
+            f"Modality '{name}': transform {transform!r} is not one of {list(TRANSFORMS)}."
+        )
+    if transform == "clr":
+        if lik not in ("auto", "gaussian"):
+            raise VennCellInputError(
+                f"Modality '{name}': transform='clr' turns counts into real values, which need "
+                f"likelihood='gaussian' (got '{lik}'). Drop the likelihood or the transform."
+            )
+        lik = "gaussian"
+    if lik == "auto":
+        from venncell.data.backed import (
+            head_rows,
+        )  # a backed matrix: guess from its first rows only
+
+        head = head_rows(x) if x.shape[0] and x.shape[1] else None
+        lik = infer_likelihood(kind, head) if head is not None else KIND_DEFAULT_LIKELIHOOD[kind]
+        if (
+            lik == "gaussian"
+            and KIND_DEFAULT_LIKELIHOOD[kind] != "gaussian"
+            and (reason := not_counts_reason(head))
+        ):
+            # e.g. log-normalised .X handed over where raw counts were meant: say so rather than quietly fitting a
+            # different model
+            warnings.warn(
+                f"Modality '{name}' (kind '{kind}') has {reason}, so it is modelled as Gaussian, not with the "
+                f"{kind} count likelihood ('{KIND_DEFAULT_LIKELIHOOD[kind]}'). If these are normalised values, give "
+                "the raw counts (e.g. `layer='counts'`); to keep the Gaussian model and silence this, register the "
+                "modality with `likelihood='gaussian'`.",
+                VennCellInputWarning,
+                stacklevel=4,
+            )
+    if lik not in LIKELIHOODS:
+        raise VennCellInputError(
+            f"Modality '{name}': likelihood '{lik}' is not one of {sorted(LIKELIHOODS)}."
+        )
+    binarize = opts.get("binarize", lik in BINARY_LIKELIHOODS and kind == "atac")
+    if not isinstance(binarize, (bool, np.bool_)):
+        raise VennCellInputError(
+            f"Modality '{name}': binarize must be true or false, got {binarize!r}."
+        )
+    return {
+        "kind": kind,
+        "likelihood": lik,
+        "layer": layer,
+        "binarize": bool(binarize),
+        "private_dim": opts.get("private_dim"),
+        "weight": opts.get("weight"),
+        "zero_variance": opts.get("zero_variance", "warn"),
+        "transform": transform,
+    }
+
+
+def stored_options(mdata) -> dict | None:
+    """``setup_mudata``'s options stored in ``mdata.uns`` (None when the data were never set up)."""
+    if REGISTRY_KEY not in mdata.uns:
+        return None
+    try:
+        return json.loads(mdata.uns[REGISTRY_KEY])
+    except (TypeError, json.JSONDecodeError):
+        raise VennCellInputError(
+            f"mdata.uns['{REGISTRY_KEY}'] is not VennCell's setup; call VennCell.setup_mudata(mdata, ...) again."
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+MIN_CELLS = 10  # fewer cannot fit a start, hold cells out, or estimate a batch's variance
+
+
+def fit_registry(
+    mdata, options: dict, backed: bool = False, chunk_size: int | None = None
+) -> DataRegistry:
+    """The ``DataRegistry`` of the training data ``mdata`` set up with ``options`` (see ``setup_options``)."""
+    if mdata.n_obs < MIN_CELLS:
+        raise VennCellInputError(
+            f"The MuData has {mdata.n_obs} cell(s); VennCell needs at least {MIN_CELLS} to "
+            "train (and far more to learn anything). Add cells, or use a method for few samples."
+        )
+    specs = {}
+    for name, opts in options["modalities"].items():
+        if name not in mdata.mod:
+            raise VennCellInputError(
+                f"Modality '{name}' is registered but not in the MuData (it has "
+                f"{list(mdata.mod)}). Call setup_mudata again."
+            )
+        specs[name] = fit_modality(
+            name, mdata.mod[name], opts, mdata if backed else None, chunk_size
+        )
+    batch_key = options.get("batch_key")
+    categories = None
+    if batch_key is not None:
+        categories = sorted(set(check_batch_labels(batch_key, mdata.obs[batch_key])))
+    return DataRegistry(specs, batch_key, categories)
+
+
+def base_spec(name: str, opts: dict) -> ModalitySpec:
+    """The spec as the options give it, before anything is fitted."""
+    known = {
+        k: opts.get(k)
+        for k in (
+            "kind",
+            "likelihood",
+            "layer",
+            "private_dim",
+            "weight",
+            "transform",
+            "image_key",
+            "image_store",
+            "channels",
+        )
+        if k in opts
+    }
+    spec = ModalitySpec(
+        name=name,
+        binarize=bool(opts.get("binarize", False)),
+        zero_variance=opts.get("zero_variance", "warn"),
+        **known,
+    )
+    spec.encoder_transform = default_encoder_transform(spec.likelihood, spec.kind)
+    return spec
+
+
+def fit_modality(
+    name: str, adata, opts: dict, backed_mdata=None, chunk_size: int | None = None
+) -> ModalitySpec:
+    """One modality's spec, fitted on its training data (``backed_mdata``: read it from disk in chunks)."""
+    spec = base_spec(name, opts)
+    if spec.kind == "image":
+        from venncell.data.images import fit_image_spec
+
+        return fit_image_spec(spec, adata)
+    var_names = [str(v) for v in adata.var_names]
+    check_unique_names(name, var_names)
+    if backed_mdata is not None:
+        from venncell.data.backed import fit_backed_spec
+
+        return fit_backed_spec(spec, backed_mdata, var_names, chunk_size)
+    x = select_matrix(adata, spec)
+    const = check_matrix(name, x, spec.likelihood, var_names, spec.binarize, spec.zero_variance)
+    spec.features = var_names
+    if spec.zero_variance == "drop" and const.size:
+        keep = np.setdiff1d(np.arange(x.shape[1]), const)
+        if keep.size == 0:
+            raise VennCellInputError(
+                f"Modality '{name}': every feature has zero variance, so zero_variance='drop' leaves nothing."
+            )
+        spec.dropped_features = [var_names[i] for i in const]
+        spec.features = [var_names[i] for i in keep]
+        x = x[:, keep]
+    x = as_float32(x, spec)
+    if spec.transform == "clr":
+        spec.clr_log_geomean = clr_log_geomean(name, x)
+        x = apply_transform(spec, x)
+    if spec.likelihood == "gaussian":
+        _, sd = column_mean_std(x)
+        spec.data_scale = np.where(sd > 0, sd, 1.0).tolist()
+        x = scale_columns(x, spec.data_scale)
+    if spec.encoder_transform == "standardise":
+        mean, std = column_mean_std(x)  # sparse-aware: never densify a whole modality
+        spec.feature_mean, spec.feature_std = mean.tolist(), (std + 1e-6).tolist()
+    spec.median_library = float(np.median(np.asarray(x.sum(1)).ravel().astype(np.float32)))
+    return spec
+
+
+def select_matrix(adata, spec: ModalitySpec):
+    """The modality's matrix as registered (``.X`` or a layer)."""
+    if spec.layer is None:
+        return adata.X
+    if spec.layer not in adata.layers:
+        raise VennCellInputError(
+            f"Modality '{spec.name}': layer '{spec.layer}' does not exist (layers: {list(adata.layers) or 'none'}). "
+            "Set layer=null to use .X or name an existing layer."
+        )
+    return adata.layers[spec.layer]
+
+
+def as_float32(x, spec: ModalitySpec):
+    """float32 CSR for count and binary modalities (and any sparse input), dense float32 otherwise; binarised when
+    the spec says so."""
+    if sp.issparse(x) or spec.likelihood != "gaussian":
+        x = sp.csr_matrix(x, dtype=np.float32)
+    else:
+        x = np.asarray(x, dtype=np.float32)
+    return (x > 0).astype(np.float32) if spec.binarize else x
+
+
+def align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
+    """Column indices that put new data's features in the model's order (None = already in order)."""
+    var_names = [str(v) for v in var_names]
+    if var_names == spec.features:
+        return None
+    check_unique_names(spec.name, var_names)
+    pos = {f: i for i, f in enumerate(var_names)}
+    missing = [f for f in spec.features if f not in pos]
+    if missing:
+        extra = [f for f in var_names if f not in set(spec.features)]
+        raise VennCellInputError(
+            f"Modality '{spec.name}': {len(missing)} feature(s) the model was trained on are missing from the data "
+            f"(first: {missing[:5]}); {len(extra)} extra feature(s) (first: {extra[:5]}). Give the data the "
+            "model's features (model.registry) -- e.g. reindex and fill with zeros -- or retrain."
+        )
+    if len(var_names) != len(spec.features) and not set(var_names) - set(spec.features) <= set(
+        spec.dropped_features
+    ):
+        warnings.warn(
+            f"Modality '{spec.name}': the data has {len(var_names) - len(spec.features)} extra feature(s); "
+            "using the model's features only, in the model's order.",
+            VennCellInputWarning,
+            stacklevel=4,
+        )
+    elif set(var_names) == set(spec.features):
+        warnings.warn(
+            f"Modality '{spec.name}': features reordered to the model's order.",
+            VennCellInputWarning,
+            stacklevel=4,
+        )
+    return np.array([pos[f] for f in spec.features])
+
+
+def drop_zero_variance(
+    spec: ModalitySpec, const: np.ndarray, var_names: list[str]
+) -> ModalitySpec:
+    """The spec with the zero-variance features ``const`` handled by its policy (warned about, dropped or kept)."""
+    if spec.zero_variance == "warn":
+        warn_zero_variance(spec.name, const, var_names, stacklevel=7)
+    if spec.zero_variance != "drop" or not const.size:
+        return replace(spec, features=list(var_names))
+    keep = np.setdiff1d(np.arange(len(var_names)), const)
+    if keep.size == 0:
+        raise VennCellInputError(
+            f"Modality '{spec.name}': every feature has zero variance, so zero_variance='drop' leaves nothing."
+        )
+    return replace(
+        spec, features=[var_names[i] for i in keep], dropped_features=[var_names[i] for i in const]
+    )

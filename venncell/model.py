@@ -1,0 +1,657 @@
+"""The user-facing model, scverse style: set up the data, train, get latents, predict, save and load.
+
+The Hydra CLI (``venncell.cli``) drives this same class, so both faces share one training path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import warnings
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+
+import mudata as md
+import numpy as np
+import torch
+
+from venncell.data.dataset import MultiModalData
+from venncell.data.registry import (
+    REGISTRY_KEY,
+    DataRegistry,
+    fit_registry,
+    setup_options,
+    stored_options,
+)
+from venncell.data.split import validation_split
+from venncell.data.validate import VennCellInputError, check_range
+from venncell.module.config import ModelConfig
+from venncell.module.embed import embed_cells, pick_block, stage1_latents
+from venncell.module.init import init_likelihoods, spectral_init
+from venncell.module.venn import VennModule
+from venncell.train.config import TrainConfig
+
+MODEL_FORMAT = 2
+
+
+class VennCell:
+    """One shared latent plus one private latent per modality, learned in two stages.
+
+    Parameters
+    ----------
+    mdata
+        The training data, set up with ``VennCell.setup_mudata`` (a MuData, or an .h5mu path with ``backed=True``).
+        Every registered modality is used. ``None`` only when ``registry`` is given (a saved model without its
+        data, see ``load``).
+    seed
+        Seed of everything random: the validation split, the start, the networks' initialisation, training.
+    validation_fraction
+        Cells held out of the networks' training (their latents are fitted; their loss never reaches a network).
+    backed
+        Train out of core: each modality's rows are read from the .h5mu on disk per chunk of ``chunk_size`` cells.
+    chunk_size
+        Rows per disk read when backed (default 1024).
+    registry
+        A fitted ``DataRegistry`` (how a saved model is rebuilt); None fits one on ``mdata``.
+    **model_kwargs
+        ``ModelConfig`` fields, e.g. ``shared_dim=16``.
+
+    Examples
+    --------
+    >>> VennCell.setup_mudata(mdata, modalities={"rna": "rna", "prot": "protein"})
+    >>> model = VennCell(mdata)
+    >>> model.train()
+    >>> mdata.obsm["X_venn_shared"] = model.get_latent_representation()
+    """
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def setup_mudata(
+        mdata: md.MuData, modalities: dict | list | None = None, batch_key: str | None = None
+    ) -> None:
+        """Register which modality is which kind and how it is modelled (stored in ``mdata.uns["_venncell"]``).
+
+        Parameters
+        ----------
+        mdata
+            The MuData.
+        modalities
+            A modality name -> a kind (``"rna"``, ``"atac"``, ``"protein"``, ``"features"``, ``"image"``) or a dict
+            of options: ``kind``; ``likelihood`` (``nb``, ``zinb``, ``nb_mixture`` (totalVI-style protein
+            background/foreground), ``bernoulli``, ``bernoulli_factors`` (ATAC with cell and region factors, the
+            ATAC default), ``gaussian`` or ``auto``); ``transform`` (``clr``: muon-style CLR of protein counts,
+            then Gaussian); ``layer`` (None = ``.X``); ``binarize``; ``private_dim``; ``weight`` (overrides the
+            model's ``modality_weights`` rule); ``zero_variance`` (``warn`` | ``drop`` | ``keep``). Image
+            modalities take ``obsm_key`` or ``store`` (a ``.npy`` / ``.zarr`` path) and ``channels``. A list names
+            the modalities to use; None uses every modality, kinds guessed from the names and likelihoods inferred
+            from the values.
+        batch_key
+            ``.obs`` column of technical batches; the decoders are conditioned on it.
+        """
+        mdata.uns[REGISTRY_KEY] = json.dumps(setup_options(mdata, modalities, batch_key))
+
+    # ------------------------------------------------------------------ construction
+    def __init__(
+        self,
+        mdata: md.MuData | str | Path | None,
+        seed: int = 0,
+        validation_fraction: float = 0.1,
+        backed: bool = False,
+        chunk_size: int | None = None,
+        registry: DataRegistry | None = None,
+        **model_kwargs,
+    ):
+        check_range("seed", seed, 0, integer=True)
+        check_range("validation_fraction", validation_fraction, 0.0, 0.9)
+        if chunk_size is not None:
+            check_range("chunk_size", chunk_size, 1, integer=True)
+        self.config = ModelConfig.from_kwargs(**model_kwargs)
+        if backed and isinstance(mdata, (str, Path)):
+            mdata = _read_h5mu(mdata, backed=True)
+        if mdata is not None and not isinstance(mdata, md.MuData):
+            raise VennCellInputError(
+                f"VennCell needs a MuData (or, with backed=True, an .h5mu path); got "
+                f"{type(mdata).__name__}. Build one with `mudata.MuData({{'rna': a, ...}})`."
+            )
+        if registry is None and mdata is None:
+            raise VennCellInputError(
+                "VennCell needs its training data: VennCell(mdata, ...). To use a saved model, "
+                "call VennCell.load(path)."
+            )
+        fitting = registry is None
+        if fitting:
+            options = stored_options(mdata)
+            if options is None:
+                options = setup_options(mdata)
+            registry = fit_registry(mdata, options, backed=backed, chunk_size=chunk_size)
+        self.registry = registry
+        self.seed = seed
+        self.validation_fraction = validation_fraction
+        self.mdata = mdata
+        self.data = (
+            MultiModalData(mdata, registry, training=True, backed=backed, chunk_size=chunk_size)
+            if mdata is not None
+            else None
+        )
+        self.n_cells = self.data.n_cells if self.data is not None else 0
+        self.history: dict = {}
+        self.is_trained = False
+        if not fitting:
+            return  # ``load`` fills in the module, cells and history
+        with _seeded(seed):
+            self.module = VennModule(registry.specs, self.n_cells, self.config, registry.n_batches)
+        init_likelihoods(self.module, self.data, seed=seed)
+        if self.config.latent_init == "spectral":
+            start = spectral_init(
+                self.data, self.config.shared_dim, self.module.private_dims, seed=seed
+            )
+            if start is not None:
+                self.module.set_latents(*start)
+        self.is_train = validation_split(self.n_cells, validation_fraction, seed)
+        self.train_obs_names = self.data.obs_names
+
+    @property
+    def specs(self):
+        """Per-modality ``ModalitySpec`` (kind, likelihood, features, preprocessing)."""
+        return self.registry.specs
+
+    @property
+    def batch_key(self) -> str | None:
+        return self.registry.batch_key
+
+    def __repr__(self) -> str:
+        mods = []
+        for m, s in self.specs.items():
+            part = f"{m} ({s.kind}, {s.likelihood}, {s.n_features} features"
+            if self.data is not None and (k := int(self.data.present(m).sum())) < self.n_cells:
+                part += f", {k} of {self.n_cells} cells"  # partially paired data
+            mods.append(part + ")")
+        return (
+            f"VennCell(shared_dim={self.config.shared_dim}, private_dims={self.module.private_dims}, "
+            f"cells={self.n_cells}, modalities=[{', '.join(mods)}], trained={self.is_trained})"
+        )
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        stage1_epochs: int | None = None,
+        stage2_epochs: int | None = None,
+        batch_size: int | None = None,
+        run_dir: str | Path | None = None,
+        logger=None,
+        resume: bool = False,
+        **train_kwargs,
+    ) -> dict:
+        """Stage 1 (latents and decoders) then stage 2 (encoders), through Lightning.
+
+        Parameters
+        ----------
+        stage1_epochs, stage2_epochs, batch_size
+            None = ``TrainConfig``'s defaults.
+        run_dir
+            Where checkpoints and logs go (default: a temporary folder).
+        logger
+            A Lightning logger, a factory ``stage -> logger``, or None.
+        resume
+            Continue from ``run_dir``'s checkpoints.
+        **train_kwargs
+            Other ``TrainConfig`` fields (learning rates, accelerator, devices, progress_bar, ...); further
+            ``lightning.Trainer`` keywords go in ``trainer_kwargs={...}``.
+
+        Returns
+        -------
+        The last logged metrics of each stage and their wall times.
+        """
+        from venncell.train.schedule import run_two_stage
+
+        self._require_data("train")
+        given = {
+            "stage1_epochs": stage1_epochs,
+            "stage2_epochs": stage2_epochs,
+            "batch_size": batch_size,
+        }
+        train_kwargs.update({k: v for k, v in given.items() if v is not None})
+        train_kwargs.setdefault("seed", self.seed)
+        cfg, unknown = TrainConfig.from_kwargs(**train_kwargs)
+        if unknown:
+            raise VennCellInputError(
+                f"Unknown training option(s) {sorted(unknown)}; valid: "
+                f"{sorted(asdict(TrainConfig()))} (Lightning keywords go in trainer_kwargs)."
+            )
+        if cfg.num_workers and self.data.chunk_size:
+            raise VennCellInputError(
+                f"num_workers={cfg.num_workers} with backed data: worker processes cannot share the open HDF5 file. "
+                "Fix: num_workers=0 (trainer.num_workers=0 on the command line), or read the data into memory."
+            )
+        if str(cfg.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise VennCellInputError(
+                f"accelerator={cfg.accelerator!r}, but no CUDA GPU is visible to this process. "
+                "Train on the CPU (trainer.accelerator=cpu), or check CUDA_VISIBLE_DEVICES."
+            )
+        if run_dir is None:
+            run_dir = tempfile.mkdtemp(prefix="venncell_")
+        if resume:
+            self.check_resume(run_dir, **train_kwargs)
+        self.history = run_two_stage(
+            self.module,
+            self.data,
+            self.is_train,
+            cfg,
+            run_dir,
+            loggers=logger if logger is not None else False,
+            resume=resume,
+        )
+        self.is_trained = True
+        return self.history
+
+    def check_resume(self, run_dir: str | Path, **train_kwargs) -> None:
+        """Raise a clear error when ``run_dir``'s checkpoints belong to a run with other settings, data or cells
+        (``train_kwargs``: the ``TrainConfig`` fields the resumed run will use)."""
+        from venncell.train.schedule import check_resume
+
+        train_kwargs.setdefault("seed", self.seed)
+        cfg, _ = TrainConfig.from_kwargs(**train_kwargs)
+        check_resume(self.module, self._require_data("resume"), self.is_train, cfg, run_dir)
+
+    # ------------------------------------------------------------------ inference
+    def _data_for(self, mdata: md.MuData | None) -> MultiModalData:
+        if mdata is None or mdata is self.mdata:
+            return self._require_data("use the training data (mdata=None)")
+        if not isinstance(mdata, md.MuData):
+            raise VennCellInputError(f"mdata must be a MuData, got {type(mdata).__name__}.")
+        return MultiModalData(
+            mdata, self.registry, training=False, backed=bool(getattr(mdata, "isbacked", False))
+        )
+
+    def get_latent_representation(
+        self,
+        mdata: md.MuData | None = None,
+        block: str = "shared",
+        modalities: list[str] | None = None,
+        source: str = "encoder",
+        refine_epochs: int = 0,
+    ) -> np.ndarray:
+        """Latents for every cell of ``mdata`` (default: the training data).
+
+        Parameters
+        ----------
+        mdata
+            New cells (a MuData with some or all of the model's modalities), or None for the training data.
+        block
+            ``"shared"``, ``"private:<modality>"`` or ``"all"`` (shared, then every private block).
+        modalities
+            Which of a cell's modalities the encoders use for the shared block (default: every one it has).
+        source
+            ``"encoder"`` (stage 2) or ``"stage1"`` (the optimised latents; training data only).
+        refine_epochs
+            > 0: start from the encoder latents and refine them against the frozen decoders (``refine``).
+
+        Returns
+        -------
+        Cells x dimensions; NaN in a private block where a cell lacks that modality.
+        """
+        self._require_trained()
+        if refine_epochs and source != "encoder":
+            raise VennCellInputError(
+                "refine_epochs refines encoder latents; use it with source='encoder'."
+            )
+        self._check_modalities(modalities)
+        if source == "stage1":
+            if mdata is not None and mdata is not self.mdata:
+                raise VennCellInputError(
+                    "source='stage1' exists only for the training cells; use source='encoder' "
+                    "(optionally with refine_epochs=N) for new cells."
+                )
+            lat = stage1_latents(self.module, self._require_data("read the stage-1 latents"))
+        elif source == "encoder":
+            lat = (
+                self.refine(mdata, modalities, refine_epochs)
+                if refine_epochs
+                else embed_cells(self.module, self._data_for(mdata), modalities=modalities)
+            )
+        else:
+            raise VennCellInputError(f"source must be 'encoder' or 'stage1', got {source!r}.")
+        return pick_block(lat, block, list(self.specs))
+
+    def refine(
+        self,
+        mdata: md.MuData | None = None,
+        modalities: list[str] | None = None,
+        epochs: int = 20,
+        batch_size: int = 256,
+        lr_latent: float = 5e-2,
+        seed: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Test-time refinement: encoder latents of ``mdata``'s cells, then ``epochs`` of stage-1 optimisation of
+        those latents with every network frozen. Only the ``modalities`` given (default all) drive it; other
+        modalities' private blocks stay as the encoders gave them. Returns every block (``shared``,
+        ``private:<m>``)."""
+        from venncell.train.refine import refine_latents
+
+        self._require_trained()
+        check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
+        use = list(modalities) if modalities is not None else list(self.specs)
+        self._check_modalities(use)
+        data = self._data_for(mdata)
+        start = embed_cells(self.module, data, modalities=use)
+        return refine_latents(
+            self.module,
+            data,
+            start,
+            use,
+            epochs,
+            batch_size,
+            lr_latent,
+            self.seed if seed is None else seed,
+        )
+
+    def predict_modality(
+        self,
+        mdata: md.MuData | None = None,
+        source: list[str] | str = ("rna",),
+        target: str = "protein",
+        scale: str = "normalised",
+    ) -> np.ndarray:
+        """Expected values of ``target`` predicted from the ``source`` modalities only.
+
+        The shared latent is encoded from the sources; the target's shared-only decoder maps it to the target
+        (its private latent is, by construction, unknowable from other modalities).
+
+        Parameters
+        ----------
+        mdata
+            The cells (default: the training data).
+        source
+            Modalities to predict from (not containing ``target``).
+        target
+            The modality to predict.
+        scale
+            ``"normalised"`` (proportions for counts, probabilities for binary, values for Gaussian) or
+            ``"counts"`` (times the target's median training library size). ``nb_mixture`` gives the denoised
+            (background-free) protein counts on both scales; ``bernoulli_factors`` the probabilities of a cell at
+            the median training depth; ``zinb`` includes the dropout.
+        """
+        self._require_trained()
+        source = [source] if isinstance(source, str) else list(source)
+        if target not in self.specs:
+            raise VennCellInputError(
+                f"target '{target}' is not a modality of the model ({list(self.specs)})."
+            )
+        if not source:
+            raise VennCellInputError(
+                f"source is empty: name the modalities to predict '{target}' from, e.g. "
+                f"source={[m for m in self.specs if m != target][:1]}."
+            )
+        self._check_modalities(source)
+        if target in source:
+            raise VennCellInputError(
+                f"target '{target}' is also a source; cross-modal prediction needs them disjoint."
+            )
+        if scale not in ("normalised", "counts"):
+            raise VennCellInputError(f"scale must be 'normalised' or 'counts', got {scale!r}.")
+        spec = self.specs[target]
+        if scale == "counts" and spec.likelihood not in ("nb", "zinb", "nb_mixture"):
+            raise VennCellInputError(
+                f"scale='counts' needs a count modality; '{target}' is {spec.likelihood}."
+            )
+        data = self._data_for(mdata)
+        z = embed_cells(self.module, data, modalities=source)["shared"]
+        if np.isnan(z).any():
+            raise VennCellInputError(
+                f"{int(np.isnan(z).any(1).sum())} cell(s) have none of the source modalities "
+                f"{source}; keep the cells that have one."
+            )
+        dec = self.module.shared_decoders[target]
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(z), 4096):
+                zb = torch.as_tensor(z[start : start + 4096])
+                b = (
+                    None
+                    if data.batch is None
+                    else torch.as_tensor(data.batch[start : start + 4096])
+                )
+                out.append(dec.likelihood.normalised_mean(dec(zb, b)).numpy())
+        pred = np.concatenate(out)
+        if (
+            scale == "counts" and spec.likelihood != "nb_mixture"
+        ):  # nb_mixture's normalised scale is already counts
+            pred = pred * spec.median_library
+        if spec.data_scale is not None:  # back to the data's own units
+            pred = pred * np.asarray(spec.data_scale, dtype=pred.dtype)
+        return pred
+
+    def write_latents(
+        self,
+        mdata: md.MuData | None = None,
+        modalities: list[str] | None = None,
+        refine_epochs: int = 0,
+    ) -> md.MuData:
+        """Put the latents where scverse tools look: ``obsm["X_venn_shared"]`` and ``obsm["X_venn_private_<m>"]``
+        (plus ``*_stage1`` and ``obs["venn_split"]`` for the training data). Returns the MuData written to."""
+        self._require_trained()
+        target = self.mdata if mdata is None else mdata
+        if target is None:
+            raise VennCellInputError(
+                "This model was loaded without its training data: pass the cells to write to (write_latents(mdata))."
+            )
+        enc = (
+            self.refine(mdata, modalities, refine_epochs)
+            if refine_epochs
+            else embed_cells(self.module, self._data_for(mdata), modalities=modalities)
+        )
+        target.obsm["X_venn_shared"] = enc["shared"]
+        for m in self.specs:
+            target.obsm[f"X_venn_private_{m}"] = enc[f"private:{m}"]
+        if target is self.mdata:
+            st1 = stage1_latents(self.module, self.data)
+            target.obsm["X_venn_shared_stage1"] = st1["shared"]
+            for m in self.specs:
+                target.obsm[f"X_venn_private_{m}_stage1"] = st1[f"private:{m}"]
+            target.obs["venn_split"] = np.where(self.is_train, "train", "validation")
+        return target
+
+    def _check_modalities(self, modalities) -> None:
+        if modalities is None:
+            return
+        if isinstance(modalities, str):
+            raise VennCellInputError(
+                f"modalities must be a list of names, e.g. [{modalities!r}], not a string."
+            )
+        missing = [m for m in modalities if m not in self.specs]
+        if missing:
+            raise VennCellInputError(
+                f"modalities {missing} are not in the model (it has {list(self.specs)})."
+            )
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise VennCellInputError(
+                "The model is not trained yet; call model.train() first (or VennCell.load() a trained one)."
+            )
+
+    def _require_data(self, what: str) -> MultiModalData:
+        if self.data is None:
+            raise VennCellInputError(
+                f"This model was loaded without its training data, which is needed to {what}. "
+                "Pass new cells as mdata=..., or load with VennCell.load(path, mdata=training)."
+            )
+        return self.data
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, overwrite: bool = True) -> None:
+        """Weights, configuration and data registry (features, preprocessing statistics), in a folder.
+
+        Written to a temporary folder and renamed into place, so a crash never leaves half a model.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise VennCellInputError(f"{path} exists; pass overwrite=True or choose another path.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+        except OSError as e:
+            raise VennCellInputError(
+                f"Cannot write the model to {path}: {e.strerror or e}."
+            ) from None
+        meta = {
+            "format": MODEL_FORMAT,
+            "config": asdict(self.config),
+            "registry": self.registry.to_dict(),
+            "seed": self.seed,
+            "validation_fraction": self.validation_fraction,
+            "n_cells": self.n_cells,
+            "is_trained": self.is_trained,
+            "history": self.history,
+        }
+        try:
+            (tmp / "venncell.json").write_text(json.dumps(meta, indent=1))
+            torch.save(self.module.state_dict(), tmp / "model.pt")
+            np.savez_compressed(
+                tmp / "cells.npz", obs_names=self.train_obs_names, is_train=self.is_train
+            )
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VennCellInputError(
+                f"Cannot write the model to {path}: {e.strerror or e}."
+            ) from None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path, mdata: md.MuData | None = None) -> VennCell:
+        """A saved model. With ``mdata`` (its training data) the stage-1 latents and the split line up with it;
+        without, it embeds and predicts any new data."""
+        path = Path(path)
+        meta_file = path / "venncell.json"
+        if not meta_file.exists():
+            raise VennCellInputError(f"{path} is not a saved VennCell model (no venncell.json).")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise VennCellInputError(f"{meta_file} is unreadable or truncated: {e}.") from None
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise VennCellInputError(
+                f"{path}: model format {meta.get('format') if isinstance(meta, dict) else '?'} "
+                f"is not supported by this VennCell (it reads format {MODEL_FORMAT}); retrain."
+            )
+        try:
+            registry = DataRegistry.from_dict(meta["registry"])
+            cells = np.load(path / "cells.npz", allow_pickle=False)
+            obs_names, is_train = cells["obs_names"], cells["is_train"]
+        except (KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile) as e:
+            raise VennCellInputError(
+                f"{path} is damaged ({type(e).__name__}: {e}); retrain or restore it."
+            ) from None
+        if mdata is not None:
+            names = np.asarray(mdata.obs_names).astype(str)
+            if len(names) != len(obs_names) or (names != obs_names).any():
+                raise VennCellInputError(
+                    "mdata's cells differ from the training cells; load without mdata and pass "
+                    "the new data to get_latent_representation(mdata=...) instead."
+                )
+        self = cls(
+            mdata,
+            seed=meta["seed"],
+            validation_fraction=meta["validation_fraction"],
+            backed=bool(getattr(mdata, "isbacked", False)),
+            registry=registry,
+            **meta["config"],
+        )
+        self.n_cells = int(meta["n_cells"])
+        with _seeded(
+            self.seed
+        ):  # the weights are overwritten below; the seed keeps the caller's stream untouched
+            self.module = VennModule(registry.specs, self.n_cells, self.config, registry.n_batches)
+        try:
+            state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+            self.module.load_state_dict(state)
+        except (
+            RuntimeError,
+            EOFError,
+            OSError,
+            pickle.UnpicklingError,
+            zipfile.BadZipFile,
+            KeyError,
+            AttributeError,
+            TypeError,
+            ValueError,
+        ) as e:
+            raise VennCellInputError(
+                f"{path / 'model.pt'} is unreadable or does not match the saved config "
+                f"({type(e).__name__}); retrain or restore the file."
+            ) from None
+        self.module.eval()
+        self.is_train, self.train_obs_names = is_train, obs_names
+        self.history = meta.get("history", {})
+        self.is_trained = bool(meta.get("is_trained", False))
+        return self
+
+    # ------------------------------------------------------------------ analysis
+    def attribution(self, markers=None, **kwargs):
+        """Which latent block carries each feature and marker: shared or a modality's private one.
+
+        Parameters
+        ----------
+        markers
+            ``.obs`` columns or features (``"CD4"``, ``"protein:CD4"``); None = the categorical ``.obs`` columns.
+        **kwargs
+            ``AttributionConfig`` fields (``venncell.analysis.attribution``), and ``write_var`` (store per-feature
+            fractions in ``mdata[mod].var``, default True).
+
+        Returns
+        -------
+        An ``AttributionResult``; ``.markers`` holds the verdicts.
+        """
+        from venncell.analysis.attribution import attribute
+
+        self._require_trained()
+        data = self._require_data("attribute features and markers")
+        return attribute(self.module, data, self.mdata, self.is_train, markers, **kwargs)
+
+
+class _seeded:
+    """Seeds torch's CPU generator for a block and restores its state after: building a model draws from it, and
+    a constructor must not change the caller's random stream."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __enter__(self):
+        self.state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        torch.random.set_rng_state(self.state)
+
+
+def _read_h5mu(path, backed: bool = False) -> md.MuData:
+    from venncell.data.readers import read_h5mu
+
+    return read_h5mu(path, backed=backed)
+
+
+def atomic_write_h5mu(mdata: md.MuData, path: str | Path) -> None:
+    """Write to a temporary file beside the target and rename: readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mdata.write(str(tmp))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise VennCellInputError(f"Cannot write {path}: {e.strerror or e}.") from None
+    os.replace(tmp, path)
+
+
+__all__ = ["VennCell", "atomic_write_h5mu"]

@@ -1,0 +1,213 @@
+"""The model's architecture and objective: ``ModelConfig``, the one place its defaults are written and checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from venncell.data.validate import VennCellInputError, check_range
+
+LATENT_INITS = ("spectral", "random")
+LATENT_POSTERIORS = ("point", "variational")
+MODALITY_WEIGHTS = ("equal", "features")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and objective of a VennCell model (``VennCell(mdata, **fields)``, ``model.<field>=`` on the
+    command line).
+
+    Parameters
+    ----------
+    shared_dim
+        Size of the shared latent block.
+    private_dim
+        Size of each modality's private block (a modality's registry entry may override it).
+    hidden, n_layers
+        Width and depth of the decoders' MLPs.
+    encoder_hidden
+        Width of the encoders' MLPs (the encoders read thousands of features).
+    dropout
+        Dropout in every MLP.
+    encoder_dropout
+        Extra dropout in the (non-image) encoders: stage 2 regresses each training cell's own latent, which a wide
+        encoder can memorise instead of learning a map that generalises to new cells.
+    joint_encoder
+        Also train one encoder over all (tabular) modalities side by side, used for cells measured in every
+        modality; cells with fewer, or a ``modalities`` subset, use the per-modality encoders. Not used when a
+        modality is an image (each keeps its convolutional encoder). Off by default: its private blocks see every
+        modality, so another modality's private signal leaks into them (experiments/joint_encoder).
+    latent_noise, latent_l2
+        Point latents: the fixed noise the decoders read them with, and the L2 pull towards 0.
+    latent_init
+        ``spectral`` (generalised-CCA start, ``venncell.module.init``) or ``random``.
+    latent_init_std
+        Scale of the starting latents.
+    latent_posterior
+        ``point`` (one latent per cell) or ``variational`` (a mean and a log-variance per cell, sampled in
+        training, with ``kl_weight`` x KL(q || N(0, I)) in place of the noise and the L2): each cell learns how far
+        its latent may move without changing its reconstruction, and dimensions the data do not support collapse
+        to the prior.
+    kl_weight
+        Weight of the KL term (variational latents), on the reconstruction terms' scale: with ``features`` weights,
+        1 makes stage 1 the ELBO of all features divided by the smallest modality's feature count.
+    latent_init_logvar
+        Starting log-variance of every cell's latents (variational).
+    modality_weights
+        How each modality's reconstruction (a mean NLL per feature) is weighted: ``equal`` (each counts once) or
+        ``features`` (by its number of features relative to the smallest modality, as a joint likelihood over all
+        features would). A modality's ``weight`` in its registry entry overrides the rule.
+    shared_only_weight
+        Weight of the shared-only decoders, which predict each modality from the shared block alone.
+    shared_only_detach
+        True: the shared-only decoders read the shared latent without shaping it, so nothing in stage 1 depends on
+        them and they are fitted in stage 2 to the final shared latents. False (APOLLO): their gradient also moves
+        the latent, pulling every modality's private signal into it.
+    consistency_weight
+        Leakage control: each modality's encoder must predict the shared latent from that modality alone, so the
+        shared block cannot hold what one modality cannot see.
+    consistency_cells
+        Cells per step whose consistency term is computed (0 = every cell): a random subset estimates the same
+        unexplained fraction for less of the costliest network.
+    leakage_every
+        Leakage control on every k-th stage-1 batch only, weighted k times (the same objective in expectation);
+        steps without it skip the encoders.
+    independence_weight
+        Leakage control: normalised kernel HSIC between the shared and each private block.
+    stage2_recon_weight
+        Stage 2: weight of the full decoders' NLL of the encoder latents, next to regressing the stage-1 latents.
+    cnn_channels
+        Image modalities: convolution widths, one stride-2 stage each.
+    """
+
+    shared_dim: int = 8
+    private_dim: int = 4
+    hidden: int = 128
+    n_layers: int = 2
+    encoder_hidden: int = 256
+    dropout: float = 0.0
+    encoder_dropout: float = 0.5
+    joint_encoder: bool = False
+    latent_noise: float = 0.1
+    latent_init_std: float = 1.0
+    latent_init: str = "spectral"
+    latent_l2: float = 1e-3
+    latent_posterior: str = "variational"
+    kl_weight: float = 1.0
+    latent_init_logvar: float = -2.0
+    modality_weights: str = "features"
+    shared_only_weight: float = 1.0
+    shared_only_detach: bool = True
+    consistency_weight: float = 0.03
+    consistency_cells: int = 0
+    leakage_every: int = 1
+    independence_weight: float = 0.003
+    stage2_recon_weight: float = 0.0
+    cnn_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+
+    def __post_init__(self):
+        self.cnn_channels = [
+            int(c) if isinstance(c, float) and c == int(c) else c for c in self.cnn_channels
+        ]
+        # upper bounds: sizes beyond them cannot be meant, and would only fail later, deep in torch, out of memory
+        for name, high in (
+            ("shared_dim", 1024),
+            ("private_dim", 1024),
+            ("hidden", 16384),
+            ("encoder_hidden", 16384),
+        ):
+            check_range(f"model.{name}", getattr(self, name), 1, high, integer=True)
+        check_range("model.n_layers", self.n_layers, 0, 16, integer=True)
+        check_range("model.dropout", self.dropout, 0.0, 0.99)
+        check_range("model.encoder_dropout", self.encoder_dropout, 0.0, 0.99)
+        for name, value, allowed in (
+            ("latent_init", self.latent_init, LATENT_INITS),
+            ("latent_posterior", self.latent_posterior, LATENT_POSTERIORS),
+            ("modality_weights", self.modality_weights, MODALITY_WEIGHTS),
+        ):
+            if value not in allowed:
+                raise VennCellInputError(
+                    f"Config value model.{name}={value!r} must be one of {list(allowed)}."
+                )
+        check_range("model.latent_init_logvar", self.latent_init_logvar, -12.0, 4.0)
+        check_range("model.latent_init_std", self.latent_init_std, 0.0)
+        check_range("model.consistency_cells", self.consistency_cells, 0, integer=True)
+        if 0 < self.consistency_cells < 8:
+            raise VennCellInputError(
+                f"Config value model.consistency_cells={self.consistency_cells} is too few cells to estimate the "
+                "unexplained fraction; use 0 (every cell of the batch) or at least 8."
+            )
+        check_range("model.leakage_every", self.leakage_every, 1, integer=True)
+        for name in (
+            "latent_noise",
+            "latent_l2",
+            "kl_weight",
+            "shared_only_weight",
+            "consistency_weight",
+            "independence_weight",
+            "stage2_recon_weight",
+        ):
+            check_range(f"model.{name}", getattr(self, name), 0.0)
+        for name in ("joint_encoder", "shared_only_detach"):
+            if not isinstance(getattr(self, name), bool):
+                raise VennCellInputError(
+                    f"Config value model.{name}={getattr(self, name)!r} must be true or false."
+                )
+        if not self.cnn_channels or any(
+            not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in self.cnn_channels
+        ):
+            raise VennCellInputError(
+                f"Config value model.cnn_channels={self.cnn_channels!r} must be a non-empty list "
+                "of positive integers (one convolution stage each)."
+            )
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> ModelConfig:
+        """A config from keyword arguments, with a clear error for unknown ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise VennCellInputError(f"Unknown model option(s) {unknown}; valid: {sorted(known)}.")
+        return cls(**kwargs)
+
+    @property
+    def variational(self) -> bool:
+        return self.latent_posterior == "variational"
+
+
+# Named variants of the defaults: ``model=<name>`` on the command line, ``ModelConfig.preset(name)`` in Python.
+PRESETS = {
+    "venncell": {},
+    # The plain APOLLO recipe: point latents from a random start, each modality's mean NLL counted once, shared-only
+    # decoders that shape the shared latent, no leakage control, one encoder per modality.
+    "apollo": {
+        "latent_init": "random",
+        "latent_init_std": 0.1,
+        "shared_only_detach": False,
+        "consistency_weight": 0.0,
+        "independence_weight": 0.0,
+        "latent_posterior": "point",
+        "modality_weights": "equal",
+        "encoder_dropout": 0.0,
+    },
+    # The defaults of VennCell 0.1 (point latents, equal modality weights, full-strength leakage control), kept to
+    # compare with; train it with lr_latent=0.01 as 0.1 did.
+    "v0.1": {
+        "latent_posterior": "point",
+        "modality_weights": "equal",
+        "consistency_weight": 1.0,
+        "independence_weight": 0.1,
+        "encoder_dropout": 0.0,
+    },
+    # Cheaper stage-1 steps: leakage control on every third batch (weighted three times), the consistency term on
+    # 32 cells of it.
+    "fast": {"consistency_cells": 32, "leakage_every": 3},
+}
+
+
+def model_preset(name: str, **overrides) -> ModelConfig:
+    """The defaults changed by preset ``name`` (see ``PRESETS``), then by ``overrides``."""
+    if name not in PRESETS:
+        raise VennCellInputError(
+            f"Unknown model preset {name!r}; choose one of {sorted(PRESETS)}."
+        )
+    return ModelConfig.from_kwargs(**{**PRESETS[name], **overrides})

@@ -1,0 +1,344 @@
+"""Spectral initialisation of the stage-1 latent tables.
+
+Latent optimisation from random starts settles in poor local optima: a private factor that a
+random shared latent happens to encode stays there, and a private latent the decoder ignores at
+the start dies. A linear start that already puts shared signal in the shared table and each
+modality's own signal in its private table avoids both; stage 1 then refines it nonlinearly.
+
+Shared: generalised CCA (MAXVAR) — the top principal components of the concatenated *whitened*
+per-modality PCA scores are the directions most correlated across modalities.
+Private m: top principal components of modality m's PCA scores after regressing out the shared start.
+The starting components keep their relative variances (``_keep_spectrum``) rather than being whitened.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
+from sklearn.decomposition import PCA
+
+from venncell.data.dataset import MultiModalData
+from venncell.data.samplers import chunk_groups
+from venncell.data.transforms import encoder_input
+from venncell.data.validate import VennCellInputError
+
+log = logging.getLogger(__name__)
+_DENSE_FALLBACK = 20_000  # features up to which a failed sparse PCA is redone densely
+
+
+def _pca_input(data: MultiModalData, m: str, rows: np.ndarray):
+    return (
+        _image_pixels(data, m, rows)
+        if data.specs[m].kind == "image"
+        else _encoder_input(data, m, rows)
+    )
+
+
+def _fit_scores(pca: PCA, x, same_map: bool) -> np.ndarray:
+    """Scores of the rows a PCA is fitted on. ``same_map``: through ``transform``, exactly the map other cells are
+    placed by; ``fit_transform`` returns the (randomised) SVD's U·S instead, which differs from it on trailing
+    components, and is kept when no other cell is placed, so such runs stay as they were."""
+    return pca.fit(x).transform(x) if same_map else pca.fit_transform(x)
+
+
+def _modality_scores(
+    data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int, same_map: bool = False
+) -> tuple[np.ndarray, PCA]:
+    """PCA scores of modality m for the rows, and the fitted PCA (to place other cells with the same map)."""
+    x = _pca_input(data, m, rows)
+    if x.shape[1] < 2:  # one feature: its centred values are the only component
+        x = x.toarray() if sp.issparse(x) else x
+        pca = PCA(n_components=1, svd_solver="full")
+        return _fit_scores(pca, np.asarray(x, dtype=np.float64), same_map), pca
+    k = max(1, min(k, x.shape[1] - 1, x.shape[0] - 1))
+    if sp.issparse(x):
+        # arpack centres implicitly, so this is the dense PCA's answer without densifying tens of thousands
+        # of peaks for every cell (covariance_eigh would build a features x features matrix)
+        pca = PCA(n_components=k, random_state=seed, svd_solver="arpack")
+        try:
+            return _fit_scores(pca, x, same_map), pca
+        except (ArpackError, ArpackNoConvergence) as e:
+            if x.shape[1] > _DENSE_FALLBACK:
+                raise VennCellInputError(
+                    f"Modality '{m}': its principal components could not be computed ({e}); "
+                    "check that modality for extreme or degenerate values."
+                ) from None
+            # a few features with far-apart scales can defeat arpack; densified, the exact solver cannot fail
+            log.info("Modality %s: arpack failed (%s); using the dense PCA.", m, e)
+            x = x.toarray()
+    solver = "randomized" if min(x.shape) > 2 * k + 10 else "full"
+    pca = PCA(n_components=k, random_state=seed, svd_solver=solver)
+    return _fit_scores(pca, np.asarray(x, dtype=np.float64), same_map), pca
+
+
+def _rows_sparse(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1024):
+    """Modality m's rows for the given cells (CSR when the data is sparse) and their libraries (>= 1, as batches).
+    Backed data are read one chunk at a time and kept sparse; other modalities (images, say) are not read."""
+    if not data.backed:
+        x, lib = data.rows(m, rows)
+        return x, np.maximum(lib, 1.0)
+    parts = [data.rows(m, rows[i : i + chunk]) for i in range(0, len(rows), chunk)]
+    x = sp.vstack([sp.csr_matrix(p[0]) for p in parts], format="csr")
+    return x, np.maximum(np.concatenate([p[1] for p in parts]), 1.0)
+
+
+def _encoder_input(data: MultiModalData, m: str, rows: np.ndarray):
+    """``encoder_transform`` of the rows, computed on the sparse matrix when there is one.
+
+    Counts are not scaled per feature before PCA (scanpy's ``scale``): that lowered the start's cell-type
+    separation on small real sets in an ad hoc check."""
+    x, lib = _rows_sparse(data, m, rows)
+    return encoder_input(data.specs[m], x, lib)
+
+
+def _image_pixels(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Standardised pixels average-pooled to <= 16 x 16, read in chunks: PCA needs coarse shape and intensity,
+    and full-resolution crops of many cells need not fit in memory."""
+    from venncell.data.images import downsample
+
+    spec = data.specs[m]
+    return np.concatenate(
+        [
+            downsample(data.rows(m, rows[i : i + chunk])[0], spec.image_shape)
+            for i in range(0, len(rows), chunk)
+        ]
+    )
+
+
+def _whole_chunks(cells: np.ndarray, chunk_size: int, max_cells: int, rng) -> np.ndarray:
+    """A random subsample made of whole on-disk chunks: backed data then reads only those chunks, each
+    sequentially, instead of touching every chunk of the file for a few scattered cells."""
+    groups = chunk_groups(cells, chunk_size)
+    take = rng.permutation(len(groups))[: max(1, max_cells // chunk_size)]
+    rows = np.concatenate([groups[g] for g in take])
+    log.info(
+        "Spectral init fitted on %d of %d cells (%d on-disk chunks); the other cells are placed by the fitted maps.",
+        len(rows),
+        len(cells),
+        len(take),
+    )
+    return rows
+
+
+def _centre(s: np.ndarray, batch: np.ndarray, means: dict) -> np.ndarray:
+    """Scores with each cell's batch mean removed (``means``: batch -> mean over the fit rows of that batch)."""
+    return s - np.stack([means[b] for b in batch])
+
+
+def _keep_spectrum(z: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, float]]:
+    """Centred, scaled so the mean per-dimension variance is 1, leading components staying larger; also returns the
+    (centre, scale) used, to place other cells on the same axes.
+
+    Whitening the starting components would give a weak trailing component as much weight in every distance as
+    the leading one, blurring the starting neighbourhoods; decoders can rescale any latent axis, so this only
+    changes where neighbourhoods start."""
+    centre = z.mean(0)
+    scale = float(np.sqrt(((z - centre) ** 2).mean(0).mean()) + 1e-8)
+    return (z - centre) / scale, (centre, scale)
+
+
+def spectral_init(
+    data: MultiModalData,
+    shared_dim: int,
+    private_dims: dict[str, int],
+    n_pcs: int = 30,
+    seed: int = 0,
+    max_cells: int = 50_000,
+    place_chunk: int = 20_000,
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """Starting latents for every cell (mean per-dimension variance 1), or None when too few cells have every
+    modality.
+
+    The maps (per-modality PCA, GCCA, private PCA of the residuals) are fitted on (at most ``max_cells``) cells
+    that have every modality; every other cell is placed by the same maps (``_place_rest``). A cell lacking some
+    modalities gets the least-squares prediction of its shared start from the modalities it has: from a random
+    start such cells recover the shared factors worse, and leakage control trades recovery against leakage.
+    """
+    rng = np.random.default_rng(seed)
+    mods = list(data.specs)
+    complete = np.flatnonzero(np.logical_and.reduce([data.present(m) for m in mods]))
+    if len(complete) < max(10, shared_dim + 2):
+        return None
+    fit_rows = (
+        complete if len(complete) <= max_cells else rng.choice(complete, max_cells, replace=False)
+    )
+    if getattr(data, "backed", False) and len(complete) > max_cells:
+        fit_rows = _whole_chunks(complete, data.chunk_size, max_cells, rng)
+    fit_rows = np.sort(fit_rows)
+    rest = np.setdiff1d(np.arange(data.n_cells), fit_rows)
+    same_map = len(rest) > 0
+    fitted = {m: _modality_scores(data, m, fit_rows, n_pcs, seed, same_map) for m in mods}
+    scores = {m: sc for m, (sc, _) in fitted.items()}
+    maps = {"pca": {m: pca for m, (_, pca) in fitted.items()}, "batch_means": {}}
+    if data.batch is not None:
+        # a batch shift shows in every modality, so GCCA would call it shared; the decoders see the batch,
+        # so the latents should start without it
+        batch = data.batch[fit_rows]
+        maps["batch_means"] = {
+            m: {b: sc[batch == b].mean(0) for b in np.unique(batch)} for m, sc in scores.items()
+        }
+        scores = {m: _centre(sc, batch, maps["batch_means"][m]) for m, sc in scores.items()}
+    maps["unit"] = {m: (sc.mean(0), sc.std(0) + 1e-8) for m, sc in scores.items()}
+    white_fit = {m: (sc - maps["unit"][m][0]) / maps["unit"][m][1] for m, sc in scores.items()}
+    whitened = np.hstack(list(white_fit.values()))
+    pca = PCA(n_components=min(shared_dim, whitened.shape[1]), random_state=seed)
+    shared_fit, spectrum = _keep_spectrum(_fit_scores(pca, whitened, same_map))
+    maps["shared"] = (pca, *spectrum)
+    shared = rng.normal(size=(data.n_cells, shared_dim))
+    shared[fit_rows, : shared_fit.shape[1]] = shared_fit
+    private, maps["private"] = {}, {}
+    for m in mods:
+        sc = scores[m]
+        beta, *_ = np.linalg.lstsq(np.c_[shared_fit, np.ones(len(sc))], sc, rcond=None)
+        resid = sc - np.c_[shared_fit, np.ones(len(sc))] @ beta
+        d = private_dims[m]
+        pca_p = PCA(n_components=min(d, resid.shape[1]), random_state=seed)
+        comp, spectrum = _keep_spectrum(_fit_scores(pca_p, resid, same_map))
+        maps["private"][m] = (beta, pca_p, *spectrum)
+        block = rng.normal(size=(data.n_cells, d))
+        block[fit_rows, : comp.shape[1]] = comp
+        private[m] = block
+    if len(rest):
+        log.info(
+            "Spectral start fitted on %d cells with every modality; placing the other %d by its maps.",
+            len(fit_rows),
+            len(rest),
+        )
+        _place_rest(data, rest, maps, white_fit, shared_fit, shared, private, chunk=place_chunk)
+    return shared, private
+
+
+def _place_rest(
+    data: MultiModalData,
+    rest: np.ndarray,
+    maps: dict,
+    white_fit: dict,
+    shared_fit: np.ndarray,
+    shared: np.ndarray,
+    private: dict,
+    chunk: int = 20_000,
+) -> None:
+    """Starts for the cells outside the fit rows, written into ``shared`` / ``private`` in place.
+
+    A cell with every modality goes through exactly the fitted maps, so it starts where it would have started
+    as a fit row. A cell with only some modalities S gets its shared start from a least-squares regression of the
+    fit rows' shared start on their whitened scores of S, and each private start from its own residual, as for the
+    fit rows. Cells are read ``chunk`` at a time (backed data: in file order).
+    """
+    mods = list(data.specs)
+    if data.batch is not None:
+        _add_unseen_batch_means(data, rest, maps, chunk)
+    by_subset: dict[
+        tuple, np.ndarray | None
+    ] = {}  # modality subset -> regression of the shared start on its scores
+    pca_s, centre_s, scale_s = maps["shared"]
+    for start in range(0, len(rest), chunk):
+        rows = rest[start : start + chunk]
+        has = np.stack([data.present(m)[rows] for m in mods], axis=1)
+        raw, white = {}, {}
+        for k, m in enumerate(mods):
+            if has[:, k].any():
+                r = rows[has[:, k]]
+                raw[m] = np.full((len(rows), maps["pca"][m].n_components_), np.nan)
+                raw[m][has[:, k]] = _scores(data, m, r, maps)
+                white[m] = (raw[m] - maps["unit"][m][0]) / maps["unit"][m][1]
+        for subset in map(tuple, np.unique(has, axis=0)):
+            present = [m for m, h in zip(mods, subset) if h]
+            if not present:
+                continue  # a cell with no modality has nothing to place it by
+            cells = np.flatnonzero((has == subset).all(1))
+            w = np.hstack([white[m][cells] for m in present])
+            if len(present) == len(mods):
+                z = (pca_s.transform(w) - centre_s) / scale_s
+            else:
+                if subset not in by_subset:
+                    by_subset[subset] = _subset_regression(white_fit, present, shared_fit)
+                if by_subset[subset] is None:
+                    continue
+                z = np.c_[w, np.ones(len(w))] @ by_subset[subset]
+            shared[rows[cells], : z.shape[1]] = z
+            for m in present:
+                beta, pca_p, centre, scale = maps["private"][m]
+                resid = raw[m][cells] - np.c_[z, np.ones(len(z))] @ beta
+                comp = (pca_p.transform(resid) - centre) / scale
+                private[m][rows[cells], : comp.shape[1]] = comp
+
+
+def _subset_regression(
+    white_fit: dict, present: list[str], shared_fit: np.ndarray
+) -> np.ndarray | None:
+    """Least squares of the fit rows' shared start on their whitened scores of the ``present`` modalities (with an
+    intercept); None when too few fit rows back it: it would interpolate them and place cells by noise."""
+    x_fit = np.hstack([white_fit[m] for m in present])
+    if len(x_fit) < 5 * (x_fit.shape[1] + 1):
+        log.warning(
+            "Only %d cells have every modality: cells with only %s keep random starts.",
+            len(x_fit),
+            present,
+        )
+        return None
+    return np.linalg.lstsq(np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)[0]
+
+
+def _scores(
+    data: MultiModalData, m: str, rows: np.ndarray, maps: dict, centred: bool = True
+) -> np.ndarray:
+    """Modality m's PCA scores for the rows (which have m); ``centred``: batch means removed as for the fit rows."""
+    sc = maps["pca"][m].transform(_pca_input(data, m, rows))
+    return (
+        _centre(sc, data.batch[rows], maps["batch_means"][m])
+        if centred and data.batch is not None
+        else sc
+    )
+
+
+def _add_unseen_batch_means(
+    data: MultiModalData, rest: np.ndarray, maps: dict, chunk: int
+) -> None:
+    """Batch means of the PCA scores for batches that have no fit row (e.g. a batch measured with one modality
+    only), over all of that batch's other cells: one extra pass over just those cells."""
+    for m in data.specs:
+        seen = maps["batch_means"][m]
+        rows = rest[data.present(m)[rest] & ~np.isin(data.batch[rest], list(seen))]
+        sums: dict = {}
+        for start in range(0, len(rows), chunk):
+            r = rows[start : start + chunk]
+            sc = _scores(data, m, r, maps, centred=False)
+            for b in np.unique(data.batch[r]):
+                total, count = sums.get(b, (0.0, 0))
+                sums[b] = (
+                    total + sc[data.batch[r] == b].sum(0),
+                    count + int((data.batch[r] == b).sum()),
+                )
+        seen.update({b: total / count for b, (total, count) in sums.items()})
+
+
+def init_likelihoods(module, data: MultiModalData, max_cells: int = 50_000, seed: int = 0) -> None:
+    """Data-dependent starts of the likelihood heads (protein background, ATAC reference depth and region
+    factors), from at most ``max_cells`` cells that have the modality. Stored in the module's state, so a
+    saved model keeps them."""
+    from venncell.nn.likelihoods import Likelihood
+
+    rng = np.random.default_rng(seed)
+    for m in module.specs:
+        heads = [
+            dec.likelihood
+            for decs in (module.decoders, module.shared_decoders)
+            if m in decs
+            for dec in [decs[m]]
+        ]
+        heads = [h for h in heads if type(h).init_from_data is not Likelihood.init_from_data]
+        if not heads or m not in data.x:
+            continue
+        cells = np.flatnonzero(data.present(m))
+        if len(cells) == 0:
+            continue
+        if len(cells) > max_cells:
+            cells = np.sort(rng.choice(cells, max_cells, replace=False))
+        x, _ = _rows_sparse(data, m, cells)
+        depth = np.asarray(x.sum(1)).ravel()
+        for h in heads:
+            h.init_from_data(x, depth)

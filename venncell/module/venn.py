@@ -1,0 +1,401 @@
+"""The Venn model as a pure ``torch.nn.Module``: latent tables, decoders, encoders and their losses.
+
+Lightning plans (``venncell.train``) decide what is optimised when; this module only computes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from venncell.data.dataset import Batch
+from venncell.data.spec import ModalitySpec
+from venncell.data.transforms import encoder_transform
+from venncell.module.config import ModelConfig
+from venncell.module.losses import (
+    CONSISTENCY,
+    INDEPENDENCE,
+    JOINT,
+    LATENT_PRIVATE,
+    LATENT_SHARED,
+    RECON,
+    RECON_SHARED_ONLY,
+    LossOutput,
+    Term,
+)
+from venncell.module.networks import Decoder, Encoder
+from venncell.module.penalties import centred_rbf_gram, normalised_hsic, unexplained_fraction
+from venncell.nn import MLP
+
+
+def modality_weights(specs: dict[str, ModalitySpec], rule: str) -> dict[str, float]:
+    """Each modality's reconstruction weight: its registry entry's ``weight`` where given, else the config's rule
+    (``equal``: 1; ``features``: its feature count over the smallest modality's)."""
+    smallest = min(s.n_features for s in specs.values())
+    return {
+        m: float(s.weight)
+        if s.weight is not None
+        else (s.n_features / smallest if rule == "features" else 1.0)
+        for m, s in specs.items()
+    }
+
+
+class VennModule(nn.Module):
+    """Per-cell latent tables (stage 1), per-modality decoders and encoders."""
+
+    def __init__(
+        self, specs: dict[str, ModalitySpec], n_cells: int, cfg: ModelConfig, n_batches: int = 0
+    ):
+        super().__init__()
+        self.specs = specs
+        self.cfg = cfg
+        self.n_batches = n_batches
+        self.weights = modality_weights(specs, cfg.modality_weights)
+        self.private_dims = {m: s.private_dim or cfg.private_dim for m, s in specs.items()}
+        self.shared_table = self._table(n_cells, cfg.shared_dim, cfg.latent_init_std)
+        self.private_tables = nn.ModuleDict(
+            {m: self._table(n_cells, d, cfg.latent_init_std) for m, d in self.private_dims.items()}
+        )
+        if cfg.latent_posterior == "variational":
+            # log-variances, keyed "shared" / modality; latent tables too (sparse rows, RowAdam, sharded in DDP)
+            self.logvar_tables = nn.ModuleDict(
+                {
+                    b: self._table(n_cells, d, 0.0)
+                    for b, d in {"shared": cfg.shared_dim, **self.private_dims}.items()
+                }
+            )
+            for t in self.logvar_tables.values():
+                nn.init.constant_(t.weight, cfg.latent_init_logvar)
+        self.decoders = nn.ModuleDict(
+            {
+                m: Decoder(cfg.shared_dim + self.private_dims[m], s, n_batches, cfg)
+                for m, s in specs.items()
+            }
+        )
+        self.shared_decoders = nn.ModuleDict(
+            {m: Decoder(cfg.shared_dim, s, n_batches, cfg) for m, s in specs.items()}
+        )
+        self.encoders = nn.ModuleDict(
+            {m: Encoder(s, cfg.shared_dim, self.private_dims[m], cfg) for m, s in specs.items()}
+        )
+        # the joint encoder reads tabular features side by side; image modalities keep their own encoders only
+        self.use_joint = cfg.joint_encoder and all(s.kind != "image" for s in specs.values())
+        if self.use_joint:
+            self.joint = MLP(
+                sum(s.n_features for s in specs.values()),
+                cfg.shared_dim + sum(self.private_dims.values()),
+                cfg.encoder_hidden,
+                cfg.n_layers,
+                max(cfg.dropout, cfg.encoder_dropout),
+            )
+
+    @staticmethod
+    def _table(n_cells: int, dim: int, init_std: float) -> nn.Embedding:
+        # Sparse gradients: a step touches only the batch's rows, so its cost does not grow with cells.
+        table = nn.Embedding(n_cells, dim, sparse=True)
+        nn.init.normal_(table.weight, std=init_std)
+        return table
+
+    @torch.no_grad()
+    def set_latents(self, shared, private: dict) -> None:
+        scale = self.cfg.latent_init_std
+        self.shared_table.weight.copy_(torch.as_tensor(shared, dtype=torch.float32) * scale)
+        for m, z in private.items():
+            self.private_tables[m].weight.copy_(torch.as_tensor(z, dtype=torch.float32) * scale)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def variational(self) -> bool:
+        return self.cfg.variational
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        tables = [self.shared_table.weight] + [t.weight for t in self.private_tables.values()]
+        return tables + (
+            [t.weight for t in self.logvar_tables.values()] if self.variational else []
+        )
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        latent = {id(p) for p in self.latent_parameters()}
+        return [p for p in self.parameters() if id(p) not in latent]
+
+    @contextmanager
+    def networks_frozen(self):
+        """Inside, losses reach the latents but not decoders/encoders (used for held-out cells)."""
+        params = self.network_parameters()
+        saved = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, r in zip(params, saved):
+                p.requires_grad_(r)
+
+    # ------------------------------------------------------------------ pieces
+    def latents(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The cells' latents (the means of q when variational)."""
+        return self.shared_table(idx), {m: t(idx) for m, t in self.private_tables.items()}
+
+    def _log_variance(self, block: str, idx: torch.Tensor) -> torch.Tensor:
+        # bounded so that one wild row can neither vanish (exp underflow) nor swamp its decoder with noise
+        return self.logvar_tables[block](idx).clamp(-12.0, 4.0)
+
+    def perturbed(self, block: str, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """What the decoders read in training: a sample of q (variational) or z plus the fixed latent noise."""
+        if self.variational:
+            return z + torch.randn_like(z) * (0.5 * self._log_variance(block, idx)).exp()
+        return z + self.cfg.latent_noise * torch.randn_like(z)
+
+    @property
+    def prior_weight(self) -> float:
+        """The prior's weight: ``latent_l2`` (point latents) or the KL's, ``kl_weight`` on the scale of the
+        reconstruction terms (with ``features`` weights, all features' NLL over the smallest modality's count, so
+        ``kl_weight = 1`` makes stage 1 the ELBO over that count)."""
+        if not self.variational:
+            return self.cfg.latent_l2
+        if self.cfg.modality_weights == "features":
+            return self.cfg.kl_weight / min(s.n_features for s in self.specs.values())
+        return self.cfg.kl_weight
+
+    def prior_cost(self, block: str, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Per-cell pull of block latents to the prior, before ``prior_weight``: ``KL(q || N(0, I))`` or ``|z|^2``."""
+        if self.variational:
+            lv = self._log_variance(block, idx)
+            return 0.5 * (z.pow(2) + lv.exp() - 1.0 - lv).sum(1)
+        return z.pow(2).sum(1)
+
+    def encode(
+        self, m: str, batch: Batch, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Modality m's encoder on the batch's cells, or on its ``rows`` only (None = every cell)."""
+        x, lib = batch.x[m], batch.lib[m]
+        if rows is not None:
+            x, lib = x[rows], lib[rows]
+        return self.encoders[m](encoder_transform(self.specs[m], x, lib))
+
+    def fully_measured(self, batch: Batch) -> torch.Tensor:
+        """Indices of the batch's cells measured in every modality: those the joint encoder reads."""
+        return torch.stack([batch.mask[m] for m in self.modalities]).all(0).nonzero().squeeze(1)
+
+    def encode_joint(
+        self, batch: Batch, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The joint encoder on the batch's ``rows`` (cells measured in every modality): (shared, {m: private})."""
+        x = torch.cat(
+            [
+                encoder_transform(self.specs[m], batch.x[m][rows], batch.lib[m][rows])
+                for m in self.modalities
+            ],
+            dim=1,
+        )
+        parts = self.joint(x).split([self.cfg.shared_dim, *self.private_dims.values()], dim=1)
+        return parts[0], dict(zip(self.private_dims, parts[1:]))
+
+    def nll(self, m: str, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-cell NLL, averaged over features (``weights`` decide how modalities of different width add up)."""
+        lik = self.decoders[m].likelihood
+        return lik.cell_nll(raw, batch.x[m], batch.lib[m], batch.nz.get(m))
+
+    def decode_raw(self, m: str, z_shared, z_private, batch: Batch, shared_only: bool = False):
+        b = batch.batch
+        if shared_only:
+            return self.shared_decoders[m](z_shared, b)
+        return self.decoders[m](torch.cat([z_shared, z_private], dim=1), b)
+
+    @property
+    def shared_decoders_in_stage2(self) -> bool:
+        """Whether stage 2 fits the shared-only decoders (they do not shape the latents; see ModelConfig)."""
+        return self.cfg.shared_only_weight > 0 and self.cfg.shared_only_detach
+
+    def stage2_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """What stage 2 trains: the encoders and, when detached, the shared-only decoders."""
+        encoders = [self.encoders] + ([self.joint] if self.use_joint else [])
+        out = {"encoders": [p for e in encoders for p in e.parameters()]}
+        if self.shared_decoders_in_stage2:
+            out["shared_decoders"] = list(self.shared_decoders.parameters())
+        return out
+
+    def _shared_only_nll(
+        self, m: str, z_shared: torch.Tensor, batch: Batch, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean NLL of modality m's shared-only decoder over the cells that have m."""
+        return _masked_mean(
+            self.nll(m, self.decode_raw(m, z_shared, None, batch, shared_only=True), batch), mask
+        )
+
+    # ------------------------------------------------------------------ stage 1
+    def stage1_loss(self, batch: Batch, noise: bool = True, leakage: float = 1.0) -> LossOutput:
+        """The stage-1 objective for the batch's cells.
+
+        ``leakage`` multiplies both leakage-control weights; 0 leaves those terms out (``leakage_every``).
+        Leakage control (the two terms the ``apollo`` preset switches off):
+
+        - consistency: each modality's encoder must predict the shared latent from that modality alone;
+          anything in the shared latent that one modality cannot see (another's private factors) costs.
+        - independence: normalised HSIC between shared and each private latent; shared factors copied
+          into a private block make them dependent.
+        """
+        cfg = self.cfg
+        idx = batch.idx
+        z_s, z_p = self.latents(idx)
+        terms: dict[Term, torch.Tensor] = {}
+        zs_in = self.perturbed("shared", z_s, idx) if noise else z_s
+        total = self.prior_weight * self.prior_cost("shared", z_s, idx).mean()
+        k_shared = None
+        for m in self.modalities:
+            mask = batch.mask[m]
+            if not mask.any():
+                continue
+            w = self.weights[m]
+            zp = z_p[m]
+            zp_in = self.perturbed(m, zp, idx) if noise else zp
+            raw = self.decode_raw(m, zs_in, zp_in, batch)
+            rec = _masked_mean(self.nll(m, raw, batch), mask)
+            terms[Term(RECON, m)] = rec
+            total = (
+                total
+                + w * rec
+                + self.prior_weight * _masked_mean(self.prior_cost(m, zp, idx), mask)
+            )
+            if cfg.shared_only_weight > 0 and not self.shared_decoders_in_stage2:
+                rec_s = terms[Term(RECON_SHARED_ONLY, m)] = self._shared_only_nll(
+                    m, zs_in, batch, mask
+                )
+                total = total + cfg.shared_only_weight * w * rec_s
+            if leakage > 0 and cfg.consistency_weight > 0 and mask.sum() > 2:
+                rows = self._consistency_rows(mask)
+                pred_s, _ = self.encode(m, batch, rows)
+                cons = unexplained_fraction(z_s if rows is None else z_s[rows], pred_s)
+                terms[Term(CONSISTENCY, m)] = cons
+                total = total + leakage * cfg.consistency_weight * cons
+            if leakage > 0 and cfg.independence_weight > 0 and mask.sum() > 4:
+                if (
+                    mask.all()
+                ):  # the shared latent's Gram is the same for every fully measured modality
+                    k_shared = centred_rbf_gram(z_s) if k_shared is None else k_shared
+                    dep = normalised_hsic(z_s, zp, k_shared)
+                else:
+                    dep = normalised_hsic(z_s[mask], zp[mask])
+                terms[Term(INDEPENDENCE, m)] = dep
+                total = total + leakage * cfg.independence_weight * dep
+        return LossOutput(total, terms)
+
+    def leakage_factor(self, batch_idx: int) -> float:
+        """``stage1_loss``'s ``leakage`` for an epoch's ``batch_idx``-th batch under ``leakage_every``.
+
+        Keyed on the batch's place in its epoch, so a resumed run puts the terms on the same batches.
+        """
+        k = self.cfg.leakage_every
+        return float(k) if batch_idx % k == 0 else 0.0
+
+    def _consistency_rows(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """The rows whose consistency term is computed; None = every row (spares copying the batch)."""
+        k = self.cfg.consistency_cells
+        if mask.all() and not (k and mask.numel() > k):
+            return None
+        rows = mask.nonzero().squeeze(1)
+        if k and rows.numel() > k:
+            rows = rows[torch.randperm(rows.numel(), device=rows.device)[:k]]
+        return rows
+
+    # ------------------------------------------------------------------ stage 2
+    def stage2_loss(self, batch: Batch, noise: bool = True, recon: bool = False) -> LossOutput:
+        """Encoders regress the frozen stage-1 latents (scale-free), optionally plus reconstruction.
+
+        ``loss`` is the encoders' objective; ``shared_only`` (when ``shared_decoders_in_stage2``) the shared-only
+        decoders' NLL given the frozen shared latent. ``recon``: also report the full decoders' NLL of the encoder
+        latents (a held-out score that compares models of different latent sizes; ``loss`` does not).
+        """
+        cfg = self.cfg
+        with torch.no_grad():
+            z_s, z_p = self.latents(batch.idx)
+        terms: dict[Term, torch.Tensor] = {}
+        total = torch.zeros((), device=z_s.device)
+        shared_only = torch.zeros((), device=z_s.device)
+        recon_total = torch.zeros((), device=z_s.device)
+        zs_in = self.perturbed("shared", z_s, batch.idx) if noise else z_s
+        for m in self.modalities:
+            mask = batch.mask[m]
+            if self.shared_decoders_in_stage2 and mask.any():
+                rec_s = terms[Term(RECON_SHARED_ONLY, m)] = self._shared_only_nll(
+                    m, zs_in, batch, mask
+                )
+                shared_only = shared_only + cfg.shared_only_weight * self.weights[m] * rec_s
+            if not mask.any():
+                continue
+            s_hat, p_hat = self.encode(m, batch)
+            if mask.sum() >= 2:  # a fraction of variance needs two cells
+                err_s = unexplained_fraction(z_s[mask], s_hat[mask])
+                err_p = unexplained_fraction(z_p[m][mask], p_hat[mask])
+                terms[Term(LATENT_SHARED, m)] = err_s
+                terms[Term(LATENT_PRIVATE, m)] = err_p
+                total = total + err_s + err_p
+            if recon or cfg.stage2_recon_weight > 0:
+                rec = _masked_mean(
+                    self.nll(m, self.decode_raw(m, s_hat, p_hat, batch), batch), mask
+                )
+                terms[Term(RECON, m)] = rec
+                recon_total = recon_total + self.weights[m] * rec
+                if cfg.stage2_recon_weight > 0:
+                    total = total + cfg.stage2_recon_weight * rec
+        rows = self.fully_measured(batch) if self.use_joint else None
+        if rows is not None and rows.numel() >= 2:  # a fraction of variance needs two cells
+            s_hat, p_hat = self.encode_joint(batch, rows)
+            terms[Term(LATENT_SHARED, JOINT)] = err = unexplained_fraction(z_s[rows], s_hat)
+            total = total + err
+            for m in self.modalities:
+                terms[Term(LATENT_PRIVATE, f"{JOINT}:{m}")] = err = unexplained_fraction(
+                    z_p[m][rows], p_hat[m]
+                )
+                total = total + err
+        return LossOutput(
+            total,
+            terms,
+            shared_only if self.shared_decoders_in_stage2 else None,
+            recon_total if recon else None,
+        )
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def embed(self, batch: Batch, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Encoder latents: shared = mean of the available modalities' estimates; private from its own. With
+        ``joint_encoder``, cells measured in every modality take both from the joint encoder (unless ``modalities``
+        names a subset). Keys ``shared`` and ``private:<m>``; NaN where a cell lacks the data."""
+        use = [m for m in (modalities or self.modalities) if m in self.specs]
+        n = len(batch)
+        device = batch.idx.device
+        shared_sum = torch.zeros(n, self.cfg.shared_dim, device=device)
+        count = torch.zeros(n, 1, device=device)
+        out: dict[str, torch.Tensor] = {}
+        for m in self.modalities:
+            mask = batch.mask[m]
+            s_hat, p_hat = self.encode(m, batch)
+            if m in use:
+                shared_sum += s_hat * mask[:, None]
+                count += mask[:, None].float()
+            out[f"private:{m}"] = torch.where(
+                mask[:, None], p_hat, torch.full_like(p_hat, float("nan"))
+            )
+        out["shared"] = torch.where(
+            count > 0, shared_sum / count.clamp_min(1), torch.full_like(shared_sum, float("nan"))
+        )
+        rows = (
+            self.fully_measured(batch)
+            if self.use_joint and set(use) == set(self.modalities)
+            else None
+        )
+        if rows is not None and rows.numel():
+            s_hat, p_hat = self.encode_joint(batch, rows)
+            out["shared"][rows] = s_hat
+            for m in self.modalities:
+                out[f"private:{m}"][rows] = p_hat[m]
+        return out
+
+
+def _masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (v * mask).sum() / mask.sum().clamp_min(1)

@@ -1,0 +1,151 @@
+"""How the two stages are trained: ``TrainConfig``, the one place its defaults are written and checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from venncell.data.validate import VennCellInputError, check_range
+
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true", "64")
+PROGRESS_BARS = ("rich", "tqdm", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Training of both stages (``model.train(**fields)``, ``trainer.<field>=`` on the command line).
+
+    Parameters
+    ----------
+    stage1_epochs, stage2_epochs
+        Epochs of stage 1 (latents and decoders) and stage 2 (encoders).
+    batch_size
+        Cells per mini-batch.
+    lr_network, lr_latent, lr_encoder
+        Learning rates of the networks, of the per-cell latent tables (row-wise Adam: a row moves about ``lr`` per
+        epoch) and of the stage-2 encoders.
+    grad_clip
+        Clip of the networks' gradient norm (0 = off).
+    seed
+        Seed of every random draw of training (the model's own seed by default).
+    accelerator, devices, strategy, num_nodes, precision
+        Passed to ``lightning.Trainer``; ``strategy="ddp"`` shards stage 1's latent tables by rank.
+    process_group_backend, find_unused_parameters
+        DDP only: the process-group backend (None = nccl on GPU, gloo on CPU) and whether DDP looks for unused
+        parameters (the norm here: a rank's batch may lack a modality or training cells).
+    progress_bar
+        ``rich``, ``tqdm`` or ``none``.
+    log_every_n_steps, check_val_every_n_epoch
+        Logging interval (steps) and stage-2 validation interval (epochs).
+    limit_train_batches
+        Batches per epoch (None = all; a float = a fraction).
+    num_workers, pin_memory
+        Batch-assembly processes (in-memory data only) and page-locked batches (accelerators only).
+    num_threads
+        CPU threads of each training process. None: ``OMP_NUM_THREADS`` where set, else the cores no other
+        process is using (load), shared among this job's processes, at most 4, and 1 on a GPU
+        (``venncell.train.threads``). Latents are bitwise reproducible for a fixed count; another count changes
+        their last float digits.
+    trainer_kwargs
+        Further ``lightning.Trainer`` keywords.
+    """
+
+    stage1_epochs: int = 100
+    stage2_epochs: int = 40
+    batch_size: int = 128
+    lr_network: float = 1e-3
+    lr_latent: float = 3e-2
+    lr_encoder: float = 1e-3
+    grad_clip: float = 10.0
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    process_group_backend: str | None = None
+    find_unused_parameters: bool = True
+    precision: str = "32-true"
+    progress_bar: str = "rich"
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 5
+    limit_train_batches: Any = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    num_threads: int | None = None
+    trainer_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, low in (
+            ("stage1_epochs", 1),
+            ("stage2_epochs", 1),
+            ("batch_size", 2),
+            ("num_workers", 0),
+            ("num_nodes", 1),
+            ("log_every_n_steps", 1),
+            ("check_val_every_n_epoch", 1),
+            ("seed", 0),
+        ):
+            check_range(f"trainer.{name}", getattr(self, name), low, integer=True)
+        for name in ("lr_network", "lr_latent", "lr_encoder"):
+            check_range(f"trainer.{name}", getattr(self, name), 0.0)
+        check_range("trainer.grad_clip", self.grad_clip, 0.0)
+        if self.num_threads is not None:
+            check_range("trainer.num_threads", self.num_threads, 1, integer=True)
+        if str(self.precision) not in PRECISIONS:
+            raise VennCellInputError(
+                f"Config value trainer.precision={self.precision!r} must be one of {PRECISIONS}."
+            )
+        if self.progress_bar not in PROGRESS_BARS:
+            raise VennCellInputError(
+                f"Config value trainer.progress_bar={self.progress_bar!r} must be one of {list(PROGRESS_BARS)}."
+            )
+        if self.limit_train_batches is not None:
+            check_range("trainer.limit_train_batches", self.limit_train_batches, 0.0)
+        devices = self.devices
+        if not (
+            devices in ("auto", -1)
+            or (isinstance(devices, int) and not isinstance(devices, bool) and devices > 0)
+            or (
+                isinstance(devices, (list, tuple))
+                and devices
+                and all(isinstance(d, int) and d >= 0 for d in devices)
+            )
+        ):
+            raise VennCellInputError(
+                f"Config value trainer.devices={devices!r} must be a positive count, 'auto', or a "
+                "list of device indices."
+            )
+        if self.accelerator not in ("cpu", "gpu", "cuda", "mps", "tpu", "auto"):
+            raise VennCellInputError(
+                f"Config value trainer.accelerator={self.accelerator!r} must be one of cpu, gpu, cuda, mps, tpu, auto."
+            )
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> tuple[TrainConfig, dict]:
+        """A config from keyword arguments; keywords that are not fields are returned for ``lightning.Trainer``."""
+        known = {f.name for f in fields(cls)}
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in known}
+        return cls(**kwargs), extra
+
+
+# Named variants of the defaults: ``trainer=<name>`` on the command line.
+PRESETS = {
+    "default": {},
+    # a few epochs: tests and smoke runs
+    "fast": {
+        "stage1_epochs": 3,
+        "stage2_epochs": 2,
+        "progress_bar": "none",
+        "check_val_every_n_epoch": 1,
+    },
+    # multi-GPU data parallel (NCCL), stage 1's latent table sharded by rank (docs/scaling.md)
+    "ddp": {"accelerator": "gpu", "devices": "auto", "strategy": "ddp", "progress_bar": "tqdm"},
+    # DDP on CPU: 2 processes over gloo, for CI and for trying the distributed path without GPUs
+    "ddp_cpu": {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "process_group_backend": "gloo",
+        "progress_bar": "none",
+    },
+}

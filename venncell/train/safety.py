@@ -1,0 +1,150 @@
+"""What keeps a run's checkpoints trustworthy: stopping on SIGTERM / SIGINT at a safe point, refusing to resume a
+checkpoint of another run, and the fingerprint that tells them apart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+from venncell.data.validate import VennCellInputError
+
+log = logging.getLogger(__name__)
+FINGERPRINT_KEY = "venncell_fingerprint"
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (SIGTERM, SIGINT) after finishing its current step; the checkpoints of the
+    epochs before it are intact, and ``resume`` continues from them."""
+
+    def __init__(self, signum: int, run_dir: Path):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"Training stopped by {name}; its checkpoints are in {run_dir}/checkpoints. Continue with "
+            "resume=true (same run folder)."
+        )
+
+
+class StopOnSignal(Callback):
+    """Stops training at the end of the step during which a signal arrived."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.signum is not None:
+            raise _Stop()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        if self.signum is not None:
+            raise _Stop()
+
+
+class _Stop(BaseException):
+    """Raised inside Lightning's loop (a BaseException, so that Lightning tears the run down and re-raises it)."""
+
+
+@contextmanager
+def stop_on_signals(stopper: StopOnSignal, run_dir: Path):
+    """While training: SIGTERM and SIGINT only set a flag that ``stopper`` acts on at the next step boundary; then
+    ``TrainingInterrupted`` is raised. Outside the main thread signals cannot be caught, and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def note(signum, frame):
+        if stopper.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        stopper.signum = signum
+        log.warning("Received %s: stopping after the current step.", signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, note)
+    try:
+        yield
+    except (
+        _Stop,
+        SystemExit,
+    ):  # Lightning answers SIGTERM with SystemExit(None), which would exit 0
+        if stopper.signum is None:
+            raise
+        raise TrainingInterrupted(stopper.signum, run_dir) from None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if stopper.signum is not None:  # the signal came after the last step
+        raise TrainingInterrupted(stopper.signum, run_dir)
+
+
+def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
+    """What a checkpoint must agree with to be resumed: the model's configuration and data registry, the cells
+    (names and split) and the training settings that shape the optimisation (not the epoch counts or logging)."""
+    from dataclasses import asdict
+
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
+
+    settings = {
+        k: v
+        for k, v in asdict(train_cfg).items()
+        if k in ("batch_size", "lr_network", "lr_latent", "lr_encoder", "grad_clip", "seed")
+    }
+    cells = hashlib.sha256(
+        np.asarray(data.obs_names).astype(str).tobytes() + np.asarray(is_train).tobytes()
+    )
+    return {
+        "model": digest(asdict(module.cfg)),
+        "data": digest(data.registry.to_dict()),
+        "cells": cells.hexdigest()[:16],
+        "training": digest(settings),
+    }
+
+
+_WHAT = {
+    "model": "model settings (e.g. shared_dim)",
+    "data": "data (modalities, features or their statistics)",
+    "cells": "cells or validation split",
+    "training": "training settings (batch size, learning rates, seed)",
+}
+
+
+def check_resumable(saved: dict | None, current: dict, path: Path) -> None:
+    """A clear error when the checkpoint at ``path`` belongs to another run."""
+    if saved is None:
+        raise VennCellInputError(
+            f"Checkpoint {path} was not written by this version of VennCell (no fingerprint); "
+            "start afresh with resume=false in a new run folder."
+        )
+    differ = [_WHAT[k] for k in current if saved.get(k) != current[k]]
+    if differ:
+        raise VennCellInputError(
+            f"resume=true, but checkpoint {path} belongs to a run with other {' and other '.join(differ)}. Resume "
+            "with the same settings and data, or start afresh (resume=false) in a new run folder."
+        )
+
+
+def clear_stale_checkpoints(run_dir: Path) -> None:
+    """A fresh run (resume=false) in a folder holding an earlier run's checkpoints: they are removed, so that a
+    later resume cannot continue the earlier run."""
+    folder = Path(run_dir) / "checkpoints"
+    if folder.exists() and any(folder.rglob("*.ckpt")):
+        log.warning(
+            "%s holds checkpoints of an earlier run; starting afresh (resume=false), they are removed.",
+            folder,
+        )
+        shutil.rmtree(folder)
