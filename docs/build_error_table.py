@@ -84,20 +84,23 @@ def render(records: list[dict]) -> str:
     return "\n".join(head + rows) + "\n"
 
 
-def main(argv: list[str]) -> int:
-    files = argv or error_test_files()
+def recorded_run(variable: str, tests: list[str]) -> list[dict] | None:
+    """Run ``tests`` (one thread) with ``variable`` naming a JSON file the tests record into; its records, or None
+    when a test failed (nothing should then be written)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "catalogue.json"
-        env = dict(os.environ, VENNCELL_ERROR_TABLE=str(path), OMP_NUM_THREADS="1")
-        rc = subprocess.call(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
-            cwd=ROOT,
-            env=env,
-        )
-        if rc != 0:
+        path = Path(tmp) / "records.json"
+        env = dict(os.environ, **{variable: str(path)}, OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+        if subprocess.call(cmd, cwd=ROOT, env=env) != 0:
             print("some tests failed; the table is not written", file=sys.stderr)
-            return rc
-        records = json.loads(path.read_text())
+            return None
+        return json.loads(path.read_text())
+
+
+def main(argv: list[str]) -> int:
+    records = recorded_run("VENNCELL_ERROR_TABLE", argv or error_test_files())
+    if records is None:
+        return 1
     OUT.write_text(render(records))
     print(f"wrote {OUT} ({len(records)} records)")
     return 0

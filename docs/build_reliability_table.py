@@ -8,13 +8,10 @@ class and outcome, and rewrites the table between the two marker lines of docs/r
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
+
+from build_error_table import recorded_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "reliability.md"
@@ -42,19 +39,9 @@ def render(records: list[dict]) -> str:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "outcomes.json"
-        env = dict(os.environ, VENNCELL_HOSTILE_TABLE=str(path), OMP_NUM_THREADS="1")
-        test = "tests/model/test_hostile_inputs.py"
-        rc = subprocess.call(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-            cwd=ROOT,
-            env=env,
-        )
-        if rc != 0:
-            print("some hostile cases failed; the table is not written", file=sys.stderr)
-            return rc
-        records = json.loads(path.read_text())
+    records = recorded_run("VENNCELL_HOSTILE_TABLE", ["tests/model/test_hostile_inputs.py"])
+    if records is None:
+        return 1
     page = PAGE.read_text()
     table = render(records)
     if BEGIN in page:

@@ -73,7 +73,7 @@ def _loader(
     cfg: TrainConfig,
 ):
     """A stage's shuffled training batches of ``cfg.batch_size`` cells (per rank under DDP)."""
-    if trainer.world_size == 1:  # the single-process path stays bit-identical to earlier releases
+    if trainer.world_size == 1:  # one process owns every cell: no rank sharding
         return make_loader(
             data, indices, cfg.batch_size, True, seed, cfg.num_workers, cfg.pin_memory
         )
