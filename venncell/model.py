@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mudata as md
 import numpy as np
+import pandas as pd
 import torch
 
 from venncell.data.dataset import MultiModalData
@@ -617,6 +618,73 @@ class VennCell:
         self._require_trained()
         data = self._require_data("attribute features and markers")
         return attribute(self.module, data, self.mdata, self.is_train, markers, **kwargs)
+
+    def cell_modality_weights(
+        self, mdata: md.MuData | None = None, refine_epochs: int = 20, write_obs: bool = True
+    ) -> pd.DataFrame:
+        """Per cell, how much each modality determines its shared latent (weights summing to 1).
+
+        Each modality's encoder estimate of the shared latent is compared with the cell's latent fitted against
+        every decoder at once; the closer, the larger its weight (inverse squared distance, normalised;
+        ``venncell.analysis.cell_weights`` gives the rule). Noisy, uninformative or corrupted data of a modality in a
+        cell show as a low weight there.
+
+        Parameters
+        ----------
+        mdata
+            New cells (default: the training data, whose stage-1 latents are the reference).
+        refine_epochs
+            New cells only: epochs of test-time refinement that fit their reference latents.
+        write_obs
+            Store the weights as ``obs["venn_weight_<modality>"]`` of the cells' MuData.
+
+        Returns
+        -------
+        A cells x modalities DataFrame; a modality the cell lacks has weight 0.
+        """
+        from venncell.analysis.cell_weights import cell_modality_weights
+
+        self._require_trained()
+        data = self._data_for(mdata)
+        if mdata is None:
+            reference = stage1_latents(self.module, data)["shared"]
+        else:
+            reference = self.refine(mdata, epochs=refine_epochs)["shared"]
+        weights = cell_modality_weights(self.module, data, reference)
+        if write_obs:
+            target = self.mdata if mdata is None else mdata
+            for m in weights.columns:
+                target.obs[f"venn_weight_{m}"] = weights[m].to_numpy()
+        return weights
+
+    def plan_measurements(self, targets=None, features=None, **kwargs):
+        """Which modalities (and which features of a panel) to measure, and which the others predict.
+
+        For each target modality and each subset of the other modalities, the accuracy with which the subset
+        predicts every target feature on held-out cells, against what the model explains when the target is
+        measured; a verdict per feature (``predict``, ``measure`` or ``unexplained``) and per modality the
+        fraction of its explainable signal that is recoverable without measuring it
+        (``venncell.analysis.planner`` documents the rule).
+
+        Parameters
+        ----------
+        targets
+            Modalities to plan for (default: every one).
+        features
+            A panel of target features (e.g. the proteins of a planned panel); default: all.
+        **kwargs
+            ``PlanConfig`` fields (``predict_min``, ``min_r2``, ``n_boot``, ``max_cells``, ...).
+
+        Returns
+        -------
+        A ``PlanResult``: ``.summary`` (one row per target and source subset), ``.features[target]`` (ranked
+        per-feature table), ``.write(dir)`` for CSV and JSON.
+        """
+        from venncell.analysis.planner import plan_measurements
+
+        self._require_trained()
+        data = self._require_data("plan measurements")
+        return plan_measurements(self.module, data, self.is_train, targets, features, **kwargs)
 
 
 class _seeded:

@@ -30,7 +30,14 @@ def report_run(tmp_path_factory, helpers) -> Path:
         out / "attribution.json"
     ).exists()  # written by the train hook
     helpers.run_cli(
-        ["venncell-report", f"run_dir={out}", f"markers=[{','.join(MARKERS)}]", *QUICK]
+        [
+            "venncell-report",
+            f"run_dir={out}",
+            f"markers=[{','.join(MARKERS)}]",
+            "plan=true",
+            "planner.n_boot=20",
+            *QUICK,
+        ]
     )
     return out
 
@@ -50,6 +57,15 @@ def test_report_outputs(report_run):
         and "venn_private_fraction_hi" in mdata["rna"].var
     )
     assert (out / ".hydra" / "config.yaml").exists()  # the training run's own config is left alone
+    weights = pd.read_csv(out / "attribution_cell_weights.csv", index_col=0)
+    assert list(weights.columns) == ["rna", "protein", "atac"]
+    assert ((weights.sum(1) - 1).abs() < 1e-5).all()
+    plan = pd.read_csv(out / "plan_summary.csv")
+    assert len(plan) == 9  # 3 targets x 3 source subsets
+    # a fraction, or NaN where the (briefly trained) model explains none of the target's features
+    assert (plan["recoverable"].between(0, 1) == (plan["n_explained"] > 0)).all(), plan
+    protein = pd.read_csv(out / "plan_features_protein.csv", index_col=0)
+    assert set(protein["verdict"]) <= {"predict", "measure", "unexplained"}
 
 
 def test_unknown_marker_is_a_clear_error(report_run, helpers):
@@ -75,8 +91,9 @@ def test_report_html_embeds_decodable_figures(report_run):
         "<script" not in html and "http://" not in html and "https://" not in html
     )  # self-contained
     images = re.findall(r"<img[^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    # Venn summary, feature scatter, marker heatmap, UMAP grid
-    assert len(images) == len(re.findall(r"<img", html)) == 4
+    # Venn summary, feature scatter, marker heatmap, UMAP grid, recoverable fractions
+    assert len(images) == len(re.findall(r"<img", html)) == 5
+    assert "Measure or predict" in html
     for b64 in images:
         pixels = _png(base64.b64decode(b64))
         assert pixels.shape[0] > 50 and pixels.shape[1] > 50

@@ -159,16 +159,16 @@ def test_summary_cli_maximize_and_failed_run(optuna_sweep, tmp_path, capsys):
 
 
 def test_failed_jobs_are_listed(tmp_path, helpers):
-    # job 0 fails inside Lightning, job 1 on a VennCell input error; both are recorded by the callback that
-    # conf/config.yaml switches on, and the first failure does not stop the second job
+    # job 0 fails on a bad setting (checked before the data are read), job 1 on an unknown dataset; both are
+    # recorded by the callback that conf/config.yaml switches on, and the first failure does not stop the second
     res = helpers.run_cli(
         [
             "venncell-train",
             "-m",
             *helpers.TINY_CLI,
             "logger=none",
-            "data.name=synthetic,bogus",
-            "trainer.accelerator=bogus",
+            "trainer.accelerator=bogus,cpu",
+            "data.name=bogus",
             f"hydra.sweep.dir={tmp_path}",
         ],
         ok=False,

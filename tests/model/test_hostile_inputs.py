@@ -96,7 +96,7 @@ MAGNITUDES = st.sampled_from(
         "empty_cell",
     ]
 )
-LAYOUTS = st.sampled_from(["dense", "csr", "csc", "coo"])
+LAYOUTS = st.sampled_from(["dense", "csr", "csc"])  # anndata itself refuses COO
 NAMES = st.sampled_from(
     ["unique", "duplicate_features", "duplicate_cells", "empty_name", "numeric"]
 )
@@ -106,7 +106,10 @@ def _matrix(rng, n, f, dtype, magnitude, layout):
     x = rng.poisson(3.0, (n, f)).astype(np.float64) + (
         np.arange(f)[None, :] == 0
     )  # counts, no empty cell
-    if magnitude == "tiny":
+    if x.size == 0 or n < 4:
+        # no room to place the oddity; such data is refused as too small whatever it holds
+        pass
+    elif magnitude == "tiny":
         x = x * 1e-30
     elif magnitude == "huge":
         x = x * 1e6
@@ -128,7 +131,7 @@ def _matrix(rng, n, f, dtype, magnitude, layout):
         warnings.simplefilter("ignore")
         x = x.astype(dtype)
     if layout != "dense" and dtype not in ("object", "bool", "complex64", "float16"):
-        x = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "coo": sp.coo_matrix}[layout](x)
+        x = {"csr": sp.csr_matrix, "csc": sp.csc_matrix}[layout](x)
     return x
 
 

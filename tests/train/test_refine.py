@@ -40,9 +40,14 @@ def test_refinement_lowers_nll_and_keeps_every_weight(trained):
     ref = model.refine(new, epochs=15)
     nll_enc = reconstruction_nll(model.module, data, enc)
     nll_ref = reconstruction_nll(model.module, data, ref)
+    # Refinement lowers the objective it optimises, the modality-weighted NLL, by a real amount; one
+    # modality may give a little ground to the others, never much.
+    w = {m: float(model.module.weights[m]) for m in MODS}
+    total_enc = sum(w[m] * nll_enc[m] for m in MODS)
+    total_ref = sum(w[m] * nll_ref[m] for m in MODS)
+    assert total_ref < 0.99 * total_enc, (nll_enc, nll_ref, w)
     for m in MODS:
-        assert nll_ref[m] < nll_enc[m], (m, nll_enc, nll_ref)
-    assert sum(nll_ref.values()) < sum(nll_enc.values()) - 0.01  # a real move, not rounding
+        assert nll_ref[m] < 1.02 * nll_enc[m], (m, nll_enc, nll_ref)
     after = model.module.state_dict()
     assert before.keys() == after.keys()
     for k in before:  # networks and the training cells' latent tables alike

@@ -56,6 +56,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from venncell.analysis.cell_weights import cell_modality_weights
 from venncell.analysis.directions import dimension_view
 from venncell.analysis.features import (
     feature_attribution,
@@ -73,7 +74,7 @@ from venncell.analysis.markers import (
 from venncell.analysis.probes import PROBES
 from venncell.analysis.writers import AttributionResult, concat_frames
 from venncell.data.validate import VennCellInputError
-from venncell.module.embed import embed_cells
+from venncell.module.embed import embed_cells, stage1_latents
 
 
 @dataclass
@@ -191,6 +192,9 @@ def attribute(
             bar.advance(task, len(group))
         bar.update(task, description="latent dimensions")
         dims = dimension_view(data, is_train, idx, lat, cfg)
+        weights = cell_modality_weights(
+            module, data, stage1_latents(module, data)["shared"][idx], idx
+        )
         bar.advance(task)
     if write_var:
         write_var_columns(mdata, features)
@@ -204,6 +208,7 @@ def attribute(
         dimensions=dims,
         obs_names=data.obs_names[idx],
         marker_values={mk.name: mk.values for mk in resolved},
+        cell_weights=weights,
         latents={b: lat[b] for b in ["shared"] + [f"private:{m}" for m in mods]},
     )
 

@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from venncell.analysis.attribution import AttributionResult
 from venncell.analysis.features import venn_regions
+from venncell.analysis.plan_report import plan_section
 
 COLORS = {"shared": "#3b75af", "private": "#ef8636", "unexplained": "#d0d0d0"}
 MAX_UMAP_MARKERS = 8
@@ -38,17 +39,22 @@ def write_report(
     path: str | Path,
     title: str = "VennCell attribution report",
     umap: bool = True,
+    plan=None,
 ) -> Path:
-    """Render ``result`` to ``path`` (written whole: temporary file, then rename)."""
+    """Render ``result`` (and a ``PlanResult``, if given) to ``path`` (written whole: temporary file, then
+    rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(result, title=title, umap=umap), encoding="utf-8")
+    tmp.write_text(render_html(result, title=title, umap=umap, plan=plan), encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
 def render_html(
-    result: AttributionResult, title: str = "VennCell attribution report", umap: bool = True
+    result: AttributionResult,
+    title: str = "VennCell attribution report",
+    umap: bool = True,
+    plan=None,
 ) -> str:
     cfg = result.config
     parts = [
@@ -76,13 +82,21 @@ def render_html(
             _img(_fig_markers(result)),
         ]
     if umap:
-        parts += ["<h2>Latent blocks (UMAP)</h2>", _img(_fig_umaps(result))]
+        parts += [
+            "<h2>Latent blocks (UMAP)</h2>",
+            "<p class='note'>Coloured by each marker and by each modality's per-cell weight in the shared "
+            "latent (<i>weight: m</i>; its encoder's estimate against the cell's fitted latent, normalised "
+            "inverse squared distance; <code>model.cell_modality_weights()</code>).</p>",
+            _img(_fig_umaps(result)),
+        ]
     parts += [
         "<h2>Latent dimensions</h2>",
         "<p class='note'>Principal components of each latent block on held-out cells and the features most "
         "correlated with each (Pearson r; counts on log1p-per-10k scale).</p>",
         _dimension_table(result),
     ]
+    if plan is not None:
+        parts.append(plan_section(plan, _img))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -329,7 +343,10 @@ def _umap(x: np.ndarray, seed: int) -> np.ndarray:
 
 def _fig_umaps(result: AttributionResult):
     blocks = list(result.latents)
-    markers = list(result.marker_values)[:MAX_UMAP_MARKERS] or [None]
+    values = {k: result.marker_values[k] for k in list(result.marker_values)[:MAX_UMAP_MARKERS]}
+    if result.cell_weights is not None:  # each modality's per-cell weight in the shared latent
+        values.update({f"weight: {m}": w.to_numpy() for m, w in result.cell_weights.items()})
+    markers = list(values) or [None]
     fig = Figure(figsize=(3.2 * len(markers), 3.0 * len(blocks)))
     axes = fig.subplots(len(blocks), len(markers), squeeze=False)
     for i, block in enumerate(blocks):
@@ -338,7 +355,7 @@ def _fig_umaps(result: AttributionResult):
         coords = _umap(x[ok], result.config.seed) if ok.sum() > 3 else np.zeros((ok.sum(), 2))
         for j, name in enumerate(markers):
             ax = axes[i][j]
-            _scatter(ax, coords, None if name is None else result.marker_values[name][ok])
+            _scatter(ax, coords, None if name is None else values[name][ok])
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
                 ax.set_title(name or "", fontsize=9)

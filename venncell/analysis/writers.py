@@ -27,6 +27,8 @@ class AttributionResult:
     obs_names: np.ndarray = field(repr=False, default=None)
     latents: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     marker_values: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    # Per analysed cell, each modality's weight in its shared latent (venncell.analysis.cell_weights).
+    cell_weights: pd.DataFrame | None = field(repr=False, default=None)
 
     def to_dict(self) -> dict:
         """JSON-ready summary (per-feature tables are in the CSVs only: they can be large)."""
@@ -53,6 +55,10 @@ class AttributionResult:
                 "attribution_dimensions.csv": self.dimensions,
             }
         )
+        if self.cell_weights is not None:
+            tables["attribution_cell_weights.csv"] = self.cell_weights.rename_axis(
+                "cell"
+            ).reset_index()
         written = []
         for name, df in tables.items():
             written.append(

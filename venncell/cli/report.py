@@ -24,14 +24,20 @@ def write_run_report(
     markers=None,
     umap: bool = True,
     save_h5mu: bool = False,
+    plan: dict | None = None,
     **attribution_kwargs,
 ):
-    """Attribution of ``model`` on its training data, written into ``run_dir``; returns the result."""
+    """Attribution of ``model`` on its training data, written into ``run_dir``, and with ``plan`` (``PlanConfig``
+    fields) the measure-or-predict plan too; returns the attribution result."""
     from venncell.analysis.report import write_report
 
     result = model.attribution(markers, **attribution_kwargs)
     result.write(run_dir)
-    write_report(result, run_dir / "report.html", umap=umap)
+    planned = None
+    if plan is not None:
+        planned = model.plan_measurements(**plan)
+        planned.write(run_dir)
+    write_report(result, run_dir / "report.html", umap=umap, plan=planned)
     if save_h5mu:
         atomic_write_h5mu(model.mdata, run_dir / "venn.h5mu")
     log.info("Wrote %s", run_dir / "report.html")
@@ -61,6 +67,7 @@ def run_report(cfg: DictConfig):
         markers,
         umap=cfg.umap,
         save_h5mu=cfg.write_h5mu,
+        plan=OmegaConf.to_container(cfg.planner, resolve=True) if cfg.plan else None,
         **OmegaConf.to_container(cfg.attribution, resolve=True),
     )
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from venncell.analysis.attribution import AttributionConfig
+from venncell.analysis.planner import PlanConfig
 from venncell.data.validate import VennCellInputError, check_range
 from venncell.module.config import PRESETS as MODEL_PRESETS
 from venncell.module.config import ModelConfig
@@ -79,6 +80,8 @@ class ReportConfig:
     umap: bool = True
     write_h5mu: bool = True
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    plan: bool = False  # also the measure-or-predict plan (plan_*.csv, a report section)
+    planner: PlanConfig = field(default_factory=PlanConfig)
 
 
 def register_configs() -> None:

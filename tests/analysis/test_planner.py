@@ -1,0 +1,122 @@
+"""The measure-or-predict planner on synthetic ground truth: features driven only by a modality's private factors
+must come out "measure", those driven only by shared factors "predict"; and its tables, options and errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from venncell import VennCell, make_synthetic
+from venncell.data.validate import VennCellInputError, VennCellInputWarning
+
+MODS = {"rna": 150, "protein": 30, "atac": 150}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    mdata, _ = make_synthetic(n_cells=1200, modalities=dict(MODS), seed=1)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=8, private_dim=4, seed=0, validation_fraction=0.2)
+    model.train(
+        run_dir=tmp_path_factory.mktemp("plan"),
+        stage1_epochs=50,
+        stage2_epochs=15,
+        batch_size=128,
+        progress_bar="none",
+    )
+    return model, mdata
+
+
+@pytest.fixture(scope="module")
+def plan(trained):
+    return trained[0].plan_measurements(n_boot=50)
+
+
+def test_pure_features_get_the_right_verdict(trained, plan):
+    """>= 90 % of the features with a known answer are right in every modality (shared-driven: predict,
+    private-driven: measure); an untrained model or a planner reading the wrong decoder fails this."""
+    _, mdata = trained
+    for t, df in plan.features.items():
+        driver = mdata[t].var.loc[df.index, "true_driver"].astype(str)
+        known = driver.isin(["shared", "private"])
+        truth = np.where(driver[known] == "shared", "predict", "measure")
+        accuracy = float((df.loc[known, "verdict"].to_numpy() == truth).mean())
+        assert accuracy >= 0.9, (t, accuracy, pd.crosstab(driver, df["verdict"]))
+        # and the recoverable fractions themselves are far apart, not just on either side of the threshold
+        rec = df.groupby(driver)["recoverable"].median()
+        assert rec["shared"] > 0.75 and rec["private"] < 0.15, (t, rec)
+
+
+def test_summary_and_feature_tables(plan):
+    s = plan.summary
+    assert plan.cells == "held-out" and (s["n_cells"] == plan.n_cells).all()
+    # each target from each non-empty subset of the others: 3 targets x 3 subsets
+    assert len(s) == 9 and set(s["target"]) == set(MODS)
+    assert set(s.loc[s["target"] == "protein", "sources"]) == {"rna", "atac", "atac+rna"}
+    assert (s["recoverable_lo"] <= s["recoverable"] + 1e-12).all()
+    assert (s["recoverable"] <= s["recoverable_hi"] + 1e-12).all()
+    np.testing.assert_allclose(s["lost"], 1 - s["recoverable"])
+    # pure-private features are a fifth of each modality, so a large part of every modality is lost
+    assert ((s["lost"] > 0.1) & (s["lost"] < 0.9)).all(), s
+    for t, df in plan.features.items():
+        assert len(df) == MODS[t] and list(df["rank"]) == list(range(1, MODS[t] + 1))
+        assert df["r2_predicted"].is_monotonic_decreasing
+        assert set(df["verdict"]) <= {"predict", "measure", "unexplained"}
+        # the best subset's R^2 is the row's predicted R^2
+        best = [df.loc[f, f"r2_from_{src}"] for f, src in df["best_source"].items()]
+        np.testing.assert_allclose(df["r2_predicted"], best)
+        assert df[[c for c in df if c.startswith("pearson_from_")]].abs().max().max() <= 1
+
+
+def test_a_panel_and_its_file_outputs(trained, tmp_path):
+    model, mdata = trained
+    panel = list(mdata["protein"].var_names[:5])
+    plan = model.plan_measurements(
+        targets="protein", features=panel[:3] + [f"protein:{panel[3]}"], n_boot=5
+    )
+    assert list(plan.features) == ["protein"]
+    assert sorted(plan.features["protein"].index) == sorted(panel[:4])
+    written = {p.name for p in plan.write(tmp_path)}
+    assert written == {"plan.json", "plan_summary.csv", "plan_features_protein.csv"}
+    assert json.loads((tmp_path / "plan.json").read_text())["cells"] == "held-out"
+    back = pd.read_csv(tmp_path / "plan_features_protein.csv", index_col=0)
+    assert list(back.index) == list(plan.features["protein"].index)
+
+
+def test_planner_errors_name_the_problem(trained):
+    model, _ = trained
+    with pytest.raises(VennCellInputError, match="targets \\['hic'\\]"):
+        model.plan_measurements(targets=["hic"])
+    with pytest.raises(VennCellInputError, match="None of the panel features"):
+        model.plan_measurements(targets="protein", features=["CD4"])
+    with pytest.raises(VennCellInputError, match="Unknown planner option"):
+        model.plan_measurements(predict_minimum=0.5)
+    with pytest.raises(VennCellInputError, match="predict_min"):
+        model.plan_measurements(predict_min=1.5)
+
+
+def test_in_sample_fallback_is_flagged(tmp_path):
+    mdata, _ = make_synthetic(n_cells=200, modalities={"rna": 30, "protein": 10}, seed=2)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=3, private_dim=2, seed=0, validation_fraction=0.0)
+    model.train(run_dir=tmp_path, stage1_epochs=2, stage2_epochs=1, progress_bar="none")
+    with pytest.warns(VennCellInputWarning, match="validation_fraction"):
+        plan = model.plan_measurements(n_boot=5)
+    assert plan.cells == "training (in-sample)" and plan.n_cells == 200
+    # cells missing a modality are left out: every subset is scored on the same cells
+    partial = mdata.copy()
+    partial.mod["protein"] = partial["protein"][:5].copy()
+    partial.update()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VennCellInputWarning)
+        with pytest.raises(VennCellInputError, match="Only 5 cells have every modality"):
+            VennCell.load(_saved(model, tmp_path), partial).plan_measurements()
+
+
+def _saved(model, tmp_path):
+    model.save(tmp_path / "m")
+    return tmp_path / "m"

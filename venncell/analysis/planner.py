@@ -1,0 +1,319 @@
+"""Which modalities to measure and which to predict: how much of each modality a trained model recovers from the
+others, per feature and in total, on cells the networks never trained on.
+
+For a target modality ``t`` and each non-empty subset ``S`` of the other modalities, the shared latent is embedded
+by the encoders of ``S`` alone and ``t``'s shared-only decoder predicts ``t`` from it -- what
+``VennCell.predict_modality(source=S, target=t)`` returns. Everything is on the decoders' normalised scale (see
+``venncell.analysis.features``).
+
+Per feature of ``t``
+    ``r2_measured``: explained variance of the full decoder at the cell's own latents, every modality measured;
+    the part of the feature the model can explain at all (the rest is noise to it). ``r2_from_<S>`` and
+    ``pearson_from_<S>``: accuracy of the prediction from ``S``. ``recoverable``:
+    ``r2_predicted / r2_measured`` (clipped to [0, 1]) for the best subset -- the fraction of the explainable
+    signal that a future experiment keeps without measuring ``t``. Percentile bootstrap CIs over cells.
+
+Verdict (``PlanConfig`` thresholds)
+    * ``unexplained`` -- ``r2_measured < min_r2``: the model explains too little of it to say.
+    * ``predict`` -- ``recoverable >= predict_min``: most of its explainable signal is shared with ``S``.
+    * ``measure`` -- otherwise: most of it is private to ``t`` (or to ``t`` and modalities outside ``S``).
+
+Per modality (summary rows, one per target and subset)
+    ``recoverable``: mean ``r2_from_S`` over mean ``r2_measured``, over the features the model explains, with a
+    bootstrap CI; ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the pooled R^2 and the
+    number of features in each verdict.
+
+Cells are the held-out (validation) cells that have every modality, so every subset is scored on the same cells;
+without enough of them, the training cells (in-sample, flagged in the result).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from venncell.analysis.features import _normalised_observed
+from venncell.analysis.probes import boot_weights, with_ci
+from venncell.analysis.writers import _records, atomic_write_text
+from venncell.data.validate import VennCellInputError, VennCellInputWarning
+from venncell.module.embed import embed_cells
+
+MIN_HELD_OUT = 50  # fewer held-out cells than this give CIs too wide to plan with; fall back to training cells
+
+
+@dataclass
+class PlanConfig:
+    """Knobs of ``VennCell.plan_measurements``; the verdict rule is in the module docstring."""
+
+    predict_min: float = 0.5  # recoverable fraction from which a feature is "predict"
+    min_r2: float = 0.05  # r2_measured below this: "unexplained"
+    n_boot: int = 200
+    ci: float = 0.95
+    max_cells: int = 3000  # random subsample of the cells scored (0 = all)
+    max_subset: int = 3  # largest source subset scored (2^M subsets grow fast)
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("predict_min", "min_r2", "ci"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise VennCellInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
+        if self.n_boot < 1 or self.max_subset < 1 or self.max_cells < 0:
+            raise VennCellInputError("n_boot and max_subset must be >= 1, max_cells >= 0.")
+
+
+@dataclass
+class PlanResult:
+    """Per-target feature tables and the per-(target, sources) summary; ``write`` saves them as CSV and JSON."""
+
+    config: PlanConfig
+    features: dict[str, pd.DataFrame]
+    summary: pd.DataFrame
+    cells: str  # "held-out" or "training (in-sample)"
+    n_cells: int
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "cells": self.cells,
+            "n_cells": self.n_cells,
+            "summary": _records(self.summary),
+        }
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """``plan.json``, ``plan_summary.csv`` and ``plan_features_<target>.csv``, each written whole."""
+        import json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [atomic_write_text(out / "plan_summary.csv", self.summary.to_csv(index=False))]
+        for t, df in self.features.items():
+            written.append(atomic_write_text(out / f"plan_features_{t}.csv", df.to_csv()))
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        written.append(atomic_write_text(out / "plan.json", text))
+        return written
+
+
+def source_name(subset: tuple[str, ...]) -> str:
+    """``rna+atac`` style name of a subset (sorted, joined by ``+``, as the Venn regions are named)."""
+    return "+".join(sorted(subset))
+
+
+def plan_measurements(
+    module,
+    data,
+    is_train: np.ndarray,
+    targets: list[str] | None = None,
+    features: list[str] | None = None,
+    **kwargs,
+) -> PlanResult:
+    """Measure-or-predict tables of a trained module (module docstring).
+
+    Parameters
+    ----------
+    module, data, is_train
+        The trained ``VennModule``, its training data and which cells trained the networks.
+    targets
+        Modalities to plan for (default: every one).
+    features
+        A panel: only these features of the targets (e.g. the proteins of a planned panel); default all.
+    **kwargs
+        ``PlanConfig`` fields.
+    """
+    cfg = _make_config(kwargs)
+    mods = list(data.specs)
+    if len(mods) < 2:
+        raise VennCellInputError(
+            "Planning needs two or more modalities: one to predict and one to predict it from."
+        )
+    targets = mods if targets is None else [targets] if isinstance(targets, str) else list(targets)
+    unknown = [t for t in targets if t not in mods]
+    if unknown:
+        raise VennCellInputError(f"targets {unknown} are not modalities of the model ({mods}).")
+    rng = np.random.default_rng(cfg.seed)
+    cells, where = _cells(data, is_train, mods, cfg, rng)
+    weights = boot_weights(len(cells), cfg.n_boot, rng)
+    own = embed_cells(module, data, cells)
+    tables, summary = {}, []
+    for t in targets:
+        keep = _panel(data.specs[t], features, t)
+        others = [m for m in mods if m != t]
+        subsets = [
+            s
+            for k in range(1, min(cfg.max_subset, len(others)) + 1)
+            for s in combinations(others, k)
+        ]
+        shared_from = {
+            source_name(s): embed_cells(module, data, cells, modalities=list(s))["shared"]
+            for s in subsets
+        }
+        acc = _error_sums(module, data, t, cells, own, shared_from, weights, keep)
+        table, rows = _tables(t, acc, data.specs[t].features, keep, cfg, len(cells))
+        tables[t] = table
+        summary += rows
+    return PlanResult(
+        config=cfg,
+        features=tables,
+        summary=pd.DataFrame(summary),
+        cells=where,
+        n_cells=len(cells),
+    )
+
+
+def _make_config(kwargs: dict) -> PlanConfig:
+    known = {f.name for f in fields(PlanConfig)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise VennCellInputError(f"Unknown planner option(s) {unknown}; valid: {sorted(known)}.")
+    return PlanConfig(**kwargs)
+
+
+def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
+    complete = np.logical_and.reduce([data.present(m) for m in mods])
+    held_out = np.flatnonzero(complete & ~np.asarray(is_train, bool))
+    if len(held_out) >= MIN_HELD_OUT:
+        cells, where = held_out, "held-out"
+    else:
+        cells, where = np.flatnonzero(complete), "training (in-sample)"
+        warnings.warn(
+            f"Only {len(held_out)} held-out cells have every modality; the plan is scored on the training "
+            "cells and so flatters prediction. Train with validation_fraction > 0 (e.g. 0.1) for held-out "
+            "accuracies.",
+            VennCellInputWarning,
+            stacklevel=3,
+        )
+    if len(cells) < 10:
+        raise VennCellInputError(
+            f"Only {len(cells)} cells have every modality ({mods}); planning compares modalities on the same "
+            "cells and needs at least 10."
+        )
+    if 0 < cfg.max_cells < len(cells):
+        cells = np.sort(rng.choice(cells, cfg.max_cells, replace=False))
+    return cells, where
+
+
+def _panel(spec, features, t) -> np.ndarray:
+    """Indices of the target's features in the panel (all when no panel is given)."""
+    if features is None:
+        return np.arange(spec.n_features)
+    names = [f.split(":", 1)[1] if f.startswith(f"{t}:") else f for f in features]
+    pos = {f: j for j, f in enumerate(spec.features)}
+    keep = [pos[f] for f in names if f in pos]
+    if not keep:
+        raise VennCellInputError(
+            f"None of the panel features {list(features)[:5]} is a feature of '{t}'; name features of the "
+            f"target (e.g. {list(spec.features[:3])})."
+        )
+    return np.asarray(keep)
+
+
+@torch.no_grad()
+def _error_sums(module, data, t, cells, own, shared_from, weights, keep) -> dict[str, np.ndarray]:
+    """Bootstrap-weighted sums (rows: point estimate + draws) of y, y^2 and each estimate's squared error, and
+    point sums for the Pearson correlations; chunked so no cells x features error array is held."""
+    spec = data.specs[t]
+    full_dec, shared_dec = module.decoders[t], module.shared_decoders[t]
+    lik = full_dec.likelihood
+    acc: dict[str, np.ndarray] = {}
+
+    def add(key, value):
+        acc[key] = acc.get(key, 0.0) + value
+
+    module.eval()
+    for start in range(0, len(cells), 1024):
+        rows = np.arange(start, min(start + 1024, len(cells)))
+        batch = data.get(cells[rows])
+        y = _normalised_observed(spec, batch.x[t], batch.lib[t]).double().numpy()[:, keep]
+        w = weights[:, rows]
+        add("sy", w @ y)
+        add("syy", w @ y**2)
+        zs = torch.as_tensor(own["shared"][rows])
+        zp = torch.as_tensor(own[f"private:{t}"][rows])
+        preds = {"measured": lik.normalised_mean(full_dec(torch.cat([zs, zp], 1), batch.batch))}
+        for s, z in shared_from.items():
+            preds[s] = lik.normalised_mean(shared_dec(torch.as_tensor(z[rows]), batch.batch))
+        for name, p in preds.items():
+            p = p.double().numpy()[:, keep]
+            add(f"sse:{name}", w @ (y - p) ** 2)
+            add(f"sp:{name}", p.sum(0))
+            add(f"spp:{name}", (p**2).sum(0))
+            add(f"syp:{name}", (y * p).sum(0))
+    return acc
+
+
+def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
+    sst = acc["syy"] - acc["sy"] ** 2 / n  # (1 + n_boot) x features
+    sources = [k[4:] for k in acc if k.startswith("sse:") and k != "sse:measured"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = {
+            s: np.where(sst > 0, 1.0 - acc[f"sse:{s}"] / sst, np.nan)
+            for s in ["measured", *sources]
+        }
+        pearson = {s: _pearson(acc, s, n) for s in sources}
+    # the best subset per feature, chosen on the point estimate and kept fixed across bootstrap draws
+    stacked = np.stack([r2[s][0] for s in sources])
+    best = np.nanargmax(np.where(np.isnan(stacked), -np.inf, stacked), axis=0)
+    cols = np.arange(len(keep))
+    pred = np.stack([r2[s] for s in sources])[best, :, cols].T  # (1 + n_boot) x features
+    measured = r2["measured"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recoverable = np.clip(pred / measured, 0.0, 1.0)
+    recoverable[:, ~(measured[0] > 0)] = np.nan
+    table = {"r2_measured": measured[0]}
+    table.update(with_ci("r2_predicted", pred, cfg.ci))
+    table["best_source"] = np.asarray(sources, dtype=object)[best]
+    table.update(with_ci("recoverable", recoverable, cfg.ci))
+    verdict = np.where(
+        ~(measured[0] >= cfg.min_r2),
+        "unexplained",
+        np.where(recoverable[0] >= cfg.predict_min, "predict", "measure"),
+    )
+    table["verdict"] = verdict
+    for s in sources:
+        table[f"r2_from_{s}"] = r2[s][0]
+        table[f"pearson_from_{s}"] = pearson[s]
+    df = pd.DataFrame(table, index=pd.Index(np.asarray(names)[keep], name="feature"))
+    df = df.sort_values("r2_predicted", ascending=False)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+
+    explained = measured[0] >= cfg.min_r2
+    rows = []
+    for s in sources:
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # no explained feature: NaN rows
+            frac = np.clip(
+                np.nanmean(r2[s][:, explained], 1) / np.nanmean(measured[:, explained], 1), 0, 1
+            )
+            own_frac = np.clip(r2[s][0] / measured[0], 0, 1)
+            rows.append(
+                {
+                    "target": t,
+                    "sources": s,
+                    "n_cells": n,
+                    "n_features": len(keep),
+                    "n_explained": int(explained.sum()),
+                    "mean_r2_measured": float(np.nanmean(measured[0, explained])),
+                    "mean_r2_predicted": float(np.nanmean(r2[s][0, explained])),
+                    "pooled_r2_predicted": float(1.0 - acc[f"sse:{s}"][0].sum() / sst[0].sum()),
+                    **{k: float(v) for k, v in with_ci("recoverable", frac, cfg.ci).items()},
+                    "lost": float(1.0 - frac[0]),
+                    "n_predict": int((explained & (own_frac >= cfg.predict_min)).sum()),
+                    "n_measure": int((explained & ~(own_frac >= cfg.predict_min)).sum()),
+                }
+            )
+    return df, rows
+
+
+def _pearson(acc, s, n) -> np.ndarray:
+    sy, syy = acc["sy"][0], acc["syy"][0]
+    sp, spp, syp = acc[f"sp:{s}"], acc[f"spp:{s}"], acc[f"syp:{s}"]
+    cov = syp - sy * sp / n
+    var = (syy - sy**2 / n) * (spp - sp**2 / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(var > 0, cov / np.sqrt(var), np.nan)
