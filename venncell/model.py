@@ -31,7 +31,7 @@ from venncell.data.registry import (
 from venncell.data.split import validation_split
 from venncell.data.validate import VennCellInputError, check_range
 from venncell.module.config import ModelConfig
-from venncell.module.embed import embed_cells, pick_block, stage1_latents
+from venncell.module.embed import embed_cells, obsm_names, pick_block, stage1_latents
 from venncell.module.init import init_likelihoods, spectral_init
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
@@ -148,7 +148,12 @@ class VennCell:
         init_likelihoods(self.module, self.data, seed=seed)
         if self.config.latent_init == "spectral":
             start = spectral_init(
-                self.data, self.config.shared_dim, self.module.private_dims, seed=seed
+                self.data,
+                self.config.shared_dim,
+                self.module.private_dims,
+                seed=seed,
+                regions=self.module.regions,
+                region_dims=self.module.region_dims,
             )
             if start is not None:
                 self.module.set_latents(*start)
@@ -316,7 +321,7 @@ class VennCell:
             )
         else:
             raise VennCellInputError(f"source must be 'encoder' or 'stage1', got {source!r}.")
-        return pick_block(lat, block, list(self.specs))
+        return pick_block(lat, block, list(self.specs), list(self.module.regions))
 
     def refine(
         self,
@@ -432,8 +437,9 @@ class VennCell:
         modalities: list[str] | None = None,
         refine_epochs: int = 0,
     ) -> md.MuData:
-        """Put the latents where scverse tools look: ``obsm["X_venn_shared"]`` and ``obsm["X_venn_private_<m>"]``
-        (plus ``*_stage1`` and ``obs["venn_split"]`` for the training data). Returns the MuData written to."""
+        """Put the latents where scverse tools look: ``obsm["X_venn_shared"]``, ``obsm["X_venn_private_<m>"]`` and,
+        with Venn regions, ``obsm["X_venn_shared_<a>+<b>"]`` (plus ``*_stage1`` and ``obs["venn_split"]`` for the
+        training data). Returns the MuData written to."""
         self._require_trained()
         target = self.mdata if mdata is None else mdata
         if target is None:
@@ -445,14 +451,12 @@ class VennCell:
             if refine_epochs
             else embed_cells(self.module, self._data_for(mdata), modalities=modalities)
         )
-        target.obsm["X_venn_shared"] = enc["shared"]
-        for m in self.specs:
-            target.obsm[f"X_venn_private_{m}"] = enc[f"private:{m}"]
+        for key, name in obsm_names(self.module).items():
+            target.obsm[name] = enc[key]
         if target is self.mdata:
             st1 = stage1_latents(self.module, self.data)
-            target.obsm["X_venn_shared_stage1"] = st1["shared"]
-            for m in self.specs:
-                target.obsm[f"X_venn_private_{m}_stage1"] = st1[f"private:{m}"]
+            for key, name in obsm_names(self.module).items():
+                target.obsm[f"{name}_stage1"] = st1[key]
             target.obs["venn_split"] = np.where(self.is_train, "train", "validation")
         return target
 

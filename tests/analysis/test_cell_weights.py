@@ -1,5 +1,5 @@
-"""Per-cell modality weights on synthetic ground truth: in cells whose protein data are scrambled, protein's
-weight drops."""
+"""Per-cell modality weights on synthetic ground truth: in cells whose protein data are noise or another cell's,
+protein's weight drops to near 0."""
 
 from __future__ import annotations
 
@@ -32,25 +32,32 @@ def test_weights_of_the_training_cells(trained):
     model, _ = trained
     w = model.cell_modality_weights()
     assert list(w.columns) == list(MODS) and np.allclose(w.sum(1), 1.0)
-    assert ((w > 0) & (w < 1)).all().all()
+    assert ((w >= 0) & (w <= 1)).all().all() and w["protein"].median() > 0.1
     np.testing.assert_array_equal(
         model.mdata.obs["venn_weight_protein"].to_numpy(), w["protein"].to_numpy()
     )
 
 
-def test_scrambled_protein_loses_weight(trained):
-    """The protein rows of half the new cells are shuffled among themselves, so there protein describes another
-    cell than RNA does; measured medians 0.21 (scrambled) vs 0.43 (intact). Weights that ignore the data (equal
-    weights, one modality's everywhere) fail."""
+@pytest.mark.parametrize("corruption", ["noise", "scrambled"])
+def test_corrupted_protein_gets_no_weight(trained, corruption):
+    """In half of the new cells protein is replaced by pure Poisson noise at the cell's depth, or by the protein
+    of another of those cells; there its weight must be near 0, elsewhere not (measured medians: noise 0.00,
+    scrambled 0.06, intact 0.27). Weights that ignore the data (equal, one modality's everywhere) fail."""
     model, new = trained
     new = new.copy()
     half = N_NEW // 2
+    rng = np.random.default_rng(0)
     x = new["protein"].X.toarray()
-    x[:half] = x[np.random.default_rng(0).permutation(half)]
+    if corruption == "noise":
+        depth = x[:half].sum(1, keepdims=True)
+        x[:half] = rng.poisson(depth / x.shape[1], size=(half, x.shape[1]))
+    else:
+        x[:half] = x[rng.permutation(half)]
     new.mod["protein"].X = x
     w = model.cell_modality_weights(new, refine_epochs=20)
-    scrambled, intact = w["protein"].iloc[:half].median(), w["protein"].iloc[half:].median()
-    assert scrambled < intact - 0.1, (scrambled, intact)
+    bad, intact = w["protein"].iloc[:half], w["protein"].iloc[half:]
+    assert bad.median() <= 0.1 and intact.median() >= 0.15, (bad.median(), intact.median())
+    assert (bad < intact.median()).mean() >= 0.65  # measured 0.75 (noise), 0.79 (scrambled)
     assert "venn_weight_rna" in new.obs
 
 

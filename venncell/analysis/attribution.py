@@ -209,7 +209,11 @@ def attribute(
         obs_names=data.obs_names[idx],
         marker_values={mk.name: mk.values for mk in resolved},
         cell_weights=weights,
-        latents={b: lat[b] for b in ["shared"] + [f"private:{m}" for m in mods]},
+        latents={
+            b: lat[b]
+            for b in ["shared", *(f"shared:{r}" for r in module.regions)]
+            + [f"private:{m}" for m in mods]
+        },
     )
 
 

@@ -235,7 +235,9 @@ def _error_sums(module, data, t, cells, own, shared_from, weights, keep) -> dict
         add("syy", w @ y**2)
         zs = torch.as_tensor(own["shared"][rows])
         zp = torch.as_tensor(own[f"private:{t}"][rows])
-        preds = {"measured": lik.normalised_mean(full_dec(torch.cat([zs, zp], 1), batch.batch))}
+        zr = {r: torch.as_tensor(own[f"shared:{r}"][rows]) for r in module.regions_of[t]}
+        measured = full_dec(module.decoder_input(t, zs, zp, zr), batch.batch)
+        preds = {"measured": lik.normalised_mean(measured)}
         for s, z in shared_from.items():
             preds[s] = lik.normalised_mean(shared_dec(torch.as_tensor(z[rows]), batch.batch))
         for name, p in preds.items():

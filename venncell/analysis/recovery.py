@@ -44,6 +44,16 @@ def summarise_recovery(mat: pd.DataFrame) -> dict[str, float]:
     )
     cross = [mat.loc[p, q] for p in privs for q in privs if p != q]
     out["leak_private_into_other_private"] = float(max(cross)) if cross else float("nan")
+    # Venn regions (true blocks "shared:<region>"): each by its own learned block, and the worst true block read
+    # from any other learned block
+    regions = [r for r in mat.index if r.startswith("shared:")]
+    for r in regions:
+        out[f"{r}_recovery"] = float(mat.loc[r, r]) if r in mat.columns else float("nan")
+    if regions:
+        out["min_region_recovery"] = min(out[f"{r}_recovery"] for r in regions)
+        out["leak_max"] = float(
+            max(mat.loc[t, c] for t in mat.index for c in mat.columns if c != t)
+        )
     return out
 
 

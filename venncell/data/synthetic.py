@@ -33,9 +33,9 @@ class SyntheticTruth:
     regions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def blocks(self) -> dict[str, np.ndarray]:
-        """Every true block under the name of the learned block that should recover it: ``shared``, each region,
-        ``private:<m>``."""
-        out = {"shared": self.shared, **self.regions}
+        """Every true block under the name of the learned block that should recover it: ``shared``,
+        ``shared:<region>`` (``venn_regions``), ``private:<m>``."""
+        out = {"shared": self.shared, **{f"shared:{r}": u for r, u in self.regions.items()}}
         out.update({f"private:{m}": v for m, v in self.private.items()})
         return out
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from venncell.data.validate import VennCellInputError, check_range
 
 LATENT_INITS = ("spectral", "random")
 LATENT_POSTERIORS = ("point", "variational")
 MODALITY_WEIGHTS = ("equal", "features")
+VENN_REGIONS = ("shared", "pairs", "all")
 
 
 @dataclass
@@ -77,6 +79,19 @@ class ModelConfig:
         Stage 2: weight of the full decoders' NLL of the encoder latents, next to regressing the stage-1 latents.
     cnn_channels
         Image modalities: convolution widths, one stride-2 stage each.
+    venn_regions
+        Which blocks shared by some modalities but not all are learned, next to the all-modality ``shared`` block
+        and the private ones: ``shared`` (none), ``pairs`` (one per pair of modalities) or ``all`` (every subset
+        of two or more, short of all). Only with three or more modalities; a region's block is read by the
+        decoders of its modalities only, produced by their encoders, and kept out of the other blocks by the same
+        leakage control (``venncell.module.regions``).
+    region_dim
+        Size of each region's block.
+    region_dims
+        Sizes of chosen regions, by name (modality names sorted, joined by ``+``: ``{"atac+rna": 4}``).
+    region_independence_weight
+        Leakage control between a region's block and the other blocks its modalities' decoders read (normalised
+        HSIC): without it a region the data do not support fills with a copy of shared signal.
     """
 
     shared_dim: int = 8
@@ -103,6 +118,11 @@ class ModelConfig:
     independence_weight: float = 0.003
     stage2_recon_weight: float = 0.0
     cnn_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    venn_regions: str = "shared"
+    region_dim: int = 2
+    # {region: size}; typed Any so that the command line may add regions by name
+    region_dims: Any = None
+    region_independence_weight: float = 1.0
 
     def __post_init__(self):
         self.cnn_channels = [
@@ -123,11 +143,22 @@ class ModelConfig:
             ("latent_init", self.latent_init, LATENT_INITS),
             ("latent_posterior", self.latent_posterior, LATENT_POSTERIORS),
             ("modality_weights", self.modality_weights, MODALITY_WEIGHTS),
+            ("venn_regions", self.venn_regions, VENN_REGIONS),
         ):
             if value not in allowed:
                 raise VennCellInputError(
                     f"Config value model.{name}={value!r} must be one of {list(allowed)}."
                 )
+        check_range("model.region_dim", self.region_dim, 1, 1024, integer=True)
+        if self.region_dims is not None:
+            self.region_dims = {str(k): v for k, v in dict(self.region_dims).items()}
+        for name, dim in (self.region_dims or {}).items():
+            check_range(f"model.region_dims[{name!r}]", dim, 1, 1024, integer=True)
+        if self.joint_encoder and self.venn_regions != "shared":
+            raise VennCellInputError(
+                f"model.joint_encoder=true does not produce region blocks (venn_regions={self.venn_regions!r}); "
+                "set joint_encoder=false or venn_regions='shared'."
+            )
         check_range("model.latent_init_logvar", self.latent_init_logvar, -12.0, 4.0)
         check_range("model.latent_init_std", self.latent_init_std, 0.0)
         check_range("model.consistency_cells", self.consistency_cells, 0, integer=True)
@@ -145,6 +176,7 @@ class ModelConfig:
             "consistency_weight",
             "independence_weight",
             "stage2_recon_weight",
+            "region_independence_weight",
         ):
             check_range(f"model.{name}", getattr(self, name), 0.0)
         for name in ("joint_encoder", "shared_only_detach"):

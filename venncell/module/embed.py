@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from venncell.data.dataset import Batch, MultiModalData, make_loader
+from venncell.module.regions import block_key
 from venncell.module.venn import VennModule
 
 
@@ -53,6 +54,7 @@ def embed_cells(
                 f"private:{m}": np.zeros((0, d), np.float32)
                 for m, d in module.private_dims.items()
             },
+            **{block_key(r): np.zeros((0, d), np.float32) for r, d in module.region_dims.items()},
         }
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
@@ -65,17 +67,34 @@ def stage1_latents(module: VennModule, data: MultiModalData) -> dict[str, np.nda
         z = t.weight.detach().cpu().numpy().copy()
         z[~data.present(m)] = np.nan
         out[f"private:{m}"] = z
+    for r, t in module.region_tables.items():
+        z = t.weight.detach().cpu().numpy().copy()
+        z[~np.logical_or.reduce([data.present(m) for m in module.regions[r]])] = np.nan
+        out[block_key(r)] = z
     return out
 
 
-def pick_block(latents: dict[str, np.ndarray], block: str, modalities: list[str]) -> np.ndarray:
-    """One block of ``embed_cells``' output: ``shared``, ``private:<m>`` or ``all`` (shared, then every private)."""
+def obsm_names(module: VennModule) -> dict[str, str]:
+    """Each latent block's ``.obsm`` key: ``X_venn_shared``, ``X_venn_shared_<region>``, ``X_venn_private_<m>``."""
+    out = {"shared": "X_venn_shared"}
+    out.update({block_key(r): f"X_venn_shared_{r}" for r in module.regions})
+    out.update({f"private:{m}": f"X_venn_private_{m}" for m in module.modalities})
+    return out
+
+
+def pick_block(
+    latents: dict[str, np.ndarray],
+    block: str,
+    modalities: list[str],
+    regions: list[str] = (),
+) -> np.ndarray:
+    """One block of ``embed_cells``' output: ``shared``, ``shared:<region>``, ``private:<m>`` or ``all`` (shared,
+    the regions, then every private)."""
+    names = ["shared", *(block_key(r) for r in regions), *(f"private:{m}" for m in modalities)]
     if block == "all":
-        return np.hstack([latents["shared"]] + [latents[f"private:{m}"] for m in modalities])
-    if block in latents:
+        return np.hstack([latents[k] for k in names])
+    if block in names and block in latents:
         return latents[block]
     from venncell.data.validate import VennCellInputError
 
-    raise VennCellInputError(
-        f"block must be 'shared', 'all' or one of {[f'private:{m}' for m in modalities]}; got {block!r}."
-    )
+    raise VennCellInputError(f"block must be 'all' or one of {names}; got {block!r}.")

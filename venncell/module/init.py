@@ -24,6 +24,7 @@ from venncell.data.dataset import MultiModalData
 from venncell.data.samplers import chunk_groups
 from venncell.data.transforms import encoder_input
 from venncell.data.validate import VennCellInputError
+from venncell.module.init_regions import venn_components
 
 log = logging.getLogger(__name__)
 _DENSE_FALLBACK = 20_000  # features up to which a failed sparse PCA is redone densely
@@ -148,7 +149,9 @@ def spectral_init(
     seed: int = 0,
     max_cells: int = 50_000,
     place_chunk: int = 20_000,
-) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    regions: dict[str, tuple[str, ...]] | None = None,
+    region_dims: dict[str, int] | None = None,
+) -> tuple | None:
     """Starting latents for every cell (mean per-dimension variance 1), or None when too few cells have every
     modality.
 
@@ -156,6 +159,10 @@ def spectral_init(
     that have every modality; every other cell is placed by the same maps (``_place_rest``). A cell lacking some
     modalities gets the least-squares prediction of its shared start from the modalities it has: from a random
     start such cells recover the shared factors worse, and leakage control trades recovery against leakage.
+
+    With ``regions`` (Venn regions), the starting directions are split between the shared and the region blocks
+    (``venncell.module.init_regions``), every cell is placed by least squares, and the return value is
+    ``(shared, private, {region: block})``.
     """
     rng = np.random.default_rng(seed)
     mods = list(data.specs)
@@ -184,16 +191,33 @@ def spectral_init(
     maps["unit"] = {m: (sc.mean(0), sc.std(0) + 1e-8) for m, sc in scores.items()}
     white_fit = {m: (sc - maps["unit"][m][0]) / maps["unit"][m][1] for m, sc in scores.items()}
     whitened = np.hstack(list(white_fit.values()))
-    pca = PCA(n_components=min(shared_dim, whitened.shape[1]), random_state=seed)
-    shared_fit, spectrum = _keep_spectrum(_fit_scores(pca, whitened, same_map))
-    maps["shared"] = (pca, *spectrum)
+    region_fit, region_out = {}, {}
+    if regions:
+        raw_shared, raw_regions = venn_components(
+            white_fit, shared_dim, regions, region_dims, seed
+        )
+        shared_fit = _keep_spectrum(raw_shared)[0] if raw_shared.shape[1] else raw_shared
+        maps["shared"] = None  # placed by least squares, like the region blocks
+        for r, raw in raw_regions.items():
+            region_fit[r] = _keep_spectrum(raw)[0] if raw.shape[1] else raw
+            region_out[r] = rng.normal(size=(data.n_cells, region_dims[r]))
+            region_out[r][fit_rows, : raw.shape[1]] = region_fit[r]
+    else:
+        pca = PCA(n_components=min(shared_dim, whitened.shape[1]), random_state=seed)
+        shared_fit, spectrum = _keep_spectrum(_fit_scores(pca, whitened, same_map))
+        maps["shared"] = (pca, *spectrum)
     shared = rng.normal(size=(data.n_cells, shared_dim))
     shared[fit_rows, : shared_fit.shape[1]] = shared_fit
     private, maps["private"] = {}, {}
     for m in mods:
         sc = scores[m]
-        beta, *_ = np.linalg.lstsq(np.c_[shared_fit, np.ones(len(sc))], sc, rcond=None)
-        resid = sc - np.c_[shared_fit, np.ones(len(sc))] @ beta
+        # the private start is what is left of m once everything m shares (shared, its regions) is taken out
+        seen = np.hstack(
+            [shared_fit, *(region_fit[r] for r in region_fit if m in regions[r])]
+            + [np.ones((len(sc), 1))]
+        )
+        beta, *_ = np.linalg.lstsq(seen, sc, rcond=None)
+        resid = sc - seen @ beta
         d = private_dims[m]
         pca_p = PCA(n_components=min(d, resid.shape[1]), random_state=seed)
         comp, spectrum = _keep_spectrum(_fit_scores(pca_p, resid, same_map))
@@ -207,8 +231,18 @@ def spectral_init(
             len(fit_rows),
             len(rest),
         )
-        _place_rest(data, rest, maps, white_fit, shared_fit, shared, private, chunk=place_chunk)
-    return shared, private
+        _place_rest(
+            data,
+            rest,
+            maps,
+            white_fit,
+            shared_fit,
+            shared,
+            private,
+            chunk=place_chunk,
+            regions=(regions or {}, region_fit, region_out),
+        )
+    return (shared, private, region_out) if regions else (shared, private)
 
 
 def _place_rest(
@@ -220,6 +254,7 @@ def _place_rest(
     shared: np.ndarray,
     private: dict,
     chunk: int = 20_000,
+    regions: tuple = ({}, {}, {}),
 ) -> None:
     """Starts for the cells outside the fit rows, written into ``shared`` / ``private`` in place.
 
@@ -234,7 +269,11 @@ def _place_rest(
     by_subset: dict[
         tuple, np.ndarray | None
     ] = {}  # modality subset -> regression of the shared start on its scores
-    pca_s, centre_s, scale_s = maps["shared"]
+    members, region_fit, region_out = regions
+    by_region: dict[
+        tuple, np.ndarray | None
+    ] = {}  # (region, modality subset) -> regression of its start
+    pca_s, centre_s, scale_s = maps["shared"] or (None, None, None)
     for start in range(0, len(rest), chunk):
         rows = rest[start : start + chunk]
         has = np.stack([data.present(m)[rows] for m in mods], axis=1)
@@ -251,7 +290,15 @@ def _place_rest(
                 continue  # a cell with no modality has nothing to place it by
             cells = np.flatnonzero((has == subset).all(1))
             w = np.hstack([white[m][cells] for m in present])
-            if len(present) == len(mods):
+            placed = {}
+            for r, fit in region_fit.items():  # a region's start from the modalities the cell has
+                key = (r, subset)
+                if key not in by_region:
+                    by_region[key] = _subset_regression(white_fit, present, fit)
+                if by_region[key] is not None and set(members[r]) & set(present):
+                    placed[r] = np.c_[w, np.ones(len(w))] @ by_region[key]
+                    region_out[r][rows[cells], : fit.shape[1]] = placed[r]
+            if len(present) == len(mods) and pca_s is not None:
                 z = (pca_s.transform(w) - centre_s) / scale_s
             else:
                 if subset not in by_subset:
@@ -262,7 +309,10 @@ def _place_rest(
             shared[rows[cells], : z.shape[1]] = z
             for m in present:
                 beta, pca_p, centre, scale = maps["private"][m]
-                resid = raw[m][cells] - np.c_[z, np.ones(len(z))] @ beta
+                mine = [placed[r] for r in region_fit if m in members[r] and r in placed]
+                if len(mine) < sum(m in members[r] for r in region_fit):
+                    continue  # a region of m could not be placed: keep the random private start
+                resid = raw[m][cells] - np.hstack([z, *mine, np.ones((len(z), 1))]) @ beta
                 comp = (pca_p.transform(resid) - centre) / scale
                 private[m][rows[cells], : comp.shape[1]] = comp
 

@@ -6,13 +6,16 @@ import numpy as np
 import torch
 
 
-def unexplained_fraction(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+def unexplained_fraction(
+    target: torch.Tensor, pred: torch.Tensor, floor: float = 1e-6
+) -> torch.Tensor:
     """1 - R^2 of ``pred`` for ``target`` over the batch.
 
     Dividing by the target's variance keeps the penalty from being lowered by shrinking the latents,
-    which the decoders could otherwise undo by scaling their first layer.
+    which the decoders could otherwise undo by scaling their first layer. ``floor``: the smallest variance divided
+    by; a region block left empty (means near 0 under the prior) would otherwise pay as much as a full one.
     """
-    var = target.var(0, unbiased=False).sum().clamp_min(1e-6)
+    var = target.var(0, unbiased=False).sum().clamp_min(floor)
     return (target - pred).pow(2).mean(0).sum() / var
 
 

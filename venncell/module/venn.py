@@ -27,6 +27,7 @@ from venncell.module.losses import (
 )
 from venncell.module.networks import Decoder, Encoder
 from venncell.module.penalties import centred_rbf_gram, normalised_hsic, unexplained_fraction
+from venncell.module.regions import block_key, region_members, region_sizes
 from venncell.nn import MLP
 
 
@@ -43,10 +44,16 @@ def modality_weights(specs: dict[str, ModalitySpec], rule: str) -> dict[str, flo
 
 
 class VennModule(nn.Module):
-    """Per-cell latent tables (stage 1), per-modality decoders and encoders."""
+    """Per-cell latent tables (stage 1), per-modality decoders and encoders; ``regions`` (default: from
+    ``cfg.venn_regions``) names the blocks shared by some modalities but not all."""
 
     def __init__(
-        self, specs: dict[str, ModalitySpec], n_cells: int, cfg: ModelConfig, n_batches: int = 0
+        self,
+        specs: dict[str, ModalitySpec],
+        n_cells: int,
+        cfg: ModelConfig,
+        n_batches: int = 0,
+        regions: dict[str, tuple[str, ...]] | None = None,
     ):
         super().__init__()
         self.specs = specs
@@ -54,23 +61,38 @@ class VennModule(nn.Module):
         self.n_batches = n_batches
         self.weights = modality_weights(specs, cfg.modality_weights)
         self.private_dims = {m: s.private_dim or cfg.private_dim for m, s in specs.items()}
+        # ``regions`` given: a view on some modalities of a trained model keeps that model's regions
+        self.regions = (
+            region_members(list(specs), cfg.venn_regions) if regions is None else regions
+        )
+        self.region_dims = region_sizes(self.regions, cfg.region_dim, cfg.region_dims or {})
+        # the regions each modality's decoder reads and its encoder produces, in one fixed order
+        self.regions_of = {m: [r for r, ms in self.regions.items() if m in ms] for m in specs}
         self.shared_table = self._table(n_cells, cfg.shared_dim, cfg.latent_init_std)
         self.private_tables = nn.ModuleDict(
             {m: self._table(n_cells, d, cfg.latent_init_std) for m, d in self.private_dims.items()}
         )
+        # region blocks start small and random: the spectral start fits shared and private blocks only
+        self.region_tables = nn.ModuleDict(
+            {r: self._table(n_cells, d, 0.1) for r, d in self.region_dims.items()}
+        )
         if cfg.latent_posterior == "variational":
-            # log-variances, keyed "shared" / modality; latent tables too (sparse rows, RowAdam, sharded in DDP)
+            # log-variances, keyed "shared" / modality / region; latent tables too (sparse rows, RowAdam, sharded)
             self.logvar_tables = nn.ModuleDict(
                 {
                     b: self._table(n_cells, d, 0.0)
-                    for b, d in {"shared": cfg.shared_dim, **self.private_dims}.items()
+                    for b, d in {
+                        "shared": cfg.shared_dim,
+                        **self.private_dims,
+                        **self.region_dims,
+                    }.items()
                 }
             )
             for t in self.logvar_tables.values():
                 nn.init.constant_(t.weight, cfg.latent_init_logvar)
         self.decoders = nn.ModuleDict(
             {
-                m: Decoder(cfg.shared_dim + self.private_dims[m], s, n_batches, cfg)
+                m: Decoder(self.shared_view_dim(m) + self.private_dims[m], s, n_batches, cfg)
                 for m, s in specs.items()
             }
         )
@@ -78,7 +100,10 @@ class VennModule(nn.Module):
             {m: Decoder(cfg.shared_dim, s, n_batches, cfg) for m, s in specs.items()}
         )
         self.encoders = nn.ModuleDict(
-            {m: Encoder(s, cfg.shared_dim, self.private_dims[m], cfg) for m, s in specs.items()}
+            {
+                m: Encoder(s, self.shared_view_dim(m), self.private_dims[m], cfg)
+                for m, s in specs.items()
+            }
         )
         # the joint encoder reads tabular features side by side; image modalities keep their own encoders only
         self.use_joint = cfg.joint_encoder and all(s.kind != "image" for s in specs.values())
@@ -91,6 +116,14 @@ class VennModule(nn.Module):
                 max(cfg.dropout, cfg.encoder_dropout),
             )
 
+    def shared_view_dim(self, m: str) -> int:
+        """Width of what m shares with other modalities: the shared block and m's region blocks."""
+        return self.cfg.shared_dim + sum(self.region_dims[r] for r in self.regions_of[m])
+
+    def region_mask(self, batch: Batch, region: str) -> torch.Tensor:
+        """Cells of the batch that have at least one of the region's modalities."""
+        return torch.stack([batch.mask[m] for m in self.regions[region]]).any(0)
+
     @staticmethod
     def _table(n_cells: int, dim: int, init_std: float) -> nn.Embedding:
         # Sparse gradients: a step touches only the batch's rows, so its cost does not grow with cells.
@@ -99,11 +132,13 @@ class VennModule(nn.Module):
         return table
 
     @torch.no_grad()
-    def set_latents(self, shared, private: dict) -> None:
+    def set_latents(self, shared, private: dict, regions: dict | None = None) -> None:
         scale = self.cfg.latent_init_std
         self.shared_table.weight.copy_(torch.as_tensor(shared, dtype=torch.float32) * scale)
         for m, z in private.items():
             self.private_tables[m].weight.copy_(torch.as_tensor(z, dtype=torch.float32) * scale)
+        for r, z in (regions or {}).items():
+            self.region_tables[r].weight.copy_(torch.as_tensor(z, dtype=torch.float32) * scale)
 
     @property
     def modalities(self) -> list[str]:
@@ -114,7 +149,11 @@ class VennModule(nn.Module):
         return self.cfg.variational
 
     def latent_parameters(self) -> list[nn.Parameter]:
-        tables = [self.shared_table.weight] + [t.weight for t in self.private_tables.values()]
+        tables = (
+            [self.shared_table.weight]
+            + [t.weight for t in self.private_tables.values()]
+            + [t.weight for t in self.region_tables.values()]
+        )
         return tables + (
             [t.weight for t in self.logvar_tables.values()] if self.variational else []
         )
@@ -140,6 +179,10 @@ class VennModule(nn.Module):
     def latents(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The cells' latents (the means of q when variational)."""
         return self.shared_table(idx), {m: t(idx) for m, t in self.private_tables.items()}
+
+    def region_latents(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cells' region blocks (empty without regions)."""
+        return {r: t(idx) for r, t in self.region_tables.items()}
 
     def _log_variance(self, block: str, idx: torch.Tensor) -> torch.Tensor:
         # bounded so that one wild row can neither vanish (exp underflow) nor swamp its decoder with noise
@@ -173,10 +216,20 @@ class VennModule(nn.Module):
         self, m: str, batch: Batch, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Modality m's encoder on the batch's cells, or on its ``rows`` only (None = every cell)."""
+        s_hat, p_hat, _ = self.encode_regions(m, batch, rows)
+        return s_hat, p_hat
+
+    def encode_regions(
+        self, m: str, batch: Batch, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``encode`` plus m's estimates of its region blocks: (shared, private, {region: block})."""
         x, lib = batch.x[m], batch.lib[m]
         if rows is not None:
             x, lib = x[rows], lib[rows]
-        return self.encoders[m](encoder_transform(self.specs[m], x, lib))
+        view, p_hat = self.encoders[m](encoder_transform(self.specs[m], x, lib))
+        widths = [self.cfg.shared_dim] + [self.region_dims[r] for r in self.regions_of[m]]
+        parts = view.split(widths, dim=1)
+        return parts[0], p_hat, dict(zip(self.regions_of[m], parts[1:]))
 
     def fully_measured(self, batch: Batch) -> torch.Tensor:
         """Indices of the batch's cells measured in every modality: those the joint encoder reads."""
@@ -201,11 +254,24 @@ class VennModule(nn.Module):
         lik = self.decoders[m].likelihood
         return lik.cell_nll(raw, batch.x[m], batch.lib[m], batch.nz.get(m))
 
-    def decode_raw(self, m: str, z_shared, z_private, batch: Batch, shared_only: bool = False):
+    def decoder_input(self, m: str, z_shared, z_private, z_regions: dict | None = None):
+        """What m's full decoder reads: shared, m's region blocks (in ``regions_of`` order), private."""
+        regions = [z_regions[r] for r in self.regions_of[m]] if self.regions_of[m] else []
+        return torch.cat([z_shared, *regions, z_private], dim=1)
+
+    def decode_raw(
+        self,
+        m: str,
+        z_shared,
+        z_private,
+        batch: Batch,
+        shared_only: bool = False,
+        z_regions: dict | None = None,
+    ):
         b = batch.batch
         if shared_only:
             return self.shared_decoders[m](z_shared, b)
-        return self.decoders[m](torch.cat([z_shared, z_private], dim=1), b)
+        return self.decoders[m](self.decoder_input(m, z_shared, z_private, z_regions), b)
 
     @property
     def shared_decoders_in_stage2(self) -> bool:
@@ -246,6 +312,12 @@ class VennModule(nn.Module):
         terms: dict[Term, torch.Tensor] = {}
         zs_in = self.perturbed("shared", z_s, idx) if noise else z_s
         total = self.prior_weight * self.prior_cost("shared", z_s, idx).mean()
+        z_r = self.region_latents(idx)
+        zr_in = {r: self.perturbed(r, z, idx) if noise else z for r, z in z_r.items()}
+        for r, z in z_r.items():
+            total = total + self.prior_weight * _masked_mean(
+                self.prior_cost(r, z, idx), self.region_mask(batch, r)
+            )
         k_shared = None
         for m in self.modalities:
             mask = batch.mask[m]
@@ -254,7 +326,7 @@ class VennModule(nn.Module):
             w = self.weights[m]
             zp = z_p[m]
             zp_in = self.perturbed(m, zp, idx) if noise else zp
-            raw = self.decode_raw(m, zs_in, zp_in, batch)
+            raw = self.decode_raw(m, zs_in, zp_in, batch, z_regions=zr_in)
             rec = _masked_mean(self.nll(m, raw, batch), mask)
             terms[Term(RECON, m)] = rec
             total = (
@@ -269,10 +341,16 @@ class VennModule(nn.Module):
                 total = total + cfg.shared_only_weight * w * rec_s
             if leakage > 0 and cfg.consistency_weight > 0 and mask.sum() > 2:
                 rows = self._consistency_rows(mask)
-                pred_s, _ = self.encode(m, batch, rows)
+                pred_s, _, pred_r = self.encode_regions(m, batch, rows)
                 cons = unexplained_fraction(z_s if rows is None else z_s[rows], pred_s)
                 terms[Term(CONSISTENCY, m)] = cons
                 total = total + leakage * cfg.consistency_weight * cons
+                for r, pred in pred_r.items():  # every member alone predicts the region's block
+                    cons = unexplained_fraction(
+                        z_r[r] if rows is None else z_r[r][rows], pred, floor=float(pred.shape[1])
+                    )
+                    terms[Term(CONSISTENCY, f"{block_key(r)}/{m}")] = cons
+                    total = total + leakage * cfg.consistency_weight * cons
             if leakage > 0 and cfg.independence_weight > 0 and mask.sum() > 4:
                 if (
                     mask.all()
@@ -283,6 +361,18 @@ class VennModule(nn.Module):
                     dep = normalised_hsic(z_s[mask], zp[mask])
                 terms[Term(INDEPENDENCE, m)] = dep
                 total = total + leakage * cfg.independence_weight * dep
+                # the region blocks m's decoder reads, against its other blocks
+                seen = [("shared", z_s), *((block_key(r), z_r[r]) for r in self.regions_of[m])]
+                seen.append((f"private:{m}", zp))
+                for i, (a, za) in enumerate(seen):
+                    for b, zb in seen[i + 1 :]:
+                        if not (a.startswith("shared:") or b.startswith("shared:")) or (
+                            Term(INDEPENDENCE, f"{a}~{b}") in terms
+                        ):
+                            continue  # shared vs private is the term above; a pair counts once
+                        dep = normalised_hsic(za[mask], zb[mask])
+                        terms[Term(INDEPENDENCE, f"{a}~{b}")] = dep
+                        total = total + leakage * cfg.region_independence_weight * dep
         return LossOutput(total, terms)
 
     def leakage_factor(self, batch_idx: int) -> float:
@@ -314,6 +404,7 @@ class VennModule(nn.Module):
         cfg = self.cfg
         with torch.no_grad():
             z_s, z_p = self.latents(batch.idx)
+            z_r = self.region_latents(batch.idx)
         terms: dict[Term, torch.Tensor] = {}
         total = torch.zeros((), device=z_s.device)
         shared_only = torch.zeros((), device=z_s.device)
@@ -328,16 +419,21 @@ class VennModule(nn.Module):
                 shared_only = shared_only + cfg.shared_only_weight * self.weights[m] * rec_s
             if not mask.any():
                 continue
-            s_hat, p_hat = self.encode(m, batch)
+            s_hat, p_hat, r_hat = self.encode_regions(m, batch)
             if mask.sum() >= 2:  # a fraction of variance needs two cells
                 err_s = unexplained_fraction(z_s[mask], s_hat[mask])
                 err_p = unexplained_fraction(z_p[m][mask], p_hat[mask])
                 terms[Term(LATENT_SHARED, m)] = err_s
                 terms[Term(LATENT_PRIVATE, m)] = err_p
                 total = total + err_s + err_p
+                for r, pred in r_hat.items():
+                    err_r = unexplained_fraction(z_r[r][mask], pred[mask])
+                    terms[Term(LATENT_SHARED, f"{block_key(r)}/{m}")] = err_r
+                    total = total + err_r
             if recon or cfg.stage2_recon_weight > 0:
                 rec = _masked_mean(
-                    self.nll(m, self.decode_raw(m, s_hat, p_hat, batch), batch), mask
+                    self.nll(m, self.decode_raw(m, s_hat, p_hat, batch, z_regions=r_hat), batch),
+                    mask,
                 )
                 terms[Term(RECON, m)] = rec
                 recon_total = recon_total + self.weights[m] * rec
@@ -363,7 +459,8 @@ class VennModule(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def embed(self, batch: Batch, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Encoder latents: shared = mean of the available modalities' estimates; private from its own. With
+        """Encoder latents: shared = mean of the available modalities' estimates (a region's block: of its members'
+        that are available, NaN with none); private from its own. With
         ``joint_encoder``, cells measured in every modality take both from the joint encoder (unless ``modalities``
         names a subset). Keys ``shared`` and ``private:<m>``; NaN where a cell lacks the data."""
         use = [m for m in (modalities or self.modalities) if m in self.specs]
@@ -371,19 +468,29 @@ class VennModule(nn.Module):
         device = batch.idx.device
         shared_sum = torch.zeros(n, self.cfg.shared_dim, device=device)
         count = torch.zeros(n, 1, device=device)
+        region_sum = {r: torch.zeros(n, d, device=device) for r, d in self.region_dims.items()}
+        region_count = {r: torch.zeros(n, 1, device=device) for r in self.regions}
         out: dict[str, torch.Tensor] = {}
         for m in self.modalities:
             mask = batch.mask[m]
-            s_hat, p_hat = self.encode(m, batch)
+            s_hat, p_hat, r_hat = self.encode_regions(m, batch)
             if m in use:
                 shared_sum += s_hat * mask[:, None]
                 count += mask[:, None].float()
+                for r, z in r_hat.items():  # a region's block: the mean of its members' estimates
+                    region_sum[r] += z * mask[:, None]
+                    region_count[r] += mask[:, None].float()
             out[f"private:{m}"] = torch.where(
                 mask[:, None], p_hat, torch.full_like(p_hat, float("nan"))
             )
         out["shared"] = torch.where(
             count > 0, shared_sum / count.clamp_min(1), torch.full_like(shared_sum, float("nan"))
         )
+        for r, total in region_sum.items():
+            c = region_count[r]
+            out[block_key(r)] = torch.where(
+                c > 0, total / c.clamp_min(1), torch.full_like(total, float("nan"))
+            )
         rows = (
             self.fully_measured(batch)
             if self.use_joint and set(use) == set(self.modalities)

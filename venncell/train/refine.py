@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from venncell.data.dataset import MultiModalData, make_loader
+from venncell.module.regions import block_key
 from venncell.module.venn import VennModule
 from venncell.train.plans import Stage1Plan
 from venncell.train.schedule import quiet_trainer
@@ -24,7 +25,8 @@ def frozen_view(module: VennModule, n_cells: int, modalities: list[str]) -> Venn
     """A VennModule for ``n_cells`` new cells whose networks *are* the trained ones (shared objects, not
     copies), restricted to ``modalities`` so that only their likelihood terms drive the latents."""
     specs = {m: module.specs[m] for m in modalities}
-    view = VennModule(specs, n_cells, module.cfg, module.n_batches)
+    regions = {r: ms for r, ms in module.regions.items() if set(ms) & set(modalities)}
+    view = VennModule(specs, n_cells, module.cfg, module.n_batches, regions=regions)
     view.weights = {
         m: module.weights[m] for m in modalities
     }  # the trained model's weights, not the subset's rule
@@ -56,6 +58,10 @@ def refine_latents(
         for m in modalities:
             view.private_tables[m].weight.copy_(
                 torch.as_tensor(np.nan_to_num(start[f"private:{m}"]), dtype=torch.float32)
+            )
+        for r in view.regions:
+            view.region_tables[r].weight.copy_(
+                torch.as_tensor(np.nan_to_num(start[block_key(r)]), dtype=torch.float32)
             )
     before = [p.detach().clone() for p in view.network_parameters()]
     L.seed_everything(seed, workers=True, verbose=False)
@@ -103,6 +109,10 @@ def refine_latents(
         z = view.private_tables[m].weight.detach().numpy().copy()
         z[np.isnan(start[f"private:{m}"]).any(1)] = np.nan
         out[f"private:{m}"] = z
+    for r in view.regions:
+        z = view.region_tables[r].weight.detach().numpy().copy()
+        z[np.isnan(start[block_key(r)]).any(1)] = np.nan
+        out[block_key(r)] = z
     return out
 
 
@@ -128,7 +138,8 @@ def reconstruction_nll(
             if not mask.any():
                 continue
             zp = torch.as_tensor(latents[f"private:{m}"][idx])
-            nll = module.nll(m, module.decode_raw(m, zs, zp, batch), batch)
+            zr = {r: torch.as_tensor(latents[block_key(r)][idx]) for r in module.regions_of[m]}
+            nll = module.nll(m, module.decode_raw(m, zs, zp, batch, z_regions=zr), batch)
             sums[m] += float(nll[mask].sum())
             counts[m] += int(mask.sum())
     return {m: sums[m] / max(counts[m], 1) for m in use}
