@@ -101,7 +101,8 @@ def synthetic(lines: list[str]) -> None:
         "",
         _summary_md(plan.summary),
         "",
-        f"({time.time() - t0:.0f} s with {THREADS} threads.)",
+        f"({time.time() - t0:.0f} s for this section with {THREADS} threads; training is skipped when "
+        "runs/<name>/model holds the trained model.)",
         "",
     ]
 
@@ -145,7 +146,8 @@ def pbmc(lines: list[str]) -> None:
         "",
         _summary_md(plan.summary),
         "",
-        f"({time.time() - t0:.0f} s with {THREADS} threads.)",
+        f"({time.time() - t0:.0f} s for this section with {THREADS} threads; training is skipped when "
+        "runs/<name>/model holds the trained model.)",
         "",
     ]
 

@@ -148,13 +148,15 @@ def test_consistency_on_part_of_each_batch(tiny_mdata):
         model = VennCell(tiny_mdata, consistency_cells=k, seed=0)
         module = model.module
         seen = []
-        encode = module.encode
+        encode = (
+            module.encode_regions
+        )  # what the consistency term runs (the shared and region blocks)
 
         def counting(m, batch, rows=None):
             seen.append(batch.x[m].shape[0] if rows is None else rows.numel())
             return encode(m, batch, rows)
 
-        module.encode = counting
+        module.encode_regions = counting
         terms = module.stage1_loss(model.data.get(np.arange(64))).logged()
         assert set(seen) == {expected} and len(seen) == len(module.modalities)
         assert all(torch.isfinite(terms[f"consistency/{m}"]) for m in module.modalities)

@@ -51,7 +51,7 @@ Latent dimensions
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -73,7 +73,7 @@ from venncell.analysis.markers import (
 )
 from venncell.analysis.probes import PROBES
 from venncell.analysis.writers import AttributionResult, concat_frames
-from venncell.data.validate import VennCellInputError
+from venncell.data.validate import VennCellInputError, config_from
 from venncell.module.embed import embed_cells, stage1_latents
 
 
@@ -218,13 +218,7 @@ def attribute(
 
 
 def make_config(kwargs: dict) -> AttributionConfig:
-    known = {f.name for f in fields(AttributionConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise VennCellInputError(
-            f"Unknown attribution option(s) {unknown}; valid: {sorted(known)}."
-        )
-    return AttributionConfig(**kwargs)
+    return config_from(AttributionConfig, kwargs, "attribution")
 
 
 def default_markers(mdata) -> list[str]:

@@ -30,7 +30,7 @@ without enough of them, the training cells (in-sample, flagged in the result).
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -41,7 +41,7 @@ import torch
 from venncell.analysis.features import _normalised_observed
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records, atomic_write_text
-from venncell.data.validate import VennCellInputError, VennCellInputWarning
+from venncell.data.validate import VennCellInputError, VennCellInputWarning, config_from
 from venncell.module.embed import embed_cells
 
 MIN_HELD_OUT = 50  # fewer held-out cells than this give CIs too wide to plan with; fall back to training cells
@@ -167,11 +167,7 @@ def plan_measurements(
 
 
 def _make_config(kwargs: dict) -> PlanConfig:
-    known = {f.name for f in fields(PlanConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise VennCellInputError(f"Unknown planner option(s) {unknown}; valid: {sorted(known)}.")
-    return PlanConfig(**kwargs)
+    return config_from(PlanConfig, kwargs, "planner")
 
 
 def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:

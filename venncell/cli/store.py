@@ -9,14 +9,14 @@ Groups: ``data`` (synthetic, mudata), ``model`` (venncell, apollo, fast: ``vennc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from venncell.analysis.attribution import AttributionConfig
 from venncell.analysis.planner import PlanConfig
-from venncell.data.validate import VennCellInputError, check_range
+from venncell.data.validate import check_range, config_from
 from venncell.module.config import PRESETS as MODEL_PRESETS
 from venncell.module.config import ModelConfig
 from venncell.train.config import PRESETS as TRAIN_PRESETS
@@ -107,13 +107,7 @@ def to_object(cls, node) -> Any:
     values = (
         OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
     )
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise VennCellInputError(
-            f"Unknown setting(s) {unknown} for {cls.__name__}; valid: {sorted(known)}."
-        )
-    return cls(**values)
+    return config_from(cls, values, cls.__name__)
 
 
 def data_settings(cfg) -> dict:

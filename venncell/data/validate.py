@@ -160,6 +160,18 @@ def _first_bad(x, finite_values: np.ndarray) -> str:
     return f" (first at cell row {row}, feature column {col})"
 
 
+def config_from(cls, values: dict, what: str):
+    """``cls(**values)`` for a dataclass of settings, refusing unknown keys with the valid ones listed; ``what``
+    names the settings in the message (``model``, ``attribution``, ...)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise VennCellInputError(f"Unknown {what} option(s) {unknown}; valid: {sorted(known)}.")
+    return cls(**values)
+
+
 def check_range(
     name: str, value, low=None, high=None, integer: bool = False, finite: bool = True
 ) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from venncell.data.validate import VennCellInputError, check_range
+from venncell.data.validate import VennCellInputError, check_range, config_from
 
 LATENT_INITS = ("spectral", "random")
 LATENT_POSTERIORS = ("point", "variational")
@@ -195,11 +195,7 @@ class ModelConfig:
     @classmethod
     def from_kwargs(cls, **kwargs) -> ModelConfig:
         """A config from keyword arguments, with a clear error for unknown ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise VennCellInputError(f"Unknown model option(s) {unknown}; valid: {sorted(known)}.")
-        return cls(**kwargs)
+        return config_from(cls, kwargs, "model")
 
     @property
     def variational(self) -> bool:
