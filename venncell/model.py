@@ -628,8 +628,8 @@ class VennCell:
     ) -> pd.DataFrame:
         """Per cell, how much each modality determines its shared latent (weights summing to 1).
 
-        Each modality's encoder estimate of the shared latent is compared with the cell's latent fitted against
-        every decoder at once; the closer, the larger its weight (inverse squared distance, normalised;
+        Each modality's weight is how much better the cell's fitted shared latent explains that modality's data
+        than the population's mean latent does (its reconstruction gain, normalised over the modalities;
         ``venncell.analysis.cell_weights`` gives the rule). Noisy, uninformative or corrupted data of a modality in a
         cell show as a low weight there.
 

@@ -99,11 +99,7 @@ def synthetic(lines: list[str]) -> None:
         "Per modality, from each subset of the others (recoverable: mean R² predicted / mean R² measured over "
         "the features the model explains; lost = 1 - recoverable):",
         "",
-        _summary_md(plan.summary),
-        "",
-        f"({time.time() - t0:.0f} s for this section with {THREADS} threads; training is skipped when "
-        "runs/<name>/model holds the trained model.)",
-        "",
+        *_section_end(plan, t0),
     ]
 
 
@@ -144,6 +140,13 @@ def pbmc(lines: list[str]) -> None:
         "",
         _md(show),
         "",
+        *_section_end(plan, t0),
+    ]
+
+
+def _section_end(plan, t0: float) -> list[str]:
+    """A section's last lines: the per-modality summary and the section's time."""
+    return [
         _summary_md(plan.summary),
         "",
         f"({time.time() - t0:.0f} s for this section with {THREADS} threads; training is skipped when "

@@ -11,6 +11,7 @@ import torch
 
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.data.validate import VennCellInputError
+from venncell.module.regions import block_key
 
 VAR_PREFIX = "venn_"
 
@@ -22,16 +23,14 @@ def _normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tens
     )  # nb_mixture's normalised scale is counts
 
 
-def _decoder_variants(
-    module, m: str, zs, zview, zp_all, rows, perms, b
-) -> dict[str, torch.Tensor]:
-    """Normalised decoder means for one chunk of cells under each way of (not) using the private block. ``zview``
-    is what m shares with others: the shared block and, with Venn regions, m's region blocks after it."""
+def _decoder_variants(module, m: str, zs, zr, zp_all, rows, perms, b) -> dict[str, torch.Tensor]:
+    """Normalised decoder means for one chunk of cells under each way of (not) using the private block; ``zr``:
+    the chunk's region blocks of m (Venn regions), which stay as they are."""
     dec, lik = module.decoders[m], module.decoders[m].likelihood
     zp = zp_all[rows]
 
     def full(z_private):
-        return lik.normalised_mean(dec(torch.cat([zview, z_private], 1), b))
+        return lik.normalised_mean(dec(module.decoder_input(m, zs, z_private, zr), b))
 
     return {
         "full": full(zp),
@@ -62,7 +61,7 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
     weights = boot_weights(n, cfg.n_boot, rng)
     zs_all = torch.as_tensor(lat["shared"][pos])
     zp_all = torch.as_tensor(lat[f"private:{m}"][pos])
-    zr_all = [torch.as_tensor(lat[f"shared:{r}"][pos]) for r in module.regions_of[m]]
+    zr_all = {r: torch.as_tensor(lat[block_key(r)][pos]) for r in module.regions_of[m]}
     perms = [torch.as_tensor(rng.permutation(n)) for _ in range(cfg.n_marginal + 1)]
     acc: dict[str, np.ndarray] = defaultdict(float)
     module.eval()
@@ -74,9 +73,9 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
             w = weights[:, rows.numpy()]
             acc["sy"] = acc["sy"] + w @ y
             acc["syy"] = acc["syy"] + w @ y**2
-            zview = torch.cat([zs_all[rows], *(z[rows] for z in zr_all)], 1)
+            zr = {r: z[rows] for r, z in zr_all.items()}
             preds = _decoder_variants(
-                module, m, zs_all[rows], zview, zp_all, rows, perms, batch.batch
+                module, m, zs_all[rows], zr, zp_all, rows, perms, batch.batch
             )
             for v, p in preds.items():
                 err = (y - p.double().numpy()) ** 2

@@ -43,6 +43,7 @@ from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records, atomic_write_text
 from venncell.data.validate import VennCellInputError, VennCellInputWarning, config_from
 from venncell.module.embed import embed_cells
+from venncell.module.regions import block_key, region_name
 
 MIN_HELD_OUT = 50  # fewer held-out cells than this give CIs too wide to plan with; fall back to training cells
 
@@ -100,11 +101,6 @@ class PlanResult:
         return written
 
 
-def source_name(subset: tuple[str, ...]) -> str:
-    """``rna+atac`` style name of a subset (sorted, joined by ``+``, as the Venn regions are named)."""
-    return "+".join(sorted(subset))
-
-
 def plan_measurements(
     module,
     data,
@@ -150,7 +146,7 @@ def plan_measurements(
             for s in combinations(others, k)
         ]
         shared_from = {
-            source_name(s): embed_cells(module, data, cells, modalities=list(s))["shared"]
+            region_name(s): embed_cells(module, data, cells, modalities=list(s))["shared"]
             for s in subsets
         }
         acc = _error_sums(module, data, t, cells, own, shared_from, weights, keep)
@@ -231,7 +227,7 @@ def _error_sums(module, data, t, cells, own, shared_from, weights, keep) -> dict
         add("syy", w @ y**2)
         zs = torch.as_tensor(own["shared"][rows])
         zp = torch.as_tensor(own[f"private:{t}"][rows])
-        zr = {r: torch.as_tensor(own[f"shared:{r}"][rows]) for r in module.regions_of[t]}
+        zr = {r: torch.as_tensor(own[block_key(r)][rows]) for r in module.regions_of[t]}
         measured = full_dec(module.decoder_input(t, zs, zp, zr), batch.batch)
         preds = {"measured": lik.normalised_mean(measured)}
         for s, z in shared_from.items():

@@ -85,8 +85,8 @@ def render_html(
         parts += [
             "<h2>Latent blocks (UMAP)</h2>",
             "<p class='note'>Coloured by each marker and by each modality's per-cell weight in the shared "
-            "latent (<i>weight: m</i>; its encoder's estimate against the cell's fitted latent, normalised "
-            "inverse squared distance; <code>model.cell_modality_weights()</code>).</p>",
+            "latent (<i>weight: m</i>; how much better the cell's fitted latent explains m's data than the mean "
+            "latent does, normalised over the modalities; <code>model.cell_modality_weights()</code>).</p>",
             _img(_fig_umaps(result)),
         ]
     parts += [

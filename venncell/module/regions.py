@@ -26,9 +26,12 @@ def region_members(modalities: list[str], rule: str) -> dict[str, tuple[str, ...
         )
     n = len(modalities)
     sizes = {"shared": [], "pairs": [2] if n >= 3 else [], "all": list(range(2, n))}[rule]
-    return {
-        "+".join(sorted(s)): tuple(sorted(s)) for k in sizes for s in combinations(modalities, k)
-    }
+    return {region_name(s): tuple(sorted(s)) for k in sizes for s in combinations(modalities, k)}
+
+
+def region_name(modalities) -> str:
+    """A set of modalities' name: sorted, joined by ``+`` (``atac+rna``)."""
+    return "+".join(sorted(modalities))
 
 
 def region_sizes(

@@ -72,7 +72,7 @@ class VennModule(nn.Module):
         self.private_tables = nn.ModuleDict(
             {m: self._table(n_cells, d, cfg.latent_init_std) for m, d in self.private_dims.items()}
         )
-        # region blocks start small and random: the spectral start fits shared and private blocks only
+        # small random starts, replaced by the spectral start's region directions (module.init_regions)
         self.region_tables = nn.ModuleDict(
             {r: self._table(n_cells, d, 0.1) for r, d in self.region_dims.items()}
         )
@@ -256,7 +256,7 @@ class VennModule(nn.Module):
 
     def decoder_input(self, m: str, z_shared, z_private, z_regions: dict | None = None):
         """What m's full decoder reads: shared, m's region blocks (in ``regions_of`` order), private."""
-        regions = [z_regions[r] for r in self.regions_of[m]] if self.regions_of[m] else []
+        regions = [z_regions[r] for r in self.regions_of[m]]  # none: z_regions is never read
         return torch.cat([z_shared, *regions, z_private], dim=1)
 
     def decode_raw(
