@@ -60,6 +60,10 @@ def test_report_outputs(report_run):
     weights = pd.read_csv(out / "attribution_cell_weights.csv", index_col=0)
     assert list(weights.columns) == ["rna", "protein", "atac"]
     assert ((weights.sum(1) - 1).abs() < 1e-5).all()
+    blocks = pd.read_csv(out / "attribution_regions.csv")
+    assert list(blocks["block"]) == ["shared", "private:rna", "private:protein", "private:atac"]
+    assert {"ev_rna", "ev_protein", "ev_atac", "empty"} <= set(blocks.columns)
+    assert blocks.loc[0, ["ev_rna", "ev_protein", "ev_atac"]].notna().all()
     plan = pd.read_csv(out / "plan_summary.csv")
     assert len(plan) == 9  # 3 targets x 3 source subsets
     # a fraction, or NaN where the (briefly trained) model explains none of the target's features
@@ -91,8 +95,9 @@ def test_report_html_embeds_decodable_figures(report_run):
         "<script" not in html and "http://" not in html and "https://" not in html
     )  # self-contained
     images = re.findall(r"<img[^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    # Venn summary, feature scatter, marker heatmap, UMAP grid, recoverable fractions
-    assert len(images) == len(re.findall(r"<img", html)) == 5
+    # Venn summary, Venn diagram, feature scatter, marker heatmap, UMAP grid, recoverable fractions
+    assert len(images) == len(re.findall(r"<img", html)) == 6
+    assert "alt='Venn diagram'" in html
     assert "Measure or predict" in html
     for b64 in images:
         pixels = _png(base64.b64decode(b64))
@@ -102,11 +107,12 @@ def test_report_html_embeds_decodable_figures(report_run):
         assert marker in html
 
 
-def test_report_renders_in_chromium(report_run, tmp_path):
+def _screenshot(page: Path, tmp_path: Path, size: tuple[int, int]):
+    """``page`` rendered by headless Chromium (skipped when absent), as an RGB array."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed")
-    shot = tmp_path / "report.png"
+    shot = tmp_path / f"{page.stem}.png"
     cmd = [
         chromium,
         "--headless",
@@ -119,13 +125,36 @@ def test_report_renders_in_chromium(report_run, tmp_path):
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'profile'}",
         f"--screenshot={shot}",
-        "--window-size=1200,3000",
-        (report_run / "report.html").resolve().as_uri(),
+        f"--window-size={size[0]},{size[1]}",
+        page.resolve().as_uri(),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert shot.exists(), f"no screenshot ({res.returncode}):\n{res.stderr[-2000:]}"
     pixels = _png(shot.read_bytes())[..., :3]
-    assert pixels.shape[:2] == (3000, 1200)
+    assert pixels.shape[:2] == (size[1], size[0])
+    return pixels
+
+
+def test_report_renders_in_chromium(report_run, tmp_path):
+    pixels = _screenshot(report_run / "report.html", tmp_path, (1200, 3000))
     assert pixels.std() > 0.05, "the rendered page is blank"
     top = pixels[:600]
     assert top.std() > 0.05, "nothing rendered at the top of the page (title, first figure)"
+
+
+def test_venn_diagram_renders_in_chromium(report_run, tmp_path):
+    """The report's Venn diagram as the browser draws it: the page keeps only that image once loaded."""
+    html = (report_run / "report.html").read_text()
+    keep = (
+        "<script>window.onload = () => {const v = [...document.images].find(i => i.alt === "
+        "'Venn diagram'); document.body.style.margin = '0'; document.body.replaceChildren(v);}"
+        "</script></body>"
+    )
+    page = tmp_path / "venn.html"
+    page.write_text(html.replace("</body>", keep))
+    pixels = _screenshot(page, tmp_path, (800, 700))
+    drawn = pixels[pixels.min(2) < 0.98]  # everything but the white page
+    assert len(drawn) > 40_000, "the Venn diagram is not on the page"  # three circles of ~100 px
+    assert (pixels[550:] > 0.98).all(), "more than the Venn diagram (~500 px high) on the page"
+    # the circles' pale blue fill: blue above red, as in no other part of the page kept
+    assert (drawn[:, 2] - drawn[:, 0] > 0.03).mean() > 0.5

@@ -67,6 +67,45 @@ def test_blocks_decoders_and_outputs(tiny, tmp_path):
     assert refined["shared:atac+rna"].shape == (240, 3)
 
 
+def test_attribution_over_regions(tiny, tmp_path):
+    """Per-feature EV split over the blocks each decoder reads, the blocks' sizes, region verdict columns, the
+    report's Venn diagram."""
+    from venncell.analysis.venn_figure import venn_figure
+
+    model, mdata = tiny
+    res = model.attribution(markers=["cluster"], n_perm=10, n_boot=20, progress=False)
+    rna = res.features["rna"]
+    parts = ["ev_in_shared", "ev_in_protein+rna", "ev_in_atac+rna", "ev_in_private"]
+    assert set(parts) <= set(rna.columns) and "ev_in_atac+protein" not in rna.columns
+    total = rna[parts].sum(1).to_numpy()
+    full = rna["ev_full"].clip(lower=0).to_numpy()
+    explained = total > 0
+    assert explained.any() and np.allclose(total[explained], full[explained])
+    assert (rna[parts].to_numpy() >= 0).all()
+    blocks = res.regions.set_index("block")
+    assert list(blocks.index) == [
+        "shared",
+        "shared:protein+rna",
+        "shared:atac+rna",
+        "shared:atac+protein",
+        "private:rna",
+        "private:protein",
+        "private:atac",
+    ]
+    assert blocks.loc["shared:atac+rna", "dim"] == 3 and np.isnan(
+        blocks.loc["shared:atac+rna", "ev_protein"]
+    )  # protein's decoder does not read the atac+rna block
+    assert np.isclose(blocks.loc["shared:atac+rna", "ev_rna"], rna["ev_in_atac+rna"].mean())
+    assert "regions" in res.markers.columns and "gain_atac+rna" in res.markers.columns
+    assert {"ev_in_atac+rna", "ev_in_private"} <= set(res.modalities.columns)
+    assert set(res.top_features["rna"]) == {"shared", "protein+rna", "atac+rna", "private"}
+    written = {p.name for p in res.write(tmp_path)}
+    assert "attribution_regions.csv" in written
+    fig = venn_figure(res.regions)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any(t.startswith("atac+rna\n") for t in texts) and "rna" in texts
+
+
 def test_partial_pairing(tiny):
     """A region's block comes from the members a cell has, NaN when it has none of them."""
     model, mdata = tiny
@@ -112,7 +151,8 @@ def test_bad_region_settings(tiny_mdata):
 @pytest.mark.slow
 def test_pair_factors_land_in_their_own_blocks(tmp_path, helpers):
     """Two pair regions and an empty one: each pair factor is recovered by its own block (measured 0.91 and 0.91)
-    and hardly by the shared block (0.09, 0.00), and the empty region's block holds nothing (<= -0.05)."""
+    and hardly by the shared block (0.09, 0.00), the empty region's block holds nothing (<= -0.05) and is reported
+    empty, and the attribution verdicts name the regions."""
     mdata, truth = make_synthetic(
         n_cells=1500,
         modalities={"rna": 400, "protein": 80, "atac": 600},
@@ -132,6 +172,23 @@ def test_pair_factors_land_in_their_own_blocks(tmp_path, helpers):
         assert mat.loc[r, r] >= 0.85 and mat.loc[r, "shared"] <= 0.2, r
     assert mat.loc["shared", "shared"] >= 0.85
     assert mat["shared:atac+protein"].max() <= 0.1  # the unsupported region stays empty
+    # attribution names the regions: true factors as .obs markers get the verdict of their block
+    expected = {"shared": "shared", "shared:protein+rna": "shared by protein+rna"}
+    expected.update({"shared:atac+rna": "shared by atac+rna", "private:rna": "specific to rna"})
+    for block in expected:
+        mdata.obs[f"true {block}"] = truth.blocks()[block][:, 0]
+    res = model.attribution(markers=[f"true {b}" for b in expected], n_perm=50, progress=False)
+    verdicts = dict(zip(res.markers["marker"], res.markers["verdict"]))
+    assert verdicts == {f"true {b}": v for b, v in expected.items()}, verdicts
+    assert res.regions.set_index("block")["empty"].to_dict() == {
+        "shared": False,
+        "shared:protein+rna": False,
+        "shared:atac+rna": False,
+        "shared:atac+protein": True,
+        "private:rna": False,
+        "private:protein": False,
+        "private:atac": False,
+    }
 
 
 def test_regions_from_the_command_line(tmp_path, helpers):

@@ -17,6 +17,12 @@ Features (every gene / peak / protein)
     needs it, shared x private interactions included. Both get percentile bootstrap CIs over cells.
     Features whose full EV is <= 0 have no fraction (NaN).
 
+    With Venn regions (``venn_regions`` = ``pairs`` or ``all``) a feature's decoder also reads the blocks of the
+    regions that contain its modality. Each block's part of the feature's EV (``ev_in_shared``,
+    ``ev_in_<region>``, ``ev_in_private``) is the EV lost when that block alone is marginalised, normalised over the
+    blocks so the parts add up to the full EV. ``AttributionResult.regions`` says how big each block is: the mean
+    EV it holds of each member's features, and ``empty`` when that is below 1 % for every member.
+
 Markers (a feature of any modality, e.g. protein ``CD4``, or any ``.obs`` column)
     Cross-validated probes -- ridge regression (linear) and k-nearest neighbours (nonlinear) -- predict the
     marker from each latent block: ``shared``, ``private:<m>``, ``shared+private:<m>`` and ``all``. Held-out
@@ -42,6 +48,10 @@ Markers (a feature of any modality, e.g. protein ``CD4``, or any ``.obs`` column
       * ``shared`` -- no modality adds.
       * ``specific to <m>`` -- m adds and ``shared_fraction <= specific_max`` (several: ``m1 + m2``).
       * ``partly shared (x % shared)`` -- otherwise; ``private_modalities`` names the private blocks that add.
+      * With Venn regions, each region r is tested like a private block (``score(shared+region:r) - score(shared)``)
+        and ``regions`` names those that add; when only regions add and ``shared_fraction <= specific_max`` the
+        verdict is ``shared by <r>`` (e.g. ``shared by atac+rna``), and ``specific to m and shared by r`` when both
+        kinds add.
 
 Latent dimensions
     PCA of each latent block on held-out (validation) cells, and the features (all modalities, on the
@@ -61,6 +71,7 @@ from venncell.analysis.directions import dimension_view
 from venncell.analysis.features import (
     feature_attribution,
     modality_summary,
+    region_table,
     top_features,
     write_var_columns,
 )
@@ -202,6 +213,7 @@ def attribute(
         config=cfg,
         features=features,
         modalities=pd.DataFrame(summaries),
+        regions=region_table(module, features, lat),
         top_features={m: top_features(df, cfg.top_n) for m, df in features.items()},
         markers=pd.DataFrame([rows[mk.name] for mk in resolved]),
         marker_scores=concat_frames(score_rows, ["marker", "block", "probe"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -10,13 +12,30 @@ from sklearn.decomposition import PCA
 from venncell.data.transforms import log_normalised
 
 
-def dimension_view(data, is_train: np.ndarray, idx: np.ndarray, lat: dict, cfg) -> pd.DataFrame:
-    """Top features (by |Pearson r|, all modalities) of each principal component of each latent block."""
+@dataclass
+class Direction:
+    """One principal component of a latent block and every feature's Pearson r with it (held-out cells)."""
+
+    block: str
+    component: str
+    explained_variance_ratio: float
+    correlation: pd.Series  # indexed by (modality, feature)
+
+
+def block_directions(
+    data, is_train: np.ndarray, idx: np.ndarray, lat: dict, cfg
+) -> list[Direction]:
+    """The first ``cfg.n_components`` principal components of every latent block (shared, Venn regions, privates),
+    fitted on the held-out cells among ``idx`` (all of them when fewer than 50), with each feature's correlation."""
     held_out = ~is_train[idx]
     pos = np.flatnonzero(held_out) if held_out.sum() >= 50 else np.arange(len(idx))
     feats = {m: _feature_matrix(data, m, idx[pos]) for m in data.specs}
-    rows = []
-    for block in ["shared"] + [f"private:{m}" for m in data.specs]:
+    names = pd.MultiIndex.from_tuples(
+        [(m, f) for m in feats for f in data.specs[m].features], names=["modality", "feature"]
+    )
+    blocks = ["shared", *(b for b in lat if b.startswith("shared:"))]
+    out = []
+    for block in blocks + [f"private:{m}" for m in data.specs]:
         z = lat[block][pos]
         ok = np.isfinite(z).all(1)
         n_comp = min(cfg.n_components, z.shape[1], int(ok.sum()) - 1)
@@ -26,20 +45,35 @@ def dimension_view(data, is_train: np.ndarray, idx: np.ndarray, lat: dict, cfg) 
         pcs = np.full((len(z), n_comp), np.nan)
         pcs[ok] = pca.transform(z[ok])
         corr = np.vstack([_correlate(pcs, x, present) for x, present in feats.values()])
-        names = [(m, f) for m in feats for f in data.specs[m].features]
-        for c in range(n_comp):
-            for rank, i in enumerate(np.argsort(-np.abs(corr[:, c]))[: cfg.top_n]):
-                rows.append(
-                    {
-                        "block": block,
-                        "component": f"PC{c + 1}",
-                        "explained_variance_ratio": float(pca.explained_variance_ratio_[c]),
-                        "rank": rank + 1,
-                        "modality": names[i][0],
-                        "feature": names[i][1],
-                        "correlation": float(corr[i, c]),
-                    }
-                )
+        out += [
+            Direction(
+                block,
+                f"PC{c + 1}",
+                float(pca.explained_variance_ratio_[c]),
+                pd.Series(corr[:, c], names),
+            )
+            for c in range(n_comp)
+        ]
+    return out
+
+
+def dimension_view(data, is_train: np.ndarray, idx: np.ndarray, lat: dict, cfg) -> pd.DataFrame:
+    """Top features (by |Pearson r|, all modalities) of each principal component of each latent block."""
+    rows = []
+    for d in block_directions(data, is_train, idx, lat, cfg):
+        r = d.correlation.to_numpy()
+        for rank, i in enumerate(np.argsort(-np.abs(r))[: cfg.top_n]):
+            rows.append(
+                {
+                    "block": d.block,
+                    "component": d.component,
+                    "explained_variance_ratio": d.explained_variance_ratio,
+                    "rank": rank + 1,
+                    "modality": d.correlation.index[i][0],
+                    "feature": d.correlation.index[i][1],
+                    "correlation": float(r[i]),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -11,9 +11,12 @@ import torch
 
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.data.validate import VennCellInputError
-from venncell.module.regions import block_key
+from venncell.module.regions import block_key, region_name
 
 VAR_PREFIX = "venn_"
+EMPTY_EV = (
+    0.01  # a block holding < 1 % of the variance of every member's features is reported empty
+)
 
 
 def _normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tensor:
@@ -23,25 +26,42 @@ def _normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tens
     )  # nb_mixture's normalised scale is counts
 
 
-def _decoder_variants(module, m: str, zs, zr, zp_all, rows, perms, b) -> dict[str, torch.Tensor]:
-    """Normalised decoder means for one chunk of cells under each way of (not) using the private block; ``zr``:
-    the chunk's region blocks of m (Venn regions), which stay as they are."""
+def _decoder_variants(
+    module, m: str, zs_all, zr_all, zp_all, rows, perms, b
+) -> dict[str, torch.Tensor]:
+    """Normalised decoder means for one chunk of cells under each way of (not) using the private block. With Venn
+    regions, also the full decoder with the shared block and with each of m's region blocks marginalised."""
     dec, lik = module.decoders[m], module.decoders[m].likelihood
-    zp = zp_all[rows]
+    zs, zp = zs_all[rows], zp_all[rows]
+    zr = {r: z[rows] for r, z in zr_all.items()}
 
-    def full(z_private):
-        return lik.normalised_mean(dec(module.decoder_input(m, zs, z_private, zr), b))
+    def full(z_shared=zs, z_private=zp, z_regions=zr):
+        return lik.normalised_mean(dec(module.decoder_input(m, z_shared, z_private, z_regions), b))
 
-    return {
-        "full": full(zp),
+    def marginalised(swap):  # the mean over the permutations perms[1:] of one block
+        return torch.stack([full(**swap(p[rows])) for p in perms[1:]]).mean(0)
+
+    out = {
+        "full": full(),
         "shared_decoder": lik.normalised_mean(module.shared_decoders[m](zs, b)),
-        "private_mean": full(zp_all.mean(0, keepdim=True).expand_as(zp)),
-        "private_permuted": full(zp_all[perms[0][rows]]),
-        "private_marginalised": torch.stack([full(zp_all[p[rows]]) for p in perms[1:]]).mean(0),
+        "private_mean": full(z_private=zp_all.mean(0, keepdim=True).expand_as(zp)),
+        "private_permuted": full(z_private=zp_all[perms[0][rows]]),
+        "private_marginalised": marginalised(lambda p: {"z_private": zp_all[p]}),
     }
+    if zr_all:
+        out["shared_marginalised"] = marginalised(lambda p: {"z_shared": zs_all[p]})
+        for r, z in zr_all.items():
+            out[f"region_marginalised:{r}"] = marginalised(
+                lambda p, r=r, z=z: {"z_regions": {**zr, r: z[p]}}
+            )
+    return out
 
 
 _BOOTSTRAPPED = ("full", "shared_decoder", "private_marginalised")
+
+
+def _bootstrapped(variant: str) -> bool:
+    return variant in _BOOTSTRAPPED or variant.endswith("marginalised")
 
 
 def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, rng):
@@ -73,13 +93,10 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
             w = weights[:, rows.numpy()]
             acc["sy"] = acc["sy"] + w @ y
             acc["syy"] = acc["syy"] + w @ y**2
-            zr = {r: z[rows] for r, z in zr_all.items()}
-            preds = _decoder_variants(
-                module, m, zs_all[rows], zr, zp_all, rows, perms, batch.batch
-            )
+            preds = _decoder_variants(module, m, zs_all, zr_all, zp_all, rows, perms, batch.batch)
             for v, p in preds.items():
                 err = (y - p.double().numpy()) ** 2
-                acc[v] = acc[v] + (w if v in _BOOTSTRAPPED else w[:1]) @ err
+                acc[v] = acc[v] + (w if _bootstrapped(v) else w[:1]) @ err
     sst = acc.pop("syy") - acc.pop("sy") ** 2 / n
     with np.errstate(divide="ignore", invalid="ignore"):
         ev = {
@@ -98,9 +115,29 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
     )
     table.update(with_ci("shared_fraction", frac, cfg.ci))
     table.update(with_ci("private_fraction", 1.0 - frac, cfg.ci))
+    if module.regions_of[m]:
+        for name, draws in region_decomposition(ev, module.regions_of[m]).items():
+            boot[f"in:{name}"] = draws
+            table.update(with_ci(f"ev_in_{name}", draws, cfg.ci))
     df = pd.DataFrame(table, index=pd.Index(spec.features, name="feature"))
     df.attrs["shared_estimate"] = shared_key
     return df, boot
+
+
+def region_decomposition(ev: dict[str, np.ndarray], regions: list[str]) -> dict[str, np.ndarray]:
+    """A feature's EV split over the blocks its decoder reads (Venn regions): each block's share is the EV lost when
+    that block alone is marginalised, normalised over the blocks, times the full EV (so the parts add up to it).
+    Keys: ``shared``, each region's name, ``private``; values shaped like ``ev["full"]``."""
+    keys = {"shared": "shared_marginalised", "private": "private_marginalised"}
+    keys.update({r: f"region_marginalised:{r}" for r in regions})
+    order = ["shared", *regions, "private"]
+    full = np.clip(np.nan_to_num(ev["full"], nan=0.0), 0.0, None)
+    drops = {
+        b: np.clip(np.nan_to_num(ev["full"] - ev[keys[b]], nan=0.0), 0.0, None) for b in order
+    }
+    total = sum(drops.values())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {b: np.where(total > 0, full * drops[b] / total, 0.0) for b in order}
 
 
 def _shared_key(module, cfg) -> str:
@@ -140,20 +177,58 @@ def modality_summary(m: str, boot: dict[str, np.ndarray], cfg) -> dict:
     ):
         out.update(with_ci(name, v, cfg.ci))
     out["ev_unexplained"] = 1.0 - out["ev_explained"]
+    for key, draws in boot.items():  # Venn regions: the mean EV in each block m's decoder reads
+        if key.startswith("in:"):
+            out.update(with_ci(f"ev_in_{key[3:]}", draws.mean(1), cfg.ci))
     return out
 
 
-def top_features(df: pd.DataFrame, n: int) -> dict[str, list[str]]:
+def feature_regions(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per-feature EV in each block the modality's decoder reads: ``shared``, its Venn regions (when the model has
+    them) and ``private``."""
+    cols = [c for c in df.columns if c.startswith("ev_in_") and not c.endswith(("_lo", "_hi"))]
+    if cols:
+        return {c[len("ev_in_") :]: df[c].to_numpy() for c in cols}
     shared, private = venn_regions(
         {"full": df["ev_full"].to_numpy(), "shared": df["ev_shared"].to_numpy()}
     )
+    return {"shared": shared, "private": private}
+
+
+def top_features(df: pd.DataFrame, n: int) -> dict[str, list[str]]:
+    """The ``n`` features with the most EV in each block (``feature_regions``); a block nothing falls in stays empty."""
     out = {}
-    for region, ev in (("shared", shared), ("private", private)):
+    for region, ev in feature_regions(df).items():
         top = np.argsort(-ev)[:n]
-        out[region] = [
-            str(df.index[i]) for i in top if ev[i] > 0
-        ]  # a region nothing falls in stays empty
+        out[region] = [str(df.index[i]) for i in top if ev[i] > 0]
     return out
+
+
+def region_table(module, features: dict[str, pd.DataFrame], lat: dict) -> pd.DataFrame:
+    """How big each block of the Venn diagram is: one row per latent block (``shared``, each region, each private)
+    with its members, latent width and variance (on the analysed cells), the mean EV it holds of each member's
+    features (``feature_regions``), and ``empty`` when that EV is below ``EMPTY_EV`` for every member."""
+    mods = list(module.modalities)
+    blocks = [("shared", "shared", tuple(mods), module.cfg.shared_dim)]
+    blocks += [(block_key(r), r, ms, module.region_dims[r]) for r, ms in module.regions.items()]
+    blocks += [(f"private:{m}", "private", (m,), module.private_dims[m]) for m in mods]
+    parts = {m: feature_regions(features[m]) for m in mods}
+    rows = []
+    for key, part, members, dim in blocks:
+        ev = {m: float(np.mean(parts[m][part])) if len(parts[m][part]) else 0.0 for m in members}
+        z = lat[key]
+        z = z[np.isfinite(z).all(1)]
+        rows.append(
+            {
+                "block": key,
+                "members": region_name(members),
+                "dim": dim,
+                "latent_variance": float(z.var(0).sum()) if len(z) > 1 else np.nan,
+                **{f"ev_{m}": ev.get(m, np.nan) for m in mods},
+                "empty": max(ev.values()) < EMPTY_EV,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def write_var_columns(mdata, features: dict[str, pd.DataFrame]) -> None:

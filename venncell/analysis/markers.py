@@ -17,15 +17,28 @@ from venncell.analysis.writers import concat_frames
 from venncell.data.transforms import log_normalised
 from venncell.data.validate import VennCellInputError
 from venncell.module.embed import embed_cells
+from venncell.module.regions import block_key
 
 
-def combine_blocks(shared: np.ndarray, private: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The blocks a marker is probed from: shared, each private, shared + each private, and all."""
+def combine_blocks(
+    shared: np.ndarray,
+    private: dict[str, np.ndarray],
+    regions: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The blocks a marker is probed from: shared, each private, shared + each private, and all; with Venn regions
+    also each region's block (``region:<r>``) and shared + it (``shared+region:<r>``)."""
+    regions = regions or {}
     blocks = {"shared": shared}
     blocks.update({f"private:{m}": p for m, p in private.items()})
     blocks.update({f"shared+private:{m}": np.hstack([shared, p]) for m, p in private.items()})
-    blocks["all"] = np.hstack([shared, *private.values()])
+    blocks.update({f"region:{r}": z for r, z in regions.items()})
+    blocks.update({f"shared+region:{r}": np.hstack([shared, z]) for r, z in regions.items()})
+    blocks["all"] = np.hstack([shared, *regions.values(), *private.values()])
     return blocks
+
+
+def _regions(module, lat: dict) -> dict[str, np.ndarray]:
+    return {r: lat[block_key(r)] for r in module.regions}
 
 
 def marker_groups(markers: list[Marker]) -> list[list[Marker]]:
@@ -40,7 +53,7 @@ def marker_blocks(module, data, mk: Marker, idx: np.ndarray, lat: dict) -> dict[
     mods = list(data.specs)
     private = {m: lat[f"private:{m}"] for m in mods}
     if mk.source == "obs":
-        return combine_blocks(lat["shared"], private)
+        return combine_blocks(lat["shared"], private, _regions(module, lat))
     # A feature of modality m: shared from the other modalities only, private:m blind to the feature itself.
     m = mk.source
     others = [o for o in mods if o != m]
@@ -53,7 +66,8 @@ def marker_blocks(module, data, mk: Marker, idx: np.ndarray, lat: dict) -> dict[
 
     masked = embed_cells(module, data, idx, others, edit=hide)
     private[m] = masked[f"private:{m}"]
-    return combine_blocks(masked["shared"], private)
+    # a region's block from its members other than m (like shared): what the rest of the cell reveals
+    return combine_blocks(masked["shared"], private, _regions(module, masked))
 
 
 @dataclass
@@ -291,25 +305,37 @@ def _verdict(scores: pd.DataFrame, boot: dict, modalities: list[str], cfg) -> di
         **with_ci("shared_score", shared, cfg.ci),
     }
     gains = {}
-    for m in modalities:
-        gain = draws[f"shared+private:{m}"] - shared
-        gains[m] = float(np.mean(gain[1:] <= 0))
-        out.update(with_ci(f"gain_{m}", gain, cfg.ci))
-        out[f"gain_{m}_p"] = gains[m]
+    regions = [b.split(":", 1)[1] for b in blocks if b.startswith("shared+region:")]
+    sources = {m: f"shared+private:{m}" for m in modalities}
+    sources.update({r: f"shared+region:{r}" for r in regions})
+    for name, block in sources.items():
+        gain = draws[block] - shared
+        gains[name] = float(np.mean(gain[1:] <= 0))
+        out.update(with_ci(f"gain_{name}", gain, cfg.ci))
+        out[f"gain_{name}_p"] = gains[name]
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = np.where(draws[best] > 0, np.clip(shared / draws[best], 0.0, 1.0), np.nan)
     out.update(with_ci("shared_fraction", frac, cfg.ci))
     material = cfg.min_gain * max(out["best_score"], 0.0)
-    adds = [m for m, p in gains.items() if p < cfg.alpha and out[f"gain_{m}"] >= material]
-    adds.sort(key=lambda m: -out[f"gain_{m}"])
-    out["private_modalities"] = ", ".join(adds)
+    adds = [s for s, p in gains.items() if p < cfg.alpha and out[f"gain_{s}"] >= material]
+    adds.sort(key=lambda s: -out[f"gain_{s}"])
+    privates = [s for s in adds if s in modalities]
+    out["private_modalities"] = ", ".join(privates)
+    if regions:
+        out["regions"] = ", ".join(s for s in adds if s in regions)
     f = out["shared_fraction"]
     if out["best_score"] < cfg.min_score or out["p_value"] >= cfg.alpha:
         out["verdict"] = "not captured"
     elif not adds:
         out["verdict"] = "shared"
     elif f <= cfg.specific_max:
-        out["verdict"] = f"specific to {' + '.join(adds)}"
+        parts = [f"specific to {' + '.join(privates)}"] if privates else []
+        parts += (
+            [f"shared by {', '.join(s for s in adds if s in regions)}"]
+            if len(privates) < len(adds)
+            else []
+        )
+        out["verdict"] = " and ".join(parts)
     else:
         out["verdict"] = f"partly shared ({100 * f:.0f} % shared)"
     return out

@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from venncell.analysis.attribution import AttributionResult
 from venncell.analysis.features import venn_regions
 from venncell.analysis.plan_report import plan_section
+from venncell.analysis.venn_figure import venn_figure
 
 COLORS = {"shared": "#3b75af", "private": "#ef8636", "unexplained": "#d0d0d0"}
 MAX_UMAP_MARKERS = 8
@@ -67,6 +68,16 @@ def render_html(
         _img(_fig_venn(result)),
         _modality_table(result.modalities),
     ]
+    if len(result.regions):
+        parts += [
+            "<h2>Venn diagram of the learned blocks</h2>",
+            "<p class='note'>Each zone is a latent block: the all-shared block in the middle, blocks shared by "
+            "some modalities (Venn regions, <code>model.venn_regions</code>) where their circles overlap, private "
+            "blocks outside. The numbers are the mean explained variance of each member's features that the "
+            "block holds; <i>empty</i> when below 1 % for every member.</p>",
+            _img(venn_figure(result.regions), alt="Venn diagram"),
+            _region_table(result.regions),
+        ]
     parts += [
         "<h2>Features: shared vs private explained variance</h2>",
         "<p class='note'>Each point is a feature: EV of the shared-only estimate (x) and what the private "
@@ -204,6 +215,10 @@ def _modality_table(summary: pd.DataFrame) -> str:
     return df.to_html(border=0)
 
 
+def _region_table(regions: pd.DataFrame) -> str:
+    return regions.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+
+
 def _top_table(result: AttributionResult) -> str:
     rows = {
         (m, region): ", ".join(feats)
@@ -233,10 +248,10 @@ def _dimension_table(result: AttributionResult) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def _img(fig) -> str:
+def _img(fig, alt: str = "figure") -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return f"<img alt='figure' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')}'>"
+    return f"<img alt='{alt}' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')}'>"
 
 
 def _fig_venn(result: AttributionResult):
@@ -245,20 +260,14 @@ def _fig_venn(result: AttributionResult):
     ax = fig.subplots()
     y = np.arange(len(s))
     left = np.zeros(len(s))
-    for col, key, label in (
-        ("ev_shared", "shared", "shared"),
-        ("ev_private", "private", "private (own modality)"),
-        ("ev_unexplained", "unexplained", "unexplained"),
-    ):
-        v = s[col].to_numpy(dtype=float)
+    for col, color, label in _venn_segments(s):
+        v = np.nan_to_num(s[col].to_numpy(dtype=float))
         err = (
             None
             if col == "ev_unexplained"
-            else np.abs(np.vstack([v - s[col + "_lo"], s[col + "_hi"] - v]))
+            else np.nan_to_num(np.abs(np.vstack([v - s[col + "_lo"], s[col + "_hi"] - v])))
         )
-        ax.barh(
-            y, v, left=left, color=COLORS[key], label=label, xerr=err, ecolor="#333", capsize=2
-        )
+        ax.barh(y, v, left=left, color=color, label=label, xerr=err, ecolor="#333", capsize=2)
         left += v
     for i, share in enumerate(s["shared_share"]):
         text = (
@@ -270,8 +279,35 @@ def _fig_venn(result: AttributionResult):
     ax.set_yticks(y, s["modality"])
     ax.set_xlim(0, 1)
     ax.set_xlabel("mean explained variance over features")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     return fig
+
+
+def _venn_segments(s: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(column, colour, label) of the bars: shared, private, unexplained; with Venn regions the decomposition
+    over the blocks (``ev_in_*``), each region in a colour of its own."""
+    if "ev_in_shared" not in s:
+        return [
+            ("ev_shared", COLORS["shared"], "shared"),
+            ("ev_private", COLORS["private"], "private (own modality)"),
+            ("ev_unexplained", COLORS["unexplained"], "unexplained"),
+        ]
+    regions = [
+        c[len("ev_in_") :]
+        for c in s.columns
+        if c.startswith("ev_in_") and not c.endswith(("_lo", "_hi"))
+    ]
+    regions = [r for r in regions if r not in ("shared", "private")]
+    palette = ["#8fb7d9", "#9bd18b", "#c9a3d6", "#f2d16b", "#a6d8d4", "#e6a0a0"]
+    return [
+        ("ev_in_shared", COLORS["shared"], "shared"),
+        *(
+            (f"ev_in_{r}", palette[i % len(palette)], f"shared by {r}")
+            for i, r in enumerate(regions)
+        ),
+        ("ev_in_private", COLORS["private"], "private (own modality)"),
+        ("ev_unexplained", COLORS["unexplained"], "unexplained"),
+    ]
 
 
 def _fig_features(result: AttributionResult):

@@ -23,6 +23,8 @@ class AttributionResult:
     markers: pd.DataFrame
     marker_scores: pd.DataFrame
     dimensions: pd.DataFrame
+    # One row per latent block: its members, width, and the EV it holds (venncell.analysis.features.region_table).
+    regions: pd.DataFrame = field(default_factory=pd.DataFrame)
     # For plots: latent blocks and marker values of the cells used (rows = obs_names).
     obs_names: np.ndarray = field(repr=False, default=None)
     latents: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
@@ -40,6 +42,7 @@ class AttributionResult:
             "markers": _records(self.markers),
             "marker_scores": _records(self.marker_scores),
             "dimensions": _records(self.dimensions),
+            "regions": _records(self.regions),
         }
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -53,6 +56,7 @@ class AttributionResult:
                 "attribution_markers.csv": self.markers,
                 "attribution_marker_scores.csv": self.marker_scores,
                 "attribution_dimensions.csv": self.dimensions,
+                "attribution_regions.csv": self.regions,
             }
         )
         if self.cell_weights is not None:
