@@ -690,6 +690,39 @@ class VennCell:
         data = self._require_data("plan measurements")
         return plan_measurements(self.module, data, self.is_train, targets, features, **kwargs)
 
+    def enrich_regions(self, gene_sets=None, modalities=None, attribution=None, **kwargs):
+        """Gene sets per Venn block: the features each latent block holds most of (and those moving along each
+        latent direction) tested against gene-set collections.
+
+        Parameters
+        ----------
+        gene_sets
+            Bundled collection names (``GO_Biological_Process_2023``, ``KEGG_2021_Human``; needs
+            ``pip install 'venncell[genesets]'``) and/or paths of ``.gmt`` files; None = both bundled ones.
+            Nothing is downloaded.
+        modalities
+            Modalities to test; None = those whose features are gene symbols (RNA).
+        attribution
+            An ``AttributionResult`` of this model to reuse; None = computed here (features only, no markers).
+        **kwargs
+            ``EnrichmentConfig`` fields (``venncell.analysis.gene_sets``): ``method`` (``ora`` | ``prerank``),
+            ``top_n``, ``min_size``, ``max_size``, ``fdr``, ``n_terms``, ``permutations``, ``seed``.
+
+        Returns
+        -------
+        An ``EnrichmentResult``: ``.terms`` (every test), ``.top`` (best significant terms per block and
+        direction), ``.notes``, ``.write(dir)``.
+        """
+        from venncell.analysis.block_enrichment import enrich_blocks
+
+        self._require_trained()
+        data = self._require_data("test gene sets per block")
+        if gene_sets is not None:
+            kwargs["gene_sets"] = [gene_sets] if isinstance(gene_sets, str) else list(gene_sets)
+        if attribution is None:
+            attribution = self.attribution(markers=[], write_var=False, progress=False)
+        return enrich_blocks(data, self.is_train, attribution, modalities, **kwargs)
+
 
 class _seeded:
     """Seeds torch's CPU generator for a block and restores its state after: building a model draws from it, and

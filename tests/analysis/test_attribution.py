@@ -215,6 +215,44 @@ def test_trained_dimensions_and_outputs(trained, tmp_path):
     assert len(js["markers"]) == len(markers) + len(MODS) and js["markers"][0]["verdict"]
 
 
+def test_gene_sets_per_block(trained, tmp_path):
+    """Planted gene sets: the RNA features driven only by the shared factors, only by the private ones, and a random
+    draw of the rest. The shared block's top features enrich the first, the private block's the second, neither
+    the random one."""
+    model, mdata, _, _, result = trained
+    var = mdata["rna"].var
+    rng = np.random.default_rng(0)
+    sets = {
+        "SHARED_DRIVEN": var_names(var, "shared"),
+        "PRIVATE_DRIVEN": var_names(var, "private"),
+        "RANDOM": list(rng.choice(var_names(var, "both"), 60, replace=False)),
+    }
+    gmt = tmp_path / "planted.gmt"
+    gmt.write_text("".join(f"{k}\t\t" + "\t".join(v) + "\n" for k, v in sets.items()))
+    res = model.enrich_regions(gene_sets=[str(gmt)], attribution=result, top_n=40)
+    assert set(res.terms["modality"]) == {"rna"}  # protein and ATAC names are not gene symbols
+    terms = res.terms.set_index(["ranking", "term"])["fdr"]
+
+    def fdr(ranking, term):  # a term without overlap is not in the table: not enriched
+        return terms.get((ranking, term), 1.0)
+
+    assert fdr("shared", "SHARED_DRIVEN") < 1e-6 and fdr("private:rna", "PRIVATE_DRIVEN") < 1e-6
+    assert fdr("shared", "PRIVATE_DRIVEN") > 0.05 and fdr("private:rna", "SHARED_DRIVEN") > 0.05
+    assert all(fdr(r, "RANDOM") > 0.05 for r in ("shared", "private:rna"))
+    assert res.top.groupby("ranking")["term"].first()["shared"] == "SHARED_DRIVEN"
+    assert any(
+        r.startswith("shared PC") for r in res.terms["ranking"]
+    )  # the latent directions too
+    names = {p.name for p in res.write(tmp_path)}
+    assert names == {"enrichment_terms.csv", "enrichment_top.csv"}
+    with pytest.raises(VennCellInputError, match="'atac'.*gene symbols"):
+        model.enrich_regions(gene_sets=[str(gmt)], modalities=["atac"], attribution=result)
+
+
+def var_names(var: pd.DataFrame, driver: str) -> list[str]:
+    return [str(n) for n in var.index[var["true_driver"] == driver]]
+
+
 # ---------------------------------------------------------------------------------------------- plumbing (tiny model)
 def test_feature_marker_is_probed_without_its_modality(trained_tiny, monkeypatch):
     """The shared block of a protein marker comes from the other modalities' encoders, and protein's private

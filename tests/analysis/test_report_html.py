@@ -36,6 +36,8 @@ def report_run(tmp_path_factory, helpers) -> Path:
             f"markers=[{','.join(MARKERS)}]",
             "plan=true",
             "planner.n_boot=20",
+            "enrich=true",
+            "enrichment.gene_sets=[KEGG_2021_Human]",
             *QUICK,
         ]
     )
@@ -68,6 +70,8 @@ def test_report_outputs(report_run):
     assert len(plan) == 9  # 3 targets x 3 source subsets
     # a fraction, or NaN where the (briefly trained) model explains none of the target's features
     assert (plan["recoverable"].between(0, 1) == (plan["n_explained"] > 0)).all(), plan
+    # the synthetic RNA features are not gene symbols: enrichment skips RNA, says why, and writes empty tables
+    assert (out / "enrichment_terms.csv").exists() and (out / "enrichment_top.csv").exists()
     protein = pd.read_csv(out / "plan_features_protein.csv", index_col=0)
     assert set(protein["verdict"]) <= {"predict", "measure", "unexplained"}
 
@@ -99,6 +103,7 @@ def test_report_html_embeds_decodable_figures(report_run):
     assert len(images) == len(re.findall(r"<img", html)) == 6
     assert "alt='Venn diagram'" in html
     assert "Measure or predict" in html
+    assert "Gene sets per block" in html and "modality &#x27;rna&#x27;: only 0 of its" in html
     for b64 in images:
         pixels = _png(base64.b64decode(b64))
         assert pixels.shape[0] > 50 and pixels.shape[1] > 50

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from venncell.analysis.attribution import AttributionResult
+from venncell.analysis.enrichment_report import enrichment_section
 from venncell.analysis.features import venn_regions
 from venncell.analysis.plan_report import plan_section
 from venncell.analysis.venn_figure import venn_figure
@@ -41,12 +42,14 @@ def write_report(
     title: str = "VennCell attribution report",
     umap: bool = True,
     plan=None,
+    enrichment=None,
 ) -> Path:
-    """Render ``result`` (and a ``PlanResult``, if given) to ``path`` (written whole: temporary file, then
-    rename)."""
+    """Render ``result`` (and a ``PlanResult`` and an ``EnrichmentResult``, if given) to ``path`` (written whole:
+    temporary file, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(result, title=title, umap=umap, plan=plan), encoding="utf-8")
+    text = render_html(result, title=title, umap=umap, plan=plan, enrichment=enrichment)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -56,6 +59,7 @@ def render_html(
     title: str = "VennCell attribution report",
     umap: bool = True,
     plan=None,
+    enrichment=None,
 ) -> str:
     cfg = result.config
     parts = [
@@ -106,6 +110,8 @@ def render_html(
         "correlated with each (Pearson r; counts on log1p-per-10k scale).</p>",
         _dimension_table(result),
     ]
+    if enrichment is not None:
+        parts.append(enrichment_section(enrichment))
     if plan is not None:
         parts.append(plan_section(plan, _img))
     parts.append("</body></html>")

@@ -25,10 +25,12 @@ def write_run_report(
     umap: bool = True,
     save_h5mu: bool = False,
     plan: dict | None = None,
+    enrichment: dict | None = None,
     **attribution_kwargs,
 ):
-    """Attribution of ``model`` on its training data, written into ``run_dir``, and with ``plan`` (``PlanConfig``
-    fields) the measure-or-predict plan too; returns the attribution result."""
+    """Attribution of ``model`` on its training data, written into ``run_dir``; with ``plan`` (``PlanConfig``
+    fields) the measure-or-predict plan too, with ``enrichment`` (``EnrichmentConfig`` fields) gene sets per
+    block; returns the attribution result."""
     from venncell.analysis.report import write_report
 
     result = model.attribution(markers, **attribution_kwargs)
@@ -37,7 +39,11 @@ def write_run_report(
     if plan is not None:
         planned = model.plan_measurements(**plan)
         planned.write(run_dir)
-    write_report(result, run_dir / "report.html", umap=umap, plan=planned)
+    enriched = None
+    if enrichment is not None:
+        enriched = model.enrich_regions(attribution=result, **enrichment)
+        enriched.write(run_dir)
+    write_report(result, run_dir / "report.html", umap=umap, plan=planned, enrichment=enriched)
     if save_h5mu:
         atomic_write_h5mu(model.mdata, run_dir / "venn.h5mu")
     log.info("Wrote %s", run_dir / "report.html")
@@ -68,6 +74,7 @@ def run_report(cfg: DictConfig):
         umap=cfg.umap,
         save_h5mu=cfg.write_h5mu,
         plan=OmegaConf.to_container(cfg.planner, resolve=True) if cfg.plan else None,
+        enrichment=OmegaConf.to_container(cfg.enrichment, resolve=True) if cfg.enrich else None,
         **OmegaConf.to_container(cfg.attribution, resolve=True),
     )
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from venncell.analysis.attribution import AttributionConfig
+from venncell.analysis.gene_sets import EnrichmentConfig
 from venncell.analysis.planner import PlanConfig
 from venncell.data.validate import check_range, config_from
 from venncell.module.config import PRESETS as MODEL_PRESETS
@@ -82,6 +83,10 @@ class ReportConfig:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     plan: bool = False  # also the measure-or-predict plan (plan_*.csv, a report section)
     planner: PlanConfig = field(default_factory=PlanConfig)
+    enrich: bool = (
+        False  # also gene sets per block (enrichment_*.csv, a report section; venncell[genesets])
+    )
+    enrichment: EnrichmentConfig = field(default_factory=EnrichmentConfig)
 
 
 def register_configs() -> None:

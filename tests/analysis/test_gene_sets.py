@@ -1,0 +1,122 @@
+"""Gene-set collections and enrichment tests (``venncell.analysis.gene_sets``): planted sets found, random ones not,
+the bundled collections read from disk with the network blocked, the mouse-symbol rule, and clear errors. The
+same on a trained model's blocks is in test_attribution.py (it reuses that file's trained model)."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import false_discovery_control
+
+from venncell.analysis.gene_sets import (
+    EnrichmentConfig,
+    benjamini_hochberg,
+    check_overlap,
+    enrich,
+    load_gene_sets,
+    map_symbols,
+    top_terms,
+)
+from venncell.data.validate import VennCellInputError
+
+GENES = [f"GENE{i:04d}" for i in range(2000)]
+
+
+def planted(seed: int = 0):
+    """Two rankings over 2,000 genes: 'a' puts set A's genes near the top, 'b' set B's; set R is random."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(GENES)
+    sets = {"A": list(perm[:40]), "B": list(perm[40:80]), "R": list(perm[80:120])}
+    scores = {}
+    for name, genes in (("a", sets["A"]), ("b", sets["B"])):
+        s = pd.Series(rng.random(len(GENES)), index=GENES)
+        s[genes] += rng.random(len(genes)) > 0.3  # 70 % of the set's genes move to the top
+        scores[name] = s
+    return scores, {"toy": sets}
+
+
+@pytest.mark.parametrize("method", ["ora", "prerank"])
+def test_planted_sets_are_found(method):
+    if method == "prerank":
+        pytest.importorskip("gseapy")
+    scores, collections = planted()
+    cfg = EnrichmentConfig(gene_sets=[], method=method, top_n=50, permutations=500)
+    table = enrich(scores, collections, cfg)
+    got = table.set_index(["ranking", "term"])
+    assert got.loc[("a", "A"), "fdr"] < 0.01 and got.loc[("b", "B"), "fdr"] < 0.01
+    assert ("a", "B") not in got.index or got.loc[("a", "B"), "fdr"] > 0.05
+    assert ("b", "A") not in got.index or got.loc[("b", "A"), "fdr"] > 0.05
+    for r in ("a", "b"):
+        assert (r, "R") not in got.index or got.loc[(r, "R"), "fdr"] > 0.05
+    top = top_terms(table, n_terms=5, fdr=0.05)
+    assert list(top["term"]) == ["A", "B"] and list(top["ranking"]) == ["a", "b"]
+
+
+def test_ora_counts_and_bh():
+    scores, collections = planted()
+    table = enrich(scores, collections, EnrichmentConfig(gene_sets=[], top_n=50))
+    row = table[(table["ranking"] == "a") & (table["term"] == "A")].iloc[0]
+    top50 = set(scores["a"].nlargest(50).index)
+    assert row["overlap"] == len(top50 & set(collections["toy"]["A"])) and row["set_size"] == 40
+    assert np.isclose(row["expected"], 40 * 50 / 2000)
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    np.testing.assert_allclose(benjamini_hochberg(p), [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    p = np.random.default_rng(0).random(50) ** 3
+    np.testing.assert_allclose(benjamini_hochberg(p), false_discovery_control(p))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+
+
+def test_bundled_collections_load_offline(no_network):
+    pytest.importorskip("blitzgsea")
+    with pytest.raises(AssertionError, match="network"):  # the block is live
+        socket.create_connection(("example.org", 80))
+    kegg = load_gene_sets("KEGG_2021_Human")
+    go = load_gene_sets("GO_Biological_Process_2023")
+    assert len(kegg) > 250 and len(go) > 5000
+    assert "RPL3" in kegg["Ribosome"] and not any("," in g for g in kegg["Ribosome"])
+    # ORA on real symbols: a ranking led by ribosomal genes finds the Ribosome pathway first
+    background = sorted({g for genes in kegg.values() for g in genes})
+    rng = np.random.default_rng(0)
+    s = pd.Series(rng.random(len(background)), index=background)
+    s[[g for g in kegg["Ribosome"] if g.startswith("RPL")]] += 1.0
+    table = enrich({"block": s}, {"KEGG_2021_Human": kegg}, EnrichmentConfig(gene_sets=[]))
+    assert table.iloc[0]["term"] == "Ribosome" and table.iloc[0]["fdr"] < 1e-10
+
+
+def test_mouse_symbols_are_matched_upper_cased():
+    sets = {"toy": {"RIBO": ["RPL3", "RPS6", "RPL7"], "T": ["CD3E", "CD3D"]}}
+    symbols, note = map_symbols(["Rpl3", "Rps6", "Cd3e", "Xist"], sets)
+    assert list(symbols) == ["RPL3", "RPS6", "CD3E", "XIST"] and "upper-cased" in note
+    same, note = map_symbols(["RPL3", "CD3E"], sets)
+    assert list(same) == ["RPL3", "CD3E"] and note == ""
+    with pytest.raises(VennCellInputError, match="'atac'.*only 0 of its 3.*\\.gmt"):
+        check_overlap("atac", pd.Index(["chr1:100-200", "chr1:300-400", "chr2:5-9"]), sets)
+
+
+def test_gmt_files_and_bad_sources(tmp_path):
+    gmt = tmp_path / "mine.gmt"
+    gmt.write_text("SET_A\tdescription\tG1\tG2\tG3\nSET_B\t\tG4,1.0\tG5\n")
+    assert load_gene_sets(str(gmt)) == {"SET_A": ["G1", "G2", "G3"], "SET_B": ["G4", "G5"]}
+    (tmp_path / "empty.gmt").write_text("\n")
+    with pytest.raises(VennCellInputError, match="holds no gene set"):
+        load_gene_sets(tmp_path / "empty.gmt")
+    with pytest.raises(VennCellInputError, match="neither a bundled collection.*KEGG_2021_Human"):
+        load_gene_sets("KEGG_2099_Martian")
+    with pytest.raises(VennCellInputError, match="method must be 'ora' or 'prerank'"):
+        EnrichmentConfig(method="foo")
+    with pytest.raises(VennCellInputError, match="fdr must lie"):
+        EnrichmentConfig(fdr=2)

@@ -1,0 +1,119 @@
+"""Gene sets per Venn block: each modality's features ranked by the explained variance each latent block holds
+(``ev_in_*``, or the shared / private split of a model without regions) and by their correlation with each latent
+direction, and the top of each ranking tested against gene-set collections (``venncell.analysis.gene_sets``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from venncell.analysis.directions import block_directions
+from venncell.analysis.features import feature_regions
+from venncell.analysis.gene_sets import (
+    EnrichmentConfig,
+    check_overlap,
+    enrich,
+    load_gene_sets,
+    map_symbols,
+    top_terms,
+)
+from venncell.analysis.writers import atomic_write_text
+from venncell.data.validate import VennCellInputError, config_from
+
+log = logging.getLogger("venncell")
+GENE_KINDS = ("rna",)  # modalities whose feature names are gene symbols
+
+
+@dataclass
+class EnrichmentResult:
+    """Every tested term (``terms``) and the best significant ones per ranking (``top``); ``write`` saves both."""
+
+    config: EnrichmentConfig
+    terms: pd.DataFrame
+    top: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """``enrichment_terms.csv`` and ``enrichment_top.csv``, each written whole."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        return [
+            atomic_write_text(out / "enrichment_terms.csv", self.terms.to_csv(index=False)),
+            atomic_write_text(out / "enrichment_top.csv", self.top.to_csv(index=False)),
+        ]
+
+    def to_dict(self) -> dict:
+        return {"config": asdict(self.config), "notes": self.notes}
+
+
+def block_rankings(df: pd.DataFrame, m: str) -> dict[str, np.ndarray]:
+    """Per latent block (``shared``, ``shared:<region>``, ``private:<m>``), the EV of each feature it holds."""
+    names = {"shared": "shared", "private": f"private:{m}"}
+    return {names.get(b, f"shared:{b}"): ev for b, ev in feature_regions(df).items()}
+
+
+def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kwargs):
+    """Gene-set enrichment of every block and latent direction of an attribution run (module docstring).
+
+    Parameters
+    ----------
+    data
+        The model's training data (``MultiModalData``).
+    is_train
+        Which cells trained the networks (the directions are fitted on the others).
+    attribution
+        An ``AttributionResult`` of the same model and data (its per-feature tables and latents are reused).
+    modalities
+        Modalities to test; None = those whose features are gene symbols (RNA). A modality named here whose
+        features do not match the collections is an error; one chosen by default is skipped with a note.
+    **kwargs
+        ``EnrichmentConfig`` fields.
+    """
+    cfg = config_from(EnrichmentConfig, kwargs, "enrichment")
+    named = modalities is not None
+    mods = (
+        list(modalities) if named else [m for m, s in data.specs.items() if s.kind in GENE_KINDS]
+    )
+    unknown = sorted(set(mods) - set(data.specs))
+    if unknown:
+        raise VennCellInputError(
+            f"Gene-set enrichment: no modality {unknown}; the model has {list(data.specs)}."
+        )
+    collections = {name: load_gene_sets(name) for name in cfg.gene_sets}
+    pos = pd.Index(data.obs_names).get_indexer(attribution.obs_names)
+    directions = block_directions(data, is_train, pos, attribution.latents, attribution.config)
+    tables, notes = [], []
+    for m in mods:
+        features = data.specs[m].features
+        symbols, note = map_symbols(features, collections)
+        try:
+            check_overlap(m, symbols, collections)
+        except VennCellInputError as err:
+            if named:
+                raise
+            notes.append(str(err))
+            log.warning("%s", err)
+            continue
+        if note:
+            notes.append(f"{m}: {note}")
+        scores = {
+            b: _series(ev, symbols) for b, ev in block_rankings(attribution.features[m], m).items()
+        }
+        for d in directions:
+            r = d.correlation.xs(m, level="modality").reindex(features).to_numpy()
+            scores[f"{d.block} {d.component}+"] = _series(r, symbols)
+            scores[f"{d.block} {d.component}-"] = _series(-r, symbols)
+        tables.append(enrich(scores, collections, cfg).assign(modality=m))
+    terms = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["modality"])
+    terms = terms[["modality", *(c for c in terms.columns if c != "modality")]]
+    return EnrichmentResult(cfg, terms, top_terms(terms, cfg.n_terms, cfg.fdr), notes)
+
+
+def _series(values: np.ndarray, symbols: pd.Index) -> pd.Series:
+    """Scores by symbol; symbols that collide once upper-cased keep their best score."""
+    s = pd.Series(np.nan_to_num(np.asarray(values, dtype=float)), index=symbols)
+    return s.groupby(level=0).max()
