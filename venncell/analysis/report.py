@@ -149,8 +149,10 @@ def _verdict_rule(cfg) -> str:
         f"permutation p &ge; {cfg.alpha} ({cfg.n_perm} permutations). A private block <i>adds</i> when "
         f"shared&oplus;private beats shared in a paired bootstrap (p &lt; {cfg.alpha}) by at least "
         f"{100 * cfg.min_gain:.0f} % of the best score. <b>shared</b>: none adds. <b>specific to m</b>: m adds "
-        f"and shared explains &le; {100 * cfg.specific_max:.0f} % of the best score. Otherwise <b>partly "
-        "shared</b>.</p>"
+        f"and shared explains &le; {100 * cfg.specific_max:.0f} % of the best score. With Venn regions, a "
+        "region adds in the same way (shared&oplus;region vs shared); <b>shared by a+b</b>: only regions add and "
+        f"shared explains &le; {100 * cfg.specific_max:.0f} %. Otherwise <b>partly shared</b>. What each verdict "
+        "means: docs/interpretation.md.</p>"
     )
 
 
@@ -178,7 +180,7 @@ def _marker_table(markers: pd.DataFrame) -> str:
         "best block",
         "best score [CI]",
         "perm. p",
-        "private blocks that add",
+        "blocks that add",
     ]
     rows = []
     for _, r in markers.iterrows():
@@ -196,7 +198,7 @@ def _marker_table(markers: pd.DataFrame) -> str:
                 r["best_block"],
                 _ci(r, "best_score"),
                 _fmt(r["p_value"], 3),
-                r["private_modalities"] or "none",
+                _adding(r),
             ]
         tds = "".join(
             f"<td class='{_verdict_class(c)}'>{_e(c)}</td>" if i == 4 else f"<td>{_e(c)}</td>"
@@ -204,6 +206,16 @@ def _marker_table(markers: pd.DataFrame) -> str:
         )
         rows.append(f"<tr>{tds}</tr>")
     return f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>"
+
+
+def _adding(r) -> str:
+    """The private blocks and Venn regions whose gain over shared is significant and material."""
+    names = [f"private:{m}" for m in str(r["private_modalities"] or "").split(", ") if m]
+    regions = r.get("regions")
+    names += (
+        [f"region {x}" for x in str(regions).split(", ") if x] if isinstance(regions, str) else []
+    )
+    return ", ".join(names) or "none"
 
 
 def _modality_table(summary: pd.DataFrame) -> str:
