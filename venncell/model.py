@@ -717,8 +717,8 @@ class VennCell:
 
         self._require_trained()
         data = self._require_data("test gene sets per block")
-        if gene_sets is not None:
-            kwargs["gene_sets"] = [gene_sets] if isinstance(gene_sets, str) else list(gene_sets)
+        if gene_sets is not None:  # EnrichmentConfig takes one name or path as well as a list
+            kwargs["gene_sets"] = gene_sets
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
         return enrich_blocks(data, self.is_train, attribution, modalities, **kwargs)

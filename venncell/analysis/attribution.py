@@ -86,6 +86,7 @@ from venncell.analysis.probes import PROBES
 from venncell.analysis.writers import AttributionResult, concat_frames
 from venncell.data.validate import VennCellInputError, config_from
 from venncell.module.embed import embed_cells, stage1_latents
+from venncell.module.regions import block_key
 
 
 @dataclass
@@ -223,7 +224,7 @@ def attribute(
         cell_weights=weights,
         latents={
             b: lat[b]
-            for b in ["shared", *(f"shared:{r}" for r in module.regions)]
+            for b in ["shared", *(block_key(r) for r in module.regions)]
             + [f"private:{m}" for m in mods]
         },
     )

@@ -5,7 +5,7 @@ direction, and the top of each ranking tested against gene-set collections (``ve
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from venncell.analysis.gene_sets import (
 )
 from venncell.analysis.writers import atomic_write_text
 from venncell.data.validate import VennCellInputError, config_from
+from venncell.module.regions import block_key
 
 log = logging.getLogger("venncell")
 GENE_KINDS = ("rna",)  # modalities whose feature names are gene symbols
@@ -46,14 +47,11 @@ class EnrichmentResult:
             atomic_write_text(out / "enrichment_top.csv", self.top.to_csv(index=False)),
         ]
 
-    def to_dict(self) -> dict:
-        return {"config": asdict(self.config), "notes": self.notes}
-
 
 def block_rankings(df: pd.DataFrame, m: str) -> dict[str, np.ndarray]:
     """Per latent block (``shared``, ``shared:<region>``, ``private:<m>``), the EV of each feature it holds."""
     names = {"shared": "shared", "private": f"private:{m}"}
-    return {names.get(b, f"shared:{b}"): ev for b, ev in feature_regions(df).items()}
+    return {names.get(b) or block_key(b): ev for b, ev in feature_regions(df).items()}
 
 
 def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kwargs):

@@ -14,9 +14,8 @@ from venncell.data.validate import VennCellInputError
 from venncell.module.regions import block_key, region_name
 
 VAR_PREFIX = "venn_"
-EMPTY_EV = (
-    0.01  # a block holding < 1 % of the variance of every member's features is reported empty
-)
+# a block holding < 1 % of the variance of every member's features is reported empty
+EMPTY_EV = 0.01
 
 
 def _normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tensor:
@@ -183,12 +182,22 @@ def modality_summary(m: str, boot: dict[str, np.ndarray], cfg) -> dict:
     return out
 
 
+def ev_in_blocks(df: pd.DataFrame) -> list[str]:
+    """The blocks of a Venn-region model that ``df`` has ``ev_in_<block>`` columns for (point estimates, in column
+    order); empty for a model without regions."""
+    return [
+        c[len("ev_in_") :]
+        for c in df.columns
+        if c.startswith("ev_in_") and not c.endswith(("_lo", "_hi"))
+    ]
+
+
 def feature_regions(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Per-feature EV in each block the modality's decoder reads: ``shared``, its Venn regions (when the model has
     them) and ``private``."""
-    cols = [c for c in df.columns if c.startswith("ev_in_") and not c.endswith(("_lo", "_hi"))]
-    if cols:
-        return {c[len("ev_in_") :]: df[c].to_numpy() for c in cols}
+    blocks = ev_in_blocks(df)
+    if blocks:
+        return {b: df[f"ev_in_{b}"].to_numpy() for b in blocks}
     shared, private = venn_regions(
         {"full": df["ev_full"].to_numpy(), "shared": df["ev_shared"].to_numpy()}
     )

@@ -151,14 +151,14 @@ def enrich(
     the union of their indexes) against every collection. One row per (ranking, collection, term) with some
     overlap (ORA) or enriched at the top (prerank); the FDR counts every term tested."""
     background = pd.Index(sorted(set().union(*(s.index for s in scores.values()))))
+    aligned = {ranking: s.reindex(background).fillna(0.0) for ranking, s in scores.items()}
+    test = _ora if cfg.method == "ora" else _prerank
     frames = []
     for cname, sets in collections.items():
         terms, members = _restrict(sets, background, cfg)
         if not terms:
             continue
-        for ranking, s in scores.items():
-            s = s.reindex(background).fillna(0.0)
-            test = _ora if cfg.method == "ora" else _prerank
+        for ranking, s in aligned.items():
             df = test(s, terms, members, cfg)
             if len(df):
                 frames.append(df.assign(ranking=ranking, collection=cname))

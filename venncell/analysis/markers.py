@@ -320,9 +320,10 @@ def _verdict(scores: pd.DataFrame, boot: dict, modalities: list[str], cfg) -> di
     adds = [s for s, p in gains.items() if p < cfg.alpha and out[f"gain_{s}"] >= material]
     adds.sort(key=lambda s: -out[f"gain_{s}"])
     privates = [s for s in adds if s in modalities]
+    shared_by = [s for s in adds if s in regions]
     out["private_modalities"] = ", ".join(privates)
     if regions:
-        out["regions"] = ", ".join(s for s in adds if s in regions)
+        out["regions"] = ", ".join(shared_by)
     f = out["shared_fraction"]
     if out["best_score"] < cfg.min_score or out["p_value"] >= cfg.alpha:
         out["verdict"] = "not captured"
@@ -330,11 +331,7 @@ def _verdict(scores: pd.DataFrame, boot: dict, modalities: list[str], cfg) -> di
         out["verdict"] = "shared"
     elif f <= cfg.specific_max:
         parts = [f"specific to {' + '.join(privates)}"] if privates else []
-        parts += (
-            [f"shared by {', '.join(s for s in adds if s in regions)}"]
-            if len(privates) < len(adds)
-            else []
-        )
+        parts += [f"shared by {', '.join(shared_by)}"] if shared_by else []
         out["verdict"] = " and ".join(parts)
     else:
         out["verdict"] = f"partly shared ({100 * f:.0f} % shared)"

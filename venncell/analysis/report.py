@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from venncell.analysis.attribution import AttributionResult
 from venncell.analysis.enrichment_report import enrichment_section
-from venncell.analysis.features import venn_regions
+from venncell.analysis.features import ev_in_blocks, venn_regions
 from venncell.analysis.plan_report import plan_section
 from venncell.analysis.venn_figure import venn_figure
 
@@ -310,12 +310,7 @@ def _venn_segments(s: pd.DataFrame) -> list[tuple[str, str, str]]:
             ("ev_private", COLORS["private"], "private (own modality)"),
             ("ev_unexplained", COLORS["unexplained"], "unexplained"),
         ]
-    regions = [
-        c[len("ev_in_") :]
-        for c in s.columns
-        if c.startswith("ev_in_") and not c.endswith(("_lo", "_hi"))
-    ]
-    regions = [r for r in regions if r not in ("shared", "private")]
+    regions = [r for r in ev_in_blocks(s) if r not in ("shared", "private")]
     palette = ["#8fb7d9", "#9bd18b", "#c9a3d6", "#f2d16b", "#a6d8d4", "#e6a0a0"]
     return [
         ("ev_in_shared", COLORS["shared"], "shared"),

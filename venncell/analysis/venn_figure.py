@@ -4,9 +4,14 @@ UpSet plot (one bar group per block, a dot matrix naming its members)."""
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Circle
+
+from venncell.module.regions import region_name
 
 ZONE_COLORS = {1: "#ef8636", 2: "#8fb7d9", 3: "#3b75af"}  # private, a region, the all-shared block
 
@@ -21,7 +26,7 @@ def _modalities(regions: pd.DataFrame) -> list[str]:
     return [b.split(":", 1)[1] for b in regions["block"] if b.startswith("private:")]
 
 
-def _members(regions: pd.DataFrame, block: str, mods: list[str]) -> tuple[str, ...]:
+def _members(block: str, mods: list[str]) -> tuple[str, ...]:
     return tuple(sorted(mods)) if block == "shared" else tuple(block.split(":", 1)[1].split("+"))
 
 
@@ -37,7 +42,7 @@ def _circles(regions: pd.DataFrame, mods: list[str]) -> Figure:
     fig = Figure(figsize=(6.5, 5.7))
     ax = fig.subplots()
     for m, c in zip(mods, centres):
-        ax.add_patch(_circle(c, 1.0))
+        ax.add_patch(Circle(c, 1.0, fc="#3b75af", ec="#1d3d5c", alpha=0.12, lw=1.5))
         ax.text(
             *(1.8 * c / np.linalg.norm(c)),
             m,
@@ -47,10 +52,10 @@ def _circles(regions: pd.DataFrame, mods: list[str]) -> Figure:
             fontweight="bold",
         )
     by_members = {
-        frozenset(_members(regions, b, mods)): r for b, r in regions.set_index("block").iterrows()
+        frozenset(_members(b, mods)): r for b, r in regions.set_index("block").iterrows()
     }
     for k in range(1, n + 1):
-        for idx in _subsets(n, k):
+        for idx in combinations(range(n), k):
             members = tuple(mods[i] for i in idx)
             where = _zone_position(centres, idx)
             row = by_members.get(frozenset(members))
@@ -59,7 +64,7 @@ def _circles(regions: pd.DataFrame, mods: list[str]) -> Figure:
                     *where, "not\nmodelled", ha="center", va="center", fontsize=8, color="#888"
                 )
                 continue
-            title = "shared" if k == n else ("private" if k == 1 else "+".join(sorted(members)))
+            title = "shared" if k == n else ("private" if k == 1 else region_name(members))
             ax.text(
                 *where,
                 f"{title}\n{_zone_text(row, sorted(members))}",
@@ -69,7 +74,7 @@ def _circles(regions: pd.DataFrame, mods: list[str]) -> Figure:
                 color="#222" if not row["empty"] else "#999",
                 bbox={
                     "boxstyle": "round",
-                    "fc": ZONE_COLORS[min(k, 3) if k < n else 3],
+                    "fc": ZONE_COLORS[3 if k == n else k],
                     "alpha": 0.35,
                 },
             )
@@ -79,18 +84,6 @@ def _circles(regions: pd.DataFrame, mods: list[str]) -> Figure:
         "Mean explained variance of each modality's features held by each block", fontsize=10
     )
     return fig
-
-
-def _circle(centre, radius):
-    from matplotlib.patches import Circle
-
-    return Circle(centre, radius, fc="#3b75af", ec="#1d3d5c", alpha=0.12, lw=1.5)
-
-
-def _subsets(n: int, k: int):
-    from itertools import combinations
-
-    return combinations(range(n), k)
 
 
 def _zone_position(centres: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
@@ -115,7 +108,7 @@ def _upset(regions: pd.DataFrame, mods: list[str]) -> Figure:
     top.set_ylabel("mean EV of the member's features")
     top.legend(frameon=False, ncol=len(mods), loc="upper right")
     for j, b in enumerate(blocks):
-        members = set(_members(regions, b, mods))
+        members = set(_members(b, mods))
         on = [i for i, m in enumerate(mods) if m in members]
         bottom.scatter(
             [j] * len(mods),
