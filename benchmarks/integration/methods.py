@@ -83,14 +83,16 @@ def unit(z: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ methods
-def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False):
+def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False, preset: str | None = None):
     """VennCell with the package defaults: no option beyond the batch key and, for images, where the pixels are.
-    ``before``: the defaults of VennCell 0.1 (preset ``v0.1``, latent learning rate 0.01), for the "before" rows."""
+    ``before``: the defaults of VennCell 0.1 (preset ``v0.1``, latent learning rate 0.01), for the "before" rows;
+    ``preset``: a named model preset, for rows that compare one change of the defaults."""
     from venncell import VennCell
     from venncell.module.config import PRESETS
 
     VennCell.setup_mudata(mdata, modalities=ds.register, batch_key=ds.batch_key)
-    model = VennCell(mdata, seed=seed, **(PRESETS["v0.1"] if before else {}))
+    preset = "v0.1" if before else preset
+    model = VennCell(mdata, seed=seed, **(PRESETS[preset] if preset else {}))
     model.train(run_dir=run_dir, progress_bar="none", **({"lr_latent": 0.01} if before else {}))
     out = {
         "embedding": model.get_latent_representation(block="all"),
@@ -266,6 +268,7 @@ def methods_for(ds) -> list[str]:
     ]
     return [
         "venncell",
+        "venncell:fast",
         "venncell_before",
         *peers,
         "mofa",
@@ -279,6 +282,8 @@ def fit(name: str, mdata, ds, seed: int, held: np.ndarray, run_dir: str) -> dict
         return fit_pca(mdata, ds, seed, held, run_dir, modality=name.split(":", 1)[1])
     if name == "venncell_before":
         return fit_venncell(mdata, ds, seed, held, run_dir, before=True)
+    if name.startswith("venncell:"):  # a named model preset, e.g. venncell:fast
+        return fit_venncell(mdata, ds, seed, held, run_dir, preset=name.split(":", 1)[1])
     return {
         "venncell": fit_venncell,
         "totalvi": fit_totalvi,

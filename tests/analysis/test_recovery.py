@@ -103,3 +103,18 @@ def test_apollo_preset_leaks_more(venn_model, synthetic, tmp_path, helpers):
     leak_a = max(s_a["leak_private_into_shared"], s_a["leak_shared_into_private"])
     leak_v = max(s_v["leak_private_into_shared"], s_v["leak_shared_into_private"])
     assert leak_a > 0.15 and leak_a > leak_v + 0.1, (s_a, s_v)
+
+
+def test_defaults_on_the_synthetic_default_meet_the_venn_bars(tmp_path, helpers):
+    """What a user gets from ``venncell-train`` with nothing set: the built-in synthetic default (3,000 cells) and
+    the package defaults (no size, epoch or learning-rate override). Shared recovery >= 0.95, every private
+    >= 0.90, leakage <= 0.05 both ways, from the encoders (the latents a user takes)."""
+    from venncell import make_synthetic
+
+    mdata, truth = make_synthetic()
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata)
+    model.train(run_dir=tmp_path, progress_bar="none")
+    helpers.assert_recovers_venn(
+        model, truth, recovery=0.95, private=0.90, leak=0.05, sources=("encoder",)
+    )
