@@ -64,12 +64,9 @@ def fit(name: str) -> None:
     np.savez(RUN / f"{name}_blocks.npz", **blocks)
 
 
-def unit(z: np.ndarray) -> np.ndarray:
-    z = z - np.nanmean(z, 0)
-    return z / np.sqrt(np.nanmean((z**2).sum(1)))
-
-
 def joined(blocks: dict[str, np.ndarray], share: dict[str, float]) -> dict[str, np.ndarray]:
+    from methods import unit  # centred, unit total variance (the harness's concatenated baseline)
+
     mods = [k.split(":", 1)[1] for k in blocks if k.startswith("private:")]
     weight = {"shared": sum(share.values()), **{f"private:{m}": 1 - share[m] for m in mods}}
     privates = [blocks[f"private:{m}"] for m in mods]
