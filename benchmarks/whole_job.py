@@ -105,7 +105,22 @@ def job(dataset: str, tool: str) -> dict:
         "threads": torch.get_num_threads(),
         "knn": knn_accuracy(z[ok], y[ok].astype(str).to_numpy()),
         "cells": int(mdata.n_obs),
+        "commit": _commit(),
     }
+
+
+def _commit() -> str:
+    """The checked-out commit, marked when the working tree differs from it."""
+    git = ["git", "-C", str(HERE)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    return (
+        head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+        if head.returncode == 0
+        else "?"
+    )
 
 
 def write_page(results: dict) -> None:
@@ -120,8 +135,9 @@ def write_page(results: dict) -> None:
         "model (imports apart). Quality: kNN accuracy (k = 15, 5-fold) of the headline label, VennCell's "
         "joint embedding vs totalVI's latent.",
         "",
-        "| data | cells | tool | epochs | whole job (s) | imports (s) | kNN accuracy | totalVI time / VennCell time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | cells | tool | epochs | whole job (s) | imports (s) | kNN accuracy | totalVI time / VennCell time "
+        "| commit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset, by_tool in results.items():
         ratio = [
@@ -143,7 +159,7 @@ def write_page(results: dict) -> None:
                 f"| {dataset} | {runs[0]['cells']:,} | {'VennCell' if tool == 'venncell' else 'totalVI'} | "
                 f"{col('epochs', 0)} | {col('seconds', 0)} | {col('import_s', 1)} | {col('knn', 3)} | "
                 + (", ".join(f"{r:.2f}" for r in ratio) if tool == "venncell" and ratio else "")
-                + " |"
+                + f" | {', '.join(sorted({r.get('commit', 'not recorded') for r in runs}))} |"
             )
     PAGE.write_text("\n".join(lines) + "\n")
 

@@ -241,8 +241,10 @@ def test_batch_worker_processes_train_the_same_model(tiny_mdata, tmp_path, helpe
         def __init__(self):
             self.seen = []
 
-        def on_train_start(self, trainer, pl_module):
-            self.seen.append(trainer.train_dataloader.num_workers)
+        def on_train_start(
+            self, trainer, pl_module
+        ):  # no workers: batches assembled on the device, no loader
+            self.seen.append(getattr(trainer.train_dataloader, "num_workers", 0))
 
     latents = []
     for workers in (0, 2):

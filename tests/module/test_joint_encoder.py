@@ -47,6 +47,7 @@ def test_joint_encoder_embeds_fully_measured_cells_only(joint_model):
         rna_only = mod.embed(batch, modalities=["rna"])
         np.testing.assert_allclose(rna_only["shared"].numpy(), per["rna"][0].numpy(), atol=1e-6)
         batch.mask["protein"][:5] = False  # cells 0-4 lack protein
+        batch.n_present["protein"] = 5  # the host count that goes with the mask
         part = mod.embed(batch)
         np.testing.assert_allclose(
             part["shared"][:5].numpy(), per["rna"][0][:5].numpy(), atol=1e-6

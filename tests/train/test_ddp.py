@@ -107,7 +107,7 @@ def test_ddp_outputs_load_in_one_process(runs):
     )
     init = {m: t.weight.detach().clone() for m, t in fresh.module.private_tables.items()}
     init["shared"] = fresh.module.shared_table.weight.detach().clone()
-    Stage1Plan(fresh.module, fresh.is_train).load_state_dict(ckpt["state_dict"])
+    Stage1Plan(fresh.module).load_state_dict(ckpt["state_dict"])
     final = {m: t.weight.detach() for m, t in model.module.private_tables.items()}
     final["shared"] = model.module.shared_table.weight.detach()
     for name, table in final.items():

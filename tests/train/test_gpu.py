@@ -157,3 +157,23 @@ def test_cli_trainer_ddp_runs_on_the_gpu(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["recovery"]["stage1"]["knn"]["summary"]["shared_recovery"] > 0.3
+
+
+def test_batches_gathered_on_the_gpu_equal_the_cpu_batches(helpers):
+    """venncell.data.resident on CUDA: the same values, masks, library sizes and non-zero lists as the host batches,
+    for partly paired cells."""
+    from venncell.data.resident import ResidentCells, fits_on
+
+    mdata, *_ = helpers.partially_paired(seed=3, n=300)
+    VennCell.setup_mudata(mdata)
+    data = VennCell(mdata, shared_dim=3, private_dim=2, seed=0).data
+    assert fits_on(data, torch.device("cuda"))
+    cells = ResidentCells(data, "cuda")
+    idx = np.random.default_rng(0).permutation(data.n_cells)[:100]
+    got = cells.gather(torch.as_tensor(idx).cuda(), *cells.host_counts(idx)).to("cpu")
+    want = data.get(idx)
+    for m in want.x:
+        assert torch.equal(got.x[m], want.x[m]) and torch.equal(got.lib[m], want.lib[m]), m
+        assert torch.equal(got.mask[m], want.mask[m]) and got.count(m) == want.count(m), m
+    for m in want.nz:
+        assert torch.equal(got.nz[m], want.nz[m]), m

@@ -22,7 +22,9 @@ from venncell.data.validate import VennCellInputError, check_matrix, check_uniqu
 class Batch:
     """One mini-batch: per modality the cells' data (``x``, cells x features, zeros where a cell lacks the
     modality), library sizes (``lib``, cells x 1, >= 1), presence (``mask``) and, for the heads that read them, the
-    (row, column) positions of ``x``'s non-zeros (``nz``, 2 x nnz); plus the cells' indices and batch codes."""
+    (row, column) positions of ``x``'s non-zeros (``nz``, 2 x nnz); plus the cells' indices and batch codes.
+    ``n_present``: how many cells have each modality, counted on the host when the batch was assembled, so that the
+    model branches on it without reading ``mask`` back from the device (a host sync per modality and step)."""
 
     idx: torch.Tensor
     x: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -30,9 +32,15 @@ class Batch:
     mask: dict[str, torch.Tensor] = field(default_factory=dict)
     nz: dict[str, torch.Tensor] = field(default_factory=dict)
     batch: torch.Tensor | None = None
+    n_present: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.idx.shape[0])
+
+    def count(self, m: str) -> int:
+        """Cells of the batch that have modality ``m``."""
+        n = self.n_present.get(m)
+        return int(self.mask[m].sum()) if n is None else n
 
     def subset(self, keep: torch.Tensor) -> Batch:
         """The batch restricted to some of its cells: ``keep`` is a boolean mask or row indices (in the new order).
@@ -65,6 +73,9 @@ def _map(b: Batch, fn) -> Batch:
     out = {}
     for f in fields(b):
         v = getattr(b, f.name)
+        if f.name == "n_present":
+            out[f.name] = dict(v)
+            continue
         out[f.name] = (
             {k: fn(t) for k, t in v.items()}
             if isinstance(v, dict)
@@ -193,6 +204,10 @@ class MultiModalData:
     def n_batches(self) -> int:
         return self.registry.n_batches
 
+    def library_sizes(self, name: str) -> np.ndarray:
+        """Modality ``name``'s library size of each of its rows (float32, not clipped)."""
+        return self._library[name]
+
     def present(self, name: str) -> np.ndarray:
         return self.row[name] >= 0
 
@@ -254,6 +269,7 @@ class MultiModalData:
                 out.nz[name] = torch.from_numpy(nonzeros)
             out.x[name] = torch.from_numpy(x)
             out.mask[name] = torch.from_numpy(mask)
+            out.n_present[name] = int(mask.sum())
             out.lib[name] = torch.from_numpy(lib).clamp_min(1.0).unsqueeze(1)
         return out
 
@@ -290,14 +306,26 @@ def _csr_rows(x: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 class _BatchFetcher(torch.utils.data.Dataset):
-    def __init__(self, data: MultiModalData):
+    def __init__(self, data: MultiModalData, split: np.ndarray | None = None):
         self.data = data
+        self.split = split
 
     def __len__(self):
         return self.data.n_cells
 
     def __getitem__(self, idx):
-        return self.data.get(idx)
+        if self.split is None:
+            return self.data.get(idx)
+        return split_batch(self.data.get, idx, self.split)
+
+
+def split_batch(get, idx: np.ndarray, split: np.ndarray) -> tuple[Batch | None, Batch | None]:
+    """``idx``'s cells as two batches, those with ``split`` True and the others (None where there are none), each
+    in ``idx``'s order. Stage 1 fits training and held-out cells differently; splitting where the indices are on
+    the host spares the training step a boolean mask of the batch (and the host syncs that reading it costs)."""
+    idx = np.asarray(idx)
+    inside = split[idx]
+    return tuple(get(idx[keep]) if keep.any() else None for keep in (inside, ~inside))
 
 
 def make_loader(
@@ -308,21 +336,38 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    split: np.ndarray | None = None,
 ):
     """A DataLoader of ``Batch`` objects over ``indices``: chunk-wise for backed data, so reads stay contiguous."""
+    return batch_loader(
+        data,
+        cell_batches(data, indices, batch_size, shuffle, seed),
+        num_workers,
+        pin_memory,
+        split,
+    )
+
+
+def cell_batches(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int = 0):
+    """The sampler of ``make_loader``: chunk-wise for backed data."""
     if data.chunk_size:
-        sampler = ChunkedCellBatches(indices, batch_size, shuffle, seed, data.chunk_size)
-    else:
-        sampler = CellBatches(indices, batch_size, shuffle, seed)
-    return batch_loader(data, sampler, num_workers, pin_memory)
+        return ChunkedCellBatches(indices, batch_size, shuffle, seed, data.chunk_size)
+    return CellBatches(indices, batch_size, shuffle, seed)
 
 
-def batch_loader(data: MultiModalData, sampler, num_workers: int = 0, pin_memory: bool = False):
+def batch_loader(
+    data: MultiModalData,
+    sampler,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    split: np.ndarray | None = None,
+):
     """The DataLoader over a batch sampler (each item one batch of cell indices).
 
     ``num_workers > 0`` assembles batches in worker processes, overlapping the CPU work of densifying rows with the
     training step; the sampler stays in this process, so the batches and their order are the same for any number of
     workers. On Linux the workers are forked, so they share the in-memory matrices instead of a pickled copy each.
+    ``split`` (one boolean per cell): each item is a pair of batches instead (``split_batch``).
     """
     extra = {}
     if num_workers:
@@ -330,7 +375,7 @@ def batch_loader(data: MultiModalData, sampler, num_workers: int = 0, pin_memory
         if sys.platform.startswith("linux"):
             extra["multiprocessing_context"] = "fork"
     return torch.utils.data.DataLoader(
-        _BatchFetcher(data),
+        _BatchFetcher(data, split),
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,

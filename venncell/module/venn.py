@@ -233,6 +233,10 @@ class VennModule(nn.Module):
 
     def fully_measured(self, batch: Batch) -> torch.Tensor:
         """Indices of the batch's cells measured in every modality: those the joint encoder reads."""
+        if all(
+            batch.count(m) == len(batch) for m in self.modalities
+        ):  # no read-back from the device
+            return torch.arange(len(batch), device=batch.idx.device)
         return torch.stack([batch.mask[m] for m in self.modalities]).all(0).nonzero().squeeze(1)
 
     def encode_joint(
@@ -320,9 +324,12 @@ class VennModule(nn.Module):
             )
         k_shared = None
         for m in self.modalities:
-            mask = batch.mask[m]
-            if not mask.any():
+            mask, present = batch.mask[m], batch.count(m)
+            if not present:
                 continue
+            every = present == len(
+                batch
+            )  # then a cell subset is the batch itself (no boolean indexing)
             w = self.weights[m]
             zp = z_p[m]
             zp_in = self.perturbed(m, zp, idx) if noise else zp
@@ -339,8 +346,8 @@ class VennModule(nn.Module):
                     m, zs_in, batch, mask
                 )
                 total = total + cfg.shared_only_weight * w * rec_s
-            if leakage > 0 and cfg.consistency_weight > 0 and mask.sum() > 2:
-                rows = self._consistency_rows(mask)
+            if leakage > 0 and cfg.consistency_weight > 0 and present > 2:
+                rows = self._consistency_rows(mask, present)
                 pred_s, _, pred_r = self.encode_regions(m, batch, rows)
                 cons = unexplained_fraction(z_s if rows is None else z_s[rows], pred_s)
                 terms[Term(CONSISTENCY, m)] = cons
@@ -351,10 +358,8 @@ class VennModule(nn.Module):
                     )
                     terms[Term(CONSISTENCY, f"{block_key(r)}/{m}")] = cons
                     total = total + leakage * cfg.consistency_weight * cons
-            if leakage > 0 and cfg.independence_weight > 0 and mask.sum() > 4:
-                if (
-                    mask.all()
-                ):  # the shared latent's Gram is the same for every fully measured modality
+            if leakage > 0 and cfg.independence_weight > 0 and present > 4:
+                if every:  # the shared latent's Gram is the same for every fully measured modality
                     k_shared = centred_rbf_gram(z_s) if k_shared is None else k_shared
                     dep = normalised_hsic(z_s, zp, k_shared)
                 else:
@@ -370,7 +375,7 @@ class VennModule(nn.Module):
                             Term(INDEPENDENCE, f"{a}~{b}") in terms
                         ):
                             continue  # shared vs private is the term above; a pair counts once
-                        dep = normalised_hsic(za[mask], zb[mask])
+                        dep = normalised_hsic(*((za, zb) if every else (za[mask], zb[mask])))
                         terms[Term(INDEPENDENCE, f"{a}~{b}")] = dep
                         total = total + leakage * cfg.region_independence_weight * dep
         return LossOutput(total, terms)
@@ -383,12 +388,14 @@ class VennModule(nn.Module):
         k = self.cfg.leakage_every
         return float(k) if batch_idx % k == 0 else 0.0
 
-    def _consistency_rows(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """The rows whose consistency term is computed; None = every row (spares copying the batch)."""
+    def _consistency_rows(self, mask: torch.Tensor, present: int) -> torch.Tensor | None:
+        """The rows whose consistency term is computed (``present`` of the batch's cells have the modality); None
+        = every row (spares copying the batch)."""
         k = self.cfg.consistency_cells
-        if mask.all() and not (k and mask.numel() > k):
+        every = present == mask.numel()
+        if every and not (k and present > k):
             return None
-        rows = mask.nonzero().squeeze(1)
+        rows = torch.arange(present, device=mask.device) if every else mask.nonzero().squeeze(1)
         if k and rows.numel() > k:
             rows = rows[torch.randperm(rows.numel(), device=rows.device)[:k]]
         return rows
@@ -411,23 +418,28 @@ class VennModule(nn.Module):
         recon_total = torch.zeros((), device=z_s.device)
         zs_in = self.perturbed("shared", z_s, batch.idx) if noise else z_s
         for m in self.modalities:
-            mask = batch.mask[m]
-            if self.shared_decoders_in_stage2 and mask.any():
+            mask, present = batch.mask[m], batch.count(m)
+            if self.shared_decoders_in_stage2 and present:
                 rec_s = terms[Term(RECON_SHARED_ONLY, m)] = self._shared_only_nll(
                     m, zs_in, batch, mask
                 )
                 shared_only = shared_only + cfg.shared_only_weight * self.weights[m] * rec_s
-            if not mask.any():
+            if not present:
                 continue
             s_hat, p_hat, r_hat = self.encode_regions(m, batch)
-            if mask.sum() >= 2:  # a fraction of variance needs two cells
-                err_s = unexplained_fraction(z_s[mask], s_hat[mask])
-                err_p = unexplained_fraction(z_p[m][mask], p_hat[mask])
+            every = present == len(batch)
+
+            def cells(t, mask=mask, every=every):
+                return t if every else t[mask]  # every cell: no boolean indexing (a read-back)
+
+            if present >= 2:  # a fraction of variance needs two cells
+                err_s = unexplained_fraction(cells(z_s), cells(s_hat))
+                err_p = unexplained_fraction(cells(z_p[m]), cells(p_hat))
                 terms[Term(LATENT_SHARED, m)] = err_s
                 terms[Term(LATENT_PRIVATE, m)] = err_p
                 total = total + err_s + err_p
                 for r, pred in r_hat.items():
-                    err_r = unexplained_fraction(z_r[r][mask], pred[mask])
+                    err_r = unexplained_fraction(cells(z_r[r]), cells(pred))
                     terms[Term(LATENT_SHARED, f"{block_key(r)}/{m}")] = err_r
                     total = total + err_r
             if recon or cfg.stage2_recon_weight > 0:

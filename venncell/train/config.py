@@ -39,8 +39,14 @@ class TrainConfig:
         Logging interval (steps) and stage-2 validation interval (epochs).
     limit_train_batches
         Batches per epoch (None = all; a float = a fraction).
+    data_on_device
+        Hold the data on the training device and assemble every training batch there (``venncell.data.resident``):
+        no DataLoader, no per-step copies. None: whenever it can, i.e. one process, ``num_workers=0``, data in
+        memory without per-batch image reads and, on an accelerator, within half its free memory. False: batches
+        from a DataLoader. Either way the batches, and so the model, are the same.
     num_workers, pin_memory
-        Batch-assembly processes (in-memory data only) and page-locked batches (accelerators only).
+        Batch-assembly processes (in-memory data only; they imply the DataLoader) and page-locked batches
+        (accelerators only).
     num_threads
         CPU threads of each training process. None: ``OMP_NUM_THREADS`` where set, else the cores no other
         process is using (load), shared among this job's processes, at most 4, and 1 on a GPU
@@ -69,6 +75,7 @@ class TrainConfig:
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 5
     limit_train_batches: Any = None
+    data_on_device: bool | None = None
     num_workers: int = 0
     pin_memory: bool = False
     num_threads: int | None = None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 
+from venncell.data.dataset import Batch
 from venncell.data.samplers import owned_cells
 from venncell.module.losses import LossOutput
 from venncell.module.venn import VennModule
 from venncell.train.row_adam import RowAdam
+
+# Batches between reads of the steps' finiteness: the step itself never waits for the device
+FINITE_CHECK_EVERY = 10
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,15 +43,25 @@ class _Plan(L.LightningModule):
         super().__init__()
         self.module = module
         self.seed = seed
-        self._term_sums: dict[str, tuple[torch.Tensor, int]] = {}  # epoch sums of the logged terms
+        # epoch sums of the logged terms, by the tuple of names a step logged (one stacked tensor per layout)
+        self._term_sums: dict[tuple[str, ...], tuple[torch.Tensor, int]] = {}
+        # (where, step, term names, each term's finiteness, whether the optimised totals were finite) per step
+        # since the last check: kept on the device and read back together (_check_finite)
+        self._watch: list[tuple[str, int, tuple[str, ...], torch.Tensor, torch.Tensor]] = []
         # Read by torch's DistributedDataParallel (which Lightning's DDP strategy builds around this plan): the
         # latent tables (O(cells) rows) are never all-reduced or broadcast by DDP — stage 1 shards them by rank
         # and gathers explicitly (Stage1Plan.gather_latents); in stage 2 they are frozen inputs.
-        # ``is_train`` is an O(cells) buffer DDP would otherwise re-broadcast before every step.
         latent = {id(p) for p in module.latent_parameters()}
         self._ddp_params_and_buffers_to_ignore = [
             f"module.{n}" for n, p in module.named_parameters() if id(p) in latent
-        ] + ["is_train"]
+        ]
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # Lightning's default walks the batch generically (dataclass fields copied, a deepcopy per batch): a
+        # visible share of a small CPU step. Batches already on the device (venncell.data.resident) stay as they are.
+        if isinstance(batch, tuple):
+            return tuple(None if b is None else b.to(device) for b in batch)
+        return batch.to(device) if isinstance(batch, Batch) else batch
 
     def on_train_batch_start(self, batch, batch_idx):
         # Only the generator the step draws from: torch.manual_seed also walks every accelerator's generators,
@@ -62,39 +75,22 @@ class _Plan(L.LightningModule):
         saver = self.trainer.checkpoint_callback if self._trainer is not None else None
         return (saver.last_model_path if saver is not None else "") or "none saved yet"
 
-    def _check_finite(self, out: LossOutput, where: str) -> None:
-        # The totals are weighted sums of the optimised terms, finite unless one of those is not: only a non-finite
-        # total needs the term-by-term search (one check per total and step instead of one per term)
-        if all(bool(torch.isfinite(t).all()) for t in out.objectives):
-            return
-        terms = out.logged()
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        culprit = [k for k in bad if k != "loss"] or bad
-        ckpt = self._last_checkpoint()
-        raise NonFiniteLossError(
-            f"Stage {self.stage} {where} loss became non-finite at step {self.global_step} in term(s) "
-            f"{culprit} (the part after '/' is the modality). Last good checkpoint: {ckpt}. Usual fixes: lower "
-            "the learning rates, check that modality's data for extreme values, or raise latent_l2."
-        )
-
-    def _log_terms(self, out: LossOutput, prefix: str, batch_size: int, on_step: bool) -> None:
-        """Accumulate the epoch means of every term; log only the total loss per step.
+    def _record(
+        self, out: LossOutput, prefix: str, where: str, batch_size: int, on_step: bool
+    ) -> None:
+        """Accumulate the epoch means of every term, log the total loss per step, and note whether the step's
+        totals were finite, all without reading a value back from the device.
 
         Each ``self.log`` call walks Lightning's whole result collection, so logging ~8 terms per step was a
-        visible share of a CPU stage-1 step. The terms are summed here as plain tensors and logged once per epoch
-        under the names Lightning would give them (``<term>_epoch`` next to ``loss_step`` for per-step terms, the
-        plain name for epoch-only ones).
+        visible share of a CPU stage-1 step. The terms are stacked and summed here as one tensor and logged once per
+        epoch under the names Lightning would give them (``<term>_epoch`` next to ``loss_step`` for per-step terms,
+        the plain name for epoch-only ones).
         Not sync_dist: under DDP stage-1 terms are rank-local (syncing would add ~20 scalar all-reduces, and a
         rank whose shard lacks a term in an epoch would deadlock the sync); stage-2 validation sees every
         held-out cell on every rank, so its values agree without a sync.
         """
         # Lightning writes step values only every log_every_n_steps batches; logging the others is wasted time
-        if (
-            on_step
-            and (self.global_step // self._optimizers_per_step + 1)
-            % self.trainer.log_every_n_steps
-            == 0
-        ):
+        if on_step and self._batches_done() % self.trainer.log_every_n_steps == 0:
             self.log(
                 f"{prefix}/loss_step",
                 out.loss.detach(),
@@ -103,14 +99,54 @@ class _Plan(L.LightningModule):
                 prog_bar=True,
                 batch_size=batch_size,
             )
-        for k, v in out.logged().items():
-            name = f"{prefix}/{k}" + ("_epoch" if on_step else "")
-            total, count = self._term_sums.get(name, (0.0, 0))
-            self._term_sums[name] = (total + v.detach() * batch_size, count + batch_size)
+        terms = out.logged()
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        names = tuple(terms)
+        key = tuple(f"{prefix}/{k}" + ("_epoch" if on_step else "") for k in names)
+        total, count = self._term_sums.get(key, (0.0, 0))
+        self._term_sums[key] = (total + values * batch_size, count + batch_size)
+        finite = torch.isfinite(values)
+        objectives = torch.stack([torch.isfinite(t.detach()).all() for t in out.objectives]).all()
+        self._watch.append((where, self.global_step, names, finite, objectives))
+
+    def _batches_done(self) -> int:
+        return self.global_step // self._optimizers_per_step + 1
+
+    def _check_finite(self) -> None:
+        """Raise at the first recorded step whose optimised totals were not finite, naming its non-finite terms.
+
+        Called every ``FINITE_CHECK_EVERY`` batches and at each epoch's end (before its checkpoint), so a step
+        never waits for the device. A bad step's update reaches the weights before it is caught, but checkpoints
+        refuse non-finite weights (``on_save_checkpoint``), so the last good checkpoint stays good.
+        """
+        watch, self._watch = self._watch, []
+        if not watch:
+            return
+        ok = torch.stack([w[-1] for w in watch]).tolist()  # the one read-back
+        if all(ok):
+            return
+        where, step, names, finite, _ = watch[ok.index(False)]
+        bad = [k for k, f in zip(names, finite.tolist()) if not f]
+        culprit = [k for k in bad if k != "loss"] or bad
+        ckpt = self._last_checkpoint()
+        raise NonFiniteLossError(
+            f"Stage {self.stage} {where} loss became non-finite at step {step} in term(s) "
+            f"{culprit} (the part after '/' is the modality). Last good checkpoint: {ckpt}. Usual fixes: lower "
+            "the learning rates, check that modality's data for extreme values, or raise latent_l2."
+        )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self._batches_done() % FINITE_CHECK_EVERY == 0:
+            self._check_finite()
 
     def _flush_terms(self) -> None:
+        sums: dict[str, tuple] = {}  # per term name, over the steps' layouts of terms
+        for key, (total, count) in self._term_sums.items():
+            for name, v in zip(key, total.unbind()):
+                t, c = sums.get(name, (0.0, 0))
+                sums[name] = (t + v, c + count)
         row = {}
-        for name, (total, count) in self._term_sums.items():
+        for name, (total, count) in sums.items():
             row[name] = total / count
             self.log(
                 name,
@@ -126,8 +162,10 @@ class _Plan(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._term_sums = {}  # a resumed epoch starts its means afresh
+        self._watch = []
 
     def on_train_epoch_end(self):
+        self._check_finite()
         self._flush_terms()
 
     fingerprint: dict | None = (
@@ -168,7 +206,6 @@ class Stage1Plan(_Plan):
     def __init__(
         self,
         module: VennModule,
-        is_train: np.ndarray,
         lr_network: float = 1e-3,
         lr_latent: float = 1e-2,
         grad_clip: float = 10.0,
@@ -180,9 +217,6 @@ class Stage1Plan(_Plan):
             chunk_size  # backed data: DDP ranks own whole reader chunks (owned_cells)
         )
         self.automatic_optimization = False
-        self.register_buffer(
-            "is_train", torch.as_tensor(is_train, dtype=torch.bool), persistent=False
-        )
         self.lr_network = lr_network
         self.lr_latent = lr_latent
         self.grad_clip = grad_clip
@@ -258,24 +292,22 @@ class Stage1Plan(_Plan):
         latents = RowAdam(self.module.latent_parameters(), lr=self.lr_latent)
         return [nets, latents]
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[Batch | None, Batch | None], batch_idx):
+        """``batch``: the (training, held-out) cells of one mini-batch (``venncell.data.dataset.split_batch``)."""
         opt_net, opt_lat = self.optimizers()
-        train = self.is_train[batch.idx]
-        total = torch.zeros((), device=self.device)
+        train, held_out = batch
+        n_train, n_held = (0 if b is None else len(b) for b in batch)
         leakage = self.module.leakage_factor(batch_idx)
-        if train.any():
-            out = self.module.stage1_loss(
-                batch if train.all() else batch.subset(train), leakage=leakage
-            )
-            self._check_finite(out, "training")
-            self._log_terms(out, "stage1/train", int(train.sum()), on_step=True)
-            total = total + out.loss * train.float().mean()
-        if (~train).any():
+        total = 0.0
+        if train is not None:
+            out = self.module.stage1_loss(train, leakage=leakage)
+            self._record(out, "stage1/train", "training", n_train, on_step=True)
+            total = out.loss * (n_train / (n_train + n_held))
+        if held_out is not None:
             with self.module.networks_frozen():
-                out_v = self.module.stage1_loss(batch.subset(~train), leakage=leakage)
-            self._check_finite(out_v, "held-out")
-            self._log_terms(out_v, "stage1/val", int((~train).sum()), on_step=False)
-            total = total + out_v.loss * (~train).float().mean()
+                out_v = self.module.stage1_loss(held_out, leakage=leakage)
+            self._record(out_v, "stage1/val", "held-out", n_held, on_step=False)
+            total = total + out_v.loss * (n_held / (n_train + n_held))
         opt_net.zero_grad()
         opt_lat.zero_grad()
         self.manual_backward(total)
@@ -318,8 +350,7 @@ class Stage2Plan(_Plan):
 
     def training_step(self, batch, batch_idx):
         out = self.module.stage2_loss(batch)
-        self._check_finite(out, "training")
-        self._log_terms(out, "stage2/train", len(batch), on_step=True)
+        self._record(out, "stage2/train", "training", len(batch), on_step=True)
         return sum(out.objectives)
 
     def validation_step(self, batch, batch_idx):

@@ -67,7 +67,6 @@ def refine_latents(
     L.seed_everything(seed, workers=True, verbose=False)
     plan = Stage1Plan(
         view,
-        np.zeros(data.n_cells, dtype=bool),
         lr_network=0.0,
         lr_latent=lr_latent,
         grad_clip=0.0,
@@ -90,7 +89,15 @@ def refine_latents(
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         quiet_trainer(**kwargs).fit(
             plan,
-            train_dataloaders=make_loader(data, np.arange(data.n_cells), batch_size, True, seed),
+            # every cell as held out: the networks stay frozen, only the latent rows move
+            train_dataloaders=make_loader(
+                data,
+                np.arange(data.n_cells),
+                batch_size,
+                True,
+                seed,
+                split=np.zeros(data.n_cells, dtype=bool),
+            ),
         )
     module.eval()
     after = view.network_parameters()

@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from venncell.data.dataset import MultiModalData, batch_loader, make_loader
+from venncell.data.dataset import MultiModalData, batch_loader, cell_batches, make_loader
+from venncell.data.resident import ResidentBatches, ResidentCells, fits_on
 from venncell.data.samplers import RankBatches
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
@@ -71,12 +72,16 @@ def _loader(
     trainer: L.Trainer,
     fixed_shard: bool,
     cfg: TrainConfig,
+    resident: ResidentCells | None,
+    split: np.ndarray | None = None,
 ):
-    """A stage's shuffled training batches of ``cfg.batch_size`` cells (per rank under DDP)."""
+    """A stage's shuffled training batches of ``cfg.batch_size`` cells (per rank under DDP); with ``split`` (one
+    boolean per cell) each item is a (training, held-out) pair of batches."""
     if trainer.world_size == 1:  # one process owns every cell: no rank sharding
-        return make_loader(
-            data, indices, cfg.batch_size, True, seed, cfg.num_workers, cfg.pin_memory
-        )
+        sampler = cell_batches(data, indices, cfg.batch_size, True, seed)
+        if resident is not None:
+            return ResidentBatches(resident, sampler, split)
+        return batch_loader(data, sampler, cfg.num_workers, cfg.pin_memory, split)
     sampler = RankBatches(
         indices,
         cfg.batch_size,
@@ -87,7 +92,23 @@ def _loader(
         fixed_shard,
         data.chunk_size,
     )
-    return batch_loader(data, sampler, cfg.num_workers, cfg.pin_memory)
+    return batch_loader(data, sampler, cfg.num_workers, cfg.pin_memory, split)
+
+
+def _resident(cfg: TrainConfig, data: MultiModalData, trainer: L.Trainer) -> ResidentCells | None:
+    """The data held on the training device (``TrainConfig.data_on_device``), or None for a DataLoader."""
+    if cfg.data_on_device is False or trainer.world_size > 1 or cfg.num_workers:
+        return None
+    device = trainer.strategy.root_device
+    if not fits_on(data, device):
+        if cfg.data_on_device:
+            log.warning(
+                "trainer.data_on_device=true, but the data cannot be held on %s (backed data, per-batch image "
+                "reads, or too large for its free memory); batches come from a DataLoader.",
+                device,
+            )
+        return None
+    return ResidentCells(data, device)
 
 
 def _strategy(cfg: TrainConfig):
@@ -101,18 +122,51 @@ def _strategy(cfg: TrainConfig):
     )
 
 
+# A checkpoint is written at an epoch's end once the training since the last one took at least this many times as
+# long as writing it did: at most ~5% of the time goes to checkpoints (on 600 cells a write every epoch was a quarter
+# of training), and a kill loses at most one epoch or ~20 writes' worth of training.
+CHECKPOINT_SPACING = 20.0
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` at epoch ends, spaced by ``CHECKPOINT_SPACING``, one file per save.
+
+    ``last.ckpt`` is a link to the newest ``epochNNNN.ckpt`` (``save_last="link"``): one write per save, not two.
+    Lightning writes the new epoch file before it removes the old one and relinks, so at every instant a kill leaves
+    either ``last.ckpt`` whole or an intact epoch file (``_resume_path`` takes the newest readable one). The first
+    and the last epoch of a stage are always saved. Under DDP rank 0's clock decides, so every rank saves together
+    (saving gathers the latent tables across ranks).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(save_last="link", save_top_k=1, every_n_epochs=1, **kwargs)
+        self._cost = 0.0  # seconds the last save took
+        self._saved_at: float | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        now = time.perf_counter()
+        due = (
+            self._saved_at is None
+            or now - self._saved_at >= CHECKPOINT_SPACING * self._cost
+            or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+            or trainer.should_stop
+        )
+        if not trainer.strategy.broadcast(due, src=0):
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+        self._saved_at = time.perf_counter()
+        self._cost = self._saved_at - now
+
+
 def _trainer(
     cfg: TrainConfig, stage: str, epochs: int, run_dir: Path, loggers
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    # save_on_train_epoch_end: every epoch, also in stage 2, whose validation (every check_val_every_n_epoch epochs)
-    # would otherwise decide when a checkpoint is written, so a killed run could lose several epochs
-    ckpt = ModelCheckpoint(
+    # save_on_train_epoch_end: also in stage 2, whose validation (every check_val_every_n_epoch epochs) would
+    # otherwise decide when a checkpoint is written, so a killed run could lose several epochs
+    ckpt = EpochCheckpoint(
         dirpath=run_dir / "checkpoints" / stage,
         filename="epoch{epoch:04d}",
         auto_insert_metric_name=False,
-        save_last=True,
-        save_top_k=1,
-        every_n_epochs=1,
         save_on_train_epoch_end=True,
     )
     callbacks = [ckpt, *_progress(cfg.progress_bar)]
@@ -267,7 +321,7 @@ def run_two_stage(
     Returns the last logged metrics of each stage.
     """
     with warnings.catch_warnings(), cpu_threads(threads_for(cfg)):
-        # deliberate: under DDP the logged training terms are each rank's own shard (Stage1Plan._log_terms)
+        # deliberate: under DDP the logged training terms are each rank's own shard (Stage1Plan._record)
         warnings.filterwarnings(
             "ignore", message=r".*when logging on epoch level in distributed setting.*"
         )
@@ -315,7 +369,7 @@ def _run_two_stage(
     all_idx = np.arange(data.n_cells)
 
     plan1 = Stage1Plan(
-        module, is_train, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed, data.chunk_size
+        module, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed, data.chunk_size
     )
     plan1.fingerprint = expected
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
@@ -323,13 +377,11 @@ def _run_two_stage(
     if resume:
         _keep_csv_history(trainer1, step1, row1)
     t0 = time.perf_counter()
+    resident = _resident(cfg, data, trainer1)
     # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
+    train1 = _loader(data, all_idx, cfg.seed, trainer1, True, cfg, resident, split=is_train)
     with stop_on_signals(stopper, run_dir):
-        trainer1.fit(
-            plan1,
-            train_dataloaders=_loader(data, all_idx, cfg.seed, trainer1, True, cfg),
-            ckpt_path=ckpt1,
-        )
+        trainer1.fit(plan1, train_dataloaders=train1, ckpt_path=ckpt1)
     metrics = {
         "stage1": _numbers(trainer1.callback_metrics),
         "wall_time_s": {"stage1": time.perf_counter() - t0},
@@ -341,7 +393,7 @@ def _run_two_stage(
     trainer2, _ = _trainer(cfg, "stage2", cfg.stage2_epochs, run_dir, loggers)
     # not sharded: every rank scores every held-out cell, so the logged values agree without a sync
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
-    train2 = _loader(data, train_idx, cfg.seed + 1, trainer2, False, cfg)
+    train2 = _loader(data, train_idx, cfg.seed + 1, trainer2, False, cfg, resident)
     ckpt2, step2, row2 = _resume_path(run_dir, "stage2", resume, expected)
     if resume:
         _keep_csv_history(trainer2, step2, row2)
