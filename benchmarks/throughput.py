@@ -169,8 +169,11 @@ def _timer():
 
 
 def _batch_cells(batch) -> int:
-    """Cells in a training batch: VennCell's carry their row indices (``idx``), scvi-tools' a tensor per field."""
-    if isinstance(batch, dict) and "idx" in batch:
+    """Cells in a training batch: VennCell's carry their row indices (``idx``; stage 1's come as a pair, training
+    and held-out cells), scvi-tools' a tensor per field."""
+    if isinstance(batch, tuple):
+        return sum(_batch_cells(b) for b in batch if b is not None)
+    if hasattr(batch, "idx"):
         return len(batch.idx)
     if isinstance(batch, dict):
         return next(len(v) for v in batch.values() if hasattr(v, "shape") and len(v.shape))

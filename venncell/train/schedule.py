@@ -47,14 +47,34 @@ def _bar_metrics(items: dict) -> dict:
     }
 
 
-class _RichBar(RichProgressBar):
+class _BarMetrics:
+    """The bars' metrics, read again only when a logged value can have changed: every ``log_every_n_steps`` batches
+    and at epoch ends. Reading a metric tensor waits for the device, and the bars ask after every batch."""
+
+    _key = None
+    _cached: dict = {}
+
     def get_metrics(self, trainer, pl_module):
-        return _bar_metrics(super().get_metrics(trainer, pl_module))
+        steps_per_batch = max(1, len(trainer.optimizers))  # stage 1 steps two optimisers per batch
+        key = (
+            trainer.current_epoch,
+            trainer.global_step // steps_per_batch // trainer.log_every_n_steps,
+        )
+        if key != self._key:
+            self._key, self._cached = key, _bar_metrics(super().get_metrics(trainer, pl_module))
+        return self._cached
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._key = None  # the epoch's means have just been logged
+        super().on_train_epoch_end(trainer, pl_module)
 
 
-class _TQDMBar(TQDMProgressBar):
-    def get_metrics(self, trainer, pl_module):
-        return _bar_metrics(super().get_metrics(trainer, pl_module))
+class _RichBar(_BarMetrics, RichProgressBar):
+    pass
+
+
+class _TQDMBar(_BarMetrics, TQDMProgressBar):
+    pass
 
 
 def _progress(kind: str) -> list[Callback]:
