@@ -110,11 +110,14 @@ def job(dataset: str, tool: str) -> dict:
 
 
 def _commit() -> str:
-    """The checked-out commit, marked when the working tree differs from it."""
-    git = ["git", "-C", str(HERE)]
+    """The checked-out commit, marked when the code that ran (the package, the benchmark scripts) differs from it."""
+    git = ["git", "-C", str(HERE.parent)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    code = ["venncell", "benchmarks/*.py", "benchmarks/integration/*.py", "pyproject.toml"]
     dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", *code],
+        capture_output=True,
+        text=True,
     )
     return (
         head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
