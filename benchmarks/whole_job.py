@@ -132,7 +132,9 @@ def write_page(results: dict) -> None:
     lines = [
         "# Whole job: VennCell and totalVI with their defaults, one CPU thread each",
         "",
-        f"Command (from the repository root): `{COMMAND}`. Each job reads the .h5mu, sets up, trains with the "
+        "Commands (from the repository root), in the order they ran: "
+        + ", then ".join(f"`{c}`" for c in results.get("commands", [COMMAND]))
+        + ". Each job reads the .h5mu, sets up, trains with the "
         "tool's defaults, takes the latent, writes the annotated data and saves the model, in its own process "
         "with one thread; the jobs of one dataset run back to back. Time: from reading the data to the saved "
         "model (imports apart). Quality: kNN accuracy (k = 15, 5-fold) of the headline label, VennCell's "
@@ -143,6 +145,8 @@ def write_page(results: dict) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset, by_tool in results.items():
+        if dataset == "commands":
+            continue
         ratio = [
             t["seconds"] / v["seconds"]
             for v, t in zip(by_tool.get("venncell", []), by_tool.get("totalvi", []))
@@ -181,6 +185,7 @@ def main() -> None:
     from datasets import DATASETS
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.setdefault("commands", []).append(" ".join([COMMAND, *sys.argv[1:]]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
     for dataset in args.datasets.split(","):
         ds = DATASETS[dataset]

@@ -147,6 +147,33 @@ def test_ddp_gathers_the_variational_log_variances(tmp_path):
         assert min(even, odd) > 0.5 * max(even, odd) > 0, (name, even, odd)
 
 
+def test_ddp_gathers_the_venn_region_tables(tmp_path):
+    """Venn regions (three modalities, one block per pair) under DDP: region tables are sharded like the others, so
+    the stage-1 checkpoint must hold every row's optimiser state from both ranks (rank 0 steps the even rows, rank 1
+    the odd ones), and the saved model embeds new cells with every region block."""
+    from venncell import VennCell
+
+    _train(tmp_path / "r", "trainer.batch_size=32", "model.venn_regions=pairs")
+    model = VennCell.load(tmp_path / "r" / "model")
+    assert len(model.module.region_tables) == 3
+    ckpt = torch.load(
+        tmp_path / "r" / "checkpoints" / "stage1" / "last.ckpt",
+        map_location="cpu",
+        weights_only=False,
+    )
+    state = ckpt["optimizer_states"][1]["state"]
+    # shared, 3 private and 3 region tables (and, with variational latents, their log-variance tables)
+    assert len(state) == len(model.module.latent_parameters()) >= 7
+    for i, st in state.items():
+        steps = st["row_step"].squeeze(1)
+        assert (steps[0::2] > 0).all() and (steps[1::2] > 0).all(), i
+    fresh = _untrained({"n_cells": 400, "modalities": {"rna": 40, "protein": 16, "atac": 40}})
+    z = model.get_latent_representation(fresh.mdata, block="all")
+    assert np.isfinite(z).all() and z.shape[1] == model.module.cfg.shared_dim + sum(
+        model.module.private_dims.values()
+    ) + sum(model.module.region_dims.values())
+
+
 def test_rank_batches_deal_whole_chunks_for_backed_data():
     """Backed data under DDP: each rank reads only its own reader chunks, every cell once per epoch, and all
     ranks take the same number of steps (stage 1: fixed chunk ownership; stage 2: chunks dealt per epoch)."""
