@@ -1,5 +1,5 @@
-"""Scoring and baselines shared by the real-data experiment scripts (sci-CAR, BMMC): one implementation, so
-every results table uses the same kNN protocol and the same PCA / LSI baselines."""
+"""Scoring, baselines and page writing shared by the experiment scripts: one implementation, so every results
+table uses the same kNN protocol, the same PCA / LSI baselines and the same markdown."""
 
 from __future__ import annotations
 
@@ -65,6 +65,18 @@ HAND_WRITTEN = (
     "<!-- Written by hand below this line: the script keeps it when it rewrites the tables above; "
     "check its numbers against them after a rerun. -->"
 )
+
+
+def markdown_table(df, corner: str | None = None, fmt=str) -> str:
+    """``df`` as a GitHub markdown table (pandas' ``to_markdown`` needs tabulate, which VennCell does not depend on).
+
+    ``corner``: also the index, as the first column under this heading; ``fmt``: how each cell is written.
+    """
+    head = [] if corner is None else [corner]
+    rows = [[*head, *df.columns], ["---"] * (len(head) + df.shape[1])]
+    for i, r in zip(df.index, df.to_numpy().tolist()):
+        rows.append([*([] if corner is None else [i]), *(fmt(v) for v in r)])
+    return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)
 
 
 def write_results_md(path, generated: str) -> None:

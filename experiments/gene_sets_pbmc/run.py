@@ -25,6 +25,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.integration.datasets import DATASETS  # noqa: E402
+from experiments.baselines import markdown_table  # noqa: E402
 from venncell import VennCell  # noqa: E402
 
 SAVED = [
@@ -44,14 +45,9 @@ def _trained(mdata) -> VennCell:
     return model
 
 
-def _md(df: pd.DataFrame) -> str:
-    rows = [list(df.columns), ["---"] * df.shape[1], *df.astype(str).to_numpy().tolist()]
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
-
-
 def _table(top: pd.DataFrame, n: int) -> str:
     top = top.groupby(["ranking", "collection"], sort=False).head(n)
-    return _md(
+    return markdown_table(
         pd.DataFrame(
             {
                 "block / direction": top["ranking"],
@@ -62,7 +58,7 @@ def _table(top: pd.DataFrame, n: int) -> str:
                 "FDR": top["fdr"].map("{:.1e}".format),
                 "genes (first 8)": top["genes"].map(lambda g: ", ".join(str(g).split(";")[:8])),
             }
-        )
+        ).astype(str)
     )
 
 

@@ -155,7 +155,10 @@ def _comparison(df: pd.DataFrame, seeds: list[int]) -> list[str]:
     table.loc["difference of the means (new - old)"] = diff.round(3)
     if len(seeds) > 1:
         table.loc["largest spread between seeds of one code"] = spread.round(3)
-    return [_md(table), ""]
+    sys.path.insert(0, str(ROOT))
+    from experiments.baselines import markdown_table
+
+    return [markdown_table(table, "", lambda v: f"{v:.3f}"), ""]
 
 
 def real(name: str, seeds: list[int]) -> list[str]:
@@ -188,12 +191,6 @@ def real(name: str, seeds: list[int]) -> list[str]:
             row[label] = knn_accuracy(z[known], y[known].astype(str).to_numpy())
     df = pd.DataFrame(rows).T
     return _comparison(df, seeds) + _identity({s: (lat["old", s], lat["new", s]) for s in seeds})
-
-
-def _md(df: pd.DataFrame) -> str:
-    rows = [["", *df.columns], ["---"] * (df.shape[1] + 1)]
-    rows += [[i, *(f"{v:.3f}" for v in r)] for i, r in zip(df.index, df.to_numpy())]
-    return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)
 
 
 def main() -> None:

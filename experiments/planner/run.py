@@ -29,6 +29,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.integration.datasets import DATASETS  # noqa: E402
+from experiments.baselines import markdown_table  # noqa: E402
 from venncell import VennCell, make_synthetic  # noqa: E402
 from venncell.analysis.plan_report import ci_text, summary_frame  # noqa: E402
 from venncell.analysis.probes import cv_r2  # noqa: E402
@@ -94,7 +95,7 @@ def synthetic(lines: list[str]) -> None:
         "of each modality's features read only shared factors (answer: predict), a fifth only the private ones "
         "(answer: measure); the rest read both, and for them the oracle of the script's docstring gives the answer.",
         "",
-        _md(pd.DataFrame(rows), index=False),
+        markdown_table(pd.DataFrame(rows).astype(str)),
         "",
         "Per modality, from each subset of the others (recoverable: mean R² predicted / mean R² measured over "
         "the features the model explains; lost = 1 - recoverable):",
@@ -138,7 +139,7 @@ def pbmc(lines: list[str]) -> None:
         f'proteins), then `model.plan_measurements(targets="protein")` on the {plan.n_cells} {plan.cells} cells. '
         "Scale: protein proportions of the cell's total ADT counts.",
         "",
-        _md(show),
+        markdown_table(show.reset_index().astype(str)),
         "",
         *_section_end(plan, t0),
     ]
@@ -155,13 +156,6 @@ def _section_end(plan, t0: float) -> list[str]:
     ]
 
 
-def _md(df: pd.DataFrame, index: bool = True) -> str:
-    """A GitHub markdown table (pandas' to_markdown needs tabulate, which VennCell does not depend on)."""
-    df = df.reset_index() if index else df
-    rows = [list(df.columns), ["---"] * df.shape[1], *df.astype(str).to_numpy().tolist()]
-    return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)
-
-
 def _trained(mdata, name: str) -> VennCell:
     """The default model on ``mdata``, trained once and kept in runs/<name>/model for reruns of the page."""
     VennCell.setup_mudata(mdata)
@@ -175,7 +169,7 @@ def _trained(mdata, name: str) -> VennCell:
 
 
 def _summary_md(s: pd.DataFrame) -> str:
-    return _md(summary_frame(s), index=False)
+    return markdown_table(summary_frame(s).astype(str))
 
 
 def main() -> None:

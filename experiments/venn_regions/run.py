@@ -14,23 +14,20 @@ factors as ``.obs`` markers, each with the verdict it should get (``shared``, ``
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from venncell import VennCell, make_synthetic
 from venncell.analysis.recovery import recovery_matrix, summarise_recovery
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from experiments.baselines import markdown_table  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REGIONS = {"protein+rna": 2, "atac+rna": 2}
-
-
-def _md(df: pd.DataFrame) -> str:
-    rows = [["true \\ learned", *df.columns], ["---"] * (df.shape[1] + 1)]
-    rows += [[i, *(f"{v:.2f}" for v in r)] for i, r in zip(df.index, df.to_numpy())]
-    return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)
 
 
 def _expected(block: str) -> str:
@@ -95,7 +92,7 @@ def main() -> None:
         lines += [
             f'## `VennCell(mdata, venn_regions="{rule}")`',
             "",
-            _md(mat),
+            markdown_table(mat, "true \\ learned", lambda v: f"{v:.2f}"),
             "",
             ", ".join(f"{k} {v:.2f}" for k, v in summary.items()),
             "",
