@@ -86,3 +86,14 @@ def test_the_resident_path_is_chosen_only_where_it_can_be(on_device, helpers):
     assert (got is not None) == (on_device is None)
     # worker processes were asked for: they need the DataLoader
     assert schedule._resident(TrainConfig(num_workers=2), model.data, trainer) is None
+
+
+def test_asking_for_the_device_path_where_it_cannot_be_says_why(helpers, caplog):
+    from venncell.train.config import TrainConfig
+
+    model = VennCell(_partly_paired_with_batches(helpers), **SMALL)
+    trainer = schedule.quiet_trainer(accelerator="cpu", devices=1, logger=False)
+    cfg = TrainConfig(data_on_device=True, num_workers=2)
+    with caplog.at_level("WARNING", logger="venncell.train.schedule"):
+        assert schedule._resident(cfg, model.data, trainer) is None
+    assert "data_on_device=true" in caplog.text and "num_workers=2" in caplog.text

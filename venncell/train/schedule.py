@@ -117,18 +117,24 @@ def _loader(
 
 def _resident(cfg: TrainConfig, data: MultiModalData, trainer: L.Trainer) -> ResidentCells | None:
     """The data held on the training device (``TrainConfig.data_on_device``), or None for a DataLoader."""
-    if cfg.data_on_device is False or trainer.world_size > 1 or cfg.num_workers:
+    if cfg.data_on_device is False:
         return None
     device = trainer.strategy.root_device
-    if not fits_on(data, device):
-        if cfg.data_on_device:
-            log.warning(
-                "trainer.data_on_device=true, but the data cannot be held on %s (backed data, per-batch image "
-                "reads, or too large for its free memory); batches come from a DataLoader.",
-                device,
-            )
-        return None
-    return ResidentCells(data, device)
+    if trainer.world_size > 1:
+        why = "each DDP rank reads its own shard"
+    elif cfg.num_workers:
+        why = f"trainer.num_workers={cfg.num_workers} assembles batches in worker processes"
+    elif not fits_on(data, device):
+        why = "backed data, per-batch image reads, or data too large for its free memory"
+    else:
+        return ResidentCells(data, device)
+    if cfg.data_on_device:
+        log.warning(
+            "trainer.data_on_device=true, but the data are not held on %s (%s); batches come from a DataLoader.",
+            device,
+            why,
+        )
+    return None
 
 
 def _strategy(cfg: TrainConfig):
@@ -143,8 +149,8 @@ def _strategy(cfg: TrainConfig):
 
 
 # A checkpoint is written at an epoch's end once the training since the last one took at least this many times as
-# long as writing it did: at most ~5% of the time goes to checkpoints (on 600 cells a write every epoch was a quarter
-# of training), and a kill loses at most one epoch or ~20 writes' worth of training.
+# long as writing it did: at most ~5% of the time goes to checkpoints (on small data a write every epoch cost more
+# than that), and a kill loses at most one epoch or ~20 writes' worth of training.
 CHECKPOINT_SPACING = 20.0
 
 
