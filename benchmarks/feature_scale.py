@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from child import emit, run_child  # noqa: E402
+
 DATA = HERE / "data"
 RESULTS = HERE / "feature_scale.json"
 PAGE = HERE / "FEATURE_SCALE.md"
@@ -137,7 +138,7 @@ def child(tool: str, cells: int, epochs: int) -> None:
         "cells": cells,
         "threads": torch.get_num_threads(),
     }
-    print("RECORD " + json.dumps(rec))
+    emit(rec)
 
 
 def write_page(results: dict) -> None:
@@ -186,16 +187,12 @@ def main() -> None:
         return
     generate(args.cells)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
     for tool in args.tools.split(","):
-        cmd = [sys.executable, __file__, "--child", tool, "--cells", str(args.cells)]
-        proc = subprocess.run(
-            cmd + ["--epochs", str(args.epochs)], env=env, capture_output=True, text=True
-        )
-        rec = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
-        if proc.returncode or not rec:
-            raise SystemExit(f"{tool} failed:\n{proc.stderr[-5000:]}")
-        results[tool] = json.loads(rec[0][len("RECORD ") :])
+        cmd = [__file__, "--child", tool, "--cells", str(args.cells), "--epochs", str(args.epochs)]
+        try:
+            results[tool] = run_child(cmd, env={"JAX_PLATFORMS": "cpu"})
+        except RuntimeError as e:
+            raise SystemExit(f"{tool}: {e}") from None
         print(tool, results[tool], flush=True)
         RESULTS.write_text(json.dumps(results, indent=1))
     write_page(results)

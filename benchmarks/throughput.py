@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from child import emit, run_child  # noqa: E402
+
 DATA = HERE / "data"
 N_GENES, N_PROTEINS, SHARED, PRIVATE = 2000, 100, 4, 2
 BATCH = 128
@@ -145,7 +148,9 @@ def _timer():
             if self._t0 is not None:
                 self._n += _batch_cells(batch)
 
-        def on_train_end(self, trainer, pl_module):
+        def on_train_epoch_end(
+            self, trainer, pl_module
+        ):  # one epoch per stage; before its checkpoint
             _sync()
             dt = time.perf_counter() - self._t0
             cpu = time.process_time() - self._c0
@@ -276,15 +281,14 @@ def measure_venncell(
     setup_s = time.perf_counter() - t
     rss_setup = _peak_rss_mb()
     timer = _timer()
-    # callbacks=[timer] replaces the checkpoint callback: a checkpoint per (truncated) epoch would be timed too
+    # the timer stops at the epoch's end, before that epoch's checkpoint is written
     model.train(
         stage1_epochs=1,
         stage2_epochs=1,
         batch_size=batch,
         limit_train_batches=steps + WARMUP,
         progress_bar="none",
-        callbacks=[timer],
-        enable_checkpointing=False,
+        trainer_kwargs={"callbacks": [timer]},
         accelerator=accelerator,
         num_workers=workers,
         pin_memory=_pin(accelerator, workers),
@@ -428,29 +432,15 @@ def quality(n: int, method: str, epochs: int, accelerator: str = "cpu", threads:
 
 # ------------------------------------------------------------------ driver
 def _sub(args: list[str], timeout: int, threads: int = 1) -> dict | None:
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        OPENBLAS_NUM_THREADS=str(threads),
-    )
     t = time.perf_counter()
     try:
-        p = subprocess.run(
-            [sys.executable, __file__, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
+        out = run_child([__file__, *args], threads, timeout)
     except subprocess.TimeoutExpired:
         print(f"TIMEOUT {args}", flush=True)
         return {"error": f"timed out after {timeout} s", "args": args}
-    lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
-    if p.returncode or not lines:
-        print(f"FAILED {args}\n{p.stderr[-3000:]}", flush=True)
-        return {"error": p.stderr[-500:], "args": args}
-    out = json.loads(lines[-1][7:])
+    except RuntimeError as e:
+        print(f"FAILED {args}\n{str(e)[-3000:]}", flush=True)
+        return {"error": str(e)[-500:], "args": args}
     out["process_wall_s"] = time.perf_counter() - t
     out["load_avg_1min"] = os.getloadavg()[
         0
@@ -881,9 +871,9 @@ def main() -> None:
             r = measure_venncell(
                 a.n, a.backed, a.steps, a.method, a.accelerator, a.batch, a.threads, a.workers
             )
-        print("RESULT " + json.dumps({**r, **_device_info()}))
+        emit({**r, **_device_info()})
     elif a.what == "quality":
-        print("RESULT " + json.dumps(quality(a.n, a.method, a.epochs, a.accelerator, a.threads)))
+        emit(quality(a.n, a.method, a.epochs, a.accelerator, a.threads))
     elif a.what == "gpu":
         run_gpu(
             sizes,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ PAGE = HERE / "WHOLE_JOB.md"
 COMMAND = "python benchmarks/whole_job.py"
 TOOLS = ("venncell", "totalvi")
 sys.path.insert(0, str(HERE / "integration"))
+sys.path.insert(0, str(HERE))
+from child import emit, run_child  # noqa: E402
 
 
 def venncell_job(mdata, ds, out: Path) -> tuple:
@@ -180,13 +181,12 @@ def main() -> None:
     p.add_argument("--job", nargs=2, help=argparse.SUPPRESS)  # a child: DATASET TOOL
     args = p.parse_args()
     if args.job:
-        print("RECORD " + json.dumps(job(*args.job)))
+        emit(job(*args.job))
         return
     from datasets import DATASETS
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.setdefault("commands", []).append(" ".join([COMMAND, *sys.argv[1:]]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
     for dataset in args.datasets.split(","):
         ds = DATASETS[dataset]
         if not ds.available():
@@ -198,16 +198,13 @@ def main() -> None:
                 runs = results.setdefault(dataset, {}).setdefault(tool, [])
                 if len(runs) > r:
                     continue
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--job", dataset, tool],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                )
-                rec = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
-                if proc.returncode or not rec:
-                    raise SystemExit(f"{dataset} {tool} failed:\n{proc.stderr[-5000:]}")
-                runs.append(json.loads(rec[0][len("RECORD ") :]))
+                try:
+                    record = run_child(
+                        [__file__, "--job", dataset, tool], env={"JAX_PLATFORMS": "cpu"}
+                    )
+                except RuntimeError as e:
+                    raise SystemExit(f"{dataset} {tool}: {e}") from None
+                runs.append(record)
                 print(dataset, tool, runs[-1], flush=True)
                 RESULTS.write_text(json.dumps(results, indent=1))
     write_page(results)

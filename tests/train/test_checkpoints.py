@@ -184,3 +184,45 @@ def test_resume_skips_a_truncated_last_checkpoint(tmp_path):
     (folder / "last.ckpt").write_bytes(whole[:-10])
     assert _resume_path(tmp_path, "stage1", resume=True)[:2] == (None, 0)
     assert _resume_path(tmp_path, "stage1", resume=False)[:2] == (None, 0)
+
+
+def test_resume_finds_the_newest_whole_checkpoint_at_every_step_of_a_save(tmp_path):
+    """A save writes epochN+1, removes epochN, then relinks ``last.ckpt``: a kill at any point leaves a whole
+    checkpoint that resuming finds."""
+    import os
+
+    import torch
+
+    from venncell.train.schedule import _resume_path
+
+    folder = tmp_path / "checkpoints" / "stage1"
+    folder.mkdir(parents=True)
+
+    def save(epoch: int, steps: int) -> bytes:
+        state = {
+            "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": steps}}},
+            "state_dict": {"w": torch.full((50_000,), float(epoch))},
+        }
+        torch.save(state, folder / f"epoch{epoch:04d}.ckpt")
+        return (folder / f"epoch{epoch:04d}.ckpt").read_bytes()
+
+    def found():
+        return _resume_path(tmp_path, "stage1", resume=True)[1]
+
+    save(2, 6)
+    os.symlink("epoch0002.ckpt", folder / "last.ckpt")
+    whole = save(3, 8)
+    (folder / "epoch0003.ckpt").write_bytes(
+        whole[: len(whole) // 2]
+    )  # killed while writing epoch 3
+    assert found() == 6
+    (folder / "epoch0003.ckpt").write_bytes(whole)  # written; epoch 2 not yet removed
+    assert found() == 6  # last.ckpt still names epoch 2, which is whole
+    (folder / "epoch0002.ckpt").unlink()  # removed; last.ckpt now dangles
+    assert found() == 8
+    (folder / "last.ckpt").unlink()  # relinking: the old link gone, the new one not yet made
+    assert found() == 8
+    os.symlink("epoch0003.ckpt", folder / "last.ckpt")
+    assert found() == 8 and _resume_path(tmp_path, "stage1", resume=True)[0] == str(
+        folder / "last.ckpt"
+    )

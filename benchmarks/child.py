@@ -1,0 +1,44 @@
+"""One measurement per process: the child prints its record as one tagged JSON line, the parent reads it back.
+
+A process of its own gives each measurement its own peak RSS, its own imports and a pinned thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+TAG = "RECORD "
+
+
+def emit(record: dict) -> None:
+    """The child's side: print ``record`` where ``run_child`` finds it."""
+    print(TAG + json.dumps(record), flush=True)
+
+
+def run_child(
+    args: list[str], threads: int = 1, timeout: float | None = None, env: dict | None = None
+) -> dict:
+    """``python <args>`` with ``threads`` CPU threads (and ``env`` added); the record it emitted.
+
+    Raises ``RuntimeError`` with the end of its stderr when it fails or emits nothing, and
+    ``subprocess.TimeoutExpired`` past ``timeout`` seconds.
+    """
+    pinned = {
+        k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    proc = subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, **pinned, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)]
+    if proc.returncode or not lines:
+        raise RuntimeError(
+            f"{' '.join(map(str, args))} failed (exit {proc.returncode}):\n{proc.stderr[-5000:]}"
+        )
+    return json.loads(lines[-1][len(TAG) :])
