@@ -323,9 +323,14 @@ def split_batch(get, idx: np.ndarray, split: np.ndarray) -> tuple[Batch | None, 
     """``idx``'s cells as two batches, those with ``split`` True and the others (None where there are none), each
     in ``idx``'s order. Stage 1 fits training and held-out cells differently; splitting where the indices are on
     the host spares the training step a boolean mask of the batch (and the host syncs that reading it costs)."""
+    return tuple(get(cells) if len(cells) else None for cells in split_cells(idx, split))
+
+
+def split_cells(idx: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``idx``'s cells with ``split`` True, then the others, each in ``idx``'s order."""
     idx = np.asarray(idx)
     inside = split[idx]
-    return tuple(get(idx[keep]) if keep.any() else None for keep in (inside, ~inside))
+    return idx[inside], idx[~inside]
 
 
 def make_loader(

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from venncell.data.dataset import Batch, MultiModalData
+from venncell.data.dataset import Batch, MultiModalData, split_cells
 from venncell.data.spec import NONZERO_LIKELIHOODS
 
 # Data may take at most this share of an accelerator's free memory; the rest is the model's and the batches'.
@@ -169,7 +169,7 @@ class ResidentBatches:
         order, offset = [], 0
         for b in self.sampler:
             b = np.asarray(b, dtype=np.int64)
-            halves = [b] if self.split is None else [b[self.split[b]], b[~self.split[b]]]
+            halves = [b] if self.split is None else split_cells(b, self.split)
             entry = []
             for h in halves:
                 if len(h) == 0:

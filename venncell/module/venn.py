@@ -327,9 +327,8 @@ class VennModule(nn.Module):
             mask, present = batch.mask[m], batch.count(m)
             if not present:
                 continue
-            every = present == len(
-                batch
-            )  # then a cell subset is the batch itself (no boolean indexing)
+            # every cell has m: a cell subset is the batch itself (no boolean indexing, a read-back)
+            every = present == len(batch)
             w = self.weights[m]
             zp = z_p[m]
             zp_in = self.perturbed(m, zp, idx) if noise else zp
@@ -375,7 +374,7 @@ class VennModule(nn.Module):
                             Term(INDEPENDENCE, f"{a}~{b}") in terms
                         ):
                             continue  # shared vs private is the term above; a pair counts once
-                        dep = normalised_hsic(*((za, zb) if every else (za[mask], zb[mask])))
+                        dep = normalised_hsic(_having(za, mask, every), _having(zb, mask, every))
                         terms[Term(INDEPENDENCE, f"{a}~{b}")] = dep
                         total = total + leakage * cfg.region_independence_weight * dep
         return LossOutput(total, terms)
@@ -428,18 +427,20 @@ class VennModule(nn.Module):
                 continue
             s_hat, p_hat, r_hat = self.encode_regions(m, batch)
             every = present == len(batch)
-
-            def cells(t, mask=mask, every=every):
-                return t if every else t[mask]  # every cell: no boolean indexing (a read-back)
-
             if present >= 2:  # a fraction of variance needs two cells
-                err_s = unexplained_fraction(cells(z_s), cells(s_hat))
-                err_p = unexplained_fraction(cells(z_p[m]), cells(p_hat))
+                err_s = unexplained_fraction(
+                    _having(z_s, mask, every), _having(s_hat, mask, every)
+                )
+                err_p = unexplained_fraction(
+                    _having(z_p[m], mask, every), _having(p_hat, mask, every)
+                )
                 terms[Term(LATENT_SHARED, m)] = err_s
                 terms[Term(LATENT_PRIVATE, m)] = err_p
                 total = total + err_s + err_p
                 for r, pred in r_hat.items():
-                    err_r = unexplained_fraction(cells(z_r[r]), cells(pred))
+                    err_r = unexplained_fraction(
+                        _having(z_r[r], mask, every), _having(pred, mask, every)
+                    )
                     terms[Term(LATENT_SHARED, f"{block_key(r)}/{m}")] = err_r
                     total = total + err_r
             if recon or cfg.stage2_recon_weight > 0:
@@ -514,6 +515,12 @@ class VennModule(nn.Module):
             for m in self.modalities:
                 out[f"private:{m}"][rows] = p_hat[m]
         return out
+
+
+def _having(t: torch.Tensor, mask: torch.Tensor, every: bool) -> torch.Tensor:
+    """The rows of ``t`` whose cells have the modality (``mask``); ``every``: all of them, so ``t`` itself (boolean
+    indexing reads the mask back from the device)."""
+    return t if every else t[mask]
 
 
 def _masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
