@@ -42,3 +42,22 @@ def run_child(
             f"{' '.join(map(str, args))} failed (exit {proc.returncode}):\n{proc.stderr[-5000:]}"
         )
     return json.loads(lines[-1][len(TAG) :])
+
+
+def run_each(script: str, items: list[str], jobs: int) -> None:
+    """``python script --one <item>`` for every item, ``jobs`` at a time, one CPU thread each (an experiment's
+    fits); exits naming the items whose process failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with ThreadPoolExecutor(jobs) as pool:
+        codes = list(
+            pool.map(
+                lambda item: (
+                    subprocess.run([sys.executable, script, "--one", item], env=env).returncode
+                ),
+                items,
+            )
+        )
+    if any(codes):
+        raise SystemExit(f"failed: {[i for i, c in zip(items, codes) if c]}")

@@ -103,3 +103,30 @@ def venn_recovery(blocks: dict[str, np.ndarray], mdata) -> dict:
         if k.startswith("true_private_")
     }
     return evaluate_recovery(blocks, truth)["knn"]["summary"]
+
+
+def score_ways(name: str, ways: dict[str, np.ndarray]) -> list[dict]:
+    """Several embeddings of dataset ``name``'s cells scored as the harness scores a method (kNN accuracy and
+    scib-metrics of the headline label); one row per way: ``way``, ``knn``, ``bio``, ``total``."""
+    from datasets import DATASETS
+    from methods import fit_concat_pca
+
+    ds = DATASETS[name]
+    mdata = ds.load()
+    pre = fit_concat_pca(mdata, ds, 0, None, None)["embedding"]
+    batch = mdata.obs[ds.batch_key].astype(str).to_numpy() if ds.batch_key else None
+    y = mdata.obs[ds.labels[0]]
+    ok = y.notna().to_numpy()
+    labels = y[ok].astype(str).to_numpy()
+    scib = scib_scores(
+        {k: v[ok] for k, v in ways.items()}, labels, None if batch is None else batch[ok], pre[ok]
+    )
+    return [
+        {
+            "way": k,
+            "knn": knn_accuracy(z[ok], labels),
+            "bio": float(scib.loc[k, "Bio conservation"]),
+            "total": float(scib.loc[k, "Total"]),
+        }
+        for k, z in ways.items()
+    ]

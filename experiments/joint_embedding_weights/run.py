@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -36,6 +34,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RUN = HERE / "run"
 sys.path.insert(0, str(ROOT / "benchmarks" / "integration"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from child import run_each  # noqa: E402
+
 DEFAULT_DATASETS = "synthetic,bmmc_cite,bmmc_multiome,scicar,pbmc10k_cite"
 WAYS = ("raw", "shared", "explained", "equal", "half_private")
 
@@ -83,38 +84,16 @@ def joined(blocks: dict[str, np.ndarray], share: dict[str, float]) -> dict[str, 
 
 def score(name: str) -> pd.DataFrame:
     import torch
-    from datasets import DATASETS
-    from methods import fit_concat_pca
-    from metrics import knn_accuracy, scib_scores
+    from metrics import score_ways
 
     torch.set_num_threads(1)
-    ds = DATASETS[name]
-    mdata = ds.load()
     summary = pd.read_csv(RUN / f"{name}_modalities.csv")
     share = {
         r.modality: float(r.ev_shared / (r.ev_shared + r.ev_private)) for r in summary.itertuples()
     }
     with np.load(RUN / f"{name}_blocks.npz") as f:
         ways = joined({k: f[k] for k in f.files}, share)
-    pre = fit_concat_pca(mdata, ds, 0, None, None)["embedding"]
-    batch = mdata.obs[ds.batch_key].astype(str).to_numpy() if ds.batch_key else None
-    y = mdata.obs[ds.labels[0]]
-    ok = y.notna().to_numpy()
-    labels = y[ok].astype(str).to_numpy()
-    scib = scib_scores(
-        {k: v[ok] for k, v in ways.items()}, labels, None if batch is None else batch[ok], pre[ok]
-    )
-    rows = [
-        {
-            "data": name,
-            "way": k,
-            "knn": knn_accuracy(z[ok], labels),
-            "bio": float(scib.loc[k, "Bio conservation"]),
-            "total": float(scib.loc[k, "Total"]),
-        }
-        for k, z in ways.items()
-    ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"data": name, **row} for row in score_ways(name, ways)])
 
 
 def one(name: str) -> None:
@@ -173,18 +152,7 @@ def main() -> None:
         one(args.one)
         return
     names = args.datasets.split(",")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with ThreadPoolExecutor(args.jobs) as pool:
-        codes = list(
-            pool.map(
-                lambda n: (
-                    subprocess.run([sys.executable, __file__, "--one", n], env=env).returncode
-                ),
-                names,
-            )
-        )
-    if any(codes):
-        raise SystemExit(f"failed: {[n for n, c in zip(names, codes) if c]}")
+    run_each(__file__, names, args.jobs)
     page(names)
 
 

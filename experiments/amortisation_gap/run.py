@@ -1,0 +1,256 @@
+"""How much do the stage-2 encoders lose against the stage-1 latents they learn, and can the modalities' shared
+estimates be combined better than by their mean? On the integration harness's datasets, one VennCell fit each
+(seed 0), scored as the harness scores an embedding.
+
+Usage (from the repository root; needs the harness's peers extra for scib-metrics):
+    python experiments/amortisation_gap/run.py [--datasets synthetic,bmmc_cite,...] [--jobs 2]
+
+Fits (``--fits``): ``defaults`` (the package defaults) and ``sizes_x2`` (``shared_dim=16, private_dim=8``, twice
+the default latent sizes; on ``--sizes-datasets``).
+
+Ways of forming the joint embedding (shared, then every private block) from the same fit:
+- ``encoder``: what ``get_latent_representation(block="all")`` returns: the shared block is the mean of the
+  modalities' encoder estimates;
+- ``precision``: the shared block is the inverse-variance weighted mean of the modalities' estimates, per
+  dimension, the variances being each encoder's squared error against the stage-1 shared latents on the
+  held-out cells (the validation split, never seen by the encoders);
+- ``stage1``: the stage-1 latents themselves (``source="stage1"``; training data only);
+- ``average``: the mean of ``encoder`` and ``stage1``.
+
+Also written: each encoder's R^2 of its stage-1 target on training and on held-out cells, and the held-out R^2 of
+the mean and of the precision-weighted shared estimate (weights fitted on one half of the held-out cells, scored
+on the other, both ways). Fits and scores go to the gitignored ``run/`` beside this script (a finished fit is not
+refitted); writes ``RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RUN = HERE / "run"
+sys.path.insert(0, str(ROOT / "benchmarks" / "integration"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from child import run_each  # noqa: E402
+
+DEFAULT_DATASETS = "synthetic,bmmc_cite,bmmc_multiome,scicar,pbmc10k_cite,bbbc021"
+SIZES_DATASETS = "bmmc_cite,bmmc_multiome,scicar"
+FITS = {"defaults": {}, "sizes_x2": {"shared_dim": 16, "private_dim": 8}}
+WAYS = ("encoder", "precision", "stage1", "average")
+
+
+def fit(name: str, fit_name: str) -> None:
+    """One fit (seed 0, one thread): every block from the encoders and from stage 1, each modality's own shared
+    estimate and the training / held-out split."""
+    import torch
+    from datasets import DATASETS
+
+    from venncell import VennCell
+
+    torch.set_num_threads(1)
+    ds = DATASETS[name]
+    mdata = ds.load()
+    VennCell.setup_mudata(mdata, modalities=ds.register, batch_key=ds.batch_key)
+    model = VennCell(mdata, seed=0, **FITS[fit_name])
+    with tempfile.TemporaryDirectory() as d:
+        model.train(run_dir=d, progress_bar="none")
+    out = {"is_train": model.is_train}
+    for source in ("encoder", "stage1"):
+        out[f"{source}:shared"] = model.get_latent_representation(block="shared", source=source)
+        for m in model.specs:
+            out[f"{source}:private:{m}"] = model.get_latent_representation(
+                block=f"private:{m}", source=source
+            )
+    for m in model.specs:
+        out[f"shared_from:{m}"] = model.get_latent_representation(modalities=[m])
+    np.savez(RUN / f"{name}__{fit_name}.npz", **out)
+
+
+def modalities_of(f: dict) -> list[str]:
+    return [k.split(":", 1)[1] for k in f if k.startswith("shared_from:")]
+
+
+def precision_weighted(f: dict, fit_cells: np.ndarray) -> np.ndarray:
+    """The modalities' shared estimates, each dimension weighted by 1 / its squared error on ``fit_cells``."""
+    target = f["stage1:shared"][fit_cells]
+    est = {m: f[f"shared_from:{m}"] for m in modalities_of(f)}
+    w = {m: 1 / np.mean((e[fit_cells] - target) ** 2, axis=0) for m, e in est.items()}
+    return sum(w[m] * est[m] for m in est) / sum(w.values())
+
+
+def ways(f: dict) -> dict[str, np.ndarray]:
+    mods = modalities_of(f)
+    held = ~f["is_train"]
+
+    def joint(source: str, shared: np.ndarray | None = None) -> np.ndarray:
+        first = f[f"{source}:shared"] if shared is None else shared
+        return np.hstack([first, *(f[f"{source}:private:{m}"] for m in mods)])
+
+    return {
+        "encoder": joint("encoder"),
+        "precision": joint("encoder", precision_weighted(f, held)),
+        "stage1": joint("stage1"),
+        "average": 0.5 * (joint("encoder") + joint("stage1")),
+    }
+
+
+def r2(est: np.ndarray, target: np.ndarray, cells: np.ndarray) -> float:
+    """Fraction of the target's variance over ``cells`` that ``est`` explains."""
+    e, t = est[cells], target[cells]
+    return float(1 - np.sum((e - t) ** 2) / np.sum((t - t.mean(0)) ** 2))
+
+
+def recovery(f: dict) -> list[dict]:
+    """Encoder R^2 of the stage-1 latents on training and on held-out cells, per block; for the shared block each
+    modality's own estimate, their mean, and the precision-weighted mean (held-out only: its weights are fitted
+    on one half of the held-out cells and scored on the other, both ways)."""
+    train, held = np.flatnonzero(f["is_train"]), np.flatnonzero(~f["is_train"])
+    target = f["stage1:shared"]
+    rows = []
+    for m in modalities_of(f):
+        p, t = f[f"encoder:private:{m}"], f[f"stage1:private:{m}"]
+        rows.append(
+            {"block": f"private:{m}", "train": r2(p, t, train), "held-out": r2(p, t, held)}
+        )
+        s = f[f"shared_from:{m}"]
+        rows.append(
+            {
+                "block": f"shared, from {m} alone",
+                "train": r2(s, target, train),
+                "held-out": r2(s, target, held),
+            }
+        )
+    shared = f["encoder:shared"]
+    rows.append(
+        {
+            "block": "shared, mean (default)",
+            "train": r2(shared, target, train),
+            "held-out": r2(shared, target, held),
+        }
+    )
+    halves = np.array_split(np.random.default_rng(0).permutation(held), 2)
+    crossed = [r2(precision_weighted(f, halves[i]), target, halves[1 - i]) for i in range(2)]
+    rows.append(
+        {"block": "shared, precision-weighted", "train": None, "held-out": float(np.mean(crossed))}
+    )
+    return rows
+
+
+def score(name: str, fit_name: str) -> None:
+    import torch
+    from metrics import score_ways
+
+    torch.set_num_threads(1)
+    with np.load(RUN / f"{name}__{fit_name}.npz") as z:
+        f = {k: z[k] for k in z.files}
+    rows = [{"data": name, "fit": fit_name, **row} for row in score_ways(name, ways(f))]
+    pd.DataFrame(rows).to_csv(RUN / f"{name}__{fit_name}_scores.csv", index=False)
+    (RUN / f"{name}__{fit_name}_recovery.json").write_text(json.dumps(recovery(f), indent=1))
+
+
+def one(job: str) -> None:
+    """Fit (unless done) and score one (dataset, fit) pair, in this process."""
+    name, fit_name = job.split("__")
+    if not (RUN / f"{job}.npz").exists():
+        fit(name, fit_name)
+    score(name, fit_name)
+
+
+def table(df: pd.DataFrame, metric: str, fit_name: str) -> list[str]:
+    wide = df[df.fit == fit_name].pivot(index="data", columns="way", values=metric)[list(WAYS)]
+    lines = ["| data | " + " | ".join(WAYS) + " |", "|---|" + "---|" * len(WAYS)]
+    return lines + [
+        f"| {d} | " + " | ".join(f"{wide.loc[d, w]:.3f}" for w in WAYS) + " |" for d in wide.index
+    ]
+
+
+def page(jobs: list[str]) -> None:
+    done = [j for j in jobs if (RUN / f"{j}_scores.csv").exists()]
+    df = pd.concat([pd.read_csv(RUN / f"{j}_scores.csv") for j in done])
+    lines = [
+        "# The amortisation gap: encoder latents against the stage-1 latents they learn",
+        "",
+        "Command (from the repository root): `python experiments/amortisation_gap/run.py`. One VennCell fit per "
+        "dataset (seed 0), scored as the integration harness scores an embedding (scib-metrics bio "
+        "conservation and total, kNN accuracy of the harness's headline label); the ways of forming the "
+        "joint embedding are defined in `run.py`'s docstring. The package defaults unless the fit says "
+        "otherwise.",
+        "",
+        "Reading:",
+        "- The encoders reproduce the stage-1 latents of the cells they were trained on (R^2 0.815-0.999 with the "
+        "defaults) much better than those of held-out cells (as low as 0.33 for scicar's RNA private block and "
+        "0.36 for bmmc_multiome's ATAC private block): on these small sets stage 2 fits its training cells "
+        "closely and generalises less well. New cells mapped by the encoders are therefore placed less "
+        "precisely than the training cells.",
+        '- The training cells\' own stage-1 latents (`source="stage1"`) score better than the encoder latents '
+        "on scicar (kNN 0.890, above RNA PCA's 0.881 in the harness) and synthetic, and worse kNN on the BMMC "
+        "sets (bmmc_cite 0.710 vs 0.743, bmmc_multiome 0.642 vs 0.658, within 0.015 of MOFA+'s 0.627 in "
+        "the harness); so the default source stays the encoders.",
+        "- Weighting the modalities' shared estimates by their held-out precision instead of averaging them "
+        "moves kNN accuracy by -0.003 to +0.010 and bio conservation by -0.002 to +0.010 (one seed); "
+        "cross-fitted, its held-out R^2 is within 0.015 of the mean's, lower on bmmc_multiome. A candidate "
+        "for the defaults that needs the harness's three seeds; on these numbers it would meet no bar that "
+        "the defaults miss.",
+        "- Twice the latent sizes raise bmmc_cite's bio conservation and lower bmmc_multiome's kNN accuracy "
+        "(0.604 vs 0.658): neither size is better on every dataset, so shared 8 / private 4 stay.",
+        "",
+    ]
+    for metric, title in (
+        ("knn", "kNN accuracy"),
+        ("bio", "bio conservation"),
+        ("total", "scib total"),
+    ):
+        for fit_name in FITS:
+            if (df.fit == fit_name).any():
+                lines += [f"## {title}, fit `{fit_name}`", "", *table(df, metric, fit_name), ""]
+    lines += [
+        "## Encoder R^2 of the stage-1 latents",
+        "",
+        "Training cells vs held-out cells (the 10 % validation split).",
+        "",
+    ]
+    lines += ["| data | fit | block | train | held-out |", "|---|---|---|---|---|"]
+    for j in done:
+        name, fit_name = j.split("__")
+        for r in json.loads((RUN / f"{j}_recovery.json").read_text()):
+            train = "–" if r["train"] is None else f"{r['train']:.3f}"
+            lines.append(f"| {name} | {fit_name} | {r['block']} | {train} | {r['held-out']:.3f} |")
+    lines.append("")
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--datasets", default=DEFAULT_DATASETS)
+    p.add_argument("--sizes-datasets", default=SIZES_DATASETS)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--page-only", action="store_true", help="only rewrite RESULTS.md from run/")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one (dataset, fit) pair
+    args = p.parse_args()
+    RUN.mkdir(exist_ok=True)
+    if args.one:
+        one(args.one)
+        return
+    jobs = [f"{n}__defaults" for n in args.datasets.split(",")]
+    jobs += [f"{n}__sizes_x2" for n in args.sizes_datasets.split(",") if n]
+    if args.page_only:
+        page(jobs)
+        return
+    run_each(__file__, jobs, args.jobs)
+    page(jobs)
+
+
+if __name__ == "__main__":
+    main()
