@@ -77,7 +77,7 @@ def score(dataset: str, method: str, seed: int, mdata, path: Path) -> dict:
     comparison needs is the concatenated PCA/LSI baseline."""
     from datasets import DATASETS
     from methods import fit_concat_pca, knn_protein_baseline
-    from metrics import knn_accuracy, protein_prediction, scib_scores, venn_recovery
+    from metrics import knn_accuracy, label_scores, protein_prediction, venn_recovery
 
     ds = DATASETS[dataset]
     pre = fit_concat_pca(mdata, ds, 0, None, None)["embedding"]
@@ -93,18 +93,7 @@ def score(dataset: str, method: str, seed: int, mdata, path: Path) -> dict:
     }
     batch = mdata.obs[ds.batch_key].astype(str).to_numpy() if ds.batch_key else None
     for label in ds.labels:
-        y = mdata.obs[label]
-        ok = y.notna().to_numpy()
-        scib = scib_scores(
-            {method: z[ok]},
-            y[ok].astype(str).to_numpy(),
-            None if batch is None else batch[ok],
-            pre[ok],
-        ).iloc[0]
-        out["labels"][label] = {
-            "knn": knn_accuracy(z[ok], y[ok].astype(str).to_numpy()),
-            **{k: float(v) for k, v in scib.items()},
-        }
+        out["labels"][label] = label_scores({method: z}, mdata.obs[label], batch, pre)[method]
     if batch is not None:
         out["batch_knn"] = knn_accuracy(z, batch)
     held = fitted["held"]

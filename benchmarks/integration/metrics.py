@@ -105,6 +105,25 @@ def venn_recovery(blocks: dict[str, np.ndarray], mdata) -> dict:
     return evaluate_recovery(blocks, truth)["knn"]["summary"]
 
 
+def label_scores(
+    embeddings: dict[str, np.ndarray], y: pd.Series, batch: np.ndarray | None, pre: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """kNN accuracy and every scib-metrics score of one label, for each embedding of the same cells; cells without
+    the label are left out. ``pre``: the pre-integration embedding scib's PCR comparison needs."""
+    ok = y.notna().to_numpy()
+    labels = y[ok].astype(str).to_numpy()
+    scib = scib_scores(
+        {k: v[ok] for k, v in embeddings.items()},
+        labels,
+        None if batch is None else batch[ok],
+        pre[ok],
+    )
+    return {
+        k: {"knn": knn_accuracy(z[ok], labels), **{c: float(v) for c, v in scib.loc[k].items()}}
+        for k, z in embeddings.items()
+    }
+
+
 def score_ways(name: str, ways: dict[str, np.ndarray]) -> list[dict]:
     """Several embeddings of dataset ``name``'s cells scored as the harness scores a method (kNN accuracy and
     scib-metrics of the headline label); one row per way: ``way``, ``knn``, ``bio``, ``total``."""
@@ -115,18 +134,8 @@ def score_ways(name: str, ways: dict[str, np.ndarray]) -> list[dict]:
     mdata = ds.load()
     pre = fit_concat_pca(mdata, ds, 0, None, None)["embedding"]
     batch = mdata.obs[ds.batch_key].astype(str).to_numpy() if ds.batch_key else None
-    y = mdata.obs[ds.labels[0]]
-    ok = y.notna().to_numpy()
-    labels = y[ok].astype(str).to_numpy()
-    scib = scib_scores(
-        {k: v[ok] for k, v in ways.items()}, labels, None if batch is None else batch[ok], pre[ok]
-    )
+    scores = label_scores(ways, mdata.obs[ds.labels[0]], batch, pre)
     return [
-        {
-            "way": k,
-            "knn": knn_accuracy(z[ok], labels),
-            "bio": float(scib.loc[k, "Bio conservation"]),
-            "total": float(scib.loc[k, "Total"]),
-        }
-        for k, z in ways.items()
+        {"way": k, "knn": s["knn"], "bio": s["Bio conservation"], "total": s["Total"]}
+        for k, s in scores.items()
     ]

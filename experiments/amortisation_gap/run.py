@@ -249,7 +249,7 @@ def page(jobs: list[str]) -> None:
         lines += [f"## {title}, the defaults", "", *table(df, metric, "defaults"), ""]
     lines += seed_table(df)
     variant = (df.fit != "defaults") & ~df.fit.str.contains("_seed")
-    changed = df[(df.way == "encoder") & (df.fit == "defaults") | (df.way == "encoder") & variant]
+    changed = df[(df.way == "encoder") & ((df.fit == "defaults") | variant)]
     changed = changed[changed.data.isin(df[variant].data)]
     lines += [
         "## One change to the defaults",
