@@ -587,7 +587,7 @@ def run_gpu(
             out.write_text(json.dumps(results, indent=1))
 
 
-def write_gpu_markdown(results: dict) -> None:
+def write_gpu_markdown(results: dict, page: Path | None = None) -> None:
     nan = float("nan")
     m = [r for r in results["measure"] if r and "error" not in r]
     info = next(
@@ -658,7 +658,7 @@ def write_gpu_markdown(results: dict) -> None:
         "Latent quality on the GPU at {n} cells (kNN-R², k = 15, 5-fold, as in `RESULTS.md`):",
         "NOTES_GPU.md",
     )
-    (HERE / "RESULTS_GPU.md").write_text("\n".join(lines) + "\n")
+    (page or HERE / "RESULTS_GPU.md").write_text("\n".join(lines) + "\n")
 
 
 def _closing_lines(results: dict, quality_title: str, notes_file: str) -> list[str]:
@@ -848,6 +848,12 @@ def main() -> None:
         default=GPU_RESULTS,
         help="gpu: results file, appended to when it exists",
     )
+    ap.add_argument(
+        "--page",
+        type=Path,
+        default=None,
+        help="markdown-gpu: the page to write (default RESULTS_GPU.md here)",
+    )
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     if a.what == "gen":
@@ -888,7 +894,7 @@ def main() -> None:
             a.workers,
         )
     elif a.what == "markdown-gpu":
-        write_gpu_markdown(json.loads(a.out.read_text()))
+        write_gpu_markdown(json.loads(a.out.read_text()), a.page)
     elif a.what == "markdown":
         res = json.loads((HERE / "results.json").read_text())  # re-render after editing NOTES.md
         write_markdown(res, res.get("argv", "all"))

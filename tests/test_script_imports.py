@@ -1,9 +1,11 @@
-"""Every experiment and benchmark script imports only names the package still has (they are not run in CI)."""
+"""Every experiment and benchmark script imports only names the package still has, and every shell script parses
+(they are not run in CI)."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,11 @@ def _is_submodule(module: str, name: str) -> bool:
     except ModuleNotFoundError:
         return False
     return True
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "benchmarks").rglob("*.sh")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_shell_script_parses(path):
+    done = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -251,7 +251,8 @@ def write_page(results: dict, path: Path) -> None:
         "private blocks halved (synthetic, pbmc, bmmc_cite, bmmc_multiome, scicar). "
         "[experiments/amortisation_gap](../../experiments/amortisation_gap/RESULTS.md): the stage-1 latents "
         "instead of the encoders', the modalities' shared estimates weighted by their held-out precision, "
-        "twice the latent sizes, encoder dropout 0.2 and encoders twice as wide; it also shows that the "
+        "twice the latent sizes or the shared block alone twice as large, encoder dropout 0.2, encoders twice "
+        "as wide, stage 2 stopped early or run twice as long, and no held-out cells; it also shows that the "
         "encoders fit held-out cells' latents much less well than the training cells' (every dataset). "
         "The rows *VennCell 0.1 defaults* are the 0.1 defaults on the same cells.",
         "",
