@@ -5,15 +5,18 @@
 #
 #   bash benchmarks/gpu_check.sh
 #
-# Packages the machine's image lacks come as wheels in .whl/ (gitignored; carry it). Build it here first:
-#   python3 -m pip download --no-deps -d .whl anndata mudata scanpy hydra-core omegaconf antlr4-python3-runtime \
-#       scvi-tools docrep
-# Outputs go to $OUT (the device tool's folder), else benchmarks/. A dry run on a CPU exercises every step but
-# the GPU ones (the GPU tests skip without CUDA):
+# Packages the machine's image lacks come as wheels in .whl/ (gitignored; carry it). Build it here first, pinned to
+# versions that work together (they install with --no-deps, so nothing else would catch a clash; hydra-core 1.3
+# needs omegaconf < 2.4 and antlr4 4.9):
+#   python3 -m pip wheel --no-deps -w .whl anndata==0.12.19 mudata==0.3.10 scanpy==1.11.5 hydra-core==1.3.8 \
+#       omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 scvi-tools==1.4.2 docrep==0.3.2
+# Outputs go to $OUT (the device tool's folder), else to a new temporary folder, never to the committed pages.
+# A dry run on a CPU exercises every step but the GPU ones (the GPU tests skip without CUDA):
 #   ACCELERATOR=cpu SIZES=10000 BATCHES=128 OUT=/tmp/gpu_dry bash benchmarks/gpu_check.sh
 set -euo pipefail
 
-OUT=${OUT:-benchmarks}
+OUT=${OUT:-$(mktemp -d)}
+echo "gpu_check: outputs go to $OUT"
 ACCELERATOR=${ACCELERATOR:-gpu}
 SIZES=${SIZES:-100000}
 BATCHES=${BATCHES:-128,1024}
@@ -22,7 +25,12 @@ mkdir -p "$OUT"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-deps .whl/*.whl
 fi
-python3 -m pip install -q --no-deps -e .
+# the machine has no index to fetch build tools from: build with what is installed, else import from the tree
+# (the children inherit PYTHONPATH; only the CLI test then lacks its console script)
+if ! python3 -m pip install -q --no-deps --no-build-isolation -e .; then
+    echo "gpu_check: could not install the package; importing it from $PWD" >&2
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 # anndata 0.12 refuses to write pandas 3's string arrays unless told it may (the image pairs the two)
 export ANNDATA_ALLOW_WRITE_NULLABLE_STRINGS=1
 
