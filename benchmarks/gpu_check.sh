@@ -5,11 +5,15 @@
 #
 #   bash benchmarks/gpu_check.sh
 #
-# Packages the machine's image lacks come as wheels in .whl/ (gitignored; carry it). Build it here first, pinned to
-# versions that work together (they install with --no-deps, so nothing else would catch a clash; hydra-core 1.3
-# needs omegaconf < 2.4 and antlr4 4.9):
-#   python3 -m pip wheel --no-deps -w .whl anndata==0.12.19 mudata==0.3.10 scanpy==1.11.5 hydra-core==1.3.8 \
-#       omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 scvi-tools==1.4.2 docrep==0.3.2
+# Packages the machine's image lacks come as wheels in .whl/ (gitignored; carry it); the script installs those of
+# them the machine does not have. Build it here, for the machine's Python (3.12) and pinned to versions that work
+# together (hydra-core 1.3 needs omegaconf < 2.4 and antlr4 4.9; antlr4 and docrep come as sources, so built first):
+#   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3 docrep==0.3.2
+#   python3 -m pip download -d .whl --find-links .whl --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 anndata==0.12.19 mudata==0.3.10 \
+#       scanpy==1.11.5 hydra-core==1.3.8 omegaconf==2.3.1 scvi-tools==1.4.2 natsort
+# then delete what the machine has anyway and what does not fit the 64 MiB carry: torch, nvidia_*, triton,
+# numpy, scipy, pandas, lightning, llvmlite, numba (about 55 MB remain).
 # Outputs go to $OUT (the device tool's folder), else to a new temporary folder, never to the committed pages.
 # A dry run on a CPU exercises every step but the GPU ones (the GPU tests skip without CUDA):
 #   ACCELERATOR=cpu SIZES=10000 BATCHES=128 OUT=/tmp/gpu_dry bash benchmarks/gpu_check.sh
@@ -23,7 +27,20 @@ BATCHES=${BATCHES:-128,1024}
 mkdir -p "$OUT"
 
 if [ -d .whl ]; then
-    python3 -m pip install -q --no-deps .whl/*.whl
+    # only the distributions the machine lacks: its own torch, numpy, pandas... stay as they are
+    python3 - <<'EOF'
+import glob, importlib.metadata as md, re, subprocess, sys
+missing = []
+for wheel in sorted(glob.glob(".whl/*.whl")):
+    name = re.split(r"-\d", wheel.split("/")[-1])[0].replace("_", "-")
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        missing.append(wheel)
+print("gpu_check: installing", [w.split("/")[-1] for w in missing], flush=True)
+if missing:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *missing], check=True)
+EOF
 fi
 # the machine has no index to fetch build tools from: build with what is installed, else import from the tree
 # (the children inherit PYTHONPATH; only the CLI test then lacks its console script)
