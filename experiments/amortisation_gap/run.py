@@ -77,8 +77,8 @@ def fit(name: str, fit_name: str) -> None:
     base, _, seed = fit_name.partition("_seed")
     options = dict(FITS[base])
     train = options.pop("train", {})
-    split = {k: options.pop(k) for k in ("validation_fraction",) if k in options}
-    model = VennCell(mdata, seed=int(seed or 0), **split, **options)
+    # validation_fraction is VennCell's own argument, the rest are model options
+    model = VennCell(mdata, seed=int(seed or 0), **options)
     with tempfile.TemporaryDirectory() as d:
         model.train(run_dir=d, progress_bar="none", **train)
     out = {"is_train": model.is_train}
