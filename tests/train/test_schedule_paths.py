@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from venncell import VennCell
+from venncell import VennCell, VennCellInputError
 from venncell.data.resident import ResidentBatches
 from venncell.train import schedule
 
@@ -97,3 +97,31 @@ def test_asking_for_the_device_path_where_it_cannot_be_says_why(helpers, caplog)
     with caplog.at_level("WARNING", logger="venncell.train.schedule"):
         assert schedule._resident(cfg, model.data, trainer) is None
     assert "data_on_device=true" in caplog.text and "num_workers=2" in caplog.text
+
+
+def test_default_batch_size_follows_the_number_of_cells(tmp_path, helpers, monkeypatch):
+    """128 cells until an epoch would keep fewer than BATCHES_PER_EPOCH batches of the doubled size, at most 1,024;
+    the size a run used is the one its checkpoints resume with, given or not."""
+    from venncell.train import config
+
+    assert [config.default_batch_size(n) for n in (1, 12_799, 12_800, 25_600, 51_200, 10**7)] == [
+        128,
+        128,
+        256,
+        512,
+        1024,
+        1024,
+    ]
+    monkeypatch.setattr(config, "BATCHES_PER_EPOCH", 1)  # 300 cells then take 256 per batch
+    used = []
+    real = schedule._loader
+    monkeypatch.setattr(
+        schedule, "_loader", lambda *a, **k: used.append(real(*a, **k)) or used[-1]
+    )
+    model = VennCell(_partly_paired_with_batches(helpers), **SMALL)
+    model.train(run_dir=tmp_path, stage1_epochs=1, stage2_epochs=1, progress_bar="none")
+    assert [u.sampler.batch_size for u in used] == [256, 256]
+    model.check_resume(tmp_path)
+    model.check_resume(tmp_path, batch_size=256)
+    with pytest.raises(VennCellInputError, match="batch size"):
+        model.check_resume(tmp_path, batch_size=128)

@@ -270,7 +270,7 @@ def check_resume(
     run_dir: str | Path,
 ) -> None:
     """Raise a clear error, before anything is written, when ``run_dir``'s checkpoints belong to another run."""
-    expected = fingerprint(module, data, is_train, cfg)
+    expected = fingerprint(module, data, is_train, cfg.for_cells(data.n_cells))
     for stage in ("stage1", "stage2"):
         _resume_path(Path(run_dir), stage, True, expected)
 
@@ -378,6 +378,9 @@ def _run_two_stage(
     loggers,
     resume: bool,
 ) -> dict:
+    if cfg.batch_size is None:
+        cfg = cfg.for_cells(data.n_cells)
+        log.info("Batch size %d (the default for %d cells)", cfg.batch_size, data.n_cells)
     expected = fingerprint(module, data, is_train, cfg)
     if not resume and rank_zero_only.rank == 0:
         clear_stale_checkpoints(run_dir)
