@@ -100,8 +100,7 @@ def test_asking_for_the_device_path_where_it_cannot_be_says_why(helpers, caplog)
 
 
 def test_default_batch_size_follows_the_number_of_cells(tmp_path, helpers, monkeypatch):
-    """128 cells until an epoch would keep fewer than BATCHES_PER_EPOCH batches of the doubled size, at most 1,024;
-    the size a run used is the one its checkpoints resume with, given or not."""
+    """128 cells until an epoch would keep fewer than BATCHES_PER_EPOCH batches of the doubled size, at most 1,024."""
     from venncell.train import config
 
     assert [config.default_batch_size(n) for n in (1, 12_799, 12_800, 25_600, 51_200, 10**7)] == [
@@ -121,7 +120,19 @@ def test_default_batch_size_follows_the_number_of_cells(tmp_path, helpers, monke
     model = VennCell(_partly_paired_with_batches(helpers), **SMALL)
     model.train(run_dir=tmp_path, stage1_epochs=1, stage2_epochs=1, progress_bar="none")
     assert [u.sampler.batch_size for u in used] == [256, 256]
+    # the size a run resolved is the one its checkpoints resume with, given or not
     model.check_resume(tmp_path)
     model.check_resume(tmp_path, batch_size=256)
+
+
+def test_resuming_with_another_batch_size_than_the_default_gave_is_refused(
+    tmp_path, helpers, monkeypatch
+):
+    """Resuming a run that took the default batch size with another batch size."""
+    from venncell.train import config
+
+    monkeypatch.setattr(config, "BATCHES_PER_EPOCH", 1)  # 300 cells then take 256 per batch
+    model = VennCell(_partly_paired_with_batches(helpers), **SMALL)
+    model.train(run_dir=tmp_path, stage1_epochs=1, stage2_epochs=1, progress_bar="none")
     with pytest.raises(VennCellInputError, match="batch size"):
         model.check_resume(tmp_path, batch_size=128)
