@@ -1,18 +1,27 @@
 """Where a stage-1 step's time goes: one 128-cell step on the benchmark's 10k cells, with terms switched off in turn.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/profile_step.py   (after `python benchmarks/throughput.py gen --sizes 10000`)
-Writes profile_step.txt next to this script. CPU time per step (best of 16 interleaved rounds of 20 steps), no Lightning:
-the differences between rows are the cost of the term switched off.
+Writes profile_step.txt next to this script. No Lightning; the package defaults unless a row says otherwise.
+
+- CPU time per step: best of ``--rounds`` interleaved rounds of 21 steps; the differences between rows are the cost
+  of the term switched off.
+- Torch ops per step, by phase (loss, backward, optimisers with the gradient clip), counted at torch's dispatcher
+  over three consecutive steps (``model=fast`` does the leakage work on one batch in three). Unlike time, the count
+  does not move with the machine's load. On a GPU, where a step is host-bound, every op that is not a view is at
+  least one kernel launch: the count is what CUDA graphs or fusion would have to remove.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
+from collections import Counter
 from pathlib import Path
 
 import mudata as md
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from venncell import VennCell
 from venncell.module.config import PRESETS
@@ -21,27 +30,50 @@ from venncell.train.plans import fused_adam
 from venncell.train.row_adam import RowAdam
 
 HERE = Path(__file__).resolve().parent
+PHASES = ("loss", "backward", "optimisers")
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    mdata = md.read_h5mu(HERE / "data" / "synth_10000.h5mu")
-    VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
-    model = VennCell(mdata, shared_dim=8, private_dim=4, validation_fraction=0.0)
+class _OpCounter(TorchDispatchMode):
+    """Counts the ops torch dispatches while active, under ``phase``: all of them and those that are not views."""
+
+    def __init__(self):
+        super().__init__()
+        self.phase = "loss"
+        self.ops: Counter = Counter()
+        self.kernels: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[self.phase] += 1
+        if not func.is_view:
+            self.kernels[self.phase] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def measure(mdata: md.MuData, rounds: int = 16, steps: int = 21) -> list[dict]:
+    """One row per variant: ``name``, ``ms`` (best CPU-ms per step) and per phase ``ops`` / ``kernels`` per step."""
+    model = VennCell(mdata, validation_fraction=0.0)
     mod, cfg = model.module, model.module.cfg
     nets = fused_adam(torch.optim.Adam, mod.network_parameters(), lr=1e-3)
     lat = RowAdam(mod.latent_parameters(), lr=1e-2)
     rng = np.random.default_rng(0)
     batches = [
-        model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False))) for _ in range(24)
+        model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False)))
+        for _ in range(steps + 3)
     ]
 
-    def step(b, i: int, optimise: bool) -> None:
-        loss = mod.stage1_loss(b, leakage=mod.leakage_factor(i))["loss"]
+    def step(b, i: int, optimise: bool, counter: _OpCounter | None = None) -> None:
+        def phase(name: str) -> None:
+            if counter is not None:
+                counter.phase = name
+
+        phase("loss")
+        loss = mod.stage1_loss(b, leakage=mod.leakage_factor(i)).loss
+        phase("backward")
         nets.zero_grad()
         lat.zero_grad()
         loss.backward()
         if optimise:
+            phase("optimisers")
             torch.nn.utils.clip_grad_norm_(mod.network_parameters(), 10.0)
             nets.step()
             lat.step()
@@ -50,11 +82,7 @@ def main() -> None:
     # name -> (config changes, NB training term, optimiser steps); every row starts from the defaults
     variants = {
         "full stage-1 step (defaults)": ({}, sparse_nb, True),
-        "same, NB through the dense per-feature formula (before the sparse path)": (
-            {},
-            Likelihood.cell_nll,
-            True,
-        ),
+        "same, NB through the dense per-feature formula": ({}, Likelihood.cell_nll, True),
         "consistency on 32 of the 128 cells": ({"consistency_cells": 32}, sparse_nb, True),
         "`model=fast` (conf/model/fast.yaml)": (PRESETS["fast"], sparse_nb, True),
         "without the optimiser steps": ({}, sparse_nb, False),
@@ -65,20 +93,16 @@ def main() -> None:
             True,
         ),
     }
-    defaults = {
-        k: getattr(cfg, k)
-        for k in (
-            "consistency_cells",
-            "consistency_weight",
-            "independence_weight",
-            "leakage_every",
-        )
-    }
+    changed = {k for changes, _, _ in variants.values() for k in changes}
+    defaults = {k: getattr(cfg, k) for k in changed}
 
-    def ms_per_step(changes: dict, nb_term, optimise: bool) -> float:
+    def configure(changes: dict, nb_term) -> None:
         for k, v in {**defaults, **changes}.items():
             setattr(cfg, k, v)
         NegativeBinomial.cell_nll = nb_term
+
+    def ms_per_step(changes: dict, nb_term, optimise: bool) -> float:
+        configure(changes, nb_term)
         for i, b in enumerate(batches[:3]):
             step(b, i, optimise)
         t = time.process_time()
@@ -86,30 +110,73 @@ def main() -> None:
             step(b, i, optimise)
         return (time.process_time() - t) / (len(batches) - 3) * 1e3
 
-    # Rounds over every row in a fresh random order, best of 16 per row: the machine's load drifts, and interleaving
-    # exposes every row to it alike.
-    best = {name: float("inf") for name in variants}
-    order = list(variants)
-    for _ in range(16):
-        rng.shuffle(order)
-        for name in order:
-            best[name] = min(best[name], ms_per_step(*variants[name]))
-    NegativeBinomial.cell_nll = sparse_nb
-    rows = list(best.items())
+    def ops_per_step(changes: dict, nb_term, optimise: bool) -> _OpCounter:
+        configure(changes, nb_term)
+        step(batches[0], 0, optimise)  # optimiser state made outside the count
+        counter = _OpCounter()
+        with counter:
+            for i, b in enumerate(batches[:3]):
+                step(b, i, optimise, counter)
+        return counter
+
+    try:
+        counts = {name: ops_per_step(*v) for name, v in variants.items()}
+        # Rounds over every row in a fresh random order, best of the rounds per row: the machine's load drifts, and
+        # interleaving exposes every row to it alike.
+        best = {name: float("inf") for name in variants}
+        order = list(variants)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
+                best[name] = min(best[name], ms_per_step(*variants[name]))
+    finally:
+        configure({}, sparse_nb)
+    rows = [
+        {
+            "name": name,
+            "ms": best[name],
+            "ops": {p: counts[name].ops[p] / 3 for p in PHASES},
+            "kernels": {p: counts[name].kernels[p] / 3 for p in PHASES},
+        }
+        for name in variants
+    ]
     t = time.process_time()
     for _ in range(30):
         model.data.get(np.sort(rng.choice(mdata.n_obs, 128, replace=False)))
     rows.append(
-        (
-            "batch densification (data.get), not in the rows above",
-            (time.process_time() - t) / 30 * 1e3,
-        )
+        {
+            "name": "batch densification (data.get), not in the rows above",
+            "ms": (time.process_time() - t) / 30 * 1e3,
+        }
     )
-    lines = ["| step | CPU ms per 128-cell step |", "|---|---|"] + [
-        f"| {n} | {v:.1f} |" for n, v in rows
-    ]
-    (HERE / "profile_step.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| step | CPU ms | torch ops (not views): loss | backward | optimisers | total |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "ops" not in r:
+            lines.append(f"| {r['name']} | {r['ms']:.1f} | – | – | – | – |")
+            continue
+        cells = [f"{r['ops'][p]:.0f} ({r['kernels'][p]:.0f})" for p in PHASES]
+        total = f"{sum(r['ops'].values()):.0f} ({sum(r['kernels'].values()):.0f})"
+        lines.append(f"| {r['name']} | {r['ms']:.1f} | " + " | ".join(cells) + f" | {total} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=HERE / "data" / "synth_10000.h5mu")
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=HERE / "profile_step.txt")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    mdata = md.read_h5mu(a.data)
+    VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
+    text = markdown(measure(mdata, rounds=a.rounds))
+    a.out.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,16 @@ def main() -> None:
     vae = a.variant == "vae"
     # the VAE's sampling replaces the latent noise and its KL the latent L2
     extra = dict(latent_noise=0.0, latent_l2=0.0) if vae else {}
-    model = VennCell(mdata, seed=0, shared_dim=16, private_dim=8, latent_init="random", **extra)
+    # point latents: the probe's encoder replaces the latent tables, and its VAE variant brings its own posterior
+    model = VennCell(
+        mdata,
+        seed=0,
+        shared_dim=16,
+        private_dim=8,
+        latent_init="random",
+        latent_posterior="point",
+        **extra,
+    )
     mod, data = model.module, model.data
     mods = mod.modalities
     dims = [mod.cfg.shared_dim] + [mod.private_dims[m] for m in mods]
@@ -62,9 +71,9 @@ def main() -> None:
     joint = MLP(n_in, sum(dims) * (2 if vae else 1), 256, 2, 0.0)
     state: dict = {}
 
-    def encode(batch: dict) -> torch.Tensor:
+    def encode(batch) -> torch.Tensor:
         inp = torch.cat(
-            [encoder_transform(mod.specs[m], batch.x[m], batch[f"lib:{m}"]) for m in mods], 1
+            [encoder_transform(mod.specs[m], batch.x[m], batch.lib[m]) for m in mods], 1
         )
         out = joint(inp)
         if not vae:
@@ -87,7 +96,7 @@ def main() -> None:
         loader.sampler.set_epoch(epoch)
         for batch in loader:
             state["z"] = encode(batch)
-            loss = mod.stage1_loss(batch)["loss"] + (state["kl"] / a.kl_scale if vae else 0.0)
+            loss = mod.stage1_loss(batch).loss + (state["kl"] / a.kl_scale if vae else 0.0)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)

@@ -42,3 +42,26 @@ def test_rejects_dense_gradients():
     p.sum().backward()
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
+
+
+def test_tables_updated_together_match_each_alone():
+    """The arithmetic runs over all tables at once (torch._foreach_*): every table must come out exactly as a RowAdam
+    of its own would leave it, rows looked up twice in a step (summed gradients) and tables of different widths."""
+    torch.manual_seed(0)
+    widths = (8, 4, 3)
+    together = [torch.nn.Embedding(20, d, sparse=True) for d in widths]
+    alone = [torch.nn.Embedding(20, d, sparse=True) for d in widths]
+    for a, b in zip(together, alone):
+        b.weight.data.copy_(a.weight.data)
+    opt = RowAdam([t.weight for t in together], lr=0.05)
+    opts = [RowAdam([t.weight], lr=0.05) for t in alone]
+    for _ in range(15):
+        rows = torch.randperm(20)[:6]
+        for tables, optimisers in ((together, [opt]), (alone, opts)):
+            for o in optimisers:
+                o.zero_grad()
+            sum(((t(rows) - 1) ** 2).sum() + (t(rows) ** 3).sum() for t in tables).backward()
+            for o in optimisers:
+                o.step()
+    for a, b in zip(together, alone):
+        assert torch.equal(a.weight, b.weight)

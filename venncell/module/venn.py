@@ -188,11 +188,25 @@ class VennModule(nn.Module):
         # bounded so that one wild row can neither vanish (exp underflow) nor swamp its decoder with noise
         return self.logvar_tables[block](idx).clamp(-12.0, 4.0)
 
-    def perturbed(self, block: str, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """What the decoders read in training: a sample of q (variational) or z plus the fixed latent noise."""
+    def perturbed(
+        self, block: str, z: torch.Tensor, idx: torch.Tensor, lv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the decoders read in training: a sample of q (variational) or z plus the fixed latent noise.
+
+        ``lv``: the rows' log-variances if already looked up (``_read_and_prior``)."""
         if self.variational:
-            return z + torch.randn_like(z) * (0.5 * self._log_variance(block, idx)).exp()
+            lv = self._log_variance(block, idx) if lv is None else lv
+            return z + torch.randn_like(z) * (0.5 * lv).exp()
         return z + self.cfg.latent_noise * torch.randn_like(z)
+
+    def _read_and_prior(
+        self, block: str, z: torch.Tensor, idx: torch.Tensor, noise: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the decoders read, ``prior_cost``) of a block, its log-variance rows looked up once for both: each
+        lookup is another table gather and sparse gradient, ops a host-bound GPU step pays for."""
+        lv = self._log_variance(block, idx) if self.variational else None
+        z_in = self.perturbed(block, z, idx, lv) if noise else z
+        return z_in, self.prior_cost(block, z, idx, lv)
 
     @property
     def prior_weight(self) -> float:
@@ -205,10 +219,12 @@ class VennModule(nn.Module):
             return self.cfg.kl_weight / min(s.n_features for s in self.specs.values())
         return self.cfg.kl_weight
 
-    def prior_cost(self, block: str, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def prior_cost(
+        self, block: str, z: torch.Tensor, idx: torch.Tensor, lv: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-cell pull of block latents to the prior, before ``prior_weight``: ``KL(q || N(0, I))`` or ``|z|^2``."""
         if self.variational:
-            lv = self._log_variance(block, idx)
+            lv = self._log_variance(block, idx) if lv is None else lv
             return 0.5 * (z.pow(2) + lv.exp() - 1.0 - lv).sum(1)
         return z.pow(2).sum(1)
 
@@ -314,14 +330,13 @@ class VennModule(nn.Module):
         idx = batch.idx
         z_s, z_p = self.latents(idx)
         terms: dict[Term, torch.Tensor] = {}
-        zs_in = self.perturbed("shared", z_s, idx) if noise else z_s
-        total = self.prior_weight * self.prior_cost("shared", z_s, idx).mean()
+        zs_in, prior = self._read_and_prior("shared", z_s, idx, noise)
+        total = self.prior_weight * prior.mean()
         z_r = self.region_latents(idx)
-        zr_in = {r: self.perturbed(r, z, idx) if noise else z for r, z in z_r.items()}
+        zr_in = {}
         for r, z in z_r.items():
-            total = total + self.prior_weight * _masked_mean(
-                self.prior_cost(r, z, idx), self.region_mask(batch, r)
-            )
+            zr_in[r], prior = self._read_and_prior(r, z, idx, noise)
+            total = total + self.prior_weight * _masked_mean(prior, self.region_mask(batch, r))
         k_shared = None
         for m in self.modalities:
             mask, present = batch.mask[m], batch.count(m)
@@ -331,15 +346,11 @@ class VennModule(nn.Module):
             every = present == len(batch)
             w = self.weights[m]
             zp = z_p[m]
-            zp_in = self.perturbed(m, zp, idx) if noise else zp
+            zp_in, prior = self._read_and_prior(m, zp, idx, noise)
             raw = self.decode_raw(m, zs_in, zp_in, batch, z_regions=zr_in)
             rec = _masked_mean(self.nll(m, raw, batch), mask)
             terms[Term(RECON, m)] = rec
-            total = (
-                total
-                + w * rec
-                + self.prior_weight * _masked_mean(self.prior_cost(m, zp, idx), mask)
-            )
+            total = total + w * rec + self.prior_weight * _masked_mean(prior, mask)
             if cfg.shared_only_weight > 0 and not self.shared_decoders_in_stage2:
                 rec_s = terms[Term(RECON_SHARED_ONLY, m)] = self._shared_only_nll(
                     m, zs_in, batch, mask

@@ -38,29 +38,58 @@ class RowAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not p.grad.is_sparse:
-                    raise RuntimeError(
-                        "RowAdam expects sparse gradients (nn.Embedding(sparse=True))."
-                    )
-                grad = p.grad.coalesce()
-                rows, g = grad.indices()[0], grad.values()
-                if rows.numel() == 0:
-                    continue
-                state = self.state[p]
-                if "row_step" not in state:
-                    state.setdefault("exp_avg", torch.zeros_like(p))
-                    state.setdefault("exp_avg_sq", torch.zeros_like(p))
-                    state["row_step"] = torch.zeros(p.shape[0], 1, dtype=p.dtype, device=p.device)
-                k = state["row_step"].index_select(0, rows) + 1
-                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-                state["row_step"].index_copy_(0, rows, k)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-                update = (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt_().add_(group["eps"]))
-                p.index_add_(0, rows, update, alpha=-group["lr"])
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict) -> None:
+        # The row reads and writes are per table; the arithmetic runs once over all tables (torch._foreach_*), which
+        # is the same per-element maths as a loop over them in a fraction of the ops: on a GPU, where a step is
+        # bound by launching kernels, six tables cost ~160 ops looped and ~80 this way.
+        b1, b2 = group["betas"]
+        params, rows, grads, states = [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if not p.grad.is_sparse:
+                raise RuntimeError("RowAdam expects sparse gradients (nn.Embedding(sparse=True)).")
+            grad = p.grad.coalesce()
+            if grad.indices().shape[1] == 0:
+                continue
+            state = self.state[p]
+            if "row_step" not in state:
+                state.setdefault("exp_avg", torch.zeros_like(p))
+                state.setdefault("exp_avg_sq", torch.zeros_like(p))
+                state["row_step"] = torch.zeros(p.shape[0], 1, dtype=p.dtype, device=p.device)
+            params.append(p)
+            rows.append(grad.indices()[0])
+            grads.append(grad.values())
+            states.append(state)
+        if not params:
+            return
+        gathered = {
+            key: [st[key].index_select(0, r) for st, r in zip(states, rows)]
+            for key in ("row_step", "exp_avg", "exp_avg_sq")
+        }
+        k, m, v = gathered["row_step"], gathered["exp_avg"], gathered["exp_avg_sq"]
+        torch._foreach_add_(k, 1.0)
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        for key, values in gathered.items():
+            for st, r, t in zip(states, rows, values):
+                st[key].index_copy_(0, r, t)
+        # bias corrections 1 - b^k of each row (rows x 1, broadcast over the row's columns)
+        c1, c2 = torch._foreach_pow(b1, k), torch._foreach_pow(b2, k)
+        for c in (c1, c2):
+            torch._foreach_neg_(c)
+            torch._foreach_add_(c, 1.0)
+        c1 = [c.expand_as(t) for c, t in zip(c1, m)]
+        c2 = [c.expand_as(t) for c, t in zip(c2, v)]
+        denom = torch._foreach_div(v, c2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(m, c1)
+        torch._foreach_div_(update, denom)
+        for p, r, u in zip(params, rows, update):
+            p.index_add_(0, r, u, alpha=-group["lr"])
