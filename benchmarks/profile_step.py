@@ -5,6 +5,8 @@ Writes profile_step.txt next to this script. No Lightning; the package defaults 
 
 - CPU time per step: best of ``--rounds`` interleaved rounds of 21 steps; the differences between rows are the cost
   of the term switched off.
+- Torch ops per step inside the package's Lightning training (the last line): a stage-1 step with the default
+  held-out cells also runs their own pass, with the networks frozen.
 - Torch ops per step, by phase (loss, backward, optimisers with the gradient clip), counted at torch's dispatcher
   over three consecutive steps (``model=fast`` does the leakage work on one batch in three). Unlike time, the count
   does not move with the machine's load. On a GPU, where a step is host-bound, every op that is not a view is at
@@ -18,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import lightning.pytorch as pl
 import mudata as md
 import numpy as np
 import torch
@@ -152,7 +155,43 @@ def measure(mdata: md.MuData, rounds: int = 16, steps: int = 21) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+class _CountSteps(pl.Callback):
+    """Counts the ops of stage-1 training steps 2-4 (the first ones warm caches and optimiser state)."""
+
+    def __init__(self):
+        self.counter = _OpCounter()
+        self.steps = 0
+
+    def _counting(self, pl_module, batch_idx: int) -> bool:
+        return pl_module.stage == 1 and 2 <= batch_idx < 5
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._counting(pl_module, batch_idx):
+            self.counter.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._counting(pl_module, batch_idx):
+            self.counter.__exit__(None, None, None)
+            self.steps += 1
+
+
+def lightning_ops(mdata: md.MuData) -> dict:
+    """Ops per stage-1 step of ``VennCell.train`` with the defaults (a few batches of one epoch per stage)."""
+    count = _CountSteps()
+    VennCell(mdata).train(
+        stage1_epochs=1,
+        stage2_epochs=1,
+        limit_train_batches=6,
+        progress_bar="none",
+        trainer_kwargs={"callbacks": [count], "logger": False},
+    )
+    return {
+        "ops": sum(count.counter.ops.values()) / count.steps,
+        "kernels": sum(count.counter.kernels.values()) / count.steps,
+    }
+
+
+def markdown(rows: list[dict], in_lightning: dict | None = None) -> str:
     head = "| step | CPU ms | torch ops (not views): loss | backward | optimisers | total |"
     lines = [head, "|---|---|---|---|---|---|"]
     for r in rows:
@@ -162,6 +201,11 @@ def markdown(rows: list[dict]) -> str:
         cells = [f"{r['ops'][p]:.0f} ({r['kernels'][p]:.0f})" for p in PHASES]
         total = f"{sum(r['ops'].values()):.0f} ({sum(r['kernels'].values()):.0f})"
         lines.append(f"| {r['name']} | {r['ms']:.1f} | " + " | ".join(cells) + f" | {total} |")
+    if in_lightning:
+        lines.append(
+            f"| a whole default step inside `VennCell.train` (training and held-out cells' passes) | – | – | – | – "
+            f"| {in_lightning['ops']:.0f} ({in_lightning['kernels']:.0f}) |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +218,7 @@ def main() -> None:
     torch.set_num_threads(1)
     mdata = md.read_h5mu(a.data)
     VennCell.setup_mudata(mdata, {"rna": "rna", "protein": "protein"})
-    text = markdown(measure(mdata, rounds=a.rounds))
+    text = markdown(measure(mdata, rounds=a.rounds), lightning_ops(mdata))
     a.out.write_text(text)
     print(text)
 

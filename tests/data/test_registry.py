@@ -18,7 +18,7 @@ from venncell.data import (
 )
 from venncell.data.dataset import _csr_rows
 from venncell.data.registry import stored_options
-from venncell.data.samplers import CellBatches
+from venncell.data.samplers import CellBatches, ChunkedCellBatches, RankBatches
 from venncell.data.spec import infer_likelihood
 
 
@@ -181,3 +181,23 @@ def test_cell_batches_depend_only_on_seed_and_epoch():
 def _view(mdata, options: dict) -> MultiModalData:
     """The training-data view of ``mdata`` registered with ``options`` (per modality)."""
     return MultiModalData(mdata, fit_registry(mdata, setup_options(mdata, options)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_first_epoch_mixes_held_out_cells_like_any_other(seed):
+    """Every sampler's epoch-0 order is independent of the validation split drawn with the same seed: numpy pads
+    ``(seed, 0)`` to ``seed``, and an untagged stream put all held-out cells in the first batches of stage 1."""
+    from venncell import validation_split
+
+    n = 2000
+    held_out = ~validation_split(n, 0.1, seed)
+    samplers = [
+        CellBatches(np.arange(n), 100, True, seed),
+        ChunkedCellBatches(np.arange(n), 100, True, seed, chunk_size=n),
+        RankBatches(np.arange(n), 100, True, seed, rank=0, world=1, fixed_shard=True),
+    ]
+    for sampler in samplers:
+        order = np.concatenate(list(sampler))
+        # the share of held-out cells among the first as many cells: 1.0 with the padded seed, ~0.1 at random
+        first = held_out[order[: held_out.sum()]].mean()
+        assert first < 0.3, type(sampler).__name__

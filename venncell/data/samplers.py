@@ -10,6 +10,16 @@ import numpy as np
 import torch
 
 DEFAULT_CHUNK_SIZE = 1024  # cells per on-disk reader chunk of backed data
+_ORDER_STREAM = 0x5EED0  # tags the batch-order streams (epoch_rng)
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The random stream of an epoch's batch order.
+
+    Tagged so it never equals ``default_rng(seed)``, the validation split's draw: numpy pads short seeds with zeros,
+    so ``default_rng((seed, 0))`` *is* ``default_rng(seed)``, and epoch 0 would walk the held-out cells first.
+    """
+    return np.random.default_rng((seed, epoch, _ORDER_STREAM))
 
 
 def chunk_groups(cells: np.ndarray, chunk_size: int) -> list[np.ndarray]:
@@ -62,9 +72,7 @@ class CellBatches(torch.utils.data.Sampler):
     def order(self) -> np.ndarray:
         if not self.shuffle:
             return self.indices
-        return self.indices[
-            np.random.default_rng((self.seed, self.epoch)).permutation(len(self.indices))
-        ]
+        return self.indices[epoch_rng(self.seed, self.epoch).permutation(len(self.indices))]
 
     def __iter__(self):
         order = self.order()
@@ -97,7 +105,7 @@ class ChunkedCellBatches(CellBatches):
     def order(self) -> np.ndarray:
         if not self.shuffle or len(self.indices) == 0:
             return self.indices
-        rng = np.random.default_rng((self.seed, self.epoch))
+        rng = epoch_rng(self.seed, self.epoch)
         return np.concatenate(shuffle_chunks(chunk_groups(self.indices, self.chunk_size), rng))
 
 
@@ -134,7 +142,7 @@ class RankBatches(CellBatches):
         self.n_batches = max(1, -(-largest_share // self.batch_size))
 
     def __iter__(self):
-        rng = np.random.default_rng((self.seed, self.epoch))
+        rng = epoch_rng(self.seed, self.epoch)
         if self.chunk_size:
             if self.fixed_shard:
                 owned = owned_cells(len(self.indices), self.rank, self.world, self.chunk_size)
