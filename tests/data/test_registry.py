@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from venncell import VennCell
+from venncell import VennCell, validation_split
 from venncell.data import (
     MultiModalData,
     fit_registry,
@@ -187,8 +187,6 @@ def _view(mdata, options: dict) -> MultiModalData:
 def test_first_epoch_mixes_held_out_cells_like_any_other(seed):
     """Every sampler's epoch-0 order is independent of the validation split drawn with the same seed: numpy pads
     ``(seed, 0)`` to ``seed``, and an untagged stream put all held-out cells in the first batches of stage 1."""
-    from venncell import validation_split
-
     n = 2000
     held_out = ~validation_split(n, 0.1, seed)
     samplers = [
