@@ -5,8 +5,8 @@ Writes profile_step.txt next to this script. No Lightning; the package defaults 
 
 - CPU time per step: best of ``--rounds`` interleaved rounds of 21 steps; the differences between rows are the cost
   of the term switched off.
-- Torch ops per step inside the package's Lightning training (the last line): a stage-1 step with the default
-  held-out cells also runs their own pass, with the networks frozen.
+- Torch ops per step inside the package's Lightning training (the last line), the mean over an epoch: each batch
+  holds training cells or held-out cells (whose pass runs with the networks frozen), never both.
 - Torch ops per step, by phase (loss, backward, optimisers with the gradient clip), counted at torch's dispatcher
   over three consecutive steps (``model=fast`` does the leakage work on one batch in three). Unlike time, the count
   does not move with the machine's load. On a GPU, where a step is host-bound, every op that is not a view is at
@@ -159,14 +159,14 @@ def measure(mdata: md.MuData, rounds: int = 16, steps: int = 21) -> list[dict]:
 
 
 class _CountSteps(pl.Callback):
-    """Counts the ops of stage-1 training steps 2-4 (the first ones warm caches and optimiser state)."""
+    """Counts the ops of stage-1 training steps from the third on (the first ones warm caches and optimiser state)."""
 
     def __init__(self):
         self.counter = _OpCounter()
         self.steps = 0
 
     def _counting(self, pl_module, batch_idx: int) -> bool:
-        return pl_module.stage == 1 and 2 <= batch_idx < 5
+        return pl_module.stage == 1 and batch_idx >= 2
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._counting(pl_module, batch_idx):
@@ -179,14 +179,14 @@ class _CountSteps(pl.Callback):
 
 
 def lightning_ops(mdata: md.MuData) -> dict:
-    """Ops per stage-1 step of ``VennCell.train`` with the defaults (a few batches of one epoch per stage)."""
+    """Ops per stage-1 step of ``VennCell.train`` with the defaults, the mean over one epoch's steps (a batch holds
+    training cells or held-out cells, and the two kinds of step differ)."""
     count = _CountSteps()
     with tempfile.TemporaryDirectory() as run_dir:  # its checkpoints are not kept
         VennCell(mdata).train(
             run_dir=run_dir,
             stage1_epochs=1,
             stage2_epochs=1,
-            limit_train_batches=6,
             progress_bar="none",
             trainer_kwargs={"callbacks": [count], "logger": False},
         )
@@ -208,7 +208,7 @@ def markdown(rows: list[dict], in_lightning: dict | None = None) -> str:
         lines.append(f"| {r['name']} | {r['ms']:.1f} | " + " | ".join(cells) + f" | {total} |")
     if in_lightning:
         lines.append(
-            f"| a whole default step inside `VennCell.train` (training and held-out cells' passes) | – | – | – | – "
+            f"| a default step inside `VennCell.train`, mean over an epoch (training or held-out cells) | – | – | – | – "
             f"| {in_lightning['ops']:.0f} ({in_lightning['kernels']:.0f}) |"
         )
     return "\n".join(lines) + "\n"

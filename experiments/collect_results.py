@@ -46,8 +46,9 @@ def build() -> str:
         "(the per-experiment pages hold the details, caveats and discussion). Commands run from the "
         "repository root.\n",
         "Every page here was measured before the fix of stage 1's first-epoch batch order (CHANGELOG, "
-        "2026-12-04: epoch 0 walked the held-out cells first) and has not been rerun since; the integration "
-        "harness (`benchmarks/integration/RESULTS.md`) has. The fix moves a fit by seed noise.\n",
+        "2026-12-04: epoch 0 walked the held-out cells first) and before stage-1 batches held training or "
+        "held-out cells only (CHANGELOG, 2026-12-05), and has not been rerun since; the integration harness "
+        "(`benchmarks/integration/RESULTS.md`) has been rerun after both. Each change moves a fit by seed noise.\n",
         "| experiment | command | details |",
         "|---|---|---|",
     ]

@@ -23,7 +23,8 @@ def test_profile_step_rows():
         assert recon_only["ops"][phase] < full["ops"][phase]
     fast = rows["`model=fast` (conf/model/fast.yaml)"]
     assert sum(fast["ops"].values()) < sum(full["ops"].values())
-    # inside the package's training a step also runs the held-out cells' own pass
+    # inside the package's training each batch holds training or held-out cells, so a step is one pass through the
+    # model, not two (batches that mixed them cost 1.7 times the bare step)
     whole = lightning_ops(mdata)
-    assert whole["ops"] > sum(full["ops"].values())
+    assert 0 < whole["ops"] < 1.4 * sum(full["ops"].values())
     assert markdown(list(rows.values()), whole).count("\n") == len(rows) + 3

@@ -18,7 +18,7 @@ from venncell.data import (
 )
 from venncell.data.dataset import _csr_rows
 from venncell.data.registry import stored_options
-from venncell.data.samplers import CellBatches, ChunkedCellBatches, RankBatches
+from venncell.data.samplers import CellBatches, ChunkedCellBatches, RankBatches, SplitCellBatches
 from venncell.data.spec import infer_likelihood
 
 
@@ -191,6 +191,7 @@ def test_first_epoch_mixes_held_out_cells_like_any_other(seed):
     held_out = ~validation_split(n, 0.1, seed)
     samplers = [
         CellBatches(np.arange(n), 100, True, seed),
+        SplitCellBatches(np.arange(n), ~held_out, 100, True, seed),
         ChunkedCellBatches(np.arange(n), 100, True, seed, chunk_size=n),
         RankBatches(np.arange(n), 100, True, seed, rank=0, world=1, fixed_shard=True),
     ]
@@ -199,3 +200,30 @@ def test_first_epoch_mixes_held_out_cells_like_any_other(seed):
         # the share of held-out cells among the first as many cells: 1.0 with the padded seed, ~0.1 at random
         first = held_out[order[: held_out.sum()]].mean()
         assert first < 0.3, type(sampler).__name__
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_batches_hold_one_side_each_and_spread_the_held_out_ones(seed):
+    """Stage 1's in-memory batches: each all training or all held-out cells (one pass per step), every cell once per
+    epoch, the held-out batches spread over the epoch, and each epoch's order a function of (seed, epoch)."""
+    n, size = 2000, 20
+    is_train = validation_split(n, 0.1, seed)
+    sampler = SplitCellBatches(np.arange(n), is_train, size, True, seed)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert (
+            len(batches)
+            == len(sampler)
+            == -(-is_train.sum() // size) + -(-(~is_train).sum() // size)
+        )
+        assert all(len(np.unique(is_train[b])) == 1 for b in batches)
+        assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(n))
+        held = np.array([not is_train[b[0]] for b in batches])
+        assert held[: held.sum()].mean() < 0.5  # not the first batches of the epoch
+        assert np.flatnonzero(held).mean() > 0.25 * len(batches)
+    again = SplitCellBatches(np.arange(n), is_train, size, True, seed)
+    again.set_epoch(1)
+    assert all(np.array_equal(a, b) for a, b in zip(again, batches))
+    again.set_epoch(0)
+    assert not np.array_equal(np.concatenate(list(again)), np.concatenate(batches))

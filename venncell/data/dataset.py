@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from venncell.data.registry import DataRegistry, align_features, as_float32, select_matrix
-from venncell.data.samplers import CellBatches, ChunkedCellBatches
+from venncell.data.samplers import CellBatches, ChunkedCellBatches, SplitCellBatches
 from venncell.data.spec import NONZERO_LIKELIHOODS, ModalitySpec
 from venncell.data.transforms import apply_transform, scale_columns
 from venncell.data.validate import VennCellInputError, check_matrix, check_unique_obs_names
@@ -353,10 +353,21 @@ def make_loader(
     )
 
 
-def cell_batches(data: MultiModalData, indices, batch_size: int, shuffle: bool, seed: int = 0):
-    """The sampler of ``make_loader``: chunk-wise for backed data."""
+def cell_batches(
+    data: MultiModalData,
+    indices,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    split: np.ndarray | None = None,
+):
+    """The sampler of ``make_loader``: chunk-wise for backed data. With ``split`` (stage 1's training cells), each
+    in-memory batch holds cells of one side only (``SplitCellBatches``); backed data keep chunk-wise batches, whose
+    reads stay contiguous, and split each batch in two instead (``split_batch``)."""
     if data.chunk_size:
         return ChunkedCellBatches(indices, batch_size, shuffle, seed, data.chunk_size)
+    if split is not None:
+        return SplitCellBatches(indices, split, batch_size, shuffle, seed)
     return CellBatches(indices, batch_size, shuffle, seed)
 
 

@@ -83,6 +83,40 @@ class CellBatches(torch.utils.data.Sampler):
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
 
+class SplitCellBatches(CellBatches):
+    """Mini-batches that each hold only cells on one side of ``split``: stage 1's training cells, or its held-out
+    cells.
+
+    A batch that mixed both would cost two passes through the model (the held-out cells' loss must not reach the
+    networks); a batch of one kind costs one, so an epoch launches about half the kernels. Each side is shuffled and
+    cut into batches of ``batch_size``, and the batches of both sides are walked in one random order, so held-out
+    latents are fitted all through the epoch, as they would be in mixed batches.
+    """
+
+    def __init__(
+        self, indices: np.ndarray, split: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
+    ):
+        super().__init__(indices, batch_size, shuffle, seed)
+        inside = np.asarray(split, dtype=bool)[self.indices]
+        self.sides = (self.indices[inside], self.indices[~inside])
+
+    def batches(self) -> list[np.ndarray]:
+        rng = epoch_rng(self.seed, self.epoch) if self.shuffle else None
+        out = []
+        for side in self.sides:
+            order = side[rng.permutation(len(side))] if rng is not None else side
+            out += [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if rng is not None:
+            out = [out[i] for i in rng.permutation(len(out))]
+        return out
+
+    def __iter__(self):
+        yield from self.batches()
+
+    def __len__(self) -> int:
+        return sum(-(-len(side) // self.batch_size) for side in self.sides)
+
+
 class ChunkedCellBatches(CellBatches):
     """Mini-batches that walk backed data chunk by chunk: disk reads stay contiguous, order stays random.
 

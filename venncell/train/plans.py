@@ -311,9 +311,9 @@ class Stage1Plan(_Plan):
         opt_net.zero_grad()
         opt_lat.zero_grad()
         self.manual_backward(total)
-        if self.grad_clip:
+        if self.grad_clip and train is not None:
             torch.nn.utils.clip_grad_norm_(self._network_params, self.grad_clip)
-        opt_net.step()
+        opt_net.step()  # a no-op without training cells (no network gradient), but Lightning counts it
         opt_lat.step()
         return total.detach()
 

@@ -98,7 +98,7 @@ def _loader(
     """A stage's shuffled training batches of ``cfg.batch_size`` cells (per rank under DDP); with ``split`` (one
     boolean per cell) each item is a (training, held-out) pair of batches."""
     if trainer.world_size == 1:  # one process owns every cell: no rank sharding
-        sampler = cell_batches(data, indices, cfg.batch_size, True, seed)
+        sampler = cell_batches(data, indices, cfg.batch_size, True, seed, split)
         if resident is not None:
             return ResidentBatches(resident, sampler, split)
         return batch_loader(data, sampler, cfg.num_workers, cfg.pin_memory, split)
