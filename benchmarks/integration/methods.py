@@ -83,16 +83,28 @@ def unit(z: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ methods
-def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False, preset: str | None = None):
-    """VennCell with the package defaults: no option beyond the batch key and, for images, where the pixels are.
-    ``before``: the defaults of VennCell 0.1 (preset ``v0.1``, latent learning rate 0.01), for the "before" rows;
-    ``preset``: a named model preset, for rows that compare one change of the defaults."""
-    from venncell import VennCell
+def variant_settings(variant: str) -> dict:
+    """The model settings of a harness row ``venncell:<variant>``: a named preset (``fast``) or one or more
+    ``field=value`` changes of the defaults joined by ``+`` (``encoder_dropout=0.2``), for rows that measure a
+    candidate default on every dataset before it becomes one."""
+    import yaml
+
     from venncell.module.config import PRESETS
 
+    if "=" not in variant:
+        return dict(PRESETS[variant])
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in variant.split("+"))}
+
+
+def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False, variant: str | None = None):
+    """VennCell with the package defaults: no option beyond the batch key and, for images, where the pixels are.
+    ``before``: the defaults of VennCell 0.1 (preset ``v0.1``, latent learning rate 0.01), for the "before" rows;
+    ``variant``: a candidate change of the defaults (``variant_settings``)."""
+    from venncell import VennCell
+
     VennCell.setup_mudata(mdata, modalities=ds.register, batch_key=ds.batch_key)
-    preset = "v0.1" if before else preset
-    model = VennCell(mdata, seed=seed, **(PRESETS[preset] if preset else {}))
+    variant = "v0.1" if before else variant
+    model = VennCell(mdata, seed=seed, **(variant_settings(variant) if variant else {}))
     model.train(run_dir=run_dir, progress_bar="none", **({"lr_latent": 0.01} if before else {}))
     out = {
         "embedding": model.get_latent_representation(block="all"),
@@ -282,8 +294,8 @@ def fit(name: str, mdata, ds, seed: int, held: np.ndarray, run_dir: str) -> dict
         return fit_pca(mdata, ds, seed, held, run_dir, modality=name.split(":", 1)[1])
     if name == "venncell_before":
         return fit_venncell(mdata, ds, seed, held, run_dir, before=True)
-    if name.startswith("venncell:"):  # a named model preset, e.g. venncell:fast
-        return fit_venncell(mdata, ds, seed, held, run_dir, preset=name.split(":", 1)[1])
+    if name.startswith("venncell:"):  # venncell:fast, venncell:encoder_dropout=0.2
+        return fit_venncell(mdata, ds, seed, held, run_dir, variant=name.split(":", 1)[1])
     return {
         "venncell": fit_venncell,
         "totalvi": fit_totalvi,

@@ -4,6 +4,7 @@ on every labelled real dataset in ../shared/datasets (skipped where absent) and 
 Usage (from the repository root; peers need ``pip install -e ".[bench]"``):
     python benchmarks/integration/run.py                       # everything: 3 seeds, 2 jobs at a time
     python benchmarks/integration/run.py --datasets scicar --methods venncell --refit
+    python benchmarks/integration/run.py --methods venncell:encoder_dropout=0.2   # a candidate default
 Each fit runs in a child process with one thread (fit.py), which then scores it; embeddings are cached under
 fits/ (gitignored), scores in results.json; RESULTS.md is rewritten from results.json at the end. ``--refit``
 refits the named methods (e.g. after a change of VennCell's defaults); other cached fits are reused.
@@ -95,6 +96,8 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = [d for d in args.datasets.split(",") if d]
     chosen = [m for m in args.methods.split(",") if m]
+    if any("-" in m for m in chosen):  # fit files write ':' as '-', and read it back
+        p.error("--methods: a method name cannot hold '-' (write 1e-3 as 0.001)")
 
     def log(msg):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
@@ -106,7 +109,9 @@ def main():
             log(f"skip {name}: ../shared/datasets/{ds.source} is absent")
             continue
         ds.load()  # build the .h5mu once, before the parallel fits
-        for method in methods_for(ds):
+        # a candidate default (venncell:<field>=<value>) runs only where asked for by name
+        variants = [m for m in chosen if m.startswith("venncell:") and m not in methods_for(ds)]
+        for method in methods_for(ds) + variants:
             if chosen and method not in chosen:
                 continue
             for seed in seeds:
