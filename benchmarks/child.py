@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 TAG = "RECORD "
 
@@ -61,3 +62,25 @@ def run_each(script: str, items: list[str], jobs: int) -> None:
         )
     if any(codes):
         raise SystemExit(f"failed: {[i for i, c in zip(items, codes) if c]}")
+
+
+def per_dataset_main(script: str, doc: str, datasets: str, one, page, run: Path) -> None:
+    """The command line of an experiment with one child process per dataset: ``--datasets`` (comma-separated,
+    default ``datasets``), ``--jobs``; each child (``--one <dataset>``) calls ``one(dataset)``, then the parent
+    writes the page with ``page(datasets)``. ``run`` is the experiment's (gitignored) folder of saved fits."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--datasets", default=datasets)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one dataset
+    args = p.parse_args()
+    run.mkdir(exist_ok=True)
+    if args.one:
+        one(args.one)
+        return
+    names = args.datasets.split(",")
+    run_each(script, names, args.jobs)
+    page(names)

@@ -46,3 +46,31 @@ def test_run_each_runs_every_item_on_one_thread(script, tmp_path):
 def test_run_each_exits_naming_the_failed_items(script):
     with pytest.raises(SystemExit, match=r"failed: \['bad'\]"):
         run_each(str(script), ["a", "bad"], jobs=2)
+
+
+PER_DATASET = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, {bench!r})
+from child import per_dataset_main
+OUT = Path({out!r})
+
+def one(name):
+    (OUT / "run" / name).write_text(os.environ["OMP_NUM_THREADS"])
+
+def page(names):
+    (OUT / "page.md").write_text(",".join(names))
+
+per_dataset_main(__file__, "doc", "x,y", one, page, OUT / "run")
+"""
+
+
+def test_per_dataset_main_fits_each_dataset_in_a_child_then_writes_the_page(tmp_path):
+    import subprocess
+
+    path = tmp_path / "experiment.py"
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    path.write_text(PER_DATASET.format(bench=bench, out=str(tmp_path)))
+    subprocess.run([sys.executable, str(path), "--datasets", "a,b"], check=True)
+    assert [(tmp_path / "run" / n).read_text() for n in "ab"] == ["1", "1"]
+    assert (tmp_path / "page.md").read_text() == "a,b"

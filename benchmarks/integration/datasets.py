@@ -50,6 +50,23 @@ class Dataset:
             tmp.rename(self.path)
         return md.read_h5mu(str(self.path))
 
+    def trained_defaults(self, seed: int = 0):
+        """``(model, mdata)``: VennCell with the package defaults trained on this dataset on one thread, as the
+        harness fits it (the experiments' fits)."""
+        import tempfile
+
+        import torch
+
+        from venncell import VennCell
+
+        torch.set_num_threads(1)
+        mdata = self.load()
+        VennCell.setup_mudata(mdata, modalities=self.register, batch_key=self.batch_key)
+        model = VennCell(mdata, seed=seed)
+        with tempfile.TemporaryDirectory() as d:
+            model.train(run_dir=d, progress_bar="none")
+        return model, mdata
+
 
 def _counts(x) -> sp.csr_matrix:
     return sp.csr_matrix(x, dtype=np.float32)

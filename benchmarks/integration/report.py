@@ -272,7 +272,8 @@ def write_page(results: dict, path: Path) -> None:
         "experiments/amortisation_gap). "
         "Private blocks of 8 dimensions instead of 4, three seeds (below): kNN accuracy moves by -0.004 to "
         "+0.010, but bio conservation falls by 0.024 on scicar and by 0.125 on the synthetic set (whose private "
-        "factors have 2 dimensions each), so the default stays 4. "
+        "factors have 2 dimensions each: the surplus dimensions do not empty, "
+        "[experiments/latent_dims](../../experiments/latent_dims/RESULTS.md)), so the default stays 4. "
         "The rows *VennCell 0.1 defaults* are the 0.1 defaults on the same cells.",
         "",
         *(

@@ -20,10 +20,8 @@ The fits use the package defaults; the weighting is applied after training. Fits
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -35,7 +33,7 @@ ROOT = HERE.parents[1]
 RUN = HERE / "run"
 sys.path.insert(0, str(ROOT / "benchmarks" / "integration"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from child import run_each  # noqa: E402
+from child import per_dataset_main  # noqa: E402
 
 DEFAULT_DATASETS = "synthetic,bmmc_cite,bmmc_multiome,scicar,pbmc10k_cite"
 WAYS = ("raw", "shared", "explained", "equal", "half_private")
@@ -43,18 +41,9 @@ WAYS = ("raw", "shared", "explained", "equal", "half_private")
 
 def fit(name: str) -> None:
     """One fit (seed 0, one thread); saves the blocks and the attribution's per-modality summary."""
-    import torch
     from datasets import DATASETS
 
-    from venncell import VennCell
-
-    torch.set_num_threads(1)
-    ds = DATASETS[name]
-    mdata = ds.load()
-    VennCell.setup_mudata(mdata, modalities=ds.register, batch_key=ds.batch_key)
-    model = VennCell(mdata, seed=0)
-    with tempfile.TemporaryDirectory() as d:
-        model.train(run_dir=d, progress_bar="none")
+    model, _ = DATASETS[name].trained_defaults(seed=0)
     blocks = {"shared": model.get_latent_representation(block="shared")}
     for m in model.specs:
         blocks[f"private:{m}"] = model.get_latent_representation(block=f"private:{m}")
@@ -140,20 +129,7 @@ def page(names: list[str]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--datasets", default=DEFAULT_DATASETS)
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--one", help=argparse.SUPPRESS)  # a child process: fit and score one dataset
-    args = p.parse_args()
-    RUN.mkdir(exist_ok=True)
-    if args.one:
-        one(args.one)
-        return
-    names = args.datasets.split(",")
-    run_each(__file__, names, args.jobs)
-    page(names)
+    per_dataset_main(__file__, __doc__, DEFAULT_DATASETS, one, page, RUN)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ class ModelConfig:
     latent_posterior
         ``point`` (one latent per cell) or ``variational`` (a mean and a log-variance per cell, sampled in
         training, with ``kl_weight`` x KL(q || N(0, I)) in place of the noise and the L2): each cell learns how far
-        its latent may move without changing its reconstruction, and dimensions the data do not support collapse
-        to the prior.
+        its latent may move without changing its reconstruction. Dimensions beyond what the data hold keep less
+        information (a lower KL) but do not collapse to the prior with the default sizes and KL weight.
     kl_weight
         Weight of the KL term (variational latents), on the reconstruction terms' scale: with ``features`` weights,
         1 makes stage 1 the ELBO of all features divided by the smallest modality's feature count.
