@@ -50,9 +50,9 @@ class Dataset:
             tmp.rename(self.path)
         return md.read_h5mu(str(self.path))
 
-    def trained_defaults(self, seed: int = 0):
-        """``(model, mdata)``: VennCell with the package defaults trained on this dataset on one thread, as the
-        harness fits it (the experiments' fits)."""
+    def trained_defaults(self, seed: int = 0, **options):
+        """``(model, mdata)``: VennCell with the package defaults (changed by ``options``, model fields) trained on
+        this dataset on one thread, as the harness fits it (the experiments' fits)."""
         import tempfile
 
         import torch
@@ -62,7 +62,7 @@ class Dataset:
         torch.set_num_threads(1)
         mdata = self.load()
         VennCell.setup_mudata(mdata, modalities=self.register, batch_key=self.batch_key)
-        model = VennCell(mdata, seed=seed)
+        model = VennCell(mdata, seed=seed, **options)
         with tempfile.TemporaryDirectory() as d:
             model.train(run_dir=d, progress_bar="none")
         return model, mdata
