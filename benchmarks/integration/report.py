@@ -258,8 +258,9 @@ def write_page(results: dict, path: Path) -> None:
     lines += [
         "## What was tried for the rows that fall short",
         "",
-        "Each page below has the command behind its numbers; none of these settings won on every dataset, so none "
-        "is a per-dataset default. "
+        "Each page below has the command behind its numbers; none of the settings on those pages won on every "
+        "dataset, so none is a per-dataset default (they were measured at KL weight 1, the default until "
+        "2026-12-05). "
         "[experiments/modality_weight](../../experiments/modality_weight/RESULTS.md): each modality once vs "
         "weighted by its feature count vs variational latents (scicar, bmmc_cite, bmmc_multiome, pbmc). "
         "[experiments/leakage_weight](../../experiments/leakage_weight/RESULTS.md): the leakage-control weights "
