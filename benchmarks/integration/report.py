@@ -175,7 +175,7 @@ def preset_comparison(results: dict, method: str, change: str) -> list[str]:
         f"the rows of {base} (mean over seeds, headline label); wall time as a ratio (the fits of the two rows "
         "may come from different runs of the command, with other fits beside them).",
         "",
-        "| data | kNN accuracy | bio conservation | scib total | wall time, preset / defaults |",
+        f"| data | kNN accuracy | bio conservation | scib total | wall time, candidate / {base} |",
         "|---|---|---|---|---|",
         *rows,
         "",

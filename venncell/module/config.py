@@ -52,8 +52,8 @@ class ModelConfig:
     kl_weight
         Weight of the KL term (variational latents), on the reconstruction terms' scale: with ``features`` weights,
         1 makes stage 1 the ELBO of all features divided by the smallest modality's feature count. The default, 4
-        (a beta-VAE's beta), keeps the dimensions that carry no factor smaller, and scored better than 1 and 2 on
-        every tabular dataset of the integration harness (``benchmarks/integration/RESULTS.md``).
+        (a beta-VAE's beta), keeps the dimensions that carry no factor smaller; against 1 and 2 it raised bio
+        conservation on every tabular dataset of the integration harness (``benchmarks/integration/RESULTS.md``).
     latent_init_logvar
         Starting log-variance of every cell's latents (variational).
     modality_weights
