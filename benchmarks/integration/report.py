@@ -185,11 +185,13 @@ def preset_comparison(results: dict, method: str, change: str) -> list[str]:
 
 
 LEAKS = ("leak_shared_into_private", "leak_private_into_shared", "leak_private_into_other_private")
+# the issue's bars on the synthetic set: shared recovery, weakest private recovery (at least), leakage (at most)
+SHARED_BAR, PRIVATE_BAR, LEAK_BAR = 0.95, 0.90, 0.05
 
 
 def venn_bars(results: dict, method: str) -> list[str]:
-    """The candidate's synthetic Venn recovery against the issue's bars (shared >= 0.95, every private >= 0.90,
-    leakage <= 0.05), mean over seeds; a candidate that breaks them cannot become the default."""
+    """The candidate's synthetic Venn recovery against the issue's bars (``SHARED_BAR``, ``PRIVATE_BAR``,
+    ``LEAK_BAR``), mean over seeds; a candidate that breaks them cannot become the default."""
     runs = results.get("synthetic", {}).get(method, {})
     if not runs or not all("recovery" in r for r in runs.values()):
         return []
@@ -199,14 +201,15 @@ def venn_bars(results: dict, method: str) -> list[str]:
     }
     worst = max(LEAKS, key=rec.get)
     held = (
-        rec["shared_recovery"] >= 0.95
-        and rec["min_private_recovery"] >= 0.90
-        and rec[worst] <= 0.05
+        rec["shared_recovery"] >= SHARED_BAR
+        and rec["min_private_recovery"] >= PRIVATE_BAR
+        and rec[worst] <= LEAK_BAR
     )
     return [
         f"Synthetic Venn recovery: shared {rec['shared_recovery']:.3f}, weakest private "
         f"{rec['min_private_recovery']:.3f}, largest leakage {rec[worst]:.3f} ({worst.replace('_', ' ')}); "
-        f"the bars (≥ 0.95, ≥ 0.90, ≤ 0.05) {'hold' if held else '**do not hold**'}.",
+        f"the bars (≥ {SHARED_BAR:.2f}, ≥ {PRIVATE_BAR:.2f}, ≤ {LEAK_BAR:.2f}) "
+        f"{'hold' if held else '**do not hold**'}.",
         "",
     ]
 
