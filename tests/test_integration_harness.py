@@ -1,11 +1,13 @@
-"""The integration harness's candidate rows: ``venncell:<variant>`` names the settings a row fits with."""
+"""The integration harness: candidate rows (``venncell:<variant>`` names the settings a row fits with), the Venn
+bars of a candidate, and README's headline table (written from results.json)."""
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "integration"))
 from methods import variant_settings  # noqa: E402
-from report import venn_bars  # noqa: E402
+from report import README_END, README_START, headline_table, venn_bars, write_readme  # noqa: E402
 
 from venncell.module.config import PRESETS, ModelConfig  # noqa: E402
 
@@ -36,3 +38,44 @@ def test_a_candidate_that_leaks_on_the_synthetic_set_is_marked():
     line = venn_bars(leaky, "venncell:x=1")[0]
     assert "**do not hold**" in line and "largest leakage 0.070" in line
     assert venn_bars({"scicar": {}}, "venncell:x=1") == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(knn, total):
+    return {"labels": {"cell_type": {"knn": knn, "Total": total, "Bio conservation": total}}}
+
+
+def test_the_headline_row_names_the_best_peer_and_baseline_and_the_gap(tmp_path):
+    res = {
+        "bmmc_cite": {
+            "venncell": {"0": _run(0.70, 0.60), "1": _run(0.72, 0.62)},
+            "totalvi": {"0": _run(0.75, 0.50)},
+            "mofa": {"0": _run(0.60, 0.65)},
+            "pca:rna": {"0": _run(0.65, 0.55)},
+            "concat_pca": {"0": _run(0.50, 0.58)},
+        }
+    }
+    (row,) = headline_table(res)[2:]
+    assert row.startswith(
+        "| bmmc_cite (`cell_type`) | 2 | 0.710 | totalVI 0.750 (-0.040) | PCA of rna 0.650 (+0.060)"
+    )
+    assert row.endswith(
+        "| 0.610 | MOFA+ 0.650 (-0.040) | 0.610 | concatenated PCA/LSI 0.580 (+0.030) |"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\nrest\n")
+    write_readme(res, readme)
+    assert (
+        readme.read_text()
+        == f"intro\n{README_START}\n" + "\n".join(headline_table(res)) + f"\n{README_END}\nrest\n"
+    )
+
+
+def test_readme_headline_table_is_the_one_results_json_gives():
+    """Edit results.json (run the harness) and README together: `run.py --page-only` rewrites the table."""
+    results = json.loads((ROOT / "benchmarks" / "integration" / "results.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    block = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    assert block.strip() == "\n".join(headline_table(results))

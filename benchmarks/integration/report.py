@@ -113,35 +113,101 @@ def dataset_table(name: str, res: dict, label: str) -> list[str]:
     return lines
 
 
+def _pools(res: dict) -> dict[str, dict]:
+    """The rows a dataset's VennCell defaults are held against: the peers, every PCA/LSI baseline, and the
+    single-modality baselines."""
+    base = {k: r for k, r in res.items() if is_baseline(k) and r}
+    return {
+        "peers": {k: r for k, r in res.items() if k in PEERS and r},
+        "baselines": base,
+        "single": {k: r for k, r in base.items() if k.startswith("pca:")},
+    }
+
+
+def best_of(pool: dict, label: str, key: str) -> tuple[str, float]:
+    """The method of ``pool`` with the highest mean score (``key`` of ``label``), and that mean."""
+    means = {k: mean(r, lambda run: run["labels"][label][key]) for k, r in pool.items()}
+    top = max(means, key=means.get)
+    return top, means[top]
+
+
 def verdicts(name: str, res: dict) -> list[str]:
     """The issue's bars for one dataset, on its headline label (mean over seeds)."""
     label = DATASETS[name].labels[0]
     if "venncell" not in res or not res["venncell"]:
         return []
-    v = res["venncell"]
-
-    def m(runs, key):
-        return mean(runs, lambda r: r["labels"][label][key])
-
-    peers = {k: r for k, r in res.items() if k in PEERS and r}
-    base = {k: r for k, r in res.items() if is_baseline(k) and r}
-    single = {k: r for k, r in base.items() if k.startswith("pca:")}
+    pools = _pools(res)
     rows = []
     for what, key, pool in (
-        ("scib total ≥ best peer", "Total", peers),
-        ("kNN accuracy ≥ best peer", "knn", peers),
-        ("bio conservation ≥ best PCA/LSI baseline", "Bio conservation", base),
-        ("kNN accuracy ≥ best single-modality baseline", "knn", single),
+        ("scib total ≥ best peer", "Total", "peers"),
+        ("kNN accuracy ≥ best peer", "knn", "peers"),
+        ("bio conservation ≥ best PCA/LSI baseline", "Bio conservation", "baselines"),
+        ("kNN accuracy ≥ best single-modality baseline", "knn", "single"),
     ):
-        if not pool:
+        if not pools[pool]:
             continue
-        best = max(pool, key=lambda k: m(pool[k], key))
-        gap = m(v, key) - m(pool[best], key)
+        ours = mean(res["venncell"], lambda r, key=key: r["labels"][label][key])
+        best, theirs = best_of(pools[pool], label, key)
+        gap = ours - theirs
         rows.append(
-            f"| {name} | {what} | {m(v, key):.3f} | {name_of(best)} {m(pool[best], key):.3f} | "
+            f"| {name} | {what} | {ours:.3f} | {name_of(best)} {theirs:.3f} | "
             f"{gap:+.3f} | {'yes' if gap >= 0 else '**no**'} |"
         )
     return rows
+
+
+README_START = (
+    "<!-- harness table: written from benchmarks/integration/results.json by "
+    "`python benchmarks/integration/run.py --page-only`; edits here are overwritten -->"
+)
+README_END = "<!-- end of harness table -->"
+
+
+def headline_table(results: dict) -> list[str]:
+    """README's table: per dataset, VennCell's defaults against the best peer (kNN accuracy, scib total), the best
+    single-modality PCA/LSI (kNN accuracy) and the best PCA/LSI baseline (bio conservation): the issue's bars,
+    headline label, mean over seeds."""
+    lines = [
+        "| data (label) | seeds | kNN accuracy | best peer | best single modality | scib total | best peer "
+        "| bio conservation | best PCA/LSI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ds in DATASETS.items():
+        res = results.get(name, {})
+        if not res.get("venncell"):
+            continue
+        label = ds.labels[0]
+        pools = _pools(res)
+        row = [f"{name} (`{label}`)", str(len(res["venncell"]))]
+        for key, pool, show in (
+            ("knn", "peers", True),
+            ("knn", "single", False),  # the same kNN accuracy, against PCA/LSI of each modality
+            ("Total", "peers", True),
+            ("Bio conservation", "baselines", True),
+        ):
+            ours = mean(res["venncell"], lambda r, key=key, label=label: r["labels"][label][key])
+            if show:
+                row.append(f"{ours:.3f}")
+            if pools[pool]:
+                best, theirs = best_of(pools[pool], label, key)
+                row.append(f"{name_of(best)} {theirs:.3f} ({ours - theirs:+.3f})")
+            else:
+                row.append("–")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def write_readme(results: dict, path: Path) -> None:
+    """Replace the table between README_START and README_END of ``path`` with ``headline_table(results)``."""
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(
+            f"{path}: the harness table's markers are missing ({README_START!r} ... {README_END!r})"
+        )
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    table = "\n".join(headline_table(results))
+    path.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
 
 
 def preset_comparison(results: dict, method: str, change: str) -> list[str]:

@@ -30,11 +30,12 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMB
 
 from datasets import DATASETS  # noqa: E402
 from methods import methods_for  # noqa: E402
-from report import write_page  # noqa: E402
+from report import write_page, write_readme  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FITS = HERE / "fits"
 RESULTS = HERE / "results.json"
+README = HERE.parents[1] / "README.md"  # its headline table comes from results.json
 
 
 def fit_path(dataset: str, method: str, seed: int) -> Path:
@@ -92,6 +93,7 @@ def main():
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.page_only:
         write_page(results, HERE / "RESULTS.md")
+        write_readme(results, README)
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = [d for d in args.datasets.split(",") if d]
@@ -138,6 +140,7 @@ def main():
         )
     RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     write_page(results, HERE / "RESULTS.md")
+    write_readme(results, README)
     log(f"wrote {HERE / 'RESULTS.md'}")
 
 
