@@ -12,9 +12,9 @@ rest of the objective (leakage control, prior) that also weakens those terms for
 cell, KL to N(0, I) weighted 1 / min_k n_k, in place of the fixed latent noise and L2), so that stage 1 is the
 ELBO of all features divided by min_k n_k.
 experiments/pbmc10k_cite/LATENT_DRIFT.md shows why this matters on PBMC. Datasets, each with its own
-configuration: sci-CAR (`conf/experiment/scicar_a549.yaml`, RNA 2,613 genes + ATAC 815 peaks), the BMMC CITE
-starter (`conf/experiment/bmmc_cite.yaml`, RNA 1,000 + ADT 134), PBMC (run.py's `default`, 40 + 20 epochs, RNA
-4,000 + ADT 14), the BMMC Multiome starter (`conf/experiment/bmmc_multiome.yaml`, 600 genes + 600 peaks: `equal`
+configuration: sci-CAR (`venncell/conf/experiment/scicar_a549.yaml`, RNA 2,613 genes + ATAC 815 peaks), the BMMC CITE
+starter (`venncell/conf/experiment/bmmc_cite.yaml`, RNA 1,000 + ADT 134), PBMC (run.py's `default`, 40 + 20 epochs, RNA
+4,000 + ADT 14), the BMMC Multiome starter (`venncell/conf/experiment/bmmc_multiome.yaml`, 600 genes + 600 peaks: `equal`
 and `by features` are the same model there, so only `equal` and `variational` are run on it).
 Scores: kNN accuracy (k = 15, 5-fold stratified CV; experiments/baselines.py) of shared ⊕ privates, from the
 encoders and from the stage-1 tables. Writes RESULTS.md and results.json next to this script. Data are read by
@@ -105,12 +105,14 @@ def job(dataset: str, setting: str, seed: int) -> dict:
     else:
         exp, label = DATASETS[dataset]
         _leakage_module()._build(dataset)
-        cfg = OmegaConf.load(ROOT / "conf" / "experiment" / f"{exp}.yaml")
+        cfg = OmegaConf.load(ROOT / "venncell" / "conf" / "experiment" / f"{exp}.yaml")
         mdata = md.read_h5mu(str(ROOT / cfg.data.path))
         reg = OmegaConf.to_container(cfg.data.register)
         batch_key = cfg.data.get("batch_key")
-        dims = dict(shared_dim=cfg.model.shared_dim, private_dim=cfg.model.private_dim)
-        epochs = (cfg.trainer.stage1_epochs, cfg.trainer.stage2_epochs)
+        # the presets used to set sizes and epochs; they now hold only data, so the package defaults apply
+        sizes = {k: OmegaConf.select(cfg, f"model.{k}") for k in ("shared_dim", "private_dim")}
+        dims = {k: v for k, v in sizes.items() if v is not None}
+        epochs = tuple(OmegaConf.select(cfg, f"trainer.stage{i}_epochs") for i in (1, 2))
         targets = {label: mdata.obs[label].to_numpy()}
     n = {m: mdata[m].n_vars for m in reg}
     w = _weights(n, setting)

@@ -5,7 +5,8 @@ per-protein table (which of the 14 proteins RNA predicts), both with the package
     python experiments/planner/run.py --only synthetic
 
 Writes RESULTS.md next to this file, plus the summary CSVs and PBMC's protein table (the synthetic per-feature
-tables go to runs/, which git ignores). Trained models are kept in runs/<name>/model and reused. Threads: 2.
+tables go to runs/, which git ignores). Trained models are kept in runs/<name>/model and reused.
+Threads: the package's default (``auto_threads``).
 
 Ground truth on synthetic data: ``var["true_driver"]`` says which features read only shared factors (their
 answer is "predict") and which only the modality's private factors ("measure"). The other features read both;
@@ -33,8 +34,10 @@ from experiments.baselines import markdown_table  # noqa: E402
 from venncell import VennCell, make_synthetic  # noqa: E402
 from venncell.analysis.plan_report import ci_text, summary_frame  # noqa: E402
 from venncell.analysis.probes import cv_r2  # noqa: E402
+from venncell.train.threads import auto_threads  # noqa: E402
 
-THREADS = 2
+# the package's default: the free cores (at most 4), so a busy machine is not oversubscribed
+THREADS = auto_threads()
 
 
 def _normalised(mdata, m) -> np.ndarray:
@@ -150,7 +153,7 @@ def _section_end(plan, t0: float) -> list[str]:
     return [
         _summary_md(plan.summary),
         "",
-        f"({time.time() - t0:.0f} s for this section with {THREADS} threads; training is skipped when "
+        f"({time.time() - t0:.0f} s for this section with {THREADS} thread(s); training is skipped when "
         "runs/<name>/model holds the trained model.)",
         "",
     ]

@@ -1,30 +1,19 @@
 """Linear baseline: the spectral (generalised CCA + residual PCA) start alone, before any training.
 
 Writes runs/spectral_init_only/metrics.json in the same layout as a training run, so collect.py can put it in
-the table. Same data as `venncell-train` with no arguments (conf/data/synthetic.yaml).
+the table. Same data and model sizes as `venncell-train` with no arguments: `make_synthetic()` and
+`VennCell(mdata, seed=0)` with their defaults.
 """
 
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from venncell import VennCell, make_synthetic
 from venncell.analysis.recovery import evaluate_recovery
 
-conf = Path(__file__).resolve().parents[2] / "conf"
-d = OmegaConf.load(conf / "data" / "synthetic.yaml")
-m = OmegaConf.load(conf / "model" / "venncell.yaml")
-mdata, truth = make_synthetic(
-    n_cells=d.n_cells,
-    modalities=dict(d.modalities),
-    shared_dim=d.true_shared_dim,
-    private_dim=d.true_private_dim,
-    n_clusters=d.n_clusters,
-    seed=d.seed,
-)
+mdata, truth = make_synthetic()
 VennCell.setup_mudata(mdata)
-model = VennCell(mdata, shared_dim=m.shared_dim, private_dim=m.private_dim, seed=0)
+model = VennCell(mdata, seed=0)
 learned = {"shared": model.module.shared_table.weight.detach().numpy()}
 learned |= {
     f"private:{k}": t.weight.detach().numpy() for k, t in model.module.private_tables.items()

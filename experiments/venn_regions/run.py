@@ -9,7 +9,8 @@ regions; the third pair (atac+protein) is empty. Models: every default, ``venn_r
 and ``"pairs"``. Scores: the recovery matrix (kNN R^2, 5-fold) of every true block (rows) from every learned
 block of the encoder latents (columns). Then the attribution of each model (``model.attribution``) with the true
 factors as ``.obs`` markers, each with the verdict it should get (``shared``, ``shared by <region>``, ``specific to
-<m>``), and the size of every learned block. Writes RESULTS.md next to this file. Threads: 2.
+<m>``), and the size of every learned block. Writes RESULTS.md next to this file. Threads: the package's
+default (``venncell.train.threads.auto_threads``: the free cores, at most 4), so it never oversubscribes a busy machine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from venncell import VennCell, make_synthetic
 from venncell.analysis.recovery import recovery_matrix, summarise_recovery
+from venncell.train.threads import auto_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiments.baselines import markdown_table  # noqa: E402
@@ -69,7 +71,8 @@ def _attribution(model, mdata, truth) -> list[str]:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    threads = auto_threads()
+    torch.set_num_threads(threads)
     lines = [
         "# Venn regions: blocks shared by some modalities but not all (issue #24)",
         "",
@@ -96,7 +99,7 @@ def main() -> None:
             "",
             ", ".join(f"{k} {v:.2f}" for k, v in summary.items()),
             "",
-            f"({time.time() - t0:.0f} s to train and score, 2 threads.)",
+            f"({time.time() - t0:.0f} s to train and score, {threads} thread(s).)",
             "",
         ]
         t0 = time.time()
