@@ -39,13 +39,19 @@ def _expected(block: str) -> str:
     return f"shared by {name}" if kind == "shared" else f"specific to {name}"
 
 
-def _attribution(model, mdata, truth) -> list[str]:
-    """Verdicts on the true factors (one .obs marker per factor) and the learned blocks' sizes."""
+def true_markers(mdata, truth) -> dict[str, str]:
+    """Every true factor as an .obs marker of ``mdata``; returns {marker: the verdict it should get}."""
     expected = {}
     for block, u in truth.blocks().items():
         for j in range(u.shape[1]):
             mdata.obs[f"true {block} {j}"] = u[:, j]
             expected[f"true {block} {j}"] = _expected(block)
+    return expected
+
+
+def _attribution(model, mdata, truth) -> list[str]:
+    """Verdicts on the true factors (one .obs marker per factor) and the learned blocks' sizes."""
+    expected = true_markers(mdata, truth)
     res = model.attribution(markers=list(expected), progress=False)
     got = res.markers.set_index("marker")
     rows = [["marker", "expected", "verdict", "best block", "best score"], ["---"] * 5]
@@ -78,7 +84,8 @@ def main() -> None:
         "",
         "Command: `python experiments/venn_regions/run.py` (this page is written by it). Data and scores: the "
         "script's docstring. Rows: true blocks; columns: learned blocks (encoder latents); the diagonal is "
-        "recovery, everything off it leakage.",
+        "recovery, everything off it leakage. With region blocks the KL weight defaults to 1 (4 without): "
+        "[KL_WEIGHT.md](KL_WEIGHT.md) compares the two over three seeds.",
         "",
     ]
     for rule in ("shared", "pairs"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from venncell.data.validate import VennCellInputError, check_range, config_from
 
@@ -11,6 +11,10 @@ LATENT_INITS = ("spectral", "random")
 LATENT_POSTERIORS = ("point", "variational")
 MODALITY_WEIGHTS = ("equal", "features")
 VENN_REGIONS = ("shared", "pairs", "all")
+# kl_weight when not given: 4 separates cell types better in the joint embedding (integration harness), but with
+# region blocks it lets a region's factors into a member's private block (experiments/venn_regions), where 1 does not
+KL_WEIGHT = 4.0
+KL_WEIGHT_REGIONS = 1.0
 
 
 @dataclass
@@ -51,9 +55,11 @@ class ModelConfig:
         information (a lower KL) but do not collapse to the prior (``experiments/latent_dims``, KL weight 1).
     kl_weight
         Weight of the KL term (variational latents), on the reconstruction terms' scale: with ``features`` weights,
-        1 makes stage 1 the ELBO of all features divided by the smallest modality's feature count. The default, 4
-        (a beta-VAE's beta), keeps the dimensions that carry no factor smaller; against 1 and 2 it raised bio
-        conservation on every tabular dataset of the integration harness (``benchmarks/integration/RESULTS.md``).
+        1 makes stage 1 the ELBO of all features divided by the smallest modality's feature count. None (the
+        default): 4 (a beta-VAE's beta) with ``venn_regions="shared"``, which keeps the dimensions that carry no
+        factor smaller (against 1 and 2 it raised bio conservation on every tabular dataset of the integration
+        harness, ``benchmarks/integration/RESULTS.md``); 1 with region blocks, where 4 lets a region's factors into
+        its members' private blocks (``experiments/venn_regions``).
     latent_init_logvar
         Starting log-variance of every cell's latents (variational).
     modality_weights
@@ -109,7 +115,7 @@ class ModelConfig:
     latent_init: str = "spectral"
     latent_l2: float = 1e-3
     latent_posterior: str = "variational"
-    kl_weight: float = 4.0
+    kl_weight: Optional[float] = None  # resolved in __post_init__ (KL_WEIGHT or KL_WEIGHT_REGIONS)
     latent_init_logvar: float = -2.0
     modality_weights: str = "features"
     shared_only_weight: float = 1.0
@@ -170,6 +176,8 @@ class ModelConfig:
                 "unexplained fraction; use 0 (every cell of the batch) or at least 8."
             )
         check_range("model.leakage_every", self.leakage_every, 1, integer=True)
+        if self.kl_weight is None:
+            self.kl_weight = KL_WEIGHT if self.venn_regions == "shared" else KL_WEIGHT_REGIONS
         for name in (
             "latent_noise",
             "latent_l2",
