@@ -125,6 +125,20 @@ def test_partial_pairing(tiny):
     assert np.isnan(lat["private:protein"][~has_p]).all()
 
 
+def test_kl_weight_is_1_with_region_blocks_and_4_without():
+    """Unless given: 1 for a model with region blocks, 4 for one without (two modalities' ``pairs`` has none)."""
+    three, _ = make_synthetic(n_cells=60, modalities={"rna": 20, "protein": 8, "atac": 20}, seed=0)
+    two, _ = make_synthetic(n_cells=60, modalities={"rna": 20, "protein": 8}, seed=0)
+    for mdata, rule, kl in ((three, "pairs", 1.0), (three, "shared", 4.0), (two, "pairs", 4.0)):
+        VennCell.setup_mudata(mdata)
+        module = VennCell(mdata, venn_regions=rule, modality_weights="equal", **TINY).module
+        assert module.prior_weight == kl, (rule, len(mdata.mod))
+    module = VennCell(
+        three, venn_regions="pairs", kl_weight=4.0, modality_weights="equal", **TINY
+    ).module
+    assert module.prior_weight == 4.0
+
+
 def test_pairs_on_two_modalities_is_the_shared_model(tmp_path):
     """With two modalities the only pair is all of them: ``pairs`` must train exactly today's model."""
     mdata, _ = make_synthetic(n_cells=150, modalities={"rna": 30, "protein": 10}, seed=3)

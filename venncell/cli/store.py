@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
 from venncell.analysis.attribution import AttributionConfig
 from venncell.analysis.gene_sets import EnrichmentConfig
@@ -96,13 +95,7 @@ def register_configs() -> None:
     cs.store(group="data", name="mudata", node=MuDataConfig)
     cs.store(group="data", name="synthetic", node=SyntheticConfig)
     for name, overrides in MODEL_PRESETS.items():
-        # from the class, not an instance: fields whose default depends on others (kl_weight) stay None until
-        # to_object builds the ModelConfig from the run's settings
-        cs.store(
-            group="model",
-            name=name,
-            node=OmegaConf.merge(OmegaConf.structured(ModelConfig), overrides),
-        )
+        cs.store(group="model", name=name, node=replace(ModelConfig(), **overrides))
     for name, overrides in TRAIN_PRESETS.items():
         cs.store(group="trainer", name=name, node=replace(TrainConfig(), **overrides))
     cs.store(group="logger", name="csv", node=LoggerConfig("csv"))

@@ -56,7 +56,7 @@ class ModelConfig:
     kl_weight
         Weight of the KL term (variational latents), on the reconstruction terms' scale: with ``features`` weights,
         1 makes stage 1 the ELBO of all features divided by the smallest modality's feature count. None (the
-        default): 4 (a beta-VAE's beta) with ``venn_regions="shared"``, which keeps the dimensions that carry no
+        default): 4 (a beta-VAE's beta) when the model has no region blocks, which keeps the dimensions that carry no
         factor smaller (against 1 and 2 it raised bio conservation on every tabular dataset of the integration
         harness, ``benchmarks/integration/RESULTS.md``); 1 with region blocks, where 4 lets a region's factors into
         its members' private blocks (``experiments/venn_regions``).
@@ -115,7 +115,7 @@ class ModelConfig:
     latent_init: str = "spectral"
     latent_l2: float = 1e-3
     latent_posterior: str = "variational"
-    kl_weight: Optional[float] = None  # resolved in __post_init__ (KL_WEIGHT or KL_WEIGHT_REGIONS)
+    kl_weight: Optional[float] = None  # None: kl_weight_for(the model's regions)
     latent_init_logvar: float = -2.0
     modality_weights: str = "features"
     shared_only_weight: float = 1.0
@@ -176,12 +176,11 @@ class ModelConfig:
                 "unexplained fraction; use 0 (every cell of the batch) or at least 8."
             )
         check_range("model.leakage_every", self.leakage_every, 1, integer=True)
-        if self.kl_weight is None:
-            self.kl_weight = KL_WEIGHT if self.venn_regions == "shared" else KL_WEIGHT_REGIONS
+        if self.kl_weight is not None:
+            check_range("model.kl_weight", self.kl_weight, 0.0)
         for name in (
             "latent_noise",
             "latent_l2",
-            "kl_weight",
             "shared_only_weight",
             "consistency_weight",
             "independence_weight",
@@ -206,6 +205,13 @@ class ModelConfig:
     def from_kwargs(cls, **kwargs) -> ModelConfig:
         """A config from keyword arguments, with a clear error for unknown ones."""
         return config_from(cls, kwargs, "model")
+
+    def kl_weight_for(self, has_regions: bool) -> float:
+        """The KL weight a model uses: ``kl_weight`` if given, else 4 (``KL_WEIGHT``) or, for a model with region
+        blocks, 1 (``KL_WEIGHT_REGIONS``). With two modalities ``pairs`` learns no region, so it keeps 4."""
+        if self.kl_weight is not None:
+            return self.kl_weight
+        return KL_WEIGHT_REGIONS if has_regions else KL_WEIGHT
 
     @property
     def variational(self) -> bool:

@@ -215,9 +215,10 @@ class VennModule(nn.Module):
         ``kl_weight = 1`` makes stage 1 the ELBO over that count)."""
         if not self.variational:
             return self.cfg.latent_l2
+        kl = self.cfg.kl_weight_for(bool(self.regions))
         if self.cfg.modality_weights == "features":
-            return self.cfg.kl_weight / min(s.n_features for s in self.specs.values())
-        return self.cfg.kl_weight
+            return kl / min(s.n_features for s in self.specs.values())
+        return kl
 
     def prior_cost(
         self, block: str, z: torch.Tensor, idx: torch.Tensor, lv: torch.Tensor | None = None
