@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+from child import emit, run_child  # noqa: E402
+
 RESULTS = HERE / "kl_weight.json"
 PAGE = HERE / "KL_WEIGHT.md"
 KL_WEIGHTS = (1.0, 4.0)
@@ -99,7 +100,7 @@ def main() -> None:
     p.add_argument("--fit", nargs=2, help=argparse.SUPPRESS)  # a child: SEED KL
     args = p.parse_args()
     if args.fit:
-        print("RESULT " + json.dumps(fit(int(args.fit[0]), float(args.fit[1]))), flush=True)
+        emit(fit(int(args.fit[0]), float(args.fit[1])))
         return
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     done = {(r["seed"], r["kl_weight"]) for r in results}
@@ -107,17 +108,8 @@ def main() -> None:
         (s, k) for s in map(int, args.seeds.split(",")) for k in KL_WEIGHTS if (s, k) not in done
     ]
 
-    def child(job):
-        out = subprocess.run(
-            [sys.executable, __file__, "--fit", str(job[0]), str(job[1])],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"fit {job} failed:\n{out.stderr[-3000:]}")
-        return json.loads(line[len("RESULT ") :])
+    def child(job):  # one process and one thread per fit
+        return run_child([__file__, "--fit", str(job[0]), str(job[1])])
 
     with ThreadPoolExecutor(args.jobs) as pool:
         for r in pool.map(child, todo):
