@@ -579,6 +579,8 @@ class VennCell:
             self.module = VennModule(registry.specs, self.n_cells, self.config, registry.n_batches)
         try:
             state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+            # models saved before the mixing weights existed averaged their blocks equally
+            state.setdefault("mix_weights", self.module.equal_mix_weights())
             self.module.load_state_dict(state)
         except (
             RuntimeError,

@@ -83,6 +83,11 @@ def unit(z: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ methods
+# a harness-only row: the defaults with each block the plain mean of its modalities' estimates, as every model
+# averaged them before the fitted mixing weights (``venncell.module.embed.fit_mix_weights``)
+EQUAL_MIX = "equal_mix"
+
+
 def variant_settings(variant: str) -> dict:
     """The model settings of a harness row ``venncell:<variant>``: a named preset (``fast``) or one or more
     ``field=value`` changes of the defaults joined by ``+`` (``encoder_dropout=0.2``), for rows that measure a
@@ -91,6 +96,8 @@ def variant_settings(variant: str) -> dict:
 
     from venncell.module.config import PRESETS
 
+    if variant == EQUAL_MIX:
+        return {}
     if "=" not in variant:
         return dict(PRESETS[variant])
     return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in variant.split("+"))}
@@ -106,6 +113,8 @@ def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False, variant: 
     variant = "v0.1" if before else variant
     model = VennCell(mdata, seed=seed, **(variant_settings(variant) if variant else {}))
     model.train(run_dir=run_dir, progress_bar="none", **({"lr_latent": 0.01} if before else {}))
+    if variant == EQUAL_MIX:
+        model.module.mix_weights.copy_(model.module.equal_mix_weights())
     out = {
         "embedding": model.get_latent_representation(block="all"),
         "shared": model.get_latent_representation(block="shared"),

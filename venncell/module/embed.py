@@ -98,3 +98,81 @@ def pick_block(
     from venncell.data.validate import VennCellInputError
 
     raise VennCellInputError(f"block must be 'all' or one of {names}; got {block!r}.")
+
+
+def min_variance_weights(gram: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """Weights on the simplex that minimise ``w' gram w``: the least-error average of estimates whose errors have
+    second moments ``gram`` (correlated errors included). Solved exactly over the supports (a few modalities);
+    ``floor`` keeps every member in, so that a cell measured only in a down-weighted modality still gets a block.
+    """
+    k = len(gram)
+    best, best_val = np.full(k, 1.0 / k), np.inf
+    for support in range(1, 2**k):
+        idx = [i for i in range(k) if support >> i & 1]
+        try:
+            w_s = np.linalg.solve(gram[np.ix_(idx, idx)], np.ones(len(idx)))
+        except np.linalg.LinAlgError:
+            continue
+        if w_s.sum() <= 0 or (w_s < 0).any():
+            continue
+        w = np.zeros(k)
+        w[idx] = w_s / w_s.sum()
+        if (val := float(w @ gram @ w)) < best_val:
+            best, best_val = w, val
+    return (1 - floor * k) * best + floor if k > 1 else best
+
+
+@torch.no_grad()
+def fit_mix_weights(
+    module: VennModule,
+    data: MultiModalData,
+    cells: np.ndarray,
+    max_cells: int = 20_000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Set ``module.mix_weights``: for the shared block and each region, the average of its members' encoder
+    estimates that best reproduces the stage-1 latents of ``cells`` measured in every member (the training cells:
+    the weights describe how well each encoder learnt the latents it was trained on; new cells get the same ones).
+
+    Where one modality's encoder reproduces the shared latents much better than another's (sci-CAR's RNA against
+    its sparse ATAC), an equal mean pulls every cell towards the worse estimate; the minimum-variance weights
+    (``min_variance_weights`` on the errors' second moments) do not. Blocks with fewer than 50 such cells keep
+    equal weights. At most ``max_cells`` cells (a fixed-seed subsample) are read. Returns the weights.
+    """
+    module.eval()
+    cells = np.asarray(cells)
+    if len(cells) > max_cells:
+        cells = np.sort(np.random.default_rng(seed).choice(cells, max_cells, replace=False))
+    blocks = module.mix_blocks()
+    mods = module.modalities
+    gram = {b: np.zeros((len(mods), len(mods))) for b in blocks}
+    n = dict.fromkeys(blocks, 0)
+    device = module.shared_table.weight.device
+    for batch in make_loader(data, cells, 2048, shuffle=False):
+        batch = batch.to(device)
+        z_s, _ = module.latents(batch.idx)
+        targets = {"shared": z_s, **module.region_latents(batch.idx)}
+        est = {b: {} for b in blocks}
+        for m in mods:
+            s_hat, _, r_hat = module.encode_regions(m, batch)
+            est["shared"][m] = s_hat
+            for r, z in r_hat.items():
+                est[r][m] = z
+        for b in blocks:
+            members = module.block_members(b)
+            every = torch.stack([batch.mask[m] for m in members]).all(0)
+            if not bool(every.any()):
+                continue
+            # members x cells x dims
+            err = torch.stack([(est[b][m] - targets[b])[every] for m in members])
+            g = torch.einsum("icd,jcd->ij", err, err).double().cpu().numpy()
+            ix = [mods.index(m) for m in members]
+            gram[b][np.ix_(ix, ix)] += g
+            n[b] += int(every.sum())
+    weights = module.equal_mix_weights().numpy()
+    for i, b in enumerate(blocks):
+        if n[b] >= 50:
+            ix = [mods.index(m) for m in module.block_members(b)]
+            weights[i, ix] = min_variance_weights(gram[b][np.ix_(ix, ix)] / n[b])
+    module.mix_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+    return weights

@@ -68,6 +68,9 @@ class VennModule(nn.Module):
         self.region_dims = region_sizes(self.regions, cfg.region_dim, cfg.region_dims or {})
         # the regions each modality's decoder reads and its encoder produces, in one fixed order
         self.regions_of = {m: [r for r, ms in self.regions.items() if m in ms] for m in specs}
+        # how much each modality's estimate counts in the encoder latent of the shared block (row 0) and of each
+        # region (rows 1..): its members equally until fit_mix_weights sets them from the trained encoders
+        self.register_buffer("mix_weights", self.equal_mix_weights())
         self.shared_table = self._table(n_cells, cfg.shared_dim, cfg.latent_init_std)
         self.private_tables = nn.ModuleDict(
             {m: self._table(n_cells, d, cfg.latent_init_std) for m, d in self.private_dims.items()}
@@ -115,6 +118,22 @@ class VennModule(nn.Module):
                 cfg.n_layers,
                 max(cfg.dropout, cfg.encoder_dropout),
             )
+
+    def mix_blocks(self) -> list[str]:
+        """The blocks several modalities estimate, in ``mix_weights``' row order: ``shared``, then the regions."""
+        return ["shared", *self.regions]
+
+    def block_members(self, block: str) -> list[str]:
+        return self.modalities if block == "shared" else list(self.regions[block])
+
+    def equal_mix_weights(self) -> torch.Tensor:
+        """Blocks x modalities: 1 / (number of members) for a block's members, 0 elsewhere."""
+        w = torch.zeros(len(self.mix_blocks()), len(self.specs))
+        for i, b in enumerate(self.mix_blocks()):
+            members = self.block_members(b)
+            for j, m in enumerate(self.specs):
+                w[i, j] = 1.0 / len(members) if m in members else 0.0
+        return w
 
     def shared_view_dim(self, m: str) -> int:
         """Width of what m shares with other modalities: the shared block and m's region blocks."""
@@ -484,8 +503,8 @@ class VennModule(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def embed(self, batch: Batch, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Encoder latents: shared = mean of the available modalities' estimates (a region's block: of its members'
-        that are available, NaN with none); private from its own. With
+        """Encoder latents: shared = the available modalities' estimates averaged with ``mix_weights`` (a region's
+        block: its available members', NaN with none); private from its own. With
         ``joint_encoder``, cells measured in every modality take both from the joint encoder (unless ``modalities``
         names a subset). Keys ``shared`` and ``private:<m>``; NaN where a cell lacks the data."""
         use = [m for m in (modalities or self.modalities) if m in self.specs]
@@ -496,25 +515,31 @@ class VennModule(nn.Module):
         region_sum = {r: torch.zeros(n, d, device=device) for r, d in self.region_dims.items()}
         region_count = {r: torch.zeros(n, 1, device=device) for r in self.regions}
         out: dict[str, torch.Tensor] = {}
-        for m in self.modalities:
+        row = {b: i for i, b in enumerate(self.mix_blocks())}
+        for j, m in enumerate(self.modalities):
             mask = batch.mask[m]
             s_hat, p_hat, r_hat = self.encode_regions(m, batch)
             if m in use:
-                shared_sum += s_hat * mask[:, None]
-                count += mask[:, None].float()
-                for r, z in r_hat.items():  # a region's block: the mean of its members' estimates
-                    region_sum[r] += z * mask[:, None]
-                    region_count[r] += mask[:, None].float()
+                w = self.mix_weights[0, j] * mask[:, None]
+                shared_sum += s_hat * w
+                count += w
+                # a region's block: its members' estimates, weighted the same way
+                for r, z in r_hat.items():
+                    w = self.mix_weights[row[r], j] * mask[:, None]
+                    region_sum[r] += z * w
+                    region_count[r] += w
             out[f"private:{m}"] = torch.where(
                 mask[:, None], p_hat, torch.full_like(p_hat, float("nan"))
             )
         out["shared"] = torch.where(
-            count > 0, shared_sum / count.clamp_min(1), torch.full_like(shared_sum, float("nan"))
+            count > 0,
+            shared_sum / count.clamp_min(1e-12),
+            torch.full_like(shared_sum, float("nan")),
         )
         for r, total in region_sum.items():
             c = region_count[r]
             out[block_key(r)] = torch.where(
-                c > 0, total / c.clamp_min(1), torch.full_like(total, float("nan"))
+                c > 0, total / c.clamp_min(1e-12), torch.full_like(total, float("nan"))
             )
         rows = (
             self.fully_measured(batch)

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from venncell.data.dataset import MultiModalData, batch_loader, cell_batches, make_loader
 from venncell.data.resident import ResidentBatches, ResidentCells, fits_on
 from venncell.data.samplers import RankBatches
+from venncell.module.embed import fit_mix_weights
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 from venncell.train.plans import Stage1Plan, Stage2Plan
@@ -432,6 +433,7 @@ def _run_two_stage(
             trainer2.validate(plan2, dataloaders=val_loader, verbose=False)
     metrics["stage2"] = _numbers(trainer2.callback_metrics)
     metrics["wall_time_s"]["stage2"] = time.perf_counter() - t0
+    fit_mix_weights(module, data, train_idx, seed=cfg.seed)
     if trainer2.world_size > 1:
         metrics["ddp"] = {"world_size": trainer2.world_size, "global_rank": trainer2.global_rank}
     module.eval()
