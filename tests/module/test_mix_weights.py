@@ -59,9 +59,10 @@ def test_fitted_weights_reproduce_the_stage1_latents_better_than_the_mean(traine
 def test_a_worse_encoder_gets_less_weight(trained_tiny):
     model, _, _ = trained_tiny
     module = copy.deepcopy(model.module)
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # spoil the protein encoder: its estimates become noise
         for p in module.encoders["protein"].parameters():
-            p.add_(torch.randn_like(p))
+            p.add_(torch.randn(p.shape, generator=gen))
     w = dict(
         zip(
             module.modalities,
@@ -69,12 +70,12 @@ def test_a_worse_encoder_gets_less_weight(trained_tiny):
         )
     )
     assert w["protein"] < 0.1 < min(w["rna"], w["atac"])
-    shared = embed_cells(module, model.data)["shared"]
-    spoiled = embed_cells(module, model.data, modalities=["protein"])["shared"]
     target = model.get_latent_representation(source="stage1")
-    # the spoiled estimate hardly moves the block: it stays far closer to the latents than the spoiled one is
-    # (an equal mean would keep a ninth of its error)
-    assert np.mean((shared - target) ** 2) < 0.05 * np.mean((spoiled - target) ** 2)
+    fitted = np.mean((embed_cells(module, model.data)["shared"] - target) ** 2)
+    module.mix_weights.copy_(module.equal_mix_weights())
+    equal = np.mean((embed_cells(module, model.data)["shared"] - target) ** 2)
+    # the equal mean keeps a ninth of the spoiled estimate's error; the fitted weights hardly any
+    assert fitted < 0.5 * equal, (fitted, equal)
 
 
 def test_weights_survive_save_load_and_old_models_average_equally(trained_tiny, tmp_path):
