@@ -510,36 +510,28 @@ class VennModule(nn.Module):
         use = [m for m in (modalities or self.modalities) if m in self.specs]
         n = len(batch)
         device = batch.idx.device
-        shared_sum = torch.zeros(n, self.cfg.shared_dim, device=device)
-        count = torch.zeros(n, 1, device=device)
-        region_sum = {r: torch.zeros(n, d, device=device) for r, d in self.region_dims.items()}
-        region_count = {r: torch.zeros(n, 1, device=device) for r in self.regions}
+        # the shared block and each region, keyed as mix_weights' rows: weighted sums of the members' estimates
+        blocks = self.mix_blocks()
+        dims = {"shared": self.cfg.shared_dim, **self.region_dims}
+        total = {b: torch.zeros(n, dims[b], device=device) for b in blocks}
+        weight = {b: torch.zeros(n, 1, device=device) for b in blocks}
         out: dict[str, torch.Tensor] = {}
-        row = {b: i for i, b in enumerate(self.mix_blocks())}
         for j, m in enumerate(self.modalities):
             mask = batch.mask[m]
             s_hat, p_hat, r_hat = self.encode_regions(m, batch)
             if m in use:
-                w = self.mix_weights[0, j] * mask[:, None]
-                shared_sum += s_hat * w
-                count += w
-                # a region's block: its members' estimates, weighted the same way
-                for r, z in r_hat.items():
-                    w = self.mix_weights[row[r], j] * mask[:, None]
-                    region_sum[r] += z * w
-                    region_count[r] += w
+                for b, z in [("shared", s_hat), *r_hat.items()]:
+                    w = self.mix_weights[blocks.index(b), j] * mask[:, None]
+                    total[b] += z * w
+                    weight[b] += w
             out[f"private:{m}"] = torch.where(
                 mask[:, None], p_hat, torch.full_like(p_hat, float("nan"))
             )
-        out["shared"] = torch.where(
-            count > 0,
-            shared_sum / count.clamp_min(1e-12),
-            torch.full_like(shared_sum, float("nan")),
-        )
-        for r, total in region_sum.items():
-            c = region_count[r]
-            out[block_key(r)] = torch.where(
-                c > 0, total / c.clamp_min(1e-12), torch.full_like(total, float("nan"))
+        for b in blocks:
+            out["shared" if b == "shared" else block_key(b)] = torch.where(
+                weight[b] > 0,
+                total[b] / weight[b].clamp_min(1e-12),
+                torch.full_like(total[b], float("nan")),
             )
         rows = (
             self.fully_measured(batch)
