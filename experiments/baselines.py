@@ -58,7 +58,8 @@ def epochs_of(run_dir: Path) -> str:
     import yaml
 
     t = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())["trainer"]
-    return f"{t['stage1_epochs']} stage-1 + {t['stage2_epochs']} stage-2 epochs, batch size {t['batch_size']}"
+    size = t["batch_size"] or "chosen from the number of cells (the default)"
+    return f"{t['stage1_epochs']} stage-1 + {t['stage2_epochs']} stage-2 epochs, batch size {size}"
 
 
 HAND_WRITTEN = (

@@ -570,7 +570,8 @@ class VennCell:
             validation_fraction=meta["validation_fraction"],
             backed=bool(getattr(mdata, "isbacked", False)),
             registry=registry,
-            **meta["config"],
+            # models saved before the image augmentation existed were trained without it (refine keeps to that)
+            **{"image_augment": False, **meta["config"]},
         )
         self.n_cells = int(meta["n_cells"])
         with _seeded(

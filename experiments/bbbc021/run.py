@@ -2,6 +2,7 @@
 protein-synthesis inhibitors?
 
 Usage: python experiments/bbbc021/run.py [--stage1-epochs N] [--stage2-epochs N] [--pool K] [--cache DIR]
+(the model and training settings not given are the package defaults)
 Data: ../shared/datasets/bbbc021_singlecell_crops_dmso_vs_protsynth (see its SOURCE.md); never copied into the
 repository. The loader pools the 68 x 68 x 3 uint16 crops K x K (default 2 -> 34 x 34), takes log1p, and writes
 one cells x 3 x H x W float32 store to --cache (outside the repo); the two modalities read channels of it lazily:
@@ -88,12 +89,13 @@ def probe(z: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--stage1-epochs", type=int, default=30)
-    p.add_argument("--stage2-epochs", type=int, default=15)
+    # None: the package default
+    p.add_argument("--stage1-epochs", type=int, default=None)
+    p.add_argument("--stage2-epochs", type=int, default=None)
     p.add_argument("--pool", type=int, default=2)
-    p.add_argument("--shared-dim", type=int, default=8)
-    p.add_argument("--private-dim", type=int, default=8)
-    p.add_argument("--cnn-channels", default="8,16,32")
+    p.add_argument("--shared-dim", type=int, default=None)
+    p.add_argument("--private-dim", type=int, default=None)
+    p.add_argument("--cnn-channels", default=None, help="e.g. 8,16,32")
     p.add_argument(
         "--cache", default=str(HERE / "data"), help="where the pooled pixel store is built"
     )
@@ -118,19 +120,17 @@ def main():
     ):  # the h5mu holds only obs and the store path; the pixels stay in the .npy store
         mdata.write(str(Path(args.cache) / "bbbc021.h5mu"))
         return
-    model = VennCell(
-        mdata,
-        shared_dim=args.shared_dim,
-        private_dim=args.private_dim,
-        seed=0,
-        cnn_channels=[int(c) for c in args.cnn_channels.split(",")],
-    )
+    given = {
+        "shared_dim": args.shared_dim,
+        "private_dim": args.private_dim,
+        "cnn_channels": args.cnn_channels and [int(c) for c in args.cnn_channels.split(",")],
+    }
+    model = VennCell(mdata, seed=0, **{k: v for k, v in given.items() if v is not None})
     load_s = time.perf_counter() - t_load
     t0, cpu0 = time.perf_counter(), time.process_time()
     model.train(
         stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs,
-        batch_size=128,
         run_dir=args.out,
         progress_bar="none",
     )
@@ -151,7 +151,7 @@ def main():
     for name, ch in {"all channels": [0, 1, 2], "dapi": [0], "cyto": [1, 2]}.items():
         x = np.asarray(pix[:, ch]).reshape(len(pix), -1)
         x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-        for k in (args.shared_dim + 2 * args.private_dim, 50):
+        for k in (blocks["all (shared + privates)"].shape[1], 50):
             z = PCA(k, random_state=0).fit_transform(x)
             rows[f"baseline: PCA({k}) of pixels, {name}"] = probe(z, y, groups) | {"dim": k}
 
@@ -166,10 +166,13 @@ def main():
         "probe": rows,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
-    cmd = "python experiments/bbbc021/run.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("cache", "out", "build_only")
+    cmd = " ".join(
+        ["python experiments/bbbc021/run.py"]
+        + [
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in ("cache", "out", "build_only") and v is not None and (k, v) != ("pool", 2)
+        ]
     )
     lines = [
         "# BBBC021: DMSO vs protein-synthesis inhibitors from DAPI vs tubulin/actin image latents",
@@ -179,9 +182,8 @@ def main():
         f"{len(y)} cells (1000 DMSO, 1000 protein-synthesis inhibitors) from {len(set(groups))} fields; crops pooled "
         f"{args.pool}x{args.pool} to {model.specs['dapi'].image_shape[1]}x{model.specs['dapi'].image_shape[2]} px, "
         "log1p, standardised per channel. Modalities: `dapi` (channel 0) and `cyto` (tubulin + actin, channels 1-2), "
-        "read lazily from one .npy store. VennCell: shared_dim "
-        f"{args.shared_dim}, private_dim {args.private_dim}, CNN channels {args.cnn_channels}, "
-        f"{args.stage1_epochs} + {args.stage2_epochs} epochs, {train_s / 60:.1f} min training wall time "
+        f"read lazily from one .npy store. VennCell (package defaults unless the command says otherwise): `{model!r}`, "
+        f"{train_s / 60:.1f} min training wall time "
         f"({train_cpu_s / 60:.1f} min CPU time) "
         f"(+ {load_s:.0f} s loading and spectral init).",
         "",

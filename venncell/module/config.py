@@ -87,6 +87,10 @@ class ModelConfig:
         Stage 2: weight of the full decoders' NLL of the encoder latents, next to regressing the stage-1 latents.
     cnn_channels
         Image modalities: convolution widths, one stride-2 stage each.
+    image_augment
+        Image modalities: during training each crop is read turned and mirrored at random (quarter turns and mirror
+        images), so the latents describe a cell's shape and stains rather than its orientation in the crop. Set
+        False where orientation means something (e.g. images aligned to a tissue axis).
     venn_regions
         Which blocks shared by some modalities but not all are learned, next to the all-modality ``shared`` block
         and the private ones: ``shared`` (none), ``pairs`` (one per pair of modalities) or ``all`` (every subset
@@ -126,6 +130,7 @@ class ModelConfig:
     independence_weight: float = 0.003
     stage2_recon_weight: float = 0.0
     cnn_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    image_augment: bool = True
     venn_regions: str = "shared"
     region_dim: int = 2
     # {region: size}; typed Any so that the command line may add regions by name

@@ -6,6 +6,7 @@ Lightning plans (``venncell.train``) decide what is optimised when; this module 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from venncell.module.networks import Decoder, Encoder
 from venncell.module.penalties import centred_rbf_gram, normalised_hsic, unexplained_fraction
 from venncell.module.regions import block_key, region_members, region_sizes
 from venncell.nn import MLP
+from venncell.nn.cnn import random_dihedral
 
 
 def modality_weights(specs: dict[str, ModalitySpec], rule: str) -> dict[str, float]:
@@ -313,6 +315,17 @@ class VennModule(nn.Module):
             return self.shared_decoders[m](z_shared, b)
         return self.decoders[m](self.decoder_input(m, z_shared, z_private, z_regions), b)
 
+    def augmented(self, batch: Batch) -> Batch:
+        """The batch with each image modality's crops turned and mirrored at random (``cfg.image_augment``); the
+        training losses read it, held-out scores and embeddings the crops as they are."""
+        images = [m for m in self.modalities if self.specs[m].kind == "image"]
+        if not (self.cfg.image_augment and images):
+            return batch
+        x = dict(batch.x)
+        for m in images:
+            x[m] = random_dihedral(x[m], self.specs[m].image_shape)
+        return replace(batch, x=x)
+
     @property
     def shared_decoders_in_stage2(self) -> bool:
         """Whether stage 2 fits the shared-only decoders (they do not shape the latents; see ModelConfig)."""
@@ -347,6 +360,8 @@ class VennModule(nn.Module):
           into a private block make them dependent.
         """
         cfg = self.cfg
+        if noise:
+            batch = self.augmented(batch)
         idx = batch.idx
         z_s, z_p = self.latents(idx)
         terms: dict[Term, torch.Tensor] = {}
@@ -439,6 +454,8 @@ class VennModule(nn.Module):
         latents (a held-out score that compares models of different latent sizes; ``loss`` does not).
         """
         cfg = self.cfg
+        if noise:
+            batch = self.augmented(batch)
         with torch.no_grad():
             z_s, z_p = self.latents(batch.idx)
             z_r = self.region_latents(batch.idx)

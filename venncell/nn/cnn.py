@@ -72,3 +72,22 @@ class ConvDecoderNet(nn.Module):
         return self.up(x)[
             :, :, :h, :w
         ]  # the coarse grid is rounded up; crop back to the image size
+
+
+def random_dihedral(x: torch.Tensor, shape) -> torch.Tensor:
+    """Flattened ``(n, C*H*W)`` images, each turned by its own random element of the square's symmetry group
+    (quarter turns and mirror images; half turns and mirror images where H != W). Cells in a crop have no
+    canonical orientation, so a latent that must explain every orientation of a cell keeps its shape and intensity
+    rather than which way it happens to point."""
+    c, h, w = shape
+    n = x.shape[0]
+    img = x.reshape(n, c, h, w)
+    quarter_turns = (0, 1, 2, 3) if h == w else (0, 2)
+    pick = torch.randint(0, len(quarter_turns), (n,), device=x.device)
+    mirror = torch.randint(0, 2, (n,), device=x.device).bool()
+    out = torch.where(mirror[:, None, None, None], img.flip(-1), img)
+    turned = out
+    # torch.rot90 turns a whole tensor: keep each cell's own turn
+    for i, k in enumerate(quarter_turns[1:], 1):
+        turned = torch.where((pick == i)[:, None, None, None], out.rot90(k, (-2, -1)), turned)
+    return turned.reshape(n, -1)
