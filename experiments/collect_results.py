@@ -22,6 +22,10 @@ CURRENT = (
     "neurips2021_bmmc_cite",
     "neurips2021_bmmc_multiome",
     "bbbc021",
+    "partial_pairing",
+    "gene_sets_pbmc",
+    "likelihood_heads",
+    "joint_encoder",
 )
 # rerun at KL weight 4 but before the shared block's mixing weights
 BEFORE_MIX = ("latent_dims",)

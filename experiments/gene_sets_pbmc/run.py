@@ -80,6 +80,7 @@ def main() -> None:
     t0 = time.time()
     model = _trained(ds.load())
     res = model.enrich_regions()
+    (HERE / "runs").mkdir(exist_ok=True)  # absent when the planner's model is reused
     res.terms.to_csv(HERE / "runs" / "terms.csv", index=False)
     res.top.to_csv(HERE / "top.csv", index=False)
     top = res.top

@@ -31,16 +31,9 @@ def main():
             n_cells=1500, modalities={"rna": 300, "protein": 60, "atac": 300}, seed=0
         )
         VennCell.setup_mudata(mdata)
-        model = VennCell(mdata, shared_dim=8, private_dim=4, seed=0, joint_encoder=joint)
+        model = VennCell(mdata, seed=0, joint_encoder=joint)  # the package defaults otherwise
         with tempfile.TemporaryDirectory() as run_dir:
-            model.train(
-                stage1_epochs=40,
-                stage2_epochs=20,
-                batch_size=128,
-                lr_latent=0.05,
-                progress_bar="none",
-                run_dir=run_dir,
-            )
+            model.train(progress_bar="none", run_dir=run_dir)
         targets = {"shared": truth.shared, **{f"private {m}": p for m, p in truth.private.items()}}
         for source in ("stage1", "encoder"):
             blocks = {"shared": model.get_latent_representation(source=source)}
