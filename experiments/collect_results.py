@@ -26,6 +26,8 @@ CURRENT = (
     "gene_sets_pbmc",
     "likelihood_heads",
     "joint_encoder",
+    "sweep_shared_dim_noise",
+    "joint_embedding_weights",
 )
 # rerun at KL weight 4 but before the shared block's mixing weights
 BEFORE_MIX = ("latent_dims",)

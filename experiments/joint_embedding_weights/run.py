@@ -33,6 +33,8 @@ ROOT = HERE.parents[1]
 RUN = HERE / "run"
 sys.path.insert(0, str(ROOT / "benchmarks" / "integration"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
+from baselines import write_results_md  # noqa: E402
 from child import per_dataset_main  # noqa: E402
 
 DEFAULT_DATASETS = "synthetic,bmmc_cite,bmmc_multiome,scicar,pbmc10k_cite"
@@ -103,13 +105,8 @@ def page(names: list[str]) -> None:
         "Command (from the repository root): `python experiments/joint_embedding_weights/run.py`. One VennCell "
         "fit per dataset (seed 0, the defaults), its blocks joined in five ways and scored as the "
         "integration harness scores an embedding (scib-metrics bio conservation and total, kNN accuracy of "
-        "the harness's headline label); the ways are defined in `run.py`'s docstring.",
-        "",
-        "Reading: no way of joining the blocks is better on every dataset. Weighting by explained variance "
-        "(the geometry of concatenated PCA) helps where the private factors carry no label signal (synthetic) "
-        "and hurts scicar; halving the private blocks helps four sets and loses bmmc_multiome's kNN accuracy; "
-        "the shared block alone loses the labels the private blocks carry (bmmc_cite, bmmc_multiome). So "
-        '`block="all"` stays the plain concatenation, and the harness scores it.',
+        "the harness's headline label); the ways are defined in `run.py`'s docstring. The reading is written by "
+        "hand at the end of the page.",
         "",
     ]
     for metric, title in (
@@ -125,7 +122,7 @@ def page(names: list[str]) -> None:
             for d in wide.index
         ]
         lines += [""]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    write_results_md(HERE / "RESULTS.md", "\n".join(lines))
 
 
 def main() -> None:

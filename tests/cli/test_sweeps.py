@@ -17,7 +17,7 @@ pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 SEARCHED = {
     "model.shared_dim",
     "model.private_dim",
-    "model.latent_noise",
+    "model.kl_weight",
     "trainer.lr_latent",
     "trainer.lr_network",
 }
