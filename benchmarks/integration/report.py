@@ -49,7 +49,18 @@ AGAINST = {
     "venncell:kl_weight=2": "venncell:equal_mix",
     "venncell:kl_weight=8": "venncell:equal_mix",
     "venncell:kl_weight=1": "venncell:equal_mix",
+    # fitted before the image augmentation: on image data compared with the defaults' training without it
+    "venncell:equal_mix": "venncell:image_augment=False",
 }
+
+
+def against_row(method: str, res: dict) -> str | None:
+    """The row ``method`` is compared with on one dataset's results: its ``AGAINST`` row, or the defaults where the
+    dataset has no such row (a setting that only applies to some data, such as the image augmentation)."""
+    for row in (AGAINST.get(method), "venncell"):
+        if row and res.get(row):
+            return row
+    return None
 
 
 def name_of(method: str) -> str:
@@ -222,16 +233,19 @@ def write_readme(results: dict, path: Path) -> None:
 
 
 def preset_comparison(results: dict, method: str, change: str) -> list[str]:
-    """A candidate change of the defaults (a model preset, described by ``change``) minus the defaults it was
-    measured against (``AGAINST``; the current defaults unless named), per dataset, headline label."""
-    against = AGAINST.get(method, "venncell")
-    rows = []
+    """A candidate change of the defaults (a model preset, described by ``change``) minus the row it was measured
+    against (``against_row``: its ``AGAINST`` row, else the current defaults), per dataset, headline label."""
+    named = AGAINST.get(method)
+    rows, special = [], []
     for name in DATASETS:
         res = results.get(name, {})
-        if not res.get(method) or not res.get(against):
+        used = against_row(method, res)
+        if not res.get(method) or used is None:
             continue
+        if used != "venncell":
+            special.append(name)
         label = DATASETS[name].labels[0]
-        a, b = res[method], res[against]
+        a, b = res[method], res[used]
 
         def gap(key, a=a, b=b, label=label):
             return mean(a, lambda r: r["labels"][label][key]) - mean(
@@ -245,13 +259,19 @@ def preset_comparison(results: dict, method: str, change: str) -> list[str]:
         )
     if not rows:
         return []
-    base = "the defaults" if against == "venncell" else name_of(against)
+    every = named is not None and len(special) == len(rows)
+    base = name_of(named) if every else "the defaults"
+    where = (
+        f" On {', '.join(special)}, the rows of {name_of(named)} instead of the defaults'."
+        if special and not every
+        else ""
+    )
     return [
         f"## {name_of(method)} against {base}",
         "",
         f"{change} would become the default if it lost no quality. Its rows minus "
         f"the rows of {base} (mean over seeds, headline label); wall time as a ratio (the fits of the two rows "
-        "may come from different runs of the command, with other fits beside them).",
+        f"may come from different runs of the command, with other fits beside them).{where}",
         "",
         f"| data | kNN accuracy | bio conservation | scib total | wall time, candidate / {base} |",
         "|---|---|---|---|---|",

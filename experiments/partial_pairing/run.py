@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 EXP = HERE.parent
 sys.path.insert(0, str(EXP / "pbmc10k_cite"))
 sys.path.insert(0, str(EXP))
-import run as pbmc  # noqa: E402  (experiments/pbmc10k_cite/run.py: loader, kNN protocol, settings)
+import run as pbmc  # noqa: E402  (experiments/pbmc10k_cite/run.py: loader and kNN protocol)
 from baselines import write_results_md  # noqa: E402
 
 LABELS = pbmc.LABELS

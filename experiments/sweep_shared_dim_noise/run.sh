@@ -21,7 +21,7 @@ venncell-train -m \
 status=$?
 
 # Tables of every run (also when some runs failed): by recovery of the true shared factors, and by
-# the held-out stage-2 loss the Optuna search optimises by default.
+# the held-out stage-2 loss (the Optuna search optimises stage2/val/recon by default).
 venncell-sweep-summary "$SWEEP_DIR" --objective shared_recovery --direction maximize --quiet
 venncell-sweep-summary "$SWEEP_DIR" --objective stage2/val/loss --direction minimize \
   --out "$SWEEP_DIR/by_stage2_val_loss" --quiet

@@ -122,3 +122,26 @@ def test_the_setting_is_saved_and_older_models_keep_training_without_it(fits, tm
     del meta["config"]["image_augment"]  # a model saved before the setting existed
     meta_file.write_text(json.dumps(meta))
     assert VennCell.load(tmp_path / "m").config.image_augment is False
+
+
+def test_every_channel_of_a_crop_turns_together_and_wide_crops_keep_their_shape():
+    torch.manual_seed(1)
+    x = torch.randn(300, 3, 4, 4)
+    y = random_dihedral(x.reshape(300, -1), (3, 4, 4)).reshape(300, 3, 4, 4)
+    options = torch.stack(
+        [t.rot90(k, (-2, -1)) for t in (x, x.flip(-1)) for k in range(4)]
+    )  # (8, cells, C, H, W): the whole crop under each symmetry
+    assert ((options == y[None]).flatten(2).all(2)).any(0).all()
+    wide = torch.arange(12.0).reshape(3, 4)
+    allowed = {
+        tuple(t.flatten().tolist()) for t in (wide, wide.flip(-1), wide.flip(-2), wide.rot90(2))
+    }
+    seen = {tuple(r.tolist()) for r in random_dihedral(wide.flatten().repeat(200, 1), (1, 3, 4))}
+    assert seen == allowed
+
+
+def test_embeddings_read_the_crops_as_they_are(fits):
+    model = fits[0][True][0]
+    np.testing.assert_array_equal(
+        model.get_latent_representation(block="all"), model.get_latent_representation(block="all")
+    )

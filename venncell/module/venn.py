@@ -316,12 +316,15 @@ class VennModule(nn.Module):
         return self.decoders[m](self.decoder_input(m, z_shared, z_private, z_regions), b)
 
     def augmented(self, batch: Batch) -> Batch:
-        """The batch with each image modality's crops turned and mirrored at random (``cfg.image_augment``); the
-        training losses read it, held-out scores and embeddings the crops as they are."""
+        """The batch with each image modality's crops turned and mirrored at random (``cfg.image_augment``). The
+        training losses read it (stage 1 also for the held-out cells, whose latents it fits); the stage-2 held-out
+        score, embeddings and the mixing weights read the crops as they are."""
         images = [m for m in self.modalities if self.specs[m].kind == "image"]
         if not (self.cfg.image_augment and images):
             return batch
         x = dict(batch.x)
+        # each modality draws its own turns (as measured in the harness); turning modalities cut from one crop
+        # together would keep their relative orientation, untested so far
         for m in images:
             x[m] = random_dihedral(x[m], self.specs[m].image_shape)
         return replace(batch, x=x)
