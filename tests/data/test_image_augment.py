@@ -3,6 +3,8 @@ a cell's stains and shape, not which way the cell points in its crop."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -82,9 +84,6 @@ def test_random_dihedral_moves_pixels_only():
         tuple(t.rot90(k).flatten().tolist()) for t in (square, square.flip(-1)) for k in range(4)
     }
     assert seen == group and len(group) == 8
-    # not square: half turns and mirror images only
-    wide = random_dihedral(torch.arange(12.0).repeat(400, 1), (1, 3, 4))
-    assert len({tuple(r.tolist()) for r in wide}) == 4
 
 
 def test_latents_ignore_the_cells_orientation(fits):
@@ -112,8 +111,6 @@ def test_augmented_latents_keep_the_factors(fits):
 
 
 def test_the_setting_is_saved_and_older_models_keep_training_without_it(fits, tmp_path):
-    import json
-
     model = fits[0][True][0]
     model.save(tmp_path / "m")
     assert VennCell.load(tmp_path / "m").config.image_augment is True
@@ -124,7 +121,7 @@ def test_the_setting_is_saved_and_older_models_keep_training_without_it(fits, tm
     assert VennCell.load(tmp_path / "m").config.image_augment is False
 
 
-def test_every_channel_of_a_crop_turns_together_and_wide_crops_keep_their_shape():
+def test_every_channel_of_a_crop_turns_together_and_wide_crops_get_half_turns_and_mirrors():
     torch.manual_seed(1)
     x = torch.randn(300, 3, 4, 4)
     y = random_dihedral(x.reshape(300, -1), (3, 4, 4)).reshape(300, 3, 4, 4)

@@ -130,10 +130,10 @@ class VennModule(nn.Module):
 
     def equal_mix_weights(self) -> torch.Tensor:
         """Blocks x modalities: 1 / (number of members) for a block's members, 0 elsewhere."""
-        w = torch.zeros(len(self.mix_blocks()), len(self.specs))
+        w = torch.zeros(len(self.mix_blocks()), len(self.modalities))
         for i, b in enumerate(self.mix_blocks()):
             members = self.block_members(b)
-            for j, m in enumerate(self.specs):
+            for j, m in enumerate(self.modalities):
                 w[i, j] = 1.0 / len(members) if m in members else 0.0
         return w
 
