@@ -28,9 +28,10 @@ CURRENT = (
     "joint_encoder",
     "sweep_shared_dim_noise",
     "joint_embedding_weights",
+    "modality_weight",
+    "leakage_weight",
+    "latent_dims",
 )
-# rerun at KL weight 4 but before the shared block's mixing weights
-BEFORE_MIX = ("latent_dims",)
 
 
 def parse(text: str) -> tuple[str, str, list[tuple[str, list[str]]]]:
@@ -65,14 +66,12 @@ def build() -> str:
         "(the per-experiment pages hold the details, caveats and discussion). Commands run from the "
         "repository root.\n",
         f"Rerun with the current defaults (the shared block's fitted mixing weights, KL weight 4, image crops "
-        f"turned and mirrored in training, and after the two stage-1 batch changes below): {', '.join(CURRENT)}. Rerun at KL weight 4 before the mixing weights "
-        f"(CHANGELOG, 2026-12-05; the stage-1 latents do not depend on them, the encoder latents a little): "
-        f"{', '.join(BEFORE_MIX)}. Every other page was measured at KL weight 1 (the default until 2026-12-05), "
-        "before the fix of stage 1's first-epoch batch order (CHANGELOG, 2026-12-04: epoch 0 walked the held-out "
-        "cells first) and before stage-1 batches held training or held-out cells only (CHANGELOG, 2026-12-05), "
-        "and has not been rerun since; the integration harness (`benchmarks/integration/RESULTS.md`) holds the "
-        "current defaults' numbers on every dataset. The batch changes move a fit by seed noise; the KL weight "
-        "by more (CHANGELOG).\n",
+        f"turned and mirrored in training, and after the two stage-1 batch changes below): {', '.join(CURRENT)}. "
+        "Every other page was measured at KL weight 1 (the default until 2026-12-05), before the fix of stage 1's "
+        "first-epoch batch order (CHANGELOG, 2026-12-04: epoch 0 walked the held-out cells first) and before "
+        "stage-1 batches held training or held-out cells only (CHANGELOG, 2026-12-05), and has not been rerun "
+        "since; the integration harness (`benchmarks/integration/RESULTS.md`) holds the current defaults' numbers "
+        "on every dataset. The batch changes move a fit by seed noise; the KL weight by more (CHANGELOG).\n",
         "| experiment | command | details |",
         "|---|---|---|",
     ]

@@ -79,3 +79,31 @@ def test_readme_headline_table_is_the_one_results_json_gives():
     text = (ROOT / "README.md").read_text()
     block = text.split(README_START, 1)[1].split(README_END, 1)[0]
     assert block.strip() == "\n".join(headline_table(results))
+
+
+def test_a_candidate_page_puts_each_setting_next_to_the_defaults_per_dataset():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from harness_candidates import candidate_table, recovery_table
+
+    def run(knn, leak):
+        rec = {
+            "shared_recovery": 0.96,
+            "min_private_recovery": 0.92,
+            "leak_shared_into_private": leak,
+        }
+        rec |= {"leak_private_into_shared": -0.05, "leak_private_into_other_private": -0.05}
+        labels = {"cluster": {"knn": knn, "Bio conservation": 0.6, "Total": 0.6}}
+        return {"labels": labels, "recovery": rec}
+
+    results = {
+        "synthetic": {
+            "venncell": {"0": run(0.90, -0.02), "1": run(0.92, -0.04)},
+            "venncell:x=1": {"0": run(0.80, 0.10), "1": run(0.84, 0.20)},
+        }
+    }
+    rows = candidate_table(results, ["synthetic", "scicar"], {"venncell:x=1": "x at 1"})
+    assert rows[2].startswith("| synthetic (cluster) | the defaults | 0.910 ± 0.010 |")
+    assert rows[3].startswith("| synthetic (cluster) | x at 1 | 0.820 ± 0.020 |")
+    assert rows[3].endswith("| 2 |") and len(rows) == 4  # scicar has no rows: left out
+    rec = recovery_table(results, {"venncell:x=1": "x at 1"})
+    assert rec[3].startswith("| x at 1 | 0.960 ± 0.000 | 0.920 ± 0.000 | 0.150 ± 0.050 |")

@@ -25,6 +25,8 @@ ROOT = HERE.parents[1]
 RUN = HERE / "run"
 sys.path.insert(0, str(ROOT / "benchmarks" / "integration"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(HERE.parent))
+from baselines import write_results_md  # noqa: E402
 from child import per_dataset_main  # noqa: E402
 
 DEFAULT_DATASETS = "synthetic,pbmc10k_cite,bmmc_cite,bmmc_multiome,scicar"
@@ -68,16 +70,7 @@ def page(names: list[str]) -> None:
         "(mean over cells, nats) and the standard deviation of the encoders' latents over all cells. KL weight 1 "
         "was the default until 2026-12-05, 4 since.",
         "",
-        "Reading: at KL weight 1 no dimension collapses. On the built-in generator (true sizes: 4 shared, 2 per "
-        "private block) the surplus dimensions hold less (KL 0.81–1.40 nats against 1.84–2.43, spread "
-        "0.66–0.93 against 1.26–1.61) but stay far from the prior (KL 0), so they add spread that carries no "
-        "factor to every distance in the joint embedding; on the real sets every dimension keeps a KL of 0.5 or "
-        "more. At KL weight 4 the surplus dimensions shrink further than the true ones (KL 0.12–0.71 against "
-        "1.20–1.86, spread 0.33–0.70 against 1.05–1.35), and on the real sets some dimensions nearly empty "
-        "(lowest KL 0.03–0.27 on the CITE and Multiome sets): cell types separate better in the joint embedding "
-        "(the integration harness's bio conservation, `benchmarks/integration/RESULTS.md`), which is why 4 is "
-        "the default. Larger blocks add surplus dimensions: private blocks of 8 (at KL weight 1) lowered the "
-        "synthetic set's bio conservation by 0.125 in the harness.",
+        "The reading is below the tables.",
         "",
     ]
     for name in names:
@@ -93,7 +86,7 @@ def page(names: list[str]) -> None:
             cells += [_row(got[w][block]["sd"]) for w in KL_WEIGHTS]
             lines.append(f"| {block} | " + " | ".join(cells) + " |")
         lines += [""]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    write_results_md(HERE / "RESULTS.md", "\n".join(lines))
 
 
 def main() -> None:

@@ -129,14 +129,13 @@ def test_kl_weight_is_1_with_region_blocks_and_4_without():
     """Unless given: 1 for a model with region blocks, 4 for one without (two modalities' ``pairs`` has none)."""
     three, _ = make_synthetic(n_cells=60, modalities={"rna": 20, "protein": 8, "atac": 20}, seed=0)
     two, _ = make_synthetic(n_cells=60, modalities={"rna": 20, "protein": 8}, seed=0)
+    # the prior's weight is kl_weight over the smallest modality's feature count (protein's 8)
     for mdata, rule, kl in ((three, "pairs", 1.0), (three, "shared", 4.0), (two, "pairs", 4.0)):
         VennCell.setup_mudata(mdata)
-        module = VennCell(mdata, venn_regions=rule, modality_weights="equal", **TINY).module
-        assert module.prior_weight == kl, (rule, len(mdata.mod))
-    module = VennCell(
-        three, venn_regions="pairs", kl_weight=4.0, modality_weights="equal", **TINY
-    ).module
-    assert module.prior_weight == 4.0
+        module = VennCell(mdata, venn_regions=rule, **TINY).module
+        assert module.prior_weight == pytest.approx(kl / 8), (rule, len(mdata.mod))
+    module = VennCell(three, venn_regions="pairs", kl_weight=4.0, **TINY).module
+    assert module.prior_weight == pytest.approx(4.0 / 8)
 
 
 def test_pairs_on_two_modalities_is_the_shared_model(tmp_path):

@@ -54,8 +54,9 @@ class ModelConfig:
         its latent may move without changing its reconstruction. Dimensions beyond what the data hold keep less
         information (a lower KL) but do not collapse to the prior (``experiments/latent_dims``, KL weight 1).
     kl_weight
-        Weight of the KL term (variational latents), on the reconstruction terms' scale: with ``features`` weights,
-        1 makes stage 1 the ELBO of all features divided by the smallest modality's feature count. None (the
+        Weight of the KL term (variational latents), on the reconstruction terms' scale: 1 makes stage 1 the ELBO
+        divided by the smallest modality's feature count (with ``equal`` weights, every modality counted as if it
+        had that many features). None (the
         default): 4 (a beta-VAE's beta) when the model has no region blocks, which keeps the dimensions that carry no
         factor smaller (against 1 and 2 it raised bio conservation on every tabular dataset of the integration
         harness, ``benchmarks/integration/RESULTS.md``); 1 with region blocks, where 4 lets a region's factors into

@@ -231,15 +231,15 @@ class VennModule(nn.Module):
 
     @property
     def prior_weight(self) -> float:
-        """The prior's weight: ``latent_l2`` (point latents) or the KL's, ``kl_weight`` on the scale of the
-        reconstruction terms (with ``features`` weights, all features' NLL over the smallest modality's count, so
-        ``kl_weight = 1`` makes stage 1 the ELBO over that count)."""
+        """The prior's weight: ``latent_l2`` (point latents) or the KL's, ``kl_weight`` over the smallest modality's
+        feature count. Each reconstruction term is a mean NLL per feature, so with ``features`` weights
+        ``kl_weight = 1`` makes stage 1 the ELBO over that count; with ``equal`` weights too, each modality then
+        counts as if it had that many features. Without the division the same ``kl_weight`` would be hundreds of
+        times stronger under ``equal`` weights and empty the latents."""
         if not self.variational:
             return self.cfg.latent_l2
         kl = self.cfg.kl_weight_for(bool(self.regions))
-        if self.cfg.modality_weights == "features":
-            return kl / min(s.n_features for s in self.specs.values())
-        return kl
+        return kl / min(s.n_features for s in self.specs.values())
 
     def prior_cost(
         self, block: str, z: torch.Tensor, idx: torch.Tensor, lv: torch.Tensor | None = None
