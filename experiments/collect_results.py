@@ -31,6 +31,7 @@ CURRENT = (
     "modality_weight",
     "leakage_weight",
     "latent_dims",
+    "amortisation_gap",
 )
 
 
