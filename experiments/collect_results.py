@@ -72,7 +72,11 @@ def build() -> str:
         "first-epoch batch order (CHANGELOG, 2026-12-04: epoch 0 walked the held-out cells first) and before "
         "stage-1 batches held training or held-out cells only (CHANGELOG, 2026-12-05), and has not been rerun "
         "since; the integration harness (`benchmarks/integration/RESULTS.md`) holds the current defaults' numbers "
-        "on every dataset. The batch changes move a fit by seed noise; the KL weight by more (CHANGELOG).\n",
+        "on every dataset. The batch changes move a fit by seed noise; the KL weight by more (CHANGELOG). "
+        "Since 2026-12-06 the training cells' default latents are the mean of the encoders' and the stage-1 "
+        'latents; the pages that score an embedding ask for the encoders\' (`source="encoder"`) or for each '
+        "source by name, as they were measured, and the harness and the pages built on it (modality_weight, "
+        "leakage_weight) show the new default's rows.\n",
         "| experiment | command | details |",
         "|---|---|---|",
     ]

@@ -86,6 +86,9 @@ def unit(z: np.ndarray) -> np.ndarray:
 # a harness-only row: the defaults with each block the plain mean of its modalities' estimates, as every model
 # averaged them before the fitted mixing weights (``venncell.module.embed.fit_mix_weights``)
 EQUAL_MIX = "equal_mix"
+# a harness-only row: the defaults' training, every block from the encoders alone, the embedding of every
+# earlier default (now the mean of the encoders' and the stage-1 latents, ``get_latent_representation``)
+ENCODER = "encoder"
 
 
 def variant_settings(variant: str) -> dict:
@@ -96,7 +99,7 @@ def variant_settings(variant: str) -> dict:
 
     from venncell.module.config import PRESETS
 
-    if variant == EQUAL_MIX:
+    if variant in (EQUAL_MIX, ENCODER):
         return {}
     if "=" not in variant:
         return dict(PRESETS[variant])
@@ -115,13 +118,15 @@ def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False, variant: 
     model.train(run_dir=run_dir, progress_bar="none", **({"lr_latent": 0.01} if before else {}))
     if variant == EQUAL_MIX:
         model.module.mix_weights.copy_(model.module.equal_mix_weights())
+    # the package's default latents, except in the rows of defaults that used the encoders' alone
+    source = "encoder" if before or variant in (ENCODER, EQUAL_MIX) else None
     out = {
-        "embedding": model.get_latent_representation(block="all"),
-        "shared": model.get_latent_representation(block="shared"),
+        "embedding": model.get_latent_representation(block="all", source=source),
+        "shared": model.get_latent_representation(block="shared", source=source),
         "is_train": model.is_train,
     }
     for m in model.specs:
-        out[f"private:{m}"] = model.get_latent_representation(block=f"private:{m}")
+        out[f"private:{m}"] = model.get_latent_representation(block=f"private:{m}", source=source)
         out[f"shared_from:{m}"] = model.get_latent_representation(modalities=[m])
     if ds.kind == "cite":
         sub = mdata[~model.is_train].copy()

@@ -12,13 +12,14 @@ twice as large), ``stage2_epochs_12`` (stage 2 stopped after 12 of its 40 epochs
 loss would do if that loss stopped falling early), ``stage2_epochs_80`` (twice its epochs) and ``validation_fraction_0`` (no held-out cells: the encoders learn every cell).
 
 Ways of forming the joint embedding (shared, then every private block) from the same fit:
-- ``encoder``: what ``get_latent_representation(block="all")`` returns: the shared block is the mean of the
-  modalities' encoder estimates;
+- ``encoder``: ``get_latent_representation(block="all", source="encoder")``: the shared block is the
+  modalities' encoder estimates averaged with the fitted mixing weights;
 - ``precision``: the shared block is the inverse-variance weighted mean of the modalities' estimates, per
   dimension, the variances being each encoder's squared error against the stage-1 shared latents on the
   held-out cells (the validation split, never seen by the encoders);
 - ``stage1``: the stage-1 latents themselves (``source="stage1"``; training data only);
-- ``average``: the mean of ``encoder`` and ``stage1``.
+- ``average``: the mean of ``encoder`` and ``stage1`` (``source="average"``, the default for the training data
+  since 2026-12-06).
 
 Also written: each encoder's R^2 of its stage-1 target on training and on held-out cells, and the held-out R^2 of
 the mean and of the precision-weighted shared estimate (weights fitted on one half of the held-out cells, scored

@@ -53,7 +53,7 @@ def fit(n_cells: int, batch: int, seed: int) -> dict:
     wall = time.perf_counter() - t0
     rows = np.random.default_rng(seed).choice(n_cells, min(EVAL_CELLS, n_cells), replace=False)
     blocks = {
-        b: model.get_latent_representation(block=b)[rows]
+        b: model.get_latent_representation(block=b, source="encoder")[rows]
         for b in ["shared", *(f"private:{m}" for m in MODALITIES)]
     }
     summary = venn_recovery(blocks, mdata[rows])
@@ -87,7 +87,9 @@ def fit_real(name: str, batch: int, seed: int) -> dict:
     model = VennCell(mdata, seed=seed)
     history = model.train(batch_size=batch, progress_bar="none")
     wall = time.perf_counter() - t0
-    (row,) = score_ways(name, {"all": model.get_latent_representation(block="all")})
+    (row,) = score_ways(
+        name, {"all": model.get_latent_representation(block="all", source="encoder")}
+    )
     return {
         "dataset": name,
         "cells": mdata.n_obs,

@@ -139,10 +139,12 @@ def main():
     y = (man.moa.values != "DMSO").astype(int)
     groups = man.field_id.values
     blocks = {
-        "shared": model.get_latent_representation(),
-        "private: dapi": model.get_latent_representation(block="private:dapi"),
-        "private: cyto (tubulin+actin)": model.get_latent_representation(block="private:cyto"),
-        "all (shared + privates)": model.get_latent_representation(block="all"),
+        "shared": model.get_latent_representation(source="encoder"),
+        "private: dapi": model.get_latent_representation(block="private:dapi", source="encoder"),
+        "private: cyto (tubulin+actin)": model.get_latent_representation(
+            block="private:cyto", source="encoder"
+        ),
+        "all (shared + privates)": model.get_latent_representation(block="all", source="encoder"),
         "shared, encoded from dapi alone": model.get_latent_representation(modalities=["dapi"]),
         "shared, encoded from cyto alone": model.get_latent_representation(modalities=["cyto"]),
     }

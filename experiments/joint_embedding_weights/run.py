@@ -5,7 +5,8 @@ Usage (from the repository root; needs the harness's peers extra for scib-metric
     python experiments/joint_embedding_weights/run.py [--datasets synthetic,bmmc_cite,...] [--jobs 2]
 
 Ways of joining the blocks (every one from the same fit):
-- ``raw``: the blocks as they are (what ``block="all"`` returns);
+- ``raw``: the encoders' blocks as they are (what ``block="all"`` returned before 2026-12-06; the ways below
+  reweight the same encoder blocks);
 - ``shared``: the shared block alone;
 - ``explained``: each block centred and scaled to unit total variance, then weighted by the share of the data's
   explained variance it holds: for modality m with shared share s_m (the attribution's ``ev_shared / (ev_shared +
@@ -46,9 +47,11 @@ def fit(name: str) -> None:
     from datasets import DATASETS
 
     model, _ = DATASETS[name].trained_defaults(seed=0)
-    blocks = {"shared": model.get_latent_representation(block="shared")}
+    blocks = {"shared": model.get_latent_representation(block="shared", source="encoder")}
     for m in model.specs:
-        blocks[f"private:{m}"] = model.get_latent_representation(block=f"private:{m}")
+        blocks[f"private:{m}"] = model.get_latent_representation(
+            block=f"private:{m}", source="encoder"
+        )
     att = model.attribution(
         markers=[], n_boot=1, n_marginal=2, max_cells=1000, progress=False, write_var=False
     )
@@ -103,7 +106,7 @@ def page(names: list[str]) -> None:
         "# Weighting the blocks of the joint embedding",
         "",
         "Command (from the repository root): `python experiments/joint_embedding_weights/run.py`. One VennCell "
-        "fit per dataset (seed 0, the defaults), its blocks joined in five ways and scored as the "
+        "fit per dataset (seed 0, the defaults), its encoder blocks joined in five ways and scored as the "
         "integration harness scores an embedding (scib-metrics bio conservation and total, kNN accuracy of "
         "the harness's headline label); the ways are defined in `run.py`'s docstring. The reading is written by "
         "hand at the end of the page.",

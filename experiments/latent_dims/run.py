@@ -51,7 +51,7 @@ def one(name: str) -> None:
             # the same bounds as the model's own reading of the log-variances
             lv = module.logvar_tables[key].weight.detach().clamp(-12.0, 4.0).numpy()[train]
             kl = (0.5 * (mu**2 + np.exp(lv) - 1.0 - lv)).mean(0)
-            sd = model.get_latent_representation(block=block).std(0)
+            sd = model.get_latent_representation(block=block, source="encoder").std(0)
             out[block] = {"kl": kl.round(3).tolist(), "sd": sd.round(3).tolist()}
         path.write_text(json.dumps(out, indent=1))
 

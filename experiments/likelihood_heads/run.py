@@ -91,11 +91,11 @@ def run(path: Path, mods: dict, second: str, args) -> dict:
         progress_bar="none",
     )
     y = mdata.obs["cell_type"].to_numpy()
-    shared = model.get_latent_representation()
+    shared = model.get_latent_representation(source="encoder")
     out = {
         "seconds": time.time() - t0,
         "acc_shared": knn_accuracy(shared, y),
-        "acc_all": knn_accuracy(model.get_latent_representation(block="all"), y),
+        "acc_all": knn_accuracy(model.get_latent_representation(block="all", source="encoder"), y),
     }
     val = ~model.is_train
     if second == "adt":
@@ -112,7 +112,7 @@ def run(path: Path, mods: dict, second: str, args) -> dict:
         out["rna_to_adt_pearson"] = _pearson(pred, x)
     else:
         depth = np.log(model.data.library_sizes("atac"))
-        z = model.get_latent_representation(block="private:atac")
+        z = model.get_latent_representation(block="private:atac", source="encoder")
         out["depth_r2_private_atac"] = float(
             cross_val_score(LinearRegression(), z, depth, cv=5, scoring="r2").mean()
         )

@@ -175,10 +175,12 @@ def main(name: str, mod2: str, kind2: str, title: str) -> None:
     table: dict[str, dict[str, dict]] = {}
     for label, (sub, _) in runs.items():
         out = md.read_h5mu(str(here / sub / "venn.h5mu"))
+        # runs written before 2026-12-06 have no *_encoder keys: their X_venn_* were the encoders' latents
+        enc = "_encoder" if "X_venn_shared_encoder" in out.obsm else ""
         blocks = {
-            "shared": out.obsm["X_venn_shared"],
-            "private rna": out.obsm["X_venn_private_rna"],
-            f"private {mod2}": out.obsm[f"X_venn_private_{mod2}"],
+            "shared": out.obsm[f"X_venn_shared{enc}"],
+            "private rna": out.obsm[f"X_venn_private_rna{enc}"],
+            f"private {mod2}": out.obsm[f"X_venn_private_{mod2}{enc}"],
         }
         blocks["shared ⊕ privates"] = np.hstack(list(blocks.values()))
         table[label] = {b: scores(z, ct, batch) for b, z in blocks.items()}

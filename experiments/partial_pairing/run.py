@@ -49,7 +49,10 @@ def _train(mdata, seed: int, folder: Path):
 
 def _knn(model, labels, groups: dict[str, np.ndarray]) -> dict:
     z = np.hstack(
-        [model.get_latent_representation(), model.get_latent_representation(block="private:rna")]
+        [
+            model.get_latent_representation(source="encoder"),
+            model.get_latent_representation(block="private:rna", source="encoder"),
+        ]
     )
     return {
         g: {lab: pbmc.knn_accuracy(z[cells], labels[lab].iloc[cells]) for lab in LABELS}

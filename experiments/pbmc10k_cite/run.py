@@ -199,9 +199,11 @@ def main():
     held = ~model.is_train
 
     blocks = {
-        "shared": model.get_latent_representation(),
-        "private:rna": model.get_latent_representation(block="private:rna"),
-        "private:protein": model.get_latent_representation(block="private:protein"),
+        "shared": model.get_latent_representation(source="encoder"),
+        "private:rna": model.get_latent_representation(block="private:rna", source="encoder"),
+        "private:protein": model.get_latent_representation(
+            block="private:protein", source="encoder"
+        ),
     }
     blocks["shared ⊕ privates"] = np.hstack(list(blocks.values()))
     acc = {b: {lab: knn_accuracy(z, labels[lab]) for lab in LABELS} for b, z in blocks.items()}

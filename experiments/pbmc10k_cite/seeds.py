@@ -32,7 +32,7 @@ def venncell_scores(mdata, labels, config: str, seed: int, s1: int, s2: int, out
     model, seconds = R.train_or_load(mdata, config, s1, s2, out, seed=seed)
     enc = np.hstack(
         [
-            model.get_latent_representation(block=b)
+            model.get_latent_representation(block=b, source="encoder")
             for b in ("shared", "private:rna", "private:protein")
         ]
     )

@@ -117,7 +117,9 @@ def main():
 
     model = VennCell.load(RUN / "model", mdata=out)
     rows = {}
-    for source, suffix in (("encoder", ""), ("stage 1", "_stage1")):
+    # runs written before 2026-12-06 have no *_encoder keys: their X_venn_* were the encoders' latents
+    enc = "_encoder" if "X_venn_shared_encoder" in out.obsm else ""
+    for source, suffix in (("encoder", enc), ("stage 1", "_stage1")):
         blocks = {
             "shared": out.obsm[f"X_venn_shared{suffix}"],
             "private RNA": out.obsm[f"X_venn_private_rna{suffix}"],

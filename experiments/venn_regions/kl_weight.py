@@ -45,7 +45,8 @@ def fit(seed: int, kl: float) -> dict:
     blocks = ["shared", *(f"shared:{r}" for r in model.module.regions)]
     blocks += [f"private:{m}" for m in model.specs]
     mat = recovery_matrix(
-        {b: model.get_latent_representation(block=b) for b in blocks}, truth.blocks()
+        {b: model.get_latent_representation(block=b, source="encoder") for b in blocks},
+        truth.blocks(),
     )
     summary = summarise_recovery(mat)
     into_private = max(

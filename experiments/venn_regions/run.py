@@ -96,7 +96,7 @@ def main() -> None:
         model.train(progress_bar="none", run_dir=HERE / "runs" / rule)
         blocks = ["shared", *(f"shared:{r}" for r in model.module.regions)]
         blocks += [f"private:{m}" for m in model.specs]
-        learned = {b: model.get_latent_representation(block=b) for b in blocks}
+        learned = {b: model.get_latent_representation(block=b, source="encoder") for b in blocks}
         mat = recovery_matrix(learned, truth.blocks())
         summary = summarise_recovery(mat)
         lines += [

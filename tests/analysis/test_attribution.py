@@ -272,11 +272,13 @@ def test_feature_marker_is_probed_without_its_modality(trained_tiny, monkeypatch
     model.attribution([f"protein:{feature}"], max_cells=0, **FAST_PROBES)
     others = model.get_latent_representation(modalities=["rna", "atac"])
     np.testing.assert_allclose(seen["shared"], others, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(seen["shared"], model.get_latent_representation())
-    own = model.get_latent_representation(block="private:protein")
+    assert not np.allclose(seen["shared"], model.get_latent_representation(source="encoder"))
+    own = model.get_latent_representation(block="private:protein", source="encoder")
     assert not np.allclose(seen["private:protein"], own)
     np.testing.assert_allclose(
-        seen["private:rna"], model.get_latent_representation(block="private:rna"), rtol=1e-5
+        seen["private:rna"],
+        model.get_latent_representation(block="private:rna", source="encoder"),
+        rtol=1e-5,
     )
 
 

@@ -72,7 +72,7 @@ def test_npy_store_matches_obsm(trained, tmp_path, helpers):
         np.testing.assert_allclose(a.x[m].numpy(), b.x[m].numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
         model.get_latent_representation(mdata=lazy),
-        model.get_latent_representation(),
+        model.get_latent_representation(source="encoder"),
         rtol=1e-5,
         atol=1e-5,
     )
@@ -96,7 +96,7 @@ def test_save_load_identical_and_new_store(trained, tmp_path, helpers):
     for block in ("shared", "private:ch0", "private:ch1"):
         np.testing.assert_array_equal(
             loaded.get_latent_representation(mdata, block=block),
-            model.get_latent_representation(block=block),
+            model.get_latent_representation(block=block, source="encoder"),
         )
     # new cells in their own store: the loaded model reads that store, not the training one
     new_img, _ = helpers.make_images(n=50, seed=7)

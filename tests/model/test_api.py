@@ -29,6 +29,32 @@ def test_latent_shapes_and_blocks(trained_tiny):
         model.get_latent_representation(modalities=["nope"])
 
 
+def test_average_source_is_the_mean_of_encoder_and_stage1(trained_tiny):
+    model, mdata, _ = trained_tiny
+    get = model.get_latent_representation
+    avg, enc, s1 = (get(block="all", source=s) for s in ("average", "encoder", "stage1"))
+    assert not np.allclose(enc, s1)  # otherwise the check below could not fail
+    np.testing.assert_allclose(avg, 0.5 * (enc + s1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(VennCellInputError, match="only for the training cells"):
+        get(mdata[:5].copy(), source="average")
+    with pytest.raises(VennCellInputError, match="source='encoder' with modalities"):
+        get(modalities=["rna"], source="average")
+    with pytest.raises(VennCellInputError, match="'encoder', 'stage1' or 'average'"):
+        get(source="mean")
+
+
+def test_default_source_is_average_for_training_cells_only(trained_tiny):
+    model, mdata, _ = trained_tiny
+    get = model.get_latent_representation
+    np.testing.assert_array_equal(get(block="all"), get(block="all", source="average"))
+    np.testing.assert_array_equal(get(mdata, block="all"), get(block="all", source="average"))
+    new = mdata[:30].copy()  # other cells (a copy): only the encoders can place them
+    np.testing.assert_array_equal(get(new), get(new, source="encoder"))
+    # an estimate from some of the modalities comes from their encoders
+    only_rna = get(modalities=["rna"])
+    np.testing.assert_array_equal(only_rna, get(modalities=["rna"], source="encoder"))
+
+
 def test_predict_modality(trained_tiny):
     model, mdata, _ = trained_tiny
     pred = model.predict_modality(source=["rna"], target="protein")
@@ -47,6 +73,10 @@ def test_write_latents_feeds_scanpy(trained_tiny):
     model.write_latents()
     assert mdata.obsm["X_venn_shared"].shape == (mdata.n_obs, 4)
     assert "X_venn_private_atac" in mdata.obsm and "X_venn_shared_stage1" in mdata.obsm
+    for source in ("average", "encoder", "stage1"):  # the default's key, then each source's own
+        key = "X_venn_private_rna" + ("" if source == "average" else f"_{source}")
+        expected = model.get_latent_representation(block="private:rna", source=source)
+        np.testing.assert_allclose(mdata.obsm[key], expected, rtol=1e-5, atol=1e-6)
     assert set(mdata.obs["venn_split"]) == {"train", "validation"}
     sc.pp.neighbors(mdata, use_rep="X_venn_shared", n_neighbors=5)
     assert "connectivities" in mdata.obsp
@@ -57,7 +87,8 @@ def test_save_load_fresh_process_identical(trained_tiny, tmp_path):
     model.save(tmp_path / "model")
     data_path = tmp_path / "data.h5mu"
     mdata.write(str(data_path))
-    np.save(tmp_path / "shared.npy", model.get_latent_representation())
+    # the loaded model reads d as new cells, which get the encoders' latents
+    np.save(tmp_path / "shared.npy", model.get_latent_representation(source="encoder"))
     np.save(
         tmp_path / "pred.npy", model.predict_modality(source=["rna", "atac"], target="protein")
     )
@@ -103,7 +134,9 @@ def test_new_data_with_wrong_features(trained_tiny, tmp_path):
     shuffled.update()
     with pytest.warns(UserWarning, match="reordered"):
         z = loaded.get_latent_representation(shuffled)
-    np.testing.assert_allclose(z, model.get_latent_representation(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        z, model.get_latent_representation(source="encoder"), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_embed_new_cells_from_one_modality(trained_tiny):
