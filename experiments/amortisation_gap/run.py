@@ -138,7 +138,7 @@ def r2(est: np.ndarray, target: np.ndarray, cells: np.ndarray) -> float | None:
 
 def recovery(f: dict) -> list[dict]:
     """Encoder R^2 of the stage-1 latents on training and on held-out cells, per block; for the shared block each
-    modality's own estimate, their mean, and the precision-weighted mean (held-out only: its weights are fitted
+    modality's own estimate, their average with the fitted mixing weights, and the precision-weighted mean (held-out only: its weights are fitted
     on one half of the held-out cells and scored on the other, both ways)."""
     train, held = np.flatnonzero(f["is_train"]), np.flatnonzero(~f["is_train"])
     target = f["stage1:shared"]
@@ -159,7 +159,7 @@ def recovery(f: dict) -> list[dict]:
     shared = f["encoder:shared"]
     rows.append(
         {
-            "block": "shared, mean (default)",
+            "block": "shared, mixing weights",
             "train": r2(shared, target, train),
             "held-out": r2(shared, target, held),
         }
