@@ -31,7 +31,13 @@ from venncell.data.registry import (
 from venncell.data.split import validation_split
 from venncell.data.validate import VennCellInputError, check_range
 from venncell.module.config import ModelConfig
-from venncell.module.embed import embed_cells, obsm_names, pick_block, stage1_latents
+from venncell.module.embed import (
+    average_latents,
+    embed_cells,
+    obsm_names,
+    pick_block,
+    stage1_latents,
+)
 from venncell.module.init import init_likelihoods, spectral_init
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
@@ -334,8 +340,7 @@ class VennCell:
         else:
             lat = stage1_latents(self.module, self._require_data("read the stage-1 latents"))
             if source == "average":
-                enc = embed_cells(self.module, self._data_for(None))
-                lat = {k: 0.5 * (v + enc[k]) for k, v in lat.items()}
+                lat = average_latents(lat, embed_cells(self.module, self._data_for(None)))
         return pick_block(lat, block, list(self.specs), list(self.module.regions))
 
     def _default_source(self, mdata, modalities, refine_epochs) -> str:
@@ -482,7 +487,7 @@ class VennCell:
                 target.obsm[f"{name}_stage1"] = st1[key]
             target.obs["venn_split"] = np.where(self.is_train, "train", "validation")
             if self._default_source(mdata, modalities, refine_epochs) == "average":
-                latents = {k: 0.5 * (v + enc[k]) for k, v in st1.items()}
+                latents = average_latents(st1, enc)
         for key, name in obsm_names(self.module).items():
             target.obsm[name] = latents[key]
         return target

@@ -74,6 +74,13 @@ def stage1_latents(module: VennModule, data: MultiModalData) -> dict[str, np.nda
     return out
 
 
+def average_latents(
+    stage1: dict[str, np.ndarray], encoder: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The mean of the stage-1 and the encoder latents, block by block: the training cells' default latents."""
+    return {k: 0.5 * (v + encoder[k]) for k, v in stage1.items()}
+
+
 def obsm_names(module: VennModule) -> dict[str, str]:
     """Each latent block's ``.obsm`` key: ``X_venn_shared``, ``X_venn_shared_<region>``, ``X_venn_private_<m>``."""
     out = {"shared": "X_venn_shared"}
