@@ -19,22 +19,22 @@ HARNESS = ROOT / "benchmarks" / "integration"
 sys.path.insert(0, str(HARNESS))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import write_results_md  # noqa: E402
-from report import LEAKS, fmt, name_of, values  # noqa: E402
-
-DEFAULTS = {"venncell": "the defaults"}
-# for candidates fitted when the default embedding was the encoders' latents alone: that row is theirs to beat
-ENCODER_ERA = {
-    **DEFAULTS,
-    "venncell:encoder": "the defaults' training, encoder latents alone (as the candidates below)",
-}
+from report import LEAKS, against_rows, fmt, name_of, values  # noqa: E402
 
 
-def candidate_table(
-    results: dict, datasets: list[str], rows: dict[str, str], reference: dict[str, str] = DEFAULTS
-) -> list[str]:
-    """kNN accuracy, bio conservation and scib total (mean ± sd over seeds, headline label) of the ``reference``
-    rows (the defaults, and the earlier defaults a candidate was fitted with) and of each candidate in ``rows``
-    (method -> how the page names it), per dataset."""
+def reference_rows(rows: dict[str, str]) -> dict[str, str]:
+    """The rows the candidates are compared with (method -> how the page names it): the defaults, and the
+    earlier defaults' rows the harness compares a candidate with (``report.against_rows``)."""
+    out = {"venncell": "the defaults"}
+    for method in rows:
+        out |= {r: name_of(r) for r in against_rows(method)}
+    return out
+
+
+def candidate_table(results: dict, datasets: list[str], rows: dict[str, str]) -> list[str]:
+    """kNN accuracy, bio conservation and scib total (mean ± sd over seeds, headline label) of the reference
+    rows (``reference_rows``) and of each candidate in ``rows`` (method -> how the page names it), per
+    dataset."""
     from datasets import DATASETS
 
     lines = [
@@ -43,7 +43,7 @@ def candidate_table(
     ]
     for name in datasets:
         res, label = results.get(name, {}), DATASETS[name].labels[0]
-        for method, title in {**reference, **rows}.items():
+        for method, title in {**reference_rows(rows), **rows}.items():
             runs = res.get(method)
             if not runs:
                 continue
@@ -57,11 +57,8 @@ def candidate_table(
     return lines
 
 
-def recovery_table(
-    results: dict, rows: dict[str, str], reference: dict[str, str] = DEFAULTS
-) -> list[str]:
-    """The synthetic set's Venn recovery (kNN-R² of the true blocks) of the ``reference`` rows and each
-    candidate."""
+def recovery_table(results: dict, rows: dict[str, str]) -> list[str]:
+    """The synthetic set's Venn recovery (kNN-R² of the true blocks) of the reference rows and each candidate."""
     res = results.get("synthetic", {})
     lines = [
         "| setting | shared | weakest private | "
@@ -69,7 +66,7 @@ def recovery_table(
         + " |",
         "|---|---|---|" + "---|" * len(LEAKS),
     ]
-    for method, title in {**reference, **rows}.items():
+    for method, title in {**reference_rows(rows), **rows}.items():
         runs = res.get(method)
         if not runs or not all("recovery" in r for r in runs.values()):
             continue
@@ -85,18 +82,16 @@ def run_and_write(
     intro: str,
     datasets: list[str],
     rows: dict[str, str],
-    reference: dict[str, str] = DEFAULTS,
 ) -> None:
     """The page's command line: fit what is missing with the harness (unless ``--page-only``), then write
-    ``here/RESULTS.md`` (its hand-written part kept). ``reference``: the rows the candidates are compared with
-    (method -> how the page names it)."""
+    ``here/RESULTS.md`` (its hand-written part kept)."""
     p = argparse.ArgumentParser(description=title)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--page-only", action="store_true", help="only rewrite RESULTS.md")
     args = p.parse_args()
     if not args.page_only:
         cmd = [sys.executable, str(HARNESS / "run.py"), "--datasets", ",".join(datasets)]
-        cmd += ["--methods", ",".join([*reference, *rows]), "--jobs", str(args.jobs)]
+        cmd += ["--methods", ",".join([*reference_rows(rows), *rows]), "--jobs", str(args.jobs)]
         subprocess.run(cmd, check=True, cwd=ROOT)
     results = json.loads((HARNESS / "results.json").read_text())
     script = here.relative_to(ROOT) / "run.py"
@@ -114,10 +109,10 @@ def run_and_write(
         "",
         "## The defaults and each setting, mean ± sd over seeds",
         "",
-        *candidate_table(results, datasets, rows, reference),
+        *candidate_table(results, datasets, rows),
         "",
     ]
-    recovery = recovery_table(results, rows, reference)
+    recovery = recovery_table(results, rows)
     if recovery:
         lines += [
             "## Synthetic Venn recovery",

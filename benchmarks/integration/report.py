@@ -74,11 +74,16 @@ AGAINST = {
 }
 
 
+def against_rows(method: str) -> tuple[str, ...]:
+    """The earlier defaults' rows ``method`` is compared with, in the order tried (``AGAINST``; none: the defaults)."""
+    named = AGAINST.get(method, ())
+    return (named,) if isinstance(named, str) else named
+
+
 def against_row(method: str, res: dict) -> str | None:
     """The row ``method`` is compared with on one dataset's results: its ``AGAINST`` row, or the defaults where the
     dataset has no such row (a setting that only applies to some data, such as the image augmentation)."""
-    named = AGAINST.get(method, ())
-    for row in ((named,) if isinstance(named, str) else named) + ("venncell",):
+    for row in (*against_rows(method), "venncell"):
         if res.get(row):
             return row
     return None

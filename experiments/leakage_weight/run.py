@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from harness_candidates import ENCODER_ERA, run_and_write  # noqa: E402
+from harness_candidates import run_and_write  # noqa: E402
 
 if __name__ == "__main__":
     run_and_write(
@@ -30,5 +30,4 @@ if __name__ == "__main__":
             "venncell:consistency_weight=0.1+independence_weight=0.01": "stronger (0.1, 0.01)",
             "venncell:consistency_weight=0+independence_weight=0": "off (0, 0)",
         },
-        ENCODER_ERA,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from harness_candidates import ENCODER_ERA, run_and_write  # noqa: E402
+from harness_candidates import run_and_write  # noqa: E402
 
 if __name__ == "__main__":
     run_and_write(
@@ -29,5 +29,4 @@ if __name__ == "__main__":
         "is the package defaults.",
         ["synthetic", "pbmc10k_cite", "bmmc_cite", "scicar"],
         {"venncell:modality_weights=equal": "each modality once (`modality_weights=equal`)"},
-        ENCODER_ERA,
     )
