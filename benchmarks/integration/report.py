@@ -74,6 +74,101 @@ AGAINST = {
 }
 
 
+# what was tried for the rows that fall short: (change, where it was measured, decision, why), newest first;
+# the numbers behind each "why" are in the candidate tables of the page or on the linked experiment page
+_HERE = "its table below"
+TRIED = (
+    (
+        "Training cells embedded as the mean of the encoders' and the stage-1 latents",
+        f"{_HERE} (*encoder latents alone*); [experiments/amortisation_gap](../../experiments/amortisation_gap/RESULTS.md)",
+        "default since 2026-12-06",
+        "scib total rises on every set; bio conservation falls on bmmc_cite only, still above concatenated "
+        "PCA; the Venn bars hold. The optimised latents keep what the encoders do not amortise, and the "
+        "encoders' estimate smooths the per-cell optimisation",
+    ),
+    (
+        "Image crops turned and mirrored at random in training (`image_augment`)",
+        f"{_HERE} (*crops not turned or mirrored*)",
+        "default since 2026-12-06",
+        "bbbc021's kNN accuracy rises above MOFA+'s, bio conservation within the seeds' spread; a latent "
+        "that explains every orientation stops spending dimensions on which way the cell points",
+    ),
+    (
+        "The shared block's fitted mixing weights (`venncell.module.embed.fit_mix_weights`)",
+        f"{_HERE} (*blocks as plain means*)",
+        "default since 2026-12-05",
+        "kNN accuracy rises on five sets (most on scicar), bio conservation on scicar; it falls a little "
+        "on the synthetic set, pbmc and bmmc_multiome, and the Venn bars hold",
+    ),
+    (
+        "KL weight 4 instead of 1",
+        _HERE,
+        "default since 2026-12-05",
+        "bio conservation rises on every tabular set and the Venn bars hold; KL weight 2 lies between",
+    ),
+    (
+        "KL weight 8",
+        _HERE,
+        "stays 4",
+        "shared signal leaks into the synthetic set's private blocks beyond the 0.05 bar; bmmc_multiome's "
+        "batch correction falls and scicar's bio conservation becomes unstable across seeds",
+    ),
+    (
+        "Encoder dropout 0.2 instead of 0.5",
+        f"{_HERE}; [experiments/amortisation_gap](../../experiments/amortisation_gap/RESULTS.md)",
+        "stays 0.5",
+        "kNN accuracy rises on scicar but falls on bmmc_cite and bmmc_multiome",
+    ),
+    (
+        "Private blocks of 8 dimensions instead of 4",
+        f"{_HERE}; [experiments/latent_dims](../../experiments/latent_dims/RESULTS.md)",
+        "stays 4",
+        "bio conservation falls on scicar and on the synthetic set, whose surplus private dimensions do not "
+        "empty",
+    ),
+    (
+        "`model=fast` (the cheaper leakage schedule)",
+        f"{_HERE}; [benchmarks/WHOLE_JOB.md](../WHOLE_JOB.md)",
+        "stays a preset",
+        "bio conservation falls on the synthetic set and scicar",
+    ),
+    (
+        "Leakage control about three times stronger, or off",
+        f"{_HERE}; [experiments/leakage_weight](../../experiments/leakage_weight/RESULTS.md)",
+        "weights stay",
+        "stronger loses on scicar and bmmc_multiome and gains nowhere; off gains kNN accuracy on two sets "
+        "but loses bio conservation on the synthetic set and scicar",
+    ),
+    (
+        "Each modality counted once instead of by its feature count",
+        f"{_HERE}; [experiments/modality_weight](../../experiments/modality_weight/RESULTS.md)",
+        "feature-count weights stay",
+        "bio conservation rises on three sets, but kNN accuracy falls on every real set and shared factors "
+        "leak into the synthetic set's private blocks",
+    ),
+    (
+        "Blocks of the joint embedding weighted by explained variance, equally, or privates halved",
+        "[experiments/joint_embedding_weights](../../experiments/joint_embedding_weights/RESULTS.md)",
+        "blocks stay as they are",
+        "no weighting wins on every set",
+    ),
+    (
+        "Stage-1 latents alone; shared estimates weighted by held-out precision; latents twice as large; "
+        "encoders twice as wide; stage 2 stopped early or twice as long; no held-out cells",
+        "[experiments/amortisation_gap](../../experiments/amortisation_gap/RESULTS.md)",
+        "none adopted",
+        "each loses on at least one set; the page also shows the encoders fit held-out cells' latents less "
+        "well than the training cells'",
+    ),
+    (
+        "Variational latents, KL weight, encoder dropout, the joint encoder and epochs against totalVI",
+        "[experiments/pbmc10k_cite](../../experiments/pbmc10k_cite/RESULTS.md), [experiments/joint_encoder](../../experiments/joint_encoder/RESULTS.md)",
+        "the joint encoder stays off",
+        "measured in 2026-11 on pbmc with that page's configurations; the joint encoder leaks private signal",
+    ),
+)
+
+
 def against_rows(method: str) -> tuple[str, ...]:
     """The earlier defaults' rows ``method`` is compared with, in the order tried (``AGAINST``; none: the defaults)."""
     named = AGAINST.get(method, ())
@@ -414,84 +509,18 @@ def write_page(results: dict, path: Path) -> None:
     lines += [
         "## What was tried for the rows that fall short",
         "",
-        "Each page below has the command behind its numbers; none of the settings on those pages won on every "
-        "dataset, so none is a per-dataset default. "
-        "[experiments/modality_weight](../../experiments/modality_weight/RESULTS.md): each modality counted "
-        "once instead of weighted by its feature count (the harness's rows below; synthetic, pbmc, bmmc_cite, "
-        "scicar). "
-        "[experiments/leakage_weight](../../experiments/leakage_weight/RESULTS.md): the leakage-control weights "
-        "about three times stronger, and off (the harness's rows below; synthetic, bmmc_cite, bmmc_multiome, "
-        "scicar). "
-        "[experiments/pbmc10k_cite](../../experiments/pbmc10k_cite/RESULTS.md): variational latents, KL "
-        "weight, encoder dropout, the joint encoder and epochs against totalVI (pbmc; measured in 2026-11 with "
-        "that page's own configurations). "
-        "[experiments/joint_encoder](../../experiments/joint_encoder/RESULTS.md): the joint encoder leaks "
-        "private signal, so it stays off. "
-        "[experiments/bbbc021](../../experiments/bbbc021/RESULTS.md): each block's label information against "
-        "PCA of the pixels (bbbc021; rerun with the current defaults). "
-        "[experiments/joint_embedding_weights](../../experiments/joint_embedding_weights/RESULTS.md): the "
-        "blocks of the joint embedding weighted by the explained variance each holds, equally, or with the "
-        "private blocks halved (synthetic, pbmc, bmmc_cite, bmmc_multiome, scicar). "
-        "[experiments/amortisation_gap](../../experiments/amortisation_gap/RESULTS.md): the stage-1 latents "
-        "instead of the encoders', the modalities' shared estimates weighted by their held-out precision, "
-        "twice the latent sizes or the shared block alone twice as large, encoder dropout 0.2, encoders twice "
-        "as wide, stage 2 stopped early or run twice as long, and no held-out cells; it also shows that the "
-        "encoders fit held-out cells' latents much less well than the training cells' (every dataset), and "
-        "that the mean of the encoders' and the stage-1 latents was at least as good as the encoders' alone "
-        "on three of its four sets. That mean is the default embedding of the training cells since 2026-12-06 "
-        "(`get_latent_representation`; new cells get the encoders'): against the encoders' alone, three seeds "
-        "of the same fits (below, *encoder latents alone*), scib total rises on every set (bbbc021 +0.013, "
-        "bmmc_multiome +0.013, synthetic +0.017) and kNN accuracy moves by -0.002 (bbbc021) to +0.009 "
-        "(bmmc_multiome; scicar +0.008); it lifts bmmc_multiome's bio conservation above RNA PCA's and pbmc's scib "
-        "total to MOFA+'s (0.00004 below it); bio conservation falls only on bmmc_cite (-0.007, still above "
-        "concatenated PCA's), and the synthetic Venn recovery holds. The optimised latents keep what the "
-        "encoders do not amortise; the encoders' estimate, a function of the cell's data, smooths the per-cell "
-        "optimisation. The candidate rows measured before it (the leakage weights, equal modality weights, "
-        "crops as they are) are compared with *encoder latents alone*. "
-        "Encoder dropout 0.2 over three seeds in this harness (below): scicar's kNN accuracy rises by 0.015 "
-        "(seeds within 0.012 of each other), bmmc_cite's and bmmc_multiome's fall by 0.009 and 0.015, so the "
-        "default stays 0.5. "
-        "Private blocks of 8 dimensions instead of 4, three seeds (below): kNN accuracy moves by -0.004 to "
-        "+0.010, but bio conservation falls by 0.024 on scicar and by 0.125 on the synthetic set (whose private "
-        "factors have 2 dimensions each: the surplus dimensions do not empty, "
-        "[experiments/latent_dims](../../experiments/latent_dims/RESULTS.md)), so the default stays 4. "
-        "KL weight 4 (the default since 2026-12-05) against 1, the previous default, three seeds (below): bio "
-        "conservation rises on every tabular set (synthetic +0.056, pbmc +0.032, bmmc_multiome +0.021, scicar "
-        "+0.021, bmmc_cite +0.002), kNN accuracy on four (bmmc_cite -0.002, within its seeds' spread), and the "
-        "synthetic Venn recovery holds; KL weight 2 lies between the two. KL weight 8 (below) raises bio "
-        "conservation further on four sets but pushes shared signal into the private blocks of the synthetic "
-        "set (leakage shared → private 0.095-0.151 over the seeds, above the issue's 0.05), lowers bmmc_multiome's "
-        "scib total (its batch correction) and makes scicar's bio conservation unstable across seeds, so the "
-        "default stays 4. `model=fast` remeasured at KL weight 4 (below, tabular sets; its "
-        "fits ran beside totalVI's, so its wall-time ratios are not its speed, see benchmarks/WHOLE_JOB.md) loses "
-        "bio conservation on the synthetic set (-0.115) and scicar (-0.021), so it stays a preset. "
-        "The shared block's fitted mixing weights (the default since 2026-12-05, "
-        "`venncell.module.embed.fit_mix_weights`: the modalities' encoder estimates averaged so as to reproduce "
-        "the training cells' stage-1 latents best) against the plain mean of the estimates, three seeds "
-        "(below, *blocks as plain means*, whose rows are the defaults' fits before the change): kNN accuracy "
-        "rises on five sets (scicar +0.033, now above RNA PCA; pbmc +0.005) and falls by 0.001 on the synthetic "
-        "set; bio conservation rises on scicar (+0.032) and falls on the synthetic set (-0.021, of which one "
-        "seed -0.058), pbmc (-0.004) and bmmc_multiome (-0.002), which puts pbmc's scib total and "
-        "bmmc_multiome's bio conservation 0.002 below their bars; the Venn recovery holds. The earlier candidate "
-        "rows (the KL weights, `model=fast`) were fitted with plain means and are compared with that row. "
-        "Image crops turned and mirrored at random in training (the default since 2026-12-06, "
-        "`image_augment`) against the crops as they are, three seeds (below, *crops not turned or mirrored*, "
-        "whose rows are the defaults' fits before the change): bbbc021's kNN accuracy rises from 0.889 to 0.919, "
-        "above MOFA+'s 0.913, and its bio conservation moves by -0.008 (within the seeds' spread of 0.018); a "
-        "latent that must explain every orientation of a cell no longer spends dimensions on which way the cell "
-        "points in its crop, which the label does not depend on. The tabular sets have no images, so their "
-        "rows are unchanged. Leakage control about three times stronger (below) lowers scicar's kNN accuracy "
-        "by 0.034 and its bio conservation by 0.043 and bmmc_multiome's scib total by 0.029, and gains nowhere; "
-        "with no leakage control kNN accuracy rises on bmmc_cite (+0.012) and scicar (+0.010) and "
-        "bmmc_multiome's bio conservation by 0.005 (above RNA PCA's), but bio conservation falls on the "
-        "synthetic set (-0.035) and scicar (-0.047, one seed 0.410), so the weights stay. Each modality counted "
-        "once instead of by its feature count (below, with the KL weight on the same scale): kNN accuracy falls "
-        "on every real set (scicar -0.076, pbmc -0.043, bmmc_cite -0.006) and shared factors leak into the "
-        "synthetic set's private blocks (0.444), though bio conservation rises on pbmc (+0.019), bmmc_cite "
-        "(+0.012) and the synthetic set (+0.033), so the weights by feature count stay. The "
-        "candidate rows marked *KL weight 1* "
-        "were measured against those earlier defaults. "
-        "The rows *VennCell 0.1 defaults* are the 0.1 defaults on the same cells.",
+        "Every change below was measured on every dataset it applies to, three seeds each. A change became "
+        "the default where it gained on most sets, lost little beside its gains and kept the synthetic Venn "
+        "bars; none is a per-dataset setting. The numbers are in the tables after this one (the harness's "
+        "own rows, the command above) or on the linked page (its own command).",
+        "",
+        "| change tried | measured in | decision | why |",
+        "|---|---|---|---|",
+        *(f"| {what} | {where} | {decision} | {why} |" for what, where, decision, why in TRIED),
+        "",
+        "Rows of candidates fitted before a later change of the defaults are compared with that era's defaults "
+        "(each table names the row it subtracts). The rows *VennCell 0.1 defaults* are the 0.1 defaults on the "
+        "same cells.",
         "",
         *(
             line
