@@ -136,3 +136,12 @@ def test_resuming_with_another_batch_size_than_the_default_gave_is_refused(
     model.train(run_dir=tmp_path, stage1_epochs=1, stage2_epochs=1, progress_bar="none")
     with pytest.raises(VennCellInputError, match="batch size"):
         model.check_resume(tmp_path, batch_size=128)
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "bf16-true", "64-true"])
+def test_precisions_other_than_float32_are_refused_with_the_fix(precision):
+    from venncell.train.config import TrainConfig
+
+    with pytest.raises(VennCellInputError, match="trainer.precision='32-true'"):
+        TrainConfig(precision=precision)
+    assert TrainConfig(precision="32-true").precision == "32-true"
