@@ -124,6 +124,31 @@ def test_user_mudata(tmp_path, helpers):
     assert set(out.mod) == {"rna", "atac"} and "X_venn_private_atac" in out.obsm
 
 
+def test_register_on_the_command_line_picks_modalities_and_layers(tmp_path, helpers):
+    """The README's ``data.register={...}`` form: a dict given on the command line (Hydra once refused to merge
+    it into the field's None default)."""
+    import numpy as np
+    from venncell.data import make_synthetic
+
+    mdata, _ = make_synthetic(
+        n_cells=150, modalities={"rna": 40, "protein": 10, "atac": 50}, seed=4
+    )
+    mdata["rna"].layers["counts"] = mdata["rna"].X.copy()
+    mdata["rna"].X = np.log1p(
+        np.asarray(
+            mdata["rna"].X.todense() if hasattr(mdata["rna"].X, "todense") else mdata["rna"].X
+        )
+    )
+    path = tmp_path / "mine.h5mu"
+    mdata.write(str(path))
+    cmd = ["venncell-train", "data=mudata", f"data.path={path}", "trainer=fast", "logger=none"]
+    register = "data.register={rna: {kind: rna, layer: counts}, protein: protein}"
+    helpers.run_cli([*cmd, register, f"hydra.run.dir={tmp_path / 'out'}"])
+    out = md.read_h5mu(str(tmp_path / "out" / "venn.h5mu"))
+    privates = {k for k in out.obsm if k.startswith("X_venn_private_") and k.count("_") == 3}
+    assert privates == {"X_venn_private_rna", "X_venn_private_protein"}
+
+
 def test_muon_fixture_h5mu(tmp_path, helpers, shared_dataset):
     path = shared_dataset("muon_pbmc_multiome_fixture") / "test_rna_atac.h5mu"
     _train_on_file(helpers, path, tmp_path)
