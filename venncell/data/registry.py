@@ -44,6 +44,7 @@ from venncell.data.transforms import (
 from venncell.data.validate import (
     VennCellInputError,
     VennCellInputWarning,
+    batch_label_strings,
     check_batch_labels,
     check_matrix,
     check_range,
@@ -110,10 +111,17 @@ class DataRegistry:
         if self.batch_key not in obs:
             raise VennCellInputError(
                 f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: "
-                f"{list(obs)[:10]}); the model was trained with batches, so new data need it."
+                f"{list(obs)[:10]}); the model was trained with batches, so new data need it. If a modality's "
+                f".obs holds it, copy it up with `mdata.pull_obs()` or "
+                f"`mdata.obs['{self.batch_key}'] = mdata['<modality>'].obs['{self.batch_key}']`."
             )
-        values = check_batch_labels(self.batch_key, obs[self.batch_key])
-        lookup = {c: i for i, c in enumerate(self.batch_categories)}
+        values = check_batch_labels(self.batch_key, obs[self.batch_key], training=False)
+        # categories saved as "1.0" (before whole-number floats were read as integers) match "1"
+        lookup = {
+            str(label): i
+            for i, c in enumerate(self.batch_categories)
+            for label in {c, *batch_label_strings([_as_number(c)])}
+        }
         unknown = sorted(set(values) - set(lookup))
         if unknown:
             raise VennCellInputError(
@@ -158,8 +166,15 @@ def setup_options(
         registry[name] = _modality_options(name, mdata.mod[name], opts)
     if batch_key is not None:
         if batch_key not in mdata.obs:
+            holders = [m for m, a in mdata.mod.items() if batch_key in a.obs]
+            hint = (
+                f" It is in the .obs of {holders}: copy it up with `mdata.pull_obs()` or "
+                f"`mdata.obs['{batch_key}'] = mdata['{holders[0]}'].obs['{batch_key}']`."
+                if holders
+                else ""
+            )
             raise VennCellInputError(
-                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {list(mdata.obs)[:10]})."
+                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {list(mdata.obs)[:10]}).{hint}"
             )
         check_batch_labels(batch_key, mdata.obs[batch_key])
     return {"modalities": registry, "batch_key": batch_key}
@@ -440,3 +455,11 @@ def drop_zero_variance(
     return replace(
         spec, features=[var_names[i] for i in keep], dropped_features=[var_names[i] for i in const]
     )
+
+
+def _as_number(label: str):
+    """A saved batch category as a float where it reads as one (so "1.0" can match "1"), else as it is."""
+    try:
+        return float(label)
+    except ValueError:
+        return label

@@ -265,9 +265,10 @@ def check_unique_names(name: str, features) -> None:
     )
 
 
-def check_batch_labels(key: str, values) -> np.ndarray:
-    """The batch labels of ``.obs[key]`` as strings, refusing what cannot be a batch: missing labels, continuous
-    numbers, or about one label per cell."""
+def check_batch_labels(key: str, values, training: bool = True) -> np.ndarray:
+    """The batch labels of ``.obs[key]`` as strings (whole numbers stored as floats read as integers, so ``1.0``
+    and ``1`` are one batch), refusing what cannot be a batch: missing labels, continuous numbers, or, in training
+    data, about one label per cell (new cells may be a few from many batches)."""
     s = pd.Series(values)
     if s.isna().any():
         raise VennCellInputError(
@@ -280,11 +281,20 @@ def check_batch_labels(key: str, values) -> np.ndarray:
             f"batch_key '{key}' holds continuous numbers (e.g. {s.iloc[0]!r}); a batch is a category such as a "
             "sample, donor or run. Name a categorical column, or convert this one if its values are codes."
         )
-    labels = s.astype(str).to_numpy()
+    labels = batch_label_strings(s)
     n_cat = len(set(labels))
-    if len(labels) >= 4 and n_cat > len(labels) / 2:
+    if training and len(labels) >= 4 and n_cat > len(labels) / 2:
         raise VennCellInputError(
             f"batch_key '{key}' has {n_cat} distinct values for {len(labels)} cells, about one per cell: that is "
             "an identifier or a measurement, not a batch. Name the column of samples, donors or runs."
         )
     return labels
+
+
+def batch_label_strings(values) -> np.ndarray:
+    """Batch labels as strings, whole-number floats written as integers (``1.0`` -> ``"1"``): codes read back from
+    a file as floats, or a column with NaN filled in, then match the integers the user types."""
+    s = pd.Series(values)
+    if pd.api.types.is_float_dtype(s) and np.isfinite(s).all() and np.allclose(s, np.round(s)):
+        s = s.round().astype(np.int64)
+    return s.astype(str).to_numpy()

@@ -1,0 +1,38 @@
+"""Batch labels: what counts as one batch, in training data and in new cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from venncell import VennCellInputError
+from venncell.data.registry import DataRegistry, setup_options
+from venncell.data.validate import check_batch_labels
+
+
+def test_a_few_new_cells_from_many_training_batches_are_not_an_identifier():
+    registry = DataRegistry({}, "batch", ["b1", "b2", "b3"])
+    obs = pd.DataFrame({"batch": ["b1", "b1", "b2", "b3"]})
+    assert registry.batch_codes(obs).tolist() == [0, 0, 1, 2]
+    # the training data's check still refuses one label per cell
+    with pytest.raises(VennCellInputError, match="identifier"):
+        check_batch_labels("batch", ["a", "b", "c", "d"])
+
+
+@pytest.mark.parametrize("saved", [["0", "1"], ["0.0", "1.0"]])
+@pytest.mark.parametrize("new", [np.array([1, 0, 1]), np.array([1.0, 0.0, 1.0]), ["1", "0", "1"]])
+def test_whole_number_batch_codes_match_as_floats_or_integers(saved, new):
+    """Codes read back as floats (1.0) match the integers a user types (1), and models saved with "1.0" too."""
+    registry = DataRegistry({}, "batch", saved)
+    assert registry.batch_codes(pd.DataFrame({"batch": new})).tolist() == [1, 0, 1]
+    assert sorted(set(check_batch_labels("batch", np.repeat([0.0, 1.0], 5)))) == ["0", "1"]
+
+
+def test_a_batch_column_only_in_a_modality_says_how_to_pull_it_up(tiny_mdata):
+    mdata = tiny_mdata.copy()
+    first = next(iter(mdata.mod))
+    mdata.mod[first].obs["donor"] = "d1"
+    assert "donor" not in mdata.obs
+    with pytest.raises(VennCellInputError, match=rf"pull_obs.*mdata\['{first}'\]\.obs\['donor'\]"):
+        setup_options(mdata, batch_key="donor")
