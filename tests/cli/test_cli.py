@@ -128,6 +128,7 @@ def test_register_on_the_command_line_picks_modalities_and_layers(tmp_path, help
     """The README's ``data.register={...}`` form: a dict given on the command line (Hydra once refused to merge
     it into the field's None default)."""
     import numpy as np
+
     from venncell.data import make_synthetic
 
     mdata, _ = make_synthetic(

@@ -308,3 +308,27 @@ def test_image_missing_store_file(tmp_path):
             rna="rna",
             cells={"kind": "image", "store": str(tmp_path / "nope.npy")},
         )
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_binarised_peaks_stored_as_bool_train_like_floats(sparse):
+    """``X > 0`` gives bool; it is a binary modality, not "non-numeric"."""
+    from venncell.data import make_synthetic
+
+    fits = []
+    for as_bool in (True, False):
+        mdata, _ = make_synthetic(n_cells=120, modalities={"rna": 30, "atac": 40}, seed=3)
+        peaks = (
+            np.asarray(
+                mdata["atac"].X.todense() if sp.issparse(mdata["atac"].X) else mdata["atac"].X
+            )
+            > 0
+        )
+        peaks = peaks if as_bool else peaks.astype(np.float32)
+        mdata.mod["atac"].X = sp.csr_matrix(peaks) if sparse else peaks
+        VennCell.setup_mudata(mdata)
+        model = VennCell(mdata, hidden=16, encoder_hidden=16, seed=0)
+        model.train(stage1_epochs=2, stage2_epochs=1, progress_bar="none", num_threads=1)
+        fits.append(model.get_latent_representation(block="all"))
+    assert np.isfinite(fits[0]).all()
+    np.testing.assert_array_equal(fits[0], fits[1])

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 
 import anndata as ad
 import mudata as md
@@ -17,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from venncell import VennCell, VennCellInputError, make_synthetic
+from venncell.data import VennCellInputWarning
 from venncell.train import NonFiniteLossError
 
 TINY = dict(shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16)
@@ -451,3 +453,21 @@ def test_metrics_csv_keeps_every_epoch_after_a_kill(tmp_path, helpers):
     rows = pd.read_csv(run / "logs" / "stage1" / "metrics.csv")
     logged = set(rows.dropna(subset=["stage1/train/loss_epoch"])["epoch"].astype(int))
     assert set(range(done)) <= logged, (done, sorted(logged))
+
+
+def test_a_new_modality_under_another_name_is_named_not_dropped_silently(trained_tiny):
+    """New data whose protein is called 'adt' would be embedded from RNA alone without a word."""
+    model, mdata, _ = trained_tiny
+    new = md.MuData({"rna": mdata["rna"][:30].copy(), "adt": mdata["protein"][:30].copy()})
+    with pytest.warns(
+        VennCellInputWarning, match=r"\['adt'\].*not one of the model's.*'protein' if k == 'adt'"
+    ):
+        z = model.get_latent_representation(new, block="private:protein")
+    assert np.isnan(z).all()
+    renamed = md.MuData(
+        {("protein" if k == "adt" else k): a for k, a in new.mod.items()}
+    )  # the fix the warning gives
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        z = model.get_latent_representation(renamed, block="private:protein")
+    assert np.isfinite(z).all()

@@ -33,7 +33,9 @@ class MuDataConfig:
 
     name: str = "mudata"
     path: Optional[str] = None
-    register: Any = None  # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None
+    register: Any = (
+        None  # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None
+    )
     batch_key: Optional[str] = None
     validation_fraction: float = 0.1
     backed: bool = False
@@ -58,7 +60,9 @@ class SyntheticConfig:
     seed: Optional[int] = None
     batch_key: Optional[str] = None
     validation_fraction: float = 0.1
-    register: Any = None  # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None
+    register: Any = (
+        None  # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None
+    )
 
 
 @dataclass

@@ -15,7 +15,12 @@ from venncell.data.registry import DataRegistry, align_features, as_float32, sel
 from venncell.data.samplers import CellBatches, ChunkedCellBatches, SplitCellBatches
 from venncell.data.spec import NONZERO_LIKELIHOODS, ModalitySpec
 from venncell.data.transforms import apply_transform, scale_columns
-from venncell.data.validate import VennCellInputError, check_matrix, check_unique_obs_names
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellInputWarning,
+    check_matrix,
+    check_unique_obs_names,
+)
 
 
 @dataclass
@@ -84,6 +89,28 @@ def _map(b: Batch, fn) -> Batch:
     return Batch(**out)
 
 
+def _warn_unknown_modalities(mdata: md.MuData, known: list[str]) -> None:
+    """New data's modalities are matched to the model's by name: one under another name (``adt`` for the model's
+    ``protein``) would be dropped without a word and its cells embedded from the other modalities alone."""
+    unknown = [m for m in mdata.mod if m not in known]
+    if not unknown:
+        return
+    missing = [m for m in known if m not in mdata.mod]
+    hint = (
+        f" If one is the model's {missing} under another name, rename it, e.g. `mdata = md.MuData("
+        f"{{('{missing[0]}' if k == '{unknown[0]}' else k): a for k, a in mdata.mod.items()}})`."
+        if missing
+        else ""
+    )
+    import warnings
+
+    warnings.warn(
+        f"Modality {unknown} of the new data is not one of the model's ({', '.join(known)}) and is ignored.{hint}",
+        VennCellInputWarning,
+        stacklevel=3,
+    )
+
+
 class MultiModalData:
     """Every registered modality of a MuData, validated and aligned to the registry, plus presence and batches.
 
@@ -137,6 +164,8 @@ class MultiModalData:
             ),
         ]:
             check_unique_obs_names(where, names)
+        if not training:
+            _warn_unknown_modalities(mdata, list(self.specs))
         self.x: dict = {}
         self.row: dict[str, np.ndarray] = {}  # global cell -> row in the modality, -1 when absent
         self._library: dict[str, np.ndarray] = {}

@@ -80,7 +80,9 @@ def check_matrix(
             f"Modality '{name}' has zero features. Remove it from the MuData or check the feature filter."
         )
     vals = _values(x)
-    if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.complexfloating):
+    # bool is numeric here: binarised peaks are often stored as X > 0
+    numeric = np.issubdtype(vals.dtype, np.number) or vals.dtype == np.bool_
+    if not numeric or np.issubdtype(vals.dtype, np.complexfloating):
         raise VennCellInputError(
             f"Modality '{name}' holds non-numeric values (dtype {vals.dtype}); convert it to "
             "float (`adata.X = adata.X.astype(np.float32)`)."
