@@ -174,9 +174,10 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
     else:
         cells, where = np.flatnonzero(complete), "training (in-sample)"
         warnings.warn(
-            f"Only {len(held_out)} held-out cells have every modality; the plan is scored on the training "
-            "cells and so flatters prediction. Train with validation_fraction > 0 (e.g. 0.1) for held-out "
-            "accuracies.",
+            f"Only {len(held_out)} held-out cells have every modality (a plan needs {MIN_HELD_OUT} to score on held-out "
+            "cells); it is scored on the training cells and so flatters prediction. For held-out accuracies, "
+            "train on more cells measured with every modality or with a larger validation_fraction (default "
+            "0.1).",
             VennCellInputWarning,
             stacklevel=3,
         )

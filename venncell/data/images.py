@@ -100,7 +100,7 @@ class ImageSource:
                 raise VennCellInputError(
                     f"Modality '{self.name}': the images contain {int((~finite).sum())}+ NaN/inf pixel(s) (first at "
                     f"cell row {start + i}, channel {self.channels[c]}, pixel ({h}, {w})). Replace them (e.g. "
-                    "`np.nan_to_num(images)`) or drop those cells before training."
+                    "`np.nan_to_num(images)`) or drop those cells before training or embedding."
                 )
             total += x.sum((0, 2, 3))
             sq += (x**2).sum((0, 2, 3))

@@ -93,7 +93,7 @@ def check_matrix(
         n_bad = int((~finite).sum())
         raise VennCellInputError(
             f"Modality '{name}' contains {n_bad} NaN/inf value(s){bad}. Impute or drop those cells/features "
-            "before training (e.g. keep the cells whose values are all finite, for a dense or sparse .X: "
+            "before training or embedding (e.g. keep the cells whose values are all finite, for a dense or sparse .X: "
             "`adata = adata[np.isfinite(np.asarray(adata.X.sum(1))).ravel()]`)."
         )
     if vals.size and np.abs(vals).max() > FLOAT32_MAX:
