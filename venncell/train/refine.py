@@ -109,15 +109,15 @@ def refine_latents(
         )
 
     out = dict(start)
-    shared = view.shared_table.weight.detach().numpy().copy()
+    shared = view.shared_table.weight.detach().cpu().numpy().copy()
     shared[np.isnan(start["shared"]).any(1)] = np.nan
     out["shared"] = shared
     for m in modalities:
-        z = view.private_tables[m].weight.detach().numpy().copy()
+        z = view.private_tables[m].weight.detach().cpu().numpy().copy()
         z[np.isnan(start[f"private:{m}"]).any(1)] = np.nan
         out[f"private:{m}"] = z
     for r in view.regions:
-        z = view.region_tables[r].weight.detach().numpy().copy()
+        z = view.region_tables[r].weight.detach().cpu().numpy().copy()
         z[np.isnan(start[block_key(r)]).any(1)] = np.nan
         out[block_key(r)] = z
     return out
@@ -138,7 +138,7 @@ def reconstruction_nll(
     sums = {m: 0.0 for m in use}
     counts = {m: 0 for m in use}
     for batch in make_loader(data, np.arange(data.n_cells), batch_size, shuffle=False):
-        idx = batch.idx.numpy()
+        idx = batch.idx.cpu().numpy()
         zs = torch.as_tensor(latents["shared"][idx])
         for m in use:
             mask = batch.mask[m]
