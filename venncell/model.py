@@ -363,13 +363,16 @@ class VennCell:
         those latents with every network frozen. Only the ``modalities`` given (default all) drive it; other
         modalities' private blocks stay as the encoders gave them. Returns every block (``shared``,
         ``private:<m>``)."""
+        self._require_trained()
+        return self._refine(self._data_for(mdata), modalities, epochs, batch_size, lr_latent, seed)
+
+    def _refine(self, data, modalities, epochs, batch_size=256, lr_latent=5e-2, seed=None):
+        """``refine`` on data already read (so a caller that needs them too reads and checks them once)."""
         from venncell.train.refine import refine_latents
 
-        self._require_trained()
         check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
         use = list(modalities) if modalities is not None else list(self.specs)
         self._check_modalities(use)
-        data = self._data_for(mdata)
         start = embed_cells(self.module, data, modalities=use)
         return refine_latents(
             self.module,
@@ -688,7 +691,7 @@ class VennCell:
         if mdata is None:
             reference = stage1_latents(self.module, data)["shared"]
         else:
-            reference = self.refine(mdata, epochs=refine_epochs)["shared"]
+            reference = self._refine(data, None, refine_epochs)["shared"]
         weights = cell_modality_weights(self.module, data, reference)
         if write_obs:
             target = self.mdata if mdata is None else mdata

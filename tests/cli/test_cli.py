@@ -148,6 +148,10 @@ def test_register_on_the_command_line_picks_modalities_and_layers(tmp_path, help
     out = md.read_h5mu(str(tmp_path / "out" / "venn.h5mu"))
     privates = {k for k in out.obsm if k.startswith("X_venn_private_") and k.count("_") == 3}
     assert privates == {"X_venn_private_rna", "X_venn_private_protein"}
+    # neither a list nor a dict: one line naming the setting and the two forms it takes
+    res = helpers.run_cli([*cmd, "data.register=5", f"hydra.run.dir={tmp_path / 'bad'}"], ok=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "venncell: error: data.register=5 must list the modalities" in res.stderr
 
 
 def test_muon_fixture_h5mu(tmp_path, helpers, shared_dataset):

@@ -175,9 +175,9 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
         cells, where = np.flatnonzero(complete), "training (in-sample)"
         warnings.warn(
             f"Only {len(held_out)} held-out cells have every modality (a plan needs {MIN_HELD_OUT} to score on held-out "
-            "cells); it is scored on the training cells and so flatters prediction. For held-out accuracies, "
-            "train on more cells measured with every modality or with a larger validation_fraction (default "
-            "0.1).",
+            f"cells); it is scored on the training cells and so flatters prediction. For held-out accuracies, "
+            f"train on more cells measured with every modality or with a validation_fraction above this "
+            f"model's {1 - np.mean(is_train):.2g}.",
             VennCellInputWarning,
             stacklevel=3,
         )

@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from venncell.analysis.attribution import AttributionConfig
 from venncell.analysis.gene_sets import EnrichmentConfig
 from venncell.analysis.planner import PlanConfig
-from venncell.data.validate import check_range, config_from
+from venncell.data.validate import VennCellInputError, check_range, config_from
 from venncell.module.config import PRESETS as MODEL_PRESETS
 from venncell.module.config import ModelConfig
 from venncell.train.config import PRESETS as TRAIN_PRESETS
@@ -33,9 +33,8 @@ class MuDataConfig:
 
     name: str = "mudata"
     path: Optional[str] = None
-    register: Any = (
-        None  # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None
-    )
+    # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None (data_settings checks it)
+    register: Any = None
     batch_key: Optional[str] = None
     validation_fraction: float = 0.1
     backed: bool = False
@@ -60,9 +59,8 @@ class SyntheticConfig:
     seed: Optional[int] = None
     batch_key: Optional[str] = None
     validation_fraction: float = 0.1
-    register: Any = (
-        None  # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None
-    )
+    # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None (data_settings checks it)
+    register: Any = None
 
 
 @dataclass
@@ -120,9 +118,20 @@ def to_object(cls, node) -> Any:
 
 
 def data_settings(cfg) -> dict:
-    """The data group as a dict, its shared numbers checked."""
+    """The data group as a dict, its shared numbers checked and ``register`` a plain list or dict (or None)."""
+    from omegaconf import OmegaConf
+
     d = dict(cfg)
     check_range("data.validation_fraction", d.get("validation_fraction", 0.1), 0.0, 0.9)
+    register = d.get("register")
+    if OmegaConf.is_config(register):
+        register = OmegaConf.to_container(register, resolve=True)
+    if register is not None and not isinstance(register, (dict, list)):
+        raise VennCellInputError(
+            f"data.register={register!r} must list the modalities to use, e.g. data.register=[rna,protein], or "
+            "give their options: data.register='{rna: {kind: rna, layer: counts}, adt: protein}'."
+        )
+    d["register"] = register or None
     if d.get("name") == "mudata":
         check_range("data.chunk_size", d.get("chunk_size", 1024), 1, integer=True)
     return d

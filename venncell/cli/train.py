@@ -55,10 +55,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     train_cfg = to_object(TrainConfig, cfg.trainer)
     data = data_settings(cfg.data)
     mdata = load_data(cfg)
-    register = data.get("register")
     VennCell.setup_mudata(
         mdata,
-        modalities=OmegaConf.to_container(register) if register else None,
+        modalities=data["register"],
         batch_key=data.get("batch_key"),
     )
     backed = bool(getattr(mdata, "isbacked", False))

@@ -4,6 +4,7 @@ MuData through a ``DataRegistry``) and ``Batch`` (one mini-batch, densified)."""
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field, fields
 
 import mudata as md
@@ -20,6 +21,7 @@ from venncell.data.validate import (
     VennCellInputWarning,
     check_matrix,
     check_unique_obs_names,
+    user_stacklevel,
 )
 
 
@@ -91,23 +93,18 @@ def _map(b: Batch, fn) -> Batch:
 
 def _warn_unknown_modalities(mdata: md.MuData, known: list[str]) -> None:
     """New data's modalities are matched to the model's by name: one under another name (``adt`` for the model's
-    ``protein``) would be dropped without a word and its cells embedded from the other modalities alone."""
+    ``protein``) would be dropped without a word and its cells embedded from the other modalities alone. Extra
+    modalities beside all of the model's are left out quietly (a model trained on some of a MuData's modalities)."""
     unknown = [m for m in mdata.mod if m not in known]
-    if not unknown:
-        return
     missing = [m for m in known if m not in mdata.mod]
-    hint = (
-        f" If one is the model's {missing} under another name, rename it, e.g. `mdata = md.MuData("
-        f"{{('{missing[0]}' if k == '{unknown[0]}' else k): a for k, a in mdata.mod.items()}})`."
-        if missing
-        else ""
-    )
-    import warnings
-
+    if not unknown or not missing:
+        return
     warnings.warn(
-        f"Modality {unknown} of the new data is not one of the model's ({', '.join(known)}) and is ignored.{hint}",
+        f"The new data lack the model's modality {missing} and have {unknown}, which the model does not know and "
+        f"ignores. If '{unknown[0]}' is '{missing[0]}' under another name, rename it: "
+        f"`mdata.mod['{missing[0]}'] = mdata.mod.pop('{unknown[0]}'); mdata.update()`.",
         VennCellInputWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 

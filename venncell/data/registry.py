@@ -16,6 +16,7 @@ Two steps, as in scvi-tools' data fields:
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass, replace
 
@@ -44,7 +45,6 @@ from venncell.data.transforms import (
 from venncell.data.validate import (
     VennCellInputError,
     VennCellInputWarning,
-    batch_label_strings,
     check_batch_labels,
     check_matrix,
     check_range,
@@ -112,16 +112,15 @@ class DataRegistry:
             raise VennCellInputError(
                 f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: "
                 f"{list(obs)[:10]}); the model was trained with batches, so new data need it. If a modality's "
-                f".obs holds it, copy it up with `mdata.pull_obs()` or "
-                f"`mdata.obs['{self.batch_key}'] = mdata['<modality>'].obs['{self.batch_key}']`."
+                f".obs holds it, copy it up: "
+                f"`mdata.pull_obs(columns=['{self.batch_key}'], prefix_unique=False)`."
             )
         values = check_batch_labels(self.batch_key, obs[self.batch_key], training=False)
-        # categories saved as "1.0" (before whole-number floats were read as integers) match "1"
-        lookup = {
-            str(label): i
-            for i, c in enumerate(self.batch_categories)
-            for label in {c, *batch_label_strings([_as_number(c)])}
-        }
+        lookup = {c: i for i, c in enumerate(self.batch_categories)}
+        # models saved before whole-number floats read as integers hold "1.0" where new labels say "1"
+        for i, c in enumerate(self.batch_categories):
+            if re.fullmatch(r"-?\d+\.0", c):
+                lookup.setdefault(c[:-2], i)
         unknown = sorted(set(values) - set(lookup))
         if unknown:
             raise VennCellInputError(
@@ -168,8 +167,8 @@ def setup_options(
         if batch_key not in mdata.obs:
             holders = [m for m, a in mdata.mod.items() if batch_key in a.obs]
             hint = (
-                f" It is in the .obs of {holders}: copy it up with `mdata.pull_obs()` or "
-                f"`mdata.obs['{batch_key}'] = mdata['{holders[0]}'].obs['{batch_key}']`."
+                f" It is in the .obs of {holders}: copy it up with "
+                f"`mdata.pull_obs(columns=['{batch_key}'], prefix_unique=False)`."
                 if holders
                 else ""
             )
@@ -455,11 +454,3 @@ def drop_zero_variance(
     return replace(
         spec, features=[var_names[i] for i in keep], dropped_features=[var_names[i] for i in const]
     )
-
-
-def _as_number(label: str):
-    """A saved batch category as a float where it reads as one (so "1.0" can match "1"), else as it is."""
-    try:
-        return float(label)
-    except ValueError:
-        return label

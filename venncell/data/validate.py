@@ -294,9 +294,28 @@ def check_batch_labels(key: str, values, training: bool = True) -> np.ndarray:
 
 
 def batch_label_strings(values) -> np.ndarray:
-    """Batch labels as strings, whole-number floats written as integers (``1.0`` -> ``"1"``): codes read back from
-    a file as floats, or a column with NaN filled in, then match the integers the user types."""
+    """Batch labels as strings, whole-number floats written as integers (``1.0`` -> ``"1"``) whatever the column's
+    dtype (float, object, categorical): codes read back from a file as floats then match the integers a user types.
+    Only exact whole numbers below 2**53 are rewritten, so no two distinct numbers become one label."""
     s = pd.Series(values)
-    if pd.api.types.is_float_dtype(s) and np.isfinite(s).all() and np.allclose(s, np.round(s)):
-        s = s.round().astype(np.int64)
-    return s.astype(str).to_numpy()
+    uniques = pd.unique(s.to_numpy(dtype=object))
+    return s.map({u: _label_string(u) for u in uniques}).to_numpy(dtype=str)
+
+
+def _label_string(v) -> str:
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and v == int(v) and abs(v) < 2**53:
+        return str(int(v))
+    return str(v)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised by its caller at the first frame outside the venncell
+    package (the user's line, however deep in venncell the warning starts)."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(root):
+        frame, level = frame.f_back, level + 1
+    return level
