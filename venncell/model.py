@@ -472,6 +472,7 @@ class VennCell:
         default. For the training data also ``*_encoder`` and ``*_stage1`` (the two latents averaged there) and
         ``obs["venn_split"]``. Returns the MuData written to."""
         self._require_trained()
+        self._check_modalities(modalities)
         target = self.mdata if mdata is None else mdata
         if target is None:
             raise VennCellInputError(
@@ -711,7 +712,7 @@ class VennCell:
         Parameters
         ----------
         targets
-            Modalities to plan for (default: every one).
+            Modalities to plan for (default: every one, or with ``features`` the modalities those features belong to).
         features
             A panel of target features (e.g. the proteins of a planned panel); default: all.
         **kwargs
@@ -751,12 +752,17 @@ class VennCell:
         An ``EnrichmentResult``: ``.terms`` (every test), ``.top`` (best significant terms per block and
         direction), ``.notes``, ``.write(dir)``.
         """
-        from venncell.analysis.block_enrichment import enrich_blocks
+        from venncell.analysis.block_enrichment import enrich_blocks, enrichment_config
 
         self._require_trained()
         data = self._require_data("test gene sets per block")
         if gene_sets is not None:  # EnrichmentConfig takes one name or path as well as a list
             kwargs["gene_sets"] = gene_sets
+        if modalities is not None and not list(modalities):
+            raise VennCellInputError(
+                "Gene-set enrichment: modalities is empty; name the modalities to test, or leave it out for RNA."
+            )
+        enrichment_config(kwargs)  # a bad setting fails before the attribution
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
         return enrich_blocks(data, self.is_train, attribution, modalities, **kwargs)

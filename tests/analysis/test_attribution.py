@@ -128,7 +128,7 @@ def test_permutation_p_values_are_calibrated(truth_latents):
             rng.normal(size=len(truth.shared)),
             combine_blocks(small["shared"], {"rna": small["private:rna"]}),
             ["rna"],
-            n_perm=19,
+            n_perm=20,
             n_boot=10,
             seed=i,
             progress=False,
@@ -300,7 +300,7 @@ def test_marker_errors(trained_tiny):
 
 def test_default_markers_and_var_columns(trained_tiny):
     model, mdata, _ = trained_tiny
-    result = model.attribution(None, n_perm=10, n_boot=20, progress=False)
+    result = model.attribution(None, n_perm=20, n_boot=20, progress=False)
     assert list(result.markers["marker"]) == ["cluster"]  # the one categorical .obs column
     assert isinstance(result.markers["verdict"].iloc[0], str)
     assert "venn_shared_fraction" in mdata["atac"].var

@@ -120,3 +120,18 @@ def test_gmt_files_and_bad_sources(tmp_path):
         EnrichmentConfig(method="foo")
     with pytest.raises(VennCellInputError, match="fdr must lie"):
         EnrichmentConfig(fdr=2)
+
+
+def test_empty_lists_are_refused_before_the_attribution_runs(trained_tiny, monkeypatch):
+    model, _, _ = trained_tiny
+
+    def no_attribution(*a, **k):
+        raise AssertionError("the settings must be checked before the attribution")
+
+    monkeypatch.setattr(model, "attribution", no_attribution)
+    with pytest.raises(VennCellInputError, match="gene_sets is empty"):
+        model.enrich_regions(gene_sets=[])
+    with pytest.raises(VennCellInputError, match="modalities is empty"):
+        model.enrich_regions(modalities=[])
+    with pytest.raises(VennCellInputError, match="method must be"):
+        model.enrich_regions(method="gsea")

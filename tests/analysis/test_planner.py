@@ -120,3 +120,17 @@ def test_in_sample_fallback_is_flagged(tmp_path):
 def _saved(model, tmp_path):
     model.save(tmp_path / "m")
     return tmp_path / "m"
+
+
+def test_a_panel_without_targets_plans_the_modalities_its_features_belong_to(trained_tiny):
+    model, mdata, _ = trained_tiny
+    protein = list(mdata["protein"].var_names[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VennCellInputWarning)  # tiny data: scored in sample
+        plan = model.plan_measurements(features=protein, n_boot=5)
+    assert set(plan.summary["target"]) == {"protein"}
+    assert sorted(plan.features["protein"].index) == sorted(protein)
+    with pytest.raises(VennCellInputError, match="targets is empty"):
+        model.plan_measurements(targets=[])
+    with pytest.raises(VennCellInputError, match="is a feature of a modality of the model"):
+        model.plan_measurements(features=["no_such_gene"])

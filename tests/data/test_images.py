@@ -188,3 +188,31 @@ def test_zarr_store_matches_obsm(tmp_path, helpers):
         b.module.shared_table.weight.detach().numpy(),
         atol=1e-5,
     )
+
+
+def test_interpretation_reads_an_image_modality_pixel_by_pixel(trained, recwarn):
+    """Attribution, its feature tables and the planner take image modalities (pixels named c<ch>_y<row>_x<col>);
+    they once failed on the image's empty var."""
+    model, mdata, _, f = trained
+    mdata.obs["brightness"] = f[:, 0]  # the shared factor
+    mdata.obs["ch0_position"] = f[:, 1]  # ch0's private factor
+    try:
+        res = model.attribution(
+            ["brightness", "ch0_position"], n_boot=20, n_perm=20, progress=False
+        )
+        plan = model.plan_measurements(n_boot=10)
+    finally:
+        del mdata.obs["brightness"], mdata.obs["ch0_position"]
+    table = res.features["ch0"]
+    assert (
+        len(table) == len(mdata["ch0"].obsm["img"][0, 0].ravel()) and table.index[0] == "c0_y0_x0"
+    )
+    markers = res.markers.set_index("marker")
+    assert markers.loc["brightness", "shared_score"] > 0.8
+    assert markers.loc["ch0_position", "best_block"] == "private:ch0"
+    assert markers.loc["ch0_position", "shared_score"] < 0.5
+    rows = plan.summary.set_index("target")
+    assert set(rows.index) == {"ch0", "ch1"}
+    assert (
+        rows["pooled_r2_predicted"] > 0
+    ).all()  # the shared brightness is predictable across channels

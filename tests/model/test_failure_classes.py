@@ -474,3 +474,25 @@ def test_a_new_modality_under_another_name_is_named_not_dropped_silently(trained
         )
         model.get_latent_representation(extra)
     assert np.isfinite(z).all()
+
+
+def test_write_latents_refuses_modalities_the_model_lacks(trained_tiny):
+    """It once wrote an all-NaN shared latent (and venncell-embed exited 0)."""
+    model, mdata, _ = trained_tiny
+    new = mdata[:20].copy()
+    with pytest.raises(VennCellInputError, match="hic"):
+        model.write_latents(new, modalities=["hic"])
+    assert "X_venn_shared" not in new.obsm
+
+
+def test_too_few_permutations_for_alpha_are_refused(trained_tiny):
+    """With n_perm=10 no p-value can fall below 0.05: every marker would read 'not captured'."""
+    model, _, _ = trained_tiny
+    with pytest.raises(VennCellInputError, match="n_perm >= 20"):
+        model.attribution(["cluster"], n_perm=10, progress=False)
+
+
+def test_a_marker_of_an_unknown_modality_says_so(trained_tiny):
+    model, _, _ = trained_tiny
+    with pytest.raises(VennCellInputError, match="'hic' is not a modality of the model"):
+        model.attribution(["hic:foo"], progress=False)

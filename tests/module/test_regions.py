@@ -73,7 +73,7 @@ def test_attribution_over_regions(tiny, tmp_path):
     from venncell.analysis.venn_figure import venn_figure
 
     model, mdata = tiny
-    res = model.attribution(markers=["cluster"], n_perm=10, n_boot=20, progress=False)
+    res = model.attribution(markers=["cluster"], n_perm=20, n_boot=20, progress=False)
     rna = res.features["rna"]
     parts = ["ev_in_shared", "ev_in_protein+rna", "ev_in_atac+rna", "ev_in_private"]
     assert set(parts) <= set(rna.columns) and "ev_in_atac+protein" not in rna.columns

@@ -54,6 +54,17 @@ def block_rankings(df: pd.DataFrame, m: str) -> dict[str, np.ndarray]:
     return {names.get(b) or block_key(b): ev for b, ev in feature_regions(df).items()}
 
 
+def enrichment_config(kwargs: dict) -> EnrichmentConfig:
+    """The run's ``EnrichmentConfig``, with at least one collection to test (checked before the slow steps)."""
+    cfg = config_from(EnrichmentConfig, dict(kwargs), "enrichment")
+    if not cfg.gene_sets:
+        raise VennCellInputError(
+            "gene_sets is empty; name collections (e.g. 'KEGG_2021_Human') or .gmt files, or leave it out for "
+            "the defaults."
+        )
+    return cfg
+
+
 def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kwargs):
     """Gene-set enrichment of every block and latent direction of an attribution run (module docstring).
 
@@ -71,7 +82,7 @@ def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kw
     **kwargs
         ``EnrichmentConfig`` fields.
     """
-    cfg = config_from(EnrichmentConfig, kwargs, "enrichment")
+    cfg = enrichment_config(kwargs)
     named = modalities is not None
     mods = (
         list(modalities) if named else [m for m, s in data.specs.items() if s.kind in GENE_KINDS]

@@ -31,7 +31,7 @@ def block_directions(
     pos = np.flatnonzero(held_out) if held_out.sum() >= 50 else np.arange(len(idx))
     feats = {m: _feature_matrix(data, m, idx[pos]) for m in data.specs}
     names = pd.MultiIndex.from_tuples(
-        [(m, f) for m in feats for f in data.specs[m].features], names=["modality", "feature"]
+        [(m, f) for m in feats for f in data.specs[m].feature_names], names=["modality", "feature"]
     )
     blocks = ["shared", *(b for b in lat if b.startswith("shared:"))]
     out = []

@@ -118,7 +118,7 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
         for name, draws in region_decomposition(ev, module.regions_of[m]).items():
             boot[f"in:{name}"] = draws
             table.update(with_ci(f"ev_in_{name}", draws, cfg.ci))
-    df = pd.DataFrame(table, index=pd.Index(spec.features, name="feature"))
+    df = pd.DataFrame(table, index=pd.Index(spec.feature_names, name="feature"))
     df.attrs["shared_estimate"] = shared_key
     return df, boot
 

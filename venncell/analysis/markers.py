@@ -128,6 +128,9 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
         f"Marker {name!r} was not found. Looked for it as a column of mdata.obs ({shown or 'none'}) and as a "
         f"feature (var_name) of every modality: {where}."
     )
+    mod, sep, _ = name.partition(":")
+    if sep and mod != "obs" and mod not in specs:
+        msg += f" '{mod}' is not a modality of the model ({', '.join(specs)})."
     if close:
         msg += f" Did you mean {close}?"
     return msg + " Name a feature of one modality as 'modality:feature'."

@@ -116,7 +116,7 @@ def plan_measurements(
     module, data, is_train
         The trained ``VennModule``, its training data and which cells trained the networks.
     targets
-        Modalities to plan for (default: every one).
+        Modalities to plan for (default: every one, or with ``features`` the modalities those features belong to).
     features
         A panel: only these features of the targets (e.g. the proteins of a planned panel); default all.
     **kwargs
@@ -128,10 +128,16 @@ def plan_measurements(
         raise VennCellInputError(
             "Planning needs two or more modalities: one to predict and one to predict it from."
         )
-    targets = mods if targets is None else [targets] if isinstance(targets, str) else list(targets)
+    if targets is None:
+        targets = _modalities_of(features, data.specs) if features is not None else mods
+    targets = [targets] if isinstance(targets, str) else list(targets)
     unknown = [t for t in targets if t not in mods]
     if unknown:
         raise VennCellInputError(f"targets {unknown} are not modalities of the model ({mods}).")
+    if not targets:
+        raise VennCellInputError(
+            f"targets is empty: name the modalities to plan for (of {mods}), or leave it out for every one."
+        )
     rng = np.random.default_rng(cfg.seed)
     cells, where = _cells(data, is_train, mods, cfg, rng)
     weights = boot_weights(len(cells), cfg.n_boot, rng)
@@ -150,7 +156,7 @@ def plan_measurements(
             for s in subsets
         }
         acc = _error_sums(module, data, t, cells, own, shared_from, weights, keep)
-        table, rows = _tables(t, acc, data.specs[t].features, keep, cfg, len(cells))
+        table, rows = _tables(t, acc, data.specs[t].feature_names, keep, cfg, len(cells))
         tables[t] = table
         summary += rows
     return PlanResult(
@@ -191,17 +197,38 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
     return cells, where
 
 
+def _modalities_of(features: list[str], specs: dict) -> list[str]:
+    """The modalities a panel's features belong to (``"protein:CD4"`` or a plain ``"CD4"``), for a plan whose
+    targets are left out; none at all is an error that names where features were looked for."""
+    out = [
+        m
+        for m, spec in specs.items()
+        if any(
+            f.partition(":")[2] in spec.feature_names
+            if f.startswith(f"{m}:")
+            else f in spec.feature_names
+            for f in features
+        )
+    ]
+    if not out:
+        raise VennCellInputError(
+            f"None of the panel features {list(features)[:5]} is a feature of a modality of the model "
+            f"({', '.join(specs)}); name them as in var_names, e.g. 'protein:CD4'."
+        )
+    return out
+
+
 def _panel(spec, features, t) -> np.ndarray:
     """Indices of the target's features in the panel (all when no panel is given)."""
     if features is None:
         return np.arange(spec.n_features)
     names = [f.split(":", 1)[1] if f.startswith(f"{t}:") else f for f in features]
-    pos = {f: j for j, f in enumerate(spec.features)}
+    pos = {f: j for j, f in enumerate(spec.feature_names)}
     keep = [pos[f] for f in names if f in pos]
     if not keep:
         raise VennCellInputError(
             f"None of the panel features {list(features)[:5]} is a feature of '{t}'; name features of the "
-            f"target (e.g. {list(spec.features[:3])})."
+            f"target (e.g. {list(spec.feature_names[:3])})."
         )
     return np.asarray(keep)
 

@@ -60,6 +60,12 @@ def atomic_write_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def recovery_summary(metrics: dict) -> dict:
+    """The kNN recovery summary of a run's default latents (``"average"``; runs written before it: the encoders')."""
+    rec = metrics.get("recovery", {})
+    return (rec.get("average") or rec.get("encoder") or {}).get("knn", {}).get("summary", {})
+
+
 def _jsonable(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()

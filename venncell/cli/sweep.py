@@ -28,6 +28,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from venncell.cli.common import recovery_summary
+
 try:  # hydra-core is a dependency of venncell; the guard only keeps this module importable without it
     from hydra.experimental.callback import Callback as _HydraCallback
 except ImportError:  # pragma: no cover
@@ -73,7 +75,7 @@ def parse_overrides(items) -> dict[str, str]:
 
 
 def _flat_metrics(metrics: dict) -> dict[str, float]:
-    """The numbers a run is judged on: last stage-1/stage-2 values and the encoder kNN recovery summary."""
+    """The numbers a run is judged on: last stage-1/stage-2 values and the kNN recovery of its default latents."""
     flat: dict[str, float] = {}
     for stage in ("stage1", "stage2"):
         flat.update(metrics.get("history", {}).get(stage, {}))
@@ -82,7 +84,7 @@ def _flat_metrics(metrics: dict) -> dict[str, float]:
         for suffix in ("_step", "_epoch"):
             if k.endswith(suffix) and (k[: -len(suffix)] in flat or suffix == "_step"):
                 flat.pop(k, None)
-    flat.update(metrics.get("recovery", {}).get("encoder", {}).get("knn", {}).get("summary", {}))
+    flat.update(recovery_summary(metrics))
     return {
         k: float(v)
         for k, v in flat.items()

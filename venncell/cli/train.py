@@ -20,6 +20,7 @@ from venncell.cli.common import (
     friendly,
     load_data,
     log,
+    recovery_summary,
 )
 from venncell.cli.store import data_settings, register_configs, to_object
 from venncell.data.synthetic import truth_from_mudata
@@ -106,18 +107,14 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.report:  # before venn.h5mu is written, so that it carries the venn_* .var columns
         from venncell.cli.report import write_run_report
 
-        write_run_report(model, run_dir)
-    if (
-        backed
-    ):  # copying the out-of-core input into the run folder would defeat the point: latents only
-        import anndata as ad
-
-        ad.AnnData(
-            obs=mdata.obs[[]].assign(venn_split=mdata.obs["venn_split"]),
-            obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")},
-        ).write_h5ad(run_dir / "venn_latents.h5ad")
-    else:
-        atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
+        try:
+            write_run_report(model, run_dir)
+        except BaseException:
+            _write_latents_file(
+                mdata, run_dir, backed
+            )  # a failed report must not cost the trained latents
+            raise
+    _write_latents_file(mdata, run_dir, backed)
     from venncell.cli.tracking import finish_run
 
     finish_run(
@@ -127,13 +124,27 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
+def _write_latents_file(mdata, run_dir: Path, backed: bool) -> None:
+    """venn.h5mu (the input with the latents), or for out-of-core input venn_latents.h5ad (latents only: copying
+    the input into the run folder would defeat the point)."""
+    if backed:
+        import anndata as ad
+
+        ad.AnnData(
+            obs=mdata.obs[[]].assign(venn_split=mdata.obs["venn_split"]),
+            obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")},
+        ).write_h5ad(run_dir / "venn_latents.h5ad")
+    else:
+        atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
+
+
 def _objective(metrics: dict, key: str) -> float:
     """The number a sweeper optimises; NaN (with a warning) when the run has no such metric, e.g. a held-out score
     of a run without held-out cells: the run itself succeeded and its outputs are written."""
     flat = {**metrics["history"].get("stage1", {}), **metrics["history"].get("stage2", {})}
     if key in flat:
         return float(flat[key])
-    rec = metrics.get("recovery", {}).get("encoder", {}).get("knn", {}).get("summary", {})
+    rec = recovery_summary(metrics)
     if key in rec:
         return float(rec[key])
     log.warning(

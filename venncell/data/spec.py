@@ -103,6 +103,16 @@ class ModalitySpec:
             return int(np.prod(self.image_shape))
         return len(self.features)
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The names analyses give the modality's features: ``features``, or for images one per pixel,
+        ``c<channel>_y<row>_x<col>`` in the order the decoder flattens C x H x W."""
+        if self.kind != "image" or not self.image_shape:
+            return list(self.features)
+        n_ch, height, width = self.image_shape
+        chans = self.channels if self.channels is not None else range(n_ch)
+        return [f"c{c}_y{y}_x{x}" for c in chans for y in range(height) for x in range(width)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
