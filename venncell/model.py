@@ -364,6 +364,8 @@ class VennCell:
         modalities' private blocks stay as the encoders gave them. Returns every block (``shared``,
         ``private:<m>``)."""
         self._require_trained()
+        check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
+        self._check_modalities(modalities)  # both before the data are read
         return self._refine(self._data_for(mdata), modalities, epochs, batch_size, lr_latent, seed)
 
     def _refine(self, data, modalities, epochs, batch_size=256, lr_latent=5e-2, seed=None):
@@ -758,11 +760,13 @@ class VennCell:
         data = self._require_data("test gene sets per block")
         if gene_sets is not None:  # EnrichmentConfig takes one name or path as well as a list
             kwargs["gene_sets"] = gene_sets
+        # every setting is checked before the attribution's slow steps
+        self._check_modalities(modalities)
         if modalities is not None and not list(modalities):
             raise VennCellInputError(
                 "Gene-set enrichment: modalities is empty; name the modalities to test, or leave it out for RNA."
             )
-        enrichment_config(kwargs)  # a bad setting fails before the attribution
+        enrichment_config(kwargs)
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
         return enrich_blocks(data, self.is_train, attribution, modalities, **kwargs)

@@ -135,3 +135,7 @@ def test_empty_lists_are_refused_before_the_attribution_runs(trained_tiny, monke
         model.enrich_regions(modalities=[])
     with pytest.raises(VennCellInputError, match="method must be"):
         model.enrich_regions(method="gsea")
+    with pytest.raises(VennCellInputError, match=r"modalities \['hic'\] are not in the model"):
+        model.enrich_regions(modalities=["hic"])
+    with pytest.raises(VennCellInputError, match="nor a .gmt file that exists"):
+        model.enrich_regions(gene_sets=["/no/such/sets.gmt"])

@@ -134,3 +134,17 @@ def test_a_panel_without_targets_plans_the_modalities_its_features_belong_to(tra
         model.plan_measurements(targets=[])
     with pytest.raises(VennCellInputError, match="is a feature of a modality of the model"):
         model.plan_measurements(features=["no_such_gene"])
+
+
+def test_a_plain_panel_name_in_two_modalities_is_ambiguous():
+    from types import SimpleNamespace
+
+    from venncell.analysis.planner import _modalities_of
+
+    specs = {
+        "rna": SimpleNamespace(feature_names=["CD4", "CD8A"]),
+        "protein": SimpleNamespace(feature_names=["CD4", "CD19"]),
+    }
+    assert _modalities_of(["CD19", "rna:CD4"], specs) == ["protein", "rna"]
+    with pytest.raises(VennCellInputError, match=r"'CD4' is a feature of \['rna', 'protein'\]"):
+        _modalities_of(["CD4"], specs)

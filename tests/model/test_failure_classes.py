@@ -480,7 +480,9 @@ def test_write_latents_refuses_modalities_the_model_lacks(trained_tiny):
     """It once wrote an all-NaN shared latent (and venncell-embed exited 0)."""
     model, mdata, _ = trained_tiny
     new = mdata[:20].copy()
-    for key in [k for k in new.obsm if k.startswith("X_venn")]:  # other tests write to the shared fixture
+    for key in [
+        k for k in new.obsm if k.startswith("X_venn")
+    ]:  # other tests write to the shared fixture
         del new.obsm[key]
     with pytest.raises(VennCellInputError, match="hic"):
         model.write_latents(new, modalities=["hic"])
@@ -490,11 +492,22 @@ def test_write_latents_refuses_modalities_the_model_lacks(trained_tiny):
 def test_too_few_permutations_for_alpha_are_refused(trained_tiny):
     """With n_perm=10 no p-value can fall below 0.05: every marker would read 'not captured'."""
     model, _, _ = trained_tiny
-    with pytest.raises(VennCellInputError, match="n_perm >= 20"):
+    with pytest.raises(VennCellInputError, match="n_perm >= 20, or the default 100"):
         model.attribution(["cluster"], n_perm=10, progress=False)
+    with pytest.raises(VennCellInputError, match=r"n_perm >= 200\.$"):
+        model.attribution(["cluster"], alpha=0.005, progress=False)
+    with pytest.raises(VennCellInputError, match="alpha must be above 0"):
+        model.attribution(["cluster"], alpha=0, progress=False)
 
 
 def test_a_marker_of_an_unknown_modality_says_so(trained_tiny):
     model, _, _ = trained_tiny
     with pytest.raises(VennCellInputError, match="'hic' is not a modality of the model"):
         model.attribution(["hic:foo"], progress=False)
+
+
+def test_an_image_channel_named_twice_is_refused():
+    from venncell.data.validate import check_image_array
+
+    with pytest.raises(VennCellInputError, match="name a channel twice"):
+        check_image_array("dapi", np.zeros((10, 3, 8, 8), dtype=np.float32), [0, 0], 10)

@@ -128,12 +128,17 @@ class AttributionConfig:
         for name in ("alpha", "min_score", "min_gain", "specific_max", "ci"):
             if not 0 <= getattr(self, name) <= 1:
                 raise VennCellInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
-        if (
-            1 / (self.n_perm + 1) >= self.alpha
-        ):  # no p-value could pass: every marker would be "not captured"
+        if self.alpha == 0:
+            raise VennCellInputError(
+                "alpha must be above 0: no p-value is below 0 (the default is 0.05)."
+            )
+        # no p-value could pass: every marker would read "not captured"
+        if 1 / (self.n_perm + 1) >= self.alpha:
+            need = int(np.floor(1 / self.alpha))
             raise VennCellInputError(
                 f"n_perm={self.n_perm} permutations cannot give a p-value below alpha={self.alpha} (the smallest "
-                f"is 1/(n_perm+1)); use n_perm >= {int(np.floor(1 / self.alpha))}, or the default 100."
+                f"is 1/(n_perm+1)); use n_perm >= {need}"
+                + (", or the default 100." if need <= 100 else ".")
             )
 
 

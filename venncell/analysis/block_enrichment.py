@@ -17,6 +17,7 @@ from venncell.analysis.gene_sets import (
     EnrichmentConfig,
     check_overlap,
     enrich,
+    gene_set_path,
     load_gene_sets,
     map_symbols,
     top_terms,
@@ -62,6 +63,9 @@ def enrichment_config(kwargs: dict) -> EnrichmentConfig:
             "gene_sets is empty; name collections (e.g. 'KEGG_2021_Human') or .gmt files, or leave it out for "
             "the defaults."
         )
+    for source in cfg.gene_sets:
+        if not isinstance(source, dict):
+            gene_set_path(source)
     return cfg
 
 

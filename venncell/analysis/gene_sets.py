@@ -62,16 +62,21 @@ def load_gene_sets(source) -> dict[str, list[str]]:
     """A collection as ``{term: genes}``: a bundled name (``BUNDLED``), a ``.gmt`` file, or a dict."""
     if isinstance(source, dict):
         return {str(k): [str(g) for g in v] for k, v in source.items()}
+    return read_gmt(gene_set_path(source))
+
+
+def gene_set_path(source) -> Path:
+    """The file behind a collection name or ``.gmt`` path; an error naming both forms when there is none."""
     name = str(source)
     if name in BUNDLED:
-        return read_gmt(_bundled_path(name))
+        return _bundled_path(name)
     path = Path(name).expanduser()
     if not path.is_file():
         raise VennCellInputError(
             f"Gene sets {name!r}: neither a bundled collection ({', '.join(BUNDLED)}) nor a .gmt file that "
             "exists. Give one of those names or the path of a .gmt file."
         )
-    return read_gmt(path)
+    return path
 
 
 def _bundled_path(name: str) -> Path:

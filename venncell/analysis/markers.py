@@ -131,6 +131,12 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
     mod, sep, _ = name.partition(":")
     if sep and mod != "obs" and mod not in specs:
         msg += f" '{mod}' is not a modality of the model ({', '.join(specs)})."
+    images = [m for m, s in specs.items() if s.kind == "image"]
+    if images:
+        msg += (
+            f" Pixels of image modalities ({', '.join(images)}) are not markers; put a per-cell summary (e.g. "
+            "a stain's mean intensity) in mdata.obs and name that column."
+        )
     if close:
         msg += f" Did you mean {close}?"
     return msg + " Name a feature of one modality as 'modality:feature'."

@@ -128,6 +128,7 @@ def plan_measurements(
         raise VennCellInputError(
             "Planning needs two or more modalities: one to predict and one to predict it from."
         )
+    features = [features] if isinstance(features, str) else features
     if targets is None:
         targets = _modalities_of(features, data.specs) if features is not None else mods
     targets = [targets] if isinstance(targets, str) else list(targets)
@@ -199,17 +200,22 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
 
 def _modalities_of(features: list[str], specs: dict) -> list[str]:
     """The modalities a panel's features belong to (``"protein:CD4"`` or a plain ``"CD4"``), for a plan whose
-    targets are left out; none at all is an error that names where features were looked for."""
-    out = [
-        m
-        for m, spec in specs.items()
-        if any(
-            f.partition(":")[2] in spec.feature_names
-            if f.startswith(f"{m}:")
-            else f in spec.feature_names
-            for f in features
-        )
-    ]
+    targets are left out. A plain name in several modalities (a gene and its protein) is ambiguous, and a name in
+    none is an error."""
+    names = {m: set(spec.feature_names) for m, spec in specs.items()}
+    out = []
+    for f in features:
+        mod, sep, feat = f.partition(":")
+        if sep and mod in names and feat in names[mod]:
+            hits = [mod]
+        else:
+            hits = [m for m, n in names.items() if f in n]
+        if len(hits) > 1:
+            raise VennCellInputError(
+                f"Panel feature {f!r} is a feature of {hits}; name it as one of "
+                f"{[f'{m}:{f}' for m in hits]}, or pass targets=..."
+            )
+        out += [m for m in hits if m not in out]
     if not out:
         raise VennCellInputError(
             f"None of the panel features {list(features)[:5]} is a feature of a modality of the model "

@@ -42,7 +42,7 @@ def run_predict(cfg: DictConfig, run_dir: Path) -> Path:
     pred = model.predict_modality(mdata, source=source, target=cfg.target, scale=cfg.scale)
     key = f"X_venn_predicted_{cfg.target}"
     mdata.obsm[key] = pred
-    mdata.uns["venn_predicted_features"] = {cfg.target: list(model.specs[cfg.target].features)}
+    mdata.uns["venn_predicted_features"] = {cfg.target: model.specs[cfg.target].feature_names}
     out = run_dir / cfg.output
     atomic_write_h5mu(mdata, out)
     log.info("Wrote %s (obsm['%s'])", out, key)

@@ -2,7 +2,7 @@
 
 For each run folder under the sweep (any folder holding ``.hydra/overrides.yaml``) it reads the run's
 overrides and its ``metrics.json`` (the last stage-1/stage-2 numbers, and the kNN recovery summary of the
-encoder latents when the data has ground truth), sorts the runs by the objective and writes
+run's default latents when the data has ground truth), sorts the runs by the objective and writes
 ``sweep_summary.csv`` (every column) and ``sweep_summary.md`` (the columns a person reads) into the sweep
 folder. Runs without ``metrics.json``, or with a ``job_error.txt``, are listed as ``failed`` with their
 error (from ``job_error.txt``, else the last ERROR line of the run's Hydra log).

@@ -239,6 +239,10 @@ def check_image_array(name: str, arr, channels, n_obs: int) -> None:
                 f"Modality '{name}': channels {list(channels)} are out of range; the image array has {shape[1]} "
                 f"channel(s), so pick indices in 0..{shape[1] - 1} (or channels=null for all)."
             )
+        if len(set(int(c) for c in channels)) < len(channels):
+            raise VennCellInputError(
+                f"Modality '{name}': channels {list(channels)} name a channel twice; list each channel once."
+            )
 
 
 def check_unique_obs_names(where: str, names: np.ndarray) -> None:
