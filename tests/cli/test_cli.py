@@ -230,3 +230,25 @@ def test_help_lists_only_what_each_command_takes(helpers):
         out = helpers.run_cli([cmd, "--help"]).stdout
         assert out.startswith(f"{cmd}:") and f"{key}:" in out, out
         assert "Configuration groups" not in out and "trainer: " not in out, out
+
+
+def test_a_failed_report_still_writes_the_latents(tmp_path, helpers, monkeypatch):
+    """The report runs before venn.h5mu (so that it carries the venn_* .var columns); its failure must not cost the
+    trained latents."""
+    from hydra import compose, initialize_config_module
+
+    import venncell.cli.report
+    from venncell.cli.store import register_configs
+    from venncell.cli.train import run_train
+
+    def broken_report(*args, **kwargs):
+        raise RuntimeError("report failed")
+
+    monkeypatch.setattr(venncell.cli.report, "write_run_report", broken_report)
+    register_configs()
+    with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*helpers.TINY_CLI, "report=true", "logger=none"])
+    with pytest.raises(RuntimeError, match="report failed"):
+        run_train(cfg, tmp_path)
+    out = md.read_h5mu(str(tmp_path / "venn.h5mu"))
+    assert "X_venn_shared" in out.obsm and (tmp_path / "metrics.json").exists()
