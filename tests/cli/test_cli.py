@@ -252,3 +252,10 @@ def test_a_failed_report_still_writes_the_latents(tmp_path, helpers, monkeypatch
         run_train(cfg, tmp_path)
     out = md.read_h5mu(str(tmp_path / "venn.h5mu"))
     assert "X_venn_shared" in out.obsm and (tmp_path / "metrics.json").exists()
+
+
+def test_report_of_a_missing_run_folder_creates_nothing(tmp_path, helpers):
+    missing = tmp_path / "nope"
+    res = helpers.run_cli(["venncell-report", f"run_dir={missing}"], ok=False)
+    assert res.returncode == 2 and "no such folder" in res.stderr and "Traceback" not in res.stderr
+    assert not missing.exists()  # Hydra would have made it, with .hydra_report/ inside

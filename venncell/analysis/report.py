@@ -234,7 +234,8 @@ def _modality_table(summary: pd.DataFrame) -> str:
 
 
 def _region_table(regions: pd.DataFrame) -> str:
-    return regions.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+    # a block holds nothing of a modality outside it: a dash there, not "NaN"
+    return regions.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")
 
 
 def _top_table(result: AttributionResult) -> str:

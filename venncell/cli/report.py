@@ -88,4 +88,13 @@ def main() -> None:
     """Console entry point."""
     register_configs()
     check_output_dir(sys.argv[1:])
+    # the run folder is Hydra's output folder too: a mistyped one would be created (with .hydra_report/) before
+    # run_report could refuse it
+    for arg in sys.argv[1:]:
+        if arg.startswith("run_dir=") and not Path(arg.split("=", 1)[1]).is_dir():
+            print(
+                f"venncell: error: {arg}: no such folder; point run_dir at a finished venncell-train run.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
     _app()

@@ -13,7 +13,12 @@ def read_h5mu(path: str | Path, backed: bool = False) -> md.MuData:
     """The MuData in ``path`` (``backed``: matrices stay on disk, read on demand)."""
     p = Path(path)
     if not p.exists():
-        raise VennCellInputError(f"data.path={path}: no such file.")
+        where = (
+            ""
+            if p.is_absolute()
+            else f" (a relative path is read from the current folder, {Path.cwd()})"
+        )
+        raise VennCellInputError(f"data.path={path}: no such file{where}.")
     if p.is_dir():
         raise VennCellInputError(f"data.path={path} is a folder; name the .h5mu file inside it.")
     if p.suffix == ".h5ad":
