@@ -92,3 +92,12 @@ def test_report_config_carries_the_attribution_defaults():
 
     cfg = _compose(["run_dir=x"], name="report")
     assert OmegaConf.to_container(cfg.attribution) == dataclasses.asdict(AttributionConfig())
+
+
+def test_synthetic_region_factors_reach_the_generator():
+    """``data.region_factors`` was refused (and ``+data.region_factors`` ignored): Venn-region data could not be made
+    from the command line."""
+    from venncell.cli.common import load_data
+
+    cfg = _compose(["data.n_cells=60", "data.region_factors={protein+rna: 2}"])
+    assert "true_region_protein+rna" in load_data(cfg).obsm

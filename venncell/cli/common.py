@@ -42,6 +42,7 @@ def load_data(cfg):
             "n_clusters",
             "n_batches",
             "batch_effect",
+            "region_factors",
             "seed",
         )
         given = {k: d[k] for k in keys if d.get(k) is not None and d.get(k) != {}}

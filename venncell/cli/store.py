@@ -46,7 +46,9 @@ class SyntheticConfig:
     """The built-in default: paired RNA + protein + ATAC generated from known shared and private factors. Every
     generator key left null takes ``venncell.make_synthetic``'s default (its signature is the one place they are
     written): ``n_cells``, ``modalities`` ({name: features}), ``shared_dim`` / ``private_dim`` (the true factors'),
-    ``n_clusters``, ``n_batches`` (>= 2 adds a technical batch shift to every modality), ``batch_effect``, ``seed``."""
+    ``n_clusters``, ``n_batches`` (>= 2 adds a technical batch shift to every modality), ``batch_effect``,
+    ``region_factors`` ({"protein+rna": 2}: factors shared by some modalities only, for ``model.venn_regions``),
+    ``seed``."""
 
     name: str = "synthetic"
     n_cells: Optional[int] = None
@@ -56,6 +58,7 @@ class SyntheticConfig:
     n_clusters: Optional[int] = None
     n_batches: Optional[int] = None
     batch_effect: Optional[float] = None
+    region_factors: Any = None
     seed: Optional[int] = None
     batch_key: Optional[str] = None
     validation_fraction: float = 0.1
