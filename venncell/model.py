@@ -369,12 +369,11 @@ class VennCell:
         return self._refine(self._data_for(mdata), modalities, epochs, batch_size, lr_latent, seed)
 
     def _refine(self, data, modalities, epochs, batch_size=256, lr_latent=5e-2, seed=None):
-        """``refine`` on data already read (so a caller that needs them too reads and checks them once)."""
+        """``refine`` on data already read and arguments already checked (so a caller that needs the data too
+        reads them once)."""
         from venncell.train.refine import refine_latents
 
-        check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
         use = list(modalities) if modalities is not None else list(self.specs)
-        self._check_modalities(use)
         start = embed_cells(self.module, data, modalities=use)
         return refine_latents(
             self.module,
@@ -690,6 +689,8 @@ class VennCell:
         from venncell.analysis.cell_weights import cell_modality_weights
 
         self._require_trained()
+        if mdata is not None:
+            check_range("refine_epochs (refine(epochs=...))", refine_epochs, 1, integer=True)
         data = self._data_for(mdata)
         if mdata is None:
             reference = stage1_latents(self.module, data)["shared"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from venncell.analysis.attribution import AttributionConfig
 from venncell.analysis.gene_sets import EnrichmentConfig
@@ -122,8 +123,6 @@ def to_object(cls, node) -> Any:
 
 def data_settings(cfg) -> dict:
     """The data group as a dict, its shared numbers checked and ``register`` a plain list or dict (or None)."""
-    from omegaconf import OmegaConf
-
     d = dict(cfg)
     check_range("data.validation_fraction", d.get("validation_fraction", 0.1), 0.0, 0.9)
     register = d.get("register")

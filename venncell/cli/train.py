@@ -92,12 +92,11 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
         from venncell.analysis.recovery import evaluate_recovery
 
         metrics["recovery"] = {}
-        for source in ("average", "encoder", "stage1"):
-            learned = {"shared": model.get_latent_representation(block="shared", source=source)}
+        # read back what write_latents just put in .obsm (the default, then each alone) rather than embed again
+        for source, suffix in (("average", ""), ("encoder", "_encoder"), ("stage1", "_stage1")):
+            learned = {"shared": mdata.obsm[f"X_venn_shared{suffix}"]}
             for m in model.specs:
-                learned[f"private:{m}"] = model.get_latent_representation(
-                    block=f"private:{m}", source=source
-                )
+                learned[f"private:{m}"] = mdata.obsm[f"X_venn_private_{m}{suffix}"]
             metrics["recovery"][source] = evaluate_recovery(learned, truth.blocks())
         log.info(
             "recovery (kNN R^2, the default latents): %s",

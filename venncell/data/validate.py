@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -315,9 +317,6 @@ def _label_string(v) -> str:
 def user_stacklevel() -> int:
     """The ``stacklevel`` that points a warning raised by its caller at the first frame outside the venncell
     package (the user's line, however deep in venncell the warning starts)."""
-    import sys
-    from pathlib import Path
-
     root = str(Path(__file__).resolve().parents[1])
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(root):
