@@ -160,6 +160,21 @@ def test_muon_fixture_h5mu(tmp_path, helpers, shared_dataset):
     assert (tmp_path / "venn.h5mu").exists()
 
 
+def test_preset_run_elsewhere_names_the_command_that_builds_its_data(tmp_path, helpers):
+    # every experiment= preset reads a file its own script builds, relative to the repository root
+    res = helpers.run_cli(
+        ["venncell-train", "experiment=scicar_a549", f"hydra.run.dir={tmp_path / 'run'}"],
+        ok=False,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "no such file" in res.stderr and str(tmp_path) in res.stderr
+    assert (
+        "Make it with `python experiments/scicar_a549_rna_atac/run.py --build-only`, run from the repository root"
+        in res.stderr
+    )
+
+
 def test_bad_path_is_one_clear_line(tmp_path, helpers):
     res = helpers.run_cli(
         [

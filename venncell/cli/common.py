@@ -49,7 +49,7 @@ def load_data(cfg):
         mdata, _ = make_synthetic(**OmegaConf.to_container(OmegaConf.create(given)))
         return mdata
     if d.name == "mudata":
-        return read_h5mu(data_path(cfg), backed=bool(d.backed))
+        return read_h5mu(data_path(cfg), backed=bool(d.backed), build=d.get("build"))
     raise VennCellInputError(
         f"data.name={d.name!r} is not known; use data=synthetic or data=mudata."
     )

@@ -30,10 +30,12 @@ class MuDataConfig:
     """A user's MuData (.h5mu). Every modality is used unless ``register`` lists some; ``register`` takes
     ``VennCell.setup_mudata``'s per-modality options, e.g. ``{rna: {kind: rna, layer: counts}, adt: protein}``.
     ``backed``: train out of core, reading rows from the file per chunk of ``chunk_size`` cells (the run then writes
-    venn_latents.h5ad, latents only, instead of a copy of the input)."""
+    venn_latents.h5ad, latents only, instead of a copy of the input). ``build``: the command that makes ``path``
+    (an ``experiment=`` preset's), shown when the file is missing."""
 
     name: str = "mudata"
     path: Optional[str] = None
+    build: Optional[str] = None
     # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None (data_settings checks it)
     register: Any = None
     batch_key: Optional[str] = None

@@ -9,8 +9,9 @@ import mudata as md
 from venncell.data.validate import VennCellInputError
 
 
-def read_h5mu(path: str | Path, backed: bool = False) -> md.MuData:
-    """The MuData in ``path`` (``backed``: matrices stay on disk, read on demand)."""
+def read_h5mu(path: str | Path, backed: bool = False, build: str | None = None) -> md.MuData:
+    """The MuData in ``path`` (``backed``: matrices stay on disk, read on demand); ``build``, the command that makes
+    a missing file, goes into its error."""
     p = Path(path)
     if not p.exists():
         where = (
@@ -18,7 +19,8 @@ def read_h5mu(path: str | Path, backed: bool = False) -> md.MuData:
             if p.is_absolute()
             else f" (a relative path is read from the current folder, {Path.cwd()})"
         )
-        raise VennCellInputError(f"data.path={path}: no such file{where}.")
+        how = f" Make it with `{build}`, run from the repository root." if build else ""
+        raise VennCellInputError(f"data.path={path}: no such file{where}.{how}")
     if p.is_dir():
         raise VennCellInputError(f"data.path={path} is a folder; name the .h5mu file inside it.")
     if p.suffix == ".h5ad":
