@@ -663,6 +663,15 @@ class VennCell:
         data = self._require_data("attribute features and markers")
         return attribute(self.module, data, self.mdata, self.is_train, markers, **kwargs)
 
+    def check_markers(self, markers) -> None:
+        """Raise the error ``attribution(markers)`` would give for a marker it cannot find (unknown, ambiguous),
+        without training or computing anything: ``venncell-train report=...`` checks its markers before training."""
+        from venncell.analysis.markers import resolve_marker
+
+        data = self._require_data("check markers")
+        for name in [markers] if isinstance(markers, str) else list(markers):
+            resolve_marker(self.mdata, data, name, np.arange(min(1, data.n_cells)))
+
     def cell_modality_weights(
         self, mdata: md.MuData | None = None, refine_epochs: int = 20, write_obs: bool = True
     ) -> pd.DataFrame:

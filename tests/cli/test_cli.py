@@ -269,6 +269,49 @@ def test_a_failed_report_still_writes_the_latents(tmp_path, helpers, monkeypatch
     assert "X_venn_shared" in out.obsm and (tmp_path / "metrics.json").exists()
 
 
+def test_train_report_takes_venncell_reports_settings_and_checks_them_first(
+    tmp_path, helpers, monkeypatch
+):
+    """``report=true`` took no settings: markers, plan and attribution options needed a second command."""
+    from hydra import compose, initialize_config_module
+
+    import venncell.cli.report
+    from venncell.cli.store import register_configs
+    from venncell.cli.train import run_train
+    from venncell.data.validate import VennCellInputError
+
+    seen = {}
+
+    def capture(model, run_dir, markers=None, **kwargs):
+        seen.update(markers=markers, **kwargs)
+
+    monkeypatch.setattr(venncell.cli.report, "write_run_report", capture)
+    register_configs()
+
+    def cfg(report):
+        with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+            return compose(
+                "config", overrides=[*helpers.TINY_CLI, f"report={report}", "logger=none"]
+            )
+
+    for report, message in (
+        ("{markers: [protein:p0]}", "Marker 'protein:p0' was not found"),
+        ("{attribution: {n_bot: 3}}", "n_bot"),
+        ("{run_dir: elsewhere}", "cannot be set in venncell-train"),
+        ("{attribution: {alpha: 0}}", "alpha"),
+        ("maybe", "must be true, false or a dict"),
+    ):
+        run = tmp_path / f"bad{len(message)}"
+        with pytest.raises(VennCellInputError, match=message):
+            run_train(cfg(report), run)
+        assert (
+            not (run / "model").exists() and not (run / "checkpoints").exists()
+        )  # before training
+    run_train(cfg("{markers: [cluster], plan: true, attribution: {n_boot: 7}}"), tmp_path / "ok")
+    assert seen["markers"] == ["cluster"] and seen["n_boot"] == 7 and seen["plan"]["n_boot"] > 0
+    assert seen["save_h5mu"] is False and (tmp_path / "ok" / "venn.h5mu").exists()
+
+
 def test_report_of_a_missing_run_folder_creates_nothing(tmp_path, helpers):
     missing = tmp_path / "nope"
     res = helpers.run_cli(["venncell-report", f"run_dir={missing}"], ok=False)

@@ -9,8 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from venncell.analysis.attribution import AttributionConfig
 from venncell.cli.common import CONFIG_PATH, check_output_dir, friendly
-from venncell.cli.store import register_configs
+from venncell.cli.store import ReportConfig, register_configs, to_object
 from venncell.data.readers import read_h5mu
 from venncell.data.validate import VennCellInputError
 from venncell.model import VennCell, atomic_write_h5mu
@@ -64,6 +65,11 @@ def run_report(cfg: DictConfig):
             )
     mdata = read_h5mu(data_path)
     model = VennCell.load(model_dir, mdata=mdata)
+    return report_with(model, run_dir, cfg, save_h5mu=cfg.write_h5mu)
+
+
+def report_with(model: VennCell, run_dir: Path, cfg, save_h5mu: bool):
+    """``write_run_report`` with the settings of a ``ReportConfig`` node ``cfg``."""
     markers = cfg.markers
     if markers is not None and not isinstance(markers, str):
         markers = list(markers)
@@ -72,11 +78,42 @@ def run_report(cfg: DictConfig):
         run_dir,
         markers,
         umap=cfg.umap,
-        save_h5mu=cfg.write_h5mu,
+        save_h5mu=save_h5mu,
         plan=OmegaConf.to_container(cfg.planner, resolve=True) if cfg.plan else None,
         enrichment=OmegaConf.to_container(cfg.enrichment, resolve=True) if cfg.enrich else None,
         **OmegaConf.to_container(cfg.attribution, resolve=True),
     )
+
+
+def train_report_settings(report) -> DictConfig | None:
+    """``venncell-train``'s ``report``: None for false, else venncell-report's settings, the defaults for true and
+    those given for a dict (``report='{markers: [CD4], plan: true}'``), checked here, before training."""
+    if OmegaConf.is_config(report):
+        report = OmegaConf.to_container(report, resolve=True)
+    if report is None or report is False:
+        return None
+    if report is True:
+        report = {}
+    if not isinstance(report, dict):
+        raise VennCellInputError(
+            f"report={report!r} must be true, false or a dict of venncell-report's settings, e.g. "
+            "report='{markers: [CD4, cell_type], plan: true}'."
+        )
+    own = sorted({"run_dir", "write_h5mu"} & set(report))
+    if own:
+        raise VennCellInputError(
+            f"report: {own} cannot be set in venncell-train (the report goes into the run's folder, with its "
+            "venn.h5mu); set them in a later `venncell-report run_dir=RUN ...` instead."
+        )
+    node = OmegaConf.structured(ReportConfig(run_dir=""))
+    try:
+        node = OmegaConf.merge(node, report)
+    except Exception as e:  # OmegaConf's unknown-key and type errors
+        raise VennCellInputError(
+            f"report: {str(e).splitlines()[0]}; valid settings: venncell-report --help."
+        ) from None
+    to_object(AttributionConfig, node.attribution)  # range checks now, not after training
+    return node
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="report", version_base="1.3")

@@ -54,6 +54,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
         ModelConfig, cfg.model
     )  # every setting checked before anything is read or written
     train_cfg = to_object(TrainConfig, cfg.trainer)
+    from venncell.cli.report import train_report_settings
+
+    report = train_report_settings(cfg.get("report"))
     data = data_settings(cfg.data)
     mdata = load_data(cfg)
     VennCell.setup_mudata(
@@ -71,6 +74,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
         **asdict(model_cfg),
     )
     log.info("%s", model)
+    if report is not None and report.markers is not None:
+        model.check_markers(report.markers)  # a mistyped marker fails now, not after training
     train_kwargs = {**asdict(train_cfg), "seed": cfg.seed}
     if (
         cfg.resume
@@ -103,11 +108,13 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
             metrics["recovery"]["average"]["knn"]["summary"],
         )
     atomic_write_json(metrics, run_dir / "metrics.json")
-    if cfg.report:  # before venn.h5mu is written, so that it carries the venn_* .var columns
-        from venncell.cli.report import write_run_report
+    if (
+        report is not None
+    ):  # before venn.h5mu is written, so that it carries the venn_* .var columns
+        from venncell.cli.report import report_with
 
         try:
-            write_run_report(model, run_dir)
+            report_with(model, run_dir, report, save_h5mu=False)
         except BaseException:
             _write_latents_file(
                 mdata, run_dir, backed
