@@ -29,7 +29,12 @@ from venncell.data.registry import (
     stored_options,
 )
 from venncell.data.split import validation_split
-from venncell.data.validate import VennCellInputError, check_range
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellInputWarning,
+    check_range,
+    user_stacklevel,
+)
 from venncell.module.config import ModelConfig
 from venncell.module.embed import (
     average_latents,
@@ -270,14 +275,36 @@ class VennCell:
         check_resume(self.module, self._require_data("resume"), self.is_train, cfg, run_dir)
 
     # ------------------------------------------------------------------ inference
-    def _data_for(self, mdata: md.MuData | None) -> MultiModalData:
+    def _data_for(self, mdata: md.MuData | None, modalities=None) -> MultiModalData:
+        """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
+        cells, which must have measured some of them (else the shared latent is NaN)."""
         if mdata is None or mdata is self.mdata:
-            return self._require_data("use the training data (mdata=None)")
-        if not isinstance(mdata, md.MuData):
+            data = self._require_data("use the training data (mdata=None)")
+        elif not isinstance(mdata, md.MuData):
             raise VennCellInputError(f"mdata must be a MuData, got {type(mdata).__name__}.")
-        return MultiModalData(
-            mdata, self.registry, training=False, backed=bool(getattr(mdata, "isbacked", False))
-        )
+        else:
+            data = MultiModalData(
+                mdata,
+                self.registry,
+                training=False,
+                backed=bool(getattr(mdata, "isbacked", False)),
+            )
+        if modalities is not None:
+            held = [m for m in self.specs if data.present(m).any()]
+            if not set(held) & set(modalities):
+                raise VennCellInputError(
+                    f"modalities={list(modalities)}: the data have no cell measured in any of them, so every "
+                    f"cell's shared latent would be NaN. Name modalities the data hold: {held}."
+                )
+            without = ~np.any([data.present(m) for m in modalities], axis=0)
+            if without.any():
+                warnings.warn(
+                    f"{int(without.sum())} of {data.n_cells} cells have none of modalities={list(modalities)}: "
+                    "their latents are NaN.",
+                    VennCellInputWarning,
+                    stacklevel=user_stacklevel(),
+                )
+        return data
 
     def get_latent_representation(
         self,
@@ -307,7 +334,8 @@ class VennCell:
 
         Returns
         -------
-        Cells x dimensions; NaN in a private block where a cell lacks that modality.
+        Cells x dimensions; NaN in a private block where a cell lacks that modality, and in the shared block of a
+        cell that has none of ``modalities`` (a warning says how many; none at all is refused).
         """
         self._require_trained()
         if source is None:
@@ -335,7 +363,9 @@ class VennCell:
             lat = (
                 self.refine(mdata, modalities, refine_epochs)
                 if refine_epochs
-                else embed_cells(self.module, self._data_for(mdata), modalities=modalities)
+                else embed_cells(
+                    self.module, self._data_for(mdata, modalities), modalities=modalities
+                )
             )
         else:
             lat = stage1_latents(self.module, self._require_data("read the stage-1 latents"))
@@ -365,8 +395,14 @@ class VennCell:
         ``private:<m>``)."""
         self._require_trained()
         check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
-        self._check_modalities(modalities)  # both before the data are read
-        return self._refine(self._data_for(mdata), modalities, epochs, batch_size, lr_latent, seed)
+        check_range("refine(batch_size=...)", batch_size, 1, integer=True)
+        check_range("refine(lr_latent=...)", lr_latent, 0.0)
+        if seed is not None:
+            check_range("refine(seed=...)", seed, 0, integer=True)
+        self._check_modalities(modalities)  # all before the data are read
+        return self._refine(
+            self._data_for(mdata, modalities), modalities, epochs, batch_size, lr_latent, seed
+        )
 
     def _refine(self, data, modalities, epochs, batch_size=256, lr_latent=5e-2, seed=None):
         """``refine`` on data already read and arguments already checked (so a caller that needs the data too
@@ -482,7 +518,7 @@ class VennCell:
         enc = (
             self.refine(mdata, modalities, refine_epochs)
             if refine_epochs
-            else embed_cells(self.module, self._data_for(mdata), modalities=modalities)
+            else embed_cells(self.module, self._data_for(mdata, modalities), modalities=modalities)
         )
         latents = enc
         if target is self.mdata:

@@ -49,14 +49,20 @@ def test_distinct_numbers_stay_distinct_batches_and_float_categories_read_as_int
 
 
 def test_a_batch_column_only_in_a_modality_says_how_to_pull_it_up(tiny_mdata):
-    mdata = tiny_mdata.copy()
-    first = next(iter(mdata.mod))
-    mdata.mod[first].obs["donor"] = "d1"
-    mdata.update()
-    assert "donor" not in mdata.obs
-    with pytest.raises(
-        VennCellInputError, match=r"pull_obs\(columns=\['donor'\], prefix_unique=False\)"
-    ):
-        setup_options(mdata, batch_key="donor")
-    mdata.pull_obs(columns=["donor"], prefix_unique=False)  # the fix the message gives
-    assert setup_options(mdata, batch_key="donor")["batch_key"] == "donor"
+    """The fix the message gives works, run as written, whether one modality or all hold the column (the
+    ``mdata.pull_obs`` it once gave left a column every modality holds prefixed, and the error repeated)."""
+    import re
+
+    for holders in (1, None):
+        mdata = tiny_mdata.copy()
+        for m in list(mdata.mod)[:holders]:
+            mdata.mod[m].obs["donor"] = "d1"
+        mdata.update()
+        assert "donor" not in mdata.obs
+        with pytest.raises(
+            VennCellInputError, match=r"copy it up with `mdata\.obs\['donor'\]"
+        ) as err:
+            setup_options(mdata, batch_key="donor")
+        fix = re.search(r"copy it up with `([^`]+)`", str(err.value)).group(1)
+        exec(fix, {"mdata": mdata})
+        assert setup_options(mdata, batch_key="donor")["batch_key"] == "donor"

@@ -115,6 +115,26 @@ def test_load_with_training_data_restores_stage1(trained_tiny, tmp_path):
         again.get_latent_representation(source="stage1"),
         model.get_latent_representation(source="stage1"),
     )
+    # the training data's genes in another order line up by name (they were read by position: wrong latents)
+    shuffled = mdata.copy()
+    shuffled.mod["rna"] = shuffled["rna"][:, shuffled["rna"].var_names[::-1]].copy()
+    shuffled.update()
+    with pytest.warns(UserWarning, match="reordered"):
+        again = VennCell.load(tmp_path / "m", mdata=shuffled)
+    for block in ("all", "private:rna"):
+        np.testing.assert_allclose(
+            again.get_latent_representation(block=block),
+            model.get_latent_representation(block=block),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    fewer = mdata.copy()
+    fewer.mod["rna"] = fewer["rna"][:, :10].copy()
+    fewer.update()
+    with pytest.raises(
+        VennCellInputError, match="'rna': .* feature\\(s\\) the model was trained on are missing"
+    ):
+        VennCell.load(tmp_path / "m", mdata=fewer)
 
 
 def test_new_data_with_wrong_features(trained_tiny, tmp_path):
@@ -151,6 +171,17 @@ def test_embed_new_cells_from_one_modality(trained_tiny):
         z, model.get_latent_representation(modalities=["rna"]), rtol=1e-5, atol=1e-5
     )
     assert np.isnan(model.get_latent_representation(sub, block="private:atac")).all()
+    # encoders the data cannot feed: every shared latent would be NaN (it was, without a word)
+    with pytest.raises(VennCellInputError, match=r"no cell measured in any of them.*\['rna'\]"):
+        model.get_latent_representation(sub, modalities=["atac"])
+    with pytest.raises(VennCellInputError, match="no cell measured in any of them"):
+        model.write_latents(sub, modalities=["atac", "protein"])
+    partial = mdata[mdata.obs_names[:5]].copy()
+    partial.mod["atac"] = partial["atac"][partial.obs_names[:2]].copy()
+    partial.update()
+    with pytest.warns(UserWarning, match="3 of 5 cells have none of modalities"):
+        z = model.get_latent_representation(partial, modalities=["atac"])
+    assert np.isnan(z[2:]).all() and np.isfinite(z[:2]).all()
 
 
 def test_untrained_model_refuses(tiny_mdata):

@@ -500,6 +500,41 @@ def test_too_few_permutations_for_alpha_are_refused(trained_tiny):
         model.attribution(["cluster"], alpha=0, progress=False)
 
 
+def test_analysis_and_refine_settings_are_checked_before_any_work(trained_tiny, tmp_path):
+    """A NaN ridge gave NaN scores the smallest p-value (a "shared" verdict) and a half-written folder; knn_k=0,
+    negative seeds and batch_size=0 failed deep in numpy, sklearn or Lightning; 5 cells made a plan."""
+    model, mdata, _ = trained_tiny
+    for bad, match in (
+        ({"ridge_alpha": float("nan")}, "ridge_alpha=nan must be a finite number"),
+        ({"ridge_alpha": 0.0}, "ridge_alpha must be above 0"),
+        ({"knn_k": 0}, "knn_k=0 is out of range"),
+        ({"seed": -1}, "seed=-1 is out of range"),
+        ({"max_cells": -3}, "max_cells=-3 is out of range"),
+        ({"n_boot": 2.5}, "n_boot=2.5 must be an integer"),
+    ):
+        with pytest.raises(VennCellInputError, match=match):
+            model.attribution(["cluster"], progress=False, **bad)
+    for bad, match in (
+        ({"seed": -1}, "seed=-1 is out of range"),
+        ({"max_cells": 5}, "max_cells=5: at least 10 cells"),
+    ):
+        with pytest.raises(VennCellInputError, match=match):
+            model.plan_measurements(**bad)
+    for bad, match in (
+        ({"seed": -1}, r"refine\(seed=...\)=-1 is out of range"),
+        ({"batch_size": 0}, "batch_size=...\\)=0 is out of range"),
+        ({"lr_latent": float("nan")}, "lr_latent=...\\)=nan must be a finite number"),
+    ):
+        with pytest.raises(VennCellInputError, match=match):
+            model.refine(mdata, epochs=1, **bad)
+    # a result whose JSON cannot be written leaves no file behind
+    res = model.attribution(["cluster"], n_boot=20, progress=False, write_var=False)
+    res.config.ridge_alpha = float("nan")
+    with pytest.raises(ValueError):
+        res.write(tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*"))
+
+
 def test_a_marker_of_an_unknown_modality_says_so(trained_tiny):
     model, _, _ = trained_tiny
     with pytest.raises(VennCellInputError, match="'hic' is not a modality of the model"):

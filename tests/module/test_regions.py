@@ -229,3 +229,21 @@ def test_regions_from_the_command_line(tmp_path, helpers):
     mdata = md.read_h5mu(str(out / "venn.h5mu"))
     assert mdata.obsm["X_venn_shared_atac+rna"].shape[1] == 3
     assert mdata.obsm["X_venn_shared_atac+protein"].shape[1] == 2
+
+
+def test_regions_asked_of_two_modalities_say_they_add_nothing():
+    """venn_regions='pairs' on RNA + ATAC silently made the plain model."""
+    import warnings
+
+    from venncell.module.regions import region_members
+
+    with pytest.warns(UserWarning, match="adds no block for 2 modalities"):
+        assert region_members(["rna", "atac"], "pairs") == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(region_members(["rna", "atac", "protein"], "pairs")) == [
+            "atac+rna",
+            "protein+rna",
+            "atac+protein",
+        ]
+        assert region_members(["rna", "atac"], "shared") == {}

@@ -84,7 +84,7 @@ from venncell.analysis.markers import (
 )
 from venncell.analysis.probes import PROBES
 from venncell.analysis.writers import AttributionResult, concat_frames
-from venncell.data.validate import VennCellInputError, config_from
+from venncell.data.validate import VennCellInputError, check_range, config_from
 from venncell.module.embed import embed_cells, stage1_latents
 from venncell.module.regions import block_key
 
@@ -123,8 +123,21 @@ class AttributionConfig:
             raise VennCellInputError(
                 f"shared_estimate must be 'auto', 'decoder' or 'marginal', got {self.shared_estimate!r}."
             )
-        if self.n_folds < 2 or self.n_boot < 1 or self.n_perm < 1 or self.n_marginal < 1:
-            raise VennCellInputError("n_folds must be >= 2 and n_boot, n_perm, n_marginal >= 1.")
+        for name, low in (
+            ("n_folds", 2),
+            ("n_boot", 1),
+            ("n_perm", 1),
+            ("n_marginal", 1),
+            ("knn_k", 1),
+            ("max_cells", 0),
+            ("n_components", 1),
+            ("top_n", 1),
+            ("seed", 0),
+        ):
+            check_range(f"attribution {name}", getattr(self, name), low, integer=True)
+        check_range("attribution ridge_alpha", self.ridge_alpha, 0.0)
+        if self.ridge_alpha == 0:  # an unshrunk probe on collinear latents is singular
+            raise VennCellInputError("attribution ridge_alpha must be above 0 (the default is 1).")
         for name in ("alpha", "min_score", "min_gain", "specific_max", "ci"):
             if not 0 <= getattr(self, name) <= 1:
                 raise VennCellInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")

@@ -282,7 +282,10 @@ def _probe_group(
                         "block": block,
                         "probe": probe,
                         **with_ci("score", draws, cfg.ci),
-                        "p_value": (1 + np.sum(scores[1:] >= scores[0])) / (1 + cfg.n_perm),
+                        # a score that is not a number is no evidence (its comparisons would all be False)
+                        "p_value": (1 + np.sum(scores[1:] >= scores[0])) / (1 + cfg.n_perm)
+                        if np.isfinite(scores[0])
+                        else np.nan,
                     }
                 )
     score_df = pd.DataFrame(score_rows)

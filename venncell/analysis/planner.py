@@ -41,10 +41,16 @@ import torch
 from venncell.analysis.features import _normalised_observed
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records, atomic_write_text
-from venncell.data.validate import VennCellInputError, VennCellInputWarning, config_from
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellInputWarning,
+    check_range,
+    config_from,
+)
 from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key, region_name
 
+MIN_CELLS = 10  # scored cells below which a plan's bootstrap CIs mean nothing
 MIN_HELD_OUT = 50  # fewer held-out cells than this give CIs too wide to plan with; fall back to training cells
 
 
@@ -64,8 +70,12 @@ class PlanConfig:
         for name in ("predict_min", "min_r2", "ci"):
             if not 0 <= getattr(self, name) <= 1:
                 raise VennCellInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
-        if self.n_boot < 1 or self.max_subset < 1 or self.max_cells < 0:
-            raise VennCellInputError("n_boot and max_subset must be >= 1, max_cells >= 0.")
+        for name, low in (("n_boot", 1), ("max_subset", 1), ("max_cells", 0), ("seed", 0)):
+            check_range(f"planner {name}", getattr(self, name), low, integer=True)
+        if 0 < self.max_cells < MIN_CELLS:
+            raise VennCellInputError(
+                f"planner max_cells={self.max_cells}: at least {MIN_CELLS} cells are needed to plan (0 = all)."
+            )
 
 
 @dataclass
@@ -93,10 +103,12 @@ class PlanResult:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(
+            self.to_dict(), indent=1, allow_nan=False
+        )  # fails before any file is written
         written = [atomic_write_text(out / "plan_summary.csv", self.summary.to_csv(index=False))]
         for t, df in self.features.items():
             written.append(atomic_write_text(out / f"plan_features_{t}.csv", df.to_csv()))
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         written.append(atomic_write_text(out / "plan.json", text))
         return written
 
@@ -188,10 +200,10 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
             VennCellInputWarning,
             stacklevel=3,
         )
-    if len(cells) < 10:
+    if len(cells) < MIN_CELLS:
         raise VennCellInputError(
             f"Only {len(cells)} cells have every modality ({mods}); planning compares modalities on the same "
-            "cells and needs at least 10."
+            f"cells and needs at least {MIN_CELLS}."
         )
     if 0 < cfg.max_cells < len(cells):
         cells = np.sort(rng.choice(cells, cfg.max_cells, replace=False))

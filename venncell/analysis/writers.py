@@ -63,6 +63,10 @@ class AttributionResult:
             tables["attribution_cell_weights.csv"] = self.cell_weights.rename_axis(
                 "cell"
             ).reset_index()
+        # every text first: a value JSON cannot hold fails before any file is written
+        text = json.dumps(
+            self.to_dict(), indent=1, allow_nan=False
+        )  # strict JSON: NaN went to null in _records
         written = []
         for name, df in tables.items():
             written.append(
@@ -70,9 +74,6 @@ class AttributionResult:
                     out / name, df.to_csv(index=name.startswith("attribution_features_"))
                 )
             )
-        text = json.dumps(
-            self.to_dict(), indent=1, allow_nan=False
-        )  # strict JSON: NaN went to null in _records
         written.append(atomic_write_text(out / "attribution.json", text))
         return written
 

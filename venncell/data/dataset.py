@@ -182,10 +182,9 @@ class MultiModalData:
                 self.x[name] = image_source(spec, a, training)
                 self._library[name] = np.ones(a.n_obs, dtype=np.float32)
                 continue
-            cols = None if training else align_features(spec, a.var_names)
-            if training and spec.dropped_features:
-                keep = set(spec.features)
-                cols = np.array([i for i, f in enumerate(map(str, a.var_names)) if f in keep])
+            # by name for the training data too: a saved model loaded with them (VennCell.load(path, mdata))
+            # may meet its genes in another order
+            cols = align_features(spec, a.var_names)
             if backed:
                 from venncell.data.backed import open_backed
 

@@ -112,8 +112,8 @@ class DataRegistry:
             raise VennCellInputError(
                 f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: "
                 f"{list(obs)[:10]}); the model was trained with batches, so new data need it. If a modality's "
-                f".obs holds it, copy it up: "
-                f"`mdata.pull_obs(columns=['{self.batch_key}'], prefix_unique=False)`."
+                f".obs holds it, copy it up: `mdata.obs['{self.batch_key}'] = "
+                f"mdata['<modality>'].obs['{self.batch_key}'].reindex(mdata.obs_names)`."
             )
         values = check_batch_labels(self.batch_key, obs[self.batch_key], training=False)
         lookup = {c: i for i, c in enumerate(self.batch_categories)}
@@ -166,12 +166,17 @@ def setup_options(
     if batch_key is not None:
         if batch_key not in mdata.obs:
             holders = [m for m, a in mdata.mod.items() if batch_key in a.obs]
+            # pandas, not mdata.pull_obs: what pull_obs names a column held by several modalities varies by version
             hint = (
-                f" It is in the .obs of {holders}: copy it up with "
-                f"`mdata.pull_obs(columns=['{batch_key}'], prefix_unique=False)`."
+                f" It is in the .obs of {holders}: copy it up with `mdata.obs['{batch_key}'] = "
+                f"mdata['{holders[0]}'].obs['{batch_key}'].reindex(mdata.obs_names)`"
                 if holders
                 else ""
             )
+            pulled = [f"{m}:{batch_key}" for m in holders if f"{m}:{batch_key}" in mdata.obs]
+            if pulled:
+                hint += f", or use batch_key='{pulled[0]}', which mdata.obs has"
+            hint += "." if holders else ""
             raise VennCellInputError(
                 f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {list(mdata.obs)[:10]}).{hint}"
             )

@@ -11,9 +11,10 @@ private one).
 
 from __future__ import annotations
 
+import warnings
 from itertools import combinations
 
-from venncell.data.validate import VennCellInputError
+from venncell.data.validate import VennCellInputError, VennCellInputWarning, user_stacklevel
 
 
 def region_members(modalities: list[str], rule: str) -> dict[str, tuple[str, ...]]:
@@ -25,6 +26,13 @@ def region_members(modalities: list[str], rule: str) -> dict[str, tuple[str, ...
             f"venn_regions={rule!r}."
         )
     n = len(modalities)
+    if rule != "shared" and n < 3:
+        warnings.warn(
+            f"venn_regions={rule!r} adds no block for {n} modalities: with two, a block shared by some but not all "
+            "of them is a private block, which the model has already.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
     sizes = {"shared": [], "pairs": [2] if n >= 3 else [], "all": list(range(2, n))}[rule]
     return {region_name(s): tuple(sorted(s)) for k in sizes for s in combinations(modalities, k)}
 
