@@ -540,6 +540,10 @@ class VennCell:
             raise VennCellInputError(
                 f"modalities must be a list of names, e.g. [{modalities!r}], not a string."
             )
+        if not len(modalities):
+            raise VennCellInputError(
+                "modalities=[] names no modality; leave it out to use every modality a cell has."
+            )
         missing = [m for m in modalities if m not in self.specs]
         if missing:
             raise VennCellInputError(
@@ -572,6 +576,9 @@ class VennCell:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+            tmp.chmod(
+                0o777 & ~_umask()
+            )  # mkdtemp's 0700 would keep other users from loading the model
         except OSError as e:
             raise VennCellInputError(
                 f"Cannot write the model to {path}: {e.strerror or e}."
@@ -839,8 +846,16 @@ def _read_h5mu(path, backed: bool = False) -> md.MuData:
     return read_h5mu(path, backed=backed)
 
 
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_h5mu(mdata: md.MuData, path: str | Path) -> None:
-    """Write to a temporary file beside the target and rename: readers see the old file or the new one."""
+    """Write to a temporary file beside the target and rename: readers see the old file or the new one (an AnnData
+    is written as .h5ad the same way)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

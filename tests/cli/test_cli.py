@@ -10,6 +10,8 @@ import mudata as md
 import numpy as np
 import pytest
 
+from venncell.data.validate import VennCellInputError
+
 
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory, helpers) -> Path:
@@ -55,12 +57,23 @@ def test_embed_and_predict_cli(train_run, tmp_path, helpers):
             "venncell-embed",
             f"model_dir={train_run / 'model'}",
             f"data.path={train_run / 'venn.h5mu'}",
-            "modalities=[rna]",
+            "modalities=rna",  # one name without brackets (it was read as ['r', 'n', 'a'])
             f"hydra.run.dir={tmp_path / 'e'}",
         ]
     )
     emb = md.read_h5mu(str(tmp_path / "e" / "embedded.h5mu"))
     assert np.isfinite(emb.obsm["X_venn_shared"]).all()
+    res = helpers.run_cli(
+        [
+            "venncell-embed",
+            f"model_dir={train_run / 'model'}",
+            f"data.path={train_run / 'venn.h5mu'}",
+            "modalities=[]",  # it embedded with every modality, without a word
+            f"hydra.run.dir={tmp_path / 'none'}",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 2 and "modalities=[] names no modality" in res.stderr
     helpers.run_cli(
         [
             "venncell-predict",
@@ -278,7 +291,6 @@ def test_train_report_takes_venncell_reports_settings_and_checks_them_first(
     import venncell.cli.report
     from venncell.cli.store import register_configs
     from venncell.cli.train import run_train
-    from venncell.data.validate import VennCellInputError
 
     seen = {}
 
@@ -312,8 +324,44 @@ def test_train_report_takes_venncell_reports_settings_and_checks_them_first(
     assert seen["save_h5mu"] is False and (tmp_path / "ok" / "venn.h5mu").exists()
 
 
+def test_backed_runs_write_their_latents_whole(tmp_path, tiny_mdata, monkeypatch):
+    """venn_latents.h5ad (backed runs) was written in place: a kill mid-write left a file anndata cannot open."""
+    import anndata as ad
+
+    from venncell.cli.train import _write_latents_file
+
+    mdata = tiny_mdata.copy()
+    mdata.obs["venn_split"] = "train"
+    mdata.obsm["X_venn_shared"] = np.zeros((mdata.n_obs, 2))
+    _write_latents_file(mdata, tmp_path, backed=True)
+    before = (tmp_path / "venn_latents.h5ad").read_bytes()
+
+    def cut_short(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\x89HDF\r\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ad.AnnData, "write", cut_short)
+    mdata.obsm["X_venn_shared"] = np.ones((mdata.n_obs, 2))
+    with pytest.raises(VennCellInputError, match="No space left"):
+        _write_latents_file(mdata, tmp_path, backed=True)
+    assert (tmp_path / "venn_latents.h5ad").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["venn_latents.h5ad"]
+
+
 def test_report_of_a_missing_run_folder_creates_nothing(tmp_path, helpers):
     missing = tmp_path / "nope"
     res = helpers.run_cli(["venncell-report", f"run_dir={missing}"], ok=False)
     assert res.returncode == 2 and "no such folder" in res.stderr and "Traceback" not in res.stderr
     assert not missing.exists()  # Hydra would have made it, with .hydra_report/ inside
+
+
+def test_report_of_a_backed_run_says_how_to_report_it(tmp_path):
+    """A backed run writes venn_latents.h5ad, not venn.h5mu; the report called it unfinished."""
+    from omegaconf import OmegaConf
+
+    from venncell.cli.report import run_report
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "venn_latents.h5ad").write_bytes(b"")
+    with pytest.raises(VennCellInputError, match=r"trained out of core .*VennCell\.load\("):
+        run_report(OmegaConf.create({"run_dir": str(tmp_path)}))

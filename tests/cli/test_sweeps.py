@@ -175,6 +175,9 @@ def test_failed_jobs_are_listed(tmp_path, helpers):
     )
     assert res.returncode != 0
     assert "trainer.accelerator" in (tmp_path / "0" / "job_error.txt").read_text()
+    # the callback wrote the summary although Hydra re-raised the failure (it once wrote none)
+    written = {r["run"]: r["status"] for r in read_csv(tmp_path / "sweep_summary.csv")}
+    assert written == {"0": "failed", "1": "failed"}
     assert main([str(tmp_path), "--quiet"]) == 0
     rows = {r["run"]: r for r in read_csv(tmp_path / "sweep_summary.csv")}
     assert rows["0"]["status"] == rows["1"]["status"] == "failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -85,6 +86,10 @@ def test_write_latents_feeds_scanpy(trained_tiny):
 def test_save_load_fresh_process_identical(trained_tiny, tmp_path):
     model, mdata, _ = trained_tiny
     model.save(tmp_path / "model")
+    # the folder's mode follows the umask like the files in it (mkdtemp's 0700 kept other users out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~mask
     data_path = tmp_path / "data.h5mu"
     mdata.write(str(data_path))
     # the loaded model reads d as new cells, which get the encoders' latents

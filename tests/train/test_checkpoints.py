@@ -140,6 +140,33 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
     )
 
 
+def test_resume_with_more_stage1_epochs_trains_stage2_again(tmp_path, helpers):
+    """Resuming a finished run with more stage-1 epochs trained them, then resumed stage 2's finished checkpoint,
+    which put the old stage-1 latents and encoders back: the extra epochs were lost without a word."""
+    first = _tiny_model()
+    first.train(run_dir=tmp_path, **helpers.FAST)
+    longer = _tiny_model()
+    longer.train(run_dir=tmp_path, resume=True, **{**helpers.FAST, "stage1_epochs": 6})
+    moved = np.abs(
+        longer.get_latent_representation(source="stage1")
+        - first.get_latent_representation(source="stage1")
+    ).max()
+    assert moved > 1e-3
+    # stage 2 fitted the new stage-1 latents: its encoders differ from the first run's too
+    assert (
+        np.abs(
+            longer.get_latent_representation(source="encoder")
+            - first.get_latent_representation(source="encoder")
+        ).max()
+        > 1e-3
+    )
+    again = _tiny_model()  # and resuming that finished run changes nothing
+    again.train(run_dir=tmp_path, resume=True, **{**helpers.FAST, "stage1_epochs": 6})
+    np.testing.assert_array_equal(
+        again.get_latent_representation(block="all"), longer.get_latent_representation(block="all")
+    )
+
+
 def test_resume_keeps_the_csv_rows_before_the_checkpoint_and_skips_a_line_cut_short(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 

@@ -27,7 +27,9 @@ def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
     refine = int(cfg.get("refine_epochs") or 0)
     check_range("refine_epochs", refine, 0, integer=True)
     model, mdata = _load_for_apply(cfg)
-    mods = list(cfg.modalities) if cfg.get("modalities") else None
+    mods = cfg.get("modalities")
+    if mods is not None:  # modalities=rna (a string) as [rna]; [] is refused by the model
+        mods = [mods] if isinstance(mods, str) else list(mods)
     model.write_latents(mdata, modalities=mods, refine_epochs=refine)
     out = run_dir / cfg.output
     atomic_write_h5mu(mdata, out)

@@ -58,6 +58,12 @@ def run_report(cfg: DictConfig):
         )
     run_dir = Path(cfg.run_dir)
     model_dir, data_path = run_dir / "model", run_dir / "venn.h5mu"
+    if model_dir.exists() and not data_path.exists() and (run_dir / "venn_latents.h5ad").exists():
+        raise VennCellInputError(
+            f"run_dir={run_dir} was trained out of core (data.backed=true): it holds venn_latents.h5ad, not a "
+            "copy of its data, which the report reads. Report from Python with the data file: "
+            f"`VennCell.load('{model_dir}', mdata=mudata.read_h5mu(DATA)).attribution(markers)`."
+        )
     for p, what in ((model_dir, "model/ folder"), (data_path, "venn.h5mu")):
         if not p.exists():
             raise VennCellInputError(

@@ -316,8 +316,13 @@ class SweepSummaryCallback(_HydraCallback):
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus
 
-        if job_return.status != JobStatus.FAILED:
-            return
+        if job_return.status == JobStatus.FAILED:
+            self._record_error(config, job_return)
+        # after every job, not only at the end: Hydra re-raises a failed job's error once the jobs have run and
+        # never reaches on_multirun_end, which left a sweep with any failure without its summary
+        self.on_multirun_end(config)
+
+    def _record_error(self, config, job_return) -> None:
         try:
             out = Path(config.hydra.runtime.output_dir)
             exc = job_return._return_value

@@ -136,10 +136,13 @@ def _write_latents_file(mdata, run_dir: Path, backed: bool) -> None:
     if backed:
         import anndata as ad
 
-        ad.AnnData(
+        latents = ad.AnnData(
             obs=mdata.obs[[]].assign(venn_split=mdata.obs["venn_split"]),
             obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")},
-        ).write_h5ad(run_dir / "venn_latents.h5ad")
+        )
+        atomic_write_h5mu(
+            latents, run_dir / "venn_latents.h5ad"
+        )  # AnnData.write: .h5ad, same temp-and-rename
     else:
         atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
 

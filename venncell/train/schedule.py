@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import replace
@@ -276,6 +277,11 @@ def check_resume(
         _resume_path(Path(run_dir), stage, True, expected)
 
 
+def _batches_done(trainer: L.Trainer) -> int:
+    """The logged step a finished ``fit`` reached (what ``_logged_step`` reads from its checkpoint)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
 def _logged_step(ckpt: dict) -> int:
     """The step the loggers had reached at the checkpoint. Not ``global_step``: that counts optimiser steps, two per
     batch in stage 1 (networks and latents), while the logged step counts batches."""
@@ -425,6 +431,15 @@ def _run_two_stage(
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
     train2 = _loader(data, train_idx, cfg.seed + 1, trainer2, False, cfg, resident)
     ckpt2, step2, row2 = _resume_path(run_dir, "stage2", resume, expected)
+    if ckpt2 is not None and _batches_done(trainer1) != step1:
+        # stage 1 trained on (more epochs asked for): stage 2's checkpoints hold the old stage-1 latents and
+        # encoders fitted to them, and resuming one would put them back
+        log.warning(
+            "Stage 1 trained further than when stage 2 was checkpointed; stage 2 starts again."
+        )
+        if rank_zero_only.rank == 0:
+            shutil.rmtree(run_dir / "checkpoints" / "stage2", ignore_errors=True)
+        ckpt2, step2, row2 = None, 0, None
     if resume:
         _keep_csv_history(trainer2, step2, row2)
     with stop_on_signals(stopper, run_dir):
