@@ -304,3 +304,22 @@ def test_default_markers_and_var_columns(trained_tiny):
     assert list(result.markers["marker"]) == ["cluster"]  # the one categorical .obs column
     assert isinstance(result.markers["verdict"].iloc[0], str)
     assert "venn_shared_fraction" in mdata["atac"].var
+
+
+def test_markers_probed_on_complete_cells_only_say_so():
+    """Cells lacking a modality (NaN private block) were left out of every marker's probe without a word."""
+    from venncell.analysis.markers import probe_markers
+
+    rng = np.random.default_rng(0)
+    n = 120
+    z = rng.normal(size=(n, 2))
+    priv = rng.normal(size=(n, 2))
+    priv[:30] = np.nan  # 30 cells without this modality
+    blocks = {"shared": z, "shared+private:protein": np.hstack([z, priv])}
+    with pytest.warns(
+        UserWarning, match="probed on the 90 of 120 cells measured in every modality"
+    ):
+        rows, _ = probe_markers(
+            {"m": z[:, 0] + 0.1 * rng.normal(size=n)}, blocks, ["protein"], n_perm=20, n_boot=20
+        )
+    assert rows["m"]["n_cells"] == 90

@@ -546,3 +546,30 @@ def test_an_image_channel_named_twice_is_refused():
 
     with pytest.raises(VennCellInputError, match="name a channel twice"):
         check_image_array("dapi", np.zeros((10, 3, 8, 8), dtype=np.float32), [0, 0], 10)
+
+
+def test_cells_with_none_of_the_models_modalities_are_named():
+    """Registering [protein, atac] on data where some cells have RNA only kept those cells without a word; their
+    latents came out NaN."""
+    import re
+
+    full, _ = make_synthetic(n_cells=60, modalities={"rna": 20, "protein": 10, "atac": 20}, seed=0)
+    names = full.obs_names
+    mdata = md.MuData(
+        {
+            "rna": full["rna"].copy(),
+            "protein": full["protein"][names[:40]].copy(),
+            "atac": full["atac"][names[10:45]].copy(),
+        }
+    )
+    VennCell.setup_mudata(mdata)
+    VennCell(mdata, seed=0)  # every cell has a modality: no warning
+    VennCell.setup_mudata(mdata, modalities=["protein", "atac"])
+    with pytest.warns(
+        UserWarning, match=r"15 of 60 cells have none of the model's modalities"
+    ) as rec:
+        VennCell(mdata, seed=0)
+    fix = re.search(r"Leave them out: `([^`]+)`", str(rec[0].message)).group(1)
+    scope = {"mdata": mdata, "np": np}
+    exec(fix, scope)  # the fix it gives works as written
+    assert list(scope["mdata"].obs_names) == list(names[:45])

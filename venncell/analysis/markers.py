@@ -4,6 +4,7 @@ marker (a feature of any modality, or an ``.obs`` column), and the verdict (see 
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from sklearn.model_selection import KFold
 from venncell.analysis.probes import PROBES, boot_weights, out_of_fold, weighted_sst, with_ci
 from venncell.analysis.writers import concat_frames
 from venncell.data.transforms import log_normalised
-from venncell.data.validate import VennCellInputError
+from venncell.data.validate import VennCellInputError, VennCellInputWarning, user_stacklevel
 from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key
 
@@ -200,6 +201,14 @@ def probe_markers(
         cfg = make_config(kwargs)
     kinds = kinds or {}
     finite = np.logical_and.reduce([np.isfinite(b).all(1) for b in blocks.values()])
+    if not finite.all():  # the gain of a private block is measured on cells that have its modality
+        warnings.warn(
+            f"Markers are probed on the {int(finite.sum())} of {len(finite)} cells measured in every modality "
+            f"({', '.join(modalities)}); the other {int((~finite).sum())} lack a private block. Verdicts of "
+            "markers known mostly on those cells rest on few cells (n_cells in the markers table).",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
     targets, groups = {}, defaultdict(list)
     for name, values in markers.items():
         kind = kinds.get(name) or infer_kind(values)
@@ -247,7 +256,7 @@ def _probe_group(
             "kind": targets[name][0],
             "n_cells": n,
             "verdict": "not captured",
-            "note": "too few cells or a constant marker",
+            "note": "too few cells measured in every modality, or a constant marker",
         }
         for name in degenerate
     }

@@ -206,6 +206,17 @@ class MultiModalData:
             raise VennCellInputError(
                 "None of the registered modalities has a cell in this MuData."
             )
+        empty = ~np.any([self.row[n] >= 0 for n in self.specs], axis=0)
+        if (
+            empty.any()
+        ):  # in mdata.obs through another modality only: nothing to learn or embed them from
+            warnings.warn(
+                f"{int(empty.sum())} of {self.n_cells} cells have none of the model's modalities "
+                f"({', '.join(self.specs)}): their latents will be NaN. Leave them out: `mdata = mdata[mdata."
+                f"obs_names.isin(np.concatenate([mdata[m].obs_names for m in {list(self.specs)}]))].copy()`.",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
+            )
         if training:
             paired = any(
                 ((self.row[n] >= 0) & (self.row[k] >= 0)).any()

@@ -14,6 +14,7 @@ The starting components keep their relative variances (``_keep_spectrum``) rathe
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,7 +24,7 @@ from sklearn.decomposition import PCA
 from venncell.data.dataset import MultiModalData
 from venncell.data.samplers import chunk_groups
 from venncell.data.transforms import encoder_input
-from venncell.data.validate import VennCellInputError
+from venncell.data.validate import VennCellInputError, VennCellInputWarning, user_stacklevel
 from venncell.module.init_regions import venn_components
 
 log = logging.getLogger(__name__)
@@ -324,10 +325,13 @@ def _subset_regression(
     intercept); None when too few fit rows back it: it would interpolate them and place cells by noise."""
     x_fit = np.hstack([white_fit[m] for m in present])
     if len(x_fit) < 5 * (x_fit.shape[1] + 1):
-        log.warning(
-            "Only %d cells have every modality: cells with only %s keep random starts.",
-            len(x_fit),
-            present,
+        warnings.warn(
+            f"Only {len(x_fit)} cells have every modality, too few to place the cells that have only {present}: "
+            "they start from random latents, and their shared latent can end far worse (a modality measured "
+            "on few cells can cost every cell's). Leave that modality out (modalities=[...] in setup_mudata, "
+            "data.register=[...] on the command line) or measure more cells in every modality.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
         )
         return None
     return np.linalg.lstsq(np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)[0]
