@@ -167,6 +167,17 @@ def test_resume_with_more_stage1_epochs_trains_stage2_again(tmp_path, helpers):
     )
 
 
+def test_a_moved_run_folder_resumes_from_its_newest_checkpoint(tmp_path, helpers):
+    """After ``mv run moved``, resuming wrote last-v1.ckpt and left last.ckpt on the old epoch, so every later
+    resume went back to it."""
+    _tiny_model().train(run_dir=tmp_path / "run", **helpers.FAST)
+    (tmp_path / "run").rename(tmp_path / "moved")
+    _tiny_model().train(run_dir=tmp_path / "moved", resume=True, **{**helpers.FAST, "stage1_epochs": 5})
+    folder = tmp_path / "moved" / "checkpoints" / "stage1"
+    assert not list(folder.glob("last-v*.ckpt"))
+    assert (folder / "last.ckpt").resolve().name == "epoch0004.ckpt"
+
+
 def test_resume_keeps_the_csv_rows_before_the_checkpoint_and_skips_a_line_cut_short(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
