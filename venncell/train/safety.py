@@ -132,9 +132,17 @@ def check_resumable(saved: dict | None, current: dict, path: Path) -> None:
         )
     differ = [_WHAT[k] for k in current if saved.get(k) != current[k]]
     if differ:
+        # venncell-train's settings are given again on the command line; Hydra has already rewritten .hydra/ with
+        # this attempt's, and config_resolved.yaml still holds the run's own
+        record = Path(path).parents[2] / "config_resolved.yaml"
+        given = (
+            f" That run's settings are in {record}: give them again with resume=true."
+            if record.exists()
+            else ""
+        )
         raise VennCellInputError(
             f"resume=true, but checkpoint {path} belongs to a run with other {' and other '.join(differ)}. Resume "
-            "with the same settings and data, or start afresh (resume=false) in a new run folder."
+            f"with the same settings and data, or start afresh (resume=false) in a new run folder.{given}"
         )
 
 

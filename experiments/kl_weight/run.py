@@ -1,0 +1,143 @@
+"""KL weight 4 (the default) against 6: how much shared signal each lets into the private blocks.
+
+    python experiments/kl_weight/run.py [--seeds 0,1] [--jobs 2]
+
+KL weight 6 raised bio conservation on the integration harness's real tabular sets
+(benchmarks/integration/RESULTS.md, `venncell:kl_weight=6`), so it was a candidate default. Its cost is measured
+here, on the built-in generator (RNA 400, protein 80, ATAC 600 features; its shared and private factors known):
+600 and 1,500 cells with the package defaults, and 1,500 cells with the recovery test's shorter schedule
+(tests/analysis/test_recovery.py: 60 + 20 epochs, batch 128, lr_latent 0.05, shared 8, private 4). Per fit: the
+kNN-R^2 recovery summary of the encoder latents and of the default (averaged) latents. Each fit runs in its own
+process with one thread, ``--jobs`` at a time; finished fits are kept in results.json, so an interrupted run
+resumes. Writes RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+from child import emit, run_child  # noqa: E402
+
+RESULTS = HERE / "results.json"
+PAGE = HERE / "RESULTS.md"
+KL_WEIGHTS = (4.0, 6.0)
+MODS = {"rna": 400, "protein": 80, "atac": 600}
+# name -> (cells, training settings beyond the defaults)
+SETTINGS = {
+    "600 cells, defaults": (600, {}),
+    "1,500 cells, defaults": (1500, {}),
+    "1,500 cells, the recovery test's schedule": (
+        1500,
+        dict(stage1_epochs=60, stage2_epochs=20, batch_size=128, lr_latent=0.05),
+    ),
+}
+KEYS = (
+    "shared_recovery",
+    "min_private_recovery",
+    "leak_shared_into_private",
+    "leak_private_into_shared",
+)
+
+
+def fit(setting: str, kl: float, seed: int) -> dict:
+    import torch
+
+    from venncell import VennCell, make_synthetic
+    from venncell.analysis.recovery import evaluate_recovery
+
+    torch.set_num_threads(1)
+    n, train = SETTINGS[setting]
+    mdata, truth = make_synthetic(n_cells=n, modalities=MODS, seed=seed)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, seed=0, kl_weight=kl)
+    model.train(progress_bar="none", num_threads=1, **train)
+    out = {"setting": setting, "kl_weight": kl, "seed": seed}
+    for source in ("encoder", "average"):
+        blocks = {"shared": model.get_latent_representation(source=source)}
+        for m in model.specs:
+            blocks[f"private:{m}"] = model.get_latent_representation(
+                block=f"private:{m}", source=source
+            )
+        summary = evaluate_recovery(blocks, truth.blocks())["knn"]["summary"]
+        out[source] = {k: float(summary[k]) for k in KEYS}
+    return out
+
+
+def write_page(results: list[dict]) -> None:
+    import numpy as np
+
+    lines = [
+        "# KL weight 4 (the default) against 6: shared signal in the private blocks",
+        "",
+        "Command (from the repository root): `python experiments/kl_weight/run.py` (this page is written by it; "
+        "what it measures is in its docstring). `VennCell(mdata, kl_weight=k)`, every other setting the default "
+        "except where the row names the recovery test's schedule. Mean ± sd over seeds (the generator's seed); "
+        "the issue's bars: shared ≥ 0.95, every private ≥ 0.90, each leakage ≤ 0.05.",
+        "",
+        "| data and training | latents | KL weight | shared recovery | weakest private | leak shared into "
+        "private | leak private into shared | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting in SETTINGS:
+        for source in ("encoder", "average"):
+            for kl in KL_WEIGHTS:
+                rows = [
+                    r[source] for r in results if r["setting"] == setting and r["kl_weight"] == kl
+                ]
+                if not rows:
+                    continue
+                cells = " | ".join(
+                    f"{np.mean([r[k] for r in rows]):.3f} ± {np.std([r[k] for r in rows]):.3f}"
+                    for k in KEYS
+                )
+                lines.append(f"| {setting} | {source} | {kl:g} | {cells} | {len(rows)} |")
+    lines += [
+        "",
+        "KL weight 6 puts more shared signal into the private blocks than 4 in every setting of the table, most "
+        "with the recovery test's shorter schedule (whose bar is 0.15, `tests/analysis/test_recovery.py`, which "
+        "fails with it). Attribution would call more shared markers specific to a modality, so 4 stays the default; "
+        "6's gains in bio conservation are in the integration harness (`venncell:kl_weight=6`).",
+    ]
+    PAGE.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--fit", nargs=3, help=argparse.SUPPRESS)  # a child: SETTING KL SEED
+    args = p.parse_args()
+    if args.fit:
+        emit(fit(args.fit[0], float(args.fit[1]), int(args.fit[2])))
+        return
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    done = {(r["setting"], r["kl_weight"], r["seed"]) for r in results}
+    todo = [
+        (s, k, seed)
+        for s in SETTINGS
+        for seed in map(int, args.seeds.split(","))
+        for k in KL_WEIGHTS
+        if (s, k, seed) not in done
+    ]
+
+    def child(job):  # one process and one thread per fit
+        return run_child([__file__, "--fit", job[0], str(job[1]), str(job[2])])
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for r in pool.map(child, todo):
+            results.append(r)
+            RESULTS.write_text(json.dumps(results, indent=1))  # each fit kept as it finishes
+            print(r["setting"], r["kl_weight"], r["seed"], r["encoder"], flush=True)
+    write_page(results)
+
+
+if __name__ == "__main__":
+    main()
