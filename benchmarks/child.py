@@ -84,3 +84,33 @@ def per_dataset_main(script: str, doc: str, datasets: str, one, page, run: Path)
     names = args.datasets.split(",")
     run_each(script, names, args.jobs)
     page(names)
+
+
+def fits_main(
+    script: str, doc: str, seeds: str, fit, jobs_for, results_path: Path, write_page
+) -> None:
+    """The command line of an experiment of small fits, each in its own process with one thread: ``--seeds``,
+    ``--jobs``; a child (``--fit ARG...``) emits ``fit(*ARGS)`` (strings). The parent runs ``jobs_for(results,
+    seeds)`` (each job a list of ``--fit`` strings, the fits not yet in ``results_path``), keeps each record as it
+    finishes (an interrupted run resumes), then writes the page with ``write_page(results)``."""
+    import argparse
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seeds", default=seeds)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--fit", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.fit:
+        emit(fit(*args.fit))
+        return
+    results = json.loads(results_path.read_text()) if results_path.exists() else []
+    todo = jobs_for(results, [int(s) for s in args.seeds.split(",")])
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for r in pool.map(lambda job: run_child([script, "--fit", *map(str, job)]), todo):
+            results.append(r)
+            results_path.write_text(json.dumps(results, indent=1))
+            print(r, flush=True)
+    write_page(results)

@@ -14,15 +14,12 @@ resumes. Writes RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
-from child import emit, run_child  # noqa: E402
+from child import fits_main  # noqa: E402
 
 RESULTS = HERE / "results.json"
 PAGE = HERE / "RESULTS.md"
@@ -107,36 +104,27 @@ def write_page(results: list[dict]) -> None:
     PAGE.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--fit", nargs=3, help=argparse.SUPPRESS)  # a child: SETTING KL SEED
-    args = p.parse_args()
-    if args.fit:
-        emit(fit(args.fit[0], float(args.fit[1]), int(args.fit[2])))
-        return
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+def jobs_for(results: list[dict], seeds: list[int]) -> list[tuple]:
     done = {(r["setting"], r["kl_weight"], r["seed"]) for r in results}
-    todo = [
+    return [
         (s, k, seed)
         for s in SETTINGS
-        for seed in map(int, args.seeds.split(","))
+        for seed in seeds
         for k in KL_WEIGHTS
         if (s, k, seed) not in done
     ]
 
-    def child(job):  # one process and one thread per fit
-        return run_child([__file__, "--fit", job[0], str(job[1]), str(job[2])])
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for r in pool.map(child, todo):
-            results.append(r)
-            RESULTS.write_text(json.dumps(results, indent=1))  # each fit kept as it finishes
-            print(r["setting"], r["kl_weight"], r["seed"], r["encoder"], flush=True)
-    write_page(results)
+def main() -> None:
+    fits_main(
+        __file__,
+        __doc__,
+        "0,1",
+        lambda setting, kl, seed: fit(setting, float(kl), int(seed)),
+        jobs_for,
+        RESULTS,
+        write_page,
+    )
 
 
 if __name__ == "__main__":

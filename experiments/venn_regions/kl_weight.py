@@ -11,16 +11,13 @@ finished (seed, KL weight) is kept in kl_weight.json, so an interrupted run resu
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
-from child import emit, run_child  # noqa: E402
+from child import fits_main  # noqa: E402
 
 RESULTS = HERE / "kl_weight.json"
 PAGE = HERE / "KL_WEIGHT.md"
@@ -92,32 +89,21 @@ def write_page(results: list[dict]) -> None:
     PAGE.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--fit", nargs=2, help=argparse.SUPPRESS)  # a child: SEED KL
-    args = p.parse_args()
-    if args.fit:
-        emit(fit(int(args.fit[0]), float(args.fit[1])))
-        return
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+def jobs_for(results: list[dict], seeds: list[int]) -> list[tuple]:
     done = {(r["seed"], r["kl_weight"]) for r in results}
-    todo = [
-        (s, k) for s in map(int, args.seeds.split(",")) for k in KL_WEIGHTS if (s, k) not in done
-    ]
+    return [(s, k) for s in seeds for k in KL_WEIGHTS if (s, k) not in done]
 
-    def child(job):  # one process and one thread per fit
-        return run_child([__file__, "--fit", str(job[0]), str(job[1])])
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for r in pool.map(child, todo):
-            results.append(r)
-            RESULTS.write_text(json.dumps(results, indent=1))  # each fit kept as it finishes
-            print(r, flush=True)
-    write_page(results)
+def main() -> None:
+    fits_main(
+        __file__,
+        __doc__,
+        "0,1,2",
+        lambda seed, kl: fit(int(seed), float(kl)),
+        jobs_for,
+        RESULTS,
+        write_page,
+    )
 
 
 if __name__ == "__main__":

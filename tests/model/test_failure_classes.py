@@ -288,7 +288,9 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, helpe
     )
     assert res.returncode == 2 and "model settings" in res.stderr and "Traceback" not in res.stderr
     # where to find the settings to give again (Hydra has already rewritten .hydra/ with this attempt's)
-    assert f"That run's settings are in {run / 'config_resolved.yaml'}" in " ".join(res.stderr.split())
+    assert f"That run's settings are in {run / 'config_resolved.yaml'}" in " ".join(
+        res.stderr.split()
+    )
     assert (run / "config_resolved.yaml").read_text() == before
     res = helpers.run_cli(
         [

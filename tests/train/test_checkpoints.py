@@ -172,7 +172,9 @@ def test_a_moved_run_folder_resumes_from_its_newest_checkpoint(tmp_path, helpers
     resume went back to it."""
     _tiny_model().train(run_dir=tmp_path / "run", **helpers.FAST)
     (tmp_path / "run").rename(tmp_path / "moved")
-    _tiny_model().train(run_dir=tmp_path / "moved", resume=True, **{**helpers.FAST, "stage1_epochs": 5})
+    _tiny_model().train(
+        run_dir=tmp_path / "moved", resume=True, **{**helpers.FAST, "stage1_epochs": 5}
+    )
     folder = tmp_path / "moved" / "checkpoints" / "stage1"
     assert not list(folder.glob("last-v*.ckpt"))
     assert (folder / "last.ckpt").resolve().name == "epoch0004.ckpt"

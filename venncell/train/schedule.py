@@ -170,7 +170,11 @@ class EpochCheckpoint(ModelCheckpoint):
         # no version counter: after a run folder is moved Lightning no longer knows last.ckpt as its own and would
         # write last-v1.ckpt beside it, leaving last.ckpt (which resuming reads first) on an old epoch
         super().__init__(
-            save_last="link", save_top_k=1, every_n_epochs=1, enable_version_counter=False, **kwargs
+            save_last="link",
+            save_top_k=1,
+            every_n_epochs=1,
+            enable_version_counter=False,
+            **kwargs,
         )
         self._cost = 0.0  # seconds the last save took
         self._saved_at: float | None = None
