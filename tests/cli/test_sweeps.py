@@ -188,3 +188,24 @@ def test_failed_jobs_are_listed(tmp_path, helpers):
     assert "data.name='bogus' is not known" in rows["1"]["error"]
     assert "data.name='bogus' is not known" in (tmp_path / "1" / "job_error.txt").read_text()
     assert rows["1"]["data.name"] == "bogus"
+
+
+def test_a_single_run_writes_no_sweep_summary(tmp_path):
+    """The summary is written after every job of a multirun; a single run (the callback sees its jobs too) must
+    not create the sweep folder in the user's working directory."""
+    from types import SimpleNamespace
+
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
+    from venncell.cli.sweep import SweepSummaryCallback
+
+    done = SimpleNamespace(status=JobStatus.COMPLETED)
+    for mode, made in (("RunMode.RUN", False), ("RunMode.MULTIRUN", True)):
+        sweep = tmp_path / mode
+        cfg = OmegaConf.create({"hydra": {"mode": mode, "sweep": {"dir": str(sweep)}}})
+        if made:  # a multirun's job folder
+            (sweep / "0" / ".hydra").mkdir(parents=True)
+            (sweep / "0" / ".hydra" / "overrides.yaml").write_text("[]\n")
+        SweepSummaryCallback().on_job_end(cfg, done)
+        assert (sweep / "sweep_summary.csv").exists() == made and sweep.exists() == made, mode

@@ -318,9 +318,10 @@ class SweepSummaryCallback(_HydraCallback):
 
         if job_return.status == JobStatus.FAILED:
             self._record_error(config, job_return)
-        # after every job, not only at the end: Hydra re-raises a failed job's error once the jobs have run and
-        # never reaches on_multirun_end, which left a sweep with any failure without its summary
-        self.on_multirun_end(config)
+        # after every job of a multirun, not only at its end: Hydra re-raises a failed job's error once the jobs
+        # have run and never reaches on_multirun_end, which left a sweep with any failure without its summary
+        if str(OmegaConf.select(config, "hydra.mode", default="")).endswith("MULTIRUN"):
+            self.on_multirun_end(config)
 
     def _record_error(self, config, job_return) -> None:
         try:

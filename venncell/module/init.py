@@ -159,14 +159,16 @@ def spectral_init(
     The maps (per-modality PCA, GCCA, private PCA of the residuals) are fitted on (at most ``max_cells``) cells
     that have every modality; every other cell is placed by the same maps (``_place_rest``). A cell lacking some
     modalities gets the least-squares prediction of its shared start from the modalities it has: from a random
-    start such cells recover the shared factors worse, and leakage control trades recovery against leakage.
+    start such cells recover the shared factors worse, and leakage control trades recovery against leakage. When
+    too few cells have every modality to place the others, a modality measured in few cells is left out of the
+    fit (``_modalities_to_fit``).
 
     With ``regions`` (Venn regions), the starting directions are split between the shared and the region blocks
     (``venncell.module.init_regions``), every cell is placed by least squares, and the return value is
     ``(shared, private, {region: block})``.
     """
     rng = np.random.default_rng(seed)
-    mods = list(data.specs)
+    mods = list(data.specs) if regions else _modalities_to_fit(data, n_pcs)
     complete = np.flatnonzero(np.logical_and.reduce([data.present(m) for m in mods]))
     if len(complete) < max(10, shared_dim + 2):
         return None
@@ -209,7 +211,11 @@ def spectral_init(
         maps["shared"] = (pca, *spectrum)
     shared = rng.normal(size=(data.n_cells, shared_dim))
     shared[fit_rows, : shared_fit.shape[1]] = shared_fit
-    private, maps["private"] = {}, {}
+    # a modality left out of the fit starts its private block at random, like a cell without a start
+    private = {
+        m: rng.normal(size=(data.n_cells, d)) for m, d in private_dims.items() if m not in mods
+    }
+    maps["private"] = {}
     for m in mods:
         sc = scores[m]
         # the private start is what is left of m once everything m shares (shared, its regions) is taken out
@@ -246,6 +252,33 @@ def spectral_init(
     return (shared, private, region_out) if regions else (shared, private)
 
 
+def _modalities_to_fit(data: MultiModalData, n_pcs: int) -> list[str]:
+    """The modalities the spectral start is fitted on: every one, unless too few cells have every one to place the
+    cells that lack one (``_subset_regression``); then the modality measured in the fewest cells is left out, in
+    turn, down to two. One modality measured on a few cells once left every other cell at a random start, and
+    their shared latents far worse."""
+    mods = list(data.specs)
+    present = {m: data.present(m) for m in mods}
+    while len(mods) > 2:
+        measured = np.logical_or.reduce([present[m] for m in mods])
+        every = np.logical_and.reduce([present[m] for m in mods])
+        complete = int(every.sum())
+        if not (measured & ~every).any() or complete >= 5 * (n_pcs * (len(mods) - 1) + 1):
+            break  # no cell to place, or enough complete cells to place them
+        drop = min(mods, key=lambda m: int(present[m].sum()))
+        if 2 * int(present[drop].sum()) >= int(measured.sum()):
+            break  # measured in most cells: their starts matter more than the others'
+        warnings.warn(
+            f"Only {complete} cells have every modality: the spectral start is fitted without {drop!r} "
+            f"(measured in {int(present[drop].sum())} cells). Its private block starts at random, and its cells' "
+            "shared start comes from their other modalities.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
+        mods.remove(drop)
+    return mods
+
+
 def _place_rest(
     data: MultiModalData,
     rest: np.ndarray,
@@ -264,7 +297,7 @@ def _place_rest(
     fit rows' shared start on their whitened scores of S, and each private start from its own residual, as for the
     fit rows. Cells are read ``chunk`` at a time (backed data: in file order).
     """
-    mods = list(data.specs)
+    mods = list(maps["pca"])  # the modalities the start was fitted on
     if data.batch is not None:
         _add_unseen_batch_means(data, rest, maps, chunk)
     by_subset: dict[
@@ -354,7 +387,7 @@ def _add_unseen_batch_means(
 ) -> None:
     """Batch means of the PCA scores for batches that have no fit row (e.g. a batch measured with one modality
     only), over all of that batch's other cells: one extra pass over just those cells."""
-    for m in data.specs:
+    for m in maps["pca"]:
         seen = maps["batch_means"][m]
         rows = rest[data.present(m)[rest] & ~np.isin(data.batch[rest], list(seen))]
         sums: dict = {}
