@@ -104,3 +104,9 @@ def test_synthetic_region_factors_reach_the_generator():
 
     cfg = _compose(["data.n_cells=60", "data.region_factors={protein+rna: 2}"])
     assert "true_region_protein+rna" in load_data(cfg).obsm
+
+
+def test_progress_bar_takes_scvi_tools_booleans():
+    """``model.train(progress_bar=False)``, as scvi-tools takes it, was refused."""
+    assert TrainConfig(progress_bar=False).progress_bar == "none"
+    assert TrainConfig(progress_bar=True).progress_bar == "rich"

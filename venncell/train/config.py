@@ -52,7 +52,7 @@ class TrainConfig:
         DDP only: the process-group backend (None = nccl on GPU, gloo on CPU) and whether DDP looks for unused
         parameters (the norm here: a rank's batch may lack a modality or training cells).
     progress_bar
-        ``rich``, ``tqdm`` or ``none``.
+        ``rich``, ``tqdm`` or ``none`` (``True`` / ``False``: ``rich`` / ``none``).
     log_every_n_steps, check_val_every_n_epoch
         Logging interval (steps) and stage-2 validation interval (epochs).
     limit_train_batches
@@ -123,6 +123,8 @@ class TrainConfig:
                 "float32 (its count likelihoods and latent tables are not written for mixed or double "
                 "precision). Use trainer.precision='32-true'."
             )
+        if isinstance(self.progress_bar, bool):  # scvi-tools' progress_bar=False / True
+            self.progress_bar = "rich" if self.progress_bar else "none"
         if self.progress_bar not in PROGRESS_BARS:
             raise VennCellInputError(
                 f"Config value trainer.progress_bar={self.progress_bar!r} must be one of {list(PROGRESS_BARS)}."
