@@ -814,11 +814,11 @@ class VennCell:
         if gene_sets is not None:  # EnrichmentConfig takes one name or path as well as a list
             kwargs["gene_sets"] = gene_sets
         # every setting is checked before the attribution's slow steps
-        self._check_modalities(modalities)
         if modalities is not None and not list(modalities):
             raise VennCellInputError(
                 "Gene-set enrichment: modalities is empty; name the modalities to test, or leave it out for RNA."
             )
+        self._check_modalities(modalities)
         enrichment_config(kwargs)
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
