@@ -110,3 +110,7 @@ def test_progress_bar_takes_scvi_tools_booleans():
     """``model.train(progress_bar=False)``, as scvi-tools takes it, was refused."""
     assert TrainConfig(progress_bar=False).progress_bar == "none"
     assert TrainConfig(progress_bar=True).progress_bar == "rich"
+    assert (
+        to_object(TrainConfig, _compose(["trainer.progress_bar=false"]).trainer).progress_bar
+        == "none"
+    )

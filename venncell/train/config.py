@@ -123,8 +123,9 @@ class TrainConfig:
                 "float32 (its count likelihoods and latent tables are not written for mixed or double "
                 "precision). Use trainer.precision='32-true'."
             )
-        if isinstance(self.progress_bar, bool):  # scvi-tools' progress_bar=False / True
-            self.progress_bar = "rich" if self.progress_bar else "none"
+        # scvi-tools' progress_bar=False / True; on the command line Hydra hands this str field "False" / "True"
+        if str(self.progress_bar).lower() in ("true", "false"):
+            self.progress_bar = "rich" if str(self.progress_bar).lower() == "true" else "none"
         if self.progress_bar not in PROGRESS_BARS:
             raise VennCellInputError(
                 f"Config value trainer.progress_bar={self.progress_bar!r} must be one of {list(PROGRESS_BARS)}."
