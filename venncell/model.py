@@ -662,6 +662,10 @@ class VennCell:
             state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
             # models saved before the mixing weights existed averaged their blocks equally
             state.setdefault("mix_weights", self.module.equal_mix_weights())
+            # models saved before the Gaussian heads' offsets existed had none
+            for key, value in self.module.state_dict().items():
+                if key.endswith("likelihood.offset"):
+                    state.setdefault(key, torch.zeros_like(value))
             self.module.load_state_dict(state)
         except (
             RuntimeError,

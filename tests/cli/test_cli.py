@@ -365,3 +365,33 @@ def test_report_of_a_backed_run_says_how_to_report_it(tmp_path):
     (tmp_path / "venn_latents.h5ad").write_bytes(b"")
     with pytest.raises(VennCellInputError, match=r"trained out of core .*VennCell\.load\("):
         run_report(OmegaConf.create({"run_dir": str(tmp_path)}))
+
+
+def test_a_file_set_up_in_python_trains_with_its_own_setup(tmp_path):
+    """``setup_mudata`` then ``mdata.write``: venncell-train re-guessed every modality's kind instead (an image
+    modality became an empty features one and was refused)."""
+    from hydra import compose, initialize_config_module
+
+    from venncell import VennCell, make_synthetic
+    from venncell.cli.store import register_configs
+    from venncell.cli.train import run_train
+
+    mdata, _ = make_synthetic(n_cells=120, modalities={"rna": 30, "protein": 10}, seed=0)
+    VennCell.setup_mudata(
+        mdata, modalities={"rna": "rna", "protein": {"kind": "protein", "private_dim": 3}}
+    )
+    mdata.write(tmp_path / "setup.h5mu")
+    register_configs()
+    with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "data=mudata",
+                f"data.path={tmp_path / 'setup.h5mu'}",
+                "trainer=fast",
+                "logger=none",
+                "evaluate_recovery=false",
+            ],
+        )
+    run_train(cfg, tmp_path / "run")
+    assert VennCell.load(tmp_path / "run" / "model").module.private_dims["protein"] == 3

@@ -553,3 +553,30 @@ def test_real_modality_options_reject_bad_input():
         )
     with pytest.raises(VennCellInputError, match="'protein'.*transform 'log'"):
         VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": {"transform": "log"}})
+
+
+def test_features_far_from_zero_are_fitted_like_centred_ones():
+    """Gaussian features are scaled, not centred: at a mean of 50 (raw CellProfiler-style values) the decoder's
+    bias never reached it, predictions correlated -0.4 with the data and the planner explained nothing."""
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+
+    from venncell import VennCell, make_synthetic
+
+    cells, _ = make_synthetic(n_cells=300, modalities={"rna": 40, "protein": 10}, seed=0)
+    z = cells.obsm["true_shared"]
+    rng = np.random.default_rng(0)
+    signal = z @ rng.normal(size=(z.shape[1], 12)) + 0.3 * rng.normal(size=(300, 12))
+    r = {}
+    for offset in (0.0, 50.0):
+        feats = ad.AnnData((signal + offset).astype("f4"), obs=pd.DataFrame(index=cells.obs_names))
+        feats.var_names = [f"cp{i}" for i in range(12)]
+        mdata = md.MuData({"rna": cells["rna"].copy(), "cp": feats})
+        VennCell.setup_mudata(mdata, modalities={"rna": "rna", "cp": "features"})
+        model = VennCell(mdata, seed=0)
+        model.train(stage1_epochs=5, stage2_epochs=3, progress_bar="none", num_threads=1)
+        pred = model.predict_modality(source=["rna"], target="cp")
+        assert abs(pred.mean() - (signal + offset).mean()) < 0.5, offset
+        r[offset] = np.mean([np.corrcoef(pred[:, j], signal[:, j])[0, 1] for j in range(12)])
+    assert r[50.0] > 0.6 and abs(r[50.0] - r[0.0]) < 0.05, r

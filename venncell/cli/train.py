@@ -23,6 +23,7 @@ from venncell.cli.common import (
     recovery_summary,
 )
 from venncell.cli.store import data_settings, register_configs, to_object
+from venncell.data.registry import stored_options
 from venncell.data.synthetic import truth_from_mudata
 from venncell.data.validate import VennCellInputError
 from venncell.model import VennCell, atomic_write_h5mu
@@ -59,11 +60,14 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     report = train_report_settings(cfg.get("report"))
     data = data_settings(cfg.data)
     mdata = load_data(cfg)
-    VennCell.setup_mudata(
-        mdata,
-        modalities=data["register"],
-        batch_key=data.get("batch_key"),
-    )
+    register, batch_key = data["register"], data.get("batch_key")
+    stored = stored_options(mdata)
+    if (
+        register is None and stored is not None
+    ):  # the file was set up in Python (setup_mudata, then .write)
+        register, batch_key = stored["modalities"], batch_key or stored.get("batch_key")
+        log.info("Using the setup stored in the file (data.register overrides it): %s", register)
+    VennCell.setup_mudata(mdata, modalities=register, batch_key=batch_key)
     backed = bool(getattr(mdata, "isbacked", False))
     model = VennCell(
         mdata,

@@ -79,7 +79,9 @@ def check_matrix(
         )
     if n_features == 0:
         raise VennCellInputError(
-            f"Modality '{name}' has zero features. Remove it from the MuData or check the feature filter."
+            f"Modality '{name}' has zero features. Remove it from the MuData or check the feature filter; if it "
+            f"holds images (cells x C x H x W in .obsm or a file), register it as one: setup_mudata(modalities="
+            f"{{'{name}': {{'kind': 'image', 'obsm_key': ...}}}}) or {{..., 'store': 'crops.npy'}}."
         )
     vals = _values(x)
     # bool is numeric here: binarised peaks are often stored as X > 0

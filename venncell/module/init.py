@@ -418,7 +418,8 @@ def init_likelihoods(module, data: MultiModalData, max_cells: int = 50_000, seed
             for dec in [decs[m]]
         ]
         heads = [h for h in heads if type(h).init_from_data is not Likelihood.init_from_data]
-        if not heads or m not in data.x:
+        # images: standardised pixels, and a read of every crop just for a mean
+        if not heads or m not in data.x or module.specs[m].kind == "image":
             continue
         cells = np.flatnonzero(data.present(m))
         if len(cells) == 0:

@@ -79,13 +79,24 @@ class Gaussian(Likelihood):
     def __init__(self, n_features: int):
         super().__init__(n_features)
         self.log_scale = nn.Parameter(torch.zeros(n_features))
+        # each feature's mean on the training cells: the data are scaled, not centred (centring would densify
+        # sparse data), and a decoder's bias starting at 0 does not reach a mean tens of SDs away
+        self.register_buffer("offset", torch.zeros(n_features))
+
+    @torch.no_grad()
+    def init_from_data(self, x, library) -> None:
+        self.offset.copy_(torch.as_tensor(np.asarray(x.mean(0)).ravel(), dtype=torch.float32))
 
     def nll(self, raw, x, library):
         log_scale = self.log_scale.clamp(-6.0, 6.0)
-        return 0.5 * ((x - raw) * torch.exp(-log_scale)) ** 2 + log_scale + 0.9189385332046727
+        return (
+            0.5 * ((x - raw - self.offset) * torch.exp(-log_scale)) ** 2
+            + log_scale
+            + 0.9189385332046727
+        )
 
     def mean(self, raw, library):
-        return raw
+        return raw + self.offset
 
 
 class NegativeBinomial(Likelihood):
