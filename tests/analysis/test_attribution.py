@@ -247,6 +247,11 @@ def test_gene_sets_per_block(trained, tmp_path):
     assert names == {"enrichment_terms.csv", "enrichment_top.csv"}
     with pytest.raises(VennCellInputError, match="'atac'.*gene symbols"):
         model.enrich_regions(gene_sets=[str(gmt)], modalities=["atac"], attribution=result)
+    # a top as long as the modality finds nothing, whatever the sets: said so (it was silent)
+    n = mdata["rna"].n_vars
+    wide = model.enrich_regions(gene_sets=[str(gmt)], attribution=result, top_n=n)
+    assert any(f"top_n={n} is at least its {n} features" in note for note in wide.notes)
+    assert not any("top_n" in note for note in res.notes)
 
 
 def var_names(var: pd.DataFrame, driver: str) -> list[str]:

@@ -113,6 +113,14 @@ def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kw
             continue
         if note:
             notes.append(f"{m}: {note}")
+        if cfg.method == "ora" and cfg.top_n >= len(features):
+            # every feature would be "at the top": no set can be over-represented
+            thin = (
+                f"{m}: top_n={cfg.top_n} is at least its {len(features)} features, so over-representation "
+                f"can find nothing; set top_n below that (e.g. top_n={max(1, len(features) // 5)})."
+            )
+            notes.append(thin)
+            log.warning("%s", thin)
         scores = {
             b: _series(ev, symbols) for b, ev in block_rankings(attribution.features[m], m).items()
         }
