@@ -576,9 +576,8 @@ class VennCell:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-            tmp.chmod(
-                0o777 & ~_umask()
-            )  # mkdtemp's 0700 would keep other users from loading the model
+            # mkdtemp's 0700 would keep other users from loading the model
+            tmp.chmod(0o777 & ~_umask())
         except OSError as e:
             raise VennCellInputError(
                 f"Cannot write the model to {path}: {e.strerror or e}."

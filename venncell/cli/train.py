@@ -62,9 +62,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     mdata = load_data(cfg)
     register, batch_key = data["register"], data.get("batch_key")
     stored = stored_options(mdata)
-    if (
-        register is None and stored is not None
-    ):  # the file was set up in Python (setup_mudata, then .write)
+    # a file set up in Python (setup_mudata, then .write) keeps its setup unless data.register is given
+    if register is None and stored is not None:
         register, batch_key = stored["modalities"], batch_key or stored.get("batch_key")
         log.info("Using the setup stored in the file (data.register overrides it): %s", register)
     VennCell.setup_mudata(mdata, modalities=register, batch_key=batch_key)
@@ -112,9 +111,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
             metrics["recovery"]["average"]["knn"]["summary"],
         )
     atomic_write_json(metrics, run_dir / "metrics.json")
-    if (
-        report is not None
-    ):  # before venn.h5mu is written, so that it carries the venn_* .var columns
+    # before venn.h5mu is written, so that it carries the venn_* .var columns
+    if report is not None:
         from venncell.cli.report import report_with
 
         try:
@@ -144,9 +142,8 @@ def _write_latents_file(mdata, run_dir: Path, backed: bool) -> None:
             obs=mdata.obs[[]].assign(venn_split=mdata.obs["venn_split"]),
             obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")},
         )
-        atomic_write_h5mu(
-            latents, run_dir / "venn_latents.h5ad"
-        )  # AnnData.write: .h5ad, same temp-and-rename
+        # AnnData.write writes .h5ad: the same temporary file and rename
+        atomic_write_h5mu(latents, run_dir / "venn_latents.h5ad")
     else:
         atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
 

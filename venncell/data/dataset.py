@@ -207,9 +207,8 @@ class MultiModalData:
                 "None of the registered modalities has a cell in this MuData."
             )
         empty = ~np.any([self.row[n] >= 0 for n in self.specs], axis=0)
-        if (
-            empty.any()
-        ):  # in mdata.obs through another modality only: nothing to learn or embed them from
+        # in mdata.obs through another modality only: nothing to learn or embed them from
+        if empty.any():
             warnings.warn(
                 f"{int(empty.sum())} of {self.n_cells} cells have none of the model's modalities "
                 f"({', '.join(self.specs)}): their latents will be NaN. Leave them out: `mdata = mdata[mdata."

@@ -263,8 +263,9 @@ def _modalities_to_fit(data: MultiModalData, n_pcs: int) -> list[str]:
         measured = np.logical_or.reduce([present[m] for m in mods])
         every = np.logical_and.reduce([present[m] for m in mods])
         complete = int(every.sum())
-        if not (measured & ~every).any() or complete >= 5 * (n_pcs * (len(mods) - 1) + 1):
-            break  # no cell to place, or enough complete cells to place them
+        # no cell to place, or enough complete cells to place a cell lacking one modality (its other n_pcs each)
+        if not (measured & ~every).any() or _enough_to_place(complete, n_pcs * (len(mods) - 1)):
+            break
         drop = min(mods, key=lambda m: int(present[m].sum()))
         if 2 * int(present[drop].sum()) >= int(measured.sum()):
             break  # measured in most cells: their starts matter more than the others'
@@ -357,7 +358,7 @@ def _subset_regression(
     """Least squares of the fit rows' shared start on their whitened scores of the ``present`` modalities (with an
     intercept); None when too few fit rows back it: it would interpolate them and place cells by noise."""
     x_fit = np.hstack([white_fit[m] for m in present])
-    if len(x_fit) < 5 * (x_fit.shape[1] + 1):
+    if not _enough_to_place(len(x_fit), x_fit.shape[1]):
         warnings.warn(
             f"Only {len(x_fit)} cells have every modality, too few to place the cells that have only {present}: "
             "they start from random latents, and their shared latent can end far worse (a modality measured "
@@ -368,6 +369,12 @@ def _subset_regression(
         )
         return None
     return np.linalg.lstsq(np.c_[x_fit, np.ones(len(x_fit))], shared_fit, rcond=None)[0]
+
+
+def _enough_to_place(rows: int, columns: int) -> bool:
+    """Whether ``rows`` fit rows back a least-squares placement on ``columns`` scores (plus an intercept): five
+    rows per coefficient, fewer would interpolate them."""
+    return rows >= 5 * (columns + 1)
 
 
 def _scores(
