@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
+import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -856,19 +857,27 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_h5mu(mdata: md.MuData, path: str | Path) -> None:
-    """Write to a temporary file beside the target and rename: readers see the old file or the new one (an AnnData
-    is written as .h5ad the same way)."""
+def atomic_write(data: md.MuData | ad.AnnData, path: str | Path) -> None:
+    """Write a MuData (.h5mu) or AnnData (.h5ad) to a temporary file beside the target and rename it: readers see
+    the old file or the new one, and a failed write leaves neither a partial target nor the temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mdata.write(str(tmp))
+            data.write(str(tmp))
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise VennCellInputError(f"Cannot write {path}: {e.strerror or e}.") from None
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        # anndata refuses what HDF5 cannot hold (e.g. an arbitrary Python object in .uns); its note names the key
+        what = " ".join([str(e).rstrip("."), *getattr(e, "__notes__", [])])
+        raise VennCellInputError(
+            f"Cannot write {path}: {what}. Remove or convert the entry it names (an .uns value or an .obs/.var "
+            "column of Python objects) and write again."
+        ) from None
     os.replace(tmp, path)
 
 
-__all__ = ["VennCell", "atomic_write_h5mu"]
+__all__ = ["VennCell", "atomic_write"]

@@ -577,3 +577,14 @@ def test_cells_with_none_of_the_models_modalities_are_named():
     scope = {"mdata": mdata, "np": np}
     exec(fix, scope)  # the fix it gives works as written
     assert list(scope["mdata"].obs_names) == list(names[:45])
+
+
+def test_a_failed_write_leaves_no_file_and_names_the_entry(tmp_path):
+    """An .uns value HDF5 cannot hold used to fail deep in anndata and leave the hidden temporary file behind."""
+    from venncell.model import atomic_write
+
+    adata = ad.AnnData(np.zeros((3, 2), dtype=np.float32))
+    adata.uns["bad"] = {"x": object()}
+    with pytest.raises(VennCellInputError, match="x_test.h5ad.*bad.*write again"):
+        atomic_write(adata, tmp_path / "x_test.h5ad")
+    assert list(tmp_path.iterdir()) == []

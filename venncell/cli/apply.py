@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from venncell.cli.common import CONFIG_PATH, check_output_dir, data_path, friendly, log
 from venncell.data.readers import read_h5mu
 from venncell.data.validate import VennCellInputError, check_range
-from venncell.model import VennCell, atomic_write_h5mu
+from venncell.model import VennCell, atomic_write
 
 
 def _load_for_apply(cfg: DictConfig):
@@ -32,7 +32,7 @@ def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
         mods = [mods] if isinstance(mods, str) else list(mods)
     model.write_latents(mdata, modalities=mods, refine_epochs=refine)
     out = run_dir / cfg.output
-    atomic_write_h5mu(mdata, out)
+    atomic_write(mdata, out)
     log.info("Wrote %s", out)
     return out
 
@@ -46,7 +46,7 @@ def run_predict(cfg: DictConfig, run_dir: Path) -> Path:
     mdata.obsm[key] = pred
     mdata.uns["venn_predicted_features"] = {cfg.target: model.specs[cfg.target].feature_names}
     out = run_dir / cfg.output
-    atomic_write_h5mu(mdata, out)
+    atomic_write(mdata, out)
     log.info("Wrote %s (obsm['%s'])", out, key)
     return out
 

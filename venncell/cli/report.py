@@ -14,7 +14,7 @@ from venncell.cli.common import CONFIG_PATH, check_output_dir, friendly
 from venncell.cli.store import ReportConfig, register_configs, to_object
 from venncell.data.readers import read_h5mu
 from venncell.data.validate import VennCellInputError
-from venncell.model import VennCell, atomic_write_h5mu
+from venncell.model import VennCell, atomic_write
 
 log = logging.getLogger("venncell")
 
@@ -46,7 +46,7 @@ def write_run_report(
         enriched.write(run_dir)
     write_report(result, run_dir / "report.html", umap=umap, plan=planned, enrichment=enriched)
     if save_h5mu:
-        atomic_write_h5mu(model.mdata, run_dir / "venn.h5mu")
+        atomic_write(model.mdata, run_dir / "venn.h5mu")
     log.info("Wrote %s", run_dir / "report.html")
     return result
 

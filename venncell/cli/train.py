@@ -26,7 +26,7 @@ from venncell.cli.store import data_settings, register_configs, to_object
 from venncell.data.registry import stored_options
 from venncell.data.synthetic import truth_from_mudata
 from venncell.data.validate import VennCellInputError
-from venncell.model import VennCell, atomic_write_h5mu
+from venncell.model import VennCell, atomic_write
 from venncell.module.config import ModelConfig
 from venncell.train.config import TrainConfig
 
@@ -143,9 +143,9 @@ def _write_latents_file(mdata, run_dir: Path, backed: bool) -> None:
             obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")},
         )
         # AnnData.write writes .h5ad: the same temporary file and rename
-        atomic_write_h5mu(latents, run_dir / "venn_latents.h5ad")
+        atomic_write(latents, run_dir / "venn_latents.h5ad")
     else:
-        atomic_write_h5mu(mdata, run_dir / "venn.h5mu")
+        atomic_write(mdata, run_dir / "venn.h5mu")
 
 
 def _objective(metrics: dict, key: str) -> float:
