@@ -12,7 +12,7 @@ from pathlib import Path
 
 from run import HERE, load  # same folder
 
-from venncell.model import atomic_write_h5mu
+from venncell.model import atomic_write
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
     for col in labels.columns:  # e.g. Main.RNA / Fine.RNA, usable as markers by venncell-report
         mdata.obs[col] = labels[col].astype("category").to_numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_h5mu(mdata, out)
+    atomic_write(mdata, out)
     print(f"Wrote {out}: {mdata}")
 
 

@@ -86,3 +86,28 @@ def test_log_variances_train_and_survive_save_load(tiny_mdata, tmp_path, helpers
     np.testing.assert_allclose(
         again.get_latent_representation(), model.get_latent_representation(), atol=1e-6
     )
+
+
+def test_private_kl_scale_weights_the_private_blocks_kl_only(tiny_mdata):
+    """``private_kl_scale`` multiplies the private blocks' KL and nothing else: the stage-1 loss moves by exactly
+    (scale - 1) x the private KL term (a scale applied to the shared block, or to every block, fails)."""
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="private_kl_scale"):
+        VennCell(tiny_mdata, private_kl_scale=-1.0)
+    loss, private_kl = {}, {}
+    for scale in (1.0, 3.0):
+        module = VennCell(tiny_mdata, seed=0, private_kl_scale=scale).module
+        assert module.private_prior_weight == pytest.approx(scale * module.prior_weight)
+        batch = VennCell(tiny_mdata, seed=0).data.get(np.arange(64))
+        module.eval()
+        with torch.no_grad():
+            loss[scale] = module.stage1_loss(batch, noise=False, leakage=0.0).loss
+            _, z_p = module.latents(batch.idx)
+            private_kl[scale] = sum(
+                (module.prior_cost(m, z_p[m], batch.idx) * batch.mask[m]).sum()
+                / batch.mask[m].sum()
+                for m in module.modalities
+            )
+    torch.testing.assert_close(private_kl[3.0], private_kl[1.0])
+    assert private_kl[1.0] > 0
+    torch.testing.assert_close(loss[3.0] - loss[1.0], 2 * module.prior_weight * private_kl[1.0])

@@ -61,6 +61,10 @@ class ModelConfig:
         factor smaller (against 1 and 2 it raised bio conservation on every tabular dataset of the integration
         harness, ``benchmarks/integration/RESULTS.md``); 1 with region blocks, where 4 lets a region's factors into
         its members' private blocks (``experiments/venn_regions``).
+    private_kl_scale
+        The private blocks' KL weight as a multiple of ``kl_weight`` (variational latents); 1, the default, weighs
+        every block alike. Above 1 lets more shared signal into the private blocks, and below 1 (a stronger pull
+        on the shared block alone) gained nothing beyond the seeds' spread (``experiments/kl_weight``).
     latent_init_logvar
         Starting log-variance of every cell's latents (variational).
     modality_weights
@@ -121,6 +125,7 @@ class ModelConfig:
     latent_l2: float = 1e-3
     latent_posterior: str = "variational"
     kl_weight: Optional[float] = None  # None: kl_weight_for(the model's regions)
+    private_kl_scale: float = 1.0
     latent_init_logvar: float = -2.0
     modality_weights: str = "features"
     shared_only_weight: float = 1.0
@@ -192,6 +197,7 @@ class ModelConfig:
             "independence_weight",
             "stage2_recon_weight",
             "region_independence_weight",
+            "private_kl_scale",
         ):
             check_range(f"model.{name}", getattr(self, name), 0.0)
         for name in ("joint_encoder", "shared_only_detach"):

@@ -241,6 +241,13 @@ class VennModule(nn.Module):
         kl = self.cfg.kl_weight_for(bool(self.regions))
         return kl / min(s.n_features for s in self.specs.values())
 
+    @property
+    def private_prior_weight(self) -> float:
+        """``prior_weight`` of the private blocks: times ``private_kl_scale`` with variational latents."""
+        if not self.variational:
+            return self.prior_weight
+        return self.prior_weight * self.cfg.private_kl_scale
+
     def prior_cost(
         self, block: str, z: torch.Tensor, idx: torch.Tensor, lv: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -388,7 +395,7 @@ class VennModule(nn.Module):
             raw = self.decode_raw(m, zs_in, zp_in, batch, z_regions=zr_in)
             rec = _masked_mean(self.nll(m, raw, batch), mask)
             terms[Term(RECON, m)] = rec
-            total = total + w * rec + self.prior_weight * _masked_mean(prior, mask)
+            total = total + w * rec + self.private_prior_weight * _masked_mean(prior, mask)
             if cfg.shared_only_weight > 0 and not self.shared_decoders_in_stage2:
                 rec_s = terms[Term(RECON_SHARED_ONLY, m)] = self._shared_only_nll(
                     m, zs_in, batch, mask
