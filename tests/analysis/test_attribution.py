@@ -252,6 +252,23 @@ def test_gene_sets_per_block(trained, tmp_path):
     wide = model.enrich_regions(gene_sets=[str(gmt)], attribution=result, top_n=n)
     assert any(f"top_n={n} is at least its {n} features" in note for note in wide.notes)
     assert not any("top_n" in note for note in res.notes)
+    # the same sets as a dict, in another case than the features: a dict crashed (unhashable), and sets in
+    # other case matched nothing unless the features were the ones in lower case
+    titled = {k: [g.title() for g in v] for k, v in sets.items()}
+    assert not set(titled["SHARED_DRIVEN"]) & set(mdata["rna"].var_names)
+    again = model.enrich_regions(gene_sets=[titled], attribution=result, top_n=40)
+    assert set(again.terms["collection"]) == {"gene_sets[0]"}
+    assert any("upper-cased" in note for note in again.notes)
+    shared = again.terms.set_index(["ranking", "term"])["fdr"]
+    assert shared[("shared", "SHARED_DRIVEN")] < 1e-6
+    # nothing tested: empty tables that keep their columns (they had only "modality")
+    none = model.enrich_regions(
+        gene_sets=[{"X": [f"NOPE{i}" for i in range(20)]}], attribution=result
+    )
+    assert len(none.terms) == 0 and {"modality", "ranking", "term", "pval", "fdr"} <= set(
+        none.terms.columns
+    )
+    assert len(none.top.sort_values("fdr")) == 0
 
 
 def var_names(var: pd.DataFrame, driver: str) -> list[str]:

@@ -543,6 +543,13 @@ def test_a_marker_of_an_unknown_modality_says_so(trained_tiny):
     model, _, _ = trained_tiny
     with pytest.raises(VennCellInputError, match="'hic' is not a modality of the model"):
         model.attribution(["hic:foo"], progress=False)
+    # a known feature under a wrong prefix is suggested under its own modality, whatever its case (the string
+    # match suggested rna features for adt:CD4)
+    feature = model.mdata["protein"].var_names[3]
+    with pytest.raises(VennCellInputError, match=rf"Did you mean \['protein:{feature}'\]"):
+        model.attribution([f"adt:{feature.upper()}"], progress=False)
+    with pytest.raises(VennCellInputError, match=rf"Did you mean \['protein:{feature}'\]"):
+        model.attribution([feature.upper()], progress=False)
 
 
 def test_an_image_channel_named_twice_is_refused():

@@ -16,6 +16,7 @@ from venncell.analysis.features import feature_regions
 from venncell.analysis.gene_sets import (
     EnrichmentConfig,
     check_overlap,
+    collection_name,
     enrich,
     gene_set_path,
     load_gene_sets,
@@ -96,15 +97,18 @@ def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kw
         raise VennCellInputError(
             f"Gene-set enrichment: no modality {unknown}; the model has {list(data.specs)}."
         )
-    collections = {name: load_gene_sets(name) for name in cfg.gene_sets}
+    collections = {
+        collection_name(source, i): load_gene_sets(source)
+        for i, source in enumerate(cfg.gene_sets)
+    }
     pos = pd.Index(data.obs_names).get_indexer(attribution.obs_names)
     directions = block_directions(data, is_train, pos, attribution.latents, attribution.config)
     tables, notes = [], []
     for m in mods:
         features = data.specs[m].features
-        symbols, note = map_symbols(features, collections)
+        symbols, matched, note = map_symbols(features, collections)
         try:
-            check_overlap(m, symbols, collections)
+            check_overlap(m, symbols, matched)
         except VennCellInputError as err:
             if named:
                 raise
@@ -128,8 +132,11 @@ def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kw
             r = d.correlation.xs(m, level="modality").reindex(features).to_numpy()
             scores[f"{d.block} {d.component}+"] = _series(r, symbols)
             scores[f"{d.block} {d.component}-"] = _series(-r, symbols)
-        tables.append(enrich(scores, collections, cfg).assign(modality=m))
-    terms = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["modality"])
+        tables.append(enrich(scores, matched, cfg).assign(modality=m))
+    # no modality tested: empty tables that keep their columns (a caller's sort or filter still works)
+    terms = (
+        pd.concat(tables, ignore_index=True) if tables else enrich({}, {}, cfg).assign(modality="")
+    )
     terms = terms[["modality", *(c for c in terms.columns if c != "modality")]]
     return EnrichmentResult(cfg, terms, top_terms(terms, cfg.n_terms, cfg.fdr), notes)
 

@@ -31,7 +31,8 @@ MAX_GENES_SHOWN = 20
 class EnrichmentConfig:
     """Knobs of ``VennCell.enrich_regions``."""
 
-    gene_sets: list = field(default_factory=lambda: list(BUNDLED))  # bundled names or .gmt paths
+    # bundled names, .gmt paths or {term: genes} dicts
+    gene_sets: list = field(default_factory=lambda: list(BUNDLED))
     method: str = (
         "ora"  # ora (top_n features vs all) | prerank (gseapy's GSEA on the whole ranking)
     )
@@ -63,6 +64,11 @@ def load_gene_sets(source) -> dict[str, list[str]]:
     if isinstance(source, dict):
         return {str(k): [str(g) for g in v] for k, v in source.items()}
     return read_gmt(gene_set_path(source))
+
+
+def collection_name(source, i: int) -> str:
+    """How a collection is named in the tables: its bundled name or path, or ``gene_sets[i]`` for a dict."""
+    return f"gene_sets[{i}]" if isinstance(source, dict) else str(source)
 
 
 def gene_set_path(source) -> Path:
@@ -116,19 +122,31 @@ def read_gmt(path: Path) -> dict[str, list[str]]:
     return sets
 
 
-def map_symbols(features, collections: dict[str, dict[str, list[str]]]) -> tuple[pd.Index, str]:
-    """Feature names as matched against the collections, and a note when a rule was applied: names match as
-    given, or upper-cased when that matches more (mouse symbols such as ``Cd3e`` against human collections)."""
-    universe = _universe(collections)
+def map_symbols(
+    features, collections: dict[str, dict[str, list[str]]]
+) -> tuple[pd.Index, dict[str, dict[str, list[str]]], str]:
+    """Feature names and collections as matched against each other, and a note when a rule was applied: names
+    match as given, or both sides upper-cased when that matches more (mouse symbols such as ``Cd3e`` against human
+    collections, or a .gmt written in lower case)."""
     names = pd.Index([str(f) for f in features])
     upper = names.str.upper()
-    direct, upcased = names.isin(universe).sum(), upper.isin(universe).sum()
+    direct = names.isin(_universe(collections)).sum()
+    folded = {
+        c: {t: [g.upper() for g in genes] for t, genes in sets.items()}
+        for c, sets in collections.items()
+    }
+    upcased = upper.isin(_universe(folded)).sum()
     if upcased > direct:
-        return upper, (
-            f"feature names matched upper-cased ({upcased} of {len(names)} found, {direct} as given): the "
-            "documented rule for mouse symbols against human collections"
+        return (
+            upper,
+            folded,
+            (
+                f"feature names and gene sets matched upper-cased ({upcased} of {len(names)} found, {direct} as "
+                "given): the documented rule for symbols whose case differs (mouse symbols against human "
+                "collections)"
+            ),
         )
-    return names, ""
+    return names, collections, ""
 
 
 def check_overlap(modality: str, symbols: pd.Index, collections: dict) -> None:
@@ -263,7 +281,10 @@ def _prerank(s: pd.Series, terms: list[str], members: sp.csr_matrix, cfg) -> pd.
             "set_size": [size[t] for t in res["Term"]],
             "overlap": [len(g) for g in lead],  # the leading edge
             "nes": res["NES"].astype(float).to_numpy(),
-            "pval": res["NOM p-val"].astype(float).to_numpy(),
+            # gseapy reports 0 when no permutation reached the score; that many permutations show p >= 1/(n+1)
+            "pval": np.maximum(
+                res["NOM p-val"].astype(float).to_numpy(), 1.0 / (cfg.permutations + 1)
+            ),
             "fdr": res["FDR q-val"]
             .astype(float)
             .to_numpy(),  # GSEA's own FDR (against the NES null)

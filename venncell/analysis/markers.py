@@ -129,9 +129,15 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
         f"Marker {name!r} was not found. Looked for it as a column of mdata.obs ({shown or 'none'}) and as a "
         f"feature (var_name) of every modality: {where}."
     )
-    mod, sep, _ = name.partition(":")
+    mod, sep, feat = name.partition(":")
     if sep and mod != "obs" and mod not in specs:
         msg += f" '{mod}' is not a modality of the model ({', '.join(specs)})."
+    # the same name in another case, under its own modality, beats a string match (adt:CD4 suggested rna:CD4)
+    folded = (feat if sep else name).casefold()
+    exact = [c for c in obs if c.casefold() == folded] + [
+        f"{m}:{f}" for m, s in specs.items() for f in s.features if f.casefold() == folded
+    ]
+    close = exact or close
     images = [m for m, s in specs.items() if s.kind == "image"]
     if images:
         msg += (
