@@ -367,9 +367,12 @@ def test_report_of_a_backed_run_says_how_to_report_it(tmp_path):
         run_report(OmegaConf.create({"run_dir": str(tmp_path)}))
 
 
-def test_a_file_set_up_in_python_trains_with_its_own_setup(tmp_path):
+def test_a_file_set_up_in_python_trains_with_its_own_setup(tmp_path, helpers):
     """``setup_mudata`` then ``mdata.write``: venncell-train re-guessed every modality's kind instead (an image
-    modality became an empty features one and was refused)."""
+    modality became an empty features one and was refused); then it refused the stored image options by their
+    internal names (``image_key``)."""
+    import anndata as ad
+    import pandas as pd
     from hydra import compose, initialize_config_module
 
     from venncell import VennCell, make_synthetic
@@ -377,8 +380,18 @@ def test_a_file_set_up_in_python_trains_with_its_own_setup(tmp_path):
     from venncell.cli.train import run_train
 
     mdata, _ = make_synthetic(n_cells=120, modalities={"rna": 30, "protein": 10}, seed=0)
+    cells = ad.AnnData(
+        np.zeros((120, 0), dtype=np.float32), obs=pd.DataFrame(index=mdata.obs_names)
+    )
+    cells.obsm["crops"] = helpers.make_images(n=120, seed=0)[0]
+    mdata = md.MuData({**{m: mdata[m] for m in mdata.mod}, "cells": cells})
     VennCell.setup_mudata(
-        mdata, modalities={"rna": "rna", "protein": {"kind": "protein", "private_dim": 3}}
+        mdata,
+        modalities={
+            "rna": "rna",
+            "protein": {"kind": "protein", "private_dim": 3},
+            "cells": {"kind": "image", "obsm_key": "crops", "channels": [1]},
+        },
     )
     mdata.write(tmp_path / "setup.h5mu")
     register_configs()
@@ -394,4 +407,6 @@ def test_a_file_set_up_in_python_trains_with_its_own_setup(tmp_path):
             ],
         )
     run_train(cfg, tmp_path / "run")
-    assert VennCell.load(tmp_path / "run" / "model").module.private_dims["protein"] == 3
+    model = VennCell.load(tmp_path / "run" / "model")
+    assert model.module.private_dims["protein"] == 3
+    assert model.specs["cells"].image_shape[0] == 1 and model.specs["cells"].channels == [1]

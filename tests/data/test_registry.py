@@ -227,3 +227,30 @@ def test_split_batches_hold_one_side_each_and_spread_the_held_out_ones(seed):
     assert all(np.array_equal(a, b) for a, b in zip(again, batches))
     again.set_epoch(0)
     assert not np.array_equal(np.concatenate(list(again)), np.concatenate(batches))
+
+
+def test_whole_number_features_stay_gaussian_when_said_and_warn_when_guessed():
+    """kind='features' on whole numbers (CellProfiler areas, object counts) was silently fitted as sequencing
+    counts (NB, normalised by each cell's total); the README promises Gaussian."""
+    import warnings
+
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+
+    from venncell.data import VennCellInputWarning
+
+    rng = np.random.default_rng(0)
+    names = pd.DataFrame(index=[f"c{i}" for i in range(60)])
+    whole = rng.poisson(30.0, size=(60, 6)).astype(np.float32)
+    rna = ad.AnnData(rng.poisson(2.0, size=(60, 20)).astype(np.float32), obs=names)
+    mdata = md.MuData({"rna": rna, "morph": ad.AnnData(whole, obs=names)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        VennCell.setup_mudata(mdata, {"rna": "rna", "morph": "features"})
+    assert stored_options(mdata)["modalities"]["morph"]["likelihood"] == "gaussian"
+    with pytest.warns(VennCellInputWarning, match="'morph'.*guessed from its name.*whole numbers"):
+        VennCell.setup_mudata(mdata, {"rna": "rna", "morph": None})
+    assert stored_options(mdata)["modalities"]["morph"]["likelihood"] == "nb"
+    VennCell.setup_mudata(mdata, {"rna": "rna", "morph": {"kind": "features", "likelihood": "nb"}})
+    assert stored_options(mdata)["modalities"]["morph"]["likelihood"] == "nb"

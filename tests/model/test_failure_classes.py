@@ -400,6 +400,10 @@ def test_channels_last_images_are_named():
 
     with pytest.raises(VennCellInputError, match="channels-last"):
         check_image_array("dapi", np.zeros((10, 34, 34, 3), dtype=np.float32), None, 10)
+    # picking channels did not switch the check off: channels=[0] read a 34 x 3 strip per "channel"
+    with pytest.raises(VennCellInputError, match="channels-last"):
+        check_image_array("dapi", np.zeros((10, 34, 34, 3), dtype=np.float32), [0], 10)
+    check_image_array("dapi", np.zeros((10, 3, 34, 34), dtype=np.float32), [0], 10)
 
 
 def test_object_dtype_is_a_clear_error():
@@ -595,3 +599,63 @@ def test_a_failed_write_leaves_no_file_and_names_the_entry(tmp_path):
     with pytest.raises(VennCellInputError, match="x_test.h5ad.*bad.*write again"):
         atomic_write(adata, tmp_path / "x_test.h5ad")
     assert list(tmp_path.iterdir()) == []
+
+
+def _image_pair(img):
+    names = [f"c{i}" for i in range(len(img))]
+    mods = {}
+    for m in ("a", "b"):
+        mods[m] = ad.AnnData(
+            np.zeros((len(img), 0), dtype=np.float32), obs=pd.DataFrame(index=names)
+        )
+        mods[m].obsm["img"] = img
+    mdata = md.MuData(mods)
+    VennCell.setup_mudata(
+        mdata,
+        {
+            "a": {"kind": "image", "obsm_key": "img"},
+            "b": {"kind": "image", "obsm_key": "img", "channels": [1]},
+        },
+    )
+    return mdata
+
+
+def test_a_constant_image_channel_and_a_wrong_channel_count_are_named(helpers):
+    """An all-zero channel (an empty or wrongly chosen one) trained into NaN latents, reported as a learning-rate
+    problem; new crops with another channel count were told to crop or resize."""
+    img, _ = helpers.make_images(n=80, seed=0)
+    flat = img.copy()
+    flat[:, 1] = 0.0
+    with pytest.raises(VennCellInputError, match=r"Modality 'a': channel\(s\) \[1\].*one value"):
+        VennCell(_image_pair(flat))
+    model = VennCell(_image_pair(img), **helpers.IMAGE_MODEL)
+    model.train(**helpers.FAST)
+    query = ad.AnnData(
+        np.zeros((10, 0), dtype=np.float32), obs=pd.DataFrame(index=[f"q{i}" for i in range(10)])
+    )
+    query.obsm["img"] = img[:10, :1]
+    with pytest.raises(VennCellInputError, match=r"Give the 2 channel\(s\)"):
+        model.get_latent_representation(md.MuData({"a": query}), modalities=["a"])
+    # crops of another intensity scale (another bit depth) embedded without a word
+    query = ad.AnnData(
+        np.zeros((20, 0), dtype=np.float32), obs=pd.DataFrame(index=[f"q{i}" for i in range(20)])
+    )
+    query.obsm["img"] = img[20:40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        model.get_latent_representation(md.MuData({"a": query}), modalities=["a"])
+    query.obsm["img"] = img[20:40] / 256
+    with pytest.warns(
+        VennCellInputWarning, match="'a': these crops' intensities are on another scale"
+    ):
+        model.get_latent_representation(md.MuData({"a": query}), modalities=["a"])
+
+
+def test_renamed_modalities_are_named(trained_tiny):
+    """Modalities renamed in the query gave 'None of the registered modalities has a cell' without a name."""
+    model, mdata, _ = trained_tiny
+    query = md.MuData({f"my_{m}": mdata[m].copy() for m in mdata.mod})
+    with pytest.raises(
+        VennCellInputError, match=r"\(rna, protein, atac\).*\['my_rna', 'my_protein', 'my_atac'\]"
+    ):
+        model.get_latent_representation(query)

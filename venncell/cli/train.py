@@ -23,7 +23,7 @@ from venncell.cli.common import (
     recovery_summary,
 )
 from venncell.cli.store import data_settings, register_configs, to_object
-from venncell.data.registry import stored_options
+from venncell.data.registry import as_setup_options, stored_options
 from venncell.data.synthetic import truth_from_mudata
 from venncell.data.validate import VennCellInputError
 from venncell.model import VennCell, atomic_write
@@ -64,7 +64,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     stored = stored_options(mdata)
     # a file set up in Python (setup_mudata, then .write) keeps its setup unless data.register is given
     if register is None and stored is not None:
-        register, batch_key = stored["modalities"], batch_key or stored.get("batch_key")
+        register, batch_key = as_setup_options(stored), batch_key or stored.get("batch_key")
         log.info("Using the setup stored in the file (data.register overrides it): %s", register)
     VennCell.setup_mudata(mdata, modalities=register, batch_key=batch_key)
     backed = bool(getattr(mdata, "isbacked", False))

@@ -204,7 +204,9 @@ class MultiModalData:
             self._library[name] = np.asarray(x.sum(1)).ravel().astype(np.float32)
         if not any((self.row[n] >= 0).any() for n in self.specs):
             raise VennCellInputError(
-                "None of the registered modalities has a cell in this MuData."
+                f"None of the model's modalities ({', '.join(self.specs)}) has a cell in this MuData, whose "
+                f"modalities are {list(mdata.mod)}. Name them as in training (e.g. `mdata.mod['"
+                f"{next(iter(self.specs))}'] = mdata.mod.pop('<yours>')`, then `mdata.update()`)."
             )
         empty = ~np.any([self.row[n] >= 0 for n in self.specs], axis=0)
         # in mdata.obs through another modality only: nothing to learn or embed them from

@@ -11,11 +11,12 @@ Gaussian modality; the CNN encoder and decoder (``venncell.nn.cnn``) reshape the
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from venncell.data.validate import VennCellInputError, check_image_array
+from venncell.data.validate import VennCellInputError, VennCellInputWarning, check_image_array
 
 # ``adata.uns`` key naming a modality's store file; new data for a saved model points at its own store here.
 STORE_UNS_KEY = "venncell_image_store"
@@ -149,6 +150,15 @@ def fit_image_spec(spec, adata):
         spec.name, _open_array(spec, adata, training=True), spec.channels, adata.n_obs
     )
     mean, std = src.scan()
+    # the same value in every pixel of every cell: nothing to learn, and the spectral start divides by its spread
+    flat = [int(c) for c in np.flatnonzero(std <= 1e-5 * np.maximum(1.0, np.abs(mean)))]
+    if flat:
+        picked = spec.channels if spec.channels is not None else list(range(len(std)))
+        raise VennCellInputError(
+            f"Modality '{spec.name}': channel(s) {[picked[c] for c in flat]} of its images hold one value in every "
+            f"pixel of every cell ({', '.join(f'{mean[c]:g}' for c in flat)}); an empty or wrongly chosen channel. "
+            "Pick the channels that were imaged (channels=[...]) or leave the modality out."
+        )
     spec.image_shape = list(src.shape)
     spec.channel_mean, spec.channel_std = mean.tolist(), std.tolist()
     return spec
@@ -159,13 +169,44 @@ def image_source(spec, adata, training: bool) -> ImageSource:
     src = ImageSource(spec.name, _open_array(spec, adata, training), spec.channels, adata.n_obs)
     if not training:
         if spec.image_shape is not None and list(src.shape) != list(spec.image_shape):
+            fix = (
+                "Crop/resize them to the training size."
+                if src.shape[0] == spec.image_shape[0]
+                else f"Give the {spec.image_shape[0]} channel(s) the model was trained on, in the same order."
+            )
             raise VennCellInputError(
                 f"Modality '{spec.name}': images are {tuple(src.shape)} (channels x height x width) but the model "
-                f"was trained on {tuple(spec.image_shape)}. Crop/resize them to the training size."
+                f"was trained on {tuple(spec.image_shape)}. {fix}"
             )
-        src.scan()  # finiteness check only: the model's own statistics are used
+        # the model's own statistics standardise the crops; the scan checks finiteness and the intensity scale
+        warn_other_scale(spec, *src.scan())
     src.set_stats(spec.channel_mean, spec.channel_std)
     return src
+
+
+def warn_other_scale(spec, mean: np.ndarray, std: np.ndarray) -> None:
+    """Warn when new crops' intensities are on another scale than training's (another bit depth, a rescaled
+    export): the model standardises them with training's statistics, so their latents would shift silently."""
+    t_mean, t_std = np.asarray(spec.channel_mean), np.asarray(spec.channel_std)
+    off = [
+        i
+        for i in range(len(t_std))
+        if not 0.2 <= std[i] / t_std[i] <= 5 or abs(mean[i] - t_mean[i]) > 3 * t_std[i]
+    ]
+    if off:
+        picked = spec.channels if spec.channels is not None else list(range(len(t_std)))
+        shown = "; ".join(
+            f"channel {picked[i]}: mean {mean[i]:.4g}, sd {std[i]:.4g} (training {t_mean[i]:.4g}, "
+            f"{t_std[i]:.4g})"
+            for i in off
+        )
+        warnings.warn(
+            f"Modality '{spec.name}': these crops' intensities are on another scale than the training crops' "
+            f"({shown}). If they were saved with another bit depth or rescaled, give them as in training (same "
+            "dtype and scale); their latents are otherwise not comparable with the training cells'.",
+            VennCellInputWarning,
+            stacklevel=2,
+        )
 
 
 def downsample(x: np.ndarray, shape, max_side: int = 16) -> np.ndarray:

@@ -241,6 +241,21 @@ def _modality_options(name: str, adata, opts) -> dict:
 
         head = head_rows(x) if x.shape[0] and x.shape[1] else None
         lik = infer_likelihood(kind, head) if head is not None else KIND_DEFAULT_LIKELIHOOD[kind]
+        if lik == "nb" and kind == "features":
+            if opts.get("kind") == "features":
+                # said features: measurements that happen to be whole numbers (areas, object counts), not
+                # sequencing counts to normalise by each cell's total
+                lik = "gaussian"
+            else:
+                warnings.warn(
+                    f"Modality '{name}' (kind 'features', guessed from its name) holds whole numbers only, so it "
+                    "is modelled as counts (negative binomial, normalised by each cell's total): right for UMI "
+                    "counts such as hashtags or guides, wrong for measurements such as areas. Register it with "
+                    "kind='features' (Gaussian) for measurements, or likelihood='nb' to keep counts and silence "
+                    "this.",
+                    VennCellInputWarning,
+                    stacklevel=4,
+                )
         if (
             lik == "gaussian"
             and KIND_DEFAULT_LIKELIHOOD[kind] != "gaussian"
@@ -287,6 +302,19 @@ def stored_options(mdata) -> dict | None:
         raise VennCellInputError(
             f"mdata.uns['{REGISTRY_KEY}'] is not VennCell's setup; call VennCell.setup_mudata(mdata, ...) again."
         ) from None
+
+
+def as_setup_options(stored: dict) -> dict:
+    """A stored setup's modalities in ``setup_mudata``'s own words, to set the data up again (the command line):
+    an image's stored ``image_key`` / ``image_store`` were refused there (it takes ``obsm_key`` / ``store``)."""
+    names = {"image_key": "obsm_key", "image_store": "store"}
+    keep = ("kind", "private_dim", "weight", "channels", *names)
+    return {
+        m: {names.get(k, k): v for k, v in o.items() if k in keep and v is not None}
+        if o.get("kind") == "image"
+        else o
+        for m, o in stored["modalities"].items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------ fitting

@@ -219,7 +219,8 @@ def check_image_array(name: str, arr, channels, n_obs: int) -> None:
             f"Modality '{name}': the image array has dtype {dtype}; pixels must be real numbers. Convert it "
             "(`images.astype(np.float32)`)."
         )
-    if shape[3] <= 4 < shape[1] and channels is None:
+    # a crop at most 4 pixels wide but tall and with many channels is a channels-last stack, channels= or not
+    if shape[3] <= 4 < min(shape[1], shape[2]):
         raise VennCellInputError(
             f"Modality '{name}': the image array has shape {shape}, which looks channels-last (cells x height x "
             f"width x channels); VennCell reads cells x channels x height x width. Move the channel axis first "
