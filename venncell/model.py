@@ -49,6 +49,8 @@ from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 
 MODEL_FORMAT = 2
+# cells measured in all of a Venn region's modalities below which its block cannot be learned
+MIN_PAIRED = 10
 
 
 class VennCell:
@@ -158,6 +160,7 @@ class VennCell:
         with _seeded(seed):
             self.module = VennModule(registry.specs, self.n_cells, self.config, registry.n_batches)
         init_likelihoods(self.module, self.data, seed=seed)
+        self._warn_unpaired_regions()
         if self.config.latent_init == "spectral":
             start = spectral_init(
                 self.data,
@@ -171,6 +174,20 @@ class VennCell:
                 self.module.set_latents(*start)
         self.is_train = validation_split(self.n_cells, validation_fraction, seed)
         self.train_obs_names = self.data.obs_names
+
+    def _warn_unpaired_regions(self) -> None:
+        """A region's block is fitted on the cells measured in all its modalities; without such cells it stays at
+        its start and its latents (and any verdict naming it) mean nothing."""
+        for r, members in self.module.regions.items():
+            n = int(np.logical_and.reduce([self.data.present(m) for m in members]).sum())
+            if n < MIN_PAIRED:
+                warnings.warn(
+                    f"Venn region '{r}': only {n} cell(s) are measured in all of {list(members)}, so its block "
+                    "cannot be learned and its latents are meaningless. Use venn_regions='shared', or add cells "
+                    "measured in those modalities together.",
+                    VennCellInputWarning,
+                    stacklevel=3,
+                )
 
     @property
     def specs(self):
@@ -280,7 +297,7 @@ class VennCell:
         """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
         cells, which must have measured some of them (else the shared latent is NaN)."""
         if mdata is None or mdata is self.mdata:
-            data = self._require_data("use the training data (mdata=None)")
+            data = self._require_data("use the training data (mdata=None)", new_cells=True)
         elif not isinstance(mdata, md.MuData):
             raise VennCellInputError(f"mdata must be a MuData, got {type(mdata).__name__}.")
         else:
@@ -322,7 +339,8 @@ class VennCell:
         mdata
             New cells (a MuData with some or all of the model's modalities), or None for the training data.
         block
-            ``"shared"``, ``"private:<modality>"`` or ``"all"`` (shared, then every private block).
+            ``"shared"``, ``"private:<modality>"``, a Venn region's ``"shared:<a>+<b>"`` (modality names sorted)
+            or ``"all"`` (shared, then every region's block, then every private block).
         modalities
             Which of a cell's modalities the encoders use for the shared block (default: every one it has).
         source
@@ -474,10 +492,17 @@ class VennCell:
             )
         data = self._data_for(mdata)
         z = embed_cells(self.module, data, modalities=source)["shared"]
-        if np.isnan(z).any():
+        missing = np.isnan(z).any(1)
+        if missing.all():
             raise VennCellInputError(
-                f"{int(np.isnan(z).any(1).sum())} cell(s) have none of the source modalities "
-                f"{source}; keep the cells that have one."
+                f"No cell has any of the source modalities {source}; predict from modalities the cells have."
+            )
+        if missing.any():  # like get_latent_representation(modalities=...): NaN rows, said once
+            warnings.warn(
+                f"{int(missing.sum())} of {len(z)} cell(s) have none of the source modalities {source}; their "
+                "predictions are NaN.",
+                VennCellInputWarning,
+                stacklevel=2,
             )
         dec = self.module.shared_decoders[target]
         out = []
@@ -557,11 +582,13 @@ class VennCell:
                 "The model is not trained yet; call model.train() first (or VennCell.load() a trained one)."
             )
 
-    def _require_data(self, what: str) -> MultiModalData:
+    def _require_data(self, what: str, new_cells: bool = False) -> MultiModalData:
+        """The training data; ``new_cells``: the call also takes other cells (``mdata=...``), which the fix says."""
         if self.data is None:
+            fix = "Pass the cells as mdata=..., or load" if new_cells else "Load"
             raise VennCellInputError(
                 f"This model was loaded without its training data, which is needed to {what}. "
-                "Pass new cells as mdata=..., or load with VennCell.load(path, mdata=training)."
+                f"{fix} it with its training data: VennCell.load(path, mdata=training)."
             )
         return self.data
 

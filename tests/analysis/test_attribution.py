@@ -345,3 +345,24 @@ def test_markers_probed_on_complete_cells_only_say_so():
             {"m": z[:, 0] + 0.1 * rng.normal(size=n)}, blocks, ["protein"], n_perm=20, n_boot=20
         )
     assert rows["m"]["n_cells"] == 90
+
+
+def test_a_region_reported_empty_is_never_in_a_verdict():
+    """A region's encoder can carry a member's private signal; the probes credited it and the verdict named a
+    region that the same result reported empty ("specific to atac and shared by atac+features+protein")."""
+    from venncell.analysis.markers import probe_markers
+
+    rng = np.random.default_rng(0)
+    n = 600
+    signal = rng.normal(size=(n, 2))
+    marker = signal[:, 0] + 0.3 * rng.normal(size=n)
+    blocks = combine_blocks(
+        rng.normal(size=(n, 4)),
+        {"a": signal + 0.1 * rng.normal(size=(n, 2)), "b": rng.normal(size=(n, 2))},
+        {"a+b": signal + 0.1 * rng.normal(size=(n, 2))},
+    )
+    cfg = dict(n_perm=40, n_boot=100)
+    got, _ = probe_markers({"m": marker}, blocks, ["a", "b"], **cfg)
+    assert got["m"]["verdict"] == "specific to a and shared by a+b"
+    got, _ = probe_markers({"m": marker}, blocks, ["a", "b"], empty_regions={"a+b"}, **cfg)
+    assert got["m"]["verdict"] == "specific to a" and got["m"]["regions"] == ""

@@ -373,11 +373,8 @@ def test_a_file_set_up_in_python_trains_with_its_own_setup(tmp_path, helpers):
     internal names (``image_key``)."""
     import anndata as ad
     import pandas as pd
-    from hydra import compose, initialize_config_module
 
     from venncell import VennCell, make_synthetic
-    from venncell.cli.store import register_configs
-    from venncell.cli.train import run_train
 
     mdata, _ = make_synthetic(n_cells=120, modalities={"rna": 30, "protein": 10}, seed=0)
     cells = ad.AnnData(
@@ -394,19 +391,35 @@ def test_a_file_set_up_in_python_trains_with_its_own_setup(tmp_path, helpers):
         },
     )
     mdata.write(tmp_path / "setup.h5mu")
-    register_configs()
-    with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "data=mudata",
-                f"data.path={tmp_path / 'setup.h5mu'}",
-                "trainer=fast",
-                "logger=none",
-                "evaluate_recovery=false",
-            ],
-        )
-    run_train(cfg, tmp_path / "run")
+    _train_in_process(
+        tmp_path / "run",
+        ["data=mudata", f"data.path={tmp_path / 'setup.h5mu'}", "evaluate_recovery=false"],
+    )
     model = VennCell.load(tmp_path / "run" / "model")
     assert model.module.private_dims["protein"] == 3
     assert model.specs["cells"].image_shape[0] == 1 and model.specs["cells"].channels == [1]
+
+
+def test_region_recovery_is_scored_in_metrics(tmp_path):
+    """venncell-train scored the recovery of the shared and private blocks only, so every region's recovery in
+    metrics.json was NaN."""
+    _train_in_process(
+        tmp_path / "run",
+        ["data.n_cells=200", "data.region_factors={protein+rna: 2}", "model.venn_regions=pairs"],
+    )
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())["recovery"]["average"]
+    summary = summary["knn"]["summary"]
+    assert np.isfinite(summary["min_region_recovery"]) and summary["min_region_recovery"] > 0.2
+
+
+def _train_in_process(run_dir, overrides: list[str]) -> None:
+    """``venncell-train`` with the fast trainer and no logger, in this process (no start-up cost)."""
+    from hydra import compose, initialize_config_module
+
+    from venncell.cli.store import register_configs
+    from venncell.cli.train import run_train
+
+    register_configs()
+    with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "trainer=fast", "logger=none"])
+    run_train(cfg, run_dir)

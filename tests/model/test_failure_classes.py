@@ -659,3 +659,58 @@ def test_renamed_modalities_are_named(trained_tiny):
         VennCellInputError, match=r"\(rna, protein, atac\).*\['my_rna', 'my_protein', 'my_atac'\]"
     ):
         model.get_latent_representation(query)
+
+
+def test_a_region_of_modalities_never_measured_together_is_named():
+    """Protein and ATAC never on the same cell: the protein+atac region trained without a word, and attribution
+    then crashed in scipy (ZeroDivisionError) after warning that it probed 0 cells."""
+    full, _ = make_synthetic(
+        n_cells=200, modalities={"rna": 40, "protein": 10, "atac": 40}, seed=3
+    )
+    a, b = full.obs_names[:100], full.obs_names[100:]
+    mdata = md.MuData(
+        {
+            "rna": full["rna"].copy(),
+            "protein": full["protein"][a].copy(),
+            "atac": full["atac"][b].copy(),
+        }
+    )
+    mdata.obs["cluster"] = full.obs["cluster"].reindex(mdata.obs_names).to_numpy()
+    VennCell.setup_mudata(mdata)
+    with pytest.warns(VennCellInputWarning, match=r"Venn region 'atac\+protein': only 0 cell"):
+        model = VennCell(mdata, venn_regions="pairs", shared_dim=4, private_dim=2, hidden=32)
+    model.train(stage1_epochs=2, stage2_epochs=1, batch_size=64, progress_bar="none")
+    with pytest.raises(VennCellInputError, match="only 0 of 200 are.*markers=\\[\\]"):
+        model.attribution(["cluster"], n_boot=20, progress=False, write_var=False)
+    result = model.attribution([], n_boot=20, progress=False, write_var=False)
+    assert set(result.features) == {"rna", "protein", "atac"}
+
+
+def test_prediction_from_a_modality_some_cells_lack_gives_nan_rows(tmp_path, helpers):
+    """predict_modality refused the whole call when some cells lacked the source, where
+    get_latent_representation(modalities=...) gives NaN rows; and a model loaded without its data told train() to
+    'pass new cells as mdata=...', which train does not take."""
+    full, _ = make_synthetic(n_cells=160, modalities={"rna": 30, "protein": 10}, seed=0)
+    rna_only, both = full.obs_names[:40], full.obs_names[40:]
+    mdata = md.MuData({"rna": full["rna"].copy(), "protein": full["protein"][both].copy()})
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, seed=0)
+    model.train(**helpers.FAST)
+    with pytest.warns(VennCellInputWarning, match="40 of 160 cell"):
+        pred = model.predict_modality(source=["protein"], target="rna")
+    lacking = mdata.obs_names.isin(rna_only)
+    assert np.isnan(pred[lacking]).all() and np.isfinite(pred[~lacking]).all()
+    model.save(tmp_path / "m")
+    with pytest.raises(
+        VennCellInputError, match=r"needed to train\. Load it with its training data"
+    ):
+        VennCell.load(tmp_path / "m").train(**helpers.FAST)
+
+
+def test_a_cut_list_of_columns_says_how_many_more():
+    """A missing batch_key listed the first 10 .obs columns as if they were all of them."""
+    mdata, _ = make_synthetic(n_cells=40, modalities={"rna": 10, "protein": 5}, seed=0)
+    for i in range(12):
+        mdata.obs[f"col{i}"] = i
+    with pytest.raises(VennCellInputError, match=r"col8, \.\.\. \(\d+ more\)"):
+        VennCell.setup_mudata(mdata, batch_key="batch")

@@ -155,6 +155,9 @@ def test_bad_region_settings(tiny_mdata):
     VennCell.setup_mudata(tiny_mdata)
     with pytest.raises(VennCellInputError, match="region_dims names \\['atac\\+hic'\\]"):
         VennCell(tiny_mdata, venn_regions="pairs", region_dims={"atac+hic": 2})
+    # the members in another order: the message says names are sorted (it only listed the names)
+    with pytest.raises(VennCellInputError, match=r"sorted: 'rna\+atac' is 'atac\+rna'"):
+        VennCell(tiny_mdata, venn_regions="pairs", region_dims={"rna+atac": 2})
     with pytest.raises(VennCellInputError, match="joint_encoder"):
         VennCell(tiny_mdata, venn_regions="pairs", joint_encoder=True)
     with pytest.raises(VennCellInputError, match="venn_regions='trio'"):

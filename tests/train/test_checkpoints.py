@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -133,11 +134,16 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
     # every epoch's row once, in order: the killed part kept, the epochs after its checkpoint logged once (again)
     assert _epoch_rows(run, "stage1") == list(range(30))
     assert _epoch_rows(run, "stage2") == list(range(10))
-    # resuming a finished run changes nothing, its logs included
+    first = json.loads((run / "metrics.json").read_text())["history"]
+    # resuming a finished run changes nothing, its logs and metrics.json included (a stage it did not train had
+    # empty metrics and a wall time of ~0 s there)
     subprocess.run([*killed, "resume=true"], check=True, capture_output=True, timeout=600)
     assert _epoch_rows(run, "stage1") == list(range(30)) and _epoch_rows(run, "stage2") == list(
         range(10)
     )
+    again = json.loads((run / "metrics.json").read_text())["history"]
+    assert first["stage1"] and first["stage2"], first
+    assert again == first
 
 
 def test_resume_with_more_stage1_epochs_trains_stage2_again(tmp_path, helpers):

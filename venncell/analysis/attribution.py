@@ -49,7 +49,7 @@ Markers (a feature of any modality, e.g. protein ``CD4``, or any ``.obs`` column
       * ``specific to <m>`` -- m adds and ``shared_fraction <= specific_max`` (several: ``m1 + m2``).
       * ``partly shared (x % shared)`` -- otherwise; ``private_modalities`` names the private blocks that add.
       * With Venn regions, each region r is tested like a private block (``score(shared+region:r) - score(shared)``)
-        and ``regions`` names those that add; when only regions add and ``shared_fraction <= specific_max`` the
+        and ``regions`` names those that add (never one the block table reports empty); when only regions add and ``shared_fraction <= specific_max`` the
         verdict is ``shared by <r>`` (e.g. ``shared by atac+rna``), and ``specific to m and shared by r`` when both
         kinds add.
 
@@ -212,6 +212,12 @@ def attribute(
             features[m], boots[m] = feature_attribution(module, data, m, idx, lat, cfg, rng)
             summaries.append(modality_summary(m, boots[m], cfg))
             bar.advance(task)
+        blocks = region_table(module, features, lat)
+        empty = {
+            b.split(":", 1)[1]
+            for b in blocks.loc[blocks["empty"], "block"]
+            if b.startswith("shared:")
+        }
         rows, score_rows = {}, []
         for group in marker_groups(resolved):
             bar.update(task, description=f"markers {', '.join(mk.name for mk in group)[:60]}")
@@ -221,6 +227,7 @@ def attribute(
                 mods,
                 cfg,
                 {mk.name: mk.kind for mk in group},
+                empty_regions=empty,
             )
             rows.update(
                 {mk.name: {"marker": mk.name, "source": mk.source, **got[mk.name]} for mk in group}
@@ -239,7 +246,7 @@ def attribute(
         config=cfg,
         features=features,
         modalities=pd.DataFrame(summaries),
-        regions=region_table(module, features, lat),
+        regions=blocks,
         top_features={m: top_features(df, cfg.top_n) for m, df in features.items()},
         markers=pd.DataFrame([rows[mk.name] for mk in resolved]),
         marker_scores=concat_frames(score_rows, ["marker", "block", "probe"]),

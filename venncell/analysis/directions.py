@@ -89,6 +89,10 @@ def _correlate(pcs: np.ndarray, x, present: np.ndarray) -> np.ndarray:
     ok = np.isfinite(z).all(1)
     z, x = z[ok], x[ok]
     n = len(z)
+    if (
+        n < 2
+    ):  # no cell has both the block and the modality (e.g. a region of modalities never measured together)
+        return np.full((x.shape[1], z.shape[1]), np.nan)
     z = (z - z.mean(0)) / (z.std(0) + 1e-12)
     mean = np.asarray(x.mean(0)).ravel()
     sq = x.multiply(x).mean(0) if sp.issparse(x) else (np.asarray(x) ** 2).mean(0)

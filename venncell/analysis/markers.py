@@ -20,6 +20,10 @@ from venncell.data.validate import VennCellInputError, VennCellInputWarning, use
 from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key
 
+MIN_PROBE_CELLS = (
+    10  # cells measured in every modality below which cross-validated probes mean nothing
+)
+
 
 def combine_blocks(
     shared: np.ndarray,
@@ -197,16 +201,25 @@ def probe_markers(
     modalities: list[str],
     cfg=None,
     kinds: dict[str, str | None] | None = None,
+    empty_regions=(),
     **kwargs,
 ) -> tuple[dict[str, dict], pd.DataFrame]:
     """``probe_marker`` for several markers probed from the same blocks: markers known on the same cells
-    share folds, permutations, bootstrap draws and -- since both probes are linear in the target -- fits."""
+    share folds, permutations, bootstrap draws and -- since both probes are linear in the target -- fits.
+    ``empty_regions``: regions the feature view found empty, which no verdict names (their encoders can still
+    carry a member's private signal, which the probes would credit to the region)."""
     if cfg is None:
         from venncell.analysis.attribution import make_config
 
         cfg = make_config(kwargs)
     kinds = kinds or {}
     finite = np.logical_and.reduce([np.isfinite(b).all(1) for b in blocks.values()])
+    if finite.sum() < MIN_PROBE_CELLS:
+        raise VennCellInputError(
+            f"Markers are probed on the cells measured in every modality ({', '.join(modalities)}), and only "
+            f"{int(finite.sum())} of {len(finite)} are. Attribute markers on a model of modalities measured "
+            "together, or pass markers=[] for the per-feature tables alone."
+        )
     if not finite.all():  # the gain of a private block is measured on cells that have its modality
         warnings.warn(
             f"Markers are probed on the {int(finite.sum())} of {len(finite)} cells measured in every modality "
@@ -227,7 +240,7 @@ def probe_markers(
         for batch in _batches(names, [targets[n][1].shape[1] * (cfg.n_perm + 1) for n in names]):
             sub = {n: (targets[n][0], targets[n][1][cells], targets[n][2]) for n in batch}
             got_rows, got_scores = _probe_group(
-                sub, {b: x[cells] for b, x in blocks.items()}, modalities, cfg
+                sub, {b: x[cells] for b, x in blocks.items()}, modalities, cfg, empty_regions
             )
             rows.update(got_rows)
             scores.append(got_scores)
@@ -248,7 +261,11 @@ def _batches(names: list[str], widths: list[int], max_width: int = 20_000):
 
 
 def _probe_group(
-    targets: dict[str, tuple], blocks: dict[str, np.ndarray], modalities: list[str], cfg
+    targets: dict[str, tuple],
+    blocks: dict[str, np.ndarray],
+    modalities: list[str],
+    cfg,
+    empty_regions=(),
 ) -> tuple[dict[str, dict], pd.DataFrame]:
     """Markers whose targets are rows-aligned with ``blocks`` (cells already selected)."""
     n = len(next(iter(blocks.values())))
@@ -311,13 +328,15 @@ def _probe_group(
             "kind": kind,
             "n_cells": n,
             "classes": len(classes) or None,
-            **_verdict(mine, boot[name], modalities, cfg),
+            **_verdict(mine, boot[name], modalities, cfg, empty_regions),
         }
     return rows, score_df
 
 
-def _verdict(scores: pd.DataFrame, boot: dict, modalities: list[str], cfg) -> dict:
-    """The rule of the module docstring, on the scores of the verdict probe."""
+def _verdict(
+    scores: pd.DataFrame, boot: dict, modalities: list[str], cfg, empty_regions=()
+) -> dict:
+    """The rule of the module docstring, on the scores of the verdict probe; ``empty_regions`` never add."""
     point = scores.set_index(["block", "probe"])["score"]
     pvals = scores.set_index(["block", "probe"])["p_value"]
     blocks = list(dict.fromkeys(scores["block"]))
@@ -344,7 +363,11 @@ def _verdict(scores: pd.DataFrame, boot: dict, modalities: list[str], cfg) -> di
         frac = np.where(draws[best] > 0, np.clip(shared / draws[best], 0.0, 1.0), np.nan)
     out.update(with_ci("shared_fraction", frac, cfg.ci))
     material = cfg.min_gain * max(out["best_score"], 0.0)
-    adds = [s for s, p in gains.items() if p < cfg.alpha and out[f"gain_{s}"] >= material]
+    adds = [
+        s
+        for s, p in gains.items()
+        if p < cfg.alpha and out[f"gain_{s}"] >= material and s not in empty_regions
+    ]
     adds.sort(key=lambda s: -out[f"gain_{s}"])
     privates = [s for s in adds if s in modalities]
     shared_by = [s for s in adds if s in regions]

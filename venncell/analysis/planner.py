@@ -20,7 +20,8 @@ Verdict (``PlanConfig`` thresholds)
 
 Per modality (summary rows, one per target and subset)
     ``recoverable``: mean ``r2_from_S`` over mean ``r2_measured``, over the features the model explains, with a
-    bootstrap CI; ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the pooled R^2 and the
+    bootstrap CI (its draws divide by the estimate's variances, so a resample missing a sparse feature's few
+    cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the pooled R^2 and the
     number of features in each verdict.
 
 Cells are the held-out (validation) cells that have every modality, so every subset is scored on the same cells;
@@ -323,12 +324,23 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     df.insert(0, "rank", np.arange(1, len(df) + 1))
 
     explained = measured[0] >= cfg.min_r2
+    # the summary's draws divide by the point estimate's variances: a resample that leaves out the few cells of a
+    # sparse feature has a near-zero variance, an R^2 of minus hundreds and a mean over features dragged down with
+    # it, so the interval missed its own estimate
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fixed = {
+            k: np.where(sst[0] > 0, 1.0 - acc[f"sse:{k}"] / sst[0], np.nan)
+            for k in ["measured", *sources]
+        }
     rows = []
     for s in sources:
         with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)  # no explained feature: NaN rows
             frac = np.clip(
-                np.nanmean(r2[s][:, explained], 1) / np.nanmean(measured[:, explained], 1), 0, 1
+                np.nanmean(fixed[s][:, explained], 1)
+                / np.nanmean(fixed["measured"][:, explained], 1),
+                0,
+                1,
             )
             own_frac = np.clip(r2[s][0] / measured[0], 0, 1)
             rows.append(

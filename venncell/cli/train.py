@@ -98,13 +98,16 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     truth = truth_from_mudata(mdata)
     if truth is not None and cfg.evaluate_recovery:
         from venncell.analysis.recovery import evaluate_recovery
+        from venncell.module.embed import obsm_names
 
         metrics["recovery"] = {}
-        # read back what write_latents just put in .obsm (the default, then each alone) rather than embed again
+        # read back what write_latents just put in .obsm (the default, then each alone) rather than embed again;
+        # every block, regions included (without them each region's recovery was NaN)
         for source, suffix in (("average", ""), ("encoder", "_encoder"), ("stage1", "_stage1")):
-            learned = {"shared": mdata.obsm[f"X_venn_shared{suffix}"]}
-            for m in model.specs:
-                learned[f"private:{m}"] = mdata.obsm[f"X_venn_private_{m}{suffix}"]
+            learned = {
+                key: mdata.obsm[f"{name}{suffix}"]
+                for key, name in obsm_names(model.module).items()
+            }
             metrics["recovery"][source] = evaluate_recovery(learned, truth.blocks())
         log.info(
             "recovery (kNN R^2, the default latents): %s",

@@ -111,7 +111,7 @@ class DataRegistry:
         if self.batch_key not in obs:
             raise VennCellInputError(
                 f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: "
-                f"{list(obs)[:10]}); the model was trained with batches, so new data need it. If a modality's "
+                f"{_shown(obs)}); the model was trained with batches, so new data need it. If a modality's "
                 f".obs holds it, copy it up: `mdata.obs['{self.batch_key}'] = "
                 f"mdata['<modality>'].obs['{self.batch_key}'].reindex(mdata.obs_names)`."
             )
@@ -125,7 +125,7 @@ class DataRegistry:
         if unknown:
             raise VennCellInputError(
                 f"batch_key '{self.batch_key}': categories {unknown[:5]} were not seen in training (it knew "
-                f"{self.batch_categories[:10]}). Map the new cells to a training batch, or retrain with them."
+                f"{_shown(self.batch_categories)}). Map the new cells to a training batch, or retrain with them."
             )
         return np.array([lookup[v] for v in values], dtype=np.int64)
 
@@ -178,7 +178,7 @@ def setup_options(
                 hint += f", or use batch_key='{pulled[0]}', which mdata.obs has"
             hint += "." if holders else ""
             raise VennCellInputError(
-                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {list(mdata.obs)[:10]}).{hint}"
+                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {_shown(mdata.obs)}).{hint}"
             )
         check_batch_labels(batch_key, mdata.obs[batch_key])
     return {"modalities": registry, "batch_key": batch_key}
@@ -290,6 +290,13 @@ def _modality_options(name: str, adata, opts) -> dict:
         "zero_variance": opts.get("zero_variance", "warn"),
         "transform": transform,
     }
+
+
+def _shown(items, n: int = 10) -> str:
+    """The first ``n`` names, and how many more there are: a cut list must not read as the whole one."""
+    items = [str(i) for i in items]
+    more = f", ... ({len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
 
 
 def stored_options(mdata) -> dict | None:

@@ -48,9 +48,13 @@ def region_sizes(
     """Each region's block size: ``chosen[name]`` where given, else ``default``; unknown names are refused."""
     unknown = sorted(set(chosen) - set(regions))
     if unknown:
+        # 'rna+atac' for 'atac+rna': the names are the members sorted, which the message says when that is the slip
+        resorted = {u: "+".join(sorted(u.split("+"))) for u in unknown}
+        hint = [f"{u!r} is {r!r}" for u, r in resorted.items() if r in regions]
         raise VennCellInputError(
             f"model.region_dims names {unknown}, which are not regions of this model "
             f"({sorted(regions) or 'none: set venn_regions to pairs or all'})."
+            + (f" Region names list their modalities sorted: {', '.join(hint)}." if hint else "")
         )
     return {r: int(chosen.get(r, default)) for r in regions}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import shutil
@@ -426,10 +427,10 @@ def _run_two_stage(
     train1 = _loader(data, all_idx, cfg.seed, trainer1, True, cfg, resident, split=is_train)
     with stop_on_signals(stopper, run_dir):
         trainer1.fit(plan1, train_dataloaders=train1, ckpt_path=ckpt1)
-    metrics = {
-        "stage1": _numbers(trainer1.callback_metrics),
-        "wall_time_s": {"stage1": time.perf_counter() - t0},
-    }
+    got1, seconds1 = _stage_metrics(
+        trainer1, run_dir, "stage1", time.perf_counter() - t0, ckpt1 is not None, step1
+    )
+    metrics = {"stage1": got1, "wall_time_s": {"stage1": seconds1}}
     t0 = time.perf_counter()
 
     plan2 = Stage2Plan(module, cfg.lr_encoder, seed=cfg.seed)
@@ -454,13 +455,32 @@ def _run_two_stage(
         trainer2.fit(plan2, train_dataloaders=train2, val_dataloaders=val_loader, ckpt_path=ckpt2)
         if val_loader is not None:
             trainer2.validate(plan2, dataloaders=val_loader, verbose=False)
-    metrics["stage2"] = _numbers(trainer2.callback_metrics)
-    metrics["wall_time_s"]["stage2"] = time.perf_counter() - t0
+    metrics["stage2"], metrics["wall_time_s"]["stage2"] = _stage_metrics(
+        trainer2, run_dir, "stage2", time.perf_counter() - t0, ckpt2 is not None, step2
+    )
     fit_mix_weights(module, data, train_idx, seed=cfg.seed)
     if trainer2.world_size > 1:
         metrics["ddp"] = {"world_size": trainer2.world_size, "global_rank": trainer2.global_rank}
     module.eval()
     return metrics
+
+
+def _stage_metrics(
+    trainer: L.Trainer, run_dir: Path, stage: str, seconds: float, resumed: bool, step: int
+) -> tuple[dict[str, float], float]:
+    """A finished stage's last metrics and wall time, kept beside its checkpoints: a run resumed after the stage
+    had finished trains nothing in it, and its metrics.json had an empty stage and a wall time of ~0 s."""
+    path = Path(run_dir) / "checkpoints" / stage / "metrics.json"
+    if resumed and _batches_done(trainer) == step and path.exists():
+        kept = json.loads(path.read_text())
+        return kept["metrics"], kept["seconds"]
+    got = _numbers(trainer.callback_metrics)
+    if rank_zero_only.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".metrics.json.tmp")
+        tmp.write_text(json.dumps({"metrics": got, "seconds": seconds}))
+        os.replace(tmp, path)
+    return got, seconds
 
 
 def _numbers(d) -> dict[str, float]:
