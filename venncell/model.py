@@ -19,6 +19,7 @@ import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from venncell.data.dataset import MultiModalData
@@ -175,6 +176,29 @@ class VennCell:
         self.is_train = validation_split(self.n_cells, validation_fraction, seed)
         self.train_obs_names = self.data.obs_names
 
+    def _warn_other_scale(self, data: MultiModalData) -> None:
+        """New cells of a Gaussian tabular modality far from the training data's scale (raw counts where normalised
+        values were trained, or the reverse) shift every latent without an error: warn. On the data's unit scale
+        the training means are the likelihood's ``offset``; a new cell type moves some features, not the median."""
+        for m, spec in self.specs.items():
+            x = data.x.get(m)
+            offset = getattr(self.module.decoders[m].likelihood, "offset", None)
+            if spec.kind == "image" or offset is None or not isinstance(x, np.ndarray | sp.spmatrix):
+                continue
+            train = offset.numpy()
+            if x.shape[0] == 0 or not train.any():  # no cells, or a model saved before the offsets
+                continue
+            shift = float(np.median(np.abs(np.asarray(x.mean(0)).ravel() - train)))
+            if shift > 3:
+                warnings.warn(
+                    f"Modality '{m}': these cells' values lie a median {shift:.3g} training SDs from the training "
+                    "cells' (per feature). Give them as the model was trained (the same layer and normalisation: "
+                    "not raw counts where normalised values were trained, or the reverse); their latents are "
+                    "otherwise not comparable with the training cells'.",
+                    VennCellInputWarning,
+                    stacklevel=user_stacklevel(),
+                )
+
     def _warn_unpaired_regions(self) -> None:
         """A region's block is fitted on the cells measured in all its modalities; without such cells it stays at
         its start and its latents (and any verdict naming it) mean nothing."""
@@ -307,6 +331,7 @@ class VennCell:
                 training=False,
                 backed=bool(getattr(mdata, "isbacked", False)),
             )
+            self._warn_other_scale(data)
         if modalities is not None:
             held = [m for m in self.specs if data.present(m).any()]
             if not set(held) & set(modalities):

@@ -714,3 +714,25 @@ def test_a_cut_list_of_columns_says_how_many_more():
         mdata.obs[f"col{i}"] = i
     with pytest.raises(VennCellInputError, match=r"col8, \.\.\. \(\d+ more\)"):
         VennCell.setup_mudata(mdata, batch_key="batch")
+
+
+def test_new_cells_on_another_scale_than_training_are_named(helpers):
+    """Raw counts given to a model trained on log-normalised values (Gaussian) were embedded without a word."""
+    import scipy.sparse as sparse
+
+    mdata, _ = make_synthetic(n_cells=160, modalities={"rna": 30, "protein": 10}, seed=0)
+    counts = mdata["rna"].X.copy()
+    mdata["rna"].X = sparse.csr_matrix(np.log1p(counts.toarray()))
+    VennCell.setup_mudata(
+        mdata, {"rna": {"kind": "rna", "likelihood": "gaussian"}, "protein": "protein"}
+    )
+    model = VennCell(mdata, seed=0)
+    model.train(**helpers.FAST)
+    same = mdata.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        model.get_latent_representation(same[:60].copy())  # a subset of the same scale: no warning
+    raw = mdata.copy()
+    raw["rna"].X = counts
+    with pytest.warns(VennCellInputWarning, match="'rna': these cells' values lie a median"):
+        model.get_latent_representation(raw)
