@@ -183,7 +183,11 @@ class VennCell:
         for m, spec in self.specs.items():
             x = data.x.get(m)
             offset = getattr(self.module.decoders[m].likelihood, "offset", None)
-            if spec.kind == "image" or offset is None or not isinstance(x, np.ndarray | sp.spmatrix):
+            if (
+                spec.kind == "image"
+                or offset is None
+                or not isinstance(x, np.ndarray | sp.spmatrix)
+            ):
                 continue
             train = offset.numpy()
             if x.shape[0] == 0 or not train.any():  # no cells, or a model saved before the offsets
