@@ -448,6 +448,7 @@ def _run_two_stage(
         )
         if rank_zero_only.rank == 0:
             shutil.rmtree(run_dir / "checkpoints" / "stage2", ignore_errors=True)
+            (run_dir / "checkpoints" / "stage2_metrics.json").unlink(missing_ok=True)
         ckpt2, step2, row2 = None, 0, None
     if resume:
         _keep_csv_history(trainer2, step2, row2)
@@ -470,14 +471,14 @@ def _stage_metrics(
 ) -> tuple[dict[str, float], float]:
     """A finished stage's last metrics and wall time, kept beside its checkpoints: a run resumed after the stage
     had finished trains nothing in it, and its metrics.json had an empty stage and a wall time of ~0 s."""
-    path = Path(run_dir) / "checkpoints" / stage / "metrics.json"
+    path = Path(run_dir) / "checkpoints" / f"{stage}_metrics.json"
     if resumed and _batches_done(trainer) == step and path.exists():
         kept = json.loads(path.read_text())
         return kept["metrics"], kept["seconds"]
     got = _numbers(trainer.callback_metrics)
     if rank_zero_only.rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".metrics.json.tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps({"metrics": got, "seconds": seconds}))
         os.replace(tmp, path)
     return got, seconds
