@@ -336,6 +336,15 @@ class VennCell:
                 backed=bool(getattr(mdata, "isbacked", False)),
             )
             self._warn_other_scale(data)
+            if data.unseen_batches:
+                warnings.warn(
+                    f"batch_key '{self.registry.batch_key}': batches {data.unseen_batches[:5]} were not in "
+                    "training. Their cells are embedded by the encoders, which do not read the batch, but their "
+                    "batch effect was never learned, so it is not corrected as the training batches' is. Predictions, "
+                    "refine_epochs and cell weights need a training batch: map them to one for those.",
+                    VennCellInputWarning,
+                    stacklevel=user_stacklevel(),
+                )
         if modalities is not None:
             held = [m for m in self.specs if data.present(m).any()]
             if not set(held) & set(modalities):
@@ -452,11 +461,19 @@ class VennCell:
             self._data_for(mdata, modalities), modalities, epochs, batch_size, lr_latent, seed
         )
 
+    def _require_known_batches(self, data: MultiModalData, what: str) -> None:
+        """The decoders read the batch: cells of a batch the model never saw cannot go through them."""
+        if data.unseen_batches:
+            raise VennCellInputError(
+                self.registry.unseen_message(data.unseen_batches, f"; {what} reads them")
+            )
+
     def _refine(self, data, modalities, epochs, batch_size=256, lr_latent=5e-2, seed=None):
         """``refine`` on data already read and arguments already checked (so a caller that needs the data too
         reads them once)."""
         from venncell.train.refine import refine_latents
 
+        self._require_known_batches(data, "refinement (refine_epochs, cell weights)")
         use = list(modalities) if modalities is not None else list(self.specs)
         start = embed_cells(self.module, data, modalities=use)
         return refine_latents(
@@ -520,6 +537,7 @@ class VennCell:
                 f"scale='counts' needs a count modality; '{target}' is {spec.likelihood}."
             )
         data = self._data_for(mdata)
+        self._require_known_batches(data, "prediction")
         z = embed_cells(self.module, data, modalities=source)["shared"]
         missing = np.isnan(z).any(1)
         if missing.all():

@@ -736,3 +736,28 @@ def test_new_cells_on_another_scale_than_training_are_named(helpers):
     raw["rna"].X = counts
     with pytest.warns(VennCellInputWarning, match="'rna': these cells' values lie a median"):
         model.get_latent_representation(raw)
+
+
+def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decoders(helpers):
+    """An unseen batch label refused the embedding too, though the encoders do not read the batch (the latents
+    were the same under any training label); the decoders, which do read it, still refuse it."""
+    mdata, _ = make_synthetic(
+        n_cells=200, modalities={"rna": 30, "protein": 10}, n_batches=2, seed=0
+    )
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    model = VennCell(mdata, seed=0)
+    model.train(**helpers.FAST)
+    query = mdata[:50].copy()
+    known = model.get_latent_representation(query)
+    query.obs["batch"] = "a new lab"
+    with pytest.warns(
+        VennCellInputWarning, match="batches \\['a new lab'\\] were not in training"
+    ):
+        z = model.get_latent_representation(query)
+    np.testing.assert_array_equal(z, known)
+    for call in (
+        lambda: model.predict_modality(query, source=["rna"], target="protein"),
+        lambda: model.get_latent_representation(query, refine_epochs=2),
+    ):
+        with pytest.raises(VennCellInputError, match="not seen in training.*reads them"):
+            call()

@@ -231,7 +231,13 @@ class MultiModalData:
                     f"({', '.join(f'{n}: {(self.row[n] >= 0).sum()} cells' for n in self.specs)}). Check that the "
                     "cell barcodes use the same naming in every modality."
                 )
-        self.batch = registry.batch_codes(mdata.obs)
+        self.batch = registry.batch_codes(mdata.obs, unseen_ok=not training)
+        # new cells' batches the model never saw (code -1): the encoders embed them, the decoders refuse them
+        self.unseen_batches = (
+            []
+            if self.batch is None or (self.batch >= 0).all()
+            else sorted({str(v) for v in mdata.obs[registry.batch_key].to_numpy()[self.batch < 0]})
+        )
 
     @property
     def specs(self) -> dict[str, ModalitySpec]:

@@ -104,8 +104,9 @@ class DataRegistry:
             d.get("batch_categories"),
         )
 
-    def batch_codes(self, obs: pd.DataFrame) -> np.ndarray | None:
-        """The cells' batch codes (indices into ``batch_categories``); new labels are an error."""
+    def batch_codes(self, obs: pd.DataFrame, unseen_ok: bool = False) -> np.ndarray | None:
+        """The cells' batch codes (indices into ``batch_categories``); new labels are an error, or with
+        ``unseen_ok`` code -1 (new cells: the encoders do not read the batch, the decoders refuse -1)."""
         if self.batch_key is None:
             return None
         if self.batch_key not in obs:
@@ -122,12 +123,17 @@ class DataRegistry:
             if re.fullmatch(r"-?\d+\.0", c):
                 lookup.setdefault(c[:-2], i)
         unknown = sorted(set(values) - set(lookup))
-        if unknown:
-            raise VennCellInputError(
-                f"batch_key '{self.batch_key}': categories {unknown[:5]} were not seen in training (it knew "
-                f"{_shown(self.batch_categories)}). Map the new cells to a training batch, or retrain with them."
-            )
-        return np.array([lookup[v] for v in values], dtype=np.int64)
+        if unknown and not unseen_ok:
+            raise VennCellInputError(self.unseen_message(unknown))
+        return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
+
+    def unseen_message(self, unknown: list[str], what: str = "") -> str:
+        """Why new cells' batches cannot be read (``what``: by which step), and the fix."""
+        shown = [str(u) for u in unknown[:5]]
+        return (
+            f"batch_key '{self.batch_key}': categories {shown} were not seen in training (it knew "
+            f"{_shown(self.batch_categories)}){what}. Map the new cells to a training batch, or retrain with them."
+        )
 
 
 # ------------------------------------------------------------------------------------------------ setup
