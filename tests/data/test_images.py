@@ -109,6 +109,22 @@ def test_save_load_identical_and_new_store(trained, tmp_path, helpers):
     assert z_store.shape == (50, 2)
 
 
+def test_a_model_trained_from_a_store_embeds_new_crops_from_obsm(tmp_path, helpers):
+    """New cells set up with obsm_key were refused by a model trained from a store (it looked for a store only)."""
+    img, _ = helpers.make_images(n=120, seed=3)
+    path = tmp_path / "crops.npy"
+    np.save(path, img)
+    model = VennCell(helpers.image_mudata(img, store=str(path)), **helpers.IMAGE_MODEL)
+    model.train(**helpers.FAST)
+    new_img, _ = helpers.make_images(n=30, seed=8)
+    np.save(tmp_path / "new.npy", new_img)
+    from_store = model.get_latent_representation(
+        helpers.image_mudata(new_img, store=str(tmp_path / "new.npy"))
+    )
+    from_obsm = model.get_latent_representation(helpers.image_mudata(new_img))
+    np.testing.assert_allclose(from_obsm, from_store, rtol=1e-5, atol=1e-5)
+
+
 def test_new_data_without_store_is_named(trained, helpers):
     model, _, img, _ = trained
     new = helpers.image_mudata(img[:10], store=None)

@@ -20,6 +20,8 @@ from venncell.data.validate import VennCellInputError, VennCellInputWarning, che
 
 # ``adata.uns`` key naming a modality's store file; new data for a saved model points at its own store here.
 STORE_UNS_KEY = "venncell_image_store"
+# the .obsm key setup_mudata named for this data: new cells' own setup, whatever the model was trained from
+OBSM_UNS_KEY = "venncell_image_obsm_key"
 _CHUNK = 512  # rows per read when scanning a whole store (statistics, NaN check)
 
 
@@ -127,6 +129,11 @@ def _open_array(spec, adata, training: bool):
     registry recorded. So a saved model embeds new data from that data's own store, never from the training one."""
     name = spec.name
     path = adata.uns.get(STORE_UNS_KEY) or (spec.image_store if training else None)
+    own = adata.uns.get(OBSM_UNS_KEY)
+    if (
+        not training and own is not None and own in adata.obsm
+    ):  # a model trained from a store took no .obsm
+        return adata.obsm[own]
     if spec.image_key is not None and spec.image_key in adata.obsm:
         return adata.obsm[spec.image_key]
     if path is not None:
@@ -140,7 +147,8 @@ def _open_array(spec, adata, training: bool):
     raise VennCellInputError(
         f"Modality '{name}' is an image modality stored outside the MuData, but this data names no store. "
         f"Set `mdata['{name}'].uns['{STORE_UNS_KEY}'] = 'path/to/images.npy'` (rows = this modality's cells) "
-        "or register it with setup_mudata(..., modalities={name: {'kind': 'image', 'store': path}})."
+        f"or set the data up with setup_mudata(mdata, modalities={{'{name}': {{'kind': 'image', 'store': path}}}}) "
+        "(or 'obsm_key': key for crops in .obsm)."
     )
 
 
@@ -266,6 +274,7 @@ def image_options(name: str, kind: str, adata, opts: dict) -> dict:
         store = str(Path(store).resolve())
         arr = open_store(name, store)
         adata.uns[STORE_UNS_KEY] = store
+        adata.uns.pop(OBSM_UNS_KEY, None)
     else:
         if key not in adata.obsm:
             raise VennCellInputError(
@@ -273,6 +282,8 @@ def image_options(name: str, kind: str, adata, opts: dict) -> dict:
                 "Put the cells x C x H x W array there or register a `store` path."
             )
         arr = adata.obsm[key]
+        adata.uns[OBSM_UNS_KEY] = key
+        adata.uns.pop(STORE_UNS_KEY, None)
     check_image_array(name, arr, channels, adata.n_obs)
     return {
         "kind": "image",
