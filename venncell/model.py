@@ -183,6 +183,7 @@ class VennCell:
         for m, spec in self.specs.items():
             x = data.x.get(m)
             offset = getattr(self.module.decoders[m].likelihood, "offset", None)
+            # images have their own check (venncell.data.images); backed data are not read whole for it
             if (
                 spec.kind == "image"
                 or offset is None
@@ -190,7 +191,8 @@ class VennCell:
             ):
                 continue
             train = offset.numpy()
-            if x.shape[0] == 0 or not train.any():  # no cells, or a model saved before the offsets
+            # no cells, or a model saved before the offsets
+            if x.shape[0] == 0 or not train.any():
                 continue
             shift = float(np.median(np.abs(np.asarray(x.mean(0)).ravel() - train)))
             if shift > 3:

@@ -49,9 +49,9 @@ Markers (a feature of any modality, e.g. protein ``CD4``, or any ``.obs`` column
       * ``specific to <m>`` -- m adds and ``shared_fraction <= specific_max`` (several: ``m1 + m2``).
       * ``partly shared (x % shared)`` -- otherwise; ``private_modalities`` names the private blocks that add.
       * With Venn regions, each region r is tested like a private block (``score(shared+region:r) - score(shared)``)
-        and ``regions`` names those that add (never one the block table reports empty); when only regions add and ``shared_fraction <= specific_max`` the
-        verdict is ``shared by <r>`` (e.g. ``shared by atac+rna``), and ``specific to m and shared by r`` when both
-        kinds add.
+        and ``regions`` names those that add (never one the block table reports empty); when only regions add and
+        ``shared_fraction <= specific_max`` the verdict is ``shared by <r>`` (e.g. ``shared by atac+rna``), and
+        ``specific to m and shared by r`` when both kinds add.
 
 Latent dimensions
     PCA of each latent block on held-out (validation) cells, and the features (all modalities, on the

@@ -89,9 +89,8 @@ def _correlate(pcs: np.ndarray, x, present: np.ndarray) -> np.ndarray:
     ok = np.isfinite(z).all(1)
     z, x = z[ok], x[ok]
     n = len(z)
-    if (
-        n < 2
-    ):  # no cell has both the block and the modality (e.g. a region of modalities never measured together)
+    # no cell has both the block and the modality (e.g. a region of modalities never measured together)
+    if n < 2:
         return np.full((x.shape[1], z.shape[1]), np.nan)
     z = (z - z.mean(0)) / (z.std(0) + 1e-12)
     mean = np.asarray(x.mean(0)).ravel()

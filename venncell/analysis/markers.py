@@ -20,9 +20,8 @@ from venncell.data.validate import VennCellInputError, VennCellInputWarning, use
 from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key
 
-MIN_PROBE_CELLS = (
-    10  # cells measured in every modality below which cross-validated probes mean nothing
-)
+# cells measured in every modality below which cross-validated probes mean nothing
+MIN_PROBE_CELLS = 10
 
 
 def combine_blocks(

@@ -21,8 +21,8 @@ Verdict (``PlanConfig`` thresholds)
 Per modality (summary rows, one per target and subset)
     ``recoverable``: mean ``r2_from_S`` over mean ``r2_measured``, over the features the model explains, with a
     bootstrap CI (its draws divide by the estimate's variances, so a resample missing a sparse feature's few
-    cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the pooled R^2 and the
-    number of features in each verdict.
+    cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the pooled R^2
+    and the number of features in each verdict.
 
 Cells are the held-out (validation) cells that have every modality, so every subset is scored on the same cells;
 without enough of them, the training cells (in-sample, flagged in the result).

@@ -130,9 +130,8 @@ def _open_array(spec, adata, training: bool):
     name = spec.name
     path = adata.uns.get(STORE_UNS_KEY) or (spec.image_store if training else None)
     own = adata.uns.get(OBSM_UNS_KEY)
-    if (
-        not training and own is not None and own in adata.obsm
-    ):  # a model trained from a store took no .obsm
+    # new cells' own setup first: a model trained from a store has no .obsm key of its own
+    if not training and own is not None and own in adata.obsm:
         return adata.obsm[own]
     if spec.image_key is not None and spec.image_key in adata.obsm:
         return adata.obsm[spec.image_key]
