@@ -15,7 +15,6 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from venncell.data.dataset import MultiModalData
+from venncell.data.files import atomic_write
 from venncell.data.registry import (
     REGISTRY_KEY,
     DataRegistry,
@@ -338,6 +338,15 @@ class VennCell:
                 backed=bool(getattr(mdata, "isbacked", False)),
             )
             self._warn_other_scale(data)
+            if data.batch_missing:
+                warnings.warn(
+                    f"batch_key '{self.registry.batch_key}' is not a column of mdata.obs. The cells are embedded by "
+                    "the encoders, which do not read the batch, but their batch effect is not corrected as the "
+                    "training batches' is. Predictions, refine_epochs and cell weights need each cell's training "
+                    "batch.",
+                    VennCellInputWarning,
+                    stacklevel=user_stacklevel(),
+                )
             if data.unseen_batches:
                 warnings.warn(
                     f"batch_key '{self.registry.batch_key}': batches {data.unseen_batches[:5]} were not in "
@@ -465,6 +474,10 @@ class VennCell:
 
     def _require_known_batches(self, data: MultiModalData, what: str) -> None:
         """The decoders read the batch: cells of a batch the model never saw cannot go through them."""
+        if data.batch_missing:
+            raise VennCellInputError(
+                self.registry.missing_message(data.obs_columns, f" ({what} reads the batch)")
+            )
         if data.unseen_batches:
             raise VennCellInputError(
                 self.registry.unseen_message(data.unseen_batches, f"; {what} reads them")
@@ -716,10 +729,7 @@ class VennCell:
         if mdata is not None:
             names = np.asarray(mdata.obs_names).astype(str)
             if len(names) != len(obs_names) or (names != obs_names).any():
-                raise VennCellInputError(
-                    "mdata's cells differ from the training cells; load without mdata and pass "
-                    "the new data to get_latent_representation(mdata=...) instead."
-                )
+                raise VennCellInputError(_other_cells_message(names, obs_names, path))
         self = cls(
             mdata,
             seed=meta["seed"],
@@ -926,34 +936,30 @@ def _read_h5mu(path, backed: bool = False) -> md.MuData:
     return read_h5mu(path, backed=backed)
 
 
+def _other_cells_message(names: np.ndarray, trained: np.ndarray, path: Path) -> str:
+    """Why ``load(path, mdata)`` refuses mdata's cells (the stage-1 latents are one row per training cell, in
+    training order), and the fix for each case."""
+    new_cells = np.setdiff1d(names, trained)
+    if not new_cells.size and len(names) == len(trained) and len(np.unique(names)) == len(names):
+        return (
+            "mdata holds the model's training cells in another order; the stage-1 latents are stored in training "
+            f"order. Reorder them: `mdata = mdata[VennCell.load('{path}').train_obs_names].copy()`."
+        )
+    if not new_cells.size:
+        what = f"{len(np.unique(names))} of the model's {len(trained)} training cells"
+    else:
+        what = f"{new_cells.size} cell(s) the model was not trained on (first: {new_cells[:3].tolist()})"
+    return (
+        f"mdata holds {what}; load(path, mdata) takes the training data as they were. Load without mdata and "
+        "pass these cells to get_latent_representation(mdata=...) (the encoders' latents) instead."
+    )
+
+
 def _umask() -> int:
     """The process's file-creation mask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def atomic_write(data: md.MuData | ad.AnnData, path: str | Path) -> None:
-    """Write a MuData (.h5mu) or AnnData (.h5ad) to a temporary file beside the target and rename it: readers see
-    the old file or the new one, and a failed write leaves neither a partial target nor the temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data.write(str(tmp))
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise VennCellInputError(f"Cannot write {path}: {e.strerror or e}.") from None
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        # anndata refuses what HDF5 cannot hold (e.g. an arbitrary Python object in .uns); its note names the key
-        what = " ".join([str(e).rstrip("."), *getattr(e, "__notes__", [])])
-        raise VennCellInputError(
-            f"Cannot write {path}: {what}. Remove or convert the entry it names (an .uns value or an .obs/.var "
-            "column of Python objects) and write again."
-        ) from None
-    os.replace(tmp, path)
 
 
 __all__ = ["VennCell", "atomic_write"]

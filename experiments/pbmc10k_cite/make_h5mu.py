@@ -12,7 +12,7 @@ from pathlib import Path
 
 from run import HERE, load  # same folder
 
-from venncell.model import atomic_write
+from venncell.data.files import atomic_write
 
 
 def main():

@@ -10,6 +10,7 @@ import mudata as md
 import numpy as np
 import pytest
 
+from venncell import VennCell
 from venncell.data.validate import VennCellInputError
 
 
@@ -81,10 +82,11 @@ def test_embed_and_predict_cli(train_run, tmp_path, helpers):
             f"data.path={train_run / 'venn.h5mu'}",
             "source=[rna]",
             "target=protein",
+            "output=sub/pred.h5mu",  # its folder is made (it failed on the missing sub/)
             f"hydra.run.dir={tmp_path / 'p'}",
         ]
     )
-    pred = md.read_h5mu(str(tmp_path / "p" / "predicted.h5mu"))
+    pred = md.read_h5mu(str(tmp_path / "p" / "sub" / "pred.h5mu"))
     assert pred.obsm["X_venn_predicted_protein"].shape == (200, 20)
     # counts need the training library sizes, which the saved model carries (this once failed after load)
     helpers.run_cli(
@@ -282,6 +284,34 @@ def test_a_failed_report_still_writes_the_latents(tmp_path, helpers, monkeypatch
     assert "X_venn_shared" in out.obsm and (tmp_path / "metrics.json").exists()
 
 
+def test_a_fresh_run_in_an_old_run_folder_removes_its_outputs_first(
+    tmp_path, helpers, monkeypatch
+):
+    """A fresh run killed in an old run's folder left the old model, latents and report beside its new config,
+    and venncell-report reported the old model without a word."""
+    from hydra import compose, initialize_config_module
+
+    from venncell.cli.store import register_configs
+    from venncell.cli.train import run_train
+
+    for name in ("report.html", "attribution_markers.csv", "metrics.json", "notes.txt"):
+        (tmp_path / name).write_text("old")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "venncell.json").write_text("{}")
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VennCell, "train", killed)
+    register_configs()
+    with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*helpers.TINY_CLI, "logger=none"])
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, tmp_path)
+    # only the user's own file and the new run's config are left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config_resolved.yaml", "notes.txt"]
+
+
 def test_train_report_takes_venncell_reports_settings_and_checks_them_first(
     tmp_path, helpers, monkeypatch
 ):
@@ -353,6 +383,25 @@ def test_report_of_a_missing_run_folder_creates_nothing(tmp_path, helpers):
     res = helpers.run_cli(["venncell-report", f"run_dir={missing}"], ok=False)
     assert res.returncode == 2 and "no such folder" in res.stderr and "Traceback" not in res.stderr
     assert not missing.exists()  # Hydra would have made it, with .hydra_report/ inside
+
+
+def test_report_of_a_read_only_run_folder_says_so(tmp_path, monkeypatch, capsys):
+    """A run folder on a read-only mount failed in Hydra's log set-up with a traceback (tested in-process: root,
+    which runs CI, may write to any folder a chmod makes read-only, so the check is made to see one)."""
+    import os
+    import sys
+
+    from venncell.cli import report
+
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode)
+    )
+    monkeypatch.setattr(sys, "argv", ["venncell-report", f"run_dir={tmp_path}"])
+    with pytest.raises(SystemExit) as out:
+        report.main()
+    assert out.value.code == 4
+    assert "is not writable" in capsys.readouterr().err
 
 
 def test_report_of_a_backed_run_says_how_to_report_it(tmp_path):

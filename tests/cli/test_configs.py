@@ -114,3 +114,17 @@ def test_progress_bar_takes_scvi_tools_booleans():
         to_object(TrainConfig, _compose(["trainer.progress_bar=false"]).trainer).progress_bar
         == "none"
     )
+
+
+def test_the_run_has_one_seed():
+    """``trainer.seed=`` was accepted and ignored beside the top-level ``seed=`` (a sweep over it gave identical
+    runs); now the key does not exist, and forcing it in is refused."""
+    from hydra.errors import ConfigCompositionException
+
+    from venncell.cli.train import run_train
+    from venncell.data.validate import VennCellInputError
+
+    with pytest.raises(ConfigCompositionException, match="trainer.seed"):
+        _compose(["trainer.seed=1"])
+    with pytest.raises(VennCellInputError, match="top-level `seed=`"):
+        run_train(_compose(["+trainer.seed=1"]), Path("unused"))

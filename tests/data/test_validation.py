@@ -143,12 +143,22 @@ def test_zero_variance_feature_dropped_or_kept():
         )
         assert model.specs["rna"].n_features == 5 and model.specs["rna"].dropped_features == ["1"]
         model._data_for(_pair(x, _counts(seed=1)))  # the dropped feature in new data: no warning
+        # new data lacking a feature: the dropped one is not counted among the extra ones
+        short = _pair(x, _counts(seed=1))
+        short.mod["rna"] = short["rna"][:, [0, 1, 3, 4, 5]].copy()
+        with pytest.raises(VennCellInputError, match=r"\['2'\]\); 0 extra feature"):
+            model._data_for(short)
         kept = _build(
             _pair(x, _counts(seed=1)),
             rna={"kind": "rna", "zero_variance": "keep"},
             protein="protein",
         )
         assert kept.specs["rna"].n_features == 6
+    # the columns in another order beside the dropped one are reordered with a warning, as without it
+    turned = _pair(x[:, ::-1].copy(), _counts(seed=1))
+    turned["rna"].var_names = [str(i) for i in range(6)][::-1]
+    with pytest.warns(VennCellInputWarning, match="'rna': features reordered"):
+        model._data_for(turned)
 
 
 def test_zero_variance_policy_unknown():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -140,6 +141,21 @@ def test_load_with_training_data_restores_stage1(trained_tiny, tmp_path):
         VennCellInputError, match="'rna': .* feature\\(s\\) the model was trained on are missing"
     ):
         VennCell.load(tmp_path / "m", mdata=fewer)
+    # the training cells in another order, or some of them: each message says what mdata holds and the fix
+    with pytest.raises(VennCellInputError, match="in another order.*Reorder them") as err:
+        VennCell.load(tmp_path / "m", mdata=mdata[::-1].copy())
+    fix = re.search(r"`mdata = (.+)`", str(err.value)).group(1)
+    again = VennCell.load(
+        tmp_path / "m", mdata=eval(fix, {"mdata": mdata[::-1].copy(), "VennCell": VennCell})
+    )
+    np.testing.assert_array_equal(
+        again.get_latent_representation(source="stage1"),
+        model.get_latent_representation(source="stage1"),
+    )
+    with pytest.raises(
+        VennCellInputError, match=f"holds 50 of the model's {mdata.n_obs} training"
+    ):
+        VennCell.load(tmp_path / "m", mdata=mdata[:50].copy())
 
 
 def test_new_data_with_wrong_features(trained_tiny, tmp_path):

@@ -177,11 +177,12 @@ def test_duplicate_feature_names_are_refused():
     """Accepted, so new data with reordered columns embedded with silently wrong latents."""
     mdata = _pair(_counts(), _counts(seed=1))
     mdata["protein"].var_names = ["p0", "p1", "p1"] + [f"p{j}" for j in range(3, 12)]
-    VennCell.setup_mudata(mdata)
     with pytest.raises(
         VennCellInputError, match="protein.*repeated feature name.*var_names_make_unique"
     ):
-        VennCell(mdata, **TINY)
+        VennCell.setup_mudata(
+            mdata
+        )  # at setup, as the message says (it passed until VennCell(mdata))
 
 
 def test_missing_batch_labels_are_refused():
@@ -556,6 +557,31 @@ def test_a_marker_of_an_unknown_modality_says_so(trained_tiny):
         model.attribution([feature.upper()], progress=False)
 
 
+def test_a_protein_marker_named_without_its_tag_is_suggested_under_its_own_modality():
+    """'protein:CD4' suggested rna:CD4 where the protein is CD4_TotalSeqB (the usual CITE-seq naming): following
+    the hint swapped the protein for its mRNA."""
+    from types import SimpleNamespace
+
+    from venncell.analysis.markers import _unknown_marker_message
+
+    def spec(features, kind):
+        return SimpleNamespace(features=features, n_features=len(features), kind=kind)
+
+    specs = {
+        "rna": spec(["CD4", "CD45", "MS4A1"], "rna"),
+        "protein": spec(["CD45RA_TotalSeqB", "CD4_TotalSeqB", "CD8a_TotalSeqB"], "protein"),
+    }
+    mdata = SimpleNamespace(obs=pd.DataFrame(columns=["cell_type"]))
+    assert "Did you mean ['protein:CD4_TotalSeqB']" in _unknown_marker_message(
+        "protein:CD4", mdata, specs
+    )
+    assert "Did you mean ['protein:CD8a_TotalSeqB']" in _unknown_marker_message(
+        "protein:cd8a", mdata, specs
+    )
+    # a name only another modality holds is still suggested there
+    assert "Did you mean ['rna:MS4A1']" in _unknown_marker_message("protein:MS4A1", mdata, specs)
+
+
 def test_an_image_channel_named_twice_is_refused():
     from venncell.data.validate import check_image_array
 
@@ -592,13 +618,25 @@ def test_cells_with_none_of_the_models_modalities_are_named():
 
 def test_a_failed_write_leaves_no_file_and_names_the_entry(tmp_path):
     """An .uns value HDF5 cannot hold used to fail deep in anndata and leave the hidden temporary file behind."""
-    from venncell.model import atomic_write
+    from venncell.data.files import atomic_write
 
     adata = ad.AnnData(np.zeros((3, 2), dtype=np.float32))
     adata.uns["bad"] = {"x": object()}
     with pytest.raises(VennCellInputError, match="x_test.h5ad.*bad.*write again"):
         atomic_write(adata, tmp_path / "x_test.h5ad")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_text_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    """metrics.json, the attribution tables and the report were written through a temporary file that a failed
+    write left behind beside the run's outputs."""
+    from venncell.data.files import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "metrics.json", "old")
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(path, "new \ud800")  # a lone surrogate UTF-8 cannot encode
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def _image_pair(img):
@@ -761,3 +799,9 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decode
     ):
         with pytest.raises(VennCellInputError, match="not seen in training.*reads them"):
             call()
+    # no batch column at all: embedded the same way (it was refused, unlike an unknown label)
+    del query.obs["batch"]
+    with pytest.warns(VennCellInputWarning, match="'batch' is not a column of mdata.obs"):
+        np.testing.assert_array_equal(model.get_latent_representation(query), known)
+    with pytest.raises(VennCellInputError, match="not a column.*prediction reads the batch"):
+        model.predict_modality(query, source=["rna"], target="protein")

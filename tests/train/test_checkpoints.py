@@ -13,7 +13,7 @@ import mudata as md
 import numpy as np
 import pytest
 
-from venncell import VennCell
+from venncell import VennCell, VennCellInputError
 from venncell.data import make_synthetic
 from venncell.train import NonFiniteLossError
 
@@ -171,6 +171,12 @@ def test_resume_with_more_stage1_epochs_trains_stage2_again(tmp_path, helpers):
     np.testing.assert_array_equal(
         again.get_latent_representation(block="all"), longer.get_latent_representation(block="all")
     )
+    # fewer epochs than the checkpoints hold: refused by name before anything runs (it was Lightning's traceback)
+    for call in (_tiny_model().check_resume, lambda **kw: _tiny_model().train(resume=True, **kw)):
+        with pytest.raises(
+            VennCellInputError, match="stage1 of .* has trained 6 epochs, more than the 3"
+        ):
+            call(run_dir=tmp_path, **helpers.FAST)
 
 
 def test_a_moved_run_folder_resumes_from_its_newest_checkpoint(tmp_path, helpers):
@@ -272,3 +278,17 @@ def test_resume_finds_the_newest_whole_checkpoint_at_every_step_of_a_save(tmp_pa
     assert found() == 8 and _resume_path(tmp_path, "stage1", resume=True)[0] == str(
         folder / "last.ckpt"
     )
+
+
+def test_resume_says_when_it_starts_afresh_and_names_each_checkpoint_once(
+    tmp_path, helpers, caplog
+):
+    """``resume=true`` in a folder without checkpoints started afresh silently; resuming named each checkpoint
+    three times in the log (two checks before the run, then the run)."""
+    with caplog.at_level("INFO", logger="venncell"):
+        _tiny_model().train(run_dir=tmp_path, resume=True, **helpers.FAST)
+    assert "holds no checkpoint of this run; training starts afresh" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="venncell"):
+        _tiny_model().train(run_dir=tmp_path, resume=True, **helpers.FAST)
+    assert caplog.text.count("Resuming stage1 from") == 1, caplog.text

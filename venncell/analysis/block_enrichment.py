@@ -23,7 +23,7 @@ from venncell.analysis.gene_sets import (
     map_symbols,
     top_terms,
 )
-from venncell.analysis.writers import atomic_write_text
+from venncell.data.files import atomic_write_text
 from venncell.data.validate import VennCellInputError, config_from
 from venncell.module.regions import block_key
 

@@ -4,6 +4,7 @@ marker (a feature of any modality, or an ``.obs`` column), and the verdict (see 
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -135,12 +136,17 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
     mod, sep, feat = name.partition(":")
     if sep and mod != "obs" and mod not in specs:
         msg += f" '{mod}' is not a modality of the model ({', '.join(specs)})."
-    # the same name in another case, under its own modality, beats a string match (adt:CD4 suggested rna:CD4)
+    # the name under the modality it names beats a string match: 'protein:CD4' means CD4_TotalSeqB there, not
+    # rna:CD4; then the same name (in any case, or as a whole word of a feature's name) under another modality
     folded = (feat if sep else name).casefold()
-    exact = [c for c in obs if c.casefold() == folded] + [
-        f"{m}:{f}" for m, s in specs.items() for f in s.features if f.casefold() == folded
-    ]
-    close = exact or close
+    mods = sorted(specs, key=lambda m: m != mod) if sep else list(specs)
+    found = [c for c in obs if c.casefold() == folded] if not sep or mod == "obs" else []
+    for m in mods:
+        for same in (lambda f: f.casefold() == folded, lambda f: folded in _words(f)):
+            found += [f"{m}:{f}" for f in specs[m].features if same(f) and f"{m}:{f}" not in found]
+        if found and sep and m == mod:
+            break
+    close = found[:5] or close
     images = [m for m, s in specs.items() if s.kind == "image"]
     if images:
         msg += (
@@ -150,6 +156,11 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
     if close:
         msg += f" Did you mean {close}?"
     return msg + " Name a feature of one modality as 'modality:feature'."
+
+
+def _words(name: str) -> list[str]:
+    """A feature name's words, case-folded: CD4_TotalSeqB, ADT-CD4 and cd4.1 hold 'cd4'; CD45RA does not."""
+    return re.split(r"[^0-9a-z]+", name.casefold())
 
 
 def _feature_values(data, m: str, j: int, idx: np.ndarray) -> np.ndarray:

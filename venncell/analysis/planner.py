@@ -41,7 +41,8 @@ import torch
 
 from venncell.analysis.features import _normalised_observed
 from venncell.analysis.probes import boot_weights, with_ci
-from venncell.analysis.writers import _records, atomic_write_text
+from venncell.analysis.writers import _records
+from venncell.data.files import atomic_write_text
 from venncell.data.validate import (
     VennCellInputError,
     VennCellInputWarning,

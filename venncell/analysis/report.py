@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from venncell.analysis.enrichment_report import enrichment_section
 from venncell.analysis.features import ev_in_blocks, venn_regions
 from venncell.analysis.plan_report import plan_section
 from venncell.analysis.venn_figure import venn_figure
+from venncell.data.files import atomic_write_text
 
 COLORS = {"shared": "#3b75af", "private": "#ef8636", "unexplained": "#d0d0d0"}
 MAX_UMAP_MARKERS = 8
@@ -46,12 +46,8 @@ def write_report(
 ) -> Path:
     """Render ``result`` (and a ``PlanResult`` and an ``EnrichmentResult``, if given) to ``path`` (written whole:
     temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     text = render_html(result, title=title, umap=umap, plan=plan, enrichment=enrichment)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def render_html(

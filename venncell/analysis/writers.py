@@ -4,12 +4,13 @@ written whole (temporary file, then rename)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from venncell.data.files import atomic_write_text
 
 
 @dataclass
@@ -88,10 +89,3 @@ def concat_frames(frames: list[pd.DataFrame], first: list[str]) -> pd.DataFrame:
 
 def _records(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records")) if len(df) else []
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path

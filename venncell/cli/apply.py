@@ -10,9 +10,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from venncell.cli.common import CONFIG_PATH, check_output_dir, data_path, friendly, log
+from venncell.data.files import atomic_write
 from venncell.data.readers import read_h5mu
 from venncell.data.validate import VennCellInputError, check_range
-from venncell.model import VennCell, atomic_write
+from venncell.model import VennCell
 
 
 def _load_for_apply(cfg: DictConfig):
@@ -20,6 +21,14 @@ def _load_for_apply(cfg: DictConfig):
         raise VennCellInputError("model_dir=DIR is required (a run's <run_dir>/model folder).")
     model = VennCell.load(cfg.model_dir)
     return model, read_h5mu(data_path(cfg))
+
+
+def _output(run_dir: Path, output: str) -> Path:
+    """Where ``output=`` goes: inside the run's folder unless absolute; its folders are made (output=emb/x.h5mu
+    failed on the missing emb/, while model.save makes its parents)."""
+    out = run_dir / output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
@@ -31,7 +40,7 @@ def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
     if mods is not None:  # modalities=rna (a string) as [rna]; [] is refused by the model
         mods = [mods] if isinstance(mods, str) else list(mods)
     model.write_latents(mdata, modalities=mods, refine_epochs=refine)
-    out = run_dir / cfg.output
+    out = _output(run_dir, cfg.output)
     atomic_write(mdata, out)
     log.info("Wrote %s", out)
     return out
@@ -45,7 +54,7 @@ def run_predict(cfg: DictConfig, run_dir: Path) -> Path:
     key = f"X_venn_predicted_{cfg.target}"
     mdata.obsm[key] = pred
     mdata.uns["venn_predicted_features"] = {cfg.target: model.specs[cfg.target].feature_names}
-    out = run_dir / cfg.output
+    out = _output(run_dir, cfg.output)
     atomic_write(mdata, out)
     log.info("Wrote %s (obsm['%s'])", out, key)
     return out

@@ -6,12 +6,14 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
+from venncell.data.files import atomic_write_text
 from venncell.data.readers import read_h5mu
 from venncell.data.validate import VennCellInputError
 
@@ -56,9 +58,7 @@ def load_data(cfg):
 
 
 def atomic_write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
 
 
 def recovery_summary(metrics: dict) -> dict:
@@ -90,6 +90,42 @@ def _log_to_files(message: str) -> None:
         for handler in logger.handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
+
+
+# what venncell-train and venncell-report write into a run folder (checkpoints/: the training clears its own)
+RUN_OUTPUTS = (
+    "venn.h5mu",
+    "venn_latents.h5ad",
+    "metrics.json",
+    "model",
+    "logs",
+    "report.html",
+    "attribution.json",
+    "attribution_*.csv",
+    "plan.json",
+    "plan_*.csv",
+    "enrichment_*.csv",
+)
+
+
+def clear_earlier_outputs(run_dir: Path) -> None:
+    """A fresh run in a folder holding an earlier run's outputs removes them first: killed before it wrote its own,
+    it left the old model and latents beside its new config, and venncell-report reported the old model."""
+    if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+        return  # a DDP worker re-running the command: rank 0 has cleared the folder
+    found = sorted({p for pattern in RUN_OUTPUTS for p in Path(run_dir).glob(pattern)})
+    if not found:
+        return
+    log.warning(
+        "%s holds an earlier run's outputs (%s); starting afresh (resume=false), they are removed.",
+        run_dir,
+        ", ".join(p.name for p in found),
+    )
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def check_output_dir(argv: list[str]) -> None:

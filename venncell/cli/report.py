@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from venncell.analysis.attribution import AttributionConfig
 from venncell.cli.common import CONFIG_PATH, check_output_dir, friendly
 from venncell.cli.store import ReportConfig, register_configs, to_object
+from venncell.data.files import atomic_write
 from venncell.data.readers import read_h5mu
 from venncell.data.validate import VennCellInputError
-from venncell.model import VennCell, atomic_write
+from venncell.model import VennCell
 
 log = logging.getLogger("venncell")
 
@@ -140,4 +142,12 @@ def main() -> None:
                 file=sys.stderr,
             )
             raise SystemExit(2)
+        if arg.startswith("run_dir=") and not os.access(arg.split("=", 1)[1], os.W_OK | os.X_OK):
+            folder = arg.split("=", 1)[1]
+            print(
+                f"venncell: error: {arg} is not writable: the report and its tables are written into the run "
+                f"folder. Copy the run somewhere writable (`cp -r {folder} <copy>`) and give run_dir=<copy>.",
+                file=sys.stderr,
+            )
+            raise SystemExit(4)
     _app()

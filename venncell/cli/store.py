@@ -105,11 +105,23 @@ def register_configs() -> None:
     for name, overrides in MODEL_PRESETS.items():
         cs.store(group="model", name=name, node=replace(ModelConfig(), **overrides))
     for name, overrides in TRAIN_PRESETS.items():
-        cs.store(group="trainer", name=name, node=replace(TrainConfig(), **overrides))
+        cs.store(
+            group="trainer", name=name, node=_without_seed(replace(TrainConfig(), **overrides))
+        )
     cs.store(group="logger", name="csv", node=LoggerConfig("csv"))
     cs.store(group="logger", name="wandb", node=LoggerConfig("wandb"))
     cs.store(group="logger", name="none", node=LoggerConfig("none"))
     cs.store(name="report_schema", node=ReportConfig)
+
+
+def _without_seed(train: TrainConfig):
+    """The trainer group without ``seed``: a run's one seed is the top-level ``seed=`` (model and training), and a
+    ``trainer.seed=`` beside it was accepted and ignored, so a seed sweep over it gave identical runs."""
+    node = OmegaConf.structured(train)
+    OmegaConf.set_struct(node, False)
+    del node["seed"]
+    OmegaConf.set_struct(node, True)
+    return node
 
 
 def to_object(cls, node) -> Any:

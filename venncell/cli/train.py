@@ -17,16 +17,18 @@ from venncell.cli.common import (
     CONFIG_PATH,
     atomic_write_json,
     check_output_dir,
+    clear_earlier_outputs,
     friendly,
     load_data,
     log,
     recovery_summary,
 )
 from venncell.cli.store import data_settings, register_configs, to_object
+from venncell.data.files import atomic_write
 from venncell.data.registry import as_setup_options, stored_options
 from venncell.data.synthetic import truth_from_mudata
 from venncell.data.validate import VennCellInputError
-from venncell.model import VennCell, atomic_write
+from venncell.model import VennCell
 from venncell.module.config import ModelConfig
 from venncell.train.config import TrainConfig
 
@@ -51,6 +53,13 @@ def make_loggers(cfg: DictConfig, run_dir: Path):
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     """Everything ``venncell-train`` does, callable from Python (tests, sweeps)."""
+    if (
+        "seed" in cfg.trainer
+    ):  # only as +trainer.seed: the group has no such key (store._without_seed)
+        raise VennCellInputError(
+            "trainer.seed is not a setting of venncell-train: the run's one seed is the top-level `seed=` "
+            "(e.g. seed=1, or -m seed=0,1,2 for a sweep)."
+        )
     model_cfg = to_object(
         ModelConfig, cfg.model
     )  # every setting checked before anything is read or written
@@ -85,6 +94,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     ):  # before anything of this run is written: a mismatch must leave the earlier run intact
         model.check_resume(run_dir, **train_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        clear_earlier_outputs(run_dir)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     history = model.train(
         run_dir=run_dir, logger=make_loggers(cfg, run_dir), resume=cfg.resume, **train_kwargs

@@ -232,10 +232,13 @@ class MultiModalData:
                     "cell barcodes use the same naming in every modality."
                 )
         self.batch = registry.batch_codes(mdata.obs, unseen_ok=not training)
-        # new cells' batches the model never saw (code -1): the encoders embed them, the decoders refuse them
+        # new cells' batches the model never saw, or no batch column (code -1): the encoders embed them, the
+        # decoders refuse them
+        self.batch_missing = self.batch is not None and registry.batch_key not in mdata.obs
+        self.obs_columns = mdata.obs.columns
         self.unseen_batches = (
             []
-            if self.batch is None or (self.batch >= 0).all()
+            if self.batch is None or self.batch_missing or (self.batch >= 0).all()
             else sorted({str(v) for v in mdata.obs[registry.batch_key].to_numpy()[self.batch < 0]})
         )
 

@@ -105,17 +105,15 @@ class DataRegistry:
         )
 
     def batch_codes(self, obs: pd.DataFrame, unseen_ok: bool = False) -> np.ndarray | None:
-        """The cells' batch codes (indices into ``batch_categories``); new labels are an error, or with
-        ``unseen_ok`` code -1 (new cells: the encoders do not read the batch, the decoders refuse -1)."""
+        """The cells' batch codes (indices into ``batch_categories``); new labels (or no batch column) are an
+        error, or with ``unseen_ok`` code -1 (new cells: the encoders do not read the batch, the decoders refuse
+        -1)."""
         if self.batch_key is None:
             return None
         if self.batch_key not in obs:
-            raise VennCellInputError(
-                f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: "
-                f"{_shown(obs)}); the model was trained with batches, so new data need it. If a modality's "
-                f".obs holds it, copy it up: `mdata.obs['{self.batch_key}'] = "
-                f"mdata['<modality>'].obs['{self.batch_key}'].reindex(mdata.obs_names)`."
-            )
+            if unseen_ok:
+                return np.full(len(obs), -1, dtype=np.int64)
+            raise VennCellInputError(self.missing_message(obs))
         values = check_batch_labels(self.batch_key, obs[self.batch_key], training=False)
         lookup = {c: i for i, c in enumerate(self.batch_categories)}
         # models saved before whole-number floats read as integers hold "1.0" where new labels say "1"
@@ -126,6 +124,15 @@ class DataRegistry:
         if unknown and not unseen_ok:
             raise VennCellInputError(self.unseen_message(unknown))
         return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
+
+    def missing_message(self, obs: pd.DataFrame, what: str = "") -> str:
+        """Why new cells without the batch column cannot be read (``what``: by which step), and the fix."""
+        return (
+            f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: {_shown(obs)}); the model was "
+            f"trained with batches, so new data need it{what}. If a modality's .obs holds it, copy it up: "
+            f"`mdata.obs['{self.batch_key}'] = mdata['<modality>'].obs['{self.batch_key}'].reindex("
+            "mdata.obs_names)`; otherwise name the training batch the cells come closest to."
+        )
 
     def unseen_message(self, unknown: list[str], what: str = "") -> str:
         """Why new cells' batches cannot be read (``what``: by which step), and the fix."""
@@ -169,6 +176,10 @@ def setup_options(
                 f"Modality '{name}' is not in the MuData (it has {list(mdata.mod)}). Fix the name in `modalities`."
             )
         registry[name] = _modality_options(name, mdata.mod[name], opts)
+        if (
+            registry[name].get("kind") != "image"
+        ):  # at setup, as its message says, not at VennCell(mdata)
+            check_unique_names(name, mdata.mod[name].var_names)
     if batch_key is not None:
         if batch_key not in mdata.obs:
             holders = [m for m, a in mdata.mod.items() if batch_key in a.obs]
@@ -436,7 +447,9 @@ def select_matrix(adata, spec: ModalitySpec):
     if spec.layer not in adata.layers:
         raise VennCellInputError(
             f"Modality '{spec.name}': layer '{spec.layer}' does not exist (layers: {list(adata.layers) or 'none'}). "
-            "Set layer=null to use .X or name an existing layer."
+            "At setup, set layer=None to use .X or name an existing layer; for new cells of a trained model, "
+            f"which reads that layer, put the same kind of values there (`mdata['{spec.name}'].layers['{spec.layer}'] = "
+            f"mdata['{spec.name}'].X` when .X holds them)."
         )
     return adata.layers[spec.layer]
 
@@ -460,22 +473,25 @@ def align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
     pos = {f: i for i, f in enumerate(var_names)}
     missing = [f for f in spec.features if f not in pos]
     if missing:
-        extra = [f for f in var_names if f not in set(spec.features)]
+        # the features setup dropped (zero variance) are known to the model, not extra
+        known = set(spec.features) | set(spec.dropped_features)
+        extra = [f for f in var_names if f not in known]
         raise VennCellInputError(
             f"Modality '{spec.name}': {len(missing)} feature(s) the model was trained on are missing from the data "
             f"(first: {missing[:5]}); {len(extra)} extra feature(s) (first: {extra[:5]}). Give the data the "
             "model's features (model.registry) -- e.g. reindex and fill with zeros -- or retrain."
         )
-    if len(var_names) != len(spec.features) and not set(var_names) - set(spec.features) <= set(
-        spec.dropped_features
-    ):
+    features = set(spec.features)
+    if not set(var_names) - features <= set(spec.dropped_features):
         warnings.warn(
             f"Modality '{spec.name}': the data has {len(var_names) - len(spec.features)} extra feature(s); "
             "using the model's features only, in the model's order.",
             VennCellInputWarning,
             stacklevel=4,
         )
-    elif set(var_names) == set(spec.features):
+    elif [
+        f for f in var_names if f in features
+    ] != spec.features:  # beside the features setup dropped
         warnings.warn(
             f"Modality '{spec.name}': features reordered to the model's order.",
             VennCellInputWarning,

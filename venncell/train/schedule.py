@@ -20,8 +20,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from venncell.data.dataset import MultiModalData, batch_loader, cell_batches, make_loader
+from venncell.data.files import atomic_write_text
 from venncell.data.resident import ResidentBatches, ResidentCells, fits_on
 from venncell.data.samplers import RankBatches
+from venncell.data.validate import VennCellInputError
 from venncell.module.embed import fit_mix_weights
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
@@ -247,11 +249,18 @@ def quiet_trainer(**kwargs) -> L.Trainer:
 
 
 def _resume_path(
-    run_dir: Path, stage: str, resume: bool, expected: dict | None = None
+    run_dir: Path,
+    stage: str,
+    resume: bool,
+    expected: dict | None = None,
+    epochs: int | None = None,
+    say: bool = True,
 ) -> tuple[str | None, int, dict | None]:
     """The newest readable checkpoint of a stage, its logged step and its epoch's log row (None, 0, None without
     one): a kill during a checkpoint write can leave ``last.ckpt`` truncated, and then the per-epoch copy beside it
-    is used instead. ``expected``: the run's fingerprint, which the checkpoint must carry (``check_resumable``)."""
+    is used instead. ``expected``: the run's fingerprint, which the checkpoint must carry (``check_resumable``);
+    ``epochs``: the stage's epochs now, which must not be fewer than the checkpoint has trained; ``say``: log which
+    checkpoint is used (not when only checking: the log said it three times)."""
     if not resume:
         return None, 0, None
     folder = run_dir / "checkpoints" / stage
@@ -268,9 +277,21 @@ def _resume_path(
             continue
         if expected is not None:
             check_resumable(ckpt.get(FINGERPRINT_KEY), expected, path)
-        log.info("Resuming %s from %s", stage, path)
+        _check_epochs(ckpt, stage, epochs, run_dir)
+        if say:
+            log.info("Resuming %s from %s", stage, path)
         return str(path), _logged_step(ckpt), ckpt.get("venncell_epoch_row")
     return None, 0, None
+
+
+def _check_epochs(ckpt: dict, stage: str, epochs: int | None, run_dir: Path) -> None:
+    """Lightning refuses a checkpoint past the stage's epochs with its own traceback, after the run has started."""
+    done = int(ckpt.get("epoch", -1)) + 1
+    if epochs is not None and done > epochs:
+        raise VennCellInputError(
+            f"resume: {stage} of {run_dir} has trained {done} epochs, more than the {epochs} asked for now "
+            f"({stage}_epochs). Resume with {stage}_epochs >= {done}, or train afresh in another folder."
+        )
 
 
 def check_resume(
@@ -281,9 +302,10 @@ def check_resume(
     run_dir: str | Path,
 ) -> None:
     """Raise a clear error, before anything is written, when ``run_dir``'s checkpoints belong to another run."""
-    expected = fingerprint(module, data, is_train, cfg.for_cells(data.n_cells))
-    for stage in ("stage1", "stage2"):
-        _resume_path(Path(run_dir), stage, True, expected)
+    cfg = cfg.for_cells(data.n_cells)
+    expected = fingerprint(module, data, is_train, cfg)
+    for stage, epochs in (("stage1", cfg.stage1_epochs), ("stage2", cfg.stage2_epochs)):
+        _resume_path(Path(run_dir), stage, True, expected, epochs, say=False)
 
 
 def _batches_done(trainer: L.Trainer) -> int:
@@ -418,7 +440,9 @@ def _run_two_stage(
     )
     plan1.fingerprint = expected
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
-    ckpt1, step1, row1 = _resume_path(run_dir, "stage1", resume, expected)
+    ckpt1, step1, row1 = _resume_path(run_dir, "stage1", resume, expected, cfg.stage1_epochs)
+    if resume and ckpt1 is None:
+        log.warning("resume: %s holds no checkpoint of this run; training starts afresh.", run_dir)
     if resume:
         _keep_csv_history(trainer1, step1, row1)
     t0 = time.perf_counter()
@@ -439,7 +463,7 @@ def _run_two_stage(
     # not sharded: every rank scores every held-out cell, so the logged values agree without a sync
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
     train2 = _loader(data, train_idx, cfg.seed + 1, trainer2, False, cfg, resident)
-    ckpt2, step2, row2 = _resume_path(run_dir, "stage2", resume, expected)
+    ckpt2, step2, row2 = _resume_path(run_dir, "stage2", resume, expected, cfg.stage2_epochs)
     if ckpt2 is not None and _batches_done(trainer1) != step1:
         # stage 1 trained on (more epochs asked for): stage 2's checkpoints hold the old stage-1 latents and
         # encoders fitted to them, and resuming one would put them back
@@ -478,9 +502,7 @@ def _stage_metrics(
     got = _numbers(trainer.callback_metrics)
     if rank_zero_only.rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"metrics": got, "seconds": seconds}))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"metrics": got, "seconds": seconds}))
     return got, seconds
 
 

@@ -1,0 +1,53 @@
+"""Files written whole: each goes to a temporary name beside its target and is then renamed over it, so a reader
+(or a resumed run) sees the old file or the new one, never half of one, and a failed write leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import mudata as md
+
+from venncell.data.validate import VennCellInputError
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` whole; returns the path."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write(data: md.MuData | ad.AnnData, path: str | Path) -> None:
+    """Write a MuData (.h5mu) or AnnData (.h5ad) to ``path`` whole; a failed write raises a
+    ``VennCellInputError`` that names the entry HDF5 could not hold."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data.write(str(tmp))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise VennCellInputError(f"Cannot write {path}: {e.strerror or e}.") from None
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        # anndata refuses what HDF5 cannot hold (e.g. an arbitrary Python object in .uns); its note names the key
+        what = " ".join([str(e).rstrip("."), *getattr(e, "__notes__", [])])
+        raise VennCellInputError(
+            f"Cannot write {path}: {what}. Remove or convert the entry it names (an .uns value or an .obs/.var "
+            "column of Python objects) and write again."
+        ) from None
+    os.replace(tmp, path)
