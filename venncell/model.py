@@ -313,6 +313,22 @@ class VennCell:
         self.is_trained = True
         return self.history
 
+    def epoch_history(self, stage: str = "stage1") -> pd.DataFrame:
+        """One row per epoch of a training stage (``"stage1"`` or ``"stage2"``), indexed by epoch: every loss
+        term's mean over the epoch's training batches and, in the epochs where validation ran, the held-out values
+        (``stage2/val/...``), under the names of the CSV logs. For convergence plots, like scvi-tools'
+        ``model.history``; ``train()``'s return value holds only each stage's last values."""
+        self._require_trained()
+        if stage not in ("stage1", "stage2"):
+            raise VennCellInputError(f"stage={stage!r}: use 'stage1' or 'stage2'.")
+        rows = self.history.get("epochs", {}).get(stage)
+        if rows is None:
+            raise VennCellInputError(
+                "This model kept no per-epoch history (it was saved by an earlier VennCell); its run's "
+                "logs/<stage>/metrics.csv has the same values."
+            )
+        return pd.DataFrame(rows).set_index("epoch").sort_index() if rows else pd.DataFrame()
+
     def check_resume(self, run_dir: str | Path, **train_kwargs) -> None:
         """Raise a clear error when ``run_dir``'s checkpoints belong to a run with other settings, data or cells
         (``train_kwargs``: the ``TrainConfig`` fields the resumed run will use)."""
@@ -794,7 +810,7 @@ class VennCell:
 
         self._require_trained()
         data = self._require_data("attribute features and markers")
-        return attribute(self.module, data, self.mdata, self.is_train, markers, **kwargs)
+        return attribute(self.module, data, self.mdata, markers, **kwargs)
 
     def check_markers(self, markers) -> None:
         """Raise the error ``attribution(markers)`` would give for a marker it cannot find (unknown, ambiguous),
@@ -882,8 +898,9 @@ class VennCell:
         ----------
         gene_sets
             Bundled collection names (``GO_Biological_Process_2023``, ``KEGG_2021_Human``; needs
-            ``pip install 'venncell[genesets]'``) and/or paths of ``.gmt`` files; None = both bundled ones.
-            Nothing is downloaded.
+            ``pip install 'venncell[genesets]'``), paths of ``.gmt`` files and/or dicts ``{term: [genes]}``
+            of your own; None = both bundled ones. Nothing is downloaded. A set is tested when between
+            ``min_size`` (5) and ``max_size`` (500) of its genes are features of the modality.
         modalities
             Modalities to test; None = those whose features are gene symbols (RNA).
         attribution
@@ -912,7 +929,7 @@ class VennCell:
         enrichment_config(kwargs)
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
-        return enrich_blocks(data, self.is_train, attribution, modalities, **kwargs)
+        return enrich_blocks(data, attribution, modalities, **kwargs)
 
 
 class _seeded:

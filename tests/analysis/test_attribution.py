@@ -208,6 +208,16 @@ def test_trained_dimensions_and_outputs(trained, tmp_path):
         (dims["block"] == "private:protein") & (dims["component"] == "PC1") & (dims["rank"] <= 3)
     ]
     assert (top["modality"] == "protein").all(), top
+    # fitted on every attributed cell, as MOFA+'s loadings (on the held-out tenth alone a component's top genes
+    # could be chance, and gene sets "enriched" in a block the marker probes found no trace of them in)
+    from sklearn.decomposition import PCA
+
+    z = result.latents["private:rna"]
+    assert len(z) == 1500
+    ratio = dims.loc[
+        (dims["block"] == "private:rna") & (dims["component"] == "PC1"), "explained_variance_ratio"
+    ]
+    assert ratio.iloc[0] == pytest.approx(PCA(1).fit(z).explained_variance_ratio_[0], rel=1e-6)
     written = result.write(tmp_path)
     names = {p.name for p in written}
     assert {"attribution.json", "attribution_markers.csv", "attribution_features_rna.csv"} <= names
@@ -366,3 +376,40 @@ def test_a_region_reported_empty_is_never_in_a_verdict():
     assert got["m"]["verdict"] == "specific to a and shared by a+b"
     got, _ = probe_markers({"m": marker}, blocks, ["a", "b"], empty_regions={"a+b"}, **cfg)
     assert got["m"]["verdict"] == "specific to a" and got["m"]["regions"] == ""
+
+
+def test_no_markers_constant_features_and_undefined_fractions(helpers):
+    """Found by a MOFA+ user: attribution() on data without a categorical .obs column returned a 0 x 0 markers
+    table without a word; a constant feature counted as 0 in its modality's mean EV; and a feature with no
+    fraction (its decoder explains nothing) had the interval 0-0 around the missing value."""
+    import warnings
+
+    from venncell.data.validate import VennCellInputWarning
+
+    mdata, _ = make_synthetic(n_cells=200, modalities={"rna": 30, "protein": 10}, seed=0)
+    mdata.obs = mdata.obs[[c for c in mdata.obs if mdata.obs[c].dtype.kind in "fiu"]]
+    mdata["rna"].X[:, 0] = 0  # a constant feature: no variance to explain
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VennCellInputWarning)  # the zero-variance warning at setup
+        VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
+    model.train(**helpers.FAST)
+    with pytest.warns(VennCellInputWarning, match="no markers were named.*model.attribution"):
+        res = model.attribution(progress=False, n_boot=20, n_perm=20)
+    assert len(res.markers) == 0 and {"marker", "verdict", "best_score"} <= set(
+        res.markers.columns
+    )
+    summary = res.modalities.set_index("modality")
+    assert summary.loc["rna", "n_features"] == 29 and summary.loc["protein", "n_features"] == 10
+    rna = res.features["rna"]
+    undefined = rna["shared_fraction"].isna()
+    assert undefined.iloc[0] and undefined.any()
+    for col in (
+        "shared_fraction_lo",
+        "shared_fraction_hi",
+        "private_fraction_lo",
+        "private_fraction_hi",
+    ):
+        assert rna.loc[undefined, col].isna().all(), col
+    # and the mean EV is the mean over the 29 others, not diluted by the constant one
+    assert summary.loc["rna", "ev_explained"] > 0

@@ -149,3 +149,21 @@ def test_empty_lists_are_refused_before_the_attribution_runs(trained_tiny, monke
         model.enrich_regions(modalities=["hic"])
     with pytest.raises(VennCellInputError, match="nor a .gmt file that exists"):
         model.enrich_regions(gene_sets=["/no/such/sets.gmt"])
+
+
+def test_sets_too_small_for_the_panel_say_so():
+    """Hand-written marker sets on a 45-gene panel matched 2-4 genes each, under min_size=5: the result was empty
+    with no note, and with fewer genes matched the message blamed the organism of the symbols."""
+    from venncell.analysis.gene_sets import untestable_note
+
+    panel = pd.Index(
+        ["LYZ", "CD14", "S100A8", "MS4A1", "CD79A", "CD3E", "CD3D", "IL7R", "NKG7", "GNLY"]
+    )
+    sets = {"mine": {"MONO": ["LYZ", "CD14", "S100A8", "FCN1"], "B": ["MS4A1", "CD79A", "PAX5"]}}
+    cfg = EnrichmentConfig()
+    note = untestable_note("rna", panel, sets, cfg)
+    assert "no gene set has between min_size=5" in note and "'MONO', has 3" in note, note
+    assert "min_size=3" in note
+    assert untestable_note("rna", panel, sets, EnrichmentConfig(min_size=3)) == ""
+    with pytest.raises(VennCellInputError, match="too small for this panel"):
+        check_overlap("rna", panel, sets)

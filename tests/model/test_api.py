@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -366,3 +367,38 @@ def test_encoder_dropout_reaches_the_encoders_only(tiny_mdata):
         assert not any(isinstance(d, nn.Dropout) for d in module.decoders[m].modules())
     with pytest.raises(VennCellInputError, match="encoder_dropout"):
         VennCell(tiny_mdata, encoder_dropout=1.5)
+
+
+def test_epoch_history_has_a_row_per_epoch_and_the_held_out_values_where_validation_ran(
+    tiny_mdata, tmp_path
+):
+    """Only each stage's last values were kept: no convergence plot without a CSV logger (scvi-tools users read
+    model.history)."""
+    mdata = tiny_mdata.copy()
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32)
+    model.train(
+        stage1_epochs=3,
+        stage2_epochs=4,
+        batch_size=64,
+        progress_bar="none",
+        check_val_every_n_epoch=2,
+    )
+    one, two = model.epoch_history("stage1"), model.epoch_history("stage2")
+    assert list(one.index) == [0, 1, 2] and list(two.index) == [0, 1, 2, 3]
+    assert one["stage1/train/loss_epoch"].notna().all()
+    # the last epoch's mean is the value train() returned for the stage
+    assert one["stage1/train/loss_epoch"].iloc[-1] == pytest.approx(
+        model.history["stage1"]["stage1/train/loss_epoch"]
+    )
+    val = two["stage2/val/loss"]
+    assert val.notna().tolist() == [
+        False,
+        True,
+        False,
+        True,
+    ]  # validation ran after epochs 1 and 3
+    model.save(tmp_path / "m")
+    pd.testing.assert_frame_equal(VennCell.load(tmp_path / "m").epoch_history("stage2"), two)
+    with pytest.raises(VennCellInputError, match="use 'stage1' or 'stage2'"):
+        model.epoch_history("stage3")

@@ -144,6 +144,9 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
     again = json.loads((run / "metrics.json").read_text())["history"]
     assert first["stage1"] and first["stage2"], first
     assert again == first
+    # the per-epoch history (VennCell.epoch_history) holds every epoch once, the killed part's too
+    assert [r["epoch"] for r in first["epochs"]["stage1"]] == list(range(30))
+    assert [r["epoch"] for r in first["epochs"]["stage2"]] == list(range(10))
 
 
 def test_resume_with_more_stage1_epochs_trains_stage2_again(tmp_path, helpers):

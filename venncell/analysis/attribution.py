@@ -54,12 +54,13 @@ Markers (a feature of any modality, e.g. protein ``CD4``, or any ``.obs`` column
         ``specific to m and shared by r`` when both kinds add.
 
 Latent dimensions
-    PCA of each latent block on held-out (validation) cells, and the features (all modalities, on the
+    PCA of each latent block on the attributed cells, and the features (all modalities, on the
     encoders' scale: log1p counts per 10k, 0/1 or values) most correlated with each component.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -84,7 +85,13 @@ from venncell.analysis.markers import (
 )
 from venncell.analysis.probes import PROBES
 from venncell.analysis.writers import AttributionResult, concat_frames
-from venncell.data.validate import VennCellInputError, check_range, config_from
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellInputWarning,
+    check_range,
+    config_from,
+    user_stacklevel,
+)
 from venncell.module.embed import embed_cells, stage1_latents
 from venncell.module.regions import block_key
 
@@ -159,7 +166,6 @@ def attribute(
     module,
     data,
     mdata,
-    is_train: np.ndarray,
     markers: list[str] | str | None = None,
     write_var: bool = True,
     **kwargs,
@@ -174,8 +180,6 @@ def attribute(
         Its training data (``MultiModalData``).
     mdata
         The MuData behind ``data`` (markers read its ``.obs``; ``write_var`` writes its ``.var``).
-    is_train
-        Which cells trained the networks (the latent directions are read on the others).
     markers
         Names of ``.obs`` columns or features (``"CD4"`` or ``"protein:CD4"``; ``"obs:x"`` forces an ``.obs``
         column). ``None`` = every categorical ``.obs`` column with 2-50 categories; ``[]`` = none.
@@ -185,13 +189,20 @@ def attribute(
         ``AttributionConfig`` fields.
     """
     cfg = make_config(kwargs)
-    markers = (
-        default_markers(mdata)
-        if markers is None
-        else [markers]
-        if isinstance(markers, str)
-        else list(markers)
-    )
+    if markers is None:
+        markers = default_markers(mdata)
+        if not markers:
+            warnings.warn(
+                "attribution: no markers were named and mdata.obs has no categorical column with 2-50 categories "
+                "(cell types, clusters), so no marker is probed; the feature and latent-dimension tables are "
+                "made. Name markers: model.attribution(['cell_type', 'rna:CD4']).",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
+            )
+    elif isinstance(markers, str):
+        markers = [markers]
+    else:
+        markers = list(markers)
     rng = np.random.default_rng(cfg.seed)
     n = data.n_cells
     idx = (
@@ -219,7 +230,7 @@ def attribute(
             if b.startswith("shared:")
         }
         rows, score_rows = {}, []
-        for group in marker_groups(resolved):
+        for i, group in enumerate(marker_groups(resolved)):
             bar.update(task, description=f"markers {', '.join(mk.name for mk in group)[:60]}")
             got, scores = probe_markers(
                 {mk.name: mk.values for mk in group},
@@ -228,6 +239,7 @@ def attribute(
                 cfg,
                 {mk.name: mk.kind for mk in group},
                 empty_regions=empty,
+                warn_incomplete=i == 0,
             )
             rows.update(
                 {mk.name: {"marker": mk.name, "source": mk.source, **got[mk.name]} for mk in group}
@@ -235,7 +247,7 @@ def attribute(
             score_rows.append(scores)
             bar.advance(task, len(group))
         bar.update(task, description="latent dimensions")
-        dims = dimension_view(data, is_train, idx, lat, cfg)
+        dims = dimension_view(data, idx, lat, cfg)
         weights = cell_modality_weights(
             module, data, stage1_latents(module, data)["shared"][idx], idx
         )
@@ -248,7 +260,9 @@ def attribute(
         modalities=pd.DataFrame(summaries),
         regions=blocks,
         top_features={m: top_features(df, cfg.top_n) for m, df in features.items()},
-        markers=pd.DataFrame([rows[mk.name] for mk in resolved]),
+        markers=pd.DataFrame([rows[mk.name] for mk in resolved])
+        if resolved
+        else pd.DataFrame(columns=MARKER_COLUMNS),
         marker_scores=concat_frames(score_rows, ["marker", "block", "probe"]),
         dimensions=dims,
         obs_names=data.obs_names[idx],
@@ -260,6 +274,22 @@ def attribute(
             + [f"private:{m}" for m in mods]
         },
     )
+
+
+# the columns of every marker row: a run without markers keeps them (res.markers[["marker", "verdict"]] works)
+MARKER_COLUMNS = [
+    "marker",
+    "source",
+    "kind",
+    "n_cells",
+    "best_block",
+    "best_score",
+    "p_value",
+    "shared_score",
+    "shared_fraction",
+    "private_modalities",
+    "verdict",
+]
 
 
 def make_config(kwargs: dict) -> AttributionConfig:

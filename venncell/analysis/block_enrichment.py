@@ -22,6 +22,7 @@ from venncell.analysis.gene_sets import (
     load_gene_sets,
     map_symbols,
     top_terms,
+    untestable_note,
 )
 from venncell.data.files import atomic_write_text
 from venncell.data.validate import VennCellInputError, config_from
@@ -70,15 +71,13 @@ def enrichment_config(kwargs: dict) -> EnrichmentConfig:
     return cfg
 
 
-def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kwargs):
+def enrich_blocks(data, attribution, modalities=None, **kwargs):
     """Gene-set enrichment of every block and latent direction of an attribution run (module docstring).
 
     Parameters
     ----------
     data
         The model's training data (``MultiModalData``).
-    is_train
-        Which cells trained the networks (the directions are fitted on the others).
     attribution
         An ``AttributionResult`` of the same model and data (its per-feature tables and latents are reused).
     modalities
@@ -102,7 +101,7 @@ def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kw
         for i, source in enumerate(cfg.gene_sets)
     }
     pos = pd.Index(data.obs_names).get_indexer(attribution.obs_names)
-    directions = block_directions(data, is_train, pos, attribution.latents, attribution.config)
+    directions = block_directions(data, pos, attribution.latents, attribution.config)
     tables, notes = [], []
     for m in mods:
         features = data.specs[m].features
@@ -117,6 +116,10 @@ def enrich_blocks(data, is_train: np.ndarray, attribution, modalities=None, **kw
             continue
         if note:
             notes.append(f"{m}: {note}")
+        empty = untestable_note(m, symbols, matched, cfg)
+        if empty:
+            notes.append(empty)
+            log.warning("%s", empty)
         if cfg.method == "ora" and cfg.top_n >= len(features):
             # every feature would be "at the top": no set can be over-represented
             thin = (

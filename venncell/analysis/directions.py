@@ -14,7 +14,7 @@ from venncell.data.transforms import log_normalised
 
 @dataclass
 class Direction:
-    """One principal component of a latent block and every feature's Pearson r with it (held-out cells)."""
+    """One principal component of a latent block and every feature's Pearson r with it."""
 
     block: str
     component: str
@@ -22,21 +22,19 @@ class Direction:
     correlation: pd.Series  # indexed by (modality, feature)
 
 
-def block_directions(
-    data, is_train: np.ndarray, idx: np.ndarray, lat: dict, cfg
-) -> list[Direction]:
+def block_directions(data, idx: np.ndarray, lat: dict, cfg) -> list[Direction]:
     """The first ``cfg.n_components`` principal components of every latent block (shared, Venn regions, privates),
-    fitted on the held-out cells among ``idx`` (all of them when fewer than 50), with each feature's correlation."""
-    held_out = ~is_train[idx]
-    pos = np.flatnonzero(held_out) if held_out.sum() >= 50 else np.arange(len(idx))
-    feats = {m: _feature_matrix(data, m, idx[pos]) for m in data.specs}
+    fitted on the cells ``idx`` (rows of ``lat``), with each feature's correlation. Every cell, as MOFA+'s
+    loadings: fitted on the held-out tenth alone (50 cells of 500), a component's top genes could be chance and a
+    gene set "enriched" in a block that the marker probes found no trace of it in."""
+    feats = {m: _feature_matrix(data, m, idx) for m in data.specs}
     names = pd.MultiIndex.from_tuples(
         [(m, f) for m in feats for f in data.specs[m].feature_names], names=["modality", "feature"]
     )
     blocks = ["shared", *(b for b in lat if b.startswith("shared:"))]
     out = []
     for block in blocks + [f"private:{m}" for m in data.specs]:
-        z = lat[block][pos]
+        z = lat[block]
         ok = np.isfinite(z).all(1)
         n_comp = min(cfg.n_components, z.shape[1], int(ok.sum()) - 1)
         if n_comp < 1:
@@ -57,10 +55,10 @@ def block_directions(
     return out
 
 
-def dimension_view(data, is_train: np.ndarray, idx: np.ndarray, lat: dict, cfg) -> pd.DataFrame:
+def dimension_view(data, idx: np.ndarray, lat: dict, cfg) -> pd.DataFrame:
     """Top features (by |Pearson r|, all modalities) of each principal component of each latent block."""
     rows = []
-    for d in block_directions(data, is_train, idx, lat, cfg):
+    for d in block_directions(data, idx, lat, cfg):
         r = d.correlation.to_numpy()
         for rank, i in enumerate(np.argsort(-np.abs(r))[: cfg.top_n]):
             rows.append(

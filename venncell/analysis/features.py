@@ -162,7 +162,10 @@ def venn_regions(boot: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def modality_summary(m: str, boot: dict[str, np.ndarray], cfg) -> dict:
     """Mean over features of the Venn regions; the shared share is a ratio of means (robust to the noisy
-    fractions of features the decoder barely explains)."""
+    fractions of features the decoder barely explains). Features without an EV (constant ones: no variance to
+    explain) are left out, not counted as 0; ``n_features`` counts the others."""
+    defined = np.isfinite(boot["full"][0])
+    boot = {k: v[:, defined] for k, v in boot.items()}
     shared, private = venn_regions(boot)
     s, p = shared.mean(1), private.mean(1)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -155,9 +155,10 @@ def check_overlap(modality: str, symbols: pd.Index, collections: dict) -> None:
     if found < MIN_OVERLAP:
         raise VennCellInputError(
             f"Gene-set enrichment of modality '{modality}': only {found} of its {len(symbols)} feature names are "
-            f"genes of the collections {list(collections)} (matched as given and upper-cased). Enrichment needs "
-            "gene symbols of the collections' organism: give a .gmt file of this organism's symbols "
-            f"(gene_sets=[path.gmt]), or leave '{modality}' out (modalities=[...])."
+            f"genes of the collections {list(collections)} (matched as given and upper-cased); enrichment needs "
+            f"at least {MIN_OVERLAP}. Either the names are not the collections' gene symbols (give a .gmt file of "
+            "this organism's symbols, gene_sets=[path.gmt]) or the collections are too small for this panel "
+            f"(give larger ones); or leave '{modality}' out (modalities=[...])."
         )
 
 
@@ -194,6 +195,24 @@ def enrich(
     out = out[first + [c for c in out.columns if c not in first]]
     return out.sort_values(
         ["ranking", "collection", "pval", "term"], kind="stable", ignore_index=True
+    )
+
+
+def untestable_note(modality: str, symbols: pd.Index, collections: dict, cfg) -> str:
+    """Why nothing of ``modality`` can be tested when no set has between min_size and max_size of its features
+    (an empty result said nothing), else ""."""
+    sizes = {
+        (c, t): int(symbols.isin(genes).sum())
+        for c, sets in collections.items()
+        for t, genes in sets.items()
+    }
+    if any(cfg.min_size <= n <= cfg.max_size for n in sizes.values()):
+        return ""
+    (_, term), largest = max(sizes.items(), key=lambda kv: kv[1])
+    return (
+        f"{modality}: no gene set has between min_size={cfg.min_size} and max_size={cfg.max_size} of its features "
+        f"(the largest, '{term}', has {largest}), so nothing was tested. Lower min_size (e.g. "
+        f"min_size={max(1, largest)}) or give larger sets."
     )
 
 

@@ -212,12 +212,14 @@ def probe_markers(
     cfg=None,
     kinds: dict[str, str | None] | None = None,
     empty_regions=(),
+    warn_incomplete: bool = True,
     **kwargs,
 ) -> tuple[dict[str, dict], pd.DataFrame]:
     """``probe_marker`` for several markers probed from the same blocks: markers known on the same cells
     share folds, permutations, bootstrap draws and -- since both probes are linear in the target -- fits.
     ``empty_regions``: regions the feature view found empty, which no verdict names (their encoders can still
-    carry a member's private signal, which the probes would credit to the region)."""
+    carry a member's private signal, which the probes would credit to the region); ``warn_incomplete``: warn
+    when some cells lack a modality (once per attribution run, not per group of markers)."""
     if cfg is None:
         from venncell.analysis.attribution import make_config
 
@@ -230,7 +232,9 @@ def probe_markers(
             f"{int(finite.sum())} of {len(finite)} are. Attribute markers on a model of modalities measured "
             "together, or pass markers=[] for the per-feature tables alone."
         )
-    if not finite.all():  # the gain of a private block is measured on cells that have its modality
+    if (
+        warn_incomplete and not finite.all()
+    ):  # a private block's gain is measured on cells that have it
         warnings.warn(
             f"Markers are probed on the {int(finite.sum())} of {len(finite)} cells measured in every modality "
             f"({', '.join(modalities)}); the other {int((~finite).sum())} lack a private block. Verdicts of "

@@ -111,4 +111,6 @@ def with_ci(name: str, draws: np.ndarray, ci: float) -> dict:
             "ignore", RuntimeWarning
         )  # all-NaN columns: features nothing explains
         q = np.nanpercentile(draws[1:], [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100], axis=0)
+    # no interval for an estimate that is undefined (a feature's fraction when its decoder explains nothing)
+    q = np.where(np.isnan(draws[0]), np.nan, q)
     return {name: draws[0], f"{name}_lo": q[0], f"{name}_hi": q[1]}

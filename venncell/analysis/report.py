@@ -102,7 +102,7 @@ def render_html(
         ]
     parts += [
         "<h2>Latent dimensions</h2>",
-        "<p class='note'>Principal components of each latent block on held-out cells and the features most "
+        "<p class='note'>Principal components of each latent block (every attributed cell) and the features most "
         "correlated with each (Pearson r; counts on log1p-per-10k scale).</p>",
         _dimension_table(result),
     ]

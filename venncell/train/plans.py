@@ -48,6 +48,10 @@ class _Plan(L.LightningModule):
         # (where, step, term names, each term's finiteness, whether the optimised totals were finite) per step
         # since the last check: kept on the device and read back together (_check_finite)
         self._watch: list[tuple[str, int, tuple[str, ...], torch.Tensor, torch.Tensor]] = []
+        # one row per epoch: its training means and, where validation ran, its held-out values (kept in the
+        # checkpoints, so a resumed stage has the rows before them); VennCell.epoch_history reads them
+        self.epoch_rows: list[dict] = []
+        self._validated = False
         # Read by torch's DistributedDataParallel (which Lightning's DDP strategy builds around this plan): the
         # latent tables (O(cells) rows) are never all-reduced or broadcast by DDP — stage 1 shards them by rank
         # and gathers explicitly (Stage1Plan.gather_latents); in stage 2 they are frozen inputs.
@@ -167,6 +171,22 @@ class _Plan(L.LightningModule):
     def on_train_epoch_end(self):
         self._check_finite()
         self._flush_terms()
+        row = dict(self._epoch_row)
+        if (
+            self._validated
+        ):  # this epoch's validation has run (before this hook) and set its values
+            metrics = self.trainer.callback_metrics
+            row.update(
+                {k: float(v) for k, v in metrics.items() if "/val/" in k and v.numel() == 1}
+            )
+            self._validated = False
+        self.epoch_rows = [r for r in self.epoch_rows if r["epoch"] < row["epoch"]] + [row]
+
+    def on_validation_epoch_end(self):
+        self._validated = not self.trainer.sanity_checking
+
+    def on_load_checkpoint(self, checkpoint):
+        self.epoch_rows = list(checkpoint.get("venncell_epoch_rows") or [])
 
     fingerprint: dict | None = (
         None  # the run's (venncell.train.safety.fingerprint), saved with every checkpoint
@@ -185,6 +205,7 @@ class _Plan(L.LightningModule):
         checkpoint["venncell_stage"] = self.stage
         checkpoint["venncell_fingerprint"] = self.fingerprint
         checkpoint["venncell_epoch_row"] = getattr(self, "_epoch_row", None)
+        checkpoint["venncell_epoch_rows"] = self.epoch_rows
         if (
             self._trainer is not None
         ):  # the logs of the epochs a checkpoint covers are on disk with it

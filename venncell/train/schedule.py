@@ -454,7 +454,11 @@ def _run_two_stage(
     got1, seconds1 = _stage_metrics(
         trainer1, run_dir, "stage1", time.perf_counter() - t0, ckpt1 is not None, step1
     )
-    metrics = {"stage1": got1, "wall_time_s": {"stage1": seconds1}}
+    metrics = {
+        "stage1": got1,
+        "wall_time_s": {"stage1": seconds1},
+        "epochs": {"stage1": plan1.epoch_rows},
+    }
     t0 = time.perf_counter()
 
     plan2 = Stage2Plan(module, cfg.lr_encoder, seed=cfg.seed)
@@ -483,6 +487,7 @@ def _run_two_stage(
     metrics["stage2"], metrics["wall_time_s"]["stage2"] = _stage_metrics(
         trainer2, run_dir, "stage2", time.perf_counter() - t0, ckpt2 is not None, step2
     )
+    metrics["epochs"]["stage2"] = plan2.epoch_rows
     fit_mix_weights(module, data, train_idx, seed=cfg.seed)
     if trainer2.world_size > 1:
         metrics["ddp"] = {"world_size": trainer2.world_size, "global_rank": trainer2.global_rank}
