@@ -30,7 +30,8 @@ from venncell.data.registry import (
     setup_options,
     stored_options,
 )
-from venncell.data.split import validation_split
+from venncell.data.spec import COUNT_LIKELIHOODS
+from venncell.data.split import VALIDATION_FRACTION, validation_split
 from venncell.data.validate import (
     VennCellInputError,
     VennCellInputWarning,
@@ -115,7 +116,7 @@ class VennCell:
         self,
         mdata: md.MuData | str | Path | None,
         seed: int = 0,
-        validation_fraction: float = 0.1,
+        validation_fraction: float = VALIDATION_FRACTION,
         backed: bool = False,
         chunk_size: int | None = None,
         registry: DataRegistry | None = None,
@@ -563,7 +564,7 @@ class VennCell:
         if scale not in ("normalised", "counts"):
             raise VennCellInputError(f"scale must be 'normalised' or 'counts', got {scale!r}.")
         spec = self.specs[target]
-        if scale == "counts" and spec.likelihood not in ("nb", "zinb", "nb_mixture"):
+        if scale == "counts" and spec.likelihood not in COUNT_LIKELIHOODS:
             raise VennCellInputError(
                 f"scale='counts' needs a count modality; '{target}' is {spec.likelihood}."
             )

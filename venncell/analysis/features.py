@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from venncell.analysis.probes import boot_weights, with_ci
+from venncell.data.spec import PROPORTION_LIKELIHOODS
 from venncell.data.validate import VennCellInputError
 from venncell.module.regions import block_key, region_name
 
@@ -20,9 +21,7 @@ EMPTY_EV = 0.01
 
 def _normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tensor:
     """Observed data on the decoders' normalised scale (what ``likelihood.normalised_mean`` predicts)."""
-    return (
-        x / lib if spec.likelihood in ("nb", "zinb") else x
-    )  # nb_mixture's normalised scale is counts
+    return x / lib if spec.likelihood in PROPORTION_LIKELIHOODS else x
 
 
 def _decoder_variants(

@@ -2,7 +2,7 @@
 default is written once (``ModelConfig``, ``TrainConfig``, ``AttributionConfig``) and checked in one place (their
 ``__post_init__``, run when the CLI turns a config into an object).
 
-Groups: ``data`` (synthetic, mudata), ``model`` (venncell, apollo, fast: ``venncell.module.config.PRESETS``),
+Groups: ``data`` (synthetic, mudata), ``model`` (``venncell.module.config.PRESETS``: venncell, apollo, fast, ...),
 ``trainer`` (default, fast, ddp, ddp_cpu: ``venncell.train.config.PRESETS``), ``logger`` (csv, wandb, none).
 ``conf/config.yaml`` picks one of each and holds the run's top-level keys and Hydra's own settings.
 """
@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 from venncell.analysis.attribution import AttributionConfig
 from venncell.analysis.gene_sets import EnrichmentConfig
 from venncell.analysis.planner import PlanConfig
+from venncell.data.samplers import DEFAULT_CHUNK_SIZE
+from venncell.data.split import VALIDATION_FRACTION
 from venncell.data.validate import VennCellInputError, check_range, config_from
 from venncell.module.config import PRESETS as MODEL_PRESETS
 from venncell.module.config import ModelConfig
@@ -39,9 +41,9 @@ class MuDataConfig:
     # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None (data_settings checks it)
     register: Any = None
     batch_key: Optional[str] = None
-    validation_fraction: float = 0.1
+    validation_fraction: float = VALIDATION_FRACTION
     backed: bool = False
-    chunk_size: int = 1024
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 @dataclass
@@ -64,7 +66,7 @@ class SyntheticConfig:
     region_factors: Any = None
     seed: Optional[int] = None
     batch_key: Optional[str] = None
-    validation_fraction: float = 0.1
+    validation_fraction: float = VALIDATION_FRACTION
     # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None (data_settings checks it)
     register: Any = None
 
@@ -138,7 +140,9 @@ def to_object(cls, node) -> Any:
 def data_settings(cfg) -> dict:
     """The data group as a dict, its shared numbers checked and ``register`` a plain list or dict (or None)."""
     d = dict(cfg)
-    check_range("data.validation_fraction", d.get("validation_fraction", 0.1), 0.0, 0.9)
+    check_range(
+        "data.validation_fraction", d.get("validation_fraction", VALIDATION_FRACTION), 0.0, 0.9
+    )
     register = d.get("register")
     if OmegaConf.is_config(register):
         register = OmegaConf.to_container(register, resolve=True)
@@ -149,7 +153,7 @@ def data_settings(cfg) -> dict:
         )
     d["register"] = register or None
     if d.get("name") == "mudata":
-        check_range("data.chunk_size", d.get("chunk_size", 1024), 1, integer=True)
+        check_range("data.chunk_size", d.get("chunk_size", DEFAULT_CHUNK_SIZE), 1, integer=True)
     return d
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from venncell.data.samplers import DEFAULT_CHUNK_SIZE
-from venncell.data.spec import ModalitySpec
+from venncell.data.spec import BINARY_LIKELIHOODS, COUNT_LIKELIHOODS, ModalitySpec
 from venncell.data.validate import VennCellInputError, check_matrix, column_range
 
 log = logging.getLogger(__name__)
@@ -222,15 +222,12 @@ def fit_backed_spec(
         s2 += np.asarray(
             (x.multiply(x) if sp.issparse(x) else x * x).sum(0), dtype=np.float64
         ).ravel()
-    if (
-        spec.likelihood in ("nb", "zinb", "nb_mixture", "bernoulli", "bernoulli_factors")
-        and n_empty
-    ):
+    if spec.likelihood in (*COUNT_LIKELIHOODS, *BINARY_LIKELIHOODS) and n_empty:
         if n_empty == n:
             raise VennCellInputError(
                 f"Modality '{spec.name}': every cell is all-zero; there is nothing to learn from."
             )
-        if spec.likelihood in ("nb", "zinb", "nb_mixture"):
+        if spec.likelihood in COUNT_LIKELIHOODS:
             raise VennCellInputError(
                 f"Modality '{spec.name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(library == 0))}), "
                 "so their library size is 0 and the count likelihood is undefined. Filter them "

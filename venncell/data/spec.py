@@ -25,6 +25,8 @@ BINARY_LIKELIHOODS = ("bernoulli", "bernoulli_factors")
 LIKELIHOODS = (*COUNT_LIKELIHOODS, *BINARY_LIKELIHOODS, "gaussian")
 # Heads whose NLL reads the batch's non-zero positions, which the batch assembly takes from the CSR structure.
 NONZERO_LIKELIHOODS = ("nb",)
+# whose normalised_mean is a share of the cell's library (nb_mixture's normalised scale is denoised counts)
+PROPORTION_LIKELIHOODS = ("nb", "zinb")
 # Load-time transforms of the data itself (before the likelihood sees it); None = the data as given.
 TRANSFORMS = (None, "clr")
 # Preprocessing in front of the encoders (and of the spectral start), chosen by the likelihood.

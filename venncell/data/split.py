@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+VALIDATION_FRACTION = (
+    0.1  # the default share of held-out cells (VennCell(...) and the CLI's data groups)
+)
+
 
 def validation_split(n_cells: int, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the training cells: ``round(fraction * n_cells)`` cells, drawn by ``seed``, are held out.

@@ -230,7 +230,7 @@ class ModelConfig:
         return self.latent_posterior == "variational"
 
 
-# Named variants of the defaults: ``model=<name>`` on the command line, ``ModelConfig.preset(name)`` in Python.
+# Named variants of the defaults: ``model=<name>`` on the command line, ``model_preset(name)`` in Python.
 PRESETS = {
     "venncell": {},
     # The plain APOLLO recipe: point latents from a random start, each modality's mean NLL counted once, shared-only

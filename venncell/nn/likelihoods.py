@@ -27,9 +27,7 @@ class Likelihood(nn.Module):
     """Base class. ``raw`` is the decoder output (cells x features)."""
 
     name: str = ""
-    needs_library = False
     n_raw = 1  # decoder outputs per feature
-    data_type = "real"  # "counts" | "binary" | "real": what the input checks demand
 
     def __init__(self, n_features: int):
         super().__init__()
@@ -103,8 +101,6 @@ class NegativeBinomial(Likelihood):
     """NB with mean ``library * softmax(raw)`` and per-feature inverse dispersion, as in scVI."""
 
     name = "nb"
-    needs_library = True
-    data_type = "counts"
 
     def __init__(self, n_features: int):
         super().__init__(n_features)
@@ -133,7 +129,6 @@ class NegativeBinomial(Likelihood):
 
 class Bernoulli(Likelihood):
     name = "bernoulli"
-    data_type = "binary"
 
     def nll(self, raw, x, library):
         return F.binary_cross_entropy_with_logits(raw, x, reduction="none")
@@ -271,7 +266,6 @@ class NBMixture(Likelihood):
 
     name = "nb_mixture"
     n_raw = 2
-    data_type = "counts"
 
     def __init__(self, n_features: int):
         super().__init__(n_features)
@@ -354,8 +348,6 @@ class BernoulliFactors(Likelihood):
     """
 
     name = "bernoulli_factors"
-    data_type = "binary"
-    needs_library = True
     depth_quantile = 0.5
 
     def __init__(self, n_features: int):
