@@ -544,6 +544,11 @@ class VennCell:
             ``"counts"`` (times the target's median training library size). ``nb_mixture`` gives the denoised
             (background-free) protein counts on both scales; ``bernoulli_factors`` the probabilities of a cell at
             the median training depth; ``zinb`` includes the dropout.
+
+        Returns
+        -------
+        Cells x the target's features as the model knows them, ``model.specs[target].feature_names`` (without
+        the features setup dropped, ``zero_variance="drop"``), in that order.
         """
         self._require_trained()
         source = [source] if isinstance(source, str) else list(source)
@@ -686,8 +691,12 @@ class VennCell:
             # mkdtemp's 0700 would keep other users from loading the model
             tmp.chmod(0o777 & ~_umask())
         except OSError as e:
+            blocking = next(
+                (q for q in path.parents if q.is_file()), None
+            )  # mkdir says "File exists"
             raise VennCellInputError(
-                f"Cannot write the model to {path}: {e.strerror or e}."
+                f"Cannot write the model to {path}: "
+                + (f"{blocking} is a file, not a folder." if blocking else f"{e.strerror or e}.")
             ) from None
         meta = {
             "format": MODEL_FORMAT,

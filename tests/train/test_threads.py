@@ -31,18 +31,19 @@ def test_auto_threads_take_only_the_free_cores(monkeypatch, cores, load, ranks, 
 
 def test_explicit_threads_win_and_bad_values_are_refused(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert threads_for(TrainConfig(num_threads=3)) == 3
-    assert threads_for(TrainConfig()) == 2  # the job's own pin
+    assert threads_for(TrainConfig(num_threads=3)) == (3, "num_threads")
+    assert threads_for(TrainConfig()) == (2, "OMP_NUM_THREADS")  # the job's own pin
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
-    assert threads_for(TrainConfig(accelerator="gpu")) == 1
-    assert threads_for(TrainConfig()) == min(4, threads.available_cores())
+    assert threads_for(TrainConfig(accelerator="gpu"))[0] == 1
+    n, why = threads_for(TrainConfig())
+    assert n == min(4, threads.available_cores()) and why.startswith("automatic:"), why
     with pytest.raises(VennCellInputError, match="trainer.num_threads"):
         TrainConfig(num_threads=0)
 
 
 def test_training_uses_the_policy_and_restores_the_callers_threads(
-    tiny_mdata, tmp_path, monkeypatch
+    tiny_mdata, tmp_path, monkeypatch, caplog
 ):
     from venncell import VennCell
 
@@ -52,7 +53,9 @@ def test_training_uses_the_policy_and_restores_the_callers_threads(
     before = torch.get_num_threads()
     VennCell.setup_mudata(tiny_mdata)
     model = VennCell(tiny_mdata, seed=0)
-    model.train(
-        stage1_epochs=1, stage2_epochs=1, progress_bar="none", run_dir=tmp_path, num_threads=2
-    )
+    with caplog.at_level("INFO", logger="venncell"):
+        model.train(
+            stage1_epochs=1, stage2_epochs=1, progress_bar="none", run_dir=tmp_path, num_threads=2
+        )
     assert seen[0] == 2 and seen[-1] == before and torch.get_num_threads() == before
+    assert "CPU threads: 2 (num_threads)" in caplog.text  # the log says what it chose (it said nothing)

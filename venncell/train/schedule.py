@@ -36,7 +36,7 @@ from venncell.train.safety import (
     fingerprint,
     stop_on_signals,
 )
-from venncell.train.threads import auto_threads, cpu_threads
+from venncell.train.threads import auto_threads, available_cores, busy_cores, cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,11 @@ def run_two_stage(
 
     Returns the last logged metrics of each stage.
     """
-    with warnings.catch_warnings(), cpu_threads(threads_for(cfg)):
+    threads, why = threads_for(cfg)
+    log.info(
+        "CPU threads: %d (%s)", threads, why
+    )  # the automatic choice depends on the machine's load
+    with warnings.catch_warnings(), cpu_threads(threads):
         # deliberate: under DDP the logged training terms are each rank's own shard (Stage1Plan._record)
         warnings.filterwarnings(
             "ignore", message=r".*when logging on epoch level in distributed setting.*"
@@ -392,19 +396,25 @@ def run_two_stage(
         return _run_two_stage(module, data, is_train, cfg, Path(run_dir), loggers, resume)
 
 
-def threads_for(cfg: TrainConfig) -> int:
+def threads_for(cfg: TrainConfig) -> tuple[int, str]:
     """``trainer.num_threads``, else ``OMP_NUM_THREADS`` (the usual way to pin threads for a whole job), else
-    the automatic choice for this accelerator and number of CPU ranks."""
+    the automatic choice for this accelerator and number of CPU ranks; and where the number came from."""
     if cfg.num_threads is not None:
-        return cfg.num_threads
+        return cfg.num_threads, "num_threads"
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) >= 1:
-        return int(env)
+        return int(env), "OMP_NUM_THREADS"
     on_accelerator = cfg.accelerator in ("gpu", "cuda", "mps", "tpu") or (
         cfg.accelerator == "auto" and torch.cuda.is_available()
     )
     ranks = cfg.devices if isinstance(cfg.devices, int) and "ddp" in str(cfg.strategy) else 1
-    return auto_threads(processes_per_machine=ranks, on_accelerator=on_accelerator)
+    n = auto_threads(processes_per_machine=ranks, on_accelerator=on_accelerator)
+    why = (
+        "automatic: the host only feeds the accelerator"
+        if on_accelerator
+        else f"automatic: {available_cores()} cores, {busy_cores():.1f} busy, {ranks} process(es)"
+    )
+    return n, why
 
 
 def _run_two_stage(
