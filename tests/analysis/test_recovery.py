@@ -127,7 +127,10 @@ def test_recovery_on_a_subset_of_cells_when_asked():
 
     rng = np.random.default_rng(0)
     t = rng.normal(size=(3000, 2))
-    learned = {"shared": t + 0.05 * rng.normal(size=t.shape), "private:a": rng.normal(size=(3000, 2))}
+    learned = {
+        "shared": t + 0.05 * rng.normal(size=t.shape),
+        "private:a": rng.normal(size=(3000, 2)),
+    }
     truth = {"shared": t, "private:a": learned["private:a"] + 0.05 * rng.normal(size=t.shape)}
     full = evaluate_recovery(learned, truth)["knn"]["summary"]
     part = evaluate_recovery(learned, truth, max_cells=500)["knn"]["summary"]

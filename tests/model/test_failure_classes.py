@@ -341,13 +341,13 @@ def test_an_untrained_model_reloads_untrained(tiny_mdata, tmp_path):
         loaded.get_latent_representation(tiny_mdata)
 
 
-
 def test_saving_under_a_file_names_the_file(trained_tiny, tmp_path):
     """model.save("afile/model") said only "File exists" (mkdir's message)."""
     model, _, _ = trained_tiny
     (tmp_path / "afile").write_text("")
     with pytest.raises(VennCellInputError, match="afile is a file, not a folder"):
         model.save(tmp_path / "afile" / "model")
+
 
 def test_a_tampered_model_file_is_a_clear_error(trained_tiny, tmp_path):
     """torch's unpickling error advised weights_only=False (unsafe)."""

@@ -58,4 +58,6 @@ def test_training_uses_the_policy_and_restores_the_callers_threads(
             stage1_epochs=1, stage2_epochs=1, progress_bar="none", run_dir=tmp_path, num_threads=2
         )
     assert seen[0] == 2 and seen[-1] == before and torch.get_num_threads() == before
-    assert "CPU threads: 2 (num_threads)" in caplog.text  # the log says what it chose (it said nothing)
+    assert (
+        "CPU threads: 2 (num_threads)" in caplog.text
+    )  # the log says what it chose (it said nothing)
