@@ -167,3 +167,7 @@ def test_sets_too_small_for_the_panel_say_so():
     assert untestable_note("rna", panel, sets, EnrichmentConfig(min_size=3)) == ""
     with pytest.raises(VennCellInputError, match="too small for this panel"):
         check_overlap("rna", panel, sets)
+    # and an empty result keeps the columns of a full one (the README's selection of them raised KeyError)
+    for method in ("ora", "prerank"):
+        empty = top_terms(enrich({}, sets, EnrichmentConfig(method=method)), 10, 0.05)
+        assert {"ranking", "term", "fdr", "genes"} <= set(empty.columns), method

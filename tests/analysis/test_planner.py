@@ -163,3 +163,25 @@ def test_the_summary_interval_holds_its_estimate_on_a_briefly_trained_model():
         s["recoverable"] <= s["recoverable_hi"] + 1e-12
     )
     assert inside.all(), s
+
+
+def test_one_pathological_feature_does_not_sink_the_modality_summary():
+    """One gene predicted at R^2 -4,676 took the mean R^2 of its modality to -8.5: the summary read recoverable 0,
+    lost 1, next to 399 features called "predict". Each R^2 is floored at -1 (guessing a random cell's value)."""
+    from venncell.analysis.planner import PlanConfig, _tables
+
+    draws, n = 3, 100.0
+    full = lambda v: np.tile(np.asarray(v, dtype=float), (draws, 1))  # noqa: E731
+    acc = {
+        "sy": full([0, 0, 0]),
+        "syy": full([100, 100, 100]),  # each feature's total sum of squares: 100
+        "sse:measured": full([20, 20, 20]),  # R^2 measured 0.8
+        "sse:rna": full([40, 40, 467_700]),  # R^2 predicted 0.6, 0.6 and -4,676
+        "sp:rna": np.zeros(3),  # the prediction's sums (for Pearson's r): not bootstrapped
+        "spp:rna": np.full(3, 50.0),
+        "syp:rna": np.array([40.0, 40.0, 1.0]),
+    }
+    _, rows = _tables("protein", acc, ["a", "b", "c"], np.arange(3), PlanConfig(), n)
+    (row,) = rows
+    assert row["recoverable"] == pytest.approx((0.6 + 0.6 - 1) / 3 / 0.8)
+    assert row["mean_r2_predicted"] == pytest.approx(0.2 / 3) and row["n_predict"] == 2

@@ -186,9 +186,20 @@ def enrich(
             df = test(s, terms, members, cfg)
             if len(df):
                 frames.append(df.assign(ranking=ranking, collection=cname))
-    if not frames:
+    if not frames:  # the columns of a result with rows (a caller's selection of them still works)
+        method = ["expected", "fold"] if cfg.method == "ora" else ["nes"]
         return pd.DataFrame(
-            columns=["ranking", "collection", "term", "set_size", "overlap", "pval", "fdr"]
+            columns=[
+                "ranking",
+                "collection",
+                "term",
+                "set_size",
+                "overlap",
+                *method,
+                "pval",
+                "fdr",
+                "genes",
+            ]
         )
     out = pd.concat(frames, ignore_index=True)
     first = ["ranking", "collection", "term", "set_size", "overlap"]

@@ -19,7 +19,8 @@ Verdict (``PlanConfig`` thresholds)
     * ``measure`` -- otherwise: most of it is private to ``t`` (or to ``t`` and modalities outside ``S``).
 
 Per modality (summary rows, one per target and subset)
-    ``recoverable``: mean ``r2_from_S`` over mean ``r2_measured``, over the features the model explains, with a
+    ``recoverable``: mean ``r2_from_S`` over mean ``r2_measured`` (each R^2 floored at -1, the expected score of
+    guessing a random cell's value, as in ``mean_r2_predicted``), over the features the model explains, with a
     bootstrap CI (its draws divide by the estimate's variances, so a resample missing a sparse feature's few
     cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the pooled R^2
     and the number of features in each verdict.
@@ -53,6 +54,7 @@ from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key, region_name
 
 MIN_CELLS = 10  # scored cells below which a plan's bootstrap CIs mean nothing
+R2_FLOOR = -1.0  # a feature's R^2 in the summary means: what guessing a random cell's value scores in expectation
 MIN_HELD_OUT = 50  # fewer held-out cells than this give CIs too wide to plan with; fall back to training cells
 
 
@@ -337,9 +339,12 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     for s in sources:
         with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)  # no explained feature: NaN rows
+            # each feature's R^2 floored at -1, what guessing a random cell's value scores in expectation: one
+            # feature at R^2 -4,676 made a modality with 399 "predict" features read as entirely lost (a floor at
+            # 0 would bias the bootstrap draws of the many features near 0 upwards, past their estimate)
             frac = np.clip(
-                np.nanmean(fixed[s][:, explained], 1)
-                / np.nanmean(fixed["measured"][:, explained], 1),
+                np.nanmean(np.clip(fixed[s][:, explained], R2_FLOOR, None), 1)
+                / np.nanmean(np.clip(fixed["measured"][:, explained], R2_FLOOR, None), 1),
                 0,
                 1,
             )
@@ -352,7 +357,9 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
                     "n_features": len(keep),
                     "n_explained": int(explained.sum()),
                     "mean_r2_measured": float(np.nanmean(measured[0, explained])),
-                    "mean_r2_predicted": float(np.nanmean(r2[s][0, explained])),
+                    "mean_r2_predicted": float(
+                        np.nanmean(np.clip(r2[s][0, explained], R2_FLOOR, None))
+                    ),
                     "pooled_r2_predicted": float(1.0 - acc[f"sse:{s}"][0].sum() / sst[0].sum()),
                     **{k: float(v) for k, v in with_ci("recoverable", frac, cfg.ci).items()},
                     "lost": float(1.0 - frac[0]),

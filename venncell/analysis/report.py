@@ -260,7 +260,8 @@ def _dimension_table(result: AttributionResult) -> str:
         + ")"
     )
     g = d.groupby(["block", "component"], sort=False).agg(
-        variance=("explained_variance_ratio", "first"), features=("item", ", ".join)
+        **{"share of the block's variance": ("explained_variance_ratio", "first")},
+        features=("item", ", ".join),
     )
     return g.to_html(float_format=lambda v: f"{v:.3f}", border=0)
 
@@ -404,7 +405,9 @@ def _fig_umaps(result: AttributionResult):
         coords = _umap(x[ok], result.config.seed) if ok.sum() > 3 else np.zeros((ok.sum(), 2))
         for j, name in enumerate(markers):
             ax = axes[i][j]
-            _scatter(ax, coords, None if name is None else values[name][ok])
+            shown = _scatter(ax, coords, None if name is None else values[name][ok])
+            if shown is not None and i == len(blocks) - 1:  # one colour bar per numeric column
+                fig.colorbar(shown, ax=axes[:, j].tolist(), shrink=0.6, pad=0.02)
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
                 ax.set_title(name or "", fontsize=9)
@@ -413,15 +416,17 @@ def _fig_umaps(result: AttributionResult):
     return fig
 
 
-def _scatter(ax, coords: np.ndarray, values) -> None:
-    """Colour by a marker: viridis for numbers, tab20 for categories (legend when few)."""
+def _scatter(ax, coords: np.ndarray, values):
+    """Colour by a marker: viridis for numbers (returned, for a colour bar), tab20 for categories, with a legend
+    when few and each category's name at its cells' median when more (tab20's colours repeat)."""
     if values is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=3, color="#777")
-        return
+        return None
     v = pd.Series(values)
     if pd.api.types.is_numeric_dtype(v):
-        ax.scatter(coords[:, 0], coords[:, 1], s=3, c=v.to_numpy(dtype=float), cmap="viridis")
-        return
+        return ax.scatter(
+            coords[:, 0], coords[:, 1], s=3, c=v.to_numpy(dtype=float), cmap="viridis"
+        )
     cats = pd.Categorical(v.astype(str))
     cmap = colormaps["tab20"]
     ax.scatter(coords[:, 0], coords[:, 1], s=3, c=[cmap(c % 20) for c in cats.codes])
@@ -431,6 +436,13 @@ def _scatter(ax, coords: np.ndarray, values) -> None:
             for k, c in enumerate(cats.categories)
         ]
         ax.legend(handles=handles, fontsize=6, loc="best", frameon=False, markerscale=0.8)
+        return None
+    for k, c in enumerate(cats.categories):
+        inside = cats.codes == k
+        if inside.any():
+            x, y = np.median(coords[inside], axis=0)
+            ax.text(x, y, c, fontsize=4.5, ha="center", va="center", color="#222")
+    return None
 
 
 __all__ = ["render_html", "write_report"]
