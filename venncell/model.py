@@ -270,7 +270,8 @@ class VennCell:
 
         Returns
         -------
-        The last logged metrics of each stage and their wall times.
+        The last logged metrics of each stage (``"stage1"``, ``"stage2"``), their wall times (``"wall_time_s"``)
+        and every epoch's row (``"epochs"``, see ``epoch_history``); also kept as ``model.history``.
         """
         from venncell.train.schedule import run_two_stage
 
@@ -318,7 +319,7 @@ class VennCell:
         """One row per epoch of a training stage (``"stage1"`` or ``"stage2"``), indexed by epoch: every loss
         term's mean over the epoch's training batches and, in the epochs where validation ran, the held-out values
         (``stage2/val/...``), under the names of the CSV logs. For convergence plots, like scvi-tools'
-        ``model.history``; ``train()``'s return value holds only each stage's last values."""
+        ``model.history``; it reads ``train()``'s ``history["epochs"]``."""
         self._require_trained()
         if stage not in ("stage1", "stage2"):
             raise VennCellInputError(f"stage={stage!r}: use 'stage1' or 'stage2'.")

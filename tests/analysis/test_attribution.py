@@ -413,3 +413,19 @@ def test_no_markers_constant_features_and_undefined_fractions(helpers):
         assert rna.loc[undefined, col].isna().all(), col
     # and the mean EV is the mean over the 29 others, not diluted by the constant one
     assert summary.loc["rna", "ev_explained"] > 0
+
+
+def test_cluster_ids_as_whole_numbers_are_flagged(trained_tiny):
+    """Integer cluster ids were probed by regression on arbitrary codes without a word: relabelling the same
+    partition changed the verdict."""
+    from venncell.data.validate import VennCellInputWarning
+
+    model, mdata, _ = trained_tiny
+    mdata.obs["ids"] = np.arange(mdata.n_obs) % 6
+    try:
+        with pytest.warns(
+            VennCellInputWarning, match="'ids' holds 6 whole numbers.*astype\\('category'\\)"
+        ):
+            model.attribution(["ids"], progress=False, n_boot=20, n_perm=20, write_var=False)
+    finally:
+        del mdata.obs["ids"]

@@ -162,8 +162,13 @@ def test_sets_too_small_for_the_panel_say_so():
     sets = {"mine": {"MONO": ["LYZ", "CD14", "S100A8", "FCN1"], "B": ["MS4A1", "CD79A", "PAX5"]}}
     cfg = EnrichmentConfig()
     note = untestable_note("rna", panel, sets, cfg)
-    assert "no gene set has between min_size=5" in note and "'MONO', has 3" in note, note
-    assert "min_size=3" in note
+    assert "no gene set has between min_size=5" in note and "largest small set has 3" in note, note
+    assert "min_size=3" in note and "max_size" not in note.split("features")[1]
+    huge = {"mine": {"ALL": list(panel) * 1, "B": ["MS4A1"]}}
+    note = untestable_note("rna", panel, huge, EnrichmentConfig(min_size=2, max_size=5))
+    assert "raise max_size (its smallest large set has 10)" in note and "lower min_size" in note, (
+        note
+    )
     assert untestable_note("rna", panel, sets, EnrichmentConfig(min_size=3)) == ""
     with pytest.raises(VennCellInputError, match="too small for this panel"):
         check_overlap("rna", panel, sets)

@@ -291,10 +291,27 @@ def test_a_fresh_run_in_an_old_run_folder_removes_its_outputs_first(
     and venncell-report reported the old model without a word."""
     from hydra import compose, initialize_config_module
 
+    from venncell.cli.common import clear_earlier_outputs
     from venncell.cli.store import register_configs
     from venncell.cli.train import run_train
 
-    for name in ("report.html", "attribution_markers.csv", "metrics.json", "notes.txt"):
+    # a folder that never held a run keeps files that only share a name with a run's outputs
+    (tmp_path / "mine").mkdir()
+    for name in ("metrics.json", "plan_budget.csv"):
+        (tmp_path / "mine" / name).write_text("mine")
+    clear_earlier_outputs(tmp_path / "mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [
+        "metrics.json",
+        "plan_budget.csv",
+    ]
+
+    for name in (
+        "config_resolved.yaml",
+        "report.html",
+        "attribution_markers.csv",
+        "metrics.json",
+        "notes.txt",
+    ):
         (tmp_path / name).write_text("old")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "venncell.json").write_text("{}")
@@ -308,8 +325,16 @@ def test_a_fresh_run_in_an_old_run_folder_removes_its_outputs_first(
         cfg = compose("config", overrides=[*helpers.TINY_CLI, "logger=none"])
     with pytest.raises(KeyboardInterrupt):
         run_train(cfg, tmp_path)
-    # only the user's own file and the new run's config are left
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config_resolved.yaml", "notes.txt"]
+    # only the user's own files and the new run's config are left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config_resolved.yaml",
+        "mine",
+        "notes.txt",
+    ]
+    # and the run's input is kept though it has an output's name (venn.h5mu carries its setup)
+    (tmp_path / "venn.h5mu").write_text("data")
+    clear_earlier_outputs(tmp_path, keep=tmp_path / "venn.h5mu")
+    assert (tmp_path / "venn.h5mu").exists()
 
 
 def test_train_report_takes_venncell_reports_settings_and_checks_them_first(

@@ -159,6 +159,11 @@ def test_zero_variance_feature_dropped_or_kept():
     turned["rna"].var_names = [str(i) for i in range(6)][::-1]
     with pytest.warns(VennCellInputWarning, match="'rna': features reordered"):
         model._data_for(turned)
+    # one extra feature beside the dropped one: one extra, not two
+    wider = _pair(np.hstack([x, _counts(f=1, seed=3)]), _counts(seed=1))
+    wider["rna"].var_names = [str(i) for i in range(6)] + ["X"]
+    with pytest.warns(VennCellInputWarning, match="'rna': the data has 1 extra feature"):
+        model._data_for(wider)
 
 
 def test_zero_variance_policy_unknown():

@@ -813,3 +813,26 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decode
         np.testing.assert_array_equal(model.get_latent_representation(query), known)
     with pytest.raises(VennCellInputError, match="not a column.*prediction reads the batch"):
         model.predict_modality(query, source=["rna"], target="protein")
+
+
+def test_a_modality_changed_without_update_is_refused_not_mispaired(helpers):
+    """A modality reordered (or filtered) after the MuData was built, without mdata.update(), was paired with
+    the wrong cells through mdata.obsmap: training and embedding went on with scrambled cells (or an IndexError)."""
+    mdata, _ = make_synthetic(n_cells=120, modalities={"rna": 30, "protein": 10}, seed=0)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, **TINY)
+    model.train(**helpers.FAST)
+    for change in (
+        lambda m: m.mod.__setitem__(
+            "rna", m["rna"][np.random.default_rng(5).permutation(m.n_obs)].copy()
+        ),
+        lambda m: m.mod.__setitem__("protein", m["protein"][:30].copy()),
+    ):
+        changed = mdata.copy()
+        change(changed)
+        with pytest.raises(VennCellInputError, match="no longer match.*mdata.update()"):
+            model.get_latent_representation(changed)
+        with pytest.raises(VennCellInputError, match="no longer match.*mdata.update()"):
+            VennCell(changed, **TINY)
+        changed.update()  # the fix it gives: then the cells pair by name again
+        model.get_latent_representation(changed)

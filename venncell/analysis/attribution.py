@@ -276,7 +276,8 @@ def attribute(
     )
 
 
-# the columns of every marker row: a run without markers keeps them (res.markers[["marker", "verdict"]] works)
+# the columns every marker row has whatever the model (intervals and per-modality gains besides): a run without
+# markers keeps them, so res.markers[["marker", "verdict"]] works
 MARKER_COLUMNS = [
     "marker",
     "source",

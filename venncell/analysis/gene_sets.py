@@ -212,18 +212,25 @@ def enrich(
 def untestable_note(modality: str, symbols: pd.Index, collections: dict, cfg) -> str:
     """Why nothing of ``modality`` can be tested when no set has between min_size and max_size of its features
     (an empty result said nothing), else ""."""
-    sizes = {
-        (c, t): int(symbols.isin(genes).sum())
-        for c, sets in collections.items()
-        for t, genes in sets.items()
-    }
-    if any(cfg.min_size <= n <= cfg.max_size for n in sizes.values()):
+    present = set(symbols)
+    sizes = [
+        len(present.intersection(genes))
+        for sets in collections.values()
+        for genes in sets.values()
+    ]
+    if not sizes or any(cfg.min_size <= n <= cfg.max_size for n in sizes):
         return ""
-    (_, term), largest = max(sizes.items(), key=lambda kv: kv[1])
+    small, large = [n for n in sizes if n < cfg.min_size], [n for n in sizes if n > cfg.max_size]
+    fixes = []
+    if small:
+        fixes.append(
+            f"lower min_size (its largest small set has {max(small)}, e.g. min_size={max(1, max(small))})"
+        )
+    if large:
+        fixes.append(f"raise max_size (its smallest large set has {min(large)})")
     return (
-        f"{modality}: no gene set has between min_size={cfg.min_size} and max_size={cfg.max_size} of its features "
-        f"(the largest, '{term}', has {largest}), so nothing was tested. Lower min_size (e.g. "
-        f"min_size={max(1, largest)}) or give larger sets."
+        f"{modality}: no gene set has between min_size={cfg.min_size} and max_size={cfg.max_size} of its features, "
+        f"so nothing was tested: {' or '.join(fixes)}, or give other sets."
     )
 
 

@@ -108,10 +108,30 @@ def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
     if source == "obs":
         col = mdata.obs[key].iloc[idx]  # mdata.obs rows are the model's cells, in order
         kind = infer_kind(col)
+        _warn_if_ids(key, col, kind)
         values = col.astype(object if kind == "categorical" else float).to_numpy()
         return Marker(name, "obs", kind, values)
     j = specs[source].features.index(key)
     return Marker(name, source, "continuous", _feature_values(data, source, j, idx), feature=j)
+
+
+def _warn_if_ids(key: str, col: pd.Series, kind: str) -> None:
+    """Whole numbers with few values (cluster ids) are probed as a number, so relabelling the clusters changed the
+    verdict; say so and how to make them categories."""
+    distinct = col.dropna().unique()
+    if (
+        kind == "continuous"
+        and 2 < len(distinct) <= 50
+        and pd.api.types.is_integer_dtype(col)
+        and len(distinct) <= 0.05 * len(col)
+    ):
+        warnings.warn(
+            f"Marker '{key}' holds {len(distinct)} whole numbers and is probed as a number (regression). If they "
+            f"are labels such as cluster ids, make it a category: mdata.obs['{key}'] = "
+            f"mdata.obs['{key}'].astype('category').",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def infer_kind(values) -> str:

@@ -405,7 +405,9 @@ def _fig_umaps(result: AttributionResult):
         coords = _umap(x[ok], result.config.seed) if ok.sum() > 3 else np.zeros((ok.sum(), 2))
         for j, name in enumerate(markers):
             ax = axes[i][j]
-            shown = _scatter(ax, coords, None if name is None else values[name][ok])
+            shown = _scatter(
+                ax, coords, None if name is None else values[name][ok], _range(values, name)
+            )
             if shown is not None and i == len(blocks) - 1:  # one colour bar per numeric column
                 fig.colorbar(shown, ax=axes[:, j].tolist(), shrink=0.6, pad=0.02)
             ax.set_xticks([]), ax.set_yticks([])
@@ -416,7 +418,16 @@ def _fig_umaps(result: AttributionResult):
     return fig
 
 
-def _scatter(ax, coords: np.ndarray, values):
+def _range(values: dict, name) -> tuple[float, float] | None:
+    """One colour scale for a numeric marker over every block row (each row has its own cells), so the column's
+    colour bar reads every panel."""
+    v = None if name is None else pd.Series(values[name])
+    if v is None or not pd.api.types.is_numeric_dtype(v) or not v.notna().any():
+        return None
+    return float(v.min()), float(v.max())
+
+
+def _scatter(ax, coords: np.ndarray, values, limits=None):
     """Colour by a marker: viridis for numbers (returned, for a colour bar), tab20 for categories, with a legend
     when few and each category's name at its cells' median when more (tab20's colours repeat)."""
     if values is None:
@@ -424,8 +435,15 @@ def _scatter(ax, coords: np.ndarray, values):
         return None
     v = pd.Series(values)
     if pd.api.types.is_numeric_dtype(v):
+        lo, hi = limits if limits is not None else (None, None)
         return ax.scatter(
-            coords[:, 0], coords[:, 1], s=3, c=v.to_numpy(dtype=float), cmap="viridis"
+            coords[:, 0],
+            coords[:, 1],
+            s=3,
+            c=v.to_numpy(dtype=float),
+            cmap="viridis",
+            vmin=lo,
+            vmax=hi,
         )
     cats = pd.Categorical(v.astype(str))
     cmap = colormaps["tab20"]

@@ -108,24 +108,32 @@ RUN_OUTPUTS = (
 )
 
 
-def clear_earlier_outputs(run_dir: Path) -> None:
-    """A fresh run in a folder holding an earlier run's outputs removes them first: killed before it wrote its own,
-    it left the old model and latents beside its new config, and venncell-report reported the old model."""
-    if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
-        return  # a DDP worker re-running the command: rank 0 has cleared the folder
-    found = sorted({p for pattern in RUN_OUTPUTS for p in Path(run_dir).glob(pattern)})
+def clear_earlier_outputs(run_dir: Path, keep: Path | None = None) -> None:
+    """A fresh run in the folder of an earlier venncell-train run (it holds that run's config_resolved.yaml)
+    removes that run's outputs first: killed before it wrote its own, it left the old model and latents beside its
+    new config, and venncell-report reported the old model. A folder that never held a run is left alone (its
+    files may only share a name with ours), and so is ``keep``, the run's input data."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    run_dir = Path(run_dir)
+    if rank_zero_only.rank != 0 or not (run_dir / "config_resolved.yaml").is_file():
+        return  # another DDP rank (rank 0 clears), or not a venncell run folder
+    kept = keep.resolve() if keep is not None else None
+    found = sorted(
+        {p for pattern in RUN_OUTPUTS for p in run_dir.glob(pattern) if p.resolve() != kept}
+    )
     if not found:
         return
     log.warning(
-        "%s holds an earlier run's outputs (%s); starting afresh (resume=false), they are removed.",
+        "%s holds an earlier run's outputs (%s); starting afresh, they are removed.",
         run_dir,
         ", ".join(p.name for p in found),
     )
     for p in found:
-        if p.is_dir():
-            shutil.rmtree(p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
         else:
-            p.unlink()
+            p.unlink(missing_ok=True)
 
 
 def check_output_dir(argv: list[str]) -> None:

@@ -98,8 +98,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     ):  # before anything of this run is written: a mismatch must leave the earlier run intact
         model.check_resume(run_dir, **train_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        clear_earlier_outputs(run_dir)
+    if not cfg.resume or not any(
+        (run_dir / "checkpoints").rglob("*.ckpt")
+    ):  # a fresh start either way
+        clear_earlier_outputs(run_dir, keep=_input_path(cfg))
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     history = model.train(
         run_dir=run_dir, logger=make_loggers(cfg, run_dir), resume=cfg.resume, **train_kwargs
@@ -155,6 +157,12 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     )  # keep last: logs recovery and figures to W&B, closes the run
     log.info("Wrote %s", run_dir)
     return metrics
+
+
+def _input_path(cfg: DictConfig) -> Path | None:
+    """The run's input file (data=mudata), which a fresh run must not remove even when it lies in the run folder."""
+    path = cfg.data.get("path") if cfg.data.get("name") == "mudata" else None
+    return Path(path) if path else None
 
 
 def _write_latents_file(mdata, run_dir: Path, backed: bool) -> None:

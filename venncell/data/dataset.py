@@ -321,11 +321,25 @@ class MultiModalData:
 
 
 def _rows(mdata: md.MuData, name: str) -> np.ndarray:
-    if name in mdata.obsmap:
-        return (
-            np.asarray(mdata.obsmap[name]).astype(np.int64) - 1
-        )  # mudata stores 1-based, 0 = absent
-    return np.arange(mdata.n_obs)
+    """Each cell's row in modality ``name`` (-1: absent), from mdata's map of cells, checked against the
+    modality's own cell names: a modality replaced, reordered or filtered without ``mdata.update()`` was paired
+    with the wrong cells without a word (or failed with an IndexError)."""
+    if name not in mdata.obsmap:
+        return np.arange(mdata.n_obs)
+    rows = np.asarray(mdata.obsmap[name]).astype(np.int64) - 1  # mudata stores 1-based, 0 = absent
+    own = np.asarray(mdata.mod[name].obs_names)
+    present = rows >= 0
+    if (
+        len(rows) != mdata.n_obs
+        or rows.max(initial=-1) >= len(own)
+        or (own[rows[present]] != np.asarray(mdata.obs_names)[present]).any()
+    ):
+        raise VennCellInputError(
+            f"Modality '{name}': its cells no longer match the MuData's map of cells (mdata.obsmap['{name}']): it "
+            "was replaced, reordered or filtered after the MuData was built. Call `mdata.update()` (and set the "
+            "data up again if it was set up before) so that each cell is paired with its own rows."
+        )
+    return rows
 
 
 def _csr_rows(x: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -139,7 +139,8 @@ class DataRegistry:
         shown = [str(u) for u in unknown[:5]]
         return (
             f"batch_key '{self.batch_key}': categories {shown} were not seen in training (it knew "
-            f"{_shown(self.batch_categories)}){what}. Map the new cells to a training batch, or retrain with them."
+            f"{_shown([repr(c) for c in self.batch_categories])}){what}. Map the new cells to a training batch, "
+            "or retrain with them."
         )
 
 
@@ -482,9 +483,12 @@ def align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
             "model's features (model.registry) -- e.g. reindex and fill with zeros -- or retrain."
         )
     features = set(spec.features)
-    if not set(var_names) - features <= set(spec.dropped_features):
+    extra = (
+        set(var_names) - features - set(spec.dropped_features)
+    )  # the dropped ones are known, not extra
+    if extra:
         warnings.warn(
-            f"Modality '{spec.name}': the data has {len(var_names) - len(spec.features)} extra feature(s); "
+            f"Modality '{spec.name}': the data has {len(extra)} extra feature(s); "
             "using the model's features only, in the model's order.",
             VennCellInputWarning,
             stacklevel=4,

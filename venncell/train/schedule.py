@@ -304,8 +304,21 @@ def check_resume(
     """Raise a clear error, before anything is written, when ``run_dir``'s checkpoints belong to another run."""
     cfg = cfg.for_cells(data.n_cells)
     expected = fingerprint(module, data, is_train, cfg)
-    for stage, epochs in (("stage1", cfg.stage1_epochs), ("stage2", cfg.stage2_epochs)):
-        _resume_path(Path(run_dir), stage, True, expected, epochs, say=False)
+    path1, _, _ = _resume_path(
+        Path(run_dir), "stage1", True, expected, cfg.stage1_epochs, say=False
+    )
+    # stage 1 trains further: stage 2 then starts again, so its checkpoints' epochs do not matter
+    further = path1 is None or _trained_epochs(path1) < cfg.stage1_epochs
+    _resume_path(
+        Path(run_dir), "stage2", True, expected, None if further else cfg.stage2_epochs, say=False
+    )
+
+
+def _trained_epochs(path: str) -> int:
+    return (
+        int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1))
+        + 1
+    )
 
 
 def _batches_done(trainer: L.Trainer) -> int:
@@ -382,7 +395,7 @@ def run_two_stage(
 ) -> dict:
     """Stage 1 (latents + decoders) then stage 2 (encoders), each resumable from its last checkpoint.
 
-    Returns the last logged metrics of each stage.
+    Returns the last logged metrics of each stage, their wall times and every epoch's row (``"epochs"``).
     """
     threads, why = threads_for(cfg)
     log.info(
@@ -477,8 +490,11 @@ def _run_two_stage(
     # not sharded: every rank scores every held-out cell, so the logged values agree without a sync
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
     train2 = _loader(data, train_idx, cfg.seed + 1, trainer2, False, cfg, resident)
-    ckpt2, step2, row2 = _resume_path(run_dir, "stage2", resume, expected, cfg.stage2_epochs)
-    if ckpt2 is not None and _batches_done(trainer1) != step1:
+    further = _batches_done(trainer1) != step1  # then stage 2's checkpoints are discarded below
+    ckpt2, step2, row2 = _resume_path(
+        run_dir, "stage2", resume, expected, None if further else cfg.stage2_epochs
+    )
+    if ckpt2 is not None and further:
         # stage 1 trained on (more epochs asked for): stage 2's checkpoints hold the old stage-1 latents and
         # encoders fitted to them, and resuming one would put them back
         log.warning(
