@@ -356,21 +356,17 @@ class VennCell:
                 backed=bool(getattr(mdata, "isbacked", False)),
             )
             self._warn_other_scale(data)
-            if data.batch_missing:
-                warnings.warn(
-                    f"batch_key '{self.registry.batch_key}' is not a column of mdata.obs. The cells are embedded by "
-                    "the encoders, which do not read the batch, but their batch effect is not corrected as the "
-                    "training batches' is. Predictions, refine_epochs and cell weights need each cell's training "
-                    "batch.",
-                    VennCellInputWarning,
-                    stacklevel=user_stacklevel(),
+            if data.batch_missing or data.unseen_batches:
+                key = self.registry.batch_key
+                what = (
+                    f"batch_key '{key}' is not a column of mdata.obs"
+                    if data.batch_missing
+                    else f"batch_key '{key}': batches {data.unseen_batches[:5]} were not in training"
                 )
-            if data.unseen_batches:
                 warnings.warn(
-                    f"batch_key '{self.registry.batch_key}': batches {data.unseen_batches[:5]} were not in "
-                    "training. Their cells are embedded by the encoders, which do not read the batch, but their "
-                    "batch effect was never learned, so it is not corrected as the training batches' is. Predictions, "
-                    "refine_epochs and cell weights need a training batch: map them to one for those.",
+                    f"{what}. The cells are embedded by the encoders, which do not read the batch, but their batch "
+                    "effect is not corrected as the training batches' is. Predictions, refine_epochs and cell "
+                    "weights need each cell's training batch: map them to one for those.",
                     VennCellInputWarning,
                     stacklevel=user_stacklevel(),
                 )

@@ -25,8 +25,7 @@ class Direction:
 def block_directions(data, idx: np.ndarray, lat: dict, cfg) -> list[Direction]:
     """The first ``cfg.n_components`` principal components of every latent block (shared, Venn regions, privates),
     fitted on the cells ``idx`` (rows of ``lat``), with each feature's correlation. Every cell, as MOFA+'s
-    loadings: fitted on the held-out tenth alone (50 cells of 500), a component's top genes could be chance and a
-    gene set "enriched" in a block that the marker probes found no trace of it in."""
+    loadings: on a held-out subset alone a component's top genes can be chance."""
     feats = {m: _feature_matrix(data, m, idx) for m in data.specs}
     names = pd.MultiIndex.from_tuples(
         [(m, f) for m in feats for f in data.specs[m].feature_names], names=["modality", "feature"]

@@ -211,7 +211,7 @@ def enrich(
 
 def untestable_note(modality: str, symbols: pd.Index, collections: dict, cfg) -> str:
     """Why nothing of ``modality`` can be tested when no set has between min_size and max_size of its features
-    (an empty result said nothing), else ""."""
+    (else an empty result would say nothing), or ""."""
     present = set(symbols)
     sizes = [
         len(present.intersection(genes))

@@ -116,8 +116,8 @@ def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
 
 
 def _warn_if_ids(key: str, col: pd.Series, kind: str) -> None:
-    """Whole numbers with few values (cluster ids) are probed as a number, so relabelling the clusters changed the
-    verdict; say so and how to make them categories."""
+    """Whole numbers with few values (cluster ids) are probed as a number, so the verdict would depend on how the
+    clusters are numbered; say so and how to make them categories."""
     distinct = col.dropna().unique()
     if (
         kind == "continuous"
@@ -163,10 +163,10 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
     found = [c for c in obs if c.casefold() == folded] if not sep or mod == "obs" else []
     for m in mods:
         for same in (lambda f: f.casefold() == folded, lambda f: folded in _words(f)):
-            found += [f"{m}:{f}" for f in specs[m].features if same(f) and f"{m}:{f}" not in found]
+            found += [f"{m}:{f}" for f in specs[m].features if same(f)]
         if found and sep and m == mod:
             break
-    close = found[:5] or close
+    close = list(dict.fromkeys(found))[:5] or close
     images = [m for m, s in specs.items() if s.kind == "image"]
     if images:
         msg += (
@@ -252,9 +252,8 @@ def probe_markers(
             f"{int(finite.sum())} of {len(finite)} are. Attribute markers on a model of modalities measured "
             "together, or pass markers=[] for the per-feature tables alone."
         )
-    if (
-        warn_incomplete and not finite.all()
-    ):  # a private block's gain is measured on cells that have it
+    # a private block's gain is measured on cells that have it
+    if warn_incomplete and not finite.all():
         warnings.warn(
             f"Markers are probed on the {int(finite.sum())} of {len(finite)} cells measured in every modality "
             f"({', '.join(modalities)}); the other {int((~finite).sum())} lack a private block. Verdicts of "

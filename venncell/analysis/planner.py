@@ -339,9 +339,9 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     for s in sources:
         with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)  # no explained feature: NaN rows
-            # each feature's R^2 floored at -1, what guessing a random cell's value scores in expectation: one
-            # feature at R^2 -4,676 made a modality with 399 "predict" features read as entirely lost (a floor at
-            # 0 would bias the bootstrap draws of the many features near 0 upwards, past their estimate)
+            # each feature's R^2 floored at -1, what guessing a random cell's value scores in expectation, so one
+            # near-constant feature cannot sink its modality's mean (a floor at 0 would bias the bootstrap draws
+            # of the many features near 0 upwards, past their estimate)
             frac = np.clip(
                 np.nanmean(np.clip(fixed[s][:, explained], R2_FLOOR, None), 1)
                 / np.nanmean(np.clip(fixed["measured"][:, explained], R2_FLOOR, None), 1),

@@ -24,8 +24,8 @@ def _load_for_apply(cfg: DictConfig):
 
 
 def _output(run_dir: Path, output: str) -> Path:
-    """Where ``output=`` goes: inside the run's folder unless absolute; its folders are made (output=emb/x.h5mu
-    failed on the missing emb/, while model.save makes its parents)."""
+    """Where ``output=`` goes: inside the run's folder unless absolute; its folders are made, as model.save
+    makes its parents."""
     out = run_dir / output
     out.parent.mkdir(parents=True, exist_ok=True)
     return out

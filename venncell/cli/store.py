@@ -118,7 +118,7 @@ def register_configs() -> None:
 
 def _without_seed(train: TrainConfig):
     """The trainer group without ``seed``: a run's one seed is the top-level ``seed=`` (model and training), and a
-    ``trainer.seed=`` beside it was accepted and ignored, so a seed sweep over it gave identical runs."""
+    ``trainer.seed=`` beside it would be ignored."""
     node = OmegaConf.structured(train)
     OmegaConf.set_struct(node, False)
     del node["seed"]

@@ -33,7 +33,7 @@ from venncell.module.config import ModelConfig
 from venncell.train.config import TrainConfig
 
 # ground-truth recovery is scored on at most this many cells (a random subset beyond): its kNN probes grow
-# faster than the cells and outlasted a short training on large synthetic data
+# faster than the cells
 RECOVERY_CELLS = 10_000
 
 
@@ -57,9 +57,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path):
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     """Everything ``venncell-train`` does, callable from Python (tests, sweeps)."""
-    if (
-        "seed" in cfg.trainer
-    ):  # only as +trainer.seed: the group has no such key (store._without_seed)
+    # only as +trainer.seed: the group has no such key (store._without_seed)
+    if "seed" in cfg.trainer:
         raise VennCellInputError(
             "trainer.seed is not a setting of venncell-train: the run's one seed is the top-level `seed=` "
             "(e.g. seed=1, or -m seed=0,1,2 for a sweep)."
@@ -98,9 +97,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     ):  # before anything of this run is written: a mismatch must leave the earlier run intact
         model.check_resume(run_dir, **train_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume or not any(
-        (run_dir / "checkpoints").rglob("*.ckpt")
-    ):  # a fresh start either way
+    # a fresh start either way: resume=false, or nothing to resume
+    if not cfg.resume or not any((run_dir / "checkpoints").rglob("*.ckpt")):
         clear_earlier_outputs(run_dir, keep=_input_path(cfg))
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     history = model.train(
@@ -124,7 +122,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
             min(mdata.n_obs, RECOVERY_CELLS),
         )
         # read back what write_latents just put in .obsm (the default, then each alone) rather than embed again;
-        # every block, regions included (without them each region's recovery was NaN)
+        # every block, regions included
         for source, suffix in (("average", ""), ("encoder", "_encoder"), ("stage1", "_stage1")):
             learned = {
                 key: mdata.obsm[f"{name}{suffix}"]

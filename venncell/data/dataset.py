@@ -322,8 +322,8 @@ class MultiModalData:
 
 def _rows(mdata: md.MuData, name: str) -> np.ndarray:
     """Each cell's row in modality ``name`` (-1: absent), from mdata's map of cells, checked against the
-    modality's own cell names: a modality replaced, reordered or filtered without ``mdata.update()`` was paired
-    with the wrong cells without a word (or failed with an IndexError)."""
+    modality's own cell names: a modality replaced, reordered or filtered without ``mdata.update()`` would be
+    paired with the wrong cells."""
     if name not in mdata.obsmap:
         return np.arange(mdata.n_obs)
     rows = np.asarray(mdata.obsmap[name]).astype(np.int64) - 1  # mudata stores 1-based, 0 = absent

@@ -177,9 +177,8 @@ def setup_options(
                 f"Modality '{name}' is not in the MuData (it has {list(mdata.mod)}). Fix the name in `modalities`."
             )
         registry[name] = _modality_options(name, mdata.mod[name], opts)
-        if (
-            registry[name].get("kind") != "image"
-        ):  # at setup, as its message says, not at VennCell(mdata)
+        # at setup, as its message says, not at VennCell(mdata)
+        if registry[name].get("kind") != "image":
             check_unique_names(name, mdata.mod[name].var_names)
     if batch_key is not None:
         if batch_key not in mdata.obs:
@@ -331,7 +330,7 @@ def stored_options(mdata) -> dict | None:
 
 def as_setup_options(stored: dict) -> dict:
     """A stored setup's modalities in ``setup_mudata``'s own words, to set the data up again (the command line):
-    an image's stored ``image_key`` / ``image_store`` were refused there (it takes ``obsm_key`` / ``store``)."""
+    an image's stored ``image_key`` / ``image_store`` become ``obsm_key`` / ``store``, the names it takes."""
     names = {"image_key": "obsm_key", "image_store": "store"}
     keep = ("kind", "private_dim", "weight", "channels", *names)
     return {
@@ -483,9 +482,8 @@ def align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
             "model's features (model.registry) -- e.g. reindex and fill with zeros -- or retrain."
         )
     features = set(spec.features)
-    extra = (
-        set(var_names) - features - set(spec.dropped_features)
-    )  # the dropped ones are known, not extra
+    # the features setup dropped are known, not extra
+    extra = set(var_names) - features - set(spec.dropped_features)
     if extra:
         warnings.warn(
             f"Modality '{spec.name}': the data has {len(extra)} extra feature(s); "
@@ -493,9 +491,7 @@ def align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
             VennCellInputWarning,
             stacklevel=4,
         )
-    elif [
-        f for f in var_names if f in features
-    ] != spec.features:  # beside the features setup dropped
+    elif [f for f in var_names if f in features] != spec.features:  # beside the dropped ones
         warnings.warn(
             f"Modality '{spec.name}': features reordered to the model's order.",
             VennCellInputWarning,

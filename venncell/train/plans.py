@@ -172,9 +172,8 @@ class _Plan(L.LightningModule):
         self._check_finite()
         self._flush_terms()
         row = dict(self._epoch_row)
-        if (
-            self._validated
-        ):  # this epoch's validation has run (before this hook) and set its values
+        # Lightning validates before this hook: callback_metrics then hold this epoch's held-out values
+        if self._validated:
             metrics = self.trainer.callback_metrics
             row.update(
                 {k: float(v) for k, v in metrics.items() if "/val/" in k and v.numel() == 1}

@@ -36,7 +36,7 @@ from venncell.train.safety import (
     fingerprint,
     stop_on_signals,
 )
-from venncell.train.threads import auto_threads, available_cores, busy_cores, cpu_threads
+from venncell.train.threads import auto_threads_why, cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -255,14 +255,14 @@ def _resume_path(
     expected: dict | None = None,
     epochs: int | None = None,
     say: bool = True,
-) -> tuple[str | None, int, dict | None]:
-    """The newest readable checkpoint of a stage, its logged step and its epoch's log row (None, 0, None without
-    one): a kill during a checkpoint write can leave ``last.ckpt`` truncated, and then the per-epoch copy beside it
+) -> tuple[str | None, int, dict | None, int]:
+    """The newest readable checkpoint of a stage, its logged step, its epoch's log row and the epochs it has
+    trained (None, 0, None, 0 without one): a kill during a checkpoint write can leave ``last.ckpt`` truncated, and then the per-epoch copy beside it
     is used instead. ``expected``: the run's fingerprint, which the checkpoint must carry (``check_resumable``);
     ``epochs``: the stage's epochs now, which must not be fewer than the checkpoint has trained; ``say``: log which
-    checkpoint is used (not when only checking: the log said it three times)."""
+    checkpoint is used (once per run: not when only checking)."""
     if not resume:
-        return None, 0, None
+        return None, 0, None, 0
     folder = run_dir / "checkpoints" / stage
     candidates = [folder / "last.ckpt"] + sorted(folder.glob("epoch*.ckpt"), reverse=True)
     for path in candidates:
@@ -277,16 +277,16 @@ def _resume_path(
             continue
         if expected is not None:
             check_resumable(ckpt.get(FINGERPRINT_KEY), expected, path)
-        _check_epochs(ckpt, stage, epochs, run_dir)
+        done = int(ckpt.get("epoch", -1)) + 1
+        _check_epochs(done, stage, epochs, run_dir)
         if say:
             log.info("Resuming %s from %s", stage, path)
-        return str(path), _logged_step(ckpt), ckpt.get("venncell_epoch_row")
-    return None, 0, None
+        return str(path), _logged_step(ckpt), ckpt.get("venncell_epoch_row"), done
+    return None, 0, None, 0
 
 
-def _check_epochs(ckpt: dict, stage: str, epochs: int | None, run_dir: Path) -> None:
+def _check_epochs(done: int, stage: str, epochs: int | None, run_dir: Path) -> None:
     """Lightning refuses a checkpoint past the stage's epochs with its own traceback, after the run has started."""
-    done = int(ckpt.get("epoch", -1)) + 1
     if epochs is not None and done > epochs:
         raise VennCellInputError(
             f"resume: {stage} of {run_dir} has trained {done} epochs, more than the {epochs} asked for now "
@@ -304,20 +304,11 @@ def check_resume(
     """Raise a clear error, before anything is written, when ``run_dir``'s checkpoints belong to another run."""
     cfg = cfg.for_cells(data.n_cells)
     expected = fingerprint(module, data, is_train, cfg)
-    path1, _, _ = _resume_path(
-        Path(run_dir), "stage1", True, expected, cfg.stage1_epochs, say=False
-    )
+    done1 = _resume_path(Path(run_dir), "stage1", True, expected, cfg.stage1_epochs, say=False)[3]
     # stage 1 trains further: stage 2 then starts again, so its checkpoints' epochs do not matter
-    further = path1 is None or _trained_epochs(path1) < cfg.stage1_epochs
+    further = done1 < cfg.stage1_epochs
     _resume_path(
         Path(run_dir), "stage2", True, expected, None if further else cfg.stage2_epochs, say=False
-    )
-
-
-def _trained_epochs(path: str) -> int:
-    return (
-        int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1))
-        + 1
     )
 
 
@@ -398,9 +389,8 @@ def run_two_stage(
     Returns the last logged metrics of each stage, their wall times and every epoch's row (``"epochs"``).
     """
     threads, why = threads_for(cfg)
-    log.info(
-        "CPU threads: %d (%s)", threads, why
-    )  # the automatic choice depends on the machine's load
+    # logged: the automatic choice depends on the machine's load at the start
+    log.info("CPU threads: %d (%s)", threads, why)
     with warnings.catch_warnings(), cpu_threads(threads):
         # deliberate: under DDP the logged training terms are each rank's own shard (Stage1Plan._record)
         warnings.filterwarnings(
@@ -421,13 +411,7 @@ def threads_for(cfg: TrainConfig) -> tuple[int, str]:
         cfg.accelerator == "auto" and torch.cuda.is_available()
     )
     ranks = cfg.devices if isinstance(cfg.devices, int) and "ddp" in str(cfg.strategy) else 1
-    n = auto_threads(processes_per_machine=ranks, on_accelerator=on_accelerator)
-    why = (
-        "automatic: the host only feeds the accelerator"
-        if on_accelerator
-        else f"automatic: {available_cores()} cores, {busy_cores():.1f} busy, {ranks} process(es)"
-    )
-    return n, why
+    return auto_threads_why(processes_per_machine=ranks, on_accelerator=on_accelerator)
 
 
 def _run_two_stage(
@@ -463,7 +447,7 @@ def _run_two_stage(
     )
     plan1.fingerprint = expected
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
-    ckpt1, step1, row1 = _resume_path(run_dir, "stage1", resume, expected, cfg.stage1_epochs)
+    ckpt1, step1, row1, _ = _resume_path(run_dir, "stage1", resume, expected, cfg.stage1_epochs)
     if resume and ckpt1 is None:
         log.warning("resume: %s holds no checkpoint of this run; training starts afresh.", run_dir)
     if resume:
@@ -491,7 +475,7 @@ def _run_two_stage(
     val_loader = make_loader(data, val_idx, 1024, False) if len(val_idx) else None
     train2 = _loader(data, train_idx, cfg.seed + 1, trainer2, False, cfg, resident)
     further = _batches_done(trainer1) != step1  # then stage 2's checkpoints are discarded below
-    ckpt2, step2, row2 = _resume_path(
+    ckpt2, step2, row2, _ = _resume_path(
         run_dir, "stage2", resume, expected, None if further else cfg.stage2_epochs
     )
     if ckpt2 is not None and further:
@@ -525,7 +509,7 @@ def _stage_metrics(
     trainer: L.Trainer, run_dir: Path, stage: str, seconds: float, resumed: bool, step: int
 ) -> tuple[dict[str, float], float]:
     """A finished stage's last metrics and wall time, kept beside its checkpoints: a run resumed after the stage
-    had finished trains nothing in it, and its metrics.json had an empty stage and a wall time of ~0 s."""
+    had finished trains nothing in it, so its own metrics would be empty and its wall time ~0 s."""
     path = Path(run_dir) / "checkpoints" / f"{stage}_metrics.json"
     if resumed and _batches_done(trainer) == step and path.exists():
         kept = json.loads(path.read_text())

@@ -50,10 +50,19 @@ def auto_threads(processes_per_machine: int = 1, on_accelerator: bool = False) -
         True when the model trains on a GPU: the host then only assembles batches and launches kernels, for which
         one thread is enough.
     """
+    return auto_threads_why(processes_per_machine, on_accelerator)[0]
+
+
+def auto_threads_why(
+    processes_per_machine: int = 1, on_accelerator: bool = False
+) -> tuple[int, str]:
+    """``auto_threads`` and what it read to choose them (for the run's log), from one reading of the load."""
     if on_accelerator:
-        return 1
-    free = available_cores() - busy_cores()
-    return max(1, min(MAX_AUTO_THREADS, int(free // max(1, processes_per_machine))))
+        return 1, "automatic: the host only feeds the accelerator"
+    cores, busy = available_cores(), busy_cores()
+    ranks = max(1, processes_per_machine)
+    n = max(1, min(MAX_AUTO_THREADS, int((cores - busy) // ranks)))
+    return n, f"automatic: {cores} cores, {busy:.1f} busy, {ranks} process(es)"
 
 
 @contextlib.contextmanager
