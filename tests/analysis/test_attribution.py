@@ -225,6 +225,36 @@ def test_trained_dimensions_and_outputs(trained, tmp_path):
     assert len(js["markers"]) == len(markers) + len(MODS) and js["markers"][0]["verdict"]
 
 
+def test_variance_per_direction_counts_the_true_factors(trained, tmp_path):
+    """MOFA+'s variance explained per factor and view: the generator has 4 shared factors and 2 private ones per
+    modality, so exactly that many directions of each block hold a material part of a modality's EV (here: at least
+    15 % of the block's strongest direction; the true ones hold 30 % or more, the surplus 6 % or less), and a private
+    block's directions hold none of another modality's."""
+    _, mdata, truth, _, result = trained
+    c = result.components.set_index(["block", "component"])
+    assert len(c) == result.dimensions.groupby(["block", "component"]).ngroups
+    for m in MODS:
+        own = c.loc[f"private:{m}", f"ev_{m}"]
+        assert (own >= 0.15 * own.max()).sum() == truth.private[m].shape[1], (m, own)
+        others = [col for col in c.columns if col.startswith("ev_") and col != f"ev_{m}"]
+        assert c.loc[f"private:{m}", others].isna().all().all()
+        # the directions add up to about the block's own part of the modality (exactly, were the decoder linear)
+        summary = result.modalities.set_index("modality").loc[m]
+        assert 0.6 < own.sum() / summary["ev_private"] < 1.6, (own.sum(), summary["ev_private"])
+        shared = c.loc["shared", f"ev_{m}"]
+        assert (shared >= 0.15 * shared.max()).sum() == truth.shared.shape[1], (m, shared)
+    # every feature's r with every direction, as MOFA+'s loadings
+    loadings = mdata["protein"].varm["venn_loadings"]
+    assert list(loadings.index) == list(mdata["protein"].var_names)
+    top = result.dimensions.query(
+        "block == 'shared' and component == 'PC1' and modality == 'protein'"
+    ).iloc[0]
+    assert loadings.loc[top["feature"], "shared PC1"] == pytest.approx(top["correlation"])
+    result.write(tmp_path)
+    written = pd.read_csv(tmp_path / "attribution_components.csv")
+    assert len(written) == len(c) and "ev_atac" in written
+
+
 def test_gene_sets_per_block(trained, tmp_path):
     """Planted gene sets: the RNA features driven only by the shared factors, only by the private ones, and a random
     draw of the rest. The shared block's top features enrich the first, the private block's the second, neither

@@ -99,8 +99,10 @@ def test_report_html_embeds_decodable_figures(report_run):
         "<script" not in html and "http://" not in html and "https://" not in html
     )  # self-contained
     images = re.findall(r"<img[^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    # Venn summary, Venn diagram, feature scatter, marker heatmap, UMAP grid, recoverable fractions
-    assert len(images) == len(re.findall(r"<img", html)) == 6
+    # Venn summary, Venn diagram, feature scatter, marker heatmap, UMAP grid, EV per latent direction,
+    # recoverable fractions
+    assert len(images) == len(re.findall(r"<img", html)) == 7
+    assert "alt='EV per latent direction'" in html and "EV in rna" in html
     assert "alt='Venn diagram'" in html
     assert "Measure or predict" in html
     assert "Gene sets per block" in html and "modality &#x27;rna&#x27;: only 0 of its" in html

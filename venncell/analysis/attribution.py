@@ -68,7 +68,8 @@ import numpy as np
 import pandas as pd
 
 from venncell.analysis.cell_weights import cell_modality_weights
-from venncell.analysis.directions import dimension_view
+from venncell.analysis.direction_variance import direction_variance
+from venncell.analysis.directions import block_directions, dimension_view, write_loadings
 from venncell.analysis.features import (
     feature_attribution,
     modality_summary,
@@ -247,13 +248,16 @@ def attribute(
             score_rows.append(scores)
             bar.advance(task, len(group))
         bar.update(task, description="latent dimensions")
-        dims = dimension_view(data, idx, lat, cfg)
+        directions = block_directions(data, idx, lat, cfg)
+        dims = dimension_view(directions, cfg)
+        components = direction_variance(module, data, idx, lat, directions)
         weights = cell_modality_weights(
             module, data, stage1_latents(module, data)["shared"][idx], idx
         )
         bar.advance(task)
     if write_var:
         write_var_columns(mdata, features)
+        write_loadings(mdata, directions)
     return AttributionResult(
         config=cfg,
         features=features,
@@ -265,6 +269,7 @@ def attribute(
         else pd.DataFrame(columns=MARKER_COLUMNS),
         marker_scores=concat_frames(score_rows, ["marker", "block", "probe"]),
         dimensions=dims,
+        components=components,
         obs_names=data.obs_names[idx],
         marker_values={mk.name: mk.values for mk in resolved},
         cell_weights=weights,

@@ -11,6 +11,8 @@ from sklearn.decomposition import PCA
 
 from venncell.data.transforms import log_normalised
 
+LOADINGS_KEY = "venn_loadings"
+
 
 @dataclass
 class Direction:
@@ -20,6 +22,7 @@ class Direction:
     component: str
     explained_variance_ratio: float
     correlation: pd.Series  # indexed by (modality, feature)
+    axis: np.ndarray  # the unit vector in the block's latent coordinates
 
 
 def block_directions(data, idx: np.ndarray, lat: dict, cfg) -> list[Direction]:
@@ -48,16 +51,17 @@ def block_directions(data, idx: np.ndarray, lat: dict, cfg) -> list[Direction]:
                 f"PC{c + 1}",
                 float(pca.explained_variance_ratio_[c]),
                 pd.Series(corr[:, c], names),
+                pca.components_[c],
             )
             for c in range(n_comp)
         ]
     return out
 
 
-def dimension_view(data, idx: np.ndarray, lat: dict, cfg) -> pd.DataFrame:
+def dimension_view(directions: list[Direction], cfg) -> pd.DataFrame:
     """Top features (by |Pearson r|, all modalities) of each principal component of each latent block."""
     rows = []
-    for d in block_directions(data, idx, lat, cfg):
+    for d in directions:
         r = d.correlation.to_numpy()
         for rank, i in enumerate(np.argsort(-np.abs(r))[: cfg.top_n]):
             rows.append(
@@ -72,6 +76,18 @@ def dimension_view(data, idx: np.ndarray, lat: dict, cfg) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def write_loadings(mdata, directions: list[Direction]) -> None:
+    """Every feature's Pearson r with every direction as ``mdata[m].varm["venn_loadings"]`` (one column per
+    direction, ``"<block> <component>"``; MOFA+'s loadings); features setup dropped get NaN."""
+    if not directions:
+        return
+    table = pd.DataFrame({f"{d.block} {d.component}": d.correlation for d in directions})
+    for m in table.index.unique("modality"):
+        ad = mdata.mod[m]
+        part = table.xs(m, level="modality")
+        ad.varm[LOADINGS_KEY] = part.reindex(ad.var_names.astype(str)).set_axis(ad.var_names)
 
 
 def _feature_matrix(data, m: str, cells: np.ndarray):

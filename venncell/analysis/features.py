@@ -19,7 +19,7 @@ VAR_PREFIX = "venn_"
 EMPTY_EV = 0.01
 
 
-def _normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tensor:
+def normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tensor:
     """Observed data on the decoders' normalised scale (what ``likelihood.normalised_mean`` predicts)."""
     return x / lib if spec.likelihood in PROPORTION_LIKELIHOODS else x
 
@@ -87,7 +87,7 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
         for start in range(0, n, 1024):
             rows = torch.arange(start, min(start + 1024, n))
             batch = data.get(cells[rows.numpy()])
-            y = _normalised_observed(spec, batch.x[m], batch.lib[m]).double().numpy()
+            y = normalised_observed(spec, batch.x[m], batch.lib[m]).double().numpy()
             w = weights[:, rows.numpy()]
             acc["sy"] = acc["sy"] + w @ y
             acc["syy"] = acc["syy"] + w @ y**2

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from venncell.analysis.features import _normalised_observed
+from venncell.analysis.features import normalised_observed
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records
 from venncell.data.files import atomic_write_text
@@ -271,7 +271,7 @@ def _error_sums(module, data, t, cells, own, shared_from, weights, keep) -> dict
     for start in range(0, len(cells), 1024):
         rows = np.arange(start, min(start + 1024, len(cells)))
         batch = data.get(cells[rows])
-        y = _normalised_observed(spec, batch.x[t], batch.lib[t]).double().numpy()[:, keep]
+        y = normalised_observed(spec, batch.x[t], batch.lib[t]).double().numpy()[:, keep]
         w = weights[:, rows]
         add("sy", w @ y)
         add("syy", w @ y**2)

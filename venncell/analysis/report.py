@@ -102,8 +102,16 @@ def render_html(
         ]
     parts += [
         "<h2>Latent dimensions</h2>",
-        "<p class='note'>Principal components of each latent block (every attributed cell) and the features most "
-        "correlated with each (Pearson r; counts on log1p-per-10k scale).</p>",
+        "<p class='note'>Principal components of each latent block (every attributed cell): the explained variance "
+        "of each modality each one holds (<i>EV in m</i>: what m's decoder loses when the component alone is set "
+        "to its mean; MOFA+'s variance explained per factor and view), and the features most correlated with it "
+        "(Pearson r; counts on log1p-per-10k scale). Every feature's r: <code>mdata[m].varm['venn_loadings']</code>."
+        "</p>",
+        *(
+            [_img(_fig_components(result), "EV per latent direction")]
+            if len(result.components)
+            else []
+        ),
         _dimension_table(result),
     ]
     if enrichment is not None:
@@ -263,7 +271,12 @@ def _dimension_table(result: AttributionResult) -> str:
         **{"share of the block's variance": ("explained_variance_ratio", "first")},
         features=("item", ", ".join),
     )
-    return g.to_html(float_format=lambda v: f"{v:.3f}", border=0)
+    c = result.components
+    if len(c):
+        ev = c.set_index(["block", "component"]).filter(like="ev_")
+        ev.columns = [f"EV in {col[3:]}" for col in ev.columns]
+        g = g.join(ev)[["share of the block's variance", *ev.columns, "features"]]
+    return g.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0)
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -322,6 +335,33 @@ def _venn_segments(s: pd.DataFrame) -> list[tuple[str, str, str]]:
         ("ev_in_private", COLORS["private"], "private (own modality)"),
         ("ev_unexplained", COLORS["unexplained"], "unexplained"),
     ]
+
+
+def _fig_components(result: AttributionResult):
+    """MOFA+'s variance-explained heatmap: latent directions x modalities, blank where the decoder does not read
+    the direction's block."""
+    c = result.components
+    ev = c.filter(like="ev_").to_numpy(dtype=float)
+    mods = [col[3:] for col in c.filter(like="ev_").columns]
+    fig = Figure(figsize=(1.6 + 1.1 * len(mods), 0.9 + 0.24 * len(c)))
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(ev), cmap="Blues", aspect="auto", vmin=0)
+    ax.set_xticks(range(len(mods)), mods)
+    ax.set_yticks(range(len(c)), c["block"] + " " + c["component"], fontsize=8)
+    for (i, j), v in np.ndenumerate(ev):
+        if np.isfinite(v):
+            ax.text(
+                j,
+                i,
+                f"{v:.3f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v > 0.6 * np.nanmax(ev) else "#222",
+            )
+    fig.colorbar(im, ax=ax, label="explained variance")
+    ax.set_title("EV each latent direction holds, per modality", fontsize=10)
+    return fig
 
 
 def _fig_features(result: AttributionResult):

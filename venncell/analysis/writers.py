@@ -26,6 +26,9 @@ class AttributionResult:
     dimensions: pd.DataFrame
     # One row per latent block: its members, width, and the EV it holds (venncell.analysis.features.region_table).
     regions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # One row per latent direction with the EV of each modality it holds (MOFA+'s variance explained per factor
+    # and view; venncell.analysis.direction_variance).
+    components: pd.DataFrame = field(default_factory=pd.DataFrame)
     # For plots: latent blocks and marker values of the cells used (rows = obs_names).
     obs_names: np.ndarray = field(repr=False, default=None)
     latents: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
@@ -44,6 +47,7 @@ class AttributionResult:
             "marker_scores": _records(self.marker_scores),
             "dimensions": _records(self.dimensions),
             "regions": _records(self.regions),
+            "components": _records(self.components),
         }
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -58,6 +62,7 @@ class AttributionResult:
                 "attribution_marker_scores.csv": self.marker_scores,
                 "attribution_dimensions.csv": self.dimensions,
                 "attribution_regions.csv": self.regions,
+                "attribution_components.csv": self.components,
             }
         )
         if self.cell_weights is not None:
