@@ -161,6 +161,15 @@ class VennCell:
             return  # ``load`` fills in the module, cells and history
         with _seeded(seed):
             self.module = VennModule(registry.specs, self.n_cells, self.config, registry.n_batches)
+        if registry.n_batches:
+            self.module.set_batch_coverage(
+                {
+                    m: np.isin(
+                        np.arange(registry.n_batches), self.data.batch[self.data.present(m)]
+                    )
+                    for m in registry.specs
+                }
+            )
         init_likelihoods(self.module, self.data, seed=seed)
         self._warn_unpaired_regions()
         if self.config.latent_init == "spectral":
@@ -341,6 +350,29 @@ class VennCell:
         check_resume(self.module, self._require_data("resume"), self.is_train, cfg, run_dir)
 
     # ------------------------------------------------------------------ inference
+    def _training_rows(self, mdata) -> np.ndarray | None:
+        """Each of ``mdata``'s cells' row among the training cells, when every one is a training cell measured in
+        the same modalities (the training MuData itself, a copy, a re-read, a reordering or a subset, matched by
+        name), so its stage-1 latents exist; otherwise (or for a model loaded without its data) None."""
+        if self.data is None:
+            return None
+        if mdata is None or mdata is self.mdata:
+            return np.arange(self.data.n_cells)
+        if not isinstance(mdata, md.MuData):
+            return None
+        rows = pd.Index(self.data.obs_names).get_indexer(mdata.obs_names)
+        if (rows < 0).any():
+            return None
+        for m in self.specs:
+            has = (
+                pd.Index(mdata[m].obs_names).get_indexer(mdata.obs_names) >= 0
+                if m in mdata.mod
+                else np.zeros(mdata.n_obs, bool)
+            )
+            if not np.array_equal(has, self.data.present(m)[rows]):
+                return None
+        return rows
+
     def _data_for(self, mdata: md.MuData | None, modalities=None) -> MultiModalData:
         """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
         cells, which must have measured some of them (else the shared latent is NaN)."""
@@ -408,9 +440,10 @@ class VennCell:
             Which of a cell's modalities the encoders use for the shared block (default: every one it has).
         source
             ``"encoder"`` (stage 2's encoders; any cells), ``"stage1"`` (the latents stage 1 optimised; training
-            data only) or ``"average"`` (the mean of the two, block by block; training data only). Default:
-            ``"average"`` for the training data, ``"encoder"`` for new cells, with ``modalities`` and with
-            ``refine_epochs``.
+            cells only) or ``"average"`` (the mean of the two, block by block; training cells only). Training cells
+            are matched by name (a copy, a re-read file, a reordering or a subset of the training data), each
+            measured in the modalities it was trained with. Default: ``"average"`` for training cells,
+            ``"encoder"`` for new cells, with ``modalities`` and with ``refine_epochs``.
         refine_epochs
             > 0: start from the encoder latents and refine them against the frozen decoders (``refine``).
 
@@ -431,9 +464,11 @@ class VennCell:
             raise VennCellInputError(
                 f"source must be 'encoder', 'stage1' or 'average', got {source!r}."
             )
-        if source != "encoder" and mdata is not None and mdata is not self.mdata:
+        rows = self._training_rows(mdata)
+        if source != "encoder" and rows is None:
             raise VennCellInputError(
-                f"source={source!r} exists only for the training cells; use source='encoder' "
+                f"source={source!r} exists only for the training cells (matched by name, each measured in the "
+                "modalities it was trained with), and these cells are not all such; use source='encoder' "
                 "(optionally with refine_epochs=N) for new cells."
             )
         if source != "encoder" and modalities is not None:
@@ -451,15 +486,16 @@ class VennCell:
             )
         else:
             lat = stage1_latents(self.module, self._require_data("read the stage-1 latents"))
+            lat = {key: z[rows] for key, z in lat.items()}
             if source == "average":
-                lat = average_latents(lat, embed_cells(self.module, self._data_for(None)))
+                lat = average_latents(lat, embed_cells(self.module, self._data_for(mdata)))
         return pick_block(lat, block, list(self.specs), list(self.module.regions))
 
     def _default_source(self, mdata, modalities, refine_epochs) -> str:
         """``"average"`` where both latents exist (the training data, every modality, no refinement): it beats
         the encoders' alone on most sets of the integration harness (benchmarks/integration), as the optimised
         latents keep what the encoders do not amortise and the encoders smooth the per-cell optimisation."""
-        own = (mdata is None or mdata is self.mdata) and self.data is not None
+        own = self._training_rows(mdata) is not None
         return "average" if own and modalities is None and not refine_epochs else "encoder"
 
     def refine(
@@ -490,7 +526,9 @@ class VennCell:
         """The decoders read the batch: cells of a batch the model never saw cannot go through them."""
         if data.batch_missing:
             raise VennCellInputError(
-                self.registry.missing_message(data.obs_columns, f" ({what} reads the batch)")
+                self.registry.missing_message(
+                    data.obs_columns, f" ({what} reads the batch)", data.batch_holders
+                )
             )
         if data.unseen_batches:
             raise VennCellInputError(
@@ -586,6 +624,7 @@ class VennCell:
                 stacklevel=2,
             )
         dec = self.module.shared_decoders[target]
+        self._warn_untrained_batches(data, dec, target, ~missing)
         out = []
         with torch.no_grad():
             for start in range(0, len(z), 4096):
@@ -595,7 +634,7 @@ class VennCell:
                     if data.batch is None
                     else torch.as_tensor(data.batch[start : start + 4096])
                 )
-                out.append(dec.likelihood.normalised_mean(dec(zb, b)).numpy())
+                out.append(dec.expected(zb, b).numpy())
         pred = np.concatenate(out)
         if (
             scale == "counts" and spec.likelihood != "nb_mixture"
@@ -604,6 +643,23 @@ class VennCell:
         if spec.data_scale is not None:  # back to the data's own units
             pred = pred * np.asarray(spec.data_scale, dtype=pred.dtype)
         return pred
+
+    def _warn_untrained_batches(self, data, dec, target: str, cells: np.ndarray) -> None:
+        """Cells of a batch in which no training cell was measured in ``target`` are predicted batch-neutral
+        (the mean of the trained batches' effects): say so, with the batches."""
+        if data.batch is None:
+            return
+        untrained = ~dec.batch_trained.numpy()
+        hit = cells & untrained[np.maximum(data.batch, 0)] & (data.batch >= 0)
+        if hit.any():
+            names = [str(self.registry.batch_categories[c]) for c in np.unique(data.batch[hit])]
+            warnings.warn(
+                f"{int(hit.sum())} cell(s) are of batch(es) {names}, in which no training cell was measured in "
+                f"'{target}': their '{target}' is the mean of its predictions as each batch that was (batch-neutral). To "
+                f"predict them as one of those batches instead, set their {self.registry.batch_key!r} to it.",
+                VennCellInputWarning,
+                stacklevel=3,
+            )
 
     def write_latents(
         self,
@@ -628,12 +684,13 @@ class VennCell:
             else embed_cells(self.module, self._data_for(mdata, modalities), modalities=modalities)
         )
         latents = enc
-        if target is self.mdata:
-            st1 = stage1_latents(self.module, self.data)
+        rows = self._training_rows(target)
+        if rows is not None:
+            st1 = {key: z[rows] for key, z in stage1_latents(self.module, self.data).items()}
             for key, name in obsm_names(self.module).items():
                 target.obsm[f"{name}_encoder"] = enc[key]
                 target.obsm[f"{name}_stage1"] = st1[key]
-            target.obs["venn_split"] = np.where(self.is_train, "train", "validation")
+            target.obs["venn_split"] = np.where(self.is_train[rows], "train", "validation")
             if self._default_source(mdata, modalities, refine_epochs) == "average":
                 latents = average_latents(st1, enc)
         for key, name in obsm_names(self.module).items():
@@ -772,9 +829,12 @@ class VennCell:
             # models saved before the mixing weights existed averaged their blocks equally
             state.setdefault("mix_weights", self.module.equal_mix_weights())
             # models saved before the Gaussian heads' offsets existed had none
+            # and before the decoders knew which batches trained them (all did)
             for key, value in self.module.state_dict().items():
                 if key.endswith("likelihood.offset"):
                     state.setdefault(key, torch.zeros_like(value))
+                if key.endswith("batch_trained"):
+                    state.setdefault(key, torch.ones_like(value))
             self.module.load_state_dict(state)
         except (
             RuntimeError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -335,6 +336,36 @@ def test_a_fresh_run_in_an_old_run_folder_removes_its_outputs_first(
     (tmp_path / "venn.h5mu").write_text("data")
     clear_earlier_outputs(tmp_path, keep=tmp_path / "venn.h5mu")
     assert (tmp_path / "venn.h5mu").exists()
+
+
+def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_taken_over(
+    tmp_path, helpers, monkeypatch
+):
+    """Two runs in one folder (two sweeps started in the same second shared one) deleted each other's files; the
+    folder is now held while a run lasts, and a lock left by a killed run does not block the next."""
+    import socket
+    import subprocess
+
+    from venncell.cli.common import LOCK_FILE
+    from venncell.data.validate import VennCellInputError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config_resolved.yaml").write_text("old")
+    (run_dir / "metrics.json").write_text("the running run's")
+    lock = run_dir / LOCK_FILE
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process holds it
+    with pytest.raises(VennCellInputError, match="in use by another venncell-train"):
+        _train_in_process(run_dir, helpers.TINY_CLI)
+    assert (run_dir / "metrics.json").read_text() == "the running run's" and lock.exists()
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(f"{socket.gethostname()} {gone.pid}")
+    _train_in_process(run_dir, [*helpers.TINY_CLI, "evaluate_recovery=false"])
+    assert (
+        run_dir / "model"
+    ).is_dir() and not lock.exists()  # taken over, and released at the end
 
 
 def test_train_report_takes_venncell_reports_settings_and_checks_them_first(

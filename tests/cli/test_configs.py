@@ -128,3 +128,13 @@ def test_the_run_has_one_seed():
         _compose(["trainer.seed=1"])
     with pytest.raises(VennCellInputError, match="top-level `seed=`"):
         run_train(_compose(["+trainer.seed=1"]), Path("unused"))
+
+
+def test_trainer_seed_on_the_command_line_gets_the_runs_seed_message(helpers):
+    """Hydra answered ``trainer.seed=1`` with "use +trainer.seed=1", which is refused in turn."""
+    res = helpers.run_cli(["venncell-train", "trainer.seed=1"], ok=False)
+    assert (
+        res.returncode == 2
+        and "top-level `seed=`" in res.stderr
+        and "+trainer.seed" not in res.stderr
+    )

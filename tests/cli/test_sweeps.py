@@ -31,19 +31,23 @@ def read_csv(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def optuna_sweep(tmp_path_factory, helpers) -> Path:
     out = tmp_path_factory.mktemp("optuna")
-    helpers.run_cli(
-        [
-            "venncell-train",
-            "hparams_search=optuna",
-            "hydra.sweeper.n_trials=2",
-            *helpers.TINY_CLI,
-            "trainer.stage1_epochs=2",
-            "trainer.stage2_epochs=1",
-            "logger=none",
-            f"hydra.sweep.dir={out}",
-        ]
-    )
+    helpers.run_cli(_optuna_command(helpers, out))
     return out
+
+
+def _optuna_command(helpers, out: Path, *overrides: str) -> list[str]:
+    """Two tiny Optuna trials into ``out``."""
+    return [
+        "venncell-train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        *helpers.TINY_CLI,
+        "trainer.stage1_epochs=2",
+        "trainer.stage2_epochs=1",
+        "logger=none",
+        *overrides,
+        f"hydra.sweep.dir={out}",
+    ]
 
 
 def _compose_optuna(*overrides: str):
@@ -156,6 +160,42 @@ def test_summary_cli_maximize_and_failed_run(optuna_sweep, tmp_path, capsys):
 
     assert main([str(tmp_path / "t")]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+def test_a_trial_without_its_objective_fails_alone(tmp_path, helpers):
+    """Optuna's sweeper ended the whole study with a traceback when a trial returned NaN (an objective the run did
+    not report); such a trial now fails alone, with the reason, and the next one runs."""
+    res = helpers.run_cli(
+        _optuna_command(helpers, tmp_path, "objective=stage2/val/not_a_metric"), ok=False
+    )
+    assert "Values cannot be specified" not in res.stderr, res.stderr[-2000:]
+    rows = read_csv(tmp_path / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "not among this run's metrics" in rows[0]["error"]
+    assert all(
+        (tmp_path / r / "metrics.json").is_file() for r in ("0", "1")
+    )  # the outputs are kept
+
+
+def test_an_objective_no_run_reports_is_refused_before_training(tmp_path, helpers):
+    from venncell.data.validate import VennCellInputError
+
+    def run(*overrides):
+        from hydra import compose, initialize_config_module
+
+        from venncell.cli.store import register_configs
+        from venncell.cli.train import run_train
+
+        register_configs()
+        with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
+            cfg = compose("config", overrides=[*helpers.TINY_CLI, "logger=none", *overrides])
+        run_train(cfg, tmp_path / "run")
+
+    with pytest.raises(VennCellInputError, match="is not a metric of a run"):
+        run("objective=shared_recovry")
+    with pytest.raises(VennCellInputError, match="evaluate_recovery=false skips"):
+        run("objective=shared_recovery", "evaluate_recovery=false")
+    assert not (tmp_path / "run" / "config_resolved.yaml").exists()  # nothing trained or written
 
 
 def test_failed_jobs_are_listed(tmp_path, helpers):

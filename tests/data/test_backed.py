@@ -114,6 +114,16 @@ def test_backed_errors_are_clear(h5mu, tmp_path):
     VennCell.setup_mudata(b, {"rna": {"kind": "rna", "likelihood": "nb"}, "protein": "protein"})
     with pytest.raises(VennCellInputError, match="Modality 'rna'.*non-integer.*rows 0-299"):
         VennCell(b, backed=True)
+    # a column-wise matrix in a layer: the fix names that layer, not .X
+    csc = md.read_h5mu(h5mu)
+    csc.mod["rna"].layers["counts"] = sp.csc_matrix(csc.mod["rna"].X)
+    csc.write(tmp_path / "csc.h5mu")
+    c = md.read_h5mu(tmp_path / "csc.h5mu", backed=True)
+    VennCell.setup_mudata(c, {"rna": {"kind": "rna", "layer": "counts"}, "protein": "protein"})
+    with pytest.raises(
+        VennCellInputError, match=r"CSC.*mdata\['rna'\]\.layers\['counts'\] = .*\.tocsr\(\)"
+    ):
+        VennCell(c, backed=True)
     with pytest.raises(
         VennCellInputError, match="num_workers=2 with backed data.*Fix: num_workers=0"
     ):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,8 +39,10 @@ def test_average_source_is_the_mean_of_encoder_and_stage1(trained_tiny):
     avg, enc, s1 = (get(block="all", source=s) for s in ("average", "encoder", "stage1"))
     assert not np.allclose(enc, s1)  # otherwise the check below could not fail
     np.testing.assert_allclose(avg, 0.5 * (enc + s1), rtol=1e-5, atol=1e-6)
+    new = mdata[:5].copy()
+    new.obs_names = [f"new_{i}" for i in range(5)]
     with pytest.raises(VennCellInputError, match="only for the training cells"):
-        get(mdata[:5].copy(), source="average")
+        get(new, source="average")
     with pytest.raises(VennCellInputError, match="source='encoder' with modalities"):
         get(modalities=["rna"], source="average")
     with pytest.raises(VennCellInputError, match="'encoder', 'stage1' or 'average'"):
@@ -51,8 +54,32 @@ def test_default_source_is_average_for_training_cells_only(trained_tiny):
     get = model.get_latent_representation
     np.testing.assert_array_equal(get(block="all"), get(block="all", source="average"))
     np.testing.assert_array_equal(get(mdata, block="all"), get(block="all", source="average"))
-    new = mdata[:30].copy()  # other cells (a copy): only the encoders can place them
+    new = mdata[:30].copy()
+    new.obs_names = [
+        f"new_{i}" for i in range(30)
+    ]  # other cells: only the encoders can place them
     np.testing.assert_array_equal(get(new), get(new, source="encoder"))
+    # a copy of the training cells, the same file read again, a reordering or a subset (matched by name): the same
+    # cells, the same latents
+    full = get(block="all", source="average")
+    same = mdata.copy()
+    np.testing.assert_array_equal(get(same, block="all"), full)
+    assert not np.allclose(get(same, block="all"), get(same, block="all", source="encoder"))
+    order = np.random.default_rng(0).permutation(mdata.n_obs)[:150]
+    some = mdata[mdata.obs_names[order]].copy()
+    np.testing.assert_allclose(get(some, block="all"), full[order], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(get(some, source="stage1"), get(source="stage1")[order])
+    model.write_latents(some)
+    assert "X_venn_shared_stage1" in some.obsm
+    np.testing.assert_allclose(
+        some.obsm["X_venn_shared"], get(block="shared")[order], rtol=1e-6, atol=1e-6
+    )
+    assert (
+        some.obs["venn_split"].to_numpy() == np.where(model.is_train, "train", "validation")[order]
+    ).all()
+    # training cells without one of their modalities are not what stage 1 fitted: the encoders place them
+    rna_only = md.MuData({"rna": mdata["rna"].copy()})
+    np.testing.assert_array_equal(get(rna_only), get(rna_only, source="encoder"))
     # an estimate from some of the modalities comes from their encoders
     only_rna = get(modalities=["rna"])
     np.testing.assert_array_equal(only_rna, get(modalities=["rna"], source="encoder"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -102,3 +104,49 @@ def test_partially_paired_end_to_end(tmp_path, helpers):
     # the stage-1 table (learned directly, from whatever each cell has) also covers every cell
     table = model.get_latent_representation(block="shared", source="stage1")
     assert np.isfinite(table).all()
+
+
+def test_a_batch_never_measured_in_the_target_is_predicted_batch_neutral(tmp_path):
+    """Batch b3 has protein only. The RNA decoders' input column for b3 never trains, so predicting b3 cells' RNA
+    through it would read random weights: they get the mean of their predictions as each batch that measured RNA,
+    with a warning; batches that measured RNA are predicted as themselves, and a saved model keeps this."""
+    import mudata as md
+    import torch
+
+    cells, _ = make_synthetic(
+        n_cells=500, modalities={"rna": 60, "protein": 15}, n_batches=2, seed=0
+    )
+    names = cells.obs_names
+    mdata = md.MuData(
+        {"rna": cells["rna"][names[:380]].copy(), "protein": cells["protein"].copy()}
+    )
+    mdata.obs["batch"] = cells.obs["batch"].astype(str).reindex(mdata.obs_names).to_numpy()
+    mdata.obs.loc[mdata.obs_names.isin(names[380:]), "batch"] = "b3"
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
+    model.train(run_dir=tmp_path / "run", **TRAIN)
+    dec = model.module.shared_decoders["rna"]
+    assert dec.batch_trained.tolist() == [True, True, False]
+    new = md.MuData({"protein": cells["protein"][names[380:]].copy()})
+    preds = {}
+    for label in ("b0", "b1", "b3"):
+        new.obs["batch"] = label
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            preds[label] = model.predict_modality(new, source=["protein"], target="rna")
+        said = [
+            str(w.message)
+            for w in caught
+            if "no training cell was measured in 'rna'" in str(w.message)
+        ]
+        assert bool(said) == (label == "b3"), said
+    np.testing.assert_allclose(preds["b3"], (preds["b0"] + preds["b1"]) / 2, rtol=1e-5, atol=1e-7)
+    assert np.abs(preds["b0"] - preds["b1"]).max() > 1e-3  # the batches do differ
+    # the untrained column itself gives something else
+    z = torch.as_tensor(model.get_latent_representation(new, block="shared"))
+    with torch.no_grad():
+        raw = dec.likelihood.normalised_mean(dec(z, torch.full((len(z),), 2))).numpy()
+    assert np.abs(raw - preds["b3"]).max() > 1e-3
+    model.save(tmp_path / "model")
+    loaded = VennCell.load(tmp_path / "model")
+    assert loaded.module.shared_decoders["rna"].batch_trained.tolist() == [True, True, False]

@@ -813,6 +813,11 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decode
         np.testing.assert_array_equal(model.get_latent_representation(query), known)
     with pytest.raises(VennCellInputError, match="not a column.*prediction reads the batch"):
         model.predict_modality(query, source=["rna"], target="protein")
+    # the column only in a modality's .obs: the fix names that modality, not a placeholder
+    rna = query["rna"].copy()
+    rna.obs["batch"] = mdata.obs["batch"].to_numpy()[:50]
+    with pytest.raises(VennCellInputError, match=r"mdata\['rna'\]\.obs\['batch'\]"):
+        model.predict_modality(md.MuData({"rna": rna}), source=["rna"], target="protein")
 
 
 def test_a_modality_changed_without_update_is_refused_not_mispaired(helpers):
@@ -836,3 +841,29 @@ def test_a_modality_changed_without_update_is_refused_not_mispaired(helpers):
             VennCell(changed, **TINY)
         changed.update()  # the fix it gives: then the cells pair by name again
         model.get_latent_representation(changed)
+
+
+def test_resume_with_another_chunk_size_is_refused(tmp_path, helpers):
+    """The chunk size decides which batches are drawn; a run resumed with another one mixed two runs silently."""
+    mdata, _ = make_synthetic(n_cells=150, modalities={"rna": 30, "protein": 10}, seed=0)
+    VennCell.setup_mudata(mdata)
+    VennCell(mdata, chunk_size=64, **TINY).train(run_dir=tmp_path, **helpers.FAST)
+    VennCell(mdata, chunk_size=64, **TINY).check_resume(tmp_path, **helpers.FAST)  # the same: fine
+    for other in (32, None):
+        with pytest.raises(VennCellInputError, match="chunk size"):
+            VennCell(mdata, chunk_size=other, **TINY).check_resume(tmp_path, **helpers.FAST)
+
+
+def test_several_devices_train_with_ddp_and_other_strategies_are_refused():
+    """devices=2 with the default strategy crashed inside Lightning ("parameters that were not used"): Lightning's
+    own choice refuses the unused parameters a rank's batch leaves; "ddp_spawn" failed the same way."""
+    from venncell.train.config import TrainConfig
+
+    assert TrainConfig(devices=2).strategy == "ddp" and TrainConfig(num_nodes=2).strategy == "ddp"
+    assert (
+        TrainConfig(devices=1).strategy == "auto" and TrainConfig(devices=[0, 1]).strategy == "ddp"
+    )
+    with pytest.raises(
+        VennCellInputError, match="trainer.strategy='ddp_spawn' is not supported.*'ddp'"
+    ):
+        TrainConfig(strategy="ddp_spawn")

@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +136,59 @@ def clear_earlier_outputs(run_dir: Path, keep: Path | None = None) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+
+
+LOCK_FILE = ".venncell.lock"
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path):
+    """Hold ``run_dir`` for this run: a second venncell-train on the same folder while this one runs is refused
+    (its fresh start would remove this run's files, and both would write the same model). A lock whose process is
+    gone (a killed run) is taken over. Rank 0 alone holds it under DDP."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    me = f"{socket.gethostname()} {os.getpid()}"
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = path.read_text(errors="replace").strip() if path.exists() else ""
+            if holder and _alive(holder):
+                host, _, pid = holder.partition(" ")
+                raise VennCellInputError(
+                    f"{run_dir} is in use by another venncell-train (process {pid} on {host}). Give this run "
+                    f"another folder (hydra.run.dir=...), or, if no run uses it, delete {path}."
+                ) from None
+            path.unlink(missing_ok=True)  # left by a run that is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        if path.exists() and path.read_text(errors="replace").strip() == me:
+            path.unlink(missing_ok=True)
+
+
+def _alive(holder: str) -> bool:
+    """Whether the lock's process runs; one on another machine (a shared file system) is taken to."""
+    host, _, pid = holder.partition(" ")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_output_dir(argv: list[str]) -> None:

@@ -19,9 +19,11 @@ from venncell.cli.common import (
     check_output_dir,
     clear_earlier_outputs,
     friendly,
+    in_multirun,
     load_data,
     log,
     recovery_summary,
+    run_folder_lock,
 )
 from venncell.cli.store import data_settings, register_configs, to_object
 from venncell.data.files import atomic_write
@@ -55,14 +57,23 @@ def make_loggers(cfg: DictConfig, run_dir: Path):
     )
 
 
+TRAINER_SEED = (
+    "trainer.seed is not a setting of venncell-train: the run's one seed is the top-level `seed=` (e.g. seed=1, "
+    "or -m seed=0,1,2 for a sweep)."
+)
+
+
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Everything ``venncell-train`` does, callable from Python (tests, sweeps)."""
+    """Everything ``venncell-train`` does, callable from Python (tests, sweeps), holding ``run_dir`` while it runs
+    (``run_folder_lock``)."""
+    with run_folder_lock(Path(run_dir)):
+        return _run_train(cfg, Path(run_dir))
+
+
+def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     # only as +trainer.seed: the group has no such key (store._without_seed)
     if "seed" in cfg.trainer:
-        raise VennCellInputError(
-            "trainer.seed is not a setting of venncell-train: the run's one seed is the top-level `seed=` "
-            "(e.g. seed=1, or -m seed=0,1,2 for a sweep)."
-        )
+        raise VennCellInputError(TRAINER_SEED)
     model_cfg = to_object(
         ModelConfig, cfg.model
     )  # every setting checked before anything is read or written
@@ -71,7 +82,14 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
 
     report = train_report_settings(cfg.get("report"))
     data = data_settings(cfg.data)
+    _check_objective(cfg.objective, cfg.evaluate_recovery)
     mdata = load_data(cfg)
+    if _is_recovery_score(cfg.objective) and truth_from_mudata(mdata) is None:
+        raise VennCellInputError(
+            f"objective={cfg.objective} is a recovery score, which needs data with known true factors (the "
+            "synthetic default); these data have none. Optimise a held-out score instead, e.g. "
+            "objective=stage2/val/recon."
+        )
     register, batch_key = data["register"], data.get("batch_key")
     stored = stored_options(mdata)
     # a file set up in Python (setup_mudata, then .write) keeps its setup unless data.register is given
@@ -179,6 +197,27 @@ def _write_latents_file(mdata, run_dir: Path, backed: bool) -> None:
         atomic_write(mdata, run_dir / "venn.h5mu")
 
 
+def _is_recovery_score(key) -> bool:
+    return str(key).endswith("_recovery") or str(key).startswith("leak_")
+
+
+def _check_objective(key, evaluate_recovery: bool) -> None:
+    """Refuse, before training, an objective no run could report (a sweep would train every trial for nothing)."""
+    if str(key).startswith(("stage1/", "stage2/")):
+        return
+    if not _is_recovery_score(key):
+        raise VennCellInputError(
+            f"objective={key} is not a metric of a run: name a stage-1 or stage-2 history key (e.g. "
+            "objective=stage2/val/recon; every key is in a run's metrics.json) or, on data with true factors, a "
+            "recovery score (shared_recovery, min_private_recovery, leak_private_into_shared, ...)."
+        )
+    if not evaluate_recovery:
+        raise VennCellInputError(
+            f"objective={key} is a recovery score, but evaluate_recovery=false skips scoring it: drop that "
+            "override, or optimise a held-out score (objective=stage2/val/recon)."
+        )
+
+
 def _objective(metrics: dict, key: str) -> float:
     """The number a sweeper optimises; NaN (with a warning) when the run has no such metric, e.g. a held-out score
     of a run without held-out cells: the run itself succeeded and its outputs are written."""
@@ -188,10 +227,21 @@ def _objective(metrics: dict, key: str) -> float:
     rec = recovery_summary(metrics)
     if key in rec:
         return float(rec[key])
+    if (
+        _optuna_sweep()
+    ):  # Optuna's sweeper fails the whole study on a NaN; an error fails this trial alone
+        raise VennCellInputError(
+            f"objective {key!r} is not among this run's metrics (e.g. no held-out cells), so the trial has no "
+            "value; its outputs are written. Every metric the run has is in its metrics.json."
+        )
     log.warning(
         "objective %r is not among the run's metrics (e.g. no held-out cells); returning NaN.", key
     )
     return float("nan")
+
+
+def _optuna_sweep() -> bool:
+    return in_multirun() and "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
@@ -205,4 +255,8 @@ def main() -> float:
     """Console entry point."""
     register_configs()
     check_output_dir(sys.argv[1:])
+    # Hydra would answer "use +trainer.seed", which is refused in turn
+    if any(arg.startswith("trainer.seed=") for arg in sys.argv[1:]):
+        print(f"venncell: error: {TRAINER_SEED}", file=sys.stderr)
+        raise SystemExit(2)
     return _app()

@@ -102,9 +102,11 @@ class BackedMatrix:
                         "backed training reads dense arrays or CSR matrices."
                     )
                 if enc == "csc_matrix":
+                    where = _matrix_expression(self.name, self.key)
                     raise VennCellInputError(
-                        f"Modality '{self.name}' is stored column-wise (CSC) in {self.path}: reading cells would "
-                        "touch the whole matrix. Rewrite it as CSR (`adata.X = adata.X.tocsr(); mdata.write(path)`)."
+                        f"Modality '{self.name}' is stored column-wise (CSC) in {self.path} ('{self.key}'): reading "
+                        f"cells would touch the whole matrix. Rewrite it as CSR (`{where} = {where}.tocsr(); "
+                        "mdata.write(path)`)."
                     )
                 self._ds = _sparse_dataset(node)
         return self._ds
@@ -252,3 +254,11 @@ def fit_backed_spec(
         spec.feature_mean, spec.feature_std = mean.tolist(), (np.sqrt(var) + 1e-6).tolist()
     spec.median_library = float(np.median(library))
     return spec
+
+
+def _matrix_expression(name: str, key: str) -> str:
+    """The Python expression of the matrix at ``key`` in an .h5mu file (``mod/<m>/X``, ``mod/<m>/layers/<l>``)."""
+    parts = key.strip("/").split("/")
+    if parts[-2:-1] == ["layers"]:
+        return f"mdata['{name}'].layers['{parts[-1]}']"
+    return f"mdata['{name}'].X"

@@ -235,6 +235,12 @@ class MultiModalData:
         # new cells' batches the model never saw, or no batch column (code -1): the encoders embed them, the
         # decoders refuse them
         self.batch_missing = self.batch is not None and registry.batch_key not in mdata.obs
+        # the modalities whose own .obs has the column (the fix copies it up)
+        self.batch_holders = (
+            [m for m in mdata.mod if registry.batch_key in mdata.mod[m].obs]
+            if self.batch_missing
+            else []
+        )
         self.obs_columns = mdata.obs.columns
         self.unseen_batches = (
             []

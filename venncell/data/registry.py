@@ -113,7 +113,7 @@ class DataRegistry:
         if self.batch_key not in obs:
             if unseen_ok:
                 return np.full(len(obs), -1, dtype=np.int64)
-            raise VennCellInputError(self.missing_message(obs))
+            raise VennCellInputError(self.missing_message(obs.columns))
         values = check_batch_labels(self.batch_key, obs[self.batch_key], training=False)
         lookup = {c: i for i, c in enumerate(self.batch_categories)}
         # models saved before whole-number floats read as integers hold "1.0" where new labels say "1"
@@ -125,13 +125,24 @@ class DataRegistry:
             raise VennCellInputError(self.unseen_message(unknown))
         return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
 
-    def missing_message(self, obs: pd.DataFrame, what: str = "") -> str:
-        """Why new cells without the batch column cannot be read (``what``: by which step), and the fix."""
+    def missing_message(self, columns, what: str = "", holders=()) -> str:
+        """Why new cells without the batch column cannot be read (``columns``: mdata.obs's; ``what``: by which
+        step), and the fix, naming the modalities whose .obs holds it (``holders``, and those MuData shows as
+        ``<modality>:<key>`` columns)."""
+        key = self.batch_key
+        pulled = [str(c)[: -len(key) - 1] for c in columns if str(c).endswith(f":{key}")]
+        holders = list(dict.fromkeys([*holders, *pulled]))
+        where = f"'{holders[0]}'" if holders else "'<modality>'"
         return (
-            f"batch_key '{self.batch_key}' is not a column of mdata.obs (columns: {_shown(obs)}); the model was "
-            f"trained with batches, so new data need it{what}. If a modality's .obs holds it, copy it up: "
-            f"`mdata.obs['{self.batch_key}'] = mdata['<modality>'].obs['{self.batch_key}'].reindex("
-            "mdata.obs_names)`; otherwise name the training batch the cells come closest to."
+            f"batch_key '{key}' is not a column of mdata.obs (columns: {_shown(columns)}); the model was trained with "
+            f"batches, so new data need it{what}. "
+            + (
+                f"The .obs of {holders} holds it; copy it up"
+                if holders
+                else "If a modality's .obs holds it, copy it up"
+            )
+            + f": `mdata.obs['{key}'] = mdata[{where}].obs['{key}'].reindex(mdata.obs_names)`; otherwise name the "
+            "training batch the cells come closest to."
         )
 
     def unseen_message(self, unknown: list[str], what: str = "") -> str:

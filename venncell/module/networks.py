@@ -12,18 +12,14 @@ from venncell.nn import MLP, make_likelihood
 from venncell.nn.cnn import ConvDecoderNet, ConvEncoderNet
 
 
-def _with_batch(z: torch.Tensor, batch: torch.Tensor | None, n_batches: int) -> torch.Tensor:
-    if not n_batches:
-        return z
-    return torch.cat([z, nn.functional.one_hot(batch, n_batches).to(z.dtype)], dim=1)
-
-
 class Decoder(nn.Module):
     """Latents (+ batch one-hot) -> the likelihood head's raw parameters of every feature."""
 
     def __init__(self, d_in: int, spec: ModalitySpec, n_batches: int, cfg: ModelConfig):
         super().__init__()
         self.n_batches = n_batches
+        # batches with training cells measured in this modality: only their one-hot columns are trained
+        self.register_buffer("batch_trained", torch.ones(n_batches, dtype=torch.bool))
         self.likelihood = make_likelihood(spec.likelihood, spec.n_features)
         if spec.kind == "image":
             self.image_shape = tuple(spec.image_shape)
@@ -41,9 +37,33 @@ class Decoder(nn.Module):
                 cfg.dropout,
             )
 
+    def set_batch_coverage(self, trained: torch.Tensor) -> None:
+        """``trained``: which batches had training cells with this modality (bool, one per batch)."""
+        self.batch_trained.copy_(trained)
+
     def forward(self, z: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
-        out = self.net(_with_batch(z, batch, self.n_batches))
+        if self.n_batches:
+            z = torch.cat([z, nn.functional.one_hot(batch, self.n_batches).to(z.dtype)], dim=1)
+        out = self.net(z)
         return out if self.image_shape is None else out.reshape(len(out), -1)
+
+    def expected(self, z: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+        """The likelihood's normalised mean. A cell of a batch no training cell measured this modality in (its
+        one-hot column never trained) gets the mean of its predictions as each trained batch: batch-neutral."""
+        out = self.likelihood.normalised_mean(self(z, batch))
+        if batch is None or self.batch_trained.all():
+            return out
+        odd = ~self.batch_trained[batch]
+        if odd.any():
+            trained = torch.nonzero(self.batch_trained).ravel()
+            zo = z[odd]
+            out[odd] = torch.stack(
+                [
+                    self.likelihood.normalised_mean(self(zo, torch.full((len(zo),), int(t))))
+                    for t in trained
+                ]
+            ).mean(0)
+        return out
 
 
 class Encoder(nn.Module):

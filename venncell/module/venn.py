@@ -128,6 +128,13 @@ class VennModule(nn.Module):
     def block_members(self, block: str) -> list[str]:
         return self.modalities if block == "shared" else list(self.regions[block])
 
+    def set_batch_coverage(self, coverage: dict) -> None:
+        """``coverage[m]``: which batches have training cells measured in m (bool, one per batch). m's decoders
+        read a batch without any as the mean of the others (``Decoder.set_batch_coverage``)."""
+        for m, trained in coverage.items():
+            for decoders in (self.decoders, self.shared_decoders):
+                decoders[m].set_batch_coverage(torch.as_tensor(trained, dtype=torch.bool))
+
     def equal_mix_weights(self) -> torch.Tensor:
         """Blocks x modalities: 1 / (number of members) for a block's members, 0 elsewhere."""
         w = torch.zeros(len(self.mix_blocks()), len(self.modalities))

@@ -16,6 +16,7 @@ PROGRESS_BARS = ("rich", "tqdm", "none")
 # Host-bound GPU steps cost about the same at 1,024 cells as at 128, so large data take larger batches; a latent row
 # moves once per epoch at any batch size, and quality held well below 50 batches per epoch (experiments/batch_size).
 SMALLEST_BATCH, LARGEST_BATCH, BATCHES_PER_EPOCH = 128, 1024, 50
+STRATEGIES = ("auto", "ddp")
 
 
 def default_batch_size(n_cells: int) -> int:
@@ -46,7 +47,8 @@ class TrainConfig:
     seed
         Seed of every random draw of training (the model's own seed by default).
     accelerator, devices, strategy, num_nodes, precision
-        Passed to ``lightning.Trainer``; ``strategy="ddp"`` shards stage 1's latent tables by rank. Precision is
+        Passed to ``lightning.Trainer``; ``strategy="ddp"`` shards stage 1's latent tables by rank (several
+        ``devices`` or ``num_nodes`` with ``strategy="auto"`` train with it; no other strategy). Precision is
         float32 (``"32-true"``) only.
     process_group_backend, find_unused_parameters
         DDP only: the process-group backend (None = nccl on GPU, gloo on CPU) and whether DDP looks for unused
@@ -146,6 +148,18 @@ class TrainConfig:
                 f"Config value trainer.devices={devices!r} must be a positive count, 'auto', or a "
                 "list of device indices."
             )
+        if self.strategy not in STRATEGIES:
+            raise VennCellInputError(
+                f"Config value trainer.strategy={self.strategy!r} is not supported: VennCell trains on one device "
+                "('auto') or with one process per device ('ddp', which shards stage 1's latent tables by rank and "
+                "lets a rank's batch leave parameters unused). Use trainer.strategy='ddp'."
+            )
+        # several devices asked for: Lightning's "auto" would pick a DDP that refuses unused parameters
+        several = (isinstance(self.devices, int) and self.devices > 1) or (
+            isinstance(self.devices, (list, tuple)) and len(self.devices) > 1
+        )
+        if self.strategy == "auto" and (several or self.num_nodes > 1):
+            self.strategy = "ddp"
         if self.accelerator not in ("cpu", "gpu", "cuda", "mps", "tpu", "auto"):
             raise VennCellInputError(
                 f"Config value trainer.accelerator={self.accelerator!r} must be one of cpu, gpu, cuda, mps, tpu, auto."

@@ -104,6 +104,9 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
         for k, v in asdict(train_cfg).items()
         if k in ("batch_size", "lr_network", "lr_latent", "lr_encoder", "grad_clip", "seed")
     }
+    # the chunked sampler draws other batches with another chunk size, or without one (in memory)
+    if getattr(data, "chunk_size", None) is not None:
+        settings["chunk_size"] = data.chunk_size
     cells = hashlib.sha256(
         np.asarray(data.obs_names).astype(str).tobytes() + np.asarray(is_train).tobytes()
     )
@@ -119,7 +122,7 @@ _WHAT = {
     "model": "model settings (e.g. shared_dim)",
     "data": "data (modalities, features or their statistics)",
     "cells": "cells or validation split",
-    "training": "training settings (batch size, learning rates, seed)",
+    "training": "training settings (batch size, learning rates, seed, chunk size)",
 }
 
 

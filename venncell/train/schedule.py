@@ -143,7 +143,13 @@ def _resident(cfg: TrainConfig, data: MultiModalData, trainer: L.Trainer) -> Res
 
 
 def _strategy(cfg: TrainConfig):
-    if cfg.strategy != "ddp":
+    # devices="auto" on a machine with several GPUs: Lightning's "auto" picks a DDP that refuses unused parameters
+    every_gpu = (
+        cfg.devices in ("auto", -1)
+        and cfg.accelerator in ("gpu", "cuda", "auto")
+        and torch.cuda.device_count() > 1
+    )
+    if cfg.strategy != "ddp" and not every_gpu:
         return cfg.strategy
     from lightning.pytorch.strategies import DDPStrategy
 
