@@ -33,6 +33,7 @@ from venncell.data.registry import (
 from venncell.data.spec import COUNT_LIKELIHOODS
 from venncell.data.split import VALIDATION_FRACTION, validation_split
 from venncell.data.validate import (
+    MIN_CELLS,
     VennCellInputError,
     VennCellInputWarning,
     check_range,
@@ -51,8 +52,6 @@ from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 
 MODEL_FORMAT = 2
-# cells measured in all of a Venn region's modalities below which its block cannot be learned
-MIN_PAIRED = 10
 
 
 class VennCell:
@@ -161,15 +160,6 @@ class VennCell:
             return  # ``load`` fills in the module, cells and history
         with _seeded(seed):
             self.module = VennModule(registry.specs, self.n_cells, self.config, registry.n_batches)
-        if registry.n_batches:
-            self.module.set_batch_coverage(
-                {
-                    m: np.isin(
-                        np.arange(registry.n_batches), self.data.batch[self.data.present(m)]
-                    )
-                    for m in registry.specs
-                }
-            )
         init_likelihoods(self.module, self.data, seed=seed)
         self._warn_unpaired_regions()
         if self.config.latent_init == "spectral":
@@ -185,6 +175,18 @@ class VennCell:
                 self.module.set_latents(*start)
         self.is_train = validation_split(self.n_cells, validation_fraction, seed)
         self.train_obs_names = self.data.obs_names
+        if (
+            registry.n_batches
+        ):  # held-out cells fit their latents only: the decoders learn from training cells
+            self.module.set_batch_coverage(
+                {
+                    m: np.isin(
+                        np.arange(registry.n_batches),
+                        self.data.batch[self.data.present(m) & self.is_train],
+                    )
+                    for m in registry.specs
+                }
+            )
 
     def _warn_other_scale(self, data: MultiModalData) -> None:
         """New cells of a Gaussian tabular modality far from the training data's scale (raw counts where normalised
@@ -220,7 +222,7 @@ class VennCell:
         its start and its latents (and any verdict naming it) mean nothing."""
         for r, members in self.module.regions.items():
             n = int(np.logical_and.reduce([self.data.present(m) for m in members]).sum())
-            if n < MIN_PAIRED:
+            if n < MIN_CELLS:
                 warnings.warn(
                     f"Venn region '{r}': only {n} cell(s) are measured in all of {list(members)}, so its block "
                     "cannot be learned and its latents are meaningless. Use venn_regions='shared', or add cells "
@@ -351,19 +353,22 @@ class VennCell:
 
     # ------------------------------------------------------------------ inference
     def _training_rows(self, mdata) -> np.ndarray | None:
-        """Each of ``mdata``'s cells' row among the training cells, when every one is a training cell measured in
-        the same modalities (the training MuData itself, a copy, a re-read, a reordering or a subset, matched by
-        name), so its stage-1 latents exist; otherwise (or for a model loaded without its data) None."""
+        """Each of ``mdata``'s cells' row among the training cells, when every one is a training cell: the same name,
+        measured in the same modalities, with the same data (checked on a sample of cells) -- the training MuData
+        itself, a copy, a re-read file, a reordering or a subset -- so its stage-1 latents exist; otherwise (other
+        cells, even under the same names; a model loaded without its data) None."""
         if self.data is None:
             return None
         if mdata is None or mdata is self.mdata:
             return np.arange(self.data.n_cells)
-        if not isinstance(mdata, md.MuData):
+        if not isinstance(mdata, md.MuData) or not mdata.obs_names.is_unique:
             return None
         rows = pd.Index(self.data.obs_names).get_indexer(mdata.obs_names)
         if (rows < 0).any():
             return None
         for m in self.specs:
+            if m in mdata.mod and not mdata[m].obs_names.is_unique:
+                return None
             has = (
                 pd.Index(mdata[m].obs_names).get_indexer(mdata.obs_names) >= 0
                 if m in mdata.mod
@@ -371,7 +376,32 @@ class VennCell:
             )
             if not np.array_equal(has, self.data.present(m)[rows]):
                 return None
-        return rows
+        return rows if self._same_data(mdata, rows) else None
+
+    def _same_data(self, mdata: md.MuData, rows: np.ndarray, n: int = 32) -> bool:
+        """Whether ``mdata``'s cells hold the training data of the training cells ``rows`` they are named as: every
+        modality's values and the batch, on ``n`` cells drawn at random (names alone can be reused, e.g. 0..n-1)."""
+        try:
+            data = MultiModalData(
+                mdata,
+                self.registry,
+                training=False,
+                backed=bool(getattr(mdata, "isbacked", False)),
+            )
+        except VennCellInputError:
+            return False
+        pick = np.random.default_rng(0).permutation(len(rows))
+        if data.batch is not None and not np.array_equal(data.batch, self.data.batch[rows]):
+            return False
+        for m in self.specs:
+            cells = pick[data.present(m)[pick]][:n]
+            if not len(cells):
+                continue
+            (x, lib), (x0, lib0) = data.rows(m, cells), self.data.rows(m, rows[cells])
+            dense = [v.toarray() if sp.issparse(v) else np.asarray(v) for v in (x, x0)]
+            if not (np.array_equal(lib, lib0) and np.array_equal(*dense)):
+                return False
+        return True
 
     def _data_for(self, mdata: md.MuData | None, modalities=None) -> MultiModalData:
         """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
@@ -829,12 +859,9 @@ class VennCell:
             # models saved before the mixing weights existed averaged their blocks equally
             state.setdefault("mix_weights", self.module.equal_mix_weights())
             # models saved before the Gaussian heads' offsets existed had none
-            # and before the decoders knew which batches trained them (all did)
             for key, value in self.module.state_dict().items():
                 if key.endswith("likelihood.offset"):
                     state.setdefault(key, torch.zeros_like(value))
-                if key.endswith("batch_trained"):
-                    state.setdefault(key, torch.ones_like(value))
             self.module.load_state_dict(state)
         except (
             RuntimeError,

@@ -354,7 +354,7 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_taken_over(
     (run_dir / "config_resolved.yaml").write_text("old")
     (run_dir / "metrics.json").write_text("the running run's")
     lock = run_dir / LOCK_FILE
-    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process holds it
+    lock.write_text(f"{socket.gethostname()} {os.getppid()}")  # another live process holds it
     with pytest.raises(VennCellInputError, match="in use by another venncell-train"):
         _train_in_process(run_dir, helpers.TINY_CLI)
     assert (run_dir / "metrics.json").read_text() == "the running run's" and lock.exists()
@@ -363,9 +363,11 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_taken_over(
     gone.wait()
     lock.write_text(f"{socket.gethostname()} {gone.pid}")
     _train_in_process(run_dir, [*helpers.TINY_CLI, "evaluate_recovery=false"])
-    assert (
-        run_dir / "model"
-    ).is_dir() and not lock.exists()  # taken over, and released at the end
+    assert (run_dir / "model").is_dir() and not lock.exists()  # taken over, released at the end
+    # a lock naming this very process was left by a namesake (a restarted container reuses its pid)
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
+    _train_in_process(run_dir, [*helpers.TINY_CLI, "evaluate_recovery=false", "resume=true"])
+    assert sorted(p.name for p in run_dir.glob(".venncell*")) == []
 
 
 def test_train_report_takes_venncell_reports_settings_and_checks_them_first(

@@ -70,9 +70,10 @@ def test_npy_store_matches_obsm(trained, tmp_path, helpers):
     a, b = data_obsm.get(idx), data_lazy.get(idx)
     for m in ("ch0", "ch1"):
         np.testing.assert_allclose(a.x[m].numpy(), b.x[m].numpy(), rtol=1e-6, atol=1e-6)
+    # the training cells read from the store are still the training cells (matched by name and data)
     np.testing.assert_allclose(
         model.get_latent_representation(mdata=lazy),
-        model.get_latent_representation(source="encoder"),
+        model.get_latent_representation(),
         rtol=1e-5,
         atol=1e-5,
     )

@@ -80,6 +80,20 @@ def test_default_source_is_average_for_training_cells_only(trained_tiny):
     # training cells without one of their modalities are not what stage 1 fitted: the encoders place them
     rna_only = md.MuData({"rna": mdata["rna"].copy()})
     np.testing.assert_array_equal(get(rna_only), get(rna_only, source="encoder"))
+    # other cells under the training cells' names (names such as 0..n-1 get reused) are new cells
+    from venncell.data import make_synthetic
+
+    other, _ = make_synthetic(
+        n_cells=mdata.n_obs, modalities={m: mdata[m].n_vars for m in mdata.mod}, seed=7
+    )
+    assert list(other.obs_names) == list(mdata.obs_names)
+    np.testing.assert_array_equal(get(other), get(other, source="encoder"))
+    with pytest.raises(VennCellInputError, match="only for the training cells"):
+        get(other, source="stage1")
+    # repeated names get VennCell's own message, not pandas'
+    twice = md.MuData({m: mdata[m][[0, 0, 1]].copy() for m in mdata.mod})
+    with pytest.raises(VennCellInputError, match="repeated"):
+        get(twice)
     # an estimate from some of the modalities comes from their encoders
     only_rna = get(modalities=["rna"])
     np.testing.assert_array_equal(only_rna, get(modalities=["rna"], source="encoder"))

@@ -150,3 +150,33 @@ def test_a_batch_never_measured_in_the_target_is_predicted_batch_neutral(tmp_pat
     model.save(tmp_path / "model")
     loaded = VennCell.load(tmp_path / "model")
     assert loaded.module.shared_decoders["rna"].batch_trained.tolist() == [True, True, False]
+    # a model saved before decoders knew their batches loads with every batch trained
+    state = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    torch.save(
+        {k: v for k, v in state.items() if not k.endswith("batch_trained")},
+        tmp_path / "model" / "model.pt",
+    )
+    assert VennCell.load(tmp_path / "model").module.shared_decoders["rna"].batch_trained.all()
+
+
+def test_a_batch_measured_in_held_out_cells_only_counts_as_untrained(tmp_path):
+    """Held-out cells fit their latents with the networks frozen: a batch whose cells measured in a modality are all
+    held out never trains that modality's decoder input, so it is predicted batch-neutral too."""
+    import mudata as md
+
+    cells, _ = make_synthetic(
+        n_cells=300, modalities={"rna": 40, "protein": 10}, n_batches=2, seed=1
+    )
+    VennCell.setup_mudata(cells, batch_key="batch")
+    probe = VennCell(cells, shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16, seed=0)
+    held = cells.obs_names[~probe.is_train]
+    # protein only in batch b1's training cells and in b0's held-out cells
+    keep = (cells.obs["batch"].astype(str).to_numpy() == "b1") & probe.is_train
+    keep |= (cells.obs["batch"].astype(str).to_numpy() == "b0") & cells.obs_names.isin(held)
+    mdata = md.MuData({"rna": cells["rna"].copy(), "protein": cells["protein"][keep].copy()})
+    mdata.obs["batch"] = cells.obs["batch"].astype(str).to_numpy()
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    model = VennCell(mdata, shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16, seed=0)
+    assert (model.is_train == probe.is_train).all()
+    assert model.module.decoders["protein"].batch_trained.tolist() == [False, True]
+    assert model.module.decoders["rna"].batch_trained.tolist() == [True, True]

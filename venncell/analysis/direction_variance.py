@@ -3,9 +3,10 @@
 A direction is a principal component of a latent block (``venncell.analysis.directions``). Its explained variance
 in modality m is what m's full decoder loses when every cell's coordinate along that direction alone is set to the
 cells' mean, the rest of each latent kept: the mean over m's features of ``max(EV(full) - EV(without it), 0)``, on
-the decoders' normalised scale (``venncell.analysis.features``). For a linear decoder that is exactly the
-direction's R² (its components are uncorrelated), so the values read as MOFA+'s; decoders are nonlinear, so a
-block's directions need not add up to the block's own part. A direction m's decoder does not read (another
+the decoders' normalised scale (``venncell.analysis.features``). For a linear decoder fitted by least squares that
+is the direction's R² (the components are uncorrelated), so the values read like MOFA+'s (which pools the features
+into one R² where these are per-feature means); decoders are nonlinear, so a block's directions need not add up to
+the block's own part. A direction m's decoder does not read (another
 modality's private block, a region without m) has none.
 """
 

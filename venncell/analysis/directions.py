@@ -81,7 +81,9 @@ def dimension_view(directions: list[Direction], cfg) -> pd.DataFrame:
 def write_loadings(mdata, directions: list[Direction]) -> None:
     """Every feature's Pearson r with every direction as ``mdata[m].varm["venn_loadings"]`` (one column per
     direction, ``"<block> <component>"``; MOFA+'s loadings); features setup dropped get NaN."""
-    if not directions:
+    if not directions:  # none to show: an earlier run's loadings would read as this model's
+        for ad in mdata.mod.values():
+            ad.varm.pop(LOADINGS_KEY, None)
         return
     table = pd.DataFrame({f"{d.block} {d.component}": d.correlation for d in directions})
     for m in table.index.unique("modality"):

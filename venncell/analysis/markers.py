@@ -17,12 +17,14 @@ from sklearn.model_selection import KFold
 from venncell.analysis.probes import PROBES, boot_weights, out_of_fold, weighted_sst, with_ci
 from venncell.analysis.writers import concat_frames
 from venncell.data.transforms import log_normalised
-from venncell.data.validate import VennCellInputError, VennCellInputWarning, user_stacklevel
+from venncell.data.validate import (
+    MIN_CELLS,
+    VennCellInputError,
+    VennCellInputWarning,
+    user_stacklevel,
+)
 from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key
-
-# cells measured in every modality below which cross-validated probes mean nothing
-MIN_PROBE_CELLS = 10
 
 
 def combine_blocks(
@@ -246,7 +248,7 @@ def probe_markers(
         cfg = make_config(kwargs)
     kinds = kinds or {}
     finite = np.logical_and.reduce([np.isfinite(b).all(1) for b in blocks.values()])
-    if finite.sum() < MIN_PROBE_CELLS:
+    if finite.sum() < MIN_CELLS:
         raise VennCellInputError(
             f"Markers are probed on the cells measured in every modality ({', '.join(modalities)}), and only "
             f"{int(finite.sum())} of {len(finite)} are. Attribute markers on a model of modalities measured "

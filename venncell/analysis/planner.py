@@ -45,6 +45,7 @@ from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records
 from venncell.data.files import atomic_write_text
 from venncell.data.validate import (
+    MIN_CELLS,
     VennCellInputError,
     VennCellInputWarning,
     check_range,
@@ -53,7 +54,6 @@ from venncell.data.validate import (
 from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key, region_name
 
-MIN_CELLS = 10  # scored cells below which a plan's bootstrap CIs mean nothing
 R2_FLOOR = -1.0  # a feature's R^2 in the summary means: what guessing a random cell's value scores in expectation
 MIN_HELD_OUT = 50  # fewer held-out cells than this give CIs too wide to plan with; fall back to training cells
 

@@ -154,22 +154,28 @@ def run_folder_lock(run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     me = f"{socket.gethostname()} {os.getpid()}"
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = path.read_text(errors="replace").strip() if path.exists() else ""
-            if holder and _alive(holder):
-                host, _, pid = holder.partition(" ")
-                raise VennCellInputError(
-                    f"{run_dir} is in use by another venncell-train (process {pid} on {host}). Give this run "
-                    f"another folder (hydra.run.dir=...), or, if no run uses it, delete {path}."
-                ) from None
-            path.unlink(missing_ok=True)  # left by a run that is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
+    # written whole under another name, then linked into place: a reader never sees a half-written lock, and
+    # of two runs linking at once one fails
+    mine = run_dir / f"{LOCK_FILE}.{os.getpid()}"
+    mine.write_text(me)
+    try:
+        while True:
+            try:
+                os.link(mine, path)
+                break
+            except FileExistsError:
+                holder = path.read_text(errors="replace").strip() if path.exists() else ""
+                if holder != me and _alive(holder):
+                    host, _, pid = holder.partition(" ")
+                    raise VennCellInputError(
+                        f"{run_dir} is in use by another venncell-train (process {pid} on {host}). Give this "
+                        f"run another folder (hydra.run.dir=...), or, if no run uses it, delete {path}."
+                    ) from None
+                path.unlink(
+                    missing_ok=True
+                )  # left by a run that is gone (or by this process's namesake)
+    finally:
+        mine.unlink(missing_ok=True)
     try:
         yield
     finally:
@@ -180,6 +186,8 @@ def run_folder_lock(run_dir: Path):
 def _alive(holder: str) -> bool:
     """Whether the lock's process runs; one on another machine (a shared file system) is taken to."""
     host, _, pid = holder.partition(" ")
+    if not pid:
+        return False
     if host != socket.gethostname():
         return True
     try:

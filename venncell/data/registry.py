@@ -43,6 +43,7 @@ from venncell.data.transforms import (
     scale_columns,
 )
 from venncell.data.validate import (
+    MIN_CELLS,
     VennCellInputError,
     VennCellInputWarning,
     check_batch_labels,
@@ -353,7 +354,6 @@ def as_setup_options(stored: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ fitting
-MIN_CELLS = 10  # fewer cannot fit a start, hold cells out, or estimate a batch's variance
 
 
 def fit_registry(

@@ -14,6 +14,9 @@ from venncell.data.spec import BINARY_LIKELIHOODS, COUNT_LIKELIHOODS
 
 # float32 (the training precision) holds integers exactly up to 2^24; larger counts lose the NB likelihood's
 # precision (its log-gamma terms cancel), so they are refused rather than trained on silently
+# The fewest cells any estimate is made from (a start, a held-out split, a batch's variance, a probe's folds, a
+# plan's bootstrap, a Venn region's block): below it the numbers mean nothing, so it is refused or skipped.
+MIN_CELLS = 10
 MAX_COUNT = 2.0**24
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

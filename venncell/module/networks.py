@@ -37,6 +37,11 @@ class Decoder(nn.Module):
                 cfg.dropout,
             )
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models and checkpoints saved before decoders knew their batches: every batch trained them
+        state_dict.setdefault(prefix + "batch_trained", torch.ones_like(self.batch_trained))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def set_batch_coverage(self, trained: torch.Tensor) -> None:
         """``trained``: which batches had training cells with this modality (bool, one per batch)."""
         self.batch_trained.copy_(trained)
