@@ -378,16 +378,17 @@ class VennCell:
                 return None
         return rows if self._same_data(mdata, rows) else None
 
+    def _view(self, mdata: md.MuData) -> MultiModalData:
+        """Other cells as the model reads them (its registry)."""
+        return MultiModalData(
+            mdata, self.registry, training=False, backed=bool(getattr(mdata, "isbacked", False))
+        )
+
     def _same_data(self, mdata: md.MuData, rows: np.ndarray, n: int = 32) -> bool:
         """Whether ``mdata``'s cells hold the training data of the training cells ``rows`` they are named as: every
         modality's values and the batch, on ``n`` cells drawn at random (names alone can be reused, e.g. 0..n-1)."""
         try:
-            data = MultiModalData(
-                mdata,
-                self.registry,
-                training=False,
-                backed=bool(getattr(mdata, "isbacked", False)),
-            )
+            data = self._view(mdata)
         except VennCellInputError:
             return False
         pick = np.random.default_rng(0).permutation(len(rows))
@@ -411,12 +412,7 @@ class VennCell:
         elif not isinstance(mdata, md.MuData):
             raise VennCellInputError(f"mdata must be a MuData, got {type(mdata).__name__}.")
         else:
-            data = MultiModalData(
-                mdata,
-                self.registry,
-                training=False,
-                backed=bool(getattr(mdata, "isbacked", False)),
-            )
+            data = self._view(mdata)
             self._warn_other_scale(data)
             if data.batch_missing or data.unseen_batches:
                 key = self.registry.batch_key
