@@ -255,6 +255,39 @@ def test_variance_per_direction_counts_the_true_factors(trained, tmp_path):
     assert len(written) == len(c) and "ev_atac" in written
 
 
+def test_markers_along_directions_follow_their_true_block(trained, tmp_path):
+    """MOFA+'s factor-covariate association: a marker built from the shared factors moves along shared directions
+    and not private ones; one built from a modality's private factors along that private block's; the clusters
+    (shared) separate along shared directions (eta²)."""
+    _, _, _, markers, result = trained
+    a = result.direction_markers
+    print(
+        a.pivot_table(index=["block", "component"], columns="marker", values="association")
+        .round(2)
+        .T
+    )
+
+    def strongest(marker: str, blocks) -> float:
+        rows = a[(a["marker"] == marker) & a["block"].isin(blocks)]
+        return float(rows["association"].abs().max())
+
+    privates = [f"private:{m}" for m in MODS]
+    for marker in ("shared_linear_0", "shared_linear_1"):
+        assert strongest(marker, ["shared"]) > 0.6 > 0.3 > strongest(marker, privates), marker
+    for m in MODS:
+        others = ["shared", *(p for p in privates if p != f"private:{m}")]
+        assert (
+            strongest(f"{m}_linear_0", [f"private:{m}"])
+            > 0.6
+            > 0.3
+            > strongest(f"{m}_linear_0", others)
+        ), m
+    cluster = a[a["marker"] == "cluster"]
+    assert (cluster["measure"] == "eta_squared").all() and strongest("cluster", ["shared"]) > 0.5
+    result.write(tmp_path)
+    assert len(pd.read_csv(tmp_path / "attribution_direction_markers.csv")) == len(a)
+
+
 def test_gene_sets_per_block(trained, tmp_path):
     """Planted gene sets: the RNA features driven only by the shared factors, only by the private ones, and a random
     draw of the rest. The shared block's top features enrich the first, the private block's the second, neither

@@ -69,7 +69,12 @@ import pandas as pd
 
 from venncell.analysis.cell_weights import cell_modality_weights
 from venncell.analysis.direction_variance import direction_variance
-from venncell.analysis.directions import block_directions, dimension_view, write_loadings
+from venncell.analysis.directions import (
+    block_directions,
+    dimension_view,
+    direction_markers,
+    write_loadings,
+)
 from venncell.analysis.features import (
     feature_attribution,
     modality_summary,
@@ -251,6 +256,7 @@ def attribute(
         directions = block_directions(data, idx, lat, cfg)
         dims = dimension_view(directions, cfg)
         components = direction_variance(module, data, idx, lat, directions)
+        associations = direction_markers(directions, lat, resolved)
         weights = cell_modality_weights(
             module, data, stage1_latents(module, data)["shared"][idx], idx
         )
@@ -270,6 +276,7 @@ def attribute(
         marker_scores=concat_frames(score_rows, ["marker", "block", "probe"]),
         dimensions=dims,
         components=components,
+        direction_markers=associations,
         obs_names=data.obs_names[idx],
         marker_values={mk.name: mk.values for mk in resolved},
         cell_weights=weights,

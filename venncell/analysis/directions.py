@@ -78,6 +78,52 @@ def dimension_view(directions: list[Direction], cfg) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def direction_markers(directions: list[Direction], lat: dict, markers) -> pd.DataFrame:
+    """How each direction goes with each marker (MOFA+'s factor-covariate association), over the analysed cells that
+    have both: a continuous marker's Pearson r with the cells' coordinates along the direction, a categorical one's
+    eta² (the share of the coordinates' variance between its categories). ``markers``: ``Marker`` objects, values
+    per row of ``lat``. One row per direction and marker."""
+    rows = []
+    for d in directions:
+        z = lat[d.block]
+        coord = (z - np.nanmean(z, 0)) @ d.axis
+        for mk in markers:
+            ok = np.isfinite(coord) & ~pd.isna(mk.values)
+            x, values = coord[ok], mk.values[ok]
+            if mk.kind == "categorical":
+                measure, value = "eta_squared", _eta_squared(x, values)
+            else:
+                measure, value = "pearson_r", _pearson(x, values.astype(float))
+            rows.append(
+                {
+                    "block": d.block,
+                    "component": d.component,
+                    "marker": mk.name,
+                    "n_cells": int(ok.sum()),
+                    "measure": measure,
+                    "association": value,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["block", "component", "marker", "n_cells", "measure", "association"]
+    )
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _eta_squared(x: np.ndarray, groups: np.ndarray) -> float:
+    total = ((x - x.mean()) ** 2).sum()
+    if len(x) < 3 or total == 0:
+        return float("nan")
+    codes = pd.factorize(pd.Series(groups).astype(str))[0]
+    means = np.bincount(codes, weights=x) / np.bincount(codes)
+    return float(((means[codes] - x.mean()) ** 2).sum() / total)
+
+
 def write_loadings(mdata, directions: list[Direction]) -> None:
     """Every feature's Pearson r with every direction as ``mdata[m].varm["venn_loadings"]`` (one column per
     direction, ``"<block> <component>"``; MOFA+'s loadings); features setup dropped get NaN."""

@@ -113,6 +113,7 @@ def render_html(
             else []
         ),
         _dimension_table(result),
+        *_direction_marker_table(result),
     ]
     if enrichment is not None:
         parts.append(enrichment_section(enrichment))
@@ -277,6 +278,27 @@ def _dimension_table(result: AttributionResult) -> str:
         ev.columns = [f"EV in {col[3:]}" for col in ev.columns]
         g = g.join(ev)[["share of the block's variance", *ev.columns, "features"]]
     return g.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0)
+
+
+def _direction_marker_table(result: AttributionResult) -> list[str]:
+    """Directions x markers: Pearson r (continuous markers) or eta² (categorical), MOFA+'s factor-covariate
+    association."""
+    a = result.direction_markers
+    if a is None or not len(a):
+        return []
+    shown = a.assign(
+        value=[
+            f"{v:+.2f}" if m == "pearson_r" else f"{v:.2f}"
+            for v, m in zip(a["association"], a["measure"], strict=True)
+        ]
+    ).pivot_table(
+        index=["block", "component"], columns="marker", values="value", aggfunc="first", sort=False
+    )
+    return [
+        "<p class='note'>Markers along each principal component: Pearson r for a continuous marker, eta² (the "
+        "share of the component's variance between its categories) for a categorical one.</p>",
+        shown.to_html(border=0, na_rep=""),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- figures

@@ -29,6 +29,9 @@ class AttributionResult:
     # One row per latent direction with the EV of each modality it holds (MOFA+'s variance explained per factor
     # and view; venncell.analysis.direction_variance).
     components: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # One row per latent direction and marker: Pearson r or eta² (MOFA+'s factor-covariate association;
+    # venncell.analysis.directions.direction_markers).
+    direction_markers: pd.DataFrame = field(default_factory=pd.DataFrame)
     # For plots: latent blocks and marker values of the cells used (rows = obs_names).
     obs_names: np.ndarray = field(repr=False, default=None)
     latents: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
@@ -48,6 +51,7 @@ class AttributionResult:
             "dimensions": _records(self.dimensions),
             "regions": _records(self.regions),
             "components": _records(self.components),
+            "direction_markers": _records(self.direction_markers),
         }
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -63,6 +67,7 @@ class AttributionResult:
                 "attribution_dimensions.csv": self.dimensions,
                 "attribution_regions.csv": self.regions,
                 "attribution_components.csv": self.components,
+                "attribution_direction_markers.csv": self.direction_markers,
             }
         )
         if self.cell_weights is not None:
