@@ -695,8 +695,8 @@ class VennCell:
     ) -> md.MuData:
         """Put the latents where scverse tools look: ``obsm["X_venn_shared"]``, ``obsm["X_venn_private_<m>"]`` and,
         with Venn regions, ``obsm["X_venn_shared_<a>+<b>"]``: the latents ``get_latent_representation`` gives by
-        default. For the training data also ``*_encoder`` and ``*_stage1`` (the two latents averaged there) and
-        ``obs["venn_split"]``. Returns the MuData written to."""
+        default. For training cells (without ``modalities`` or ``refine_epochs``) also ``*_encoder`` and
+        ``*_stage1`` (the two latents averaged there) and ``obs["venn_split"]``. Returns the MuData written to."""
         self._require_trained()
         self._check_modalities(modalities)
         target = self.mdata if mdata is None else mdata
@@ -710,15 +710,16 @@ class VennCell:
             else embed_cells(self.module, self._data_for(mdata, modalities), modalities=modalities)
         )
         latents = enc
+        # the two estimates the default averages, only when that default is what is written (not an estimate
+        # from some modalities or a refinement, which would sit under *_encoder as if it were the encoders')
         rows = self._training_rows(target)
-        if rows is not None:
+        if rows is not None and modalities is None and not refine_epochs:
             st1 = {key: z[rows] for key, z in stage1_latents(self.module, self.data).items()}
             for key, name in obsm_names(self.module).items():
                 target.obsm[f"{name}_encoder"] = enc[key]
                 target.obsm[f"{name}_stage1"] = st1[key]
             target.obs["venn_split"] = np.where(self.is_train[rows], "train", "validation")
-            if self._default_source(mdata, modalities, refine_epochs) == "average":
-                latents = average_latents(st1, enc)
+            latents = average_latents(st1, enc)
         for key, name in obsm_names(self.module).items():
             target.obsm[name] = latents[key]
         return target

@@ -77,6 +77,11 @@ def test_default_source_is_average_for_training_cells_only(trained_tiny):
     assert (
         some.obs["venn_split"].to_numpy() == np.where(model.is_train, "train", "validation")[order]
     ).all()
+    # an estimate from some modalities is written as the latents, never under *_encoder
+    encoders = some.obsm["X_venn_shared_encoder"].copy()
+    model.write_latents(some, modalities=["rna"])
+    np.testing.assert_array_equal(some.obsm["X_venn_shared"], get(some, modalities=["rna"]))
+    np.testing.assert_array_equal(some.obsm["X_venn_shared_encoder"], encoders)
     # training cells without one of their modalities are not what stage 1 fitted: the encoders place them
     rna_only = md.MuData({"rna": mdata["rna"].copy()})
     np.testing.assert_array_equal(get(rna_only), get(rna_only, source="encoder"))

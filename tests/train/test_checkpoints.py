@@ -44,6 +44,30 @@ def test_same_seed_same_latents(tmp_path, helpers):
     assert not np.allclose(other.get_latent_representation(block="all"), runs[0][0])
 
 
+def test_a_second_train_in_the_same_session_trains_with_dropout(tmp_path, helpers):
+    """Training ends with the networks in eval mode, which Lightning keeps: a second train() on the same object (an
+    in-process resume with more epochs) trained with dropout off and drifted from the same resume of a fresh object."""
+    import shutil
+
+    import torch
+
+    first = _tiny_model()
+    first.train(run_dir=tmp_path / "a", **helpers.FAST)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    modes = []
+    dropout = next(m for m in first.module.encoders.modules() if isinstance(m, torch.nn.Dropout))
+    dropout.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+    longer = {**helpers.FAST, "stage2_epochs": helpers.FAST["stage2_epochs"] + 2}
+    first.train(run_dir=tmp_path / "a", resume=True, **longer)
+    assert any(modes), "dropout never in training mode"
+    fresh = _tiny_model()
+    fresh.train(run_dir=tmp_path / "b", resume=True, **longer)
+    np.testing.assert_array_equal(
+        first.get_latent_representation(block="all", source="encoder"),
+        fresh.get_latent_representation(block="all", source="encoder"),
+    )
+
+
 def test_non_finite_loss_names_modality_and_checkpoint(tmp_path):
     model = _tiny_model()
     original = model.module.nll

@@ -462,6 +462,8 @@ def _run_two_stage(
     resident = _resident(cfg, data, trainer1)
     # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
     train1 = _loader(data, all_idx, cfg.seed, trainer1, True, cfg, resident, split=is_train)
+    # an earlier train() or embedding left the networks in eval mode, which Lightning keeps: dropout would be off
+    module.train()
     with stop_on_signals(stopper, run_dir):
         trainer1.fit(plan1, train_dataloaders=train1, ckpt_path=ckpt1)
     got1, seconds1 = _stage_metrics(
@@ -496,6 +498,7 @@ def _run_two_stage(
         ckpt2, step2, row2 = None, 0, None
     if resume:
         _keep_csv_history(trainer2, step2, row2)
+    module.train()
     with stop_on_signals(stopper, run_dir):
         trainer2.fit(plan2, train_dataloaders=train2, val_dataloaders=val_loader, ckpt_path=ckpt2)
         if val_loader is not None:
