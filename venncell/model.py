@@ -475,7 +475,8 @@ class VennCell:
 
         Returns
         -------
-        Cells x dimensions; NaN in a private block where a cell lacks that modality, and in the shared block of a
+        Cells x dimensions; NaN in a private block where a cell lacks that modality, in a Venn region's block where
+        it has none of the region's modalities, and in the shared block of a
         cell that has none of ``modalities`` (a warning says how many; none at all is refused).
         """
         self._require_trained()

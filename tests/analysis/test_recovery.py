@@ -55,6 +55,25 @@ def test_recovery_metric_detects_leakage():
         assert cv_r2(x, y, probe=probe) > 0.85 and cv_r2(x, y[:, None], probe=probe) > 0.85, probe
 
 
+def test_recovery_scores_a_private_block_on_the_cells_that_have_it():
+    """A private block is NaN where a cell lacks the modality; those rows fed the kNN distances and gave nonsense
+    (a well recovered block scored below 0) instead of being left out."""
+    rng = np.random.default_rng(1)
+    truth = {"shared": rng.normal(size=(400, 2)), "private:a": rng.normal(size=(400, 2))}
+    learned = {
+        "shared": truth["shared"] + 0.1 * rng.normal(size=(400, 2)),
+        "private:a": truth["private:a"].copy(),
+    }
+    learned["private:a"][:100] = np.nan  # 100 cells without modality a
+    with_gaps = summarise_recovery(recovery_matrix(learned, truth))
+    have = slice(100, None)
+    complete = recovery_matrix(
+        {"private:a": learned["private:a"][have]}, {"private:a": truth["private:a"][have]}
+    ).loc["private:a", "private:a"]
+    assert with_gaps["private:a_recovery"] == pytest.approx(complete) and complete > 0.9
+    assert with_gaps["shared_recovery"] > 0.9
+
+
 def test_venncell_recovers_shared_and_private_without_leakage(venn_model, synthetic, helpers):
     helpers.assert_recovers_venn(venn_model, synthetic[1])
 

@@ -165,3 +165,14 @@ def test_venn_diagram_renders_in_chromium(report_run, tmp_path):
     assert (pixels[550:] > 0.98).all(), "more than the Venn diagram (~500 px high) on the page"
     # the circles' pale blue fill: blue above red, as in no other part of the page kept
     assert (drawn[:, 2] - drawn[:, 0] > 0.03).mean() > 0.5
+
+
+def test_the_venn_caption_says_upset_beyond_three_modalities():
+    """With four modalities the figure is an UpSet plot, but its caption spoke of overlapping circles."""
+    import pandas as pd
+
+    from venncell.analysis.report import _venn_note
+
+    assert "circles overlap" in _venn_note(pd.DataFrame({"modality": ["a", "b", "c"]}))
+    four = _venn_note(pd.DataFrame({"modality": ["a", "b", "c", "d"]}))
+    assert "UpSet" in four and "circles overlap" not in four

@@ -233,3 +233,22 @@ def test_interpretation_reads_an_image_modality_pixel_by_pixel(trained, recwarn)
     assert (
         rows["pooled_r2_predicted"] > 0
     ).all()  # the shared brightness is predictable across channels
+
+
+def test_an_image_modality_without_cells_is_not_called_off_scale(trained, helpers):
+    """New data whose image modality holds no crops warned that "these crops' intensities are on another scale"
+    (mean 0, sd 1e-06): there was nothing to compare."""
+    import warnings
+
+    import mudata
+
+    model, mdata, img, _ = trained
+    new, _ = helpers.make_images(n=20, seed=3)
+    cells = helpers.image_mudata(new)
+    cells.mod["ch1"] = cells["ch1"][:0].copy()
+    cells = mudata.MuData(dict(cells.mod))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z = model.get_latent_representation(cells, block="private:ch1")
+    assert np.isnan(z).all()
+    assert not [w for w in caught if "another scale" in str(w.message)]

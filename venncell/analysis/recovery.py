@@ -19,10 +19,20 @@ def recovery_matrix(
     n_folds: int = 5,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Rows: true blocks; columns: learned blocks; values: CV R^2."""
+    """Rows: true blocks; columns: learned blocks; values: CV R^2, each over the cells that have the learned block
+    (a private block is NaN where a cell lacks its modality: those cells know nothing of it to score)."""
     rows = {}
     for t_name, t in truth.items():
-        rows[t_name] = {name: cv_r2(z, t, probe, n_folds, seed) for name, z in learned.items()}
+        rows[t_name] = {}
+        for name, z in learned.items():
+            have = np.isfinite(z).all(1) & np.isfinite(
+                np.asarray(t, dtype=float).reshape(len(t), -1)
+            ).all(1)
+            rows[t_name][name] = (
+                cv_r2(z[have], t[have], probe, n_folds, seed)
+                if have.sum() > n_folds
+                else float("nan")
+            )
     return pd.DataFrame(rows).T.loc[list(truth), list(learned)]
 
 

@@ -71,10 +71,7 @@ def render_html(
     if len(result.regions):
         parts += [
             "<h2>Venn diagram of the learned blocks</h2>",
-            "<p class='note'>Each zone is a latent block: the all-shared block in the middle, blocks shared by "
-            "some modalities (Venn regions, <code>model.venn_regions</code>) where their circles overlap, private "
-            "blocks outside. The numbers are the mean explained variance of each member's features that the "
-            "block holds; <i>empty</i> when below 1 % for every member.</p>",
+            _venn_note(result.modalities),
             _img(venn_figure(result.regions), alt="Venn diagram"),
             _region_table(result.regions),
         ]
@@ -244,6 +241,21 @@ def _modality_table(summary: pd.DataFrame) -> str:
 def _region_table(regions: pd.DataFrame) -> str:
     # a block holds nothing of a modality outside it: a dash there, not "NaN"
     return regions.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")
+
+
+def _venn_note(modalities: pd.DataFrame) -> str:
+    """The caption of ``venn_figure``: circles for two or three modalities, an UpSet plot beyond."""
+    where = (
+        "the all-shared block in the middle, blocks shared by some modalities (Venn regions, "
+        "<code>model.venn_regions</code>) where their circles overlap, private blocks outside"
+        if len(modalities) <= 3
+        else "one group of bars per block, its members marked by the dots below it (an UpSet plot: more than three "
+        "modalities have no readable circles)"
+    )
+    return (
+        f"<p class='note'>Each zone is a latent block: {where}. The numbers are the mean explained variance of each "
+        "member's features that the block holds; <i>empty</i> when below 1 % for every member.</p>"
+    )
 
 
 def _top_table(result: AttributionResult) -> str:

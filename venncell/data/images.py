@@ -186,7 +186,9 @@ def image_source(spec, adata, training: bool) -> ImageSource:
                 f"was trained on {tuple(spec.image_shape)}. {fix}"
             )
         # the model's own statistics standardise the crops; the scan checks finiteness and the intensity scale
-        warn_other_scale(spec, *src.scan())
+        # (no crops, nothing to compare)
+        if len(src):
+            warn_other_scale(spec, *src.scan())
     src.set_stats(spec.channel_mean, spec.channel_std)
     return src
 
