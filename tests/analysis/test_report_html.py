@@ -176,3 +176,26 @@ def test_the_venn_caption_says_upset_beyond_three_modalities():
     assert "circles overlap" in _venn_note(pd.DataFrame({"modality": ["a", "b", "c"]}))
     four = _venn_note(pd.DataFrame({"modality": ["a", "b", "c", "d"]}))
     assert "UpSet" in four and "circles overlap" not in four
+
+
+def test_an_undefined_marker_association_shows_as_a_dash():
+    """A constant or all-NaN marker has no r; the report's table printed "+nan" as if it were a number."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from venncell.analysis.report import _direction_marker_table
+
+    a = pd.DataFrame(
+        {
+            "block": ["shared", "shared"],
+            "component": ["PC1", "PC1"],
+            "marker": ["constant", "cell_type"],
+            "n_cells": [10, 10],
+            "measure": ["pearson_r", "eta_squared"],
+            "association": [np.nan, 0.5],
+        }
+    )
+    html = "".join(_direction_marker_table(SimpleNamespace(direction_markers=a)))
+    assert "nan" not in html.lower() and "–" in html and "0.50" in html

@@ -794,7 +794,7 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decode
     model = VennCell(mdata, seed=0)
     model.train(**helpers.FAST)
     query = mdata[:50].copy()
-    known = model.get_latent_representation(query)
+    known = model.get_latent_representation(query, source="encoder")
     query.obs["batch"] = "a new lab"
     with pytest.warns(
         VennCellInputWarning, match="batches \\['a new lab'\\] were not in training"

@@ -300,7 +300,7 @@ def _direction_marker_table(result: AttributionResult) -> list[str]:
         return []
     shown = a.assign(
         value=[
-            f"{v:+.2f}" if m == "pearson_r" else f"{v:.2f}"
+            "–" if not np.isfinite(v) else f"{v:+.2f}" if m == "pearson_r" else f"{v:.2f}"
             for v, m in zip(a["association"], a["measure"], strict=True)
         ]
     ).pivot_table(
