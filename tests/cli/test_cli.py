@@ -355,7 +355,7 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_taken_over(
     (run_dir / "metrics.json").write_text("the running run's")
     lock = run_dir / LOCK_FILE
     lock.write_text(f"{socket.gethostname()} {os.getppid()}")  # another live process holds it
-    with pytest.raises(VennCellInputError, match="in use by another venncell-train"):
+    with pytest.raises(VennCellInputError, match="in use by another venncell command"):
         _train_in_process(run_dir, helpers.TINY_CLI)
     assert (run_dir / "metrics.json").read_text() == "the running run's" and lock.exists()
 
@@ -364,10 +364,41 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_taken_over(
     lock.write_text(f"{socket.gethostname()} {gone.pid}")
     _train_in_process(run_dir, [*helpers.TINY_CLI, "evaluate_recovery=false"])
     assert (run_dir / "model").is_dir() and not lock.exists()  # taken over, released at the end
+    # refused before Hydra writes its records into the held folder (they would describe the refused run), and
+    # venncell-report waits its turn too
+    lock.write_text(f"{socket.gethostname()} {os.getppid()}")
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- the running run's\n")
+    for cmd in (
+        ["venncell-train", *helpers.TINY_CLI, "seed=7", f"hydra.run.dir={run_dir}"],
+        ["venncell-report", f"run_dir={run_dir}"],
+    ):
+        res = helpers.run_cli(cmd, ok=False)
+        assert res.returncode == 2 and "in use by another venncell command" in res.stderr, (
+            res.stderr
+        )
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the running run's\n"
     # a lock naming this very process was left by a namesake (a restarted container reuses its pid)
     lock.write_text(f"{socket.gethostname()} {os.getpid()}")
     _train_in_process(run_dir, [*helpers.TINY_CLI, "evaluate_recovery=false", "resume=true"])
     assert sorted(p.name for p in run_dir.glob(".venncell*")) == []
+
+
+def test_a_resumed_run_removes_the_report_of_its_earlier_model(tmp_path, helpers):
+    """A resume that trained further replaced the model and latents but left the old report beside them."""
+    run_dir = tmp_path / "run"
+    _train_in_process(run_dir, [*helpers.TINY_CLI, "evaluate_recovery=false"])
+    for name in ("report.html", "attribution_markers.csv", "notes.txt"):
+        (run_dir / name).write_text("of the earlier model")
+    _train_in_process(
+        run_dir,
+        [*helpers.TINY_CLI, "evaluate_recovery=false", "resume=true", "trainer.stage2_epochs=4"],
+    )
+    assert (
+        not (run_dir / "report.html").exists()
+        and not (run_dir / "attribution_markers.csv").exists()
+    )
+    assert (run_dir / "notes.txt").exists() and (run_dir / "model").is_dir()
 
 
 def test_train_report_takes_venncell_reports_settings_and_checks_them_first(

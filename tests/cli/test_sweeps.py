@@ -195,6 +195,8 @@ def test_an_objective_no_run_reports_is_refused_before_training(tmp_path, helper
         run("objective=shared_recovry")
     with pytest.raises(VennCellInputError, match="evaluate_recovery=false skips"):
         run("objective=shared_recovery", "evaluate_recovery=false")
+    with pytest.raises(VennCellInputError, match="did you mean objective=min_private_recovery"):
+        run("objective=min_privat_recovery")
     assert not (tmp_path / "run" / "config_resolved.yaml").exists()  # nothing trained or written
 
 
@@ -249,3 +251,28 @@ def test_a_single_run_writes_no_sweep_summary(tmp_path):
             (sweep / "0" / ".hydra" / "overrides.yaml").write_text("[]\n")
         SweepSummaryCallback().on_job_end(cfg, done)
         assert (sweep / "sweep_summary.csv").exists() == made and sweep.exists() == made, mode
+
+
+def test_a_stop_signal_ends_the_sweep_not_only_its_job(monkeypatch):
+    """SIGTERM or Ctrl-C stopped the running job of a multirun, and Hydra went on with the next ones."""
+    import signal
+
+    from venncell.cli import common
+    from venncell.train.safety import TrainingInterrupted
+
+    monkeypatch.setattr(common, "in_multirun", lambda: True)
+
+    def stopped():
+        raise TrainingInterrupted(signal.SIGTERM, Path("run"))
+
+    with pytest.raises(SystemExit) as out:
+        common.friendly(stopped)()
+    assert out.value.code == 143
+
+    def bad_input():
+        raise common.VennCellInputError("a bad setting")
+
+    with pytest.raises(
+        common.VennCellInputError
+    ):  # a failed job: Hydra records it and runs the others
+        common.friendly(bad_input)()

@@ -95,12 +95,8 @@ def _log_to_files(message: str) -> None:
 
 
 # what venncell-train and venncell-report write into a run folder (checkpoints/: the training clears its own)
-RUN_OUTPUTS = (
-    "venn.h5mu",
-    "venn_latents.h5ad",
-    "metrics.json",
-    "model",
-    "logs",
+# the report's files, which describe the model as it was when the report ran
+REPORT_OUTPUTS = (
     "report.html",
     "attribution.json",
     "attribution_*.csv",
@@ -108,13 +104,15 @@ RUN_OUTPUTS = (
     "plan_*.csv",
     "enrichment_*.csv",
 )
+RUN_OUTPUTS = ("venn.h5mu", "venn_latents.h5ad", "metrics.json", "model", "logs", *REPORT_OUTPUTS)
 
 
-def clear_earlier_outputs(run_dir: Path, keep: Path | None = None) -> None:
+def clear_earlier_outputs(run_dir: Path, keep: Path | None = None, outputs=RUN_OUTPUTS) -> None:
     """A fresh run in the folder of an earlier venncell-train run (it holds that run's config_resolved.yaml)
     removes that run's outputs first: killed before it wrote its own, it left the old model and latents beside its
     new config, and venncell-report reported the old model. A folder that never held a run is left alone (its
-    files may only share a name with ours), and so is ``keep``, the run's input data."""
+    files may only share a name with ours), and so is ``keep``, the run's input data. ``outputs``: which (a
+    resumed run removes only the report's, ``REPORT_OUTPUTS``)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     run_dir = Path(run_dir)
@@ -122,7 +120,7 @@ def clear_earlier_outputs(run_dir: Path, keep: Path | None = None) -> None:
         return  # another DDP rank (rank 0 clears), or not a venncell run folder
     kept = keep.resolve() if keep is not None else None
     found = sorted(
-        {p for pattern in RUN_OUTPUTS for p in run_dir.glob(pattern) if p.resolve() != kept}
+        {p for pattern in outputs for p in run_dir.glob(pattern) if p.resolve() != kept}
     )
     if not found:
         return
@@ -143,9 +141,9 @@ LOCK_FILE = ".venncell.lock"
 
 @contextmanager
 def run_folder_lock(run_dir: Path):
-    """Hold ``run_dir`` for this run: a second venncell-train on the same folder while this one runs is refused
-    (its fresh start would remove this run's files, and both would write the same model). A lock whose process is
-    gone (a killed run) is taken over. Rank 0 alone holds it under DDP."""
+    """Hold ``run_dir`` for this run: a second venncell-train (or venncell-report) on the same folder while this one
+    runs is refused (its fresh start would remove this run's files, a report would write its latents over the new
+    ones). A lock whose process is gone (a killed run) is taken over. Rank 0 alone holds it under DDP."""
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:
@@ -167,10 +165,7 @@ def run_folder_lock(run_dir: Path):
                 holder = path.read_text(errors="replace").strip() if path.exists() else ""
                 if holder != me and _alive(holder):
                     host, _, pid = holder.partition(" ")
-                    raise VennCellInputError(
-                        f"{run_dir} is in use by another venncell-train (process {pid} on {host}). Give this "
-                        f"run another folder (hydra.run.dir=...), or, if no run uses it, delete {path}."
-                    ) from None
+                    raise VennCellInputError(_in_use(run_dir, holder)) from None
                 path.unlink(
                     missing_ok=True
                 )  # left by a run that is gone (or by this process's namesake)
@@ -181,6 +176,36 @@ def run_folder_lock(run_dir: Path):
     finally:
         if path.exists() and path.read_text(errors="replace").strip() == me:
             path.unlink(missing_ok=True)
+
+
+def _in_use(run_dir: Path, holder: str) -> str:
+    host, _, pid = holder.partition(" ")
+    return (
+        f"{run_dir} is in use by another venncell command (process {pid} on {host}). Give this run another folder "
+        f"(hydra.run.dir=...), wait for that one to end, or, if nothing uses it, delete {run_dir / LOCK_FILE}."
+    )
+
+
+def check_folders_free(argv: list[str]) -> None:
+    """One line and exit code 2 when a folder named on the command line (``hydra.run.dir=``, ``run_dir=``, or a
+    job folder under ``hydra.sweep.dir=``) is held by a running venncell command: checked before Hydra writes its
+    ``.hydra/`` records into it, which would then describe this refused run instead of the running one."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key not in ("hydra.run.dir", "run_dir", "hydra.sweep.dir") or not value:
+            continue
+        folder = Path(value)
+        locks = (
+            [folder / LOCK_FILE]
+            if key != "hydra.sweep.dir"
+            else sorted(folder.glob(f"*/{LOCK_FILE}"))
+        )
+        for lock in locks:
+            holder = lock.read_text(errors="replace").strip() if lock.is_file() else ""
+            me = f"{socket.gethostname()} {os.getpid()}"
+            if holder and holder != me and _alive(holder):
+                print(f"venncell: error: {_in_use(lock.parent, holder)}", file=sys.stderr)
+                raise SystemExit(2)
 
 
 def _alive(holder: str) -> bool:
@@ -241,9 +266,8 @@ def friendly(fn):
                 e = f"cannot read or write {e.filename or 'a file'}: {e.strerror or e}"
             _log_to_files(f"{e}")
             print(f"venncell: error: {e}", file=sys.stderr)
-            if (
-                in_multirun()
-            ):  # an exception (not an exit) lets Hydra record it and run the other jobs
+            # an exception (not an exit) lets Hydra record it and run the other jobs; a stop signal ends the sweep
+            if in_multirun() and not isinstance(e, TrainingInterrupted):
                 raise
             raise SystemExit(code) from None
 

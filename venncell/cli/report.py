@@ -11,7 +11,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from venncell.analysis.attribution import AttributionConfig
-from venncell.cli.common import CONFIG_PATH, check_output_dir, friendly
+from venncell.cli.common import (
+    CONFIG_PATH,
+    check_folders_free,
+    check_output_dir,
+    friendly,
+    run_folder_lock,
+)
 from venncell.cli.store import ReportConfig, register_configs, to_object
 from venncell.data.files import atomic_write
 from venncell.data.readers import read_h5mu
@@ -71,9 +77,10 @@ def run_report(cfg: DictConfig):
             raise VennCellInputError(
                 f"run_dir={run_dir} has no {what} ({p}); point run_dir at a finished venncell-train run."
             )
-    mdata = read_h5mu(data_path)
-    model = VennCell.load(model_dir, mdata=mdata)
-    return report_with(model, run_dir, cfg, save_h5mu=cfg.write_h5mu)
+    with run_folder_lock(run_dir):  # not while a training writes the folder
+        mdata = read_h5mu(data_path)
+        model = VennCell.load(model_dir, mdata=mdata)
+        return report_with(model, run_dir, cfg, save_h5mu=cfg.write_h5mu)
 
 
 def report_with(model: VennCell, run_dir: Path, cfg, save_h5mu: bool):
@@ -133,6 +140,7 @@ def main() -> None:
     """Console entry point."""
     register_configs()
     check_output_dir(sys.argv[1:])
+    check_folders_free(sys.argv[1:])
     # the run folder is Hydra's output folder too: a mistyped one would be created (with .hydra_report/) before
     # run_report could refuse it
     for arg in sys.argv[1:]:

@@ -5,6 +5,7 @@ A thin layer over ``venncell.VennCell``; there is no second training loop.
 
 from __future__ import annotations
 
+import difflib
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from venncell.cli.common import (
     CONFIG_PATH,
+    REPORT_OUTPUTS,
     atomic_write_json,
+    check_folders_free,
     check_output_dir,
     clear_earlier_outputs,
     friendly,
@@ -84,12 +87,8 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     data = data_settings(cfg.data)
     _check_objective(cfg.objective, cfg.evaluate_recovery)
     mdata = load_data(cfg)
-    if _is_recovery_score(cfg.objective) and truth_from_mudata(mdata) is None:
-        raise VennCellInputError(
-            f"objective={cfg.objective} is a recovery score, which needs data with known true factors (the "
-            "synthetic default); these data have none. Optimise a held-out score instead, e.g. "
-            "objective=stage2/val/recon."
-        )
+    if _is_recovery_score(cfg.objective):
+        _check_recovery_objective(cfg.objective, truth_from_mudata(mdata))
     register, batch_key = data["register"], data.get("batch_key")
     stored = stored_options(mdata)
     # a file set up in Python (setup_mudata, then .write) keeps its setup unless data.register is given
@@ -118,6 +117,8 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     # a fresh start either way: resume=false, or nothing to resume
     if not cfg.resume or not any((run_dir / "checkpoints").rglob("*.ckpt")):
         clear_earlier_outputs(run_dir, keep=_input_path(cfg))
+    else:  # the model trains on: a report of it as it was would sit beside the new one
+        clear_earlier_outputs(run_dir, keep=_input_path(cfg), outputs=REPORT_OUTPUTS)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     history = model.train(
         run_dir=run_dir, logger=make_loggers(cfg, run_dir), resume=cfg.resume, **train_kwargs
@@ -218,6 +219,35 @@ def _check_objective(key, evaluate_recovery: bool) -> None:
         )
 
 
+def _check_recovery_objective(key: str, truth) -> None:
+    """A recovery score must be one these data's true blocks give (``summarise_recovery``'s names)."""
+    if truth is None:
+        raise VennCellInputError(
+            f"objective={key} is a recovery score, which needs data with known true factors (the synthetic "
+            "default); these data have none. Optimise a held-out score instead, e.g. objective=stage2/val/recon."
+        )
+    known = [
+        "shared_recovery",
+        "min_private_recovery",
+        "leak_private_into_shared",
+        "leak_shared_into_private",
+        "leak_private_into_other_private",
+        *(f"private:{m}_recovery" for m in truth.private),
+    ]
+    if truth.regions:
+        known += [f"shared:{r}_recovery" for r in truth.regions] + [
+            "min_region_recovery",
+            "leak_max",
+        ]
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        raise VennCellInputError(
+            f"objective={key} is not a recovery score of these data"
+            + (f"; did you mean objective={close[0]}?" if close else "")
+            + f" They have: {', '.join(known)}."
+        )
+
+
 def _objective(metrics: dict, key: str) -> float:
     """The number a sweeper optimises; NaN (with a warning) when the run has no such metric, e.g. a held-out score
     of a run without held-out cells: the run itself succeeded and its outputs are written."""
@@ -255,6 +285,7 @@ def main() -> float:
     """Console entry point."""
     register_configs()
     check_output_dir(sys.argv[1:])
+    check_folders_free(sys.argv[1:])
     # Hydra would answer "use +trainer.seed", which is refused in turn
     if any(arg.startswith("trainer.seed=") for arg in sys.argv[1:]):
         print(f"venncell: error: {TRAINER_SEED}", file=sys.stderr)
