@@ -189,7 +189,12 @@ def _in_use(run_dir: Path, holder: str) -> str:
 def check_folders_free(argv: list[str]) -> None:
     """One line and exit code 2 when a folder named on the command line (``hydra.run.dir=``, ``run_dir=``, or a
     job folder under ``hydra.sweep.dir=``) is held by a running venncell command: checked before Hydra writes its
-    ``.hydra/`` records into it, which would then describe this refused run instead of the running one."""
+    ``.hydra/`` records into it, which would then describe this refused run instead of the running one. A DDP
+    worker (Lightning re-runs the command for it) shares its rank 0's folder and skips the check."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
     for arg in argv:
         key, _, value = arg.partition("=")
         if key not in ("hydra.run.dir", "run_dir", "hydra.sweep.dir") or not value:
