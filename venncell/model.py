@@ -480,8 +480,16 @@ class VennCell:
         cell that has none of ``modalities`` (a warning says how many; none at all is refused).
         """
         self._require_trained()
+        # the training cells' rows, where stage-1 latents are asked for or may be the default
+        wanted = source in ("stage1", "average") or (
+            source is None and modalities is None and not refine_epochs
+        )
+        rows = self._training_rows(mdata) if wanted else None
         if source is None:
-            source = self._default_source(mdata, modalities, refine_epochs)
+            # where both latents exist the default is their mean: it beats the encoders' alone on most sets of the
+            # integration harness (the optimised latents keep what the encoders do not amortise, and the encoders
+            # smooth the per-cell optimisation)
+            source = "average" if rows is not None else "encoder"
         if refine_epochs and source != "encoder":
             raise VennCellInputError(
                 "refine_epochs refines encoder latents; use it with source='encoder'."
@@ -491,7 +499,6 @@ class VennCell:
             raise VennCellInputError(
                 f"source must be 'encoder', 'stage1' or 'average', got {source!r}."
             )
-        rows = self._training_rows(mdata)
         if source != "encoder" and rows is None:
             raise VennCellInputError(
                 f"source={source!r} exists only for the training cells (matched by name, each measured in the "
@@ -517,13 +524,6 @@ class VennCell:
             if source == "average":
                 lat = average_latents(lat, embed_cells(self.module, self._data_for(mdata)))
         return pick_block(lat, block, list(self.specs), list(self.module.regions))
-
-    def _default_source(self, mdata, modalities, refine_epochs) -> str:
-        """``"average"`` where both latents exist (the training data, every modality, no refinement): it beats
-        the encoders' alone on most sets of the integration harness (benchmarks/integration), as the optimised
-        latents keep what the encoders do not amortise and the encoders smooth the per-cell optimisation."""
-        own = self._training_rows(mdata) is not None
-        return "average" if own and modalities is None and not refine_epochs else "encoder"
 
     def refine(
         self,

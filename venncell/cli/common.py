@@ -94,7 +94,6 @@ def _log_to_files(message: str) -> None:
                 handler.handle(record)
 
 
-# what venncell-train and venncell-report write into a run folder (checkpoints/: the training clears its own)
 # the report's files, which describe the model as it was when the report ran
 REPORT_OUTPUTS = (
     "report.html",
@@ -104,6 +103,7 @@ REPORT_OUTPUTS = (
     "plan_*.csv",
     "enrichment_*.csv",
 )
+# what venncell-train and venncell-report write into a run folder (checkpoints/: the training clears its own)
 RUN_OUTPUTS = ("venn.h5mu", "venn_latents.h5ad", "metrics.json", "model", "logs", *REPORT_OUTPUTS)
 
 
@@ -151,31 +151,43 @@ def run_folder_lock(run_dir: Path):
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    me = f"{socket.gethostname()} {os.getpid()}"
     # written whole under another name, then linked into place: a reader never sees a half-written lock, and
     # of two runs linking at once one fails
     mine = run_dir / f"{LOCK_FILE}.{os.getpid()}"
-    mine.write_text(me)
+    mine.write_text(_me())
     try:
         while True:
             try:
                 os.link(mine, path)
                 break
             except FileExistsError:
-                holder = path.read_text(errors="replace").strip() if path.exists() else ""
-                if holder != me and _alive(holder):
-                    host, _, pid = holder.partition(" ")
+                holder = _other_holder(path)
+                if holder:
                     raise VennCellInputError(_in_use(run_dir, holder)) from None
-                path.unlink(
-                    missing_ok=True
-                )  # left by a run that is gone (or by this process's namesake)
+                # left by a run that is gone (or by this process's namesake)
+                path.unlink(missing_ok=True)
     finally:
         mine.unlink(missing_ok=True)
     try:
         yield
     finally:
-        if path.exists() and path.read_text(errors="replace").strip() == me:
+        if _holder(path) == _me():
             path.unlink(missing_ok=True)
+
+
+def _me() -> str:
+    """What a lock this process holds says: its machine and process id."""
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _holder(lock: Path) -> str:
+    return lock.read_text(errors="replace").strip() if lock.is_file() else ""
+
+
+def _other_holder(lock: Path) -> str:
+    """Who holds ``lock``, when it is another process that is still running; else ""."""
+    holder = _holder(lock)
+    return holder if holder and holder != _me() and _alive(holder) else ""
 
 
 def _in_use(run_dir: Path, holder: str) -> str:
@@ -206,9 +218,8 @@ def check_folders_free(argv: list[str]) -> None:
             else sorted(folder.glob(f"*/{LOCK_FILE}"))
         )
         for lock in locks:
-            holder = lock.read_text(errors="replace").strip() if lock.is_file() else ""
-            me = f"{socket.gethostname()} {os.getpid()}"
-            if holder and holder != me and _alive(holder):
+            holder = _other_holder(lock)
+            if holder:
                 print(f"venncell: error: {_in_use(lock.parent, holder)}", file=sys.stderr)
                 raise SystemExit(2)
 

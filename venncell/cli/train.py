@@ -226,19 +226,13 @@ def _check_recovery_objective(key: str, truth) -> None:
             f"objective={key} is a recovery score, which needs data with known true factors (the synthetic "
             "default); these data have none. Optimise a held-out score instead, e.g. objective=stage2/val/recon."
         )
-    known = [
-        "shared_recovery",
-        "min_private_recovery",
-        "leak_private_into_shared",
-        "leak_shared_into_private",
-        "leak_private_into_other_private",
-        *(f"private:{m}_recovery" for m in truth.private),
-    ]
-    if truth.regions:
-        known += [f"shared:{r}_recovery" for r in truth.regions] + [
-            "min_region_recovery",
-            "leak_max",
-        ]
+    import pandas as pd
+
+    from venncell.analysis.recovery import summarise_recovery
+
+    # the names a run's summary of these true blocks has (scores aside)
+    blocks = list(truth.blocks())
+    known = list(summarise_recovery(pd.DataFrame(0.0, index=blocks, columns=blocks)))
     if key not in known:
         close = difflib.get_close_matches(key, known, n=1)
         raise VennCellInputError(

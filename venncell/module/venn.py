@@ -130,7 +130,7 @@ class VennModule(nn.Module):
 
     def set_batch_coverage(self, coverage: dict) -> None:
         """``coverage[m]``: which batches have training cells measured in m (bool, one per batch). m's decoders
-        read a batch without any as the mean of the others (``Decoder.set_batch_coverage``)."""
+        predict a batch without any as the mean of their predictions as the others (``Decoder.expected``)."""
         for m, trained in coverage.items():
             for decoders in (self.decoders, self.shared_decoders):
                 decoders[m].set_batch_coverage(torch.as_tensor(trained, dtype=torch.bool))
