@@ -14,7 +14,8 @@ Features (every gene / peak / protein)
 
     ``shared_fraction = EV(shared-only) / EV(full)`` (clipped to [0, 1]) is the part of what the decoder
     explains that needs no private latent; ``private_fraction = 1 - shared_fraction`` is the part that
-    needs it, shared x private interactions included. Both get percentile bootstrap CIs over cells.
+    needs it, shared x private interactions included. Both get percentile bootstrap CIs over cells; the per-modality
+    means (``AttributionResult.modalities``) get the bootstrap's spread around the estimate (``centred_ci``).
     Features whose full EV is <= 0 have no fraction (NaN).
 
     With Venn regions (``venn_regions`` = ``pairs`` or ``all``) a feature's decoder also reads the blocks of the

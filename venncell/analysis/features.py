@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from venncell.analysis.probes import boot_weights, with_ci
+from venncell.analysis.probes import boot_weights, centred_ci, with_ci
 from venncell.data.spec import PROPORTION_LIKELIHOODS
 from venncell.data.validate import VennCellInputError
 from venncell.module.regions import block_key, region_name
@@ -162,7 +162,7 @@ def venn_regions(boot: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def modality_summary(m: str, boot: dict[str, np.ndarray], cfg) -> dict:
     """Mean over features of the Venn regions; the shared share is a ratio of means (robust to the noisy
     fractions of features the decoder barely explains). Features without an EV (constant ones: no variance to
-    explain) are left out, not counted as 0; ``n_features`` counts the others."""
+    explain) are left out, not counted as 0; ``n_features`` counts the others. Intervals are ``centred_ci``'s."""
     defined = np.isfinite(boot["full"][0])
     boot = {k: v[:, defined] for k, v in boot.items()}
     shared, private = venn_regions(boot)
@@ -176,11 +176,11 @@ def modality_summary(m: str, boot: dict[str, np.ndarray], cfg) -> dict:
         ("ev_explained", s + p),
         ("shared_share", share),
     ):
-        out.update(with_ci(name, v, cfg.ci))
+        out.update(centred_ci(name, v, cfg.ci))
     out["ev_unexplained"] = 1.0 - out["ev_explained"]
     for key, draws in boot.items():  # Venn regions: the mean EV in each block m's decoder reads
         if key.startswith("in:"):
-            out.update(with_ci(f"ev_in_{key[3:]}", draws.mean(1), cfg.ci))
+            out.update(centred_ci(f"ev_in_{key[3:]}", draws.mean(1), cfg.ci))
     return out
 
 

@@ -114,3 +114,15 @@ def with_ci(name: str, draws: np.ndarray, ci: float) -> dict:
     # no interval for an estimate that is undefined (a feature's fraction when its decoder explains nothing)
     q = np.where(np.isnan(draws[0]), np.nan, q)
     return {name: draws[0], f"{name}_lo": q[0], f"{name}_hi": q[1]}
+
+
+def centred_ci(name: str, draws: np.ndarray, ci: float) -> dict:
+    """``with_ci`` with the draws moved so that their median is the estimate: the interval keeps the bootstrap's
+    spread but not its shift. For a mean of per-feature ratios over thousands of features, resampling cells shifts
+    the draws (the ratios' curvature, clipping) by more than they spread, and a plain percentile interval would
+    exclude the estimate."""
+    draws = np.asarray(draws, dtype=float)
+    if len(draws) < 2 or np.all(np.isnan(draws[1:])):
+        return with_ci(name, draws, ci)
+    shift = np.nanmedian(draws[1:], axis=0) - draws[0]
+    return with_ci(name, np.concatenate([draws[:1], draws[1:] - shift]), ci)
