@@ -914,7 +914,10 @@ class VennCell:
             resolve_marker(self.mdata, data, name, np.arange(min(1, data.n_cells)))
 
     def cell_modality_weights(
-        self, mdata: md.MuData | None = None, refine_epochs: int = 20, write_obs: bool = True
+        self,
+        mdata: md.MuData | None = None,
+        refine_epochs: int | None = None,
+        write_obs: bool = True,
     ) -> pd.DataFrame:
         """Per cell, how much each modality determines its shared latent (weights summing to 1).
 
@@ -928,7 +931,7 @@ class VennCell:
         mdata
             New cells (default: the training data, whose stage-1 latents are the reference).
         refine_epochs
-            New cells only: epochs of test-time refinement that fit their reference latents.
+            New cells only: epochs of test-time refinement that fit their reference latents (None: 20).
         write_obs
             Store the weights as ``obs["venn_weight_<modality>"]`` of the cells' MuData.
 
@@ -939,6 +942,12 @@ class VennCell:
         from venncell.analysis.cell_weights import cell_modality_weights
 
         self._require_trained()
+        if mdata is None and refine_epochs is not None:
+            raise VennCellInputError(
+                f"cell_modality_weights(refine_epochs={refine_epochs}) without mdata: the training cells' reference "
+                "is their stage-1 latents, nothing is refined. Drop refine_epochs, or pass new cells as mdata."
+            )
+        refine_epochs = 20 if refine_epochs is None else refine_epochs
         if mdata is not None:
             check_range("refine_epochs (refine(epochs=...))", refine_epochs, 1, integer=True)
         data = self._data_for(mdata)
@@ -991,8 +1000,9 @@ class VennCell:
         gene_sets
             Bundled collection names (``GO_Biological_Process_2023``, ``KEGG_2021_Human``; needs
             ``pip install 'venncell[genesets]'``), paths of ``.gmt`` files and/or dicts ``{term: [genes]}``
-            of your own; None = both bundled ones. Nothing is downloaded. A set is tested when between
-            ``min_size`` (5) and ``max_size`` (500) of its genes are features of the modality.
+            of your own; None = both bundled ones. Nothing is downloaded. A modality is tested when at least 10
+            of its features are genes of the collections, and a set when between ``min_size`` (5) and
+            ``max_size`` (500) of its genes are features of the modality.
         modalities
             Modalities to test; None = those whose features are gene symbols (RNA).
         attribution

@@ -94,7 +94,8 @@ ENCODER = "encoder"
 def variant_settings(variant: str) -> dict:
     """The model settings of a harness row ``venncell:<variant>``: a named preset (``fast``) or one or more
     ``field=value`` changes of the defaults joined by ``+`` (``encoder_dropout=0.2``), for rows that measure a
-    candidate default on every dataset before it becomes one."""
+    candidate default on every dataset before it becomes one; a ``TrainConfig`` field is passed to ``train`` instead
+    (``train_settings``)."""
     import yaml
 
     from venncell.module.config import PRESETS
@@ -106,6 +107,19 @@ def variant_settings(variant: str) -> dict:
     return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in variant.split("+"))}
 
 
+def train_settings(settings: dict) -> tuple[dict, dict]:
+    """``settings`` split into the model's fields and the trainer's (``TrainConfig``, e.g. ``stage1_epochs``)."""
+    from dataclasses import fields
+
+    from venncell.train.config import TrainConfig
+
+    trainer = {f.name for f in fields(TrainConfig)}
+    return (
+        {k: v for k, v in settings.items() if k not in trainer},
+        {k: v for k, v in settings.items() if k in trainer},
+    )
+
+
 def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False, variant: str | None = None):
     """VennCell with the package defaults: no option beyond the batch key and, for images, where the pixels are.
     ``before``: the defaults of VennCell 0.1 (preset ``v0.1``, latent learning rate 0.01), for the "before" rows;
@@ -114,8 +128,11 @@ def fit_venncell(mdata, ds, seed, held, run_dir, before: bool = False, variant: 
 
     VennCell.setup_mudata(mdata, modalities=ds.register, batch_key=ds.batch_key)
     variant = "v0.1" if before else variant
-    model = VennCell(mdata, seed=seed, **(variant_settings(variant) if variant else {}))
-    model.train(run_dir=run_dir, progress_bar="none", **({"lr_latent": 0.01} if before else {}))
+    settings, train_kw = train_settings(variant_settings(variant) if variant else {})
+    model = VennCell(mdata, seed=seed, **settings)
+    model.train(
+        run_dir=run_dir, progress_bar="none", **({"lr_latent": 0.01} if before else train_kw)
+    )
     if variant == EQUAL_MIX:
         model.module.mix_weights.copy_(model.module.equal_mix_weights())
     # the package's default latents, except in the rows of defaults that used the encoders' alone

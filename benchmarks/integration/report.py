@@ -25,6 +25,8 @@ NAMES = {
     "venncell:shared_dim=16": "VennCell, shared block of 16 (candidate)",
     "venncell:dropout=0.1": "VennCell, decoder dropout 0.1 (candidate)",
     "venncell:hidden=256": "VennCell, decoders twice as wide (candidate)",
+    "venncell:stage1_epochs=50": "VennCell, 50 stage-1 epochs (candidate)",
+    "venncell:stage1_epochs=200": "VennCell, 200 stage-1 epochs (candidate)",
     "venncell:equal_mix": "VennCell, blocks as plain means (the defaults before the mixing weights)",
     "venncell:image_augment=False": "VennCell, crops not turned or mirrored (the defaults before 2026-12-06)",
     "venncell:modality_weights=equal": "VennCell, each modality weighted once (candidate)",

@@ -318,8 +318,11 @@ def test_gene_sets_per_block(trained, tmp_path):
     )  # the latent directions too
     names = {p.name for p in res.write(tmp_path)}
     assert names == {"enrichment_terms.csv", "enrichment_top.csv"}
-    with pytest.raises(VennCellInputError, match="'atac'.*gene symbols"):
+    # peaks get a fix for peaks, and no advice to leave out the one modality named (it led to "modalities is empty")
+    with pytest.raises(VennCellInputError, match="'atac'.*peaks, not genes.*own\\.$"):
         model.enrich_regions(gene_sets=[str(gmt)], modalities=["atac"], attribution=result)
+    with pytest.raises(VennCellInputError, match="'atac'.*leave 'atac' out"):
+        model.enrich_regions(gene_sets=[str(gmt)], modalities=["rna", "atac"], attribution=result)
     # a top as long as the modality finds nothing, whatever the sets: said so (it was silent)
     n = mdata["rna"].n_vars
     wide = model.enrich_regions(gene_sets=[str(gmt)], attribution=result, top_n=n)

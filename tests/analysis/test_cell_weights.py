@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from venncell import VennCell, make_synthetic
+from venncell import VennCell, VennCellInputError, make_synthetic
 
 MODS = {"rna": 120, "protein": 30}
 N_TRAIN, N_NEW = 800, 400
@@ -71,3 +71,12 @@ def test_a_missing_modality_has_weight_zero(trained):
     assert lacks.sum() == 30
     assert (w.loc[lacks, "protein"] == 0).all() and (w.loc[lacks, "rna"] == 1).all()
     assert np.allclose(w.sum(1), 1.0) and "venn_weight_rna" not in new.obs
+
+
+def test_refinement_of_the_training_cells_is_refused(trained):
+    """The training cells' reference is their stage-1 latents: refine_epochs there was accepted and ignored."""
+    model, _ = trained
+    with pytest.raises(
+        VennCellInputError, match="refine_epochs=5.*without mdata.*Drop refine_epochs"
+    ):
+        model.cell_modality_weights(refine_epochs=5)

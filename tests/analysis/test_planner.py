@@ -132,7 +132,11 @@ def test_a_panel_without_targets_plans_the_modalities_its_features_belong_to(tra
     assert sorted(plan.features["protein"].index) == sorted(protein)
     with pytest.raises(VennCellInputError, match="targets is empty"):
         model.plan_measurements(targets=[])
-    with pytest.raises(VennCellInputError, match="is a feature of a modality of the model"):
+    # the example is a feature of this model (it named 'protein:CD4' to models without proteins)
+    example = f"e.g. 'rna:{mdata['rna'].var_names[0]}'"
+    with pytest.raises(
+        VennCellInputError, match=f"is a feature of a modality of the model.*{example}"
+    ):
         model.plan_measurements(features=["no_such_gene"])
 
 

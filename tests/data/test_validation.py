@@ -204,8 +204,18 @@ def test_config_out_of_range(key, value):
 def test_sparse_nan_is_named():
     x = sp.csr_matrix(_counts())
     x.data[7] = np.inf
-    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN/inf.*row 1"):
+    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN/inf.*row 1.*adata\.X\.sum"):
         _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
+
+
+def test_the_fix_names_the_layer_the_values_were_read_from():
+    """NaN in a registered layer: the fix's line of code filtered on .X, which held other (finite) values."""
+    m = _pair(_counts(), _counts(seed=1))
+    bad = _counts()
+    bad[2, 1] = np.nan
+    m["rna"].layers["counts"] = bad
+    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN.*adata\.layers\['counts'\]\.sum"):
+        _build(m, rna={"kind": "rna", "layer": "counts"}, protein="protein")
 
 
 # ---------------------------------------------------------------- property-based: any such input, same error

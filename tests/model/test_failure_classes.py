@@ -588,6 +588,13 @@ def test_a_protein_marker_named_without_its_tag_is_suggested_under_its_own_modal
     )
     # a name only another modality holds is still suggested there
     assert "Did you mean ['rna:MS4A1']" in _unknown_marker_message("protein:MS4A1", mdata, specs)
+    # the MuData's own columns are listed before the many pulled up from the modalities (they were cut off)
+    pulled = [f"rna:qc_{i}" for i in range(20)]
+    mdata = SimpleNamespace(obs=pd.DataFrame(columns=[*pulled, "cell_type", "batch"]))
+    msg = _unknown_marker_message("celltype", mdata, specs)
+    assert "(cell_type, batch, rna:qc_0," in msg and "rna:qc_19" not in msg.split("Did you")[0], (
+        msg
+    )
 
 
 def test_an_image_channel_named_twice_is_refused():

@@ -107,7 +107,7 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
         features = data.specs[m].features
         symbols, matched, note = map_symbols(features, collections)
         try:
-            check_overlap(m, symbols, matched)
+            check_overlap(m, symbols, matched, data.specs[m].kind, others=named and len(mods) > 1)
         except VennCellInputError as err:
             if named:
                 raise

@@ -149,17 +149,32 @@ def map_symbols(
     return names, collections, ""
 
 
-def check_overlap(modality: str, symbols: pd.Index, collections: dict) -> None:
-    """Refuse a modality whose features are (almost) absent from the collections: its names are not their genes."""
+def check_overlap(
+    modality: str, symbols: pd.Index, collections: dict, kind: str = "", others: bool = False
+) -> None:
+    """Refuse a modality whose features are (almost) absent from the collections: its names are not their genes.
+    ``kind``: the modality's kind (peaks get their own advice); ``others``: other modalities are tested, so leaving
+    this one out is a fix."""
     found = int(symbols.isin(_universe(collections)).sum())
-    if found < MIN_OVERLAP:
-        raise VennCellInputError(
-            f"Gene-set enrichment of modality '{modality}': only {found} of its {len(symbols)} feature names are "
-            f"genes of the collections {list(collections)} (matched as given and upper-cased); enrichment needs "
-            f"at least {MIN_OVERLAP}. Either the names are not the collections' gene symbols (give a .gmt file of "
-            "this organism's symbols, gene_sets=[path.gmt]) or the collections are too small for this panel "
-            f"(give larger ones); or leave '{modality}' out (modalities=[...])."
+    if found >= MIN_OVERLAP:
+        return
+    if kind == "atac":
+        fix = (
+            "ATAC features are peaks, not genes: gene sets need one score per gene, so test the RNA modality, or "
+            "register gene-level values (e.g. a gene-activity matrix, peaks summed per gene) as a modality of "
+            "their own"
         )
+    else:
+        fix = (
+            "either the names are not the collections' gene symbols (give a .gmt file of this organism's "
+            "symbols, gene_sets=[path.gmt]) or the collections are too small for this panel (give larger ones)"
+        )
+    raise VennCellInputError(
+        f"Gene-set enrichment of modality '{modality}': only {found} of its {len(symbols)} feature names are "
+        f"genes of the collections {list(collections)} (matched as given and upper-cased); enrichment needs "
+        f"at least {MIN_OVERLAP}. Fix: {fix}"
+        + (f"; or leave '{modality}' out of modalities=[...]." if others else ".")
+    )
 
 
 def _universe(collections: dict) -> set[str]:

@@ -150,7 +150,10 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
         name, candidates + [f for s in specs.values() for f in s.features], n=3
     )
     where = ", ".join(f"{m} ({s.n_features} features)" for m, s in specs.items())
-    shown = ", ".join(obs[:15]) + (" ..." if len(obs) > 15 else "")
+    # the MuData's own columns first: columns pulled up from the modalities ('rna:n_genes') can be many
+    pulled = [c for c in obs if c.partition(":")[0] in specs]
+    listed = [c for c in obs if c not in pulled] + pulled
+    shown = ", ".join(listed[:15]) + (" ..." if len(listed) > 15 else "")
     msg = (
         f"Marker {name!r} was not found. Looked for it as a column of mdata.obs ({shown or 'none'}) and as a "
         f"feature (var_name) of every modality: {where}."

@@ -22,8 +22,10 @@ Per modality (summary rows, one per target and subset)
     ``recoverable``: mean ``r2_from_S`` over mean ``r2_measured`` (each R^2 floored at -1, the expected score of
     guessing a random cell's value, as in ``mean_r2_predicted``), over the features the model explains, with a
     bootstrap CI (its draws divide by the estimate's variances, so a resample missing a sparse feature's few
-    cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the pooled R^2
-    and the number of features in each verdict.
+    cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the number of
+    features in each verdict, and ``pooled_r2_predicted``: one R^2 over every feature's values together (1 - the
+    summed squared errors over the summed variances), which the most variable features dominate (on counts, the
+    most expressed), so it can be far above the features' mean R^2.
 
 Cells are the held-out (validation) cells that have every modality, so every subset is scored on the same cells;
 without enough of them, the training cells (in-sample, flagged in the result).
@@ -233,9 +235,10 @@ def _modalities_of(features: list[str], specs: dict) -> list[str]:
             )
         out += [m for m in hits if m not in out]
     if not out:
+        m, spec = next(iter(specs.items()))
         raise VennCellInputError(
             f"None of the panel features {list(features)[:5]} is a feature of a modality of the model "
-            f"({', '.join(specs)}); name them as in var_names, e.g. 'protein:CD4'."
+            f"({', '.join(specs)}); name them as in var_names, e.g. '{m}:{spec.feature_names[0]}'."
         )
     return out
 

@@ -44,8 +44,25 @@ def write_report(
     plan=None,
     enrichment=None,
 ) -> Path:
-    """Render ``result`` (and a ``PlanResult`` and an ``EnrichmentResult``, if given) to ``path`` (written whole:
-    temporary file, then rename)."""
+    """The HTML attribution report (what ``venncell-report`` writes), from Python.
+
+    Parameters
+    ----------
+    result
+        ``model.attribution(...)``.
+    path
+        The ``.html`` file to write (whole: a temporary file, then a rename).
+    title
+        The page's title.
+    umap
+        Draw the UMAPs of the latent blocks (scanpy; the slowest part on many cells).
+    plan, enrichment
+        ``model.plan_measurements(...)`` and ``model.enrich_regions(...)``, to add their sections.
+
+    Returns
+    -------
+    The path written.
+    """
     text = render_html(result, title=title, umap=umap, plan=plan, enrichment=enrichment)
     return atomic_write_text(path, text)
 

@@ -207,7 +207,13 @@ def fit_backed_spec(
         try:
             # the checks that need all cells at once (zero variance, all-zero cells) are done below
             check_matrix(
-                spec.name, x, spec.likelihood, var_names, spec.binarize, zero_variance="keep"
+                spec.name,
+                x,
+                spec.likelihood,
+                var_names,
+                spec.binarize,
+                zero_variance="keep",
+                layer=spec.layer,
             )
         except VennCellInputError as e:
             if "all-zero" not in str(e):

@@ -194,7 +194,9 @@ class MultiModalData:
             if cols is not None:
                 x = x[:, cols]
             if not training:  # the training data were checked when the registry was fitted
-                check_matrix(name, x, spec.likelihood, spec.features, spec.binarize, "keep")
+                check_matrix(
+                    name, x, spec.likelihood, spec.features, spec.binarize, "keep", spec.layer
+                )
             x = as_float32(x, spec)
             if spec.transform is not None:
                 x = apply_transform(spec, x)

@@ -425,7 +425,9 @@ def fit_modality(
 
         return fit_backed_spec(spec, backed_mdata, var_names, chunk_size)
     x = select_matrix(adata, spec)
-    const = check_matrix(name, x, spec.likelihood, var_names, spec.binarize, spec.zero_variance)
+    const = check_matrix(
+        name, x, spec.likelihood, var_names, spec.binarize, spec.zero_variance, spec.layer
+    )
     spec.features = var_names
     if spec.zero_variance == "drop" and const.size:
         keep = np.setdiff1d(np.arange(x.shape[1]), const)

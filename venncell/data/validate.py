@@ -67,13 +67,21 @@ def warn_zero_variance(name: str, const: np.ndarray, features, stacklevel: int =
 
 
 def check_matrix(
-    name: str, x, likelihood: str, features, binarize: bool = False, zero_variance: str = "warn"
+    name: str,
+    x,
+    likelihood: str,
+    features,
+    binarize: bool = False,
+    zero_variance: str = "warn",
+    layer: str | None = None,
 ) -> np.ndarray:
     """Validate one modality's matrix against its likelihood.
 
     Returns the column indices of zero-variance features; ``zero_variance`` says whether they are
-    reported (``warn``), dropped by the caller (``drop``) or silently kept (``keep``).
+    reported (``warn``), dropped by the caller (``drop``) or silently kept (``keep``). ``layer``: where the
+    matrix was read (None = ``.X``), named in the fixes.
     """
+    held = f"adata.layers[{layer!r}]" if layer else "adata.X"
     check_zero_variance_policy(name, zero_variance)
     n_cells, n_features = x.shape
     if n_cells == 0:
@@ -92,7 +100,7 @@ def check_matrix(
     if not numeric or np.issubdtype(vals.dtype, np.complexfloating):
         raise VennCellInputError(
             f"Modality '{name}' holds non-numeric values (dtype {vals.dtype}); convert it to "
-            "float (`adata.X = adata.X.astype(np.float32)`)."
+            f"float (`{held} = {held}.astype(np.float32)`)."
         )
     finite = np.isfinite(vals)
     if not finite.all():
@@ -100,8 +108,8 @@ def check_matrix(
         n_bad = int((~finite).sum())
         raise VennCellInputError(
             f"Modality '{name}' contains {n_bad} NaN/inf value(s){bad}. Impute or drop those cells/features "
-            "before training or embedding (e.g. keep the cells whose values are all finite, for a dense or sparse .X: "
-            "`adata = adata[np.isfinite(np.asarray(adata.X.sum(1))).ravel()]`)."
+            "before training or embedding (e.g. keep the cells whose values are all finite, dense or sparse: "
+            f"`adata = adata[np.isfinite(np.asarray({held}.sum(1))).ravel()]`)."
         )
     if vals.size and np.abs(vals).max() > FLOAT32_MAX:
         raise VennCellInputError(

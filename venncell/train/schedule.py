@@ -402,6 +402,8 @@ def run_two_stage(
         warnings.filterwarnings(
             "ignore", message=r".*when logging on epoch level in distributed setting.*"
         )
+        # Lightning's own use of a torch API torch deprecates: nothing a user can change
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         return _run_two_stage(module, data, is_train, cfg, Path(run_dir), loggers, resume)
 
 
