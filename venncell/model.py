@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from venncell.data.dataset import MultiModalData
-from venncell.data.files import atomic_write
+from venncell.data.files import atomic_write, output_folder
 from venncell.data.registry import (
     REGISTRY_KEY,
     DataRegistry,
@@ -52,6 +52,8 @@ from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 
 MODEL_FORMAT = 2
+# what save() writes: a folder holding only these is a model it may replace
+MODEL_FILES = ("venncell.json", "model.pt", "cells.npz")
 
 
 class VennCell:
@@ -762,23 +764,35 @@ class VennCell:
     def save(self, path: str | Path, overwrite: bool = True) -> None:
         """Weights, configuration and data registry (features, preprocessing statistics), in a folder.
 
-        Written to a temporary folder and renamed into place, so a crash never leaves half a model.
+        Written to a temporary folder and renamed into place, so a crash never leaves half a model. ``overwrite``
+        replaces a model saved there before; a folder holding anything else is refused, never emptied.
         """
         path = Path(path)
         if path.exists() and not overwrite:
             raise VennCellInputError(f"{path} exists; pass overwrite=True or choose another path.")
+        if path.is_file():
+            raise VennCellInputError(
+                f"Cannot write the model to {path}: it is a file, not a folder."
+            )
+        other = (
+            sorted(p.name for p in path.iterdir() if p.name not in MODEL_FILES)
+            if path.is_dir()
+            else []
+        )
+        if other:
+            raise VennCellInputError(
+                f"Cannot write the model to {path}: the folder holds other files ({', '.join(other[:5])}"
+                f"{', ...' if len(other) > 5 else ''}), which saving would delete. Save into a new or empty folder "
+                f"(e.g. {path / 'model'})."
+            )
+        output_folder(path.parent, "the model")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
             # mkdtemp's 0700 would keep other users from loading the model
             tmp.chmod(0o777 & ~_umask())
         except OSError as e:
-            blocking = next(
-                (q for q in path.parents if q.is_file()), None
-            )  # mkdir says "File exists"
             raise VennCellInputError(
-                f"Cannot write the model to {path}: "
-                + (f"{blocking} is a file, not a folder." if blocking else f"{e.strerror or e}.")
+                f"Cannot write the model to {path}: {e.strerror or e}."
             ) from None
         meta = {
             "format": MODEL_FORMAT,
@@ -803,6 +817,7 @@ class VennCell:
             ) from None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)  # left by a save killed between its renames
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -312,8 +312,10 @@ def test_a_fresh_run_in_an_old_run_folder_removes_its_outputs_first(
         "attribution_markers.csv",
         "metrics.json",
         "notes.txt",
+        "venncell-report.log",  # the report's log and Hydra record were left, saying what it wrote
     ):
         (tmp_path / name).write_text("old")
+    (tmp_path / ".hydra_report").mkdir()
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "venncell.json").write_text("{}")
 

@@ -4,6 +4,7 @@ silently (wrong output, exit 0) or with a traceback from deep inside a library."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -288,6 +289,7 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, helpe
         ok=False,
     )
     assert res.returncode == 2 and "model settings" in res.stderr and "Traceback" not in res.stderr
+    assert re.search(r"shared_dim: \d+ in the checkpoint, 5 now", " ".join(res.stderr.split()))
     # where to find the settings to give again (Hydra has already rewritten .hydra/ with this attempt's)
     assert f"That run's settings are in {run / 'config_resolved.yaml'}" in " ".join(
         res.stderr.split()
@@ -347,6 +349,40 @@ def test_saving_under_a_file_names_the_file(trained_tiny, tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(VennCellInputError, match="afile is a file, not a folder"):
         model.save(tmp_path / "afile" / "model")
+
+
+def test_result_tables_under_a_file_name_the_file(trained_tiny, tmp_path):
+    """AttributionResult.write under a file raised a bare NotADirectoryError (model.save named the file)."""
+    model, _, _ = trained_tiny
+    res = model.attribution([], progress=False)
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(VennCellInputError, match="attribution tables.*afile is a file, not a folder"):
+            res.write(out)
+
+
+def test_saving_never_empties_a_folder_that_holds_more_than_a_model(trained_tiny, tmp_path):
+    """model.save("results") replaced the folder: the user's notes and figures in it were deleted, no warning."""
+    model, _, _ = trained_tiny
+    results = tmp_path / "results"
+    (results / "figures").mkdir(parents=True)
+    (results / "notes.txt").write_text("mine")
+    with pytest.raises(
+        VennCellInputError, match="holds other files \\(figures, notes.txt\\).*results/model"
+    ):
+        model.save(results)
+    assert (results / "notes.txt").read_text() == "mine" and (results / "figures").is_dir()
+    with pytest.raises(VennCellInputError, match="notes.txt: it is a file, not a folder"):
+        model.save(results / "notes.txt")
+    # a model saved before is replaced, and an empty folder is used
+    model.save(results / "model")
+    model.save(results / "model")
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")
+    assert {p.name for p in (tmp_path / "empty").iterdir()} == {
+        p.name for p in (results / "model").iterdir()
+    }
+    assert not list(tmp_path.glob(".*"))  # no temporary or old folder left
 
 
 def test_a_tampered_model_file_is_a_clear_error(trained_tiny, tmp_path):

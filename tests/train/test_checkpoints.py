@@ -204,6 +204,14 @@ def test_resume_with_more_stage1_epochs_trains_stage2_again(tmp_path, helpers):
             VennCellInputError, match="stage1 of .* has trained 6 epochs, more than the 3"
         ):
             call(run_dir=tmp_path, **helpers.FAST)
+    # another setting: the refusal names it and both values (it named only the group, and "e.g. shared_dim")
+    with pytest.raises(
+        VennCellInputError, match=r"lr_latent: 0.03 in the checkpoint, 0.01 now\)"
+    ) as err:
+        _tiny_model().check_resume(
+            run_dir=tmp_path, **{**helpers.FAST, "stage1_epochs": 6, "lr_latent": 0.01}
+        )
+    assert "shared_dim" not in str(err.value)
 
 
 def test_a_moved_run_folder_resumes_from_its_newest_checkpoint(tmp_path, helpers):

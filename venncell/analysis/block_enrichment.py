@@ -24,7 +24,7 @@ from venncell.analysis.gene_sets import (
     top_terms,
     untestable_note,
 )
-from venncell.data.files import atomic_write_text
+from venncell.data.files import atomic_write_text, output_folder
 from venncell.data.validate import VennCellInputError, config_from
 from venncell.module.regions import block_key
 
@@ -43,8 +43,7 @@ class EnrichmentResult:
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """``enrichment_terms.csv`` and ``enrichment_top.csv``, each written whole."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out_dir, "the enrichment tables")
         return [
             atomic_write_text(out / "enrichment_terms.csv", self.terms.to_csv(index=False)),
             atomic_write_text(out / "enrichment_top.csv", self.top.to_csv(index=False)),

@@ -45,7 +45,7 @@ import torch
 from venncell.analysis.features import normalised_observed
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records
-from venncell.data.files import atomic_write_text
+from venncell.data.files import atomic_write_text, output_folder
 from venncell.data.validate import (
     MIN_CELLS,
     VennCellInputError,
@@ -107,8 +107,7 @@ class PlanResult:
         """``plan.json``, ``plan_summary.csv`` and ``plan_features_<target>.csv``, each written whole."""
         import json
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out_dir, "the plan tables")
         text = json.dumps(
             self.to_dict(), indent=1, allow_nan=False
         )  # fails before any file is written

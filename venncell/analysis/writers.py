@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from venncell.data.files import atomic_write_text
+from venncell.data.files import atomic_write_text, output_folder
 
 
 @dataclass
@@ -56,8 +56,7 @@ class AttributionResult:
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """``attribution.json`` plus CSV tables; each written whole (temporary file, then rename)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out_dir, "the attribution tables")
         tables = {f"attribution_features_{m}.csv": df for m, df in self.features.items()}
         tables.update(
             {

@@ -102,6 +102,8 @@ REPORT_OUTPUTS = (
     "plan.json",
     "plan_*.csv",
     "enrichment_*.csv",
+    "venncell-report.log",  # it says what the report wrote
+    ".hydra_report",
 )
 # what venncell-train and venncell-report write into a run folder (checkpoints/: the training clears its own)
 RUN_OUTPUTS = ("venn.h5mu", "venn_latents.h5ad", "metrics.json", "model", "logs", *REPORT_OUTPUTS)

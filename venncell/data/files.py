@@ -13,6 +13,20 @@ import mudata as md
 from venncell.data.validate import VennCellInputError
 
 
+def output_folder(path: str | Path, what: str) -> Path:
+    """``path`` made as a folder for ``what`` (its parents too), or a clear error naming the file in the way."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # mkdir says "File exists" or "Not a directory"
+        blocking = next((q for q in (path, *path.parents) if q.is_file()), None)
+        raise VennCellInputError(
+            f"Cannot write {what} to {path}: "
+            + (f"{blocking} is a file, not a folder." if blocking else f"{e.strerror or e}.")
+        ) from None
+    return path
+
+
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 

@@ -110,16 +110,22 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
     cells = hashlib.sha256(
         np.asarray(data.obs_names).astype(str).tobytes() + np.asarray(is_train).tobytes()
     )
+    model = json.loads(json.dumps(asdict(module.cfg), default=str))
     return {
         "model": digest(asdict(module.cfg)),
         "data": digest(data.registry.to_dict()),
         "cells": cells.hexdigest()[:16],
         "training": digest(settings),
+        # the settings themselves, so that a refusal can name the one that changed
+        SETTINGS: {"model": model, "training": json.loads(json.dumps(settings, default=str))},
     }
 
 
+SETTINGS = "settings"
+
+
 _WHAT = {
-    "model": "model settings (e.g. shared_dim)",
+    "model": "model settings",
     "data": "data (modalities, features or their statistics)",
     "cells": "cells or validation split",
     "training": "training settings (batch size, learning rates, seed, chunk size)",
@@ -133,8 +139,9 @@ def check_resumable(saved: dict | None, current: dict, path: Path) -> None:
             f"Checkpoint {path} was not written by this version of VennCell (no fingerprint); "
             "start afresh with resume=false in a new run folder."
         )
-    differ = [_WHAT[k] for k in current if saved.get(k) != current[k]]
+    differ = [_WHAT[k] for k in _WHAT if saved.get(k) != current[k]]
     if differ:
+        changed = _changed(saved.get(SETTINGS, {}), current[SETTINGS])
         # venncell-train's settings are given again on the command line; Hydra has already rewritten .hydra/ with
         # this attempt's, and config_resolved.yaml still holds the run's own
         record = Path(path).parents[2] / "config_resolved.yaml"
@@ -144,9 +151,27 @@ def check_resumable(saved: dict | None, current: dict, path: Path) -> None:
             else ""
         )
         raise VennCellInputError(
-            f"resume=true, but checkpoint {path} belongs to a run with other {' and other '.join(differ)}. Resume "
-            f"with the same settings and data, or start afresh (resume=false) in a new run folder.{given}"
+            f"resume=true, but checkpoint {path} belongs to a run with other {' and other '.join(differ)}"
+            + (f" ({changed})" if changed else "")
+            + ". Resume with the same settings and data, or start afresh (resume=false) in a new run folder."
+            + given
         )
+
+
+def _changed(saved: dict, current: dict) -> str:
+    """The settings that differ between a checkpoint's run and this one, as ``name: then -> now`` (checkpoints
+    written before the settings were kept have none to compare)."""
+    out = []
+    for group in ("model", "training"):
+        then, now = saved.get(group), current.get(group, {})
+        if then is None:
+            continue
+        out += [
+            f"{k}: {then.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+            for k in sorted(set(then) | set(now))
+            if then.get(k) != now.get(k)
+        ]
+    return "; ".join(out)
 
 
 def clear_stale_checkpoints(run_dir: Path) -> None:
