@@ -357,7 +357,9 @@ def test_result_tables_under_a_file_name_the_file(trained_tiny, tmp_path):
     res = model.attribution([], progress=False)
     (tmp_path / "afile").write_text("")
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
-        with pytest.raises(VennCellInputError, match="attribution tables.*afile is a file, not a folder"):
+        with pytest.raises(
+            VennCellInputError, match="attribution tables.*afile is a file, not a folder"
+        ):
             res.write(out)
 
 
