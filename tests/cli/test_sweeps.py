@@ -166,7 +166,9 @@ def test_a_trial_without_its_objective_fails_alone(tmp_path, helpers):
     """Optuna's sweeper ended the whole study with a traceback when a trial returned NaN (an objective the run did
     not report); such a trial now fails alone, with the reason, and the next one runs."""
     res = helpers.run_cli(
-        _optuna_command(helpers, tmp_path, "objective=stage2/val/not_a_metric"), ok=False
+        # a term of stage 1 (leakage control) that stage 2 does not log: a metric name, but none this run has
+        _optuna_command(helpers, tmp_path, "objective=stage2/val/consistency/rna"),
+        ok=False,
     )
     assert "Values cannot be specified" not in res.stderr, res.stderr[-2000:]
     rows = read_csv(tmp_path / "sweep_summary.csv")
@@ -197,6 +199,13 @@ def test_an_objective_no_run_reports_is_refused_before_training(tmp_path, helper
         run("objective=shared_recovery", "evaluate_recovery=false")
     with pytest.raises(VennCellInputError, match="did you mean objective=min_private_recovery"):
         run("objective=min_privat_recovery")
+    # a mistyped stage metric was found only after the first trial had trained
+    with pytest.raises(VennCellInputError, match="did you mean objective=stage2/val/recon/rna\\?"):
+        run("objective=stage2/val/recon_rna")
+    with pytest.raises(
+        VennCellInputError, match="did you mean objective=stage1/train/loss_epoch\\?"
+    ):
+        run("objective=stage1/train/loss")
     assert not (tmp_path / "run" / "config_resolved.yaml").exists()  # nothing trained or written
 
 

@@ -106,6 +106,7 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
         **asdict(model_cfg),
     )
     log.info("%s", model)
+    _check_history_objective(cfg.objective, list(model.specs))
     if report is not None and report.markers is not None:
         model.check_markers(report.markers)  # a mistyped marker fails now, not after training
     train_kwargs = {**asdict(train_cfg), "seed": cfg.seed}
@@ -217,6 +218,42 @@ def _check_objective(key, evaluate_recovery: bool) -> None:
             f"objective={key} is a recovery score, but evaluate_recovery=false skips scoring it: drop that "
             "override, or optimise a held-out score (objective=stage2/val/recon)."
         )
+
+
+def _check_history_objective(key, modalities: list[str]) -> None:
+    """A stage-1 or stage-2 objective must name a term a run logs, ``stage<k>/<train|val>/<term>``, with the terms
+    of ``venncell.module.losses`` for these modalities; a typo would otherwise surface after the first trial.
+    Terms of Venn regions and the joint encoder (``a~b``, ``joint``) are accepted unchecked."""
+    from venncell.module import losses
+
+    key = str(key)
+    if not key.startswith(("stage1/", "stage2/")):
+        return
+    kinds = [
+        losses.RECON,
+        losses.RECON_SHARED_ONLY,
+        losses.CONSISTENCY,
+        losses.INDEPENDENCE,
+        losses.LATENT_SHARED,
+        losses.LATENT_PRIVATE,
+    ]
+    terms = ["loss", "recon", "shared_only", *(f"{k}/{m}" for k in kinds for m in modalities)]
+    known = [
+        f"{stage}/{split}/{t}{'_epoch' if split == 'train' else ''}"
+        for stage in ("stage1", "stage2")
+        for split in ("train", "val")
+        for t in terms
+    ]
+    if key in known or "~" in key or "joint" in key or "shared:" in key:
+        return
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    raise VennCellInputError(
+        f"objective={key} is not a metric a run logs"
+        + (f"; did you mean objective={close[0]}?" if close else ".")
+        + " Stage metrics are stage1/ or stage2/, then train/ (epoch means, ending in _epoch) or val/ (held-out "
+        f"cells), then loss, recon or <term>/<modality> with these modalities ({', '.join(modalities)}); e.g. "
+        "objective=stage2/val/recon. Every key is in a run's metrics.json."
+    )
 
 
 def _check_recovery_objective(key: str, truth) -> None:
