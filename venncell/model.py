@@ -767,15 +767,22 @@ class VennCell:
         Written to a temporary folder and renamed into place, so a crash never leaves half a model. ``overwrite``
         replaces a model saved there before; a folder holding anything else is refused, never emptied.
         """
-        path = Path(path)
+        # the real folder: a link would itself be swapped for a folder, and "." has no name to put one beside
+        path = Path(path).resolve()
         if path.exists() and not overwrite:
             raise VennCellInputError(f"{path} exists; pass overwrite=True or choose another path.")
         if path.is_file():
             raise VennCellInputError(
                 f"Cannot write the model to {path}: it is a file, not a folder."
             )
+        if path == Path.cwd().resolve() or path in Path.cwd().resolve().parents:
+            # saving swaps the whole folder for the new one: the process would be left in a deleted folder
+            raise VennCellInputError(
+                f"Cannot write the model to {path}: it is the current folder (or holds it). Save into a folder of "
+                f"its own, e.g. model.save('model')."
+            )
         other = (
-            sorted(p.name for p in path.iterdir() if p.name not in MODEL_FILES)
+            sorted(p.name for p in path.iterdir() if p.name not in (*MODEL_FILES, ".DS_Store"))
             if path.is_dir()
             else []
         )
@@ -815,14 +822,18 @@ class VennCell:
             raise VennCellInputError(
                 f"Cannot write the model to {path}: {e.strerror or e}."
             ) from None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)  # left by a save killed between its renames
-            os.replace(path, old)
+        old = path.with_name(f".{path.name}.old")
+        try:
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)  # left by a save killed between its renames
+                os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VennCellInputError(
+                f"Cannot write the model to {path}: {e.strerror or e}."
+            ) from None
+        shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str | Path, mdata: md.MuData | None = None) -> VennCell:

@@ -89,6 +89,7 @@ ELBO = dict(
 # VennCell settings tried (each is a row in RESULTS.md); model keywords go to VennCell(...), `train` (TrainConfig
 # fields, here the stage-1 latent learning rate; default 1e-2) to model.train.
 CONFIGS = {
+    "package": dict(),  # the package defaults
     "default": dict(shared_dim=16, private_dim=8),
     "lr5e-2": dict(shared_dim=16, private_dim=8, train=dict(lr_latent=0.05)),
     "no_hsic_lr5e-2": dict(

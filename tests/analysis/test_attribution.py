@@ -520,3 +520,13 @@ def test_modality_intervals_hold_their_estimate_when_the_draws_shift():
         assert lo < est < hi, name
         assert 0.3 < (est - lo) / (hi - lo) < 0.7, name  # around the estimate, not at an end
     assert out["ev_explained_hi"] - out["ev_explained_lo"] == pytest.approx(spread, rel=0.05)
+    # an estimate at the edge of its range (a block the data do not support): the interval stays within [0, 1]
+    from venncell.analysis.probes import centred_ci
+
+    edge = np.concatenate([[0.0005], np.abs(rng.normal(0.004, 0.003, n_boot))])
+    low = centred_ci("ev", edge, 0.95)
+    assert low["ev_lo"] == 0.0 and low["ev_lo"] <= low["ev"] < low["ev_hi"]
+    top = centred_ci(
+        "share", np.concatenate([[1.0], 1 - np.abs(rng.normal(0.004, 0.003, n_boot))]), 0.95
+    )
+    assert top["share_hi"] == 1.0 and top["share_lo"] < top["share"]

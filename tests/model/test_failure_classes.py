@@ -365,6 +365,8 @@ def test_result_tables_under_a_file_name_the_file(trained_tiny, tmp_path):
 
 def test_saving_never_empties_a_folder_that_holds_more_than_a_model(trained_tiny, tmp_path):
     """model.save("results") replaced the folder: the user's notes and figures in it were deleted, no warning."""
+    from venncell.model import MODEL_FILES
+
     model, _, _ = trained_tiny
     results = tmp_path / "results"
     (results / "figures").mkdir(parents=True)
@@ -385,6 +387,28 @@ def test_saving_never_empties_a_folder_that_holds_more_than_a_model(trained_tiny
         p.name for p in (results / "model").iterdir()
     }
     assert not list(tmp_path.glob(".*"))  # no temporary or old folder left
+    # the current folder, and a link to a model folder (".": no name to put the temporary folder beside; a link
+    # was renamed away and a stale one then crashed the next save)
+    import os
+
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path / "empty")
+        for where in (".", tmp_path):
+            with pytest.raises(
+                VennCellInputError, match="is the current folder.*model.save\\('model'\\)"
+            ):
+                model.save(where)
+    finally:
+        os.chdir(here)
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == sorted(MODEL_FILES)
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    for _ in range(2):
+        model.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and VennCell.load(tmp_path / "link").is_trained
+    assert not [p for p in tmp_path.glob(".*")] and sorted(
+        p.name for p in (tmp_path / "empty").iterdir()
+    ) == sorted(MODEL_FILES)
 
 
 def test_a_tampered_model_file_is_a_clear_error(trained_tiny, tmp_path):

@@ -212,6 +212,10 @@ def test_resume_with_more_stage1_epochs_trains_stage2_again(tmp_path, helpers):
             run_dir=tmp_path, **{**helpers.FAST, "stage1_epochs": 6, "lr_latent": 0.01}
         )
     assert "shared_dim" not in str(err.value)
+    # a whole number for a float setting is the same setting (grad_clip=10 was refused, naming nothing)
+    _tiny_model().check_resume(
+        run_dir=tmp_path, **{**helpers.FAST, "stage1_epochs": 6, "grad_clip": 10}
+    )
 
 
 def test_a_moved_run_folder_resumes_from_its_newest_checkpoint(tmp_path, helpers):

@@ -151,7 +151,8 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
     )
     where = ", ".join(f"{m} ({s.n_features} features)" for m, s in specs.items())
     # the MuData's own columns first: columns pulled up from the modalities ('rna:n_genes') can be many
-    pulled = [c for c in obs if c.partition(":")[0] in specs]
+    modalities = getattr(mdata, "mod", specs)
+    pulled = [c for c in obs if ":" in c and c.partition(":")[0] in modalities]
     listed = [c for c in obs if c not in pulled] + pulled
     shown = ", ".join(listed[:15]) + (" ..." if len(listed) > 15 else "")
     msg = (

@@ -234,7 +234,9 @@ def _modalities_of(features: list[str], specs: dict) -> list[str]:
             )
         out += [m for m in hits if m not in out]
     if not out:
-        m, spec = next(iter(specs.items()))
+        m, spec = next(
+            ((m, s) for m, s in specs.items() if s.kind != "image"), next(iter(specs.items()))
+        )
         raise VennCellInputError(
             f"None of the panel features {list(features)[:5]} is a feature of a modality of the model "
             f"({', '.join(specs)}); name them as in var_names, e.g. '{m}:{spec.feature_names[0]}'."

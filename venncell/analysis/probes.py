@@ -116,13 +116,17 @@ def with_ci(name: str, draws: np.ndarray, ci: float) -> dict:
     return {name: draws[0], f"{name}_lo": q[0], f"{name}_hi": q[1]}
 
 
-def centred_ci(name: str, draws: np.ndarray, ci: float) -> dict:
-    """``with_ci`` with the draws moved so that their median is the estimate: the interval keeps the bootstrap's
-    spread but not its shift. For a mean of per-feature ratios over thousands of features, resampling cells shifts
-    the draws (the ratios' curvature, clipping) by more than they spread, and a plain percentile interval would
-    exclude the estimate."""
+def centred_ci(name: str, draws: np.ndarray, ci: float, bounds=(0.0, 1.0)) -> dict:
+    """``with_ci`` with the draws moved so that their median is the estimate, then kept within ``bounds`` (the
+    quantity's range): the interval keeps the bootstrap's spread but not its shift, which it does not correct
+    either. For a mean of per-feature ratios over thousands of features, resampling cells shifts the draws (the
+    ratios' curvature, clipping) by more than they spread, and a plain percentile interval would exclude the
+    estimate."""
     draws = np.asarray(draws, dtype=float)
     if len(draws) < 2 or np.all(np.isnan(draws[1:])):
         return with_ci(name, draws, ci)
     shift = np.nanmedian(draws[1:], axis=0) - draws[0]
-    return with_ci(name, np.concatenate([draws[:1], draws[1:] - shift]), ci)
+    out = with_ci(name, np.concatenate([draws[:1], draws[1:] - shift]), ci)
+    for k in (f"{name}_lo", f"{name}_hi"):
+        out[k] = np.clip(out[k], *bounds)
+    return out

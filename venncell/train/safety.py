@@ -92,7 +92,6 @@ def stop_on_signals(stopper: StopOnSignal, run_dir: Path):
 def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
     """What a checkpoint must agree with to be resumed: the model's configuration and data registry, the cells
     (names and split) and the training settings that shape the optimisation (not the epoch counts or logging)."""
-    from dataclasses import asdict
 
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[
@@ -101,7 +100,7 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
 
     settings = {
         k: v
-        for k, v in asdict(train_cfg).items()
+        for k, v in _declared(train_cfg).items()
         if k in ("batch_size", "lr_network", "lr_latent", "lr_encoder", "grad_clip", "seed")
     }
     # the chunked sampler draws other batches with another chunk size, or without one (in memory)
@@ -110,9 +109,9 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
     cells = hashlib.sha256(
         np.asarray(data.obs_names).astype(str).tobytes() + np.asarray(is_train).tobytes()
     )
-    model = json.loads(json.dumps(asdict(module.cfg), default=str))
+    model = json.loads(json.dumps(_declared(module.cfg), default=str))
     return {
-        "model": digest(asdict(module.cfg)),
+        "model": digest(model),
         "data": digest(data.registry.to_dict()),
         "cells": cells.hexdigest()[:16],
         "training": digest(settings),
@@ -122,6 +121,25 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
 
 
 SETTINGS = "settings"
+
+
+def _declared(cfg) -> dict:
+    """A config's fields, whole numbers given for float fields as floats (``grad_clip=10`` is the default 10.0)."""
+    from dataclasses import fields
+
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        declared = str(f.type)
+        if (
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            and "float" in declared
+            and "int" not in declared
+        ):
+            v = float(v)
+        out[f.name] = v
+    return out
 
 
 _WHAT = {
@@ -169,7 +187,7 @@ def _changed(saved: dict, current: dict) -> str:
         out += [
             f"{k}: {then.get(k)!r} in the checkpoint, {now.get(k)!r} now"
             for k in sorted(set(then) | set(now))
-            if then.get(k) != now.get(k)
+            if json.dumps(then.get(k)) != json.dumps(now.get(k))
         ]
     return "; ".join(out)
 
