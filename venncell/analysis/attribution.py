@@ -224,10 +224,13 @@ def attribute(
     with _progress(cfg.progress) as bar:
         task = bar.add_task("attribution", total=len(mods) + len(resolved) + 1)
         lat = embed_cells(module, data, idx)
-        features, summaries, boots = {}, [], {}
+        directions = block_directions(data, idx, lat, cfg)
+        features, summaries, boots, drops = {}, [], {}, {}
         for m in mods:
             bar.update(task, description=f"features of {m}")
-            features[m], boots[m] = feature_attribution(module, data, m, idx, lat, cfg, rng)
+            features[m], boots[m], drops[m] = feature_attribution(
+                module, data, m, idx, lat, cfg, rng, directions
+            )
             summaries.append(modality_summary(m, boots[m], cfg))
             bar.advance(task)
         blocks = region_table(module, features, lat)
@@ -254,9 +257,8 @@ def attribute(
             score_rows.append(scores)
             bar.advance(task, len(group))
         bar.update(task, description="latent dimensions")
-        directions = block_directions(data, idx, lat, cfg)
         dims = dimension_view(directions, cfg)
-        components = direction_variance(module, data, idx, lat, directions)
+        components = direction_variance(directions, drops)
         associations = direction_markers(directions, lat, resolved)
         weights = cell_modality_weights(
             module, data, stage1_latents(module, data)["shared"][idx], idx

@@ -16,16 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from venncell.analysis.features import normalised_observed
 from venncell.module.regions import block_key
 
-CHUNK = 1024
 
-
-def direction_variance(module, data, idx: np.ndarray, lat: dict, directions) -> pd.DataFrame:
+def direction_variance(directions, drops: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row per direction (``block``, ``component``, ``explained_variance_ratio``) with ``ev_<m>`` for every
-    modality: the EV of m's features the direction holds (module docstring), NaN where m's decoder does not read
-    its block or m has no cell or no varying feature among ``idx``."""
+    modality: the EV of m's features the direction holds (module docstring; ``drops[m]``, from
+    ``venncell.analysis.features.feature_attribution``), NaN where m's decoder does not read its block or m has
+    no cell or no varying feature among those analysed."""
     rows = pd.DataFrame(
         [
             {
@@ -36,64 +34,43 @@ def direction_variance(module, data, idx: np.ndarray, lat: dict, directions) -> 
             for d in directions
         ]
     )
-    for m in data.specs:
-        rows[f"ev_{m}"] = _modality_drops(module, data, m, idx, lat, directions)
+    for m, ev in drops.items():
+        rows[f"ev_{m}"] = ev
     return rows
 
 
-def _reads(module, m: str, block: str) -> bool:
+def reads(module, m: str, block: str) -> bool:
+    """Whether modality m's decoder reads the latent block ``block``."""
     return block in ("shared", f"private:{m}") or block in {
         block_key(r) for r in module.regions_of[m]
     }
 
 
-def _modality_drops(module, data, m, idx, lat, directions) -> np.ndarray:
-    out = np.full(len(directions), np.nan)
-    keep = data.present(m)[idx]
-    cells, pos = idx[keep], np.flatnonzero(keep)
-    n = len(cells)
-    read = [i for i, d in enumerate(directions) if _reads(module, m, d.block)]
-    if n < 3 or not read:
-        return out
-    blocks = {"shared": "shared", "private": f"private:{m}"}
-    blocks.update({r: block_key(r) for r in module.regions_of[m]})
-    z = {b: torch.as_tensor(lat[key][pos]) for b, key in blocks.items()}
-    owner = {key: b for b, key in blocks.items()}
-    axes = [
-        torch.as_tensor(directions[i].axis, dtype=z[owner[directions[i].block]].dtype)
-        for i in read
-    ]
-    centre = [(z[owner[directions[i].block]] @ a).mean() for i, a in zip(read, axes)]
-    dec, lik = module.decoders[m], module.decoders[m].likelihood
-    spec = data.specs[m]
+def centred_along(directions, m: str, module, z: dict[str, torch.Tensor]) -> dict[int, tuple]:
+    """For each direction m's decoder reads (by its index in ``directions``): the decoder-input part it lies in
+    (``shared``, ``private`` or a region's name), its unit axis and the analysed cells' mean coordinate along it.
+    ``z``: those parts' latents of the analysed cells."""
+    owner = {"shared": "shared", f"private:{m}": "private"}
+    owner.update({block_key(r): r for r in module.regions_of[m]})
+    out = {}
+    for i, d in enumerate(directions):
+        if reads(module, m, d.block):
+            part = owner[d.block]
+            axis = torch.as_tensor(d.axis, dtype=z[part].dtype)
+            out[i] = (part, axis, (z[part] @ axis).mean())
+    return out
 
-    def predict(parts, b):
-        regions = {r: parts[r] for r in module.regions_of[m]}
-        x = module.decoder_input(m, parts["shared"], parts["private"], regions)
-        return lik.normalised_mean(dec(x, b)).double().numpy()
 
-    sy = syy = sse_full = 0.0
-    sse = np.zeros((len(read), spec.n_features))
-    module.eval()
-    with torch.no_grad():
-        for start in range(0, n, CHUNK):
-            rows = torch.arange(start, min(start + CHUNK, n))
-            batch = data.get(cells[rows.numpy()])
-            y = normalised_observed(spec, batch.x[m], batch.lib[m]).double().numpy()
-            sy, syy = sy + y.sum(0), syy + (y**2).sum(0)
-            parts = {b: v[rows] for b, v in z.items()}
-            sse_full = sse_full + ((y - predict(parts, batch.batch)) ** 2).sum(0)
-            for j, i in enumerate(read):
-                b, axis = owner[directions[i].block], axes[j]
-                shift = (centre[j] - parts[b] @ axis)[:, None] * axis[None, :]
-                pred = predict({**parts, b: parts[b] + shift}, batch.batch)
-                sse[j] += ((y - pred) ** 2).sum(0)
-    sst = syy - sy**2 / n
-    defined = sst > 0
+def drops_from_ev(ev: dict[str, np.ndarray], n_directions: int) -> np.ndarray:
+    """Each direction's EV (module docstring) from per-feature EVs: ``ev["full"]`` and ``ev["direction:<i>"]``
+    (point estimates in row 0; NaN for features without variance)."""
+    out = np.full(n_directions, np.nan)
+    full = ev["full"][0]
+    defined = np.isfinite(full)
     if not defined.any():
         return out
-    ev_full = 1.0 - sse_full[defined] / sst[defined]
-    for j, i in enumerate(read):
-        ev_marg = 1.0 - sse[j, defined] / sst[defined]
-        out[i] = float(np.clip(ev_full - ev_marg, 0.0, None).mean())
+    for key, values in ev.items():
+        if key.startswith("direction:"):
+            drop = full[defined] - values[0][defined]
+            out[int(key.split(":", 1)[1])] = float(np.clip(drop, 0.0, None).mean())
     return out

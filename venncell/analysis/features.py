@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from venncell.analysis.direction_variance import centred_along, drops_from_ev
 from venncell.analysis.probes import boot_weights, centred_ci, with_ci
 from venncell.data.spec import PROPORTION_LIKELIHOODS
 from venncell.data.validate import VennCellInputError
@@ -25,10 +26,12 @@ def normalised_observed(spec, x: torch.Tensor, lib: torch.Tensor) -> torch.Tenso
 
 
 def _decoder_variants(
-    module, m: str, zs_all, zr_all, zp_all, rows, perms, b
+    module, m: str, zs_all, zr_all, zp_all, rows, perms, b, along=None
 ) -> dict[str, torch.Tensor]:
     """Normalised decoder means for one chunk of cells under each way of (not) using the private block. With Venn
-    regions, also the full decoder with the shared block and with each of m's region blocks marginalised."""
+    regions, also the full decoder with the shared block and with each of m's region blocks marginalised. With
+    ``along`` (``direction_variance.centred_along``), also the full decoder with each latent direction's coordinate
+    set to its mean (``direction:<i>``)."""
     dec, lik = module.decoders[m], module.decoders[m].likelihood
     zs, zp = zs_all[rows], zp_all[rows]
     zr = {r: z[rows] for r, z in zr_all.items()}
@@ -52,6 +55,15 @@ def _decoder_variants(
             out[f"region_marginalised:{r}"] = marginalised(
                 lambda p, r=r, z=z: {"z_regions": {**zr, r: z[p]}}
             )
+    parts = {"shared": zs, "private": zp, **zr}
+    for i, (part, axis, centre) in (along or {}).items():
+        z = parts[part] + (centre - parts[part] @ axis)[:, None] * axis[None, :]
+        if part == "shared":
+            out[f"direction:{i}"] = full(z_shared=z)
+        elif part == "private":
+            out[f"direction:{i}"] = full(z_private=z)
+        else:
+            out[f"direction:{i}"] = full(z_regions={**zr, part: z})
     return out
 
 
@@ -62,8 +74,10 @@ def _bootstrapped(variant: str) -> bool:
     return variant in _BOOTSTRAPPED or variant.endswith("marginalised")
 
 
-def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, rng):
-    """Per-feature EVs and fractions for modality m (see module docstring) and their bootstrap draws.
+def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, rng, directions=()):
+    """Per-feature EVs and fractions for modality m (see module docstring), their bootstrap draws, and the EV of
+    m's features each of ``directions`` holds (``venncell.analysis.direction_variance``; NaN where m's decoder does
+    not read its block), from the same pass over the data.
 
     Sums of squares are accumulated chunk by chunk against a (1 + n_boot) x cells weight matrix (row 0 =
     all ones = the point estimate), so no cells x features array of errors is ever held.
@@ -81,6 +95,7 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
     zp_all = torch.as_tensor(lat[f"private:{m}"][pos])
     zr_all = {r: torch.as_tensor(lat[block_key(r)][pos]) for r in module.regions_of[m]}
     perms = [torch.as_tensor(rng.permutation(n)) for _ in range(cfg.n_marginal + 1)]
+    along = centred_along(directions, m, module, {"shared": zs_all, "private": zp_all, **zr_all})
     acc: dict[str, np.ndarray] = defaultdict(float)
     module.eval()
     with torch.no_grad():
@@ -91,7 +106,9 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
             w = weights[:, rows.numpy()]
             acc["sy"] = acc["sy"] + w @ y
             acc["syy"] = acc["syy"] + w @ y**2
-            preds = _decoder_variants(module, m, zs_all, zr_all, zp_all, rows, perms, batch.batch)
+            preds = _decoder_variants(
+                module, m, zs_all, zr_all, zp_all, rows, perms, batch.batch, along
+            )
             for v, p in preds.items():
                 err = (y - p.double().numpy()) ** 2
                 acc[v] = acc[v] + (w if _bootstrapped(v) else w[:1]) @ err
@@ -119,7 +136,7 @@ def feature_attribution(module, data, m: str, idx: np.ndarray, lat: dict, cfg, r
             table.update(with_ci(f"ev_in_{name}", draws, cfg.ci))
     df = pd.DataFrame(table, index=pd.Index(spec.feature_names, name="feature"))
     df.attrs["shared_estimate"] = shared_key
-    return df, boot
+    return df, boot, drops_from_ev(ev, len(directions))
 
 
 def region_decomposition(ev: dict[str, np.ndarray], regions: list[str]) -> dict[str, np.ndarray]:
