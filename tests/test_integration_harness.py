@@ -107,3 +107,59 @@ def test_a_candidate_page_puts_each_setting_next_to_the_defaults_per_dataset():
     assert rows[3].endswith("| 2 |") and len(rows) == 4  # scicar has no rows: left out
     rec = recovery_table(results, {"venncell:x=1": "x at 1"})
     assert rec[3].startswith("| x at 1 | 0.960 ± 0.000 | 0.920 ± 0.000 | 0.150 ± 0.050 |")
+
+
+def test_a_trainer_setting_goes_to_train():
+    from methods import train_settings
+
+    model, trainer = train_settings(variant_settings("stage1_epochs=50+shared_dim=12"))
+    assert model == {"shared_dim": 12} and trainer == {"stage1_epochs": 50}
+
+
+def test_your_own_data_is_copied_with_modalities_named_by_kind(tmp_path, monkeypatch):
+    """The harness's own-data path (run.py --data): a user's gex + adt MuData, partly paired, is scored as CITE-seq
+    on its paired cells; a changed file is new data; modalities the harness cannot score are refused by name."""
+    import anndata as ad
+    import datasets
+    import mudata as md
+    import numpy as np
+    import pandas as pd
+    import pytest
+    from report import headline_table as table
+
+    monkeypatch.setattr(datasets, "DATA", tmp_path / "data")
+    monkeypatch.setattr(datasets, "OWN", tmp_path / "data" / "own.json")
+    import report
+
+    registry = dict(datasets.DATASETS)
+    monkeypatch.setattr(datasets, "DATASETS", registry)
+    monkeypatch.setattr(report, "DATASETS", registry)
+    rng = np.random.default_rng(0)
+    cells = [f"c{i}" for i in range(40)]
+    gex = ad.AnnData(rng.poisson(2, (40, 30)).astype(np.float32), obs=pd.DataFrame(index=cells))
+    adt = ad.AnnData(
+        rng.poisson(5, (30, 8)).astype(np.float32), obs=pd.DataFrame(index=cells[10:])
+    )
+    mine = md.MuData({"gex": gex, "adt": adt})
+    mine.obs["celltype"] = np.array(["a", "b"] * 20)
+    path = tmp_path / "mine.h5mu"
+    mine.write(str(path))
+    assert datasets.own_dataset("mine", str(path), ["celltype"])
+    ds = datasets.DATASETS["mine"]
+    copy = ds.load()
+    assert ds.own and ds.kind == "cite" and sorted(copy.mod) == ["protein", "rna"]
+    assert list(copy.obs_names) == cells[10:] and list(copy.obs["celltype"]) == ["a", "b"] * 15
+    assert not datasets.own_dataset("mine", str(path), ["celltype"])  # the same file: kept
+    assert datasets.own_dataset("mine", str(path), ["celltype"], None) is False
+    mine.write(str(path))  # rewritten: new data
+    assert datasets.own_dataset("mine", str(path), ["celltype"])
+    # the README's table holds the shipped sets only
+    row = {"labels": {"celltype": {"knn": 0.5, "Total": 0.5, "Bio conservation": 0.5}}}
+    assert len(table({"mine": {"venncell": {"0": row}, "mofa": {"0": row}}})) == 2
+    odd = md.MuData({"gex": gex, "imaging": ad.AnnData(np.ones((40, 3), np.float32), obs=gex.obs)})
+    odd.obs["celltype"] = mine.obs["celltype"].reindex(odd.obs_names).to_numpy()
+    odd.write(str(tmp_path / "odd.h5mu"))
+    with pytest.raises(SystemExit, match="'imaging': 'features'.*Rename them"):
+        datasets.own_dataset("odd", str(tmp_path / "odd.h5mu"), ["celltype"])
+    with pytest.raises(SystemExit, match=r"\['cell_type'\] not in mdata.obs"):
+        datasets.own_dataset("mine", str(path), ["cell_type"])

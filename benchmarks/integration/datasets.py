@@ -3,10 +3,15 @@
 Each builder writes one .h5mu into ``benchmarks/integration/data/`` (gitignored; the data are never committed), with
 raw counts in ``.X`` of modalities named ``rna``, ``protein`` and ``atac`` (so VennCell's defaults recognise them by
 name), labels and batches in ``mdata.obs``. A dataset whose source folder is absent is skipped.
+
+Your own data (``run.py --data NAME=PATH.h5mu --labels COL``, ``own_dataset``): a copy with each modality renamed to
+its kind (VennCell's ``guess_kind`` of its name: ``adt`` is protein, ``peaks`` ATAC) goes into the same folder, and
+the dataset is kept in ``data/own.json`` for later runs; a changed file replaces it (and its fits).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,16 +38,19 @@ class Dataset:
     register: dict | None = None  # image modalities only: where the pixels are (data, not tuning)
     notes: str = ""
     modalities: list[str] = field(default_factory=list)
+    own: bool = False  # the user's data (``own_dataset``), not one the harness ships
 
     @property
     def path(self) -> Path:
         return DATA / f"{self.name}.h5mu"
 
     def available(self) -> bool:
+        if self.own:
+            return self.path.exists()
         return not self.source or (SHARED / self.source).exists()
 
     def load(self) -> md.MuData:
-        if not self.path.exists():
+        if not self.path.exists() and not self.own:
             DATA.mkdir(parents=True, exist_ok=True)
             mdata = BUILDERS[self.name]()
             tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -241,3 +249,84 @@ DATASETS = {
         notes="2,000 crops, DAPI vs tubulin + actin, 34 x 34 px",
     ),
 }
+
+
+OWN = DATA / "own.json"
+KIND_OF_SET = {
+    frozenset({"rna", "protein"}): "cite",
+    frozenset({"rna", "atac"}): "multiome",
+    frozenset({"rna", "protein", "atac"}): "trimodal",
+}
+
+
+def _own_datasets() -> dict[str, Dataset]:
+    entries = json.loads(OWN.read_text()) if OWN.exists() else {}
+    return {name: Dataset(**e["dataset"], own=True) for name, e in entries.items()}
+
+
+def own_dataset(name: str, file: str, labels: list[str], batch_key: str | None = None) -> bool:
+    """Register the user's MuData ``file`` as dataset ``name``: checked, copied with each modality named by its kind
+    into ``data/``, kept in ``data/own.json``. Returns True when the data are new or changed (earlier fits of
+    ``name`` are then stale)."""
+    from venncell.data.spec import guess_kind
+
+    if name in BUILDERS:
+        raise SystemExit(
+            f"--data {name}=...: {name} is a shipped dataset; give yours another name"
+        )
+    src = Path(file).resolve()
+    if not src.is_file():
+        raise SystemExit(f"--data {name}={file}: no such file")
+    stat = src.stat()
+    signature = [str(src), stat.st_size, stat.st_mtime_ns, labels, batch_key]
+    entries = json.loads(OWN.read_text()) if OWN.exists() else {}
+    path = DATA / f"{name}.h5mu"
+    if entries.get(name, {}).get("signature") == signature and path.exists():
+        return False
+    mdata = md.read_h5mu(str(src))
+    kinds = {m: guess_kind(m) for m in mdata.mod}
+    unknown = [m for m, k in kinds.items() if k not in ("rna", "protein", "atac")]
+    if unknown or len(set(kinds.values())) < len(kinds):
+        raise SystemExit(
+            f"--data {name}: the harness scores RNA, protein and ATAC modalities, one of each, named so that their "
+            f"kind shows (rna/gex, protein/adt, atac/peaks); {file} has {kinds}. Rename them (mdata.mod)."
+        )
+    missing = [c for c in [*labels, *([batch_key] if batch_key else [])] if c not in mdata.obs]
+    if missing:
+        raise SystemExit(
+            f"--data {name}: {missing} not in mdata.obs of {file} (it has {list(mdata.obs.columns)[:20]})"
+        )
+    kind = KIND_OF_SET.get(frozenset(kinds.values()), "other")
+    # the cells measured in every modality (the peers need paired cells), in mdata's order
+    cells = mdata.obs_names
+    for a in mdata.mod.values():
+        cells = cells[cells.isin(a.obs_names)]
+    obs = mdata.obs.loc[cells, [*labels, *([batch_key] if batch_key else [])]].astype(str)
+    mods = {}
+    for m, k in kinds.items():
+        a = mdata.mod[m][cells]
+        x = (
+            a.layers["counts"] if "counts" in a.layers else a.X
+        )  # raw counts: every peer models them
+        mods[k] = ad.AnnData(_counts(x), obs=obs[[]].copy(), var=a.var[[]].copy())
+    copy = _mudata(mods, obs)
+    DATA.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    copy.write(str(tmp))
+    tmp.rename(path)
+    dataset = dict(
+        name=name,
+        kind=kind,
+        labels=list(labels),
+        batch_key=batch_key,
+        modalities=list(mods),
+        notes=f"your data, {file}: {copy.n_obs:,} cells measured in every modality, "
+        + " + ".join(f"{a.n_vars:,} {k}" for k, a in mods.items()),
+    )
+    entries[name] = {"signature": signature, "dataset": dataset}
+    OWN.write_text(json.dumps(entries, indent=1))
+    DATASETS[name] = Dataset(**dataset, own=True)
+    return True
+
+
+DATASETS.update(_own_datasets())

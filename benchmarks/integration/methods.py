@@ -306,9 +306,9 @@ def knn_protein_baseline(mdata, seed, held):
 
 def methods_for(ds) -> list[str]:
     """Which methods apply to a dataset: VennCell, its peers, and the baselines."""
-    peers = {"cite": ["totalvi"], "multiome": ["multivi"], "trimodal": ["multivi"], "image": []}[
-        ds.kind
-    ]
+    peers = {"cite": ["totalvi"], "multiome": ["multivi"], "trimodal": ["multivi"]}.get(
+        ds.kind, []
+    )
     return [
         "venncell",
         "venncell:fast",

@@ -5,6 +5,10 @@ Usage (from the repository root; peers need ``pip install -e ".[bench]"``):
     python benchmarks/integration/run.py                       # everything: 3 seeds, 2 jobs at a time
     python benchmarks/integration/run.py --datasets scicar --methods venncell --refit
     python benchmarks/integration/run.py --methods venncell:encoder_dropout=0.2   # a candidate default
+    python benchmarks/integration/run.py --data mine=my.h5mu --labels cell_type --batch-key donor   # your data
+Your data: a MuData file with raw counts (``.X``, or a ``counts`` layer) in RNA, protein and/or ATAC modalities
+named so their kind shows (rna/gex, protein/adt, atac/peaks), labels (and batches) in ``mdata.obs``; the cells
+measured in every modality are used. It is scored like the shipped sets, on this page (not in the README's table).
 Each fit runs in a child process with one thread (fit.py), which then scores it; embeddings are cached under
 fits/ (gitignored), scores in results.json; RESULTS.md is rewritten from results.json at the end. ``--refit``
 refits the named methods (e.g. after a change of VennCell's defaults); other cached fits are reused.
@@ -28,7 +32,7 @@ os.environ.setdefault(
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from datasets import DATASETS  # noqa: E402
+from datasets import DATASETS, own_dataset  # noqa: E402
 from methods import methods_for  # noqa: E402
 from report import write_page, write_readme  # noqa: E402
 
@@ -89,14 +93,37 @@ def main():
     p.add_argument(
         "--page-only", action="store_true", help="only rewrite RESULTS.md from results.json"
     )
+    p.add_argument(
+        "--data", default="", help="NAME=PATH.h5mu: your own dataset (kept for later runs by NAME)"
+    )
+    p.add_argument(
+        "--labels", default="", help="with --data: .obs columns to score, headline first"
+    )
+    p.add_argument("--batch-key", default=None, help="with --data: the .obs column of batches")
     args = p.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if args.data:
+        name, sep, path = args.data.partition("=")
+        if not sep or not name or not args.labels:
+            p.error("--data NAME=PATH.h5mu needs a name, a path and --labels")
+        if "--datasets" not in sys.argv:
+            args.datasets = name
+        if own_dataset(name, path, args.labels.split(","), args.batch_key):
+            import shutil
+
+            shutil.rmtree(
+                FITS / name, ignore_errors=True
+            )  # fits and scores of earlier data under this name
+            results.pop(name, None)
+            print(f"{name}: {path} registered (its earlier fits, if any, removed)")
     if args.page_only:
         write_page(results, HERE / "RESULTS.md")
         write_readme(results, README)
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = [d for d in args.datasets.split(",") if d]
+    if set(wanted) - set(DATASETS):
+        p.error(f"--datasets {sorted(set(wanted) - set(DATASETS))}: not among {list(DATASETS)}")
     chosen = [m for m in args.methods.split(",") if m]
     if any("-" in m for m in chosen):  # fit files write ':' as '-', and read it back
         p.error("--methods: a method name cannot hold '-' (write 1e-3 as 0.001)")
@@ -119,13 +146,21 @@ def main():
             for seed in seeds:
                 if args.refit or not fit_path(name, method, seed).exists():
                     jobs.append((name, method, seed))
-                elif args.rescore:
-                    rescore.append((name, method, seed))
+                elif (
+                    args.rescore
+                    or not fit_path(name, method, seed).with_suffix(".scores.json").exists()
+                ):
+                    rescore.append((name, method, seed))  # or: its scoring failed last time
+    if chosen and not jobs and not rescore:
+        known = {m for name in wanted if name in DATASETS for m in methods_for(DATASETS[name])}
+        unknown = [m for m in chosen if m not in known and not m.startswith("venncell:")]
+        if unknown:
+            p.error(f"--methods {unknown}: not a method of these datasets ({sorted(known)})")
     # slow fits first, so the pool stays full at the end
     order = {"totalvi": 0, "multivi": 1, "venncell": 2, "venncell_before": 3, "mofa": 4}
     # a preset row (venncell:<preset>) costs what the defaults do
     jobs.sort(key=lambda j: (order.get(j[1].split(":", 1)[0], 9), j))
-    log(f"{len(jobs)} fits to run, {args.jobs} at a time")
+    log(f"{len(jobs)} fits to run, {len(rescore)} to score, {args.jobs} at a time")
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda j: run_fit(*j, log), jobs))
         list(pool.map(lambda j: run_fit(*j, log, rescore=True), rescore))
