@@ -51,6 +51,33 @@ def test_pure_features_get_the_right_verdict(trained, plan):
         assert rec["shared"] > 0.75 and rec["private"] < 0.15, (t, rec)
 
 
+def test_an_unexplained_feature_has_no_recoverable_fraction():
+    """r2_measured 0.02 and r2_predicted 0.10: the ratio, clipped, read recoverable 1.0 with an interval [0, 1]
+    (draws whose measured R^2 turned negative); the model explains too little of the feature for a fraction."""
+    from venncell.analysis.planner import PlanConfig, _tables
+
+    n, boot = 100, 5
+    ones = np.ones((1 + boot, 3))
+    measured = np.array([98.0, 50.0, 50.0]) * ones  # R^2 0.02 (unexplained), 0.5, 0.5
+    measured[1, 0] = 103.0  # a draw whose measured R^2 is negative
+    acc = {
+        "sy": 0 * ones,
+        "syy": 100 * ones,
+        "sse:measured": measured,
+        "sse:rna": np.array([90.0, 60.0, 80.0]) * ones,  # R^2 0.10, 0.40, 0.20
+        "sp:rna": np.zeros(3),
+        "spp:rna": np.full(3, 10.0),
+        "syp:rna": np.full(3, 5.0),
+    }
+    df, _ = _tables("protein", acc, np.array(["a", "b", "c"]), np.arange(3), PlanConfig(), n)
+    assert df.loc["a", "verdict"] == "unexplained"
+    assert df.loc["a", ["recoverable", "recoverable_lo", "recoverable_hi"]].isna().all()
+    assert df.loc["b", "recoverable"] == pytest.approx(0.8) and df.loc[
+        "c", "recoverable"
+    ] == pytest.approx(0.4)
+    assert list(df.loc[["b", "c"], "verdict"]) == ["predict", "measure"]
+
+
 def test_summary_and_feature_tables(plan):
     s = plan.summary
     assert plan.cells == "held-out" and (s["n_cells"] == plan.n_cells).all()
@@ -60,6 +87,21 @@ def test_summary_and_feature_tables(plan):
     assert (s["recoverable_lo"] <= s["recoverable"] + 1e-12).all()
     assert (s["recoverable"] <= s["recoverable_hi"] + 1e-12).all()
     np.testing.assert_allclose(s["lost"], 1 - s["recoverable"])
+    # a feature the model does not explain has no recoverable fraction (it read 1.0 from two near-zero R^2, with
+    # an interval of [0, 1] from draws whose signs flipped); every explained one has one, inside its interval
+    n_off = 0
+    for t, df in plan.features.items():
+        off = df["verdict"] == "unexplained"
+        n_off += off.sum()
+        assert (
+            df.loc[off, ["recoverable", "recoverable_lo", "recoverable_hi"]].isna().all().all()
+        ), t
+        on = df.loc[~off]
+        assert (
+            on["recoverable"].notna().all()
+            and (on["recoverable_lo"] <= on["recoverable"] + 1e-12).all()
+        )
+    assert n_off > 0  # the test sees such features
     # pure-private features are a fifth of each modality, so a large part of every modality is lost
     assert ((s["lost"] > 0.1) & (s["lost"] < 0.9)).all(), s
     for t, df in plan.features.items():

@@ -440,8 +440,8 @@ def test_train_report_takes_venncell_reports_settings_and_checks_them_first(
         assert (
             not (run / "model").exists() and not (run / "checkpoints").exists()
         )  # before training
-    run_train(cfg("{markers: [cluster], plan: true, attribution: {n_boot: 7}}"), tmp_path / "ok")
-    assert seen["markers"] == ["cluster"] and seen["n_boot"] == 7 and seen["plan"]["n_boot"] > 0
+    run_train(cfg("{markers: [cluster], plan: true, attribution: {n_boot: 21}}"), tmp_path / "ok")
+    assert seen["markers"] == ["cluster"] and seen["n_boot"] == 21 and seen["plan"]["n_boot"] > 0
     assert seen["save_h5mu"] is False and (tmp_path / "ok" / "venn.h5mu").exists()
 
 

@@ -590,6 +590,11 @@ def test_analysis_and_refine_settings_are_checked_before_any_work(trained_tiny, 
         ({"seed": -1}, "seed=-1 is out of range"),
         ({"max_cells": -3}, "max_cells=-3 is out of range"),
         ({"n_boot": 2.5}, "n_boot=2.5 must be an integer"),
+        # no gain's p-value could pass (they read 0 with every draw above 0)
+        (
+            {"n_boot": 10},
+            r"n_boot=10 bootstrap draws cannot give a gain's p-value below alpha=0.05.*n_boot >= 20",
+        ),
     ):
         with pytest.raises(VennCellInputError, match=match):
             model.attribution(["cluster"], progress=False, **bad)

@@ -40,9 +40,12 @@ Markers (a feature of any modality, e.g. protein ``CD4``, or any ``.obs`` column
     features of m that move with it.
 
     Verdict (thresholds are ``AttributionConfig`` fields):
-      * ``not captured`` -- the best block scores < ``min_score`` or its permutation p-value >= ``alpha``.
+      * ``not captured`` -- the best block scores < ``min_score`` or its permutation p-value >= ``alpha``. That
+        p-value (``p_value`` of the markers table) counts the choice of the best of the blocks and probes: each
+        permutation's best score is its null (a max-statistic test); the per-score ``p_value`` of
+        ``marker_scores`` is each score's own.
       * For each modality m, the gain ``score(shared+private:m) - score(shared)`` is tested with the paired
-        bootstrap (one-sided p = fraction of draws with gain <= 0). m *adds* when p < ``alpha`` and the gain
+        bootstrap (one-sided p = (1 + draws with gain <= 0) / (1 + draws)). m *adds* when p < ``alpha`` and the gain
         is material: at least ``min_gain`` times the best score (with many cells, tiny gains -- e.g. a
         little leakage between blocks -- are significant without meaning anything).
       * ``shared_fraction = score(shared) / score(best block)`` (clipped to [0, 1]).
@@ -158,6 +161,14 @@ class AttributionConfig:
         if self.alpha == 0:
             raise VennCellInputError(
                 "alpha must be above 0: no p-value is below 0 (the default is 0.05)."
+            )
+        # no gain could pass: no private block would ever add
+        if 1 / (self.n_boot + 1) >= self.alpha:
+            need = int(np.floor(1 / self.alpha))
+            raise VennCellInputError(
+                f"n_boot={self.n_boot} bootstrap draws cannot give a gain's p-value below alpha={self.alpha} (the "
+                f"smallest is 1/(n_boot+1)); use n_boot >= {need}"
+                + (", or the default 200." if need <= 200 else ".")
             )
         # no p-value could pass: every marker would read "not captured"
         if 1 / (self.n_perm + 1) >= self.alpha:

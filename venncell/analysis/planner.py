@@ -11,7 +11,8 @@ Per feature of ``t``
     the part of the feature the model can explain at all (the rest is noise to it). ``r2_from_<S>`` and
     ``pearson_from_<S>``: accuracy of the prediction from ``S``. ``recoverable``:
     ``r2_predicted / r2_measured`` (clipped to [0, 1]) for the best subset -- the fraction of the explainable
-    signal that a future experiment keeps without measuring ``t``. Percentile bootstrap CIs over cells.
+    signal that a future experiment keeps without measuring ``t``; undefined (NaN) for a feature the model does
+    not explain (``r2_measured < min_r2``). Percentile bootstrap CIs over cells.
 
 Verdict (``PlanConfig`` thresholds)
     * ``unexplained`` -- ``r2_measured < min_r2``: the model explains too little of it to say.
@@ -312,7 +313,10 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     measured = r2["measured"]
     with np.errstate(divide="ignore", invalid="ignore"):
         recoverable = np.clip(pred / measured, 0.0, 1.0)
-    recoverable[:, ~(measured[0] > 0)] = np.nan
+    # a fraction of nothing: a draw whose measured R^2 is not positive has no fraction (its sign would flip the
+    # ratio), and a feature the model does not explain (``unexplained``) has none at all
+    recoverable[~(measured > 0)] = np.nan
+    recoverable[:, ~(measured[0] >= cfg.min_r2)] = np.nan
     table = {"r2_measured": measured[0]}
     table.update(with_ci("r2_predicted", pred, cfg.ci))
     table["best_source"] = np.asarray(sources, dtype=object)[best]

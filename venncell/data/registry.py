@@ -51,6 +51,7 @@ from venncell.data.validate import (
     check_range,
     check_unique_names,
     check_zero_variance_policy,
+    warn_outlier_columns,
     warn_zero_variance,
 )
 
@@ -442,6 +443,8 @@ def fit_modality(
     if spec.transform == "clr":
         spec.clr_log_geomean = clr_log_geomean(name, x)
         x = apply_transform(spec, x)
+    if spec.likelihood == "gaussian" and spec.kind != "image":
+        warn_outlier_columns(name, x, spec.features)
     if spec.likelihood == "gaussian":
         _, sd = column_mean_std(x)
         spec.data_scale = np.where(sd > 0, sd, 1.0).tolist()

@@ -66,6 +66,32 @@ def warn_zero_variance(name: str, const: np.ndarray, features, stacklevel: int =
     )
 
 
+def warn_outlier_columns(name: str, x, features) -> None:
+    """Warn about Gaussian columns whose variance a handful of cells hold (more than half of it in the most
+    extreme max(3, 0.1 %) of cells): the standardised scale is then theirs, every other cell sits near the column's
+    mean, and the decoders cannot learn the column (measurement outliers, e.g. a segmentation error's area)."""
+    if sp.issparse(x) or x.shape[0] < 20:
+        return
+    x = np.asarray(x, dtype=np.float64)
+    k = max(3, int(np.ceil(0.001 * len(x))))
+    dev = (x - x.mean(0)) ** 2
+    total = dev.sum(0)
+    top = np.partition(dev, len(x) - k, axis=0)[-k:].sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bad = np.flatnonzero(np.where(total > 0, top / total, 0.0) > 0.5)
+    if not len(bad):
+        return
+    names = ", ".join(str(features[i]) for i in bad[:5])
+    warnings.warn(
+        f"Modality '{name}': in {len(bad)} feature(s) ({names}{', ...' if len(bad) > 5 else ''}) the {k} most "
+        "extreme cells hold over half of the variance, so the model cannot learn them from the other cells. If these "
+        "are measurement outliers, clip each feature (e.g. to its 0.1 and 99.9 percentiles, `np.clip`) or log-"
+        "transform skewed ones before setup_mudata.",
+        VennCellInputWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
 def check_matrix(
     name: str,
     x,
