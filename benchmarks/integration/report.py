@@ -532,7 +532,8 @@ def write_page(results: dict, path: Path) -> None:
         "from RNA through its encoders, totalVI from a second fit with those cells' proteins hidden, the "
         "baseline by kNN regression on RNA PCA; both sides as per-cell CLR, RMSE over all values and mean "
         "Pearson r per protein. Wall time: the whole fit, from reading the data to the embedding; peak RSS "
-        "of the fit's process. Mean ± standard deviation over seeds. Every fit is cached; `--refit` of some "
+        "of the fit's process. Mean ± standard deviation over seeds (of the seeds run: ddof 0). Every fit is "
+        "cached; `--refit` of some "
         "methods (as after a change to VennCell) leaves the other methods' rows from earlier runs of the "
         "command on the same machine, so wall times of different methods may come from different runs.",
         "",
