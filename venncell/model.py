@@ -829,6 +829,8 @@ class VennCell:
                 os.replace(path, old)
             os.replace(tmp, path)
         except OSError as e:
+            if old.exists() and not path.exists():  # the earlier model goes back where it was
+                os.replace(old, path)
             shutil.rmtree(tmp, ignore_errors=True)
             raise VennCellInputError(
                 f"Cannot write the model to {path}: {e.strerror or e}."

@@ -301,7 +301,10 @@ def own_dataset(name: str, file: str, labels: list[str], batch_key: str | None =
     cells = mdata.obs_names
     for a in mdata.mod.values():
         cells = cells[cells.isin(a.obs_names)]
-    obs = mdata.obs.loc[cells, [*labels, *([batch_key] if batch_key else [])]].astype(str)
+    # labels as text, a missing one kept missing (the scores leave unlabelled cells out)
+    obs = mdata.obs.loc[cells, [*labels, *([batch_key] if batch_key else [])]].apply(
+        lambda c: c.astype(object).where(c.isna(), c.astype(str))
+    )
     mods = {}
     for m, k in kinds.items():
         a = mdata.mod[m][cells]

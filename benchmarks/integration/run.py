@@ -106,7 +106,7 @@ def main():
         name, sep, path = args.data.partition("=")
         if not sep or not name or not args.labels:
             p.error("--data NAME=PATH.h5mu needs a name, a path and --labels")
-        if "--datasets" not in sys.argv:
+        if args.datasets == p.get_default("datasets"):
             args.datasets = name
         if own_dataset(name, path, args.labels.split(","), args.batch_key):
             import shutil
@@ -151,11 +151,10 @@ def main():
                     or not fit_path(name, method, seed).with_suffix(".scores.json").exists()
                 ):
                     rescore.append((name, method, seed))  # or: its scoring failed last time
-    if chosen and not jobs and not rescore:
-        known = {m for name in wanted if name in DATASETS for m in methods_for(DATASETS[name])}
-        unknown = [m for m in chosen if m not in known and not m.startswith("venncell:")]
-        if unknown:
-            p.error(f"--methods {unknown}: not a method of these datasets ({sorted(known)})")
+    known = {m for name in wanted for m in methods_for(DATASETS[name])}
+    unknown = [m for m in chosen if m not in known and not m.startswith("venncell:")]
+    if unknown:
+        p.error(f"--methods {unknown}: not a method of these datasets ({sorted(known)})")
     # slow fits first, so the pool stays full at the end
     order = {"totalvi": 0, "multivi": 1, "venncell": 2, "venncell_before": 3, "mofa": 4}
     # a preset row (venncell:<preset>) costs what the defaults do

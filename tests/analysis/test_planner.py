@@ -52,30 +52,38 @@ def test_pure_features_get_the_right_verdict(trained, plan):
 
 
 def test_an_unexplained_feature_has_no_recoverable_fraction():
-    """r2_measured 0.02 and r2_predicted 0.10: the ratio, clipped, read recoverable 1.0 with an interval [0, 1]
-    (draws whose measured R^2 turned negative); the model explains too little of the feature for a fraction."""
+    """r2_measured 0.02 and r2_predicted 0.01: the ratio, clipped, read recoverable 1.0 with an interval [0, 1];
+    the model explains too little of the feature for a fraction. A feature the other modalities predict better
+    than the full decoder fits it (measured -0.2, predicted 0.3) was `unexplained`; measuring it gives at least
+    the prediction, so it is `predict`. A draw where both R^2 turn negative has no fraction (it read 1.0)."""
     from venncell.analysis.planner import PlanConfig, _tables
 
     n, boot = 100, 5
-    ones = np.ones((1 + boot, 3))
-    measured = np.array([98.0, 50.0, 50.0]) * ones  # R^2 0.02 (unexplained), 0.5, 0.5
-    measured[1, 0] = 103.0  # a draw whose measured R^2 is negative
+    ones = np.ones((1 + boot, 4))
+    measured = np.array([98.0, 50.0, 50.0, 120.0]) * ones  # R^2 0.02, 0.5, 0.5, -0.2
+    predicted = np.array([99.0, 60.0, 80.0, 70.0]) * ones  # R^2 0.01, 0.4, 0.2, 0.3
+    measured[1, 1] = predicted[1, 1] = 103.0  # a draw where both are negative
     acc = {
         "sy": 0 * ones,
         "syy": 100 * ones,
         "sse:measured": measured,
-        "sse:rna": np.array([90.0, 60.0, 80.0]) * ones,  # R^2 0.10, 0.40, 0.20
-        "sp:rna": np.zeros(3),
-        "spp:rna": np.full(3, 10.0),
-        "syp:rna": np.full(3, 5.0),
+        "sse:rna": predicted,
+        "sp:rna": np.zeros(4),
+        "spp:rna": np.full(4, 10.0),
+        "syp:rna": np.full(4, 5.0),
     }
-    df, _ = _tables("protein", acc, np.array(["a", "b", "c"]), np.arange(3), PlanConfig(), n)
+    df, rows = _tables(
+        "protein", acc, np.array(["a", "b", "c", "d"]), np.arange(4), PlanConfig(), n
+    )
     assert df.loc["a", "verdict"] == "unexplained"
     assert df.loc["a", ["recoverable", "recoverable_lo", "recoverable_hi"]].isna().all()
-    assert df.loc["b", "recoverable"] == pytest.approx(0.8) and df.loc[
-        "c", "recoverable"
-    ] == pytest.approx(0.4)
-    assert list(df.loc[["b", "c"], "verdict"]) == ["predict", "measure"]
+    assert df.loc[
+        "b", ["recoverable", "recoverable_lo", "recoverable_hi"]
+    ].tolist() == pytest.approx([0.8] * 3)
+    assert df.loc["c", "recoverable"] == pytest.approx(0.4) and df.loc["d", "recoverable"] == 1.0
+    assert list(df.loc[["b", "c", "d"], "verdict"]) == ["predict", "measure", "predict"]
+    (row,) = rows
+    assert row["n_explained"] == 3 and (row["n_predict"], row["n_measure"]) == (2, 1)
 
 
 def test_summary_and_feature_tables(plan):
@@ -139,6 +147,20 @@ def test_planner_errors_name_the_problem(trained):
         model.plan_measurements(predict_minimum=0.5)
     with pytest.raises(VennCellInputError, match="predict_min"):
         model.plan_measurements(predict_min=1.5)
+
+
+def test_a_plan_on_few_held_out_cells_says_its_verdicts_can_move(tmp_path):
+    """A 600-cell pilot's plan on its 60 held-out cells: per-feature verdicts changed with the seed (which cells
+    were held out) far beyond their intervals, without a word."""
+    mdata, _ = make_synthetic(n_cells=600, modalities={"rna": 30, "protein": 10}, seed=2)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=3, private_dim=2, seed=0)
+    model.train(run_dir=tmp_path, stage1_epochs=2, stage2_epochs=1, progress_bar="none")
+    with pytest.warns(
+        VennCellInputWarning, match="scored on 60 held-out cells.*validation_fraction"
+    ):
+        plan = model.plan_measurements(n_boot=5)
+    assert plan.cells == "held-out" and plan.n_cells == 60
 
 
 def test_in_sample_fallback_is_flagged(tmp_path):

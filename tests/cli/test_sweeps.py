@@ -203,9 +203,13 @@ def test_an_objective_no_run_reports_is_refused_before_training(tmp_path, helper
     with pytest.raises(VennCellInputError, match="did you mean objective=stage2/val/recon/rna\\?"):
         run("objective=stage2/val/recon_rna")
     with pytest.raises(
-        VennCellInputError, match="did you mean objective=stage1/train/loss_epoch\\?"
+        VennCellInputError, match="did you mean objective=stage1/train/recon/rna_epoch\\?"
     ):
-        run("objective=stage1/train/loss")
+        run("objective=stage1/train/recon/rna")
+    from venncell.cli.train import _check_history_objective
+
+    for key in ("stage1/train/loss_step", "stage2/val/recon", "stage1/val/consistency/rna"):
+        _check_history_objective(key, ["rna", "protein"])  # metrics every such run logs
     assert not (tmp_path / "run" / "config_resolved.yaml").exists()  # nothing trained or written
 
 

@@ -209,12 +209,14 @@ def test_a_feature_that_a_few_outliers_hold_is_named():
     from venncell.data.validate import VennCellInputWarning
 
     rng = np.random.default_rng(0)
+    rare = np.zeros(500)
+    rare[:4] = 1.0  # a rare event: its variance is its few cells' by nature, not an outlier's
     feats = np.column_stack(
-        [10 + 3 * rng.normal(size=500), rng.lognormal(0, 1, 500), rng.normal(size=500)]
+        [10 + 3 * rng.normal(size=500), rng.lognormal(0, 1, 500), rng.standard_t(3, 500), rare]
     ).astype(np.float32)
     feats[:3, 0] = 1e6
     m = md.MuData({"rna": ad.AnnData(_counts(500, 6)), "features": ad.AnnData(feats)})
-    m["features"].var_names = ["area", "skewed", "plain"]
+    m["features"].var_names = ["area", "skewed", "heavy", "rare"]
     with pytest.warns(
         VennCellInputWarning, match=r"'features': in 1 feature\(s\) \(area\) the 3 most extreme"
     ):

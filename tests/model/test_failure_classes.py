@@ -387,6 +387,26 @@ def test_saving_never_empties_a_folder_that_holds_more_than_a_model(trained_tiny
         p.name for p in (results / "model").iterdir()
     }
     assert not list(tmp_path.glob(".*"))  # no temporary or old folder left
+    # a rename that fails after the earlier model was moved aside: it goes back (it was left hidden as .model.old)
+    import venncell.model as vm
+
+    calls, os_replace = [], vm.os.replace
+
+    def flaky(a, b):
+        calls.append(a)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied")
+        return os_replace(a, b)
+
+    before = (results / "model" / "model.pt").read_bytes()
+    vm.os.replace = flaky
+    try:
+        with pytest.raises(VennCellInputError, match="Permission denied"):
+            model.save(results / "model")
+    finally:
+        vm.os.replace = os_replace
+    assert (results / "model" / "model.pt").read_bytes() == before
+    assert not [p.name for p in results.iterdir() if p.name.startswith(".")]
     # the current folder, and a link to a model folder (".": no name to put the temporary folder beside; a link
     # was renamed away and a stale one then crashed the next save)
     import os

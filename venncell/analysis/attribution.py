@@ -162,14 +162,6 @@ class AttributionConfig:
             raise VennCellInputError(
                 "alpha must be above 0: no p-value is below 0 (the default is 0.05)."
             )
-        # no gain could pass: no private block would ever add
-        if 1 / (self.n_boot + 1) >= self.alpha:
-            need = int(np.floor(1 / self.alpha))
-            raise VennCellInputError(
-                f"n_boot={self.n_boot} bootstrap draws cannot give a gain's p-value below alpha={self.alpha} (the "
-                f"smallest is 1/(n_boot+1)); use n_boot >= {need}"
-                + (", or the default 200." if need <= 200 else ".")
-            )
         # no p-value could pass: every marker would read "not captured"
         if 1 / (self.n_perm + 1) >= self.alpha:
             need = int(np.floor(1 / self.alpha))
@@ -231,6 +223,14 @@ def attribute(
     resolved = [
         resolve_marker(mdata, data, name, idx) for name in markers
     ]  # fail fast, before the long steps
+    # no gain could pass: no private block would ever add (only markers have gains)
+    if resolved and 1 / (cfg.n_boot + 1) >= cfg.alpha:
+        need = int(np.floor(1 / cfg.alpha))
+        raise VennCellInputError(
+            f"n_boot={cfg.n_boot} bootstrap draws cannot give a gain's p-value below alpha={cfg.alpha} (the "
+            f"smallest is 1/(n_boot+1)); use n_boot >= {need}"
+            + (", or the default 200." if need <= 200 else ".")
+        )
     mods = list(data.specs)
     with _progress(cfg.progress) as bar:
         task = bar.add_task("attribution", total=len(mods) + len(resolved) + 1)

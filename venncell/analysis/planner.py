@@ -10,17 +10,18 @@ Per feature of ``t``
     ``r2_measured``: explained variance of the full decoder at the cell's own latents, every modality measured;
     the part of the feature the model can explain at all (the rest is noise to it). ``r2_from_<S>`` and
     ``pearson_from_<S>``: accuracy of the prediction from ``S``. ``recoverable``:
-    ``r2_predicted / r2_measured`` (clipped to [0, 1]) for the best subset -- the fraction of the explainable
-    signal that a future experiment keeps without measuring ``t``; undefined (NaN) for a feature the model does
-    not explain (``r2_measured < min_r2``). Percentile bootstrap CIs over cells.
+    ``r2_predicted / max(r2_measured, r2_predicted)`` (clipped to [0, 1]) for the best subset -- the fraction of
+    the explainable signal that a future experiment keeps without measuring ``t`` (measuring ``t`` gives at least
+    what predicting it does, so the better of the two is the reference); undefined (NaN) for a feature the model
+    does not explain (that reference below ``min_r2``). Percentile bootstrap CIs over cells.
 
 Verdict (``PlanConfig`` thresholds)
-    * ``unexplained`` -- ``r2_measured < min_r2``: the model explains too little of it to say.
+    * ``unexplained`` -- ``max(r2_measured, r2_predicted) < min_r2``: the model explains too little of it to say.
     * ``predict`` -- ``recoverable >= predict_min``: most of its explainable signal is shared with ``S``.
     * ``measure`` -- otherwise: most of it is private to ``t`` (or to ``t`` and modalities outside ``S``).
 
 Per modality (summary rows, one per target and subset)
-    ``recoverable``: mean ``r2_from_S`` over mean ``r2_measured`` (each R^2 floored at -1, the expected score of
+    ``recoverable``: mean ``r2_from_S`` over mean ``max(r2_measured, r2_from_S)`` (each R^2 floored at -1, the expected score of
     guessing a random cell's value, as in ``mean_r2_predicted``), over the features the model explains, with a
     bootstrap CI (its draws divide by the estimate's variances, so a resample missing a sparse feature's few
     cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the number of
@@ -59,6 +60,8 @@ from venncell.module.regions import block_key, region_name
 
 R2_FLOOR = -1.0  # a feature's R^2 in the summary means: what guessing a random cell's value scores in expectation
 MIN_HELD_OUT = 50  # fewer held-out cells than this give CIs too wide to plan with; fall back to training cells
+# fewer than this: per-feature verdicts move with which cells are held out, more than their intervals show
+FEW_HELD_OUT = 200
 
 
 @dataclass
@@ -66,7 +69,7 @@ class PlanConfig:
     """Knobs of ``VennCell.plan_measurements``; the verdict rule is in the module docstring."""
 
     predict_min: float = 0.5  # recoverable fraction from which a feature is "predict"
-    min_r2: float = 0.05  # r2_measured below this: "unexplained"
+    min_r2: float = 0.05  # max(r2_measured, r2_predicted) below this: "unexplained"
     n_boot: int = 200
     ci: float = 0.95
     max_cells: int = 3000  # random subsample of the cells scored (0 = all)
@@ -196,6 +199,16 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
     held_out = np.flatnonzero(complete & ~np.asarray(is_train, bool))
     if len(held_out) >= MIN_HELD_OUT:
         cells, where = held_out, "held-out"
+        if len(held_out) < FEW_HELD_OUT:
+            warnings.warn(
+                f"The plan is scored on {len(held_out)} held-out cells: a feature that a few cells of a rare type "
+                "carry can change verdict with the cells held out (another seed), more than its interval shows. "
+                "Read the per-modality summary, or per-feature verdicts whose interval lies on one side of "
+                f"predict_min; for firmer ones train with a larger validation_fraction (this model's: "
+                f"{1 - np.mean(is_train):.2g}) or on more cells.",
+                VennCellInputWarning,
+                stacklevel=3,
+            )
     else:
         cells, where = np.flatnonzero(complete), "training (in-sample)"
         warnings.warn(
@@ -311,18 +324,21 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     cols = np.arange(len(keep))
     pred = np.stack([r2[s] for s in sources])[best, :, cols].T  # (1 + n_boot) x features
     measured = r2["measured"]
+    # measuring t gives at least what predicting it does: the reference is the better of the two (the full
+    # decoder on held-out cells' encoder latents can fit worse than the shared-only prediction)
+    reference = np.fmax(measured, pred)
     with np.errstate(divide="ignore", invalid="ignore"):
-        recoverable = np.clip(pred / measured, 0.0, 1.0)
-    # a fraction of nothing: a draw whose measured R^2 is not positive has no fraction (its sign would flip the
+        recoverable = np.clip(pred / reference, 0.0, 1.0)
+    # a fraction of nothing: a draw whose reference is not positive has no fraction (its sign would flip the
     # ratio), and a feature the model does not explain (``unexplained``) has none at all
-    recoverable[~(measured > 0)] = np.nan
-    recoverable[:, ~(measured[0] >= cfg.min_r2)] = np.nan
+    recoverable[~(reference > 0)] = np.nan
+    recoverable[:, ~(reference[0] >= cfg.min_r2)] = np.nan
     table = {"r2_measured": measured[0]}
     table.update(with_ci("r2_predicted", pred, cfg.ci))
     table["best_source"] = np.asarray(sources, dtype=object)[best]
     table.update(with_ci("recoverable", recoverable, cfg.ci))
     verdict = np.where(
-        ~(measured[0] >= cfg.min_r2),
+        ~(reference[0] >= cfg.min_r2),
         "unexplained",
         np.where(recoverable[0] >= cfg.predict_min, "predict", "measure"),
     )
@@ -334,7 +350,7 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     df = df.sort_values("r2_predicted", ascending=False)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
 
-    explained = measured[0] >= cfg.min_r2
+    explained = reference[0] >= cfg.min_r2
     # the summary's draws divide by the point estimate's variances: a resample that leaves out the few cells of a
     # sparse feature has a near-zero variance, an R^2 of minus hundreds and a mean over features dragged down with
     # it, so the interval missed its own estimate
@@ -350,13 +366,14 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
             # each feature's R^2 floored at -1, what guessing a random cell's value scores in expectation, so one
             # near-constant feature cannot sink its modality's mean (a floor at 0 would bias the bootstrap draws
             # of the many features near 0 upwards, past their estimate)
+            ref = np.fmax(fixed["measured"], fixed[s])[:, explained]
             frac = np.clip(
                 np.nanmean(np.clip(fixed[s][:, explained], R2_FLOOR, None), 1)
-                / np.nanmean(np.clip(fixed["measured"][:, explained], R2_FLOOR, None), 1),
+                / np.nanmean(np.clip(ref, R2_FLOOR, None), 1),
                 0,
                 1,
             )
-            own_frac = np.clip(r2[s][0] / measured[0], 0, 1)
+            own_frac = np.clip(r2[s][0] / np.fmax(measured[0], r2[s][0]), 0, 1)
             rows.append(
                 {
                     "target": t,

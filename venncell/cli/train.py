@@ -243,7 +243,7 @@ def _check_history_objective(key, modalities: list[str]) -> None:
         for stage in ("stage1", "stage2")
         for split in ("train", "val")
         for t in terms
-    ]
+    ] + ["stage1/train/loss_step", "stage2/train/loss_step"]
     if key in known or "~" in key or "joint" in key or "shared:" in key:
         return
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
