@@ -100,8 +100,8 @@ def synthetic(lines: list[str]) -> None:
         "",
         markdown_table(pd.DataFrame(rows).astype(str)),
         "",
-        "Per modality, from each subset of the others (recoverable: mean R² predicted / mean R² measured over "
-        "the features the model explains; lost = 1 - recoverable):",
+        "Per modality, from each subset of the others (recoverable: mean R² predicted / mean of the better of R² "
+        "measured and R² predicted, over the features the model explains; lost = 1 - recoverable):",
         "",
         *_section_end(plan, t0),
     ]
