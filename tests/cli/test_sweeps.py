@@ -166,8 +166,10 @@ def test_a_trial_without_its_objective_fails_alone(tmp_path, helpers):
     """Optuna's sweeper ended the whole study with a traceback when a trial returned NaN (an objective the run did
     not report); such a trial now fails alone, with the reason, and the next one runs."""
     res = helpers.run_cli(
-        # a term of stage 1 (leakage control) that stage 2 does not log: a metric name, but none this run has
-        _optuna_command(helpers, tmp_path, "objective=stage2/val/consistency/rna"),
+        # a held-out metric of a run without held-out cells: a metric name, but none this run has
+        _optuna_command(
+            helpers, tmp_path, "objective=stage2/val/recon", "data.validation_fraction=0"
+        ),
         ok=False,
     )
     assert "Values cannot be specified" not in res.stderr, res.stderr[-2000:]
@@ -210,6 +212,10 @@ def test_an_objective_no_run_reports_is_refused_before_training(tmp_path, helper
 
     for key in ("stage1/train/loss_step", "stage2/val/recon", "stage1/val/consistency/rna"):
         _check_history_objective(key, ["rna", "protein"])  # metrics every such run logs
+    # a metric of the other stage (recon is stage 2's; consistency stage 1's) is no metric of a run either
+    for key in ("stage1/val/recon", "stage2/val/consistency/rna", "stage2/train/loss_epoch"):
+        with pytest.raises(VennCellInputError, match="is not a metric a run logs"):
+            _check_history_objective(key, ["rna", "protein"])
     assert not (tmp_path / "run" / "config_resolved.yaml").exists()  # nothing trained or written
 
 

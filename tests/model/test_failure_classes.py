@@ -361,6 +361,12 @@ def test_result_tables_under_a_file_name_the_file(trained_tiny, tmp_path):
             VennCellInputError, match="attribution tables.*afile is a file, not a folder"
         ):
             res.write(out)
+    # the HTML report makes its folder (a bare FileNotFoundError) and names a file in the way
+    from venncell.analysis.report import write_report
+
+    assert write_report(res, tmp_path / "new" / "report.html", umap=False).is_file()
+    with pytest.raises(VennCellInputError, match="the report.*afile is a file, not a folder"):
+        write_report(res, tmp_path / "afile" / "report.html", umap=False)
 
 
 def test_saving_never_empties_a_folder_that_holds_more_than_a_model(trained_tiny, tmp_path):

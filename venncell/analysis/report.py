@@ -19,7 +19,7 @@ from venncell.analysis.enrichment_report import enrichment_section
 from venncell.analysis.features import ev_in_blocks, venn_regions
 from venncell.analysis.plan_report import plan_section
 from venncell.analysis.venn_figure import venn_figure
-from venncell.data.files import atomic_write_text
+from venncell.data.files import atomic_write_text, output_folder
 
 COLORS = {"shared": "#3b75af", "private": "#ef8636", "unexplained": "#d0d0d0"}
 MAX_UMAP_MARKERS = 8
@@ -64,6 +64,7 @@ def write_report(
     The path written.
     """
     text = render_html(result, title=title, umap=umap, plan=plan, enrichment=enrichment)
+    output_folder(Path(path).parent, "the report")
     return atomic_write_text(path, text)
 
 

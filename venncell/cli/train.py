@@ -221,38 +221,49 @@ def _check_objective(key, evaluate_recovery: bool) -> None:
 
 
 def _check_history_objective(key, modalities: list[str]) -> None:
-    """A stage-1 or stage-2 objective must name a term a run logs, ``stage<k>/<train|val>/<term>``, with the terms
-    of ``venncell.module.losses`` for these modalities; a typo would otherwise surface after the first trial.
-    Terms of Venn regions and the joint encoder (``a~b``, ``joint``) are accepted unchecked."""
+    """A stage-1 or stage-2 objective must name a metric a run logs: ``stage1/train/<term>_epoch``,
+    ``stage1/val/<term>`` or ``stage2/val/<term>``, with each stage's terms (``venncell.module.losses``) for these
+    modalities; a typo would otherwise surface after the first trial. Terms of Venn regions and the joint encoder
+    (``a~b``, ``joint``) are accepted unchecked."""
     from venncell.module import losses
 
     key = str(key)
     if not key.startswith(("stage1/", "stage2/")):
         return
-    kinds = [
-        losses.RECON,
-        losses.RECON_SHARED_ONLY,
-        losses.CONSISTENCY,
-        losses.INDEPENDENCE,
-        losses.LATENT_SHARED,
-        losses.LATENT_PRIVATE,
-    ]
-    terms = ["loss", "recon", "shared_only", *(f"{k}/{m}" for k in kinds for m in modalities)]
+    per_modality = {
+        "stage1": [
+            losses.RECON,
+            losses.RECON_SHARED_ONLY,
+            losses.CONSISTENCY,
+            losses.INDEPENDENCE,
+        ],
+        "stage2": [
+            losses.RECON,
+            losses.RECON_SHARED_ONLY,
+            losses.LATENT_SHARED,
+            losses.LATENT_PRIVATE,
+        ],
+    }
+    terms = {
+        stage: ["loss", *(["recon", "shared_only"] if stage == "stage2" else [])]
+        + [f"{k}/{m}" for k in kinds for m in modalities]
+        for stage, kinds in per_modality.items()
+    }
     known = [
-        f"{stage}/{split}/{t}{'_epoch' if split == 'train' else ''}"
-        for stage in ("stage1", "stage2")
-        for split in ("train", "val")
-        for t in terms
-    ] + ["stage1/train/loss_step", "stage2/train/loss_step"]
+        *(f"stage1/train/{t}_epoch" for t in terms["stage1"]),
+        *(f"{stage}/val/{t}" for stage in terms for t in terms[stage]),
+        "stage1/train/loss_step",
+        "stage2/train/loss_step",
+    ]
     if key in known or "~" in key or "joint" in key or "shared:" in key:
         return
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     raise VennCellInputError(
         f"objective={key} is not a metric a run logs"
         + (f"; did you mean objective={close[0]}?" if close else ".")
-        + " Stage metrics are stage1/ or stage2/, then train/ (epoch means, ending in _epoch) or val/ (held-out "
-        f"cells), then loss, recon or <term>/<modality> with these modalities ({', '.join(modalities)}); e.g. "
-        "objective=stage2/val/recon. Every key is in a run's metrics.json."
+        + " Stage metrics are stage1/train/<term>_epoch (epoch means), stage1/val/<term> or stage2/val/<term> "
+        f"(held-out cells), with terms loss, <kind>/<modality> for these modalities ({', '.join(modalities)}) and, "
+        "in stage 2, recon; e.g. objective=stage2/val/recon. Every key is in a run's metrics.json."
     )
 
 

@@ -70,8 +70,10 @@ def warn_outlier_columns(name: str, x, features) -> None:
     """Warn about Gaussian columns that a handful of far-off values dominate: the most extreme max(3, 0.1 %) cells
     hold over half of the column's variance and lie over 100 robust SDs (MAD) from its median. The standardised
     scale is then theirs, every other cell sits near the mean, and the decoders cannot learn the column
-    (measurement outliers, e.g. a segmentation error's area). Skewed or heavy-tailed columns stay below both
-    bars; columns with a tied majority (MAD 0: rare events) and sparse or small (< 100 cells) data are left alone."""
+    (measurement outliers, e.g. a segmentation error's area). Moderately skewed or heavy-tailed columns
+    (log-normal of sigma 1, Student t of 3 degrees of freedom) rarely reach both bars, strongly skewed ones do (and
+    fit better log-transformed); columns with a tied majority (MAD 0: rare events) and sparse or small (< 100
+    cells) data are left alone."""
     if sp.issparse(x) or x.shape[0] < 100:
         return
     n = x.shape[0]
@@ -95,9 +97,9 @@ def warn_outlier_columns(name: str, x, features) -> None:
     names = ", ".join(str(features[i]) for i in bad[:5])
     warnings.warn(
         f"Modality '{name}': in {len(bad)} feature(s) ({names}{', ...' if len(bad) > 5 else ''}) the {k} most "
-        "extreme cells hold over half of the variance, so the model cannot learn them from the other cells. If these "
-        "are measurement outliers, clip each feature (e.g. to its 0.1 and 99.9 percentiles, `np.clip`) or log-"
-        "transform skewed ones before setup_mudata.",
+        "extreme cells hold over half of the variance, so they set its standardised scale and the model learns "
+        "little of it from the other cells. Clip measurement outliers (e.g. to each feature's 0.1 and 99.9 "
+        "percentiles, `np.clip`) or log-transform strongly skewed features before setup_mudata.",
         VennCellInputWarning,
         stacklevel=user_stacklevel(),
     )
