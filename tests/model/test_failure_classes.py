@@ -351,6 +351,24 @@ def test_saving_under_a_file_names_the_file(trained_tiny, tmp_path):
         model.save(tmp_path / "afile" / "model")
 
 
+def test_a_constant_marker_says_so_and_every_table_has_a_note_column(trained_tiny):
+    """A constant marker's note read "too few cells measured in every modality, or a constant marker"; the markers
+    table lacked its `note` column when no marker had a note (code reading it broke)."""
+    model, mdata, _ = trained_tiny
+    mdata.obs["flat"] = 1.0
+    try:
+        res = model.attribution(["flat", "cluster"], progress=False, n_boot=20, n_perm=20)
+        only = model.attribution(["cluster"], progress=False, n_boot=20, n_perm=20)
+    finally:
+        del mdata.obs["flat"]
+    flat = res.markers.set_index("marker").loc["flat"]
+    assert (
+        flat["verdict"] == "not captured"
+        and flat["note"] == "a constant marker: nothing to predict"
+    )
+    assert "note" in only.markers.columns and (only.markers["note"] == "").all()
+
+
 def test_result_tables_under_a_file_name_the_file(trained_tiny, tmp_path):
     """AttributionResult.write under a file raised a bare NotADirectoryError (model.save named the file)."""
     model, _, _ = trained_tiny

@@ -284,9 +284,7 @@ def attribute(
         modalities=pd.DataFrame(summaries),
         regions=blocks,
         top_features={m: top_features(df, cfg.top_n) for m, df in features.items()},
-        markers=pd.DataFrame([rows[mk.name] for mk in resolved])
-        if resolved
-        else pd.DataFrame(columns=MARKER_COLUMNS),
+        markers=_marker_table([rows[mk.name] for mk in resolved]),
         marker_scores=concat_frames(score_rows, ["marker", "block", "probe"]),
         dimensions=dims,
         components=components,
@@ -316,7 +314,17 @@ MARKER_COLUMNS = [
     "shared_fraction",
     "private_modalities",
     "verdict",
+    "note",
 ]
+
+
+def _marker_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per marker, with every ``MARKER_COLUMNS`` column whatever the markers (a note only some have)."""
+    table = pd.DataFrame(rows)
+    for col in MARKER_COLUMNS:
+        if col not in table:
+            table[col] = "" if col == "note" else np.nan
+    return table
 
 
 def make_config(kwargs: dict) -> AttributionConfig:

@@ -318,7 +318,9 @@ def _probe_group(
             "kind": targets[name][0],
             "n_cells": n,
             "verdict": "not captured",
-            "note": "too few cells measured in every modality, or a constant marker",
+            "note": f"only {n} cells measured in every modality (at least {2 * cfg.n_folds} needed)"
+            if n < 2 * cfg.n_folds
+            else "a constant marker: nothing to predict",
         }
         for name in degenerate
     }
