@@ -39,22 +39,16 @@ def direction_variance(directions, drops: dict[str, np.ndarray]) -> pd.DataFrame
     return rows
 
 
-def reads(module, m: str, block: str) -> bool:
-    """Whether modality m's decoder reads the latent block ``block``."""
-    return block in ("shared", f"private:{m}") or block in {
-        block_key(r) for r in module.regions_of[m]
-    }
-
-
 def centred_along(directions, m: str, module, z: dict[str, torch.Tensor]) -> dict[int, tuple]:
     """For each direction m's decoder reads (by its index in ``directions``): the decoder-input part it lies in
     (``shared``, ``private`` or a region's name), its unit axis and the analysed cells' mean coordinate along it.
     ``z``: those parts' latents of the analysed cells."""
+    # the blocks m's decoder reads, by the decoder-input part each is
     owner = {"shared": "shared", f"private:{m}": "private"}
     owner.update({block_key(r): r for r in module.regions_of[m]})
     out = {}
     for i, d in enumerate(directions):
-        if reads(module, m, d.block):
+        if d.block in owner:
             part = owner[d.block]
             axis = torch.as_tensor(d.axis, dtype=z[part].dtype)
             out[i] = (part, axis, (z[part] @ axis).mean())

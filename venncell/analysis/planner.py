@@ -21,13 +21,13 @@ Verdict (``PlanConfig`` thresholds)
     * ``measure`` -- otherwise: most of it is private to ``t`` (or to ``t`` and modalities outside ``S``).
 
 Per modality (summary rows, one per target and subset)
-    ``recoverable``: mean ``r2_from_S`` over mean ``max(r2_measured, r2_from_S)`` (each R^2 floored at -1, the expected score of
-    guessing a random cell's value, as in ``mean_r2_predicted``), over the features the model explains, with a
-    bootstrap CI (its draws divide by the estimate's variances, so a resample missing a sparse feature's few
-    cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also the number of
-    features in each verdict, and ``pooled_r2_predicted``: one R^2 over every feature's values together (1 - the
-    summed squared errors over the summed variances), which the most variable features dominate (on counts, the
-    most expressed), so it can be far above the features' mean R^2.
+    ``recoverable``: mean ``r2_from_S`` over mean ``max(r2_measured, r2_from_S)`` (each R^2 floored at -1, the
+    expected score of guessing a random cell's value, as in ``mean_r2_predicted``), over the features the model
+    explains, with a bootstrap CI (its draws divide by the estimate's variances, so a resample missing a sparse
+    feature's few cells does not swing it); ``lost = 1 - recoverable`` is what not measuring ``t`` costs. Also
+    the number of features in each verdict, and ``pooled_r2_predicted``: one R^2 over every feature's values
+    together (1 - the summed squared errors over the summed variances), which the most variable features dominate
+    (on counts, the most expressed), so it can be far above the features' mean R^2.
 
 Cells are the held-out (validation) cells that have every modality, so every subset is scored on the same cells;
 without enough of them, the training cells (in-sample, flagged in the result).

@@ -24,10 +24,9 @@ def recovery_matrix(
     rows = {}
     for t_name, t in truth.items():
         rows[t_name] = {}
+        known = np.isfinite(np.asarray(t, dtype=float).reshape(len(t), -1)).all(1)
         for name, z in learned.items():
-            have = np.isfinite(z).all(1) & np.isfinite(
-                np.asarray(t, dtype=float).reshape(len(t), -1)
-            ).all(1)
+            have = np.isfinite(z).all(1) & known
             rows[t_name][name] = (
                 cv_r2(z[have], t[have], probe, n_folds, seed)
                 if have.sum() > n_folds

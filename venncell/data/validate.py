@@ -79,9 +79,8 @@ def warn_outlier_columns(name: str, x, features) -> None:
     n = x.shape[0]
     k = max(3, int(np.ceil(0.001 * n)))
     bad = []
-    for start in range(
-        0, x.shape[1], 256
-    ):  # a few columns at a time: no float64 copy of the whole matrix
+    # a few columns at a time: no float64 copy of the whole matrix
+    for start in range(0, x.shape[1], 256):
         c = np.asarray(x[:, start : start + 256], dtype=np.float64)
         med = np.median(c, 0)
         mad = 1.4826 * np.median(np.abs(c - med), 0)
