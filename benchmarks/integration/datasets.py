@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from venncell.data.files import atomic_write
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[2] / "shared" / "datasets"
 DATA = HERE / "data"
@@ -52,10 +54,7 @@ class Dataset:
     def load(self) -> md.MuData:
         if not self.path.exists() and not self.own:
             DATA.mkdir(parents=True, exist_ok=True)
-            mdata = BUILDERS[self.name]()
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            mdata.write(str(tmp))
-            tmp.rename(self.path)
+            atomic_write(BUILDERS[self.name](), self.path)
         return md.read_h5mu(str(self.path))
 
     def trained_defaults(self, seed: int = 0, **options):
@@ -314,9 +313,7 @@ def own_dataset(name: str, file: str, labels: list[str], batch_key: str | None =
         mods[k] = ad.AnnData(_counts(x), obs=obs[[]].copy(), var=a.var[[]].copy())
     copy = _mudata(mods, obs)
     DATA.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    copy.write(str(tmp))
-    tmp.rename(path)
+    atomic_write(copy, path)
     dataset = dict(
         name=name,
         kind=kind,
