@@ -390,7 +390,10 @@ class VennCell:
         """Whether ``mdata``'s cells hold the training data of the training cells ``rows`` they are named as: every
         modality's values and the batch, on ``n`` cells drawn at random (names alone can be reused, e.g. 0..n-1)."""
         try:
-            data = self._view(mdata)
+            with warnings.catch_warnings():
+                # a check: the view that embeds these cells says the same once (reordered features, say)
+                warnings.simplefilter("ignore", VennCellInputWarning)
+                data = self._view(mdata)
         except VennCellInputError:
             return False
         pick = np.random.default_rng(0).permutation(len(rows))
@@ -406,9 +409,12 @@ class VennCell:
                 return False
         return True
 
-    def _data_for(self, mdata: md.MuData | None, modalities=None) -> MultiModalData:
+    def _data_for(
+        self, mdata: md.MuData | None, modalities=None, refining: bool = False
+    ) -> MultiModalData:
         """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
-        cells, which must have measured some of them (else the shared latent is NaN)."""
+        cells, which must have measured some of them (else the shared latent is NaN). ``refining``: the cells are
+        refined, which learns the effect of batches the model never saw (no warning that it is not corrected)."""
         if mdata is None or mdata is self.mdata:
             data = self._require_data("use the training data (mdata=None)", new_cells=True)
         elif not isinstance(mdata, md.MuData):
@@ -416,17 +422,23 @@ class VennCell:
         else:
             data = self._view(mdata)
             self._warn_other_scale(data)
-            if data.batch_missing or data.unseen_batches:
+            if data.batch_missing or (data.unseen_batches and not refining):
                 key = self.registry.batch_key
                 what = (
                     f"batch_key '{key}' is not a column of mdata.obs"
                     if data.batch_missing
                     else f"batch_key '{key}': batches {data.unseen_batches[:5]} were not in training"
                 )
+                fix = (
+                    "Predictions, refine_epochs and cell weights need each cell's batch: give the column for those."
+                    if data.batch_missing
+                    else "refine_epochs=N (e.g. 20) learns each new batch's effect along with the cells' latents "
+                    "(query mapping); predictions and cell weights need each cell's training batch: map them to "
+                    "one for those."
+                )
                 warnings.warn(
                     f"{what}. The cells are embedded by the encoders, which do not read the batch, but their batch "
-                    "effect is not corrected as the training batches' is. Predictions, refine_epochs and cell "
-                    "weights need each cell's training batch: map them to one for those.",
+                    f"effect is not corrected as the training batches' is. {fix}",
                     VennCellInputWarning,
                     stacklevel=user_stacklevel(),
                 )
@@ -473,7 +485,8 @@ class VennCell:
             measured in the modalities it was trained with. Default: ``"average"`` for training cells,
             ``"encoder"`` for new cells, with ``modalities`` and with ``refine_epochs``.
         refine_epochs
-            > 0: start from the encoder latents and refine them against the frozen decoders (``refine``).
+            > 0: start from the encoder latents and refine them against the frozen decoders (``refine``), learning
+            the effect of batches the model never saw (query mapping).
 
         Returns
         -------
@@ -539,7 +552,13 @@ class VennCell:
         """Test-time refinement: encoder latents of ``mdata``'s cells, then ``epochs`` of stage-1 optimisation of
         those latents with every network frozen. Only the ``modalities`` given (default all) drive it; other
         modalities' private blocks stay as the encoders gave them. Returns every block (``shared``,
-        ``private:<m>``)."""
+        ``private:<m>``).
+
+        Cells of batches the model never saw are mapped onto it (query mapping, as scArches does for scvi-tools
+        models): each new batch gets a one-hot input of its own in every decoder, started at the trained batches'
+        mean, fitted for ``epochs`` to the encoders' latents and then for ``epochs`` along with the latents, so that
+        the new batch's effect goes there rather than into the latents. The trained model is not changed; the new
+        batches' inputs last for the call."""
         self._require_trained()
         check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
         check_range("refine(batch_size=...)", batch_size, 1, integer=True)
@@ -548,18 +567,26 @@ class VennCell:
             check_range("refine(seed=...)", seed, 0, integer=True)
         self._check_modalities(modalities)  # all before the data are read
         return self._refine(
-            self._data_for(mdata, modalities), modalities, epochs, batch_size, lr_latent, seed
+            self._data_for(mdata, modalities, refining=True),
+            modalities,
+            epochs,
+            batch_size,
+            lr_latent,
+            seed,
         )
 
-    def _require_known_batches(self, data: MultiModalData, what: str) -> None:
-        """The decoders read the batch: cells of a batch the model never saw cannot go through them."""
+    def _require_known_batches(
+        self, data: MultiModalData, what: str, unseen_ok: bool = False
+    ) -> None:
+        """The decoders read the batch: cells without one, or (unless ``unseen_ok``: refinement learns them) of a
+        batch the model never saw, cannot go through them."""
         if data.batch_missing:
             raise VennCellInputError(
                 self.registry.missing_message(
                     data.obs_columns, f" ({what} reads the batch)", data.batch_holders
                 )
             )
-        if data.unseen_batches:
+        if data.unseen_batches and not unseen_ok:
             raise VennCellInputError(
                 self.registry.unseen_message(data.unseen_batches, f"; {what} reads them")
             )
@@ -569,18 +596,19 @@ class VennCell:
         reads them once)."""
         from venncell.train.refine import refine_latents
 
-        self._require_known_batches(data, "refinement (refine_epochs, cell weights)")
+        self._require_known_batches(data, "refinement (refine_epochs)", unseen_ok=True)
         use = list(modalities) if modalities is not None else list(self.specs)
         start = embed_cells(self.module, data, modalities=use)
         return refine_latents(
             self.module,
-            data,
+            data.with_new_batch_codes(),
             start,
             use,
             epochs,
             batch_size,
             lr_latent,
             self.seed if seed is None else seed,
+            new_batches=len(data.unseen_batches),
         )
 
     def predict_modality(
@@ -982,6 +1010,8 @@ class VennCell:
         if mdata is None:
             reference = stage1_latents(self.module, data)["shared"]
         else:
+            # the weights read the trained decoders, which know the training batches only
+            self._require_known_batches(data, "cell weights")
             reference = self._refine(data, None, refine_epochs)["shared"]
         weights = cell_modality_weights(self.module, data, reference)
         if write_obs:

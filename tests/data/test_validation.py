@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from venncell import VennCell, VennCellInputError
+from venncell import VennCell, VennCellInputError, make_synthetic
 from venncell.data import VennCellInputWarning
 
 
@@ -43,11 +43,43 @@ def test_negative_counts_under_nb():
     x[0, 0] = -1
     with pytest.raises(
         VennCellInputError,
-        match=r"'rna'.*negative binomial.*negative values.*likelihood='gaussian'",
+        match=r"'rna'.*counts \('nb'\).*1 negative value\(s\).*first at cell row 0, feature column 0"
+        r".*likelihood='gaussian'",
     ):
         _build(
             _pair(x, _counts(seed=1)), rna={"kind": "rna", "likelihood": "nb"}, protein="protein"
         )
+
+
+@pytest.mark.parametrize("kind", ["rna", "atac"])
+def test_a_few_negative_counts_are_refused_not_modelled_as_gaussian(kind):
+    """Whole numbers with one corrupt negative entry were taken for normalised data: the modality was modelled as
+    Gaussian with a warning that did not say how many entries or where (ATAC's binarising would have read it as
+    0). They are refused, located."""
+    x = _counts(40, 30)
+    x[7, 3] = -1
+    with pytest.raises(
+        VennCellInputError,
+        match=rf"'{kind}'.*1 negative value\(s\).*row 7, feature column 3.*corrupt counts",
+    ):
+        m = _pair(x, _counts(40, 4, seed=1))
+        _build(
+            md.MuData({kind: m["rna"], "protein": m["protein"]}), **{kind: kind}, protein="protein"
+        )
+
+
+def test_new_cells_that_are_not_counts_are_told_to_bring_counts_only(helpers):
+    """At embedding time the likelihood is the trained model's: the fix offered only raw counts, not
+    likelihood='gaussian' (which cannot be chosen any more)."""
+    mdata, _ = make_synthetic(n_cells=120, modalities={"rna": 30, "protein": 10}, seed=0)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=2, private_dim=2)
+    model.train(**helpers.FAST)
+    new = mdata[:20].copy()
+    new.mod["rna"].X = sp.csr_matrix(new["rna"].X).log1p()
+    with pytest.raises(VennCellInputError, match="as the model was trained on") as err:
+        model.get_latent_representation(new, source="encoder")
+    assert "gaussian" not in str(err.value)
 
 
 def test_non_integer_counts_under_nb():
@@ -266,7 +298,7 @@ def test_any_bad_count_value_is_reported(n, f, row, col, bad, sparse):
     m = _pair(sp.csr_matrix(x) if sparse else x, _counts(n, 4, seed=1))
     expected = {
         True: r"NaN/inf.*first at cell row",
-        False: r"negative values" if bad < 0 else r"non-integer",
+        False: r"negative value" if bad < 0 else r"non-integer",
     }
     with pytest.raises(
         VennCellInputError, match=rf"Modality 'rna'.*{expected[not np.isfinite(bad)]}"

@@ -904,7 +904,8 @@ def test_new_cells_on_another_scale_than_training_are_named(helpers):
 
 def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decoders(helpers):
     """An unseen batch label refused the embedding too, though the encoders do not read the batch (the latents
-    were the same under any training label); the decoders, which do read it, still refuse it."""
+    were the same under any training label); prediction and cell weights, which read it through the trained
+    decoders, still refuse it; refinement learns it (``test_refine.py``)."""
     mdata, _ = make_synthetic(
         n_cells=200, modalities={"rna": 30, "protein": 10}, n_batches=2, seed=0
     )
@@ -915,15 +916,18 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decode
     known = model.get_latent_representation(query, source="encoder")
     query.obs["batch"] = "a new lab"
     with pytest.warns(
-        VennCellInputWarning, match="batches \\['a new lab'\\] were not in training"
+        VennCellInputWarning,
+        match="batches \\['a new lab'\\] were not in training.*refine_epochs=N",
     ):
         z = model.get_latent_representation(query)
     np.testing.assert_array_equal(z, known)
     for call in (
         lambda: model.predict_modality(query, source=["rna"], target="protein"),
-        lambda: model.get_latent_representation(query, refine_epochs=2),
+        lambda: model.cell_modality_weights(query, refine_epochs=2),
     ):
-        with pytest.raises(VennCellInputError, match="not seen in training.*reads them"):
+        with pytest.raises(
+            VennCellInputError, match="not seen in training \\(it knew 'b0', 'b1'\\).*reads them"
+        ):
             call()
     # no batch column at all: embedded the same way (it was refused, unlike an unknown label)
     del query.obs["batch"]
@@ -985,3 +989,20 @@ def test_several_devices_train_with_ddp_and_other_strategies_are_refused():
         VennCellInputError, match="trainer.strategy='ddp_spawn' is not supported.*'ddp'"
     ):
         TrainConfig(strategy="ddp_spawn")
+
+
+def test_training_cells_with_reordered_genes_warn_once(helpers):
+    """Training cells handed back with their genes in another order were read twice (once to check they are the
+    training cells, once to embed them), and every warning about how they are read came twice."""
+    mdata, _ = make_synthetic(n_cells=150, modalities={"rna": 30, "protein": 10}, seed=0)
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, **TINY)
+    model.train(**helpers.FAST)
+    sub = mdata[:40].copy()
+    again = md.MuData({"rna": sub["rna"][:, ::-1].copy(), "protein": sub["protein"].copy()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z = model.get_latent_representation(again)
+    said = [w for w in caught if "features reordered" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in caught]
+    np.testing.assert_allclose(z, model.get_latent_representation(sub), rtol=1e-5, atol=1e-6)

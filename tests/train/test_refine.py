@@ -132,3 +132,66 @@ def test_embed_cli_refines(trained, tmp_path):
     out = md.read_h5mu(str(run_embed(cfg, tmp_path)))
     expected = model.get_latent_representation(new, refine_epochs=2)
     np.testing.assert_allclose(out.obsm["X_venn_shared"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ query mapping
+@pytest.fixture(scope="module")
+def three_batches():
+    """A model trained on batches b0 and b1 of three (a strong batch effect), and the cells of b2 it never saw."""
+    mdata, truth = make_synthetic(
+        n_cells=900,
+        modalities={"rna": 80, "protein": 20},
+        n_batches=3,
+        batch_effect=2.0,
+        seed=1,
+    )
+    seen = (mdata.obs["batch"] != "b2").to_numpy()
+    ref, query = mdata[seen].copy(), mdata[~seen].copy()
+    VennCell.setup_mudata(ref, batch_key="batch")
+    model = VennCell(ref, seed=0)
+    model.train(stage1_epochs=40, stage2_epochs=15, progress_bar="none", num_threads=1)
+    return model, ref, query, truth.shared[seen], truth.shared[~seen]
+
+
+def test_a_decoder_reading_new_batches_keeps_the_trained_ones(three_batches):
+    model = three_batches[0]
+    dec = model.module.decoders["rna"]
+    new = dec.with_new_batches(2)
+    z = torch.randn(6, dec.net.net[0].in_features - dec.n_batches)
+    with torch.no_grad():
+        for b in (0, 1):  # the trained batches: the same output
+            codes = torch.full((6,), b)
+            torch.testing.assert_close(new(z, codes), dec(z, codes))
+        # a new batch starts at the trained batches' mean one-hot column: batch-neutral
+        neutral = dec.net(torch.cat([z, torch.full((6, 2), 0.5)], 1))
+        torch.testing.assert_close(new(z, torch.full((6,), 3)), neutral)
+    assert [p for p in new.parameters() if p.requires_grad] == [new.net.net[0].extra]
+    assert all(p.requires_grad for p in dec.parameters())  # the trained decoder is not touched
+
+
+def test_refinement_maps_cells_of_a_new_batch(three_batches):
+    """Refined with their own batch learnt, the new batch's cells land where the reference cells of the same
+    state are: their true shared factors are read from the reference's latents far better than after a
+    refinement that takes them for a training batch (the batch effect goes into the latents), and as well as
+    from the encoders' latents, which saw two batches and place the third well here."""
+    model, ref, query, t_ref, t_query = three_batches
+    from sklearn.metrics import r2_score
+    from sklearn.neighbors import KNeighborsRegressor
+
+    before = _weights(model)
+    z_ref = model.get_latent_representation()
+    probe = KNeighborsRegressor(15).fit(z_ref, t_ref)
+
+    def r2(z):
+        return r2_score(t_query, probe.predict(z))
+
+    with pytest.warns(match="were not in training"):
+        encoder = r2(model.get_latent_representation(query))
+    relabelled = query.copy()
+    relabelled.obs["batch"] = "b0"
+    as_b0 = r2(model.get_latent_representation(relabelled, refine_epochs=20))
+    mapped = r2(model.get_latent_representation(query, refine_epochs=20))
+    assert mapped > as_b0 + 0.1 and mapped > encoder - 0.05, (encoder, as_b0, mapped)
+    after = model.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model itself is unchanged
+    assert all(p.requires_grad for p in model.module.network_parameters())

@@ -3,6 +3,7 @@ MuData through a ``DataRegistry``) and ``Batch`` (one mini-batch, densified)."""
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from dataclasses import dataclass, field, fields
@@ -195,7 +196,14 @@ class MultiModalData:
                 x = x[:, cols]
             if not training:  # the training data were checked when the registry was fitted
                 check_matrix(
-                    name, x, spec.likelihood, spec.features, spec.binarize, "keep", spec.layer
+                    name,
+                    x,
+                    spec.likelihood,
+                    spec.features,
+                    spec.binarize,
+                    "keep",
+                    spec.layer,
+                    trained=True,
                 )
             x = as_float32(x, spec)
             if spec.transform is not None:
@@ -244,11 +252,24 @@ class MultiModalData:
             else []
         )
         self.obs_columns = mdata.obs.columns
-        self.unseen_batches = (
-            []
-            if self.batch is None or self.batch_missing or (self.batch >= 0).all()
-            else sorted({str(v) for v in mdata.obs[registry.batch_key].to_numpy()[self.batch < 0]})
-        )
+        self.unseen_batches = []
+        if not (self.batch is None or self.batch_missing or (self.batch >= 0).all()):
+            labels = np.array([str(v) for v in mdata.obs[registry.batch_key].to_numpy()])
+            self.unseen_batches = sorted({str(v) for v in labels[self.batch < 0]})
+            # refinement codes them after the trained batches (``with_new_batch_codes``)
+            self._new_codes = np.where(
+                self.batch < 0,
+                registry.n_batches + np.searchsorted(self.unseen_batches, labels),
+                self.batch,
+            )
+
+    def with_new_batch_codes(self) -> MultiModalData:
+        """A shallow copy whose cells of batches the model never saw (``unseen_batches``) have codes after the
+        trained batches', ``n_batches + i`` for the i-th of ``unseen_batches``, instead of -1."""
+        out = copy.copy(self)
+        if self.unseen_batches:
+            out.batch = self._new_codes
+        return out
 
     @property
     def specs(self) -> dict[str, ModalitySpec]:

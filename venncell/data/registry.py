@@ -152,7 +152,7 @@ class DataRegistry:
         shown = [str(u) for u in unknown[:5]]
         return (
             f"batch_key '{self.batch_key}': categories {shown} were not seen in training (it knew "
-            f"{_shown([repr(c) for c in self.batch_categories])}){what}. Map the new cells to a training batch, "
+            f"{_shown([repr(c.item() if isinstance(c, np.generic) else c) for c in self.batch_categories])}){what}. Map the new cells to a training batch, "
             "or retrain with them."
         )
 

@@ -21,6 +21,8 @@ KIND_DEFAULT_LIKELIHOOD = {
 }
 # Likelihood names (the heads in ``venncell.nn.likelihoods`` are keyed by these) and what data each demands.
 COUNT_LIKELIHOODS = ("nb", "zinb", "nb_mixture")
+# whole numbers with fewer negative values than this share are corrupt counts (``corrupt_counts``)
+CORRUPT_SHARE = 0.01
 BINARY_LIKELIHOODS = ("bernoulli", "bernoulli_factors")
 LIKELIHOODS = (*COUNT_LIKELIHOODS, *BINARY_LIKELIHOODS, "gaussian")
 # Heads whose NLL reads the batch's non-zero positions, which the batch assembly takes from the CSR structure.
@@ -165,12 +167,28 @@ def infer_likelihood(kind: str, x) -> str:
     sample = _value_sample(x)
     if sample.size == 0:
         return KIND_DEFAULT_LIKELIHOOD.get(kind, "gaussian")
-    integer = bool(np.isfinite(sample).all()) and not_counts_reason(sample) is None
+    integer = bool(np.isfinite(sample).all()) and (
+        not_counts_reason(sample) is None or corrupt_counts(sample)
+    )
     if kind == "atac" and integer:
         return "bernoulli_factors"
     if integer and sample.max() <= 1:
         return "bernoulli"
     return "nb" if integer else "gaussian"
+
+
+def corrupt_counts(x) -> bool:
+    """Whole numbers of which only a few are negative (under ``CORRUPT_SHARE`` of the stored values): counts with
+    corrupt entries, which the data check refuses, rather than signed values to model as Gaussian."""
+    sample = _value_sample(x)
+    sample = sample[np.isfinite(sample)]
+    negative = sample < 0
+    return bool(
+        sample.size
+        and negative.any()
+        and negative.mean() < CORRUPT_SHARE
+        and np.allclose(sample, np.round(sample))
+    )
 
 
 def not_counts_reason(x) -> str | None:

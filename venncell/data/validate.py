@@ -112,12 +112,14 @@ def check_matrix(
     binarize: bool = False,
     zero_variance: str = "warn",
     layer: str | None = None,
+    trained: bool = False,
 ) -> np.ndarray:
     """Validate one modality's matrix against its likelihood.
 
     Returns the column indices of zero-variance features; ``zero_variance`` says whether they are
     reported (``warn``), dropped by the caller (``drop``) or silently kept (``keep``). ``layer``: where the
-    matrix was read (None = ``.X``), named in the fixes.
+    matrix was read (None = ``.X``), named in the fixes. ``trained``: new cells for a trained model, whose
+    likelihood is fixed (the fixes do not offer another).
     """
     held = f"adata.layers[{layer!r}]" if layer else "adata.X"
     check_zero_variance_policy(name, zero_variance)
@@ -162,17 +164,18 @@ def check_matrix(
                 "that large. Check that modality for corrupt values, or model it as likelihood='gaussian' after a "
                 "log transform."
             )
-        if vals.size and vals.min() < 0:
-            raise VennCellInputError(
-                f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has negative values "
-                f"(min {vals.min():.3g}). Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian' "
-                "for normalised data."
-            )
         if vals.size and not np.allclose(vals, np.round(vals)):
             raise VennCellInputError(
                 f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has non-integer values "
-                "(it looks normalised). Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian'."
+                f"(it looks normalised). {_counts_fix(trained)}"
             )
+    if (likelihood in COUNT_LIKELIHOODS or binarize) and vals.size and vals.min() < 0:
+        # counts cannot be negative; binarising would quietly read them as 0
+        raise VennCellInputError(
+            f"Modality '{name}' is modelled as counts ('{likelihood}') but has {int((vals < 0).sum())} negative "
+            f"value(s) (min {vals.min():.3g}){_first_bad(x, vals >= 0)}. {_counts_fix(trained)} A few negative "
+            "entries among whole numbers are corrupt counts: fix them, or drop those cells."
+        )
     if likelihood in BINARY_LIKELIHOODS and not binarize:
         if vals.size and not np.isin(np.unique(vals[:1_000_000]), (0, 1)).all():
             raise VennCellInputError(
@@ -190,7 +193,9 @@ def check_matrix(
             raise VennCellInputError(
                 f"Modality '{name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(totals == 0))}), so "
                 "their library size is 0 and the count likelihood is undefined. Filter them "
-                "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`) or mark the modality missing for them."
+                "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`), or keep the cells without this modality: drop them "
+                f"from it only (`keep = np.asarray(mdata['{name}'].X.sum(1)).ravel() > 0`, `mdata.mod['{name}'] = "
+                f"mdata['{name}'][keep].copy()`, `mdata.update()`; they then train on their other modalities)."
             )
     const = np.array([], dtype=np.int64)
     if n_cells > 1:
@@ -203,8 +208,16 @@ def check_matrix(
     return const
 
 
+def _counts_fix(trained: bool) -> str:
+    """The fix for data that are not counts where counts are modelled: at training another likelihood is one."""
+    if trained:
+        return "Give the raw counts, as the model was trained on (e.g. `layer='counts'`)."
+    return "Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian' for normalised data."
+
+
 def _first_bad(x, finite_values: np.ndarray) -> str:
-    """Locate the first non-finite entry as ' (first at cell row i, feature column j)'."""
+    """Locate the first bad entry (False in ``finite_values``, one per stored value) as ' (first at cell row i,
+    feature column j)'."""
     k = int(np.argmin(finite_values.ravel()))
     if sp.issparse(x):
         x = sp.csr_matrix(x)

@@ -3,12 +3,14 @@ share one interface (decoders: ``(z, batch) -> raw`` with ``.likelihood``; encod
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from venncell.data.spec import ModalitySpec
 from venncell.module.config import ModelConfig
-from venncell.nn import MLP, make_likelihood
+from venncell.nn import MLP, ExtendedLinear, make_likelihood
 from venncell.nn.cnn import ConvDecoderNet, ConvEncoderNet
 
 
@@ -51,6 +53,34 @@ class Decoder(nn.Module):
             z = torch.cat([z, nn.functional.one_hot(batch, self.n_batches).to(z.dtype)], dim=1)
         out = self.net(z)
         return out if self.image_shape is None else out.reshape(len(out), -1)
+
+    def with_new_batches(self, n_new: int) -> Decoder:
+        """A copy that also reads ``n_new`` batches after its own (codes ``n_batches ...``): every trained weight is
+        kept and frozen; each new batch's one-hot column starts at the mean of the trained batches' and is the
+        copy's only trainable weight (``ExtendedLinear``)."""
+        if not self.n_batches:
+            raise ValueError("a decoder trained without batches cannot read new ones")
+        new = copy.deepcopy(self)
+        for p in new.parameters():
+            p.requires_grad_(False)
+        # the one-hot columns enter through the network's first linear layer, after the latents
+        owner, name, first = next(
+            (mod, n, child)
+            for mod in new.net.modules()
+            for n, child in mod.named_children()
+            if isinstance(child, nn.Linear)
+        )
+        cols = first.weight[:, first.in_features - self.n_batches :][:, self.batch_trained]
+        init = cols.mean(1, keepdim=True).expand(-1, n_new)
+        setattr(owner, name, ExtendedLinear(first, init))
+        new.n_batches = self.n_batches + n_new
+        new.batch_trained = torch.cat(
+            [
+                self.batch_trained,
+                torch.ones(n_new, dtype=torch.bool, device=self.batch_trained.device),
+            ]
+        )
+        return new
 
     def expected(self, z: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
         """The likelihood's normalised mean. A cell of a batch no training cell measured this modality in (its

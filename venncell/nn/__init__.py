@@ -1,5 +1,6 @@
 """Building blocks: MLPs, encoders and decoders, likelihood heads."""
 
+from venncell.nn.extend import ExtendedLinear
 from venncell.nn.likelihoods import (
     LIKELIHOODS,
     BernoulliFactors,
@@ -13,6 +14,7 @@ from venncell.nn.mlp import MLP
 __all__ = [
     "LIKELIHOODS",
     "BernoulliFactors",
+    "ExtendedLinear",
     "Likelihood",
     "MLP",
     "NBMixture",

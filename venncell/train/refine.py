@@ -17,22 +17,30 @@ from torch import nn
 from venncell.data.dataset import MultiModalData, make_loader
 from venncell.module.regions import block_key
 from venncell.module.venn import VennModule
+from venncell.nn import ExtendedLinear
 from venncell.train.plans import Stage1Plan
 from venncell.train.schedule import quiet_trainer
 
 
-def frozen_view(module: VennModule, n_cells: int, modalities: list[str]) -> VennModule:
+def frozen_view(
+    module: VennModule, n_cells: int, modalities: list[str], new_batches: int = 0
+) -> VennModule:
     """A VennModule for ``n_cells`` new cells whose networks *are* the trained ones (shared objects, not
-    copies), restricted to ``modalities`` so that only their likelihood terms drive the latents."""
+    copies), restricted to ``modalities`` so that only their likelihood terms drive the latents. With
+    ``new_batches``, its decoders are copies that also read that many batches after the trained ones, each
+    with a one-hot column of its own, the only network weight left to train (``Decoder.with_new_batches``)."""
     specs = {m: module.specs[m] for m in modalities}
     regions = {r: ms for r, ms in module.regions.items() if set(ms) & set(modalities)}
-    view = VennModule(specs, n_cells, module.cfg, module.n_batches, regions=regions)
+    view = VennModule(specs, n_cells, module.cfg, module.n_batches + new_batches, regions=regions)
     view.weights = {
         m: module.weights[m] for m in modalities
     }  # the trained model's weights, not the subset's rule
     for name in ("decoders", "shared_decoders", "encoders"):
         trained = getattr(module, name)
-        setattr(view, name, nn.ModuleDict({m: trained[m] for m in modalities}))
+        nets = {m: trained[m] for m in modalities}
+        if new_batches and name != "encoders":  # the encoders do not read the batch
+            nets = {m: net.with_new_batches(new_batches) for m, net in nets.items()}
+        setattr(view, name, nn.ModuleDict(nets))
     return view
 
 
@@ -46,10 +54,18 @@ def refine_latents(
     lr_latent: float = 5e-2,
     seed: int = 0,
     trainer_kwargs: dict | None = None,
+    new_batches: int = 0,
+    lr_new_batches: float = 1e-1,
 ) -> dict[str, np.ndarray]:
     """Refined latents (same keys as ``start``: ``shared``, ``private:<m>``). Private blocks of modalities not
-    in ``modalities`` are returned as given; NaN (cell lacks the data) stays NaN."""
-    view = frozen_view(module, data.n_cells, modalities)
+    in ``modalities`` are returned as given; NaN (cell lacks the data) stays NaN.
+
+    ``new_batches``: how many batches the cells hold that the model never saw (``data.batch`` codes them after the
+    trained ones). Each one's effect on every decoder (its one-hot column) is fitted at ``lr_new_batches``, for
+    ``epochs`` with the latents fixed and then for ``epochs`` with them, so that the latents are freed of it as
+    the training batches' are (query mapping, as in scArches); every trained weight stays frozen.
+    """
+    view = frozen_view(module, data.n_cells, modalities, new_batches)
     with torch.no_grad():
         # NaN rows (no data for that block) get no loss term; 0 keeps them finite inside the table.
         view.shared_table.weight.copy_(
@@ -63,14 +79,17 @@ def refine_latents(
             view.region_tables[r].weight.copy_(
                 torch.as_tensor(np.nan_to_num(start[block_key(r)]), dtype=torch.float32)
             )
-    before = [p.detach().clone() for p in view.network_parameters()]
-    L.seed_everything(seed, workers=True, verbose=False)
-    plan = Stage1Plan(
-        view,
-        lr_network=0.0,
-        lr_latent=lr_latent,
-        grad_clip=0.0,
-        seed=seed,
+    before = [p.detach().clone() for p in module.network_parameters()]
+    # only the new batches' columns train: every other network weight (the trained ones, shared with the model)
+    # is frozen for the fit and its flag restored after
+    new_columns = [layer.extra for layer in view.modules() if isinstance(layer, ExtendedLinear)]
+    frozen = [p for p in view.network_parameters() if not any(p is q for q in new_columns)]
+    flags = [p.requires_grad for p in frozen]
+    # with new batches, their columns are first fitted alone, to the encoders' latents, and then with the latents:
+    # a shift common to the new batch's cells is then the batch's, not each cell's (fitted together from the start,
+    # the faster-moving latents take it)
+    phases = (
+        [(lr_new_batches, 0.0), (lr_new_batches, lr_latent)] if new_batches else [(0.0, lr_latent)]
     )
     kwargs = dict(
         max_epochs=epochs,
@@ -84,23 +103,37 @@ def refine_latents(
         deterministic=True,
     )
     kwargs.update(trainer_kwargs or {})
-    with warnings.catch_warnings():
-        # the trained networks stay in eval mode on purpose (frozen: no dropout); Lightning warns about it
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        quiet_trainer(**kwargs).fit(
-            plan,
-            # every cell as held out: the networks stay frozen, only the latent rows move
-            train_dataloaders=make_loader(
-                data,
-                np.arange(data.n_cells),
-                batch_size,
-                True,
-                seed,
-                split=np.zeros(data.n_cells, dtype=bool),
-            ),
-        )
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        for lr_network, lr_rows in phases:
+            L.seed_everything(seed, workers=True, verbose=False)
+            plan = Stage1Plan(
+                view, lr_network=lr_network, lr_latent=lr_rows, grad_clip=0.0, seed=seed
+            )
+            with warnings.catch_warnings():
+                # the trained networks stay in eval mode on purpose (frozen: no dropout); Lightning warns about it
+                warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+                # Lightning's own use of a torch API torch deprecates: nothing a user can change
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+                quiet_trainer(**kwargs).fit(
+                    plan,
+                    # without new batches every cell counts as held out (only the latent rows move); with them
+                    # as training cells, so that the new columns, the one network weight not frozen, learn too
+                    train_dataloaders=make_loader(
+                        data,
+                        np.arange(data.n_cells),
+                        batch_size,
+                        True,
+                        seed,
+                        split=np.full(data.n_cells, bool(new_batches)),
+                    ),
+                )
+    finally:
+        for p, flag in zip(frozen, flags):
+            p.requires_grad_(flag)
     module.eval()
-    after = view.network_parameters()
+    after = module.network_parameters()
     if any(
         not torch.equal(a, b) for a, b in zip(before, after)
     ):  # a broken freeze would corrupt the model
