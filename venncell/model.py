@@ -413,8 +413,9 @@ class VennCell:
         self, mdata: md.MuData | None, modalities=None, refining: bool = False
     ) -> MultiModalData:
         """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
-        cells, which must have measured some of them (else the shared latent is NaN). ``refining``: the cells are
-        refined, which learns the effect of batches the model never saw (no warning that it is not corrected)."""
+        cells, which must have measured some of them (else the shared latent is NaN). ``refining``: the caller
+        handles cells of new batches or without the batch itself (refinement learns them, prediction says how it
+        predicts them), so the encoders' warning about them is not given."""
         if mdata is None or mdata is self.mdata:
             data = self._require_data("use the training data (mdata=None)", new_cells=True)
         elif not isinstance(mdata, md.MuData):
@@ -422,7 +423,8 @@ class VennCell:
         else:
             data = self._view(mdata)
             self._warn_other_scale(data)
-            if data.batch_missing or (data.unseen_batches and not refining):
+            # refinement learns new batches, and refuses cells without a batch (with the fix) just after
+            if not refining and (data.batch_missing or data.unseen_batches):
                 key = self.registry.batch_key
                 what = (
                     f"batch_key '{key}' is not a column of mdata.obs"
@@ -430,11 +432,11 @@ class VennCell:
                     else f"batch_key '{key}': batches {data.unseen_batches[:5]} were not in training"
                 )
                 fix = (
-                    "Predictions, refine_epochs and cell weights need each cell's batch: give the column for those."
+                    "refine_epochs and cell weights need each cell's batch: give the column for those (for "
+                    "refine_epochs a new label of their own will do)."
                     if data.batch_missing
                     else "refine_epochs=N (e.g. 20) learns each new batch's effect along with the cells' latents "
-                    "(query mapping); predictions and cell weights need each cell's training batch: map them to "
-                    "one for those."
+                    "(query mapping); cell weights need each cell's training batch: map them to one for those."
                 )
                 warnings.warn(
                     f"{what}. The cells are embedded by the encoders, which do not read the batch, but their batch "
@@ -486,7 +488,7 @@ class VennCell:
             ``"encoder"`` for new cells, with ``modalities`` and with ``refine_epochs``.
         refine_epochs
             > 0: start from the encoder latents and refine them against the frozen decoders (``refine``), learning
-            the effect of batches the model never saw (query mapping).
+            the effect of batches the model never saw (query mapping; twice the epochs then: ``refine``).
 
         Returns
         -------
@@ -495,6 +497,7 @@ class VennCell:
         cell that has none of ``modalities`` (a warning says how many; none at all is refused).
         """
         self._require_trained()
+        check_range("refine_epochs", refine_epochs, 0, integer=True)  # 0: no refinement
         # the training cells' rows, where stage-1 latents are asked for or may be the default
         wanted = source in ("stage1", "average") or (
             source is None and modalities is None and not refine_epochs
@@ -550,15 +553,15 @@ class VennCell:
         seed: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Test-time refinement: encoder latents of ``mdata``'s cells, then ``epochs`` of stage-1 optimisation of
-        those latents with every network frozen. Only the ``modalities`` given (default all) drive it; other
-        modalities' private blocks stay as the encoders gave them. Returns every block (``shared``,
+        those latents with every trained network weight frozen. Only the ``modalities`` given (default all) drive
+        it; other modalities' private blocks stay as the encoders gave them. Returns every block (``shared``,
         ``private:<m>``).
 
         Cells of batches the model never saw are mapped onto it (query mapping, as scArches does for scvi-tools
-        models): each new batch gets a one-hot input of its own in every decoder, started at the trained batches'
-        mean, fitted for ``epochs`` to the encoders' latents and then for ``epochs`` along with the latents, so that
-        the new batch's effect goes there rather than into the latents. The trained model is not changed; the new
-        batches' inputs last for the call."""
+        models): each new batch gets a one-hot input of its own in the decoders of ``modalities``, started at the
+        trained batches' mean, fitted for ``epochs`` to the encoders' latents and then for ``epochs`` along with the
+        latents, so that the new batch's effect goes there rather than into the latents. The trained model is not
+        changed; the new batches' inputs last for the call."""
         self._require_trained()
         check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
         check_range("refine(batch_size=...)", batch_size, 1, integer=True)
@@ -583,7 +586,7 @@ class VennCell:
         if data.batch_missing:
             raise VennCellInputError(
                 self.registry.missing_message(
-                    data.obs_columns, f" ({what} reads the batch)", data.batch_holders
+                    data.obs_columns, f" ({what} reads the batch)", data.batch_holders, unseen_ok
                 )
             )
         if data.unseen_batches and not unseen_ok:
@@ -621,7 +624,9 @@ class VennCell:
         """Expected values of ``target`` predicted from the ``source`` modalities only.
 
         The shared latent is encoded from the sources; the target's shared-only decoder maps it to the target
-        (its private latent is, by construction, unknowable from other modalities).
+        (its private latent is, by construction, unknowable from other modalities). The decoder reads each cell's
+        batch; cells of a batch the model never saw (or without the batch column) get the mean of their
+        predictions as each training batch (batch-neutral), with a warning.
 
         Parameters
         ----------
@@ -665,8 +670,9 @@ class VennCell:
             raise VennCellInputError(
                 f"scale='counts' needs a count modality; '{target}' is {spec.likelihood}."
             )
-        data = self._data_for(mdata)
-        self._require_known_batches(data, "prediction")
+        data = self._data_for(
+            mdata, refining=True
+        )  # cells of new batches: said below, for the prediction
         z = embed_cells(self.module, data, modalities=source)["shared"]
         missing = np.isnan(z).any(1)
         if missing.all():
@@ -702,10 +708,26 @@ class VennCell:
         return pred
 
     def _warn_untrained_batches(self, data, dec, target: str, cells: np.ndarray) -> None:
-        """Cells of a batch in which no training cell was measured in ``target`` are predicted batch-neutral
-        (the mean of the trained batches' effects): say so, with the batches."""
+        """Cells of a batch in which no training cell was measured in ``target``, of a batch the model never saw
+        or without the batch column are predicted batch-neutral (the mean of the trained batches' effects): say
+        so, with the batches."""
         if data.batch is None:
             return
+        key = self.registry.batch_key
+        new = cells & (data.batch < 0)
+        if new.any():
+            which = (
+                f"have no {key!r} column"
+                if data.batch_missing
+                else f"are of batch(es) {data.unseen_batches[:5]} the model never saw"
+            )
+            warnings.warn(
+                f"{int(new.sum())} cell(s) {which}: their '{target}' is the mean of its predictions as each "
+                f"training batch (batch-neutral). To predict them as one of those batches instead, set their {key!r} "
+                "to it.",
+                VennCellInputWarning,
+                stacklevel=3,
+            )
         untrained = ~dec.batch_trained.numpy()
         hit = cells & untrained[np.maximum(data.batch, 0)] & (data.batch >= 0)
         if hit.any():
@@ -729,6 +751,7 @@ class VennCell:
         default. For training cells (without ``modalities`` or ``refine_epochs``) also ``*_encoder`` and
         ``*_stage1`` (the two latents averaged there) and ``obs["venn_split"]``. Returns the MuData written to."""
         self._require_trained()
+        check_range("refine_epochs", refine_epochs, 0, integer=True)
         self._check_modalities(modalities)
         target = self.mdata if mdata is None else mdata
         if target is None:

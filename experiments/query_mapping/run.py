@@ -8,8 +8,8 @@ they were of a training batch (their batch relabelled as the reference's first);
 learnt (``refine_epochs=20``, the new batch's one-hot input of every decoder fitted with the latents). A model
 trained on every batch, query included, is the reference point (its default embedding of the query cells).
 
-Data: the built-in generator with three batches (batch effect 1 SD per feature; reference b0 + b1, query b2; its
-shared factors known), and the integration harness's real sets with two batches (bmmc_cite, bmmc_multiome;
+Data: the built-in generator with three batches (batch effect 1 SD per feature, and 2 SD in ``synthetic_strong``;
+reference b0 + b1, query b2; its shared factors known), and the integration harness's real sets with two batches (bmmc_cite, bmmc_multiome;
 reference the first batch, query the second), read through benchmarks/integration/datasets.py, never copied here.
 
 Scores of the query cells' shared latent, against the reference cells' default embedding:
@@ -39,7 +39,7 @@ from child import emit, run_child  # noqa: E402
 
 RESULTS = HERE / "results.json"
 PAGE = HERE / "RESULTS.md"
-DATASETS = ("synthetic", "bmmc_cite", "bmmc_multiome")
+DATASETS = ("synthetic", "synthetic_strong", "bmmc_cite", "bmmc_multiome")
 WAYS = {
     "encoder": "encoders alone (the default for new cells)",
     "as_reference": "refined as a training batch",
@@ -52,10 +52,11 @@ K = 15
 
 def _load(name: str, seed: int):
     """(mdata, label column, batch column, reference batches, query batch, true shared factors or None)."""
-    if name == "synthetic":
+    if name.startswith("synthetic"):
         from venncell import make_synthetic
 
-        mdata, truth = make_synthetic(n_batches=3, seed=seed)
+        effect = 2.0 if name == "synthetic_strong" else 1.0
+        mdata, truth = make_synthetic(n_batches=3, batch_effect=effect, seed=seed)
         return mdata, "cluster", "batch", ["b0", "b1"], "b2", truth.shared
     from datasets import DATASETS as HARNESS
 

@@ -51,13 +51,14 @@ def test_negative_counts_under_nb():
         )
 
 
-@pytest.mark.parametrize("kind", ["rna", "atac"])
-def test_a_few_negative_counts_are_refused_not_modelled_as_gaussian(kind):
+@pytest.mark.parametrize("kind, fmt", [("rna", "dense"), ("atac", "dense"), ("rna", "csc")])
+def test_a_few_negative_counts_are_refused_not_modelled_as_gaussian(kind, fmt):
     """Whole numbers with one corrupt negative entry were taken for normalised data: the modality was modelled as
     Gaussian with a warning that did not say how many entries or where (ATAC's binarising would have read it as
-    0). They are refused, located."""
+    0). They are refused, located (in a CSC matrix the location was read as if it were CSR)."""
     x = _counts(40, 30)
     x[7, 3] = -1
+    x = x if fmt == "dense" else sp.csr_matrix(x).asformat(fmt)
     with pytest.raises(
         VennCellInputError,
         match=rf"'{kind}'.*1 negative value\(s\).*row 7, feature column 3.*corrupt counts",
@@ -416,3 +417,13 @@ def test_binarised_peaks_stored_as_bool_train_like_floats(sparse):
         fits.append(model.get_latent_representation(block="all"))
     assert np.isfinite(fits[0]).all()
     np.testing.assert_array_equal(fits[0], fits[1])
+
+
+def test_binary_data_with_a_corrupt_entry_are_refused_located():
+    """0/1 data with one -1 were read as Bernoulli, whose error said to binarise, which then refused the -1."""
+    x = (np.random.default_rng(0).random((40, 12)) < 0.3).astype(np.float32)
+    x[5, 2] = -1
+    with pytest.raises(
+        VennCellInputError, match=r"'protein'.*1 negative value\(s\).*row 5, feature column 2"
+    ):
+        _build(_pair(_counts(40, 6), x), rna="rna", protein="protein")

@@ -902,10 +902,11 @@ def test_new_cells_on_another_scale_than_training_are_named(helpers):
         model.get_latent_representation(raw)
 
 
-def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decoders(helpers):
+def test_a_batch_never_seen_is_embedded_with_a_warning_and_predicted_batch_neutral(helpers):
     """An unseen batch label refused the embedding too, though the encoders do not read the batch (the latents
-    were the same under any training label); prediction and cell weights, which read it through the trained
-    decoders, still refuse it; refinement learns it (``test_refine.py``)."""
+    were the same under any training label); prediction refused it, and now predicts batch-neutral (the mean of
+    its predictions as each training batch), with a warning; cell weights, which need the cells' own batch
+    effect, still refuse it; refinement learns it (``test_refine.py``)."""
     mdata, _ = make_synthetic(
         n_cells=200, modalities={"rna": 30, "protein": 10}, n_batches=2, seed=0
     )
@@ -914,6 +915,14 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decode
     model.train(**helpers.FAST)
     query = mdata[:50].copy()
     known = model.get_latent_representation(query, source="encoder")
+    as_batch = {}
+    for b in ("b0", "b1"):
+        query.obs["batch"] = b
+        as_batch[b] = model.predict_modality(query, source=["rna"], target="protein")
+    neutral = (as_batch["b0"] + as_batch["b1"]) / 2
+    assert not np.allclose(
+        as_batch["b0"], as_batch["b1"]
+    )  # the batches differ, so the mean means something
     query.obs["batch"] = "a new lab"
     with pytest.warns(
         VennCellInputWarning,
@@ -921,25 +930,30 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_refused_by_the_decode
     ):
         z = model.get_latent_representation(query)
     np.testing.assert_array_equal(z, known)
-    for call in (
-        lambda: model.predict_modality(query, source=["rna"], target="protein"),
-        lambda: model.cell_modality_weights(query, refine_epochs=2),
+    with pytest.warns(VennCellInputWarning, match="never saw: their 'protein'.*batch-neutral"):
+        pred = model.predict_modality(query, source=["rna"], target="protein")
+    np.testing.assert_allclose(pred, neutral, rtol=1e-5, atol=1e-7)
+    with pytest.raises(
+        VennCellInputError, match="not seen in training \\(it knew 'b0', 'b1'\\).*reads them"
     ):
-        with pytest.raises(
-            VennCellInputError, match="not seen in training \\(it knew 'b0', 'b1'\\).*reads them"
-        ):
-            call()
-    # no batch column at all: embedded the same way (it was refused, unlike an unknown label)
+        model.cell_modality_weights(query, refine_epochs=2)
+    # no batch column at all: embedded and predicted the same way (it was refused, unlike an unknown label)
     del query.obs["batch"]
     with pytest.warns(VennCellInputWarning, match="'batch' is not a column of mdata.obs"):
         np.testing.assert_array_equal(model.get_latent_representation(query), known)
-    with pytest.raises(VennCellInputError, match="not a column.*prediction reads the batch"):
-        model.predict_modality(query, source=["rna"], target="protein")
+    with pytest.warns(VennCellInputWarning, match="no 'batch' column.*batch-neutral"):
+        pred = model.predict_modality(query, source=["rna"], target="protein")
+    np.testing.assert_allclose(pred, neutral, rtol=1e-5, atol=1e-7)
+    # refinement without the column: refused, with a new label as the fix and no embedding warning first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        with pytest.raises(VennCellInputError, match="label of their own.*'query'"):
+            model.get_latent_representation(query, refine_epochs=2)
     # the column only in a modality's .obs: the fix names that modality, not a placeholder
     rna = query["rna"].copy()
     rna.obs["batch"] = mdata.obs["batch"].to_numpy()[:50]
     with pytest.raises(VennCellInputError, match=r"mdata\['rna'\]\.obs\['batch'\]"):
-        model.predict_modality(md.MuData({"rna": rna}), source=["rna"], target="protein")
+        model.get_latent_representation(md.MuData({"rna": rna}), refine_epochs=2)
 
 
 def test_a_modality_changed_without_update_is_refused_not_mispaired(helpers):

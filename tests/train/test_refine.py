@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -110,6 +111,8 @@ def test_bad_refinement_arguments(trained):
         model.refine(new, modalities=["hic"], epochs=1)
     with pytest.raises(VennCellInputError, match="source='encoder'"):
         model.get_latent_representation(block="shared", source="stage1", refine_epochs=2)
+    with pytest.raises(VennCellInputError, match="refine_epochs=-1.*>= 0"):  # 0 (off) is allowed
+        model.get_latent_representation(new, refine_epochs=-1)
 
 
 def test_embed_cli_refines(trained, tmp_path):
@@ -169,6 +172,20 @@ def test_a_decoder_reading_new_batches_keeps_the_trained_ones(three_batches):
     assert all(p.requires_grad for p in dec.parameters())  # the trained decoder is not touched
 
 
+def test_new_batches_are_coded_after_the_trained_ones(three_batches):
+    """Cells of known batches keep their codes; each new batch, read as the registry reads labels (2 and 2.0 are
+    one batch), gets one code after the trained batches."""
+    model, ref, query = three_batches[:3]
+    mixed = ref[:6].copy()
+    mixed.obs["batch"] = pd.Series(
+        ["b0", "b1", "x", 2, 2.0, "x"], index=mixed.obs_names, dtype=object
+    )
+    data = model._data_for(mixed, refining=True)
+    assert data.unseen_batches == ["2", "x"]
+    np.testing.assert_array_equal(data.with_new_batch_codes().batch, [0, 1, 3, 2, 2, 3])
+    np.testing.assert_array_equal(data.batch, [0, 1, -1, -1, -1, -1])  # the view itself unchanged
+
+
 def test_refinement_maps_cells_of_a_new_batch(three_batches):
     """Refined with their own batch learnt, the new batch's cells land where the reference cells of the same
     state are: their true shared factors are read from the reference's latents far better than after a
@@ -195,3 +212,22 @@ def test_refinement_maps_cells_of_a_new_batch(three_batches):
     after = model.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model itself is unchanged
     assert all(p.requires_grad for p in model.module.network_parameters())
+
+
+@pytest.mark.parametrize("bad", [2.9, True, "abc", -1])
+def test_embed_cli_refuses_a_bad_refine_epochs_before_reading_anything(bad, tmp_path):
+    """venncell-embed converted refine_epochs with int() before checking it: 2.9 ran 2 epochs, true 1, and "abc"
+    failed with a traceback. Refused as in Python, before the model or the data are read."""
+    from venncell.cli.apply import run_embed
+
+    cfg = OmegaConf.create(
+        {
+            "model_dir": str(tmp_path / "absent"),
+            "data": {"path": str(tmp_path / "absent.h5mu")},
+            "modalities": None,
+            "output": "embedded.h5mu",
+            "refine_epochs": bad,
+        }
+    )
+    with pytest.raises(VennCellInputError, match="refine_epochs"):
+        run_embed(cfg, tmp_path)

@@ -20,6 +20,7 @@ from venncell.data.transforms import apply_transform, scale_columns
 from venncell.data.validate import (
     VennCellInputError,
     VennCellInputWarning,
+    batch_label_strings,
     check_matrix,
     check_unique_obs_names,
     user_stacklevel,
@@ -254,7 +255,9 @@ class MultiModalData:
         self.obs_columns = mdata.obs.columns
         self.unseen_batches = []
         if not (self.batch is None or self.batch_missing or (self.batch >= 0).all()):
-            labels = np.array([str(v) for v in mdata.obs[registry.batch_key].to_numpy()])
+            labels = batch_label_strings(
+                mdata.obs[registry.batch_key]
+            )  # as the registry reads them
             self.unseen_batches = sorted({str(v) for v in labels[self.batch < 0]})
             # refinement codes them after the trained batches (``with_new_batch_codes``)
             self._new_codes = np.where(

@@ -127,10 +127,10 @@ class DataRegistry:
             raise VennCellInputError(self.unseen_message(unknown))
         return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
 
-    def missing_message(self, columns, what: str = "", holders=()) -> str:
+    def missing_message(self, columns, what: str = "", holders=(), new_ok: bool = False) -> str:
         """Why new cells without the batch column cannot be read (``columns``: mdata.obs's; ``what``: by which
         step), and the fix, naming the modalities whose .obs holds it (``holders``, and those MuData shows as
-        ``<modality>:<key>`` columns)."""
+        ``<modality>:<key>`` columns); ``new_ok``: the step learns batches it never saw (refinement)."""
         key = self.batch_key
         pulled = [str(c)[: -len(key) - 1] for c in columns if str(c).endswith(f":{key}")]
         holders = list(dict.fromkeys([*holders, *pulled]))
@@ -143,8 +143,13 @@ class DataRegistry:
                 if holders
                 else "If a modality's .obs holds it, copy it up"
             )
-            + f": `mdata.obs['{key}'] = mdata[{where}].obs['{key}'].reindex(mdata.obs_names)`; otherwise name the "
-            "training batch the cells come closest to."
+            + f": `mdata.obs['{key}'] = mdata[{where}].obs['{key}'].reindex(mdata.obs_names)`; otherwise "
+            + (
+                f"give them a label of their own (e.g. `mdata.obs['{key}'] = 'query'`): refinement learns the "
+                "effect of a batch it never saw."
+                if new_ok
+                else "name the training batch the cells come closest to."
+            )
         )
 
     def unseen_message(self, unknown: list[str], what: str = "") -> str:

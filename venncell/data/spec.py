@@ -167,12 +167,13 @@ def infer_likelihood(kind: str, x) -> str:
     sample = _value_sample(x)
     if sample.size == 0:
         return KIND_DEFAULT_LIKELIHOOD.get(kind, "gaussian")
-    integer = bool(np.isfinite(sample).all()) and (
-        not_counts_reason(sample) is None or corrupt_counts(sample)
-    )
+    corrupt = corrupt_counts(
+        sample
+    )  # counts all the same: the data check then refuses them, located
+    integer = bool(np.isfinite(sample).all()) and (not_counts_reason(sample) is None or corrupt)
     if kind == "atac" and integer:
         return "bernoulli_factors"
-    if integer and sample.max() <= 1:
+    if integer and sample.max() <= 1 and not corrupt:
         return "bernoulli"
     return "nb" if integer else "gaussian"
 

@@ -171,10 +171,15 @@ def check_matrix(
             )
     if (likelihood in COUNT_LIKELIHOODS or binarize) and vals.size and vals.min() < 0:
         # counts cannot be negative; binarising would quietly read them as 0
+        read = "binarised counts" if binarize else "counts"
+        corrupt = (
+            " A few negative entries among whole numbers are corrupt counts: fix them, or drop those cells."
+            if np.allclose(vals, np.round(vals))
+            else ""
+        )
         raise VennCellInputError(
-            f"Modality '{name}' is modelled as counts ('{likelihood}') but has {int((vals < 0).sum())} negative "
-            f"value(s) (min {vals.min():.3g}){_first_bad(x, vals >= 0)}. {_counts_fix(trained)} A few negative "
-            "entries among whole numbers are corrupt counts: fix them, or drop those cells."
+            f"Modality '{name}' is read as {read} ('{likelihood}') but has {int((vals < 0).sum())} negative "
+            f"value(s) (min {vals.min():.3g}){_first_bad(x, vals >= 0)}. {_counts_fix(trained)}{corrupt}"
         )
     if likelihood in BINARY_LIKELIHOODS and not binarize:
         if vals.size and not np.isin(np.unique(vals[:1_000_000]), (0, 1)).all():
@@ -219,10 +224,14 @@ def _first_bad(x, finite_values: np.ndarray) -> str:
     """Locate the first bad entry (False in ``finite_values``, one per stored value) as ' (first at cell row i,
     feature column j)'."""
     k = int(np.argmin(finite_values.ravel()))
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
-        row = int(np.searchsorted(x.indptr, k, side="right") - 1)
-        col = int(x.indices[k])
+    # k indexes the stored values in the matrix's own order (``_values``): read its position the same way
+    if sp.issparse(x) and x.format in ("csr", "csc"):
+        major = int(np.searchsorted(x.indptr, k, side="right") - 1)
+        row, col = (major, int(x.indices[k])) if x.format == "csr" else (int(x.indices[k]), major)
+    elif sp.issparse(x) and x.format == "coo":
+        row, col = int(x.row[k]), int(x.col[k])
+    elif sp.issparse(x):
+        return ""
     else:
         row, col = np.unravel_index(k, x.shape)
     return f" (first at cell row {row}, feature column {col})"

@@ -84,11 +84,15 @@ class Decoder(nn.Module):
 
     def expected(self, z: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
         """The likelihood's normalised mean. A cell of a batch no training cell measured this modality in (its
-        one-hot column never trained) gets the mean of its predictions as each trained batch: batch-neutral."""
-        out = self.likelihood.normalised_mean(self(z, batch))
-        if batch is None or self.batch_trained.all():
+        one-hot column never trained), or of none the decoder knows (code -1: a batch the model never saw, or
+        no batch given), gets the mean of its predictions as each trained batch: batch-neutral."""
+        if batch is None:
+            return self.likelihood.normalised_mean(self(z, batch))
+        known = batch >= 0
+        out = self.likelihood.normalised_mean(self(z, batch.clamp(min=0)))
+        if self.batch_trained.all() and known.all():
             return out
-        odd = ~self.batch_trained[batch]
+        odd = ~self.batch_trained[batch.clamp(min=0)] | ~known
         if odd.any():
             trained = torch.nonzero(self.batch_trained).ravel()
             zo = z[odd]

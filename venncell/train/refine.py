@@ -85,6 +85,7 @@ def refine_latents(
     new_columns = [layer.extra for layer in view.modules() if isinstance(layer, ExtendedLinear)]
     frozen = [p for p in view.network_parameters() if not any(p is q for q in new_columns)]
     flags = [p.requires_grad for p in frozen]
+    frozen_before = [p.detach().clone() for p in frozen]  # the copies' trained weights too
     # with new batches, their columns are first fitted alone, to the encoders' latents, and then with the latents:
     # a shift common to the new batch's cells is then the batch's, not each cell's (fitted together from the start,
     # the faster-moving latents take it)
@@ -133,9 +134,9 @@ def refine_latents(
         for p, flag in zip(frozen, flags):
             p.requires_grad_(flag)
     module.eval()
-    after = module.network_parameters()
+    after = [*module.network_parameters(), *frozen]
     if any(
-        not torch.equal(a, b) for a, b in zip(before, after)
+        not torch.equal(a, b) for a, b in zip([*before, *frozen_before], after)
     ):  # a broken freeze would corrupt the model
         raise RuntimeError(
             "Refinement changed network weights; the trained networks must stay frozen."
