@@ -5,7 +5,7 @@
 A model trained with the package defaults on some batches (the reference) embeds the cells of another batch (the
 query) three ways: by the encoders alone (the default for new cells); refined against the frozen decoders as if
 they were of a training batch (their batch relabelled as the reference's first); and refined with their own batch
-learnt (``refine_epochs=20``, the new batch's one-hot input of every decoder fitted with the latents). A model
+learnt (``refine_epochs=20``, the new batch's one-hot input of the decoders fitted, alone and then with the latents). A model
 trained on every batch, query included, is the reference point (its default embedding of the query cells).
 
 Data: the built-in generator with three batches (batch effect 1 SD per feature, and 2 SD in ``synthetic_strong``;

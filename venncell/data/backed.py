@@ -241,7 +241,7 @@ def fit_backed_spec(
                 "so their library size is 0 and the count likelihood is undefined. Filter them "
                 "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`), or keep the cells without this modality: drop them "
                 f"from it only (`keep = np.asarray(mdata['{spec.name}'].X.sum(1)).ravel() > 0`, `mdata.mod['{spec.name}'] = "
-                f"mdata['{spec.name}'][keep].copy()`, `mdata.update()`; they then train on their other modalities)."
+                f"mdata['{spec.name}'][keep].copy()`, `mdata.update()`; they then use their other modalities)."
             )
     mean = s1 / n
     var = np.maximum(s2 / n - mean**2, 0.0)

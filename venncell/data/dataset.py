@@ -243,8 +243,8 @@ class MultiModalData:
                     "cell barcodes use the same naming in every modality."
                 )
         self.batch = registry.batch_codes(mdata.obs, unseen_ok=not training)
-        # new cells' batches the model never saw, or no batch column (code -1): the encoders embed them, the
-        # decoders refuse them
+        # new cells' batches the model never saw, or no batch column (code -1): the encoders embed them, refinement
+        # learns new batches (``with_new_batch_codes``), prediction is batch-neutral for them
         self.batch_missing = self.batch is not None and registry.batch_key not in mdata.obs
         # the modalities whose own .obs has the column (the fix copies it up)
         self.batch_holders = (

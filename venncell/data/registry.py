@@ -108,8 +108,8 @@ class DataRegistry:
 
     def batch_codes(self, obs: pd.DataFrame, unseen_ok: bool = False) -> np.ndarray | None:
         """The cells' batch codes (indices into ``batch_categories``); new labels (or no batch column) are an
-        error, or with ``unseen_ok`` code -1 (new cells: the encoders do not read the batch, the decoders refuse
-        -1)."""
+        error, or with ``unseen_ok`` code -1 (new cells: the encoders do not read the batch; refinement codes new
+        batches after the trained ones, prediction is batch-neutral for them)."""
         if self.batch_key is None:
             return None
         if self.batch_key not in obs:

@@ -161,8 +161,12 @@ def check_matrix(
             raise VennCellInputError(
                 f"Modality '{name}' uses a count likelihood ('{likelihood}') but has a count of {vals.max():.3g}, "
                 f"above 2^24 = {MAX_COUNT:.0f}, the largest integer float32 holds exactly; no sequencing count is "
-                "that large. Check that modality for corrupt values, or model it as likelihood='gaussian' after a "
-                "log transform."
+                "that large. Check that modality for corrupt values"
+                + (
+                    "."
+                    if trained
+                    else ", or model it as likelihood='gaussian' after a log transform."
+                )
             )
         if vals.size and not np.allclose(vals, np.round(vals)):
             raise VennCellInputError(
@@ -185,7 +189,11 @@ def check_matrix(
         if vals.size and not np.isin(np.unique(vals[:1_000_000]), (0, 1)).all():
             raise VennCellInputError(
                 f"Modality '{name}' uses the Bernoulli likelihood but has values other than 0/1. "
-                "Set binarize=true for this modality (counts > 0 become 1) or choose another likelihood."
+                + (
+                    "Give the 0/1 data the model was trained on."
+                    if trained
+                    else "Set binarize=true for this modality (counts > 0 become 1) or choose another likelihood."
+                )
             )
     if likelihood in COUNT_LIKELIHOODS + BINARY_LIKELIHOODS:
         totals = np.asarray(x.sum(1)).ravel()
@@ -200,7 +208,7 @@ def check_matrix(
                 "their library size is 0 and the count likelihood is undefined. Filter them "
                 "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`), or keep the cells without this modality: drop them "
                 f"from it only (`keep = np.asarray(mdata['{name}'].X.sum(1)).ravel() > 0`, `mdata.mod['{name}'] = "
-                f"mdata['{name}'][keep].copy()`, `mdata.update()`; they then train on their other modalities)."
+                f"mdata['{name}'][keep].copy()`, `mdata.update()`; they then use their other modalities)."
             )
     const = np.array([], dtype=np.int64)
     if n_cells > 1:
