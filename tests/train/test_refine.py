@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -170,6 +172,12 @@ def test_a_decoder_reading_new_batches_keeps_the_trained_ones(three_batches):
         torch.testing.assert_close(new(z, torch.full((6,), 3)), neutral)
     assert [p for p in new.parameters() if p.requires_grad] == [new.net.net[0].extra]
     assert all(p.requires_grad for p in dec.parameters())  # the trained decoder is not touched
+    # a batch no training cell was measured in (its column never trained) stays out of the start
+    one = copy.deepcopy(dec)
+    one.set_batch_coverage(torch.tensor([True, False]))
+    with torch.no_grad():
+        as_b0 = one(z, torch.zeros(6, dtype=torch.long))
+        torch.testing.assert_close(one.with_new_batches(1)(z, torch.full((6,), 2)), as_b0)
 
 
 def test_new_batches_are_coded_after_the_trained_ones(three_batches):
