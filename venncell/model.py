@@ -716,10 +716,16 @@ class VennCell:
         key = self.registry.batch_key
         new = cells & (data.batch < 0)
         if new.any():
+            holders = self.registry.batch_holders(data.obs_columns, data.batch_holders)
             which = (
-                f"have no {key!r} column"
-                if data.batch_missing
-                else f"are of batch(es) {data.unseen_batches[:5]} the model never saw"
+                f"are of batch(es) {data.unseen_batches[:5]} the model never saw"
+                if not data.batch_missing
+                else f"have no {key!r} column in mdata.obs"
+                + (
+                    f" (the .obs of {holders} holds it; copy it up: {self.registry.copy_up(holders[0])})"
+                    if holders
+                    else ""
+                )
             )
             warnings.warn(
                 f"{int(new.sum())} cell(s) {which}: their '{target}' is the mean of its predictions as each "
@@ -1029,7 +1035,9 @@ class VennCell:
         refine_epochs = 20 if refine_epochs is None else refine_epochs
         if mdata is not None:
             check_range("refine_epochs (refine(epochs=...))", refine_epochs, 1, integer=True)
-        data = self._data_for(mdata)
+        data = self._data_for(
+            mdata, refining=True
+        )  # cells of new batches are refused below, with the fix
         if mdata is None:
             reference = stage1_latents(self.module, data)["shared"]
         else:

@@ -954,6 +954,11 @@ def test_a_batch_never_seen_is_embedded_with_a_warning_and_predicted_batch_neutr
     rna.obs["batch"] = mdata.obs["batch"].to_numpy()[:50]
     with pytest.raises(VennCellInputError, match=r"mdata\['rna'\]\.obs\['batch'\]"):
         model.get_latent_representation(md.MuData({"rna": rna}), refine_epochs=2)
+    with pytest.warns(VennCellInputWarning, match=r"batch-neutral") as said:
+        model.predict_modality(md.MuData({"rna": rna}), source=["rna"], target="protein")
+    assert any("mdata['rna'].obs['batch']" in str(w.message) for w in said), [
+        str(w.message) for w in said
+    ]
 
 
 def test_a_modality_changed_without_update_is_refused_not_mispaired(helpers):

@@ -132,9 +132,7 @@ class DataRegistry:
         step), and the fix, naming the modalities whose .obs holds it (``holders``, and those MuData shows as
         ``<modality>:<key>`` columns); ``new_ok``: the step learns batches it never saw (refinement)."""
         key = self.batch_key
-        pulled = [str(c)[: -len(key) - 1] for c in columns if str(c).endswith(f":{key}")]
-        holders = list(dict.fromkeys([*holders, *pulled]))
-        where = f"'{holders[0]}'" if holders else "'<modality>'"
+        holders = self.batch_holders(columns, holders)
         return (
             f"batch_key '{key}' is not a column of mdata.obs (columns: {_shown(columns)}); the model was trained with "
             f"batches, so new data need it{what}. "
@@ -143,7 +141,7 @@ class DataRegistry:
                 if holders
                 else "If a modality's .obs holds it, copy it up"
             )
-            + f": `mdata.obs['{key}'] = mdata[{where}].obs['{key}'].reindex(mdata.obs_names)`; otherwise "
+            + f": {self.copy_up(holders[0] if holders else '<modality>')}; otherwise "
             + (
                 f"give them a label of their own (e.g. `mdata.obs['{key}'] = 'query'`): refinement learns the "
                 "effect of a batch it never saw."
@@ -151,6 +149,18 @@ class DataRegistry:
                 else "name the training batch the cells come closest to."
             )
         )
+
+    def batch_holders(self, columns, holders=()) -> list[str]:
+        """The modalities whose .obs holds the batch column: ``holders``, and those MuData shows as
+        ``<modality>:<key>`` columns of mdata.obs (``columns``)."""
+        key = self.batch_key
+        pulled = [str(c)[: -len(key) - 1] for c in columns if str(c).endswith(f":{key}")]
+        return list(dict.fromkeys([*holders, *pulled]))
+
+    def copy_up(self, holder: str) -> str:
+        """The line that copies the batch column from modality ``holder``'s .obs to mdata.obs."""
+        key = self.batch_key
+        return f"`mdata.obs['{key}'] = mdata['{holder}'].obs['{key}'].reindex(mdata.obs_names)`"
 
     def unseen_message(self, unknown: list[str], what: str = "") -> str:
         """Why new cells' batches cannot be read (``what``: by which step), and the fix."""
