@@ -410,12 +410,12 @@ class VennCell:
         return True
 
     def _data_for(
-        self, mdata: md.MuData | None, modalities=None, refining: bool = False
+        self, mdata: md.MuData | None, modalities=None, warn_new_batches: bool = True
     ) -> MultiModalData:
         """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
-        cells, which must have measured some of them (else the shared latent is NaN). ``refining``: the caller
-        handles cells of new batches or without the batch itself (refinement learns them, prediction says how it
-        predicts them), so the encoders' warning about them is not given."""
+        cells, which must have measured some of them (else the shared latent is NaN). ``warn_new_batches=False``:
+        the caller handles cells of new batches or without the batch itself (refinement learns them, prediction
+        says how it predicts them, cell weights refuse them), so the encoders' warning about them is not given."""
         if mdata is None or mdata is self.mdata:
             data = self._require_data("use the training data (mdata=None)", new_cells=True)
         elif not isinstance(mdata, md.MuData):
@@ -423,8 +423,7 @@ class VennCell:
         else:
             data = self._view(mdata)
             self._warn_other_scale(data)
-            # refinement learns new batches, and refuses cells without a batch (with the fix) just after
-            if not refining and (data.batch_missing or data.unseen_batches):
+            if warn_new_batches and (data.batch_missing or data.unseen_batches):
                 key = self.registry.batch_key
                 what = (
                     f"batch_key '{key}' is not a column of mdata.obs"
@@ -570,7 +569,7 @@ class VennCell:
             check_range("refine(seed=...)", seed, 0, integer=True)
         self._check_modalities(modalities)  # all before the data are read
         return self._refine(
-            self._data_for(mdata, modalities, refining=True),
+            self._data_for(mdata, modalities, warn_new_batches=False),
             modalities,
             epochs,
             batch_size,
@@ -670,9 +669,8 @@ class VennCell:
             raise VennCellInputError(
                 f"scale='counts' needs a count modality; '{target}' is {spec.likelihood}."
             )
-        data = self._data_for(
-            mdata, refining=True
-        )  # cells of new batches: said below, for the prediction
+        # cells of new batches: said below, for the prediction
+        data = self._data_for(mdata, warn_new_batches=False)
         z = embed_cells(self.module, data, modalities=source)["shared"]
         missing = np.isnan(z).any(1)
         if missing.all():
@@ -1035,9 +1033,8 @@ class VennCell:
         refine_epochs = 20 if refine_epochs is None else refine_epochs
         if mdata is not None:
             check_range("refine_epochs (refine(epochs=...))", refine_epochs, 1, integer=True)
-        data = self._data_for(
-            mdata, refining=True
-        )  # cells of new batches are refused below, with the fix
+        # cells of new batches are refused below, with the fix
+        data = self._data_for(mdata, warn_new_batches=False)
         if mdata is None:
             reference = stage1_latents(self.module, data)["shared"]
         else:

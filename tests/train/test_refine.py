@@ -188,7 +188,7 @@ def test_new_batches_are_coded_after_the_trained_ones(three_batches):
     mixed.obs["batch"] = pd.Series(
         ["b0", "b1", "x", 2, 2.0, "x"], index=mixed.obs_names, dtype=object
     )
-    data = model._data_for(mixed, refining=True)
+    data = model._data_for(mixed, warn_new_batches=False)
     assert data.unseen_batches == ["2", "x"]
     np.testing.assert_array_equal(data.with_new_batch_codes().batch, [0, 1, 3, 2, 2, 3])
     np.testing.assert_array_equal(data.batch, [0, 1, -1, -1, -1, -1])  # the view itself unchanged

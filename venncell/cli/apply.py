@@ -33,11 +33,9 @@ def _output(run_dir: Path, output: str) -> Path:
 
 def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
     """Shared and private latents of new cells -> ``<run_dir>/<output>``."""
-    refine = cfg.get("refine_epochs")
-    refine = 0 if refine is None else refine
-    check_range(
-        "refine_epochs", refine, 0, integer=True
-    )  # before any conversion: 2.9 or true are refused
+    refine = 0 if cfg.get("refine_epochs") is None else cfg.refine_epochs
+    # checked before any conversion: 2.9 or true are refused, not rounded
+    check_range("refine_epochs", refine, 0, integer=True)
     model, mdata = _load_for_apply(cfg)
     mods = cfg.get("modalities")
     if mods is not None:  # modalities=rna (a string) as [rna]; [] is refused by the model

@@ -255,9 +255,8 @@ class MultiModalData:
         self.obs_columns = mdata.obs.columns
         self.unseen_batches = []
         if not (self.batch is None or self.batch_missing or (self.batch >= 0).all()):
-            labels = batch_label_strings(
-                mdata.obs[registry.batch_key]
-            )  # as the registry reads them
+            # read as the registry reads them (2 and 2.0 are one batch)
+            labels = batch_label_strings(mdata.obs[registry.batch_key])
             self.unseen_batches = sorted({str(v) for v in labels[self.batch < 0]})
             # refinement codes them after the trained batches (``with_new_batch_codes``)
             self._new_codes = np.where(

@@ -167,9 +167,8 @@ def infer_likelihood(kind: str, x) -> str:
     sample = _value_sample(x)
     if sample.size == 0:
         return KIND_DEFAULT_LIKELIHOOD.get(kind, "gaussian")
-    corrupt = corrupt_counts(
-        sample
-    )  # counts all the same: the data check then refuses them, located
+    # counts all the same: the data check then refuses them, located
+    corrupt = corrupt_counts(sample)
     integer = bool(np.isfinite(sample).all()) and (not_counts_reason(sample) is None or corrupt)
     if kind == "atac" and integer:
         return "bernoulli_factors"

@@ -79,13 +79,14 @@ def refine_latents(
             view.region_tables[r].weight.copy_(
                 torch.as_tensor(np.nan_to_num(start[block_key(r)]), dtype=torch.float32)
             )
-    before = [p.detach().clone() for p in module.network_parameters()]
     # only the new batches' columns train: every other network weight (the trained ones, shared with the model)
     # is frozen for the fit and its flag restored after
     new_columns = [layer.extra for layer in view.modules() if isinstance(layer, ExtendedLinear)]
     frozen = [p for p in view.network_parameters() if not any(p is q for q in new_columns)]
     flags = [p.requires_grad for p in frozen]
-    frozen_before = [p.detach().clone() for p in frozen]  # the copies' trained weights too
+    # the model's weights and the decoder copies' (each tensor once: without new batches they are the same)
+    guarded = list({id(p): p for p in [*module.network_parameters(), *frozen]}.values())
+    before = [p.detach().clone() for p in guarded]
     # with new batches, their columns are first fitted alone, to the encoders' latents, and then with the latents:
     # a shift common to the new batch's cells is then the batch's, not each cell's (fitted together from the start,
     # the faster-moving latents take it)
@@ -134,10 +135,8 @@ def refine_latents(
         for p, flag in zip(frozen, flags):
             p.requires_grad_(flag)
     module.eval()
-    after = [*module.network_parameters(), *frozen]
-    if any(
-        not torch.equal(a, b) for a, b in zip([*before, *frozen_before], after)
-    ):  # a broken freeze would corrupt the model
+    # a broken freeze would corrupt the model
+    if any(not torch.equal(a, b) for a, b in zip(before, guarded)):
         raise RuntimeError(
             "Refinement changed network weights; the trained networks must stay frozen."
         )
