@@ -172,6 +172,8 @@ class VennCell:
                 seed=seed,
                 regions=self.module.regions,
                 region_dims=self.module.region_dims,
+                batch_alignment=self.config.start_batch_alignment,
+                batch_names=registry.batch_categories,
             )
             if start is not None:
                 self.module.set_latents(*start)

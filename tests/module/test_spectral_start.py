@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from venncell import VennCell, make_synthetic
 from venncell.analysis.probes import cv_r2
+from venncell.data.validate import VennCellInputWarning
 from venncell.module.init import spectral_init
 
 # RNA, and 200 dense real-valued features (log protein counts standing in for morphology features, `kind:
@@ -199,3 +200,70 @@ def test_a_modality_on_few_cells_is_left_out_of_the_start_not_everyone_else():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         spectral_init(few.data, 4, few.module.private_dims, seed=0)
+
+
+def _batch_mixing(z: np.ndarray, batch: np.ndarray, k: int = 15) -> float:
+    """Share of other batches among each cell's k nearest neighbours, over that share were batch random."""
+    from sklearn.neighbors import NearestNeighbors
+
+    _, nn = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
+    expected = 1 - np.mean([(batch == b).mean() for b in batch])
+    return float((batch[nn[:, 1:]] != batch[:, None]).mean() / expected)
+
+
+def test_a_strong_batch_effect_leaves_the_start_with_covariance_alignment():
+    """A batch effect of 2 SD on every feature makes the same biology load on other components in each batch:
+    removing each batch's mean (the default) leaves the batches apart in the model's shared start
+    (experiments/start_batch_alignment: the trained latents keep them apart); matching each batch's covariance
+    too (``start_batch_alignment="covariance"``) mixes them, in the private blocks as well, and the start still
+    holds the true shared factors."""
+    mdata, truth = make_synthetic(n_cells=900, n_batches=3, batch_effect=2.0, seed=0)
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    batch = mdata.obs["batch"].astype(str).to_numpy()
+    assert VennCell(mdata, seed=0).config.start_batch_alignment == "mean"
+    starts = {}
+    for how in ("mean", "covariance"):
+        module = VennCell(mdata, seed=0, start_batch_alignment=how).module
+        starts[how] = (
+            module.shared_table.weight.detach().numpy(),
+            {m: t.weight.detach().numpy() for m, t in module.private_tables.items()},
+        )
+    assert _batch_mixing(starts["mean"][0], batch) < 0.2
+    assert _batch_mixing(starts["covariance"][0], batch) > 0.8
+    for m, block in starts["covariance"][1].items():
+        assert _batch_mixing(block, batch) > 0.8, m
+    assert cv_r2(starts["covariance"][0], truth.shared) > 0.8
+
+
+def test_a_batch_too_small_for_a_covariance_keeps_its_mean_with_a_warning():
+    """A batch with too few cells to estimate its covariance is named, keeps its mean-only start, and the other
+    batches are still matched."""
+    mdata, _ = make_synthetic(n_cells=900, n_batches=3, batch_effect=2.0, seed=0)
+    batch = mdata.obs["batch"].astype(str).to_numpy()
+    batch[:40] = "tiny"
+    mdata.obs["batch"] = batch
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    with pytest.warns(VennCellInputWarning, match=r"batches \['tiny'\] have too few cells"):
+        module = VennCell(mdata, seed=0, start_batch_alignment="covariance").module
+    shared = module.shared_table.weight.detach().numpy()
+    assert np.isfinite(shared).all()
+    big = batch != "tiny"
+    assert _batch_mixing(shared[big], batch[big]) > 0.8
+
+
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")
+def test_covariance_alignment_places_other_cells_by_the_same_maps():
+    """Cells beyond ``max_cells`` go through their batch's fitted covariance map: each starts where its identical
+    twin among the fit rows starts."""
+    mdata, _ = _duplicated(n=500, batches=True)
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    model = VennCell(mdata, shared_dim=4, private_dim=2, seed=0)
+    n = mdata.n_obs // 2
+    shared, private = spectral_init(
+        model.data, 4, model.module.private_dims, seed=0, max_cells=n, batch_alignment="covariance"
+    )
+    by_mean = spectral_init(model.data, 4, model.module.private_dims, seed=0, max_cells=n)[0]
+    assert np.abs(shared - by_mean).max() > 0.1, "the covariance maps were not fitted"
+    np.testing.assert_allclose(shared[:n], shared[n:], atol=1e-6)
+    for m, block in private.items():
+        np.testing.assert_allclose(block[:n], block[n:], atol=1e-6, err_msg=m)

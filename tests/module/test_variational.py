@@ -56,12 +56,15 @@ def test_kl_and_sampling_match_the_gaussian_posterior():
 
 
 def test_bad_latent_posterior_is_refused(tiny_mdata):
-    """An unknown latent_posterior, or a starting log-variance outside the clamp, is a config error naming the key."""
+    """An unknown latent_posterior or start_batch_alignment, or a starting log-variance outside the clamp, is a
+    config error naming the key."""
     VennCell.setup_mudata(tiny_mdata)
     with pytest.raises(VennCellInputError, match="latent_posterior='vae'"):
         VennCell(tiny_mdata, latent_posterior="vae")
     with pytest.raises(VennCellInputError, match="latent_init_logvar"):
         VennCell(tiny_mdata, latent_posterior="variational", latent_init_logvar=9.0)
+    with pytest.raises(VennCellInputError, match="start_batch_alignment='whiten'"):
+        VennCell(tiny_mdata, start_batch_alignment="whiten")
 
 
 def test_log_variances_train_and_survive_save_load(tiny_mdata, tmp_path, helpers):

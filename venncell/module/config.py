@@ -8,6 +8,7 @@ from typing import Any, Optional
 from venncell.data.validate import VennCellInputError, check_range, config_from
 
 LATENT_INITS = ("spectral", "random")
+BATCH_ALIGNMENTS = ("mean", "covariance")
 LATENT_POSTERIORS = ("point", "variational")
 MODALITY_WEIGHTS = ("equal", "features")
 VENN_REGIONS = ("shared", "pairs", "all")
@@ -48,6 +49,13 @@ class ModelConfig:
         ``spectral`` (generalised-CCA start, ``venncell.module.init``) or ``random``.
     latent_init_std
         Scale of the starting latents.
+    start_batch_alignment
+        With batches, what the spectral start removes from each modality's PCA scores: ``mean`` (each batch's
+        mean) or ``covariance`` (also each batch's covariance, matched to the pooled one). The latents keep what
+        they start with, so batches with a strong effect can stay apart with ``mean``; ``covariance`` mixes
+        them, but also evens out differences in cell-type proportions between batches, which can cost label
+        accuracy: it suits batches of similar cells that stay apart with ``mean``
+        (``experiments/start_batch_alignment``).
     latent_posterior
         ``point`` (one latent per cell) or ``variational`` (a mean and a log-variance per cell, sampled in
         training, with ``kl_weight`` x KL(q || N(0, I)) in place of the noise and the L2): each cell learns how far
@@ -122,6 +130,7 @@ class ModelConfig:
     latent_noise: float = 0.1
     latent_init_std: float = 1.0
     latent_init: str = "spectral"
+    start_batch_alignment: str = "mean"
     latent_l2: float = 1e-3
     latent_posterior: str = "variational"
     kl_weight: Optional[float] = None  # None: kl_weight_for(the model's regions)
@@ -160,6 +169,7 @@ class ModelConfig:
         check_range("model.encoder_dropout", self.encoder_dropout, 0.0, 0.99)
         for name, value, allowed in (
             ("latent_init", self.latent_init, LATENT_INITS),
+            ("start_batch_alignment", self.start_batch_alignment, BATCH_ALIGNMENTS),
             ("latent_posterior", self.latent_posterior, LATENT_POSTERIORS),
             ("modality_weights", self.modality_weights, MODALITY_WEIGHTS),
             ("venn_regions", self.venn_regions, VENN_REGIONS),

@@ -125,9 +125,58 @@ def _whole_chunks(cells: np.ndarray, chunk_size: int, max_cells: int, rng) -> np
     return rows
 
 
-def _centre(s: np.ndarray, batch: np.ndarray, means: dict) -> np.ndarray:
-    """Scores with each cell's batch mean removed (``means``: batch -> mean over the fit rows of that batch)."""
-    return s - np.stack([means[b] for b in batch])
+def _align(s: np.ndarray, batch: np.ndarray, maps_m: dict) -> np.ndarray:
+    """Scores with each cell's batch mean removed and, where a map was fitted, its batch's covariance mapped onto
+    the pooled one (``maps_m``: batch -> (mean, matrix or None), from the fit rows of that batch)."""
+    out = np.empty(s.shape, dtype=np.float64)
+    for b in np.unique(batch):
+        r = batch == b
+        mean, shape = maps_m[b]
+        out[r] = s[r] - mean if shape is None else (s[r] - mean) @ shape
+    return out
+
+
+def _matrix_power(c: np.ndarray, power: float) -> np.ndarray:
+    """``c ** power`` of a covariance matrix (eigenvalues floored far below the largest, so it can be inverted)."""
+    w, v = np.linalg.eigh(c)
+    w = np.clip(w, 1e-6 * max(float(w.max()), 1e-12), None)
+    return (v * w**power) @ v.T
+
+
+def _batches_to_match(batch: np.ndarray, components: int, how: str, names: list | None) -> list:
+    """The batches whose covariance the start matches (``how`` = ``covariance``): those with enough fit rows to
+    estimate one; the others are named in a warning and keep their mean only. Fewer than two: none."""
+    if how == "mean":
+        return []
+    codes = np.unique(batch)
+    kept = [b for b in codes if _enough_to_place(int((batch == b).sum()), components)]
+    if len(kept) < len(codes):
+        small = [str(names[b]) if names is not None else str(b) for b in codes if b not in kept]
+        warnings.warn(
+            f"start_batch_alignment='covariance': batches {small} have too few cells with every modality "
+            f"({5 * (components + 1)} needed for {components} components) to match their covariance; their "
+            "starts have only their mean removed.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return kept if len(kept) >= 2 else []
+
+
+def _batch_shapes(sc: np.ndarray, batch: np.ndarray, kept: list) -> dict:
+    """Per batch in ``kept``, the matrix that maps its (mean-removed) scores' covariance onto the pooled one.
+
+    A batch effect that scales features does not only shift a batch's scores: the same biology loads on other
+    components in each batch, GCCA reads that as shared signal, and the batches start (and stay) apart. Matching
+    each batch's covariance to the pooled one (whitening, then the pooled colouring) removes that, but also any
+    difference in cell-type proportions between batches. Both covariances are Ledoit-Wolf estimates, so a
+    batch's map is not driven by noise.
+    """
+    if not kept:
+        return {}
+    from sklearn.covariance import ledoit_wolf
+
+    root = _matrix_power(ledoit_wolf(sc[np.isin(batch, kept)])[0], 0.5)
+    return {b: _matrix_power(ledoit_wolf(sc[batch == b])[0], -0.5) @ root for b in kept}
 
 
 def _keep_spectrum(z: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, float]]:
@@ -152,6 +201,8 @@ def spectral_init(
     place_chunk: int = 20_000,
     regions: dict[str, tuple[str, ...]] | None = None,
     region_dims: dict[str, int] | None = None,
+    batch_alignment: str = "mean",
+    batch_names: list[str] | None = None,
 ) -> tuple | None:
     """Starting latents for every cell (mean per-dimension variance 1), or None when too few cells have every
     modality.
@@ -166,6 +217,10 @@ def spectral_init(
     With ``regions`` (Venn regions), the starting directions are split between the shared and the region blocks
     (``venncell.module.init_regions``), every cell is placed by least squares, and the return value is
     ``(shared, private, {region: block})``.
+
+    With batches, each modality's scores lose their batch's mean before GCCA and, with ``batch_alignment`` =
+    ``covariance``, have their batch's covariance matched to the pooled one (``_batch_shapes``); ``batch_names``
+    (by code) name batches in warnings.
     """
     rng = np.random.default_rng(seed)
     mods = list(data.specs) if regions else _modalities_to_fit(data, n_pcs)
@@ -182,15 +237,19 @@ def spectral_init(
     same_map = len(rest) > 0
     fitted = {m: _modality_scores(data, m, fit_rows, n_pcs, seed, same_map) for m in mods}
     scores = {m: sc for m, (sc, _) in fitted.items()}
-    maps = {"pca": {m: pca for m, (_, pca) in fitted.items()}, "batch_means": {}}
+    maps = {"pca": {m: pca for m, (_, pca) in fitted.items()}, "batch": {}}
     if data.batch is not None:
-        # a batch shift shows in every modality, so GCCA would call it shared; the decoders see the batch,
+        # a batch effect shows in every modality, so GCCA would call it shared; the decoders see the batch,
         # so the latents should start without it
         batch = data.batch[fit_rows]
-        maps["batch_means"] = {
-            m: {b: sc[batch == b].mean(0) for b in np.unique(batch)} for m, sc in scores.items()
-        }
-        scores = {m: _centre(sc, batch, maps["batch_means"][m]) for m, sc in scores.items()}
+        components = max(sc.shape[1] for sc in scores.values())
+        kept = _batches_to_match(batch, components, batch_alignment, batch_names)
+        for m, sc in scores.items():
+            means = {b: sc[batch == b].mean(0) for b in np.unique(batch)}
+            centred = _align(sc, batch, {b: (mu, None) for b, mu in means.items()})
+            shapes = _batch_shapes(centred, batch, kept)
+            maps["batch"][m] = {b: (mu, shapes.get(b)) for b, mu in means.items()}
+        scores = {m: _align(sc, batch, maps["batch"][m]) for m, sc in scores.items()}
     maps["unit"] = {m: (sc.mean(0), sc.std(0) + 1e-8) for m, sc in scores.items()}
     white_fit = {m: (sc - maps["unit"][m][0]) / maps["unit"][m][1] for m, sc in scores.items()}
     whitened = np.hstack(list(white_fit.values()))
@@ -380,10 +439,10 @@ def _enough_to_place(rows: int, columns: int) -> bool:
 def _scores(
     data: MultiModalData, m: str, rows: np.ndarray, maps: dict, centred: bool = True
 ) -> np.ndarray:
-    """Modality m's PCA scores for the rows (which have m); ``centred``: batch means removed as for the fit rows."""
+    """Modality m's PCA scores for the rows (which have m); ``centred``: batches removed as for the fit rows."""
     sc = maps["pca"][m].transform(_pca_input(data, m, rows))
     return (
-        _centre(sc, data.batch[rows], maps["batch_means"][m])
+        _align(sc, data.batch[rows], maps["batch"][m])
         if centred and data.batch is not None
         else sc
     )
@@ -393,9 +452,10 @@ def _add_unseen_batch_means(
     data: MultiModalData, rest: np.ndarray, maps: dict, chunk: int
 ) -> None:
     """Batch means of the PCA scores for batches that have no fit row (e.g. a batch measured with one modality
-    only), over all of that batch's other cells: one extra pass over just those cells."""
+    only), over all of that batch's other cells: one extra pass over just those cells. Their spread is not
+    matched (``_batch_shapes`` needs fit rows of the batch)."""
     for m in maps["pca"]:
-        seen = maps["batch_means"][m]
+        seen = maps["batch"][m]
         rows = rest[data.present(m)[rest] & ~np.isin(data.batch[rest], list(seen))]
         sums: dict = {}
         for start in range(0, len(rows), chunk):
@@ -407,7 +467,7 @@ def _add_unseen_batch_means(
                     total + sc[data.batch[r] == b].sum(0),
                     count + int((data.batch[r] == b).sum()),
                 )
-        seen.update({b: total / count for b, (total, count) in sums.items()})
+        seen.update({b: (total / count, None) for b, (total, count) in sums.items()})
 
 
 def init_likelihoods(module, data: MultiModalData, max_cells: int = 50_000, seed: int = 0) -> None:
