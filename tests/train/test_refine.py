@@ -222,6 +222,26 @@ def test_refinement_maps_cells_of_a_new_batch(three_batches):
     assert all(p.requires_grad for p in model.module.network_parameters())
 
 
+def test_a_refinement_with_new_batches_reports_its_end_once(three_batches):
+    """Two fits (the new batches' inputs alone, then with the latents) log one "`Trainer.fit` stopped" line."""
+    import logging
+    import warnings
+
+    model, _, query = three_batches[:3]
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.get_latent_representation(query, refine_epochs=2)
+    finally:
+        logger.removeHandler(handler)
+    assert sum("stopped" in m for m in seen) == 1, seen
+
+
 @pytest.mark.parametrize("bad", [2.9, True, "abc", -1])
 def test_embed_cli_refuses_a_bad_refine_epochs_before_reading_anything(bad, tmp_path):
     """venncell-embed converted refine_epochs with int() before checking it: 2.9 ran 2 epochs, true 1, and "abc"

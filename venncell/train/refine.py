@@ -7,6 +7,7 @@ new cell's latents to where the decoders explain that cell best. It reuses ``Sta
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import lightning as L
@@ -19,7 +20,7 @@ from venncell.module.regions import block_key
 from venncell.module.venn import VennModule
 from venncell.nn import ExtendedLinear
 from venncell.train.plans import Stage1Plan
-from venncell.train.schedule import quiet_trainer
+from venncell.train.schedule import lightning_info_off, quiet_trainer
 
 
 def frozen_view(
@@ -108,12 +109,17 @@ def refine_latents(
     try:
         for p in frozen:
             p.requires_grad_(False)
-        for lr_network, lr_rows in phases:
+        for i, (lr_network, lr_rows) in enumerate(phases):
             L.seed_everything(seed, workers=True, verbose=False)
             plan = Stage1Plan(
                 view, lr_network=lr_network, lr_latent=lr_rows, grad_clip=0.0, seed=seed
             )
-            with warnings.catch_warnings():
+            # one "`Trainer.fit` stopped" line per refinement, not one per phase
+            last = i == len(phases) - 1
+            with (
+                warnings.catch_warnings(),
+                contextlib.nullcontext() if last else lightning_info_off(),
+            ):
                 # the trained networks stay in eval mode on purpose (frozen: no dropout); Lightning warns about it
                 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
                 # Lightning's own use of a torch API torch deprecates: nothing a user can change

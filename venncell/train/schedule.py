@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -242,16 +243,23 @@ def _trainer(
     return quiet_trainer(**kwargs), ckpt
 
 
-def quiet_trainer(**kwargs) -> L.Trainer:
-    """``L.Trainer(**kwargs)`` without the banner Lightning logs at every Trainer (accelerators found, an advert for
-    its cloud logger): train() builds two, refine() and attribution more. Lightning's warnings still show."""
+@contextlib.contextmanager
+def lightning_info_off():
+    """Lightning's rank-zero info messages off for the block (its warnings still show)."""
     info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = info.level
     info.setLevel(max(level, logging.WARNING))
     try:
-        return L.Trainer(**kwargs)
+        yield
     finally:
         info.setLevel(level)
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """``L.Trainer(**kwargs)`` without the banner Lightning logs at every Trainer (accelerators found, an advert for
+    its cloud logger): train() builds two, refine() and attribution more. Lightning's warnings still show."""
+    with lightning_info_off():
+        return L.Trainer(**kwargs)
 
 
 def _resume_path(
