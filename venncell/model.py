@@ -164,6 +164,20 @@ class VennCell:
             self.module = VennModule(registry.specs, self.n_cells, self.config, registry.n_batches)
         init_likelihoods(self.module, self.data, seed=seed)
         self._warn_unpaired_regions()
+        if self.config.start_batch_alignment != "mean" and not (
+            registry.n_batches and self.config.latent_init == "spectral"
+        ):
+            why = (
+                "latent_init='random' has no spectral start"
+                if registry.n_batches
+                else "the data have no batches (setup_mudata(..., batch_key=...))"
+            )
+            warnings.warn(
+                f"start_batch_alignment={self.config.start_batch_alignment!r} changes the spectral start of data "
+                f"with batches, and {why}: it has no effect.",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
+            )
         if self.config.latent_init == "spectral":
             start = spectral_init(
                 self.data,
@@ -517,6 +531,12 @@ class VennCell:
         if source not in ("encoder", "stage1", "average"):
             raise VennCellInputError(
                 f"source must be 'encoder', 'stage1' or 'average', got {source!r}."
+            )
+        if source != "encoder" and rows is None and self.data is None:
+            raise VennCellInputError(
+                f"source={source!r} exists only for the training cells, and this model was loaded without its "
+                "training data, so it knows none: load it with VennCell.load(path, mdata=<the training MuData>), "
+                "or use source='encoder'."
             )
         if source != "encoder" and rows is None:
             raise VennCellInputError(

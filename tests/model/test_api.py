@@ -161,8 +161,12 @@ def test_save_load_fresh_process_identical(trained_tiny, tmp_path):
 
 
 def test_load_with_training_data_restores_stage1(trained_tiny, tmp_path):
+    """Loaded without its data, the model knows no training cells, and asking for their stage-1 latents says how
+    to load it; loaded with it, they are restored."""
     model, mdata, _ = trained_tiny
     model.save(tmp_path / "m")
+    with pytest.raises(VennCellInputError, match=r"loaded without its training data.*mdata="):
+        VennCell.load(tmp_path / "m").get_latent_representation(mdata, source="average")
     again = VennCell.load(tmp_path / "m", mdata=mdata)
     np.testing.assert_array_equal(
         again.get_latent_representation(source="stage1"),

@@ -267,3 +267,39 @@ def test_covariance_alignment_places_other_cells_by_the_same_maps():
     np.testing.assert_allclose(shared[:n], shared[n:], atol=1e-6)
     for m, block in private.items():
         np.testing.assert_allclose(block[:n], block[n:], atol=1e-6, err_msg=m)
+
+
+def test_a_batch_without_complete_cells_is_matched_from_all_its_cells():
+    """Batch b2 has no protein, so no fit row: with ``covariance`` its covariance is matched from all of its cells,
+    like the other batches' from theirs, so it mixes with them in the shared start instead of staying apart."""
+    full, truth = make_synthetic(n_cells=900, n_batches=3, batch_effect=2.0, seed=0)
+    batch = full.obs["batch"].astype(str).to_numpy()
+    mdata = md.MuData(
+        {m: full[m][batch != "b2"].copy() if m == "protein" else full[m].copy() for m in full.mod}
+    )
+    mdata.obs["batch"] = batch
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    own = {}
+    for how in ("mean", "covariance"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VennCellInputWarning)  # every batch is large enough
+            shared = VennCell(mdata, seed=0, start_batch_alignment=how).module.shared_table.weight
+        shared = shared.detach().numpy()
+        from sklearn.neighbors import NearestNeighbors
+
+        _, nn = NearestNeighbors(n_neighbors=16).fit(shared).kneighbors(shared)
+        own[how] = (batch[nn[:, 1:]] == batch[:, None]).mean(1)[batch == "b2"].mean()
+        if how == "covariance":
+            assert cv_r2(shared[batch == "b2"], truth.shared[batch == "b2"]) > 0.8
+    assert own["mean"] > 0.9 and own["covariance"] < 0.5, own
+
+
+def test_covariance_alignment_without_a_spectral_start_or_batches_warns(tiny_mdata):
+    """The option acts on the spectral start of data with batches: without either it says it has no effect."""
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.warns(VennCellInputWarning, match="no batches.*batch_key.*no effect"):
+        VennCell(tiny_mdata, start_batch_alignment="covariance")
+    mdata, _ = make_synthetic(n_cells=200, n_batches=2, seed=0)
+    VennCell.setup_mudata(mdata, batch_key="batch")
+    with pytest.warns(VennCellInputWarning, match="latent_init='random'.*no effect"):
+        VennCell(mdata, latent_init="random", start_batch_alignment="covariance")

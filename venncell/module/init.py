@@ -143,6 +143,17 @@ def _matrix_power(c: np.ndarray, power: float) -> np.ndarray:
     return (v * w**power) @ v.T
 
 
+def _warn_unmatched(small: list[str], components: int, of: str) -> None:
+    warnings.warn(
+        f"start_batch_alignment='covariance': batches {small} have too few cells {of} "
+        f"({5 * (components + 1)} needed for {components} components) to match their covariance; their starts have "
+        "only their mean removed. Measure more of their cells in every modality, or leave the modality few of them "
+        "have out (modalities=[...] in setup_mudata).",
+        VennCellInputWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
 def _batches_to_match(batch: np.ndarray, components: int, how: str, names: list | None) -> list:
     """The batches whose covariance the start matches (``how`` = ``covariance``): those with enough fit rows to
     estimate one; the others are named in a warning and keep their mean only. Fewer than two: none."""
@@ -152,31 +163,38 @@ def _batches_to_match(batch: np.ndarray, components: int, how: str, names: list 
     kept = [b for b in codes if _enough_to_place(int((batch == b).sum()), components)]
     if len(kept) < len(codes):
         small = [str(names[b]) if names is not None else str(b) for b in codes if b not in kept]
-        warnings.warn(
-            f"start_batch_alignment='covariance': batches {small} have too few cells with every modality "
-            f"({5 * (components + 1)} needed for {components} components) to match their covariance; their "
-            "starts have only their mean removed.",
-            VennCellInputWarning,
-            stacklevel=user_stacklevel(),
-        )
+        _warn_unmatched(small, components, "with every modality")
     return kept if len(kept) >= 2 else []
 
 
-def _batch_shapes(sc: np.ndarray, batch: np.ndarray, kept: list) -> dict:
-    """Per batch in ``kept``, the matrix that maps its (mean-removed) scores' covariance onto the pooled one.
+def _pooled_root(sc: np.ndarray) -> np.ndarray:
+    """The square root of the pooled (Ledoit-Wolf) covariance: every matched batch's target."""
+    from sklearn.covariance import ledoit_wolf
+
+    return _matrix_power(ledoit_wolf(sc)[0], 0.5)
+
+
+def _batch_map(sc: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """The matrix that maps one batch's (mean-removed) scores onto the pooled covariance (``root``: its square
+    root): whitening by the batch's own Ledoit-Wolf covariance, so that its map is not driven by noise."""
+    from sklearn.covariance import ledoit_wolf
+
+    return _matrix_power(ledoit_wolf(sc)[0], -0.5) @ root
+
+
+def _batch_shapes(sc: np.ndarray, batch: np.ndarray, kept: list) -> tuple[dict, np.ndarray | None]:
+    """Per batch in ``kept``, the matrix that maps its (mean-removed) scores' covariance onto the pooled one, and
+    the pooled covariance's square root (None without batches to match).
 
     A batch effect that scales features does not only shift a batch's scores: the same biology loads on other
     components in each batch, GCCA reads that as shared signal, and the batches start (and stay) apart. Matching
     each batch's covariance to the pooled one (whitening, then the pooled colouring) removes that, but also any
-    difference in cell-type proportions between batches. Both covariances are Ledoit-Wolf estimates, so a
-    batch's map is not driven by noise.
+    difference in cell-type proportions between batches.
     """
     if not kept:
-        return {}
-    from sklearn.covariance import ledoit_wolf
-
-    root = _matrix_power(ledoit_wolf(sc[np.isin(batch, kept)])[0], 0.5)
-    return {b: _matrix_power(ledoit_wolf(sc[batch == b])[0], -0.5) @ root for b in kept}
+        return {}, None
+    root = _pooled_root(sc[np.isin(batch, kept)])
+    return {b: _batch_map(sc[batch == b], root) for b in kept}, root
 
 
 def _keep_spectrum(z: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, float]]:
@@ -244,10 +262,11 @@ def spectral_init(
         batch = data.batch[fit_rows]
         components = max(sc.shape[1] for sc in scores.values())
         kept = _batches_to_match(batch, components, batch_alignment, batch_names)
+        maps["batch_root"], maps["batch_names"] = {}, batch_names
         for m, sc in scores.items():
             means = {b: sc[batch == b].mean(0) for b in np.unique(batch)}
             centred = _align(sc, batch, {b: (mu, None) for b, mu in means.items()})
-            shapes = _batch_shapes(centred, batch, kept)
+            shapes, maps["batch_root"][m] = _batch_shapes(centred, batch, kept)
             maps["batch"][m] = {b: (mu, shapes.get(b)) for b, mu in means.items()}
         scores = {m: _align(sc, batch, maps["batch"][m]) for m, sc in scores.items()}
     maps["unit"] = {m: (sc.mean(0), sc.std(0) + 1e-8) for m, sc in scores.items()}
@@ -452,22 +471,38 @@ def _add_unseen_batch_means(
     data: MultiModalData, rest: np.ndarray, maps: dict, chunk: int
 ) -> None:
     """Batch means of the PCA scores for batches that have no fit row (e.g. a batch measured with one modality
-    only), over all of that batch's other cells: one extra pass over just those cells. Their spread is not
-    matched (``_batch_shapes`` needs fit rows of the batch)."""
+    only), over all of that batch's other cells: one extra pass over just those cells. Where the fit rows'
+    batches were matched by covariance, such a batch is too, from the same cells (kept in memory for it)."""
+    small = set()
     for m in maps["pca"]:
         seen = maps["batch"][m]
+        root = maps.get("batch_root", {}).get(m)
         rows = rest[data.present(m)[rest] & ~np.isin(data.batch[rest], list(seen))]
-        sums: dict = {}
+        parts: dict = {}
         for start in range(0, len(rows), chunk):
             r = rows[start : start + chunk]
             sc = _scores(data, m, r, maps, centred=False)
             for b in np.unique(data.batch[r]):
-                total, count = sums.get(b, (0.0, 0))
-                sums[b] = (
-                    total + sc[data.batch[r] == b].sum(0),
-                    count + int((data.batch[r] == b).sum()),
-                )
-        seen.update({b: (total / count, None) for b, (total, count) in sums.items()})
+                mine = sc[data.batch[r] == b]
+                total, count, kept = parts.get(b, (0.0, 0, []))
+                if root is not None:
+                    kept.append(mine)
+                parts[b] = (total + mine.sum(0), count + len(mine), kept)
+        for b, (total, count, kept) in parts.items():
+            mean, shape = total / count, None
+            if root is not None and _enough_to_place(count, root.shape[0]):
+                shape = _batch_map(np.vstack(kept) - mean, root)
+            elif root is not None:
+                small.add(b)
+            seen[b] = (mean, shape)
+    if small:
+        names = maps.get("batch_names")
+        components = max(pca.n_components_ for pca in maps["pca"].values())
+        _warn_unmatched(
+            [str(names[b]) if names is not None else str(b) for b in sorted(small)],
+            components,
+            "in the modalities they have",
+        )
 
 
 def init_likelihoods(module, data: MultiModalData, max_cells: int = 50_000, seed: int = 0) -> None:
