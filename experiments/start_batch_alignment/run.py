@@ -126,7 +126,9 @@ def write_page(results: list[dict]) -> None:
             ]
             sizes = sorted({r["cells"] for r in rows})
             size = f"{sizes[0]:,}" + (f"–{sizes[-1]:,}" if len(sizes) > 1 else "")
-            lines.append(f"| {setting} | `{alignment}` | {' | '.join(cells)} | {size} | {len(rows)} |")
+            lines.append(
+                f"| {setting} | `{alignment}` | {' | '.join(cells)} | {size} | {len(rows)} |"
+            )
     lines.append("")
     old = PAGE.read_text() if PAGE.exists() else ""
     marker = "<!-- Written by hand below this line"

@@ -57,7 +57,7 @@ def test_kl_and_sampling_match_the_gaussian_posterior():
 
 def test_bad_latent_posterior_is_refused(tiny_mdata):
     """An unknown latent_posterior or start_batch_alignment, or a starting log-variance outside the clamp, is a
-    config error naming the key."""
+    config error naming the key; a misspelt option name gets the closest valid one."""
     VennCell.setup_mudata(tiny_mdata)
     with pytest.raises(VennCellInputError, match="latent_posterior='vae'"):
         VennCell(tiny_mdata, latent_posterior="vae")
@@ -65,6 +65,10 @@ def test_bad_latent_posterior_is_refused(tiny_mdata):
         VennCell(tiny_mdata, latent_posterior="variational", latent_init_logvar=9.0)
     with pytest.raises(VennCellInputError, match="start_batch_alignment='whiten'"):
         VennCell(tiny_mdata, start_batch_alignment="whiten")
+    with pytest.raises(
+        VennCellInputError, match="did you mean 'start_batch_aligment' -> 'start_batch_alignment'"
+    ):
+        VennCell(tiny_mdata, start_batch_aligment="covariance")
 
 
 def test_log_variances_train_and_survive_save_load(tiny_mdata, tmp_path, helpers):

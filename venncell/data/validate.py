@@ -249,11 +249,17 @@ def config_from(cls, values: dict, what: str):
     """``cls(**values)`` for a dataclass of settings, refusing unknown keys with the valid ones listed; ``what``
     names the settings in the message (``model``, ``attribution``, ...)."""
     from dataclasses import fields
+    from difflib import get_close_matches
 
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise VennCellInputError(f"Unknown {what} option(s) {unknown}; valid: {sorted(known)}.")
+        close = {u: get_close_matches(u, sorted(known), n=1) for u in unknown}
+        hints = [f"{u!r} -> {c[0]!r}" for u, c in close.items() if c]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise VennCellInputError(
+            f"Unknown {what} option(s) {unknown}{hint}; valid: {sorted(known)}."
+        )
     return cls(**values)
 
 
