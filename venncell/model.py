@@ -37,6 +37,7 @@ from venncell.data.validate import (
     VennCellInputError,
     VennCellInputWarning,
     check_range,
+    did_you_mean,
     user_stacklevel,
 )
 from venncell.module.config import ModelConfig
@@ -165,12 +166,12 @@ class VennCell:
         init_likelihoods(self.module, self.data, seed=seed)
         self._warn_unpaired_regions()
         if self.config.start_batch_alignment != "mean" and not (
-            registry.n_batches and self.config.latent_init == "spectral"
+            registry.n_batches >= 2 and self.config.latent_init == "spectral"
         ):
             why = (
                 "latent_init='random' has no spectral start"
-                if registry.n_batches
-                else "the data have no batches (setup_mudata(..., batch_key=...))"
+                if registry.n_batches >= 2
+                else "the data have fewer than two batches (setup_mudata(..., batch_key=...))"
             )
             warnings.warn(
                 f"start_batch_alignment={self.config.start_batch_alignment!r} changes the spectral start of data "
@@ -315,7 +316,8 @@ class VennCell:
         cfg, unknown = TrainConfig.from_kwargs(**train_kwargs)
         if unknown:
             raise VennCellInputError(
-                f"Unknown training option(s) {sorted(unknown)}; valid: "
+                f"Unknown training option(s) {sorted(unknown)}"
+                f"{did_you_mean(sorted(unknown), asdict(TrainConfig()))}; valid: "
                 f"{sorted(asdict(TrainConfig()))} (Lightning keywords go in trainer_kwargs)."
             )
         if cfg.num_workers and self.data.chunk_size:
@@ -535,7 +537,7 @@ class VennCell:
         if source != "encoder" and rows is None and self.data is None:
             raise VennCellInputError(
                 f"source={source!r} exists only for the training cells, and this model was loaded without its "
-                "training data, so it knows none: load it with VennCell.load(path, mdata=<the training MuData>), "
+                "training data, so it knows none: load it with VennCell.load(path, mdata=training), "
                 "or use source='encoder'."
             )
         if source != "encoder" and rows is None:

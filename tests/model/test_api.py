@@ -263,6 +263,13 @@ def test_untrained_model_refuses(tiny_mdata):
         model.get_latent_representation()
 
 
+def test_a_misspelt_training_option_names_the_closest_one(tiny_mdata):
+    VennCell.setup_mudata(tiny_mdata)
+    model = VennCell(tiny_mdata)
+    with pytest.raises(VennCellInputError, match="did you mean 'stage1_epoch' -> 'stage1_epochs'"):
+        model.train(stage1_epoch=3)
+
+
 def test_load_rejects_non_model(tmp_path):
     with pytest.raises(VennCellInputError, match="not a saved VennCell model"):
         VennCell.load(tmp_path)

@@ -245,20 +245,25 @@ def _first_bad(x, finite_values: np.ndarray) -> str:
     return f" (first at cell row {row}, feature column {col})"
 
 
+def did_you_mean(unknown: list[str], known) -> str:
+    """`` (did you mean 'x' -> 'y'?)`` for the unknown names close to a valid one, else an empty string."""
+    from difflib import get_close_matches
+
+    close = {u: get_close_matches(u, sorted(known), n=1) for u in unknown}
+    hints = [f"{u!r} -> {c[0]!r}" for u, c in close.items() if c]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
 def config_from(cls, values: dict, what: str):
     """``cls(**values)`` for a dataclass of settings, refusing unknown keys with the valid ones listed; ``what``
     names the settings in the message (``model``, ``attribution``, ...)."""
     from dataclasses import fields
-    from difflib import get_close_matches
 
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        close = {u: get_close_matches(u, sorted(known), n=1) for u in unknown}
-        hints = [f"{u!r} -> {c[0]!r}" for u, c in close.items() if c]
-        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
         raise VennCellInputError(
-            f"Unknown {what} option(s) {unknown}{hint}; valid: {sorted(known)}."
+            f"Unknown {what} option(s) {unknown}{did_you_mean(unknown, known)}; valid: {sorted(known)}."
         )
     return cls(**values)
 

@@ -144,19 +144,24 @@ def _matrix_power(c: np.ndarray, power: float) -> np.ndarray:
 
 
 def _warn_unmatched(small: list[str], components: int, of: str) -> None:
+    """The warning for batches whose covariance cannot be matched (they keep their mean only), with the fixes."""
     warnings.warn(
         f"start_batch_alignment='covariance': batches {small} have too few cells {of} "
         f"({5 * (components + 1)} needed for {components} components) to match their covariance; their starts have "
-        "only their mean removed. Measure more of their cells in every modality, or leave the modality few of them "
-        "have out (modalities=[...] in setup_mudata).",
+        "only their mean removed. Measure more of their cells, leave out a modality few of them have "
+        "(modalities=[...] in setup_mudata, data.register=[...] on the command line), or use "
+        "start_batch_alignment='mean'.",
         VennCellInputWarning,
         stacklevel=user_stacklevel(),
     )
 
 
-def _batches_to_match(batch: np.ndarray, components: int, how: str, names: list | None) -> list:
-    """The batches whose covariance the start matches (``how`` = ``covariance``): those with enough fit rows to
-    estimate one; the others are named in a warning and keep their mean only. Fewer than two: none."""
+def _batches_to_match(
+    batch: np.ndarray, components: int, how: str, names: list | None, n_other: int
+) -> list:
+    """The batches of the fit rows whose covariance the start matches (``how`` = ``covariance``): those with enough
+    fit rows to estimate one; the others are named in a warning and keep their mean only. None unless at least two
+    batches are matched, counting the ``n_other`` batches without fit rows (matched later from all their cells)."""
     if how == "mean":
         return []
     codes = np.unique(batch)
@@ -164,7 +169,7 @@ def _batches_to_match(batch: np.ndarray, components: int, how: str, names: list 
     if len(kept) < len(codes):
         small = [str(names[b]) if names is not None else str(b) for b in codes if b not in kept]
         _warn_unmatched(small, components, "with every modality")
-    return kept if len(kept) >= 2 else []
+    return kept if len(kept) + n_other >= 2 else []
 
 
 def _pooled_root(sc: np.ndarray) -> np.ndarray:
@@ -261,7 +266,8 @@ def spectral_init(
         # so the latents should start without it
         batch = data.batch[fit_rows]
         components = max(sc.shape[1] for sc in scores.values())
-        kept = _batches_to_match(batch, components, batch_alignment, batch_names)
+        n_other = len(np.setdiff1d(np.unique(data.batch[data.batch >= 0]), batch))
+        kept = _batches_to_match(batch, components, batch_alignment, batch_names, n_other)
         maps["batch_root"], maps["batch_names"] = {}, batch_names
         for m, sc in scores.items():
             means = {b: sc[batch == b].mean(0) for b in np.unique(batch)}
@@ -473,7 +479,7 @@ def _add_unseen_batch_means(
     """Batch means of the PCA scores for batches that have no fit row (e.g. a batch measured with one modality
     only), over all of that batch's other cells: one extra pass over just those cells. Where the fit rows'
     batches were matched by covariance, such a batch is too, from the same cells (kept in memory for it)."""
-    small = set()
+    small: dict = {}  # batch -> components of a modality it has too few cells of
     for m in maps["pca"]:
         seen = maps["batch"][m]
         root = maps.get("batch_root", {}).get(m)
@@ -493,14 +499,13 @@ def _add_unseen_batch_means(
             if root is not None and _enough_to_place(count, root.shape[0]):
                 shape = _batch_map(np.vstack(kept) - mean, root)
             elif root is not None:
-                small.add(b)
+                small[b] = max(small.get(b, 0), root.shape[0])
             seen[b] = (mean, shape)
     if small:
         names = maps.get("batch_names")
-        components = max(pca.n_components_ for pca in maps["pca"].values())
         _warn_unmatched(
             [str(names[b]) if names is not None else str(b) for b in sorted(small)],
-            components,
+            max(small.values()),
             "in the modalities they have",
         )
 
