@@ -315,10 +315,10 @@ class VennCell:
         train_kwargs.setdefault("seed", self.seed)
         cfg, unknown = TrainConfig.from_kwargs(**train_kwargs)
         if unknown:
+            known = sorted(asdict(TrainConfig()))
             raise VennCellInputError(
-                f"Unknown training option(s) {sorted(unknown)}"
-                f"{did_you_mean(sorted(unknown), asdict(TrainConfig()))}; valid: "
-                f"{sorted(asdict(TrainConfig()))} (Lightning keywords go in trainer_kwargs)."
+                f"Unknown training option(s) {sorted(unknown)}{did_you_mean(sorted(unknown), known)}; "
+                f"valid: {known} (Lightning keywords go in trainer_kwargs)."
             )
         if cfg.num_workers and self.data.chunk_size:
             raise VennCellInputError(

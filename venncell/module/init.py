@@ -143,8 +143,10 @@ def _matrix_power(c: np.ndarray, power: float) -> np.ndarray:
     return (v * w**power) @ v.T
 
 
-def _warn_unmatched(small: list[str], components: int, of: str) -> None:
-    """The warning for batches whose covariance cannot be matched (they keep their mean only), with the fixes."""
+def _warn_unmatched(codes, names: list | None, components: int, of: str) -> None:
+    """The warning for batches (``codes``, named by ``names`` where given) whose covariance cannot be matched (they
+    keep their mean only), with the fixes."""
+    small = [str(names[b]) if names is not None else str(b) for b in codes]
     warnings.warn(
         f"start_batch_alignment='covariance': batches {small} have too few cells {of} "
         f"({5 * (components + 1)} needed for {components} components) to match their covariance; their starts have "
@@ -167,8 +169,9 @@ def _batches_to_match(
     codes = np.unique(batch)
     kept = [b for b in codes if _enough_to_place(int((batch == b).sum()), components)]
     if len(kept) < len(codes):
-        small = [str(names[b]) if names is not None else str(b) for b in codes if b not in kept]
-        _warn_unmatched(small, components, "with every modality")
+        _warn_unmatched(
+            [b for b in codes if b not in kept], names, components, "with every modality"
+        )
     return kept if len(kept) + n_other >= 2 else []
 
 
@@ -490,21 +493,21 @@ def _add_unseen_batch_means(
             sc = _scores(data, m, r, maps, centred=False)
             for b in np.unique(data.batch[r]):
                 mine = sc[data.batch[r] == b]
-                total, count, kept = parts.get(b, (0.0, 0, []))
+                total, count, blocks = parts.get(b, (0.0, 0, []))
                 if root is not None:
-                    kept.append(mine)
-                parts[b] = (total + mine.sum(0), count + len(mine), kept)
-        for b, (total, count, kept) in parts.items():
+                    blocks.append(mine)
+                parts[b] = (total + mine.sum(0), count + len(mine), blocks)
+        for b, (total, count, blocks) in parts.items():
             mean, shape = total / count, None
             if root is not None and _enough_to_place(count, root.shape[0]):
-                shape = _batch_map(np.vstack(kept) - mean, root)
+                shape = _batch_map(np.vstack(blocks) - mean, root)
             elif root is not None:
                 small[b] = max(small.get(b, 0), root.shape[0])
             seen[b] = (mean, shape)
     if small:
-        names = maps.get("batch_names")
         _warn_unmatched(
-            [str(names[b]) if names is not None else str(b) for b in sorted(small)],
+            sorted(small),
+            maps.get("batch_names"),
             max(small.values()),
             "in the modalities they have",
         )
