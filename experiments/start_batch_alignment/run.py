@@ -1,6 +1,6 @@
 """How the spectral start removes batches: each batch's mean (the default) against its covariance as well.
 
-    python experiments/start_batch_alignment/run.py [--seeds 0] [--jobs 2]
+    python experiments/start_batch_alignment/run.py [--seeds 0,1] [--jobs 2]
 
 The built-in generator, 3,000 cells (each run: one seed of the generator and of the model), in four settings:
 - ``balanced 1 SD`` / ``balanced 2 SD``: three batches with the same cell types in the same proportions, every
@@ -143,7 +143,7 @@ def _job(args: tuple[str, str, int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--page-only", action="store_true", help="only rewrite RESULTS.md")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
