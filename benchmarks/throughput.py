@@ -715,6 +715,70 @@ def _load_range(results: dict) -> str:
     return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
 
 
+def _derived_lines(rows: list[dict]) -> list[str]:
+    """What the table implies, computed from it so that a rerun updates it: time to a trained model with each
+    tool's default epochs, cost per cell across sizes, memory at the largest size."""
+    from venncell.train.config import TrainConfig
+
+    defaults = TrainConfig()
+    STAGE1_EPOCHS, STAGE2_EPOCHS = defaults.stage1_epochs, defaults.stage2_epochs  # noqa: N806
+    by = {(r["method"], r["n"]): r for r in rows if r.get("stage1")}
+
+    def rate(method, n, stage="stage1"):
+        r = by.get((method, n))
+        return (r.get(stage) or {}).get("cells_per_cpu_s") if r else None
+
+    def cpu_h(method, n):
+        # VennCell: stage 1 over every cell, stage 2 over the 90 % training split; totalVI: scvi-tools' default
+        # epochs min(400, 400 x 20,000 / cells) over its 90 % training split (early stopping may end it sooner)
+        if method == "totalvi":
+            r1 = rate(method, n)
+            return None if r1 is None else min(400, 400 * 20_000 / n) * 0.9 * n / r1 / 3600
+        r1, r2 = rate(method, n), rate(method, n, "stage2")
+        if r1 is None or r2 is None:
+            return None
+        return (STAGE1_EPOCHS * n / r1 + STAGE2_EPOCHS * 0.9 * n / r2) / 3600
+
+    out = ["", "Derived from the table above (median rounds, one thread):", ""]
+    for n in sorted({n for _, n in by}):
+        times = {m: cpu_h(m, n) for m in ("venncell", "venncell-fast", "totalvi")}
+        if all(v is not None for v in times.values()):
+            out.append(
+                f"- Time to a trained model at {n:,} cells, each tool's default epochs (VennCell "
+                f"{STAGE1_EPOCHS} + {STAGE2_EPOCHS}): VennCell {times['venncell']:.2f} CPU-h (`model=fast` "
+                f"{times['venncell-fast']:.2f}), totalVI {times['totalvi']:.2f} CPU-h. The whole-job comparison, "
+                "with real data and each tool's own stopping, is `WHOLE_JOB.md`."
+            )
+    sizes = sorted(n for m, n in by if m == "venncell")
+    for method, what in (("venncell", "in memory"), ("venncell-backed", "backed")):
+        have = [n for n in sizes if rate(method, n)]
+        if len(have) > 1:
+            out.append(
+                f"- Stage-1 cost per cell {what} from {have[0]:,} to {have[-1]:,} cells: "
+                + " → ".join(f"{rate(method, n):,.0f}" for n in have)
+                + " cells/CPU-s, an epoch "
+                + ", ".join(f"{n / rate(method, n):,.0f}" for n in have)
+                + " CPU-s."
+            )
+    for n in sizes:
+        a, b = rate("venncell", n), rate("venncell-backed", n)
+        if a and b:
+            out.append(
+                f"- Backed against in memory at {n:,} cells: stage-1 throughput {100 * (b / a - 1):+.0f} %, peak RSS "
+                f"{by[('venncell-backed', n)]['peak_rss_MB']:,.0f} MB against {by[('venncell', n)]['peak_rss_MB']:,.0f}"
+                f" MB (RSS after training {by[('venncell-backed', n)].get('rss_end_MB', float('nan')):,.0f} against "
+                f"{by[('venncell', n)].get('rss_end_MB', float('nan')):,.0f} MB)."
+            )
+    t = [n for n in sorted({n for m, n in by if m == "totalvi"})]
+    if t and sizes and sizes[-1] > t[-1]:
+        n = sizes[-1]
+        out.append(
+            f"- totalVI at {n:,} cells was not run; at its rate at {t[-1]:,} cells an epoch over its 90 % training "
+            f"split would take ~{0.9 * n / rate('totalvi', t[-1]) / 60:.0f} CPU-min."
+        )
+    return out if len(out) > 3 else []
+
+
 def write_markdown(results: dict, argv: str) -> None:
     nan = float("nan")
     m = [r for r in results["measure"] if r and "error" not in r]
@@ -787,6 +851,7 @@ def write_markdown(results: dict, argv: str) -> None:
             "|---|---|---|---|---|",
             *ratios,
         ]
+    lines += _derived_lines(_median_rows(m))
     lines += _closing_lines(
         results,
         "Latent quality at {n} cells: kNN-R² (k = 15, 5-fold) of the true factors from each "

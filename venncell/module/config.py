@@ -66,8 +66,8 @@ class ModelConfig:
         divided by the smallest modality's feature count (with ``equal`` weights, every modality counted as if it
         had that many features). None (the
         default): 4 (a beta-VAE's beta) when the model has no region blocks, which keeps the dimensions that carry no
-        factor smaller (against 1 and 2 it raised bio conservation on every tabular dataset of the integration
-        harness, ``benchmarks/integration/RESULTS.md``); 1 with region blocks, where 4 lets a region's factors into
+        factor smaller and separates cell types better than 1 or 2 (the integration harness,
+        ``benchmarks/integration/RESULTS.md``); 1 with region blocks, where 4 lets a region's factors into
         its members' private blocks (``experiments/venn_regions``).
     private_kl_scale
         The private blocks' KL weight as a multiple of ``kl_weight`` (variational latents); 1, the default, weighs

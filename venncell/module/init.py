@@ -90,8 +90,8 @@ def _rows_sparse(data: MultiModalData, m: str, rows: np.ndarray, chunk: int = 10
 def _encoder_input(data: MultiModalData, m: str, rows: np.ndarray):
     """``encoder_transform`` of the rows, computed on the sparse matrix when there is one.
 
-    Counts are not scaled per feature before PCA (scanpy's ``scale``): that lowered the start's cell-type
-    separation on small real sets in an ad hoc check."""
+    Counts are not scaled per feature before PCA (scanpy's ``scale``): scaling gives rare, noisy features the weight
+    of informative ones and blurs the start's cell types on small real sets."""
     x, lib = _rows_sparse(data, m, rows)
     return encoder_input(data.specs[m], x, lib)
 
@@ -342,8 +342,8 @@ def spectral_init(
 def _modalities_to_fit(data: MultiModalData, n_pcs: int) -> list[str]:
     """The modalities the spectral start is fitted on: every one, unless too few cells have every one to place the
     cells that lack one (``_subset_regression``); then the modality measured in the fewest cells is left out, in
-    turn, down to two. One modality measured on a few cells once left every other cell at a random start, and
-    their shared latents far worse."""
+    turn, down to two. A start fitted with a modality measured on a few cells would leave every other cell
+    unplaced."""
     mods = list(data.specs)
     present = {m: data.present(m) for m in mods}
     while len(mods) > 2:

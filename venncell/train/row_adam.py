@@ -43,8 +43,8 @@ class RowAdam(torch.optim.Optimizer):
 
     def _step_group(self, group: dict) -> None:
         # The row reads and writes are per table; the arithmetic runs once over all tables (torch._foreach_*), which
-        # is the same per-element maths as a loop over them in a fraction of the ops: on a GPU, where a step is
-        # bound by launching kernels, six tables cost ~160 ops looped and ~80 this way.
+        # is the same per-element maths as a loop over them in about half the ops, which counts on a GPU, where a
+        # step is bound by launching kernels.
         b1, b2 = group["betas"]
         params, rows, grads, states = [], [], [], []
         for p in group["params"]:
