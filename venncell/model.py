@@ -266,9 +266,15 @@ class VennCell:
             if self.data is not None and (k := int(self.data.present(m).sum())) < self.n_cells:
                 part += f", {k} of {self.n_cells} cells"  # partially paired data
             mods.append(part + ")")
+        batches = ""
+        if self.registry.batch_key is not None:
+            batches = f", batches={self.registry.n_batches} (obs['{self.registry.batch_key}']"
+            if self.config.start_batch_alignment != "mean":
+                batches += f", start_batch_alignment='{self.config.start_batch_alignment}'"
+            batches += ")"
         return (
             f"VennCell(shared_dim={self.config.shared_dim}, private_dims={self.module.private_dims}, "
-            f"cells={self.n_cells}, modalities=[{', '.join(mods)}], trained={self.is_trained})"
+            f"cells={self.n_cells}, modalities=[{', '.join(mods)}]{batches}, trained={self.is_trained})"
         )
 
     # ------------------------------------------------------------------ training
@@ -289,7 +295,7 @@ class VennCell:
         stage1_epochs, stage2_epochs, batch_size
             None = ``TrainConfig``'s defaults.
         run_dir
-            Where checkpoints and logs go (default: a temporary folder).
+            Where checkpoints and logs go (default: a temporary folder, removed once training succeeds).
         logger
             A Lightning logger, a factory ``stage -> logger``, or None.
         resume
@@ -330,7 +336,14 @@ class VennCell:
                 f"accelerator={cfg.accelerator!r}, but no CUDA GPU is visible to this process. "
                 "Train on the CPU (trainer.accelerator=cpu), or check CUDA_VISIBLE_DEVICES."
             )
-        if run_dir is None:
+        if isinstance(logger, str):
+            raise VennCellInputError(
+                f"logger={logger!r}: in Python pass a Lightning logger (e.g. "
+                "lightning.pytorch.loggers.WandbLogger(project='venncell', offline=True) or CSVLogger(dir)), or a "
+                "function stage -> logger; names such as logger=wandb are the command line's (venncell-train)."
+            )
+        temporary = run_dir is None
+        if temporary:
             run_dir = tempfile.mkdtemp(prefix="venncell_")
         if resume:
             self.check_resume(run_dir, **train_kwargs)
@@ -343,6 +356,9 @@ class VennCell:
             loggers=logger if logger is not None else False,
             resume=resume,
         )
+        if temporary:
+            # nobody can resume from a folder they were not told of; a failed run keeps it (its error names it)
+            shutil.rmtree(run_dir, ignore_errors=True)
         self.is_trained = True
         return self.history
 
@@ -777,7 +793,9 @@ class VennCell:
         """Put the latents where scverse tools look: ``obsm["X_venn_shared"]``, ``obsm["X_venn_private_<m>"]`` and,
         with Venn regions, ``obsm["X_venn_shared_<a>+<b>"]``: the latents ``get_latent_representation`` gives by
         default. For training cells (without ``modalities`` or ``refine_epochs``) also ``*_encoder`` and
-        ``*_stage1`` (the two latents averaged there) and ``obs["venn_split"]``. Returns the MuData written to."""
+        ``*_stage1`` (the two latents averaged there) and ``obs["venn_split"]``; other writes remove those two.
+        ``uns["venncell_latents"]`` records what the keys hold (``source``: ``average``, ``encoder`` or ``refined``;
+        the ``modalities`` read; ``refine_epochs``). Returns the MuData written to."""
         self._require_trained()
         check_range("refine_epochs", refine_epochs, 0, integer=True)
         self._check_modalities(modalities)
@@ -795,15 +813,31 @@ class VennCell:
         # the two estimates the default averages, only when that default is what is written (not an estimate
         # from some modalities or a refinement, which would sit under *_encoder as if it were the encoders')
         rows = self._training_rows(target)
+        names = obsm_names(self.module)
+        source = "refined" if refine_epochs else "encoder"
         if rows is not None and modalities is None and not refine_epochs:
             st1 = {key: z[rows] for key, z in stage1_latents(self.module, self.data).items()}
-            for key, name in obsm_names(self.module).items():
+            for key, name in names.items():
                 target.obsm[f"{name}_encoder"] = enc[key]
                 target.obsm[f"{name}_stage1"] = st1[key]
             target.obs["venn_split"] = np.where(self.is_train[rows], "train", "validation")
             latents = average_latents(st1, enc)
-        for key, name in obsm_names(self.module).items():
+            source = "average"
+        else:
+            # the two estimates of an earlier write describe another latent than the one written now
+            for name in names.values():
+                for suffix in ("_encoder", "_stage1"):
+                    target.obsm.pop(f"{name}{suffix}", None)
+        for key, name in names.items():
             target.obsm[name] = latents[key]
+        # what the X_venn_* keys hold, for whoever reads them later
+        target.uns["venncell_latents"] = {
+            "source": source,
+            "modalities": list(modalities)
+            if modalities is not None
+            else [m for m in self.specs if m in target.mod],
+            "refine_epochs": int(refine_epochs),
+        }
         return target
 
     def _check_modalities(self, modalities) -> None:
@@ -1036,7 +1070,8 @@ class VennCell:
         Parameters
         ----------
         mdata
-            New cells (default: the training data, whose stage-1 latents are the reference).
+            New cells (default: the training data, whose stage-1 latents are the reference; so are they when the
+            training cells are passed, e.g. a copy or a subset of the training MuData).
         refine_epochs
             New cells only: epochs of test-time refinement that fit their reference latents (None: 20).
         write_obs
@@ -1049,9 +1084,12 @@ class VennCell:
         from venncell.analysis.cell_weights import cell_modality_weights
 
         self._require_trained()
-        if mdata is None and refine_epochs is not None:
+        # the training cells however passed (the MuData itself, a copy, a subset, reordered) keep their
+        # stage-1 latents as the reference, as get_latent_representation does
+        rows = self._training_rows(mdata) if mdata is not None else None
+        if (mdata is None or rows is not None) and refine_epochs is not None:
             raise VennCellInputError(
-                f"cell_modality_weights(refine_epochs={refine_epochs}) without mdata: the training cells' reference "
+                f"cell_modality_weights(refine_epochs={refine_epochs}) on the training cells: their reference "
                 "is their stage-1 latents, nothing is refined. Drop refine_epochs, or pass new cells as mdata."
             )
         refine_epochs = 20 if refine_epochs is None else refine_epochs
@@ -1061,11 +1099,17 @@ class VennCell:
         data = self._data_for(mdata, warn_new_batches=False)
         if mdata is None:
             reference = stage1_latents(self.module, data)["shared"]
+        elif rows is not None:
+            population = stage1_latents(self.module, self.data)["shared"]
+            reference = population[rows]
         else:
             # the weights read the trained decoders, which know the training batches only
             self._require_known_batches(data, "cell weights")
             reference = self._refine(data, None, refine_epochs)["shared"]
-        weights = cell_modality_weights(self.module, data, reference)
+        # training cells, however many are passed, are weighed against the whole training population
+        weights = cell_modality_weights(
+            self.module, data, reference, population=population if rows is not None else None
+        )
         if write_obs:
             target = self.mdata if mdata is None else mdata
             for m in weights.columns:

@@ -77,6 +77,21 @@ def test_refinement_of_the_training_cells_is_refused(trained):
     """The training cells' reference is their stage-1 latents: refine_epochs there was accepted and ignored."""
     model, _ = trained
     with pytest.raises(
-        VennCellInputError, match="refine_epochs=5.*without mdata.*Drop refine_epochs"
+        VennCellInputError, match="refine_epochs=5.*on the training cells.*Drop refine_epochs"
     ):
         model.cell_modality_weights(refine_epochs=5)
+    with pytest.raises(VennCellInputError, match="on the training cells"):
+        model.cell_modality_weights(model.mdata.copy(), refine_epochs=5)
+
+
+def test_training_cells_passed_again_keep_their_weights(trained):
+    """A copy, reordering or subset of the training MuData is the training cells: their stage-1 latents stay the
+    reference (as in get_latent_representation), not a refinement of them as new cells."""
+    model, _ = trained
+    full = model.cell_modality_weights(write_obs=False)
+    order = np.random.default_rng(1).permutation(model.mdata.n_obs)[:100]
+    some = model.mdata[model.mdata.obs_names[order]].copy()
+    w = model.cell_modality_weights(some)
+    np.testing.assert_allclose(w.to_numpy(), full.to_numpy()[order], rtol=1e-5, atol=1e-6)
+    assert list(w.index) == list(some.obs_names)
+    np.testing.assert_allclose(some.obs["venn_weight_rna"].to_numpy(), w["rna"].to_numpy())

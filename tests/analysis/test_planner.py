@@ -158,9 +158,10 @@ def test_a_plan_on_few_held_out_cells_says_its_verdicts_can_move(tmp_path):
     model.train(run_dir=tmp_path, stage1_epochs=2, stage2_epochs=1, progress_bar="none")
     with pytest.warns(
         VennCellInputWarning, match="scored on 60 held-out cells.*validation_fraction"
-    ):
+    ) as caught:
         plan = model.plan_measurements(n_boot=5)
     assert plan.cells == "held-out" and plan.n_cells == 60
+    assert caught[0].filename == __file__  # the warning points at the user's line
 
 
 def test_in_sample_fallback_is_flagged(tmp_path):

@@ -454,8 +454,16 @@ def test_backed_runs_write_their_latents_whole(tmp_path, tiny_mdata, monkeypatch
     mdata = tiny_mdata.copy()
     mdata.obs["venn_split"] = "train"
     mdata.obsm["X_venn_shared"] = np.zeros((mdata.n_obs, 2))
+    mdata.uns["venncell_latents"] = {
+        "source": "average",
+        "modalities": ["rna"],
+        "refine_epochs": 0,
+    }
     _write_latents_file(mdata, tmp_path, backed=True)
     before = (tmp_path / "venn_latents.h5ad").read_bytes()
+    assert (
+        ad.read_h5ad(tmp_path / "venn_latents.h5ad").uns["venncell_latents"]["source"] == "average"
+    )
 
     def cut_short(self, filename, *args, **kwargs):
         Path(filename).write_bytes(b"\x89HDF\r\n")

@@ -98,6 +98,9 @@ def test_wandb_offline_run(wandb_run):
     assert r["history"][-1]["report/figure_1._type"] == "image-file"
     for name in ("metrics.json", "config_resolved.yaml", "report.html"):
         assert (runs[0] / "files" / name).exists(), name
+    # and the CSV logs every run has
+    for stage in ("stage1", "stage2"):
+        assert (wandb_run / "logs" / stage / "metrics.csv").exists(), stage
 
 
 def test_csv_logger_does_not_import_wandb(tmp_path, monkeypatch):
@@ -145,3 +148,29 @@ def test_trainers_skip_lightnings_banner(caplog):
     assert (
         logging.getLogger("lightning.pytorch.utilities.rank_zero").level == logging.NOTSET
     )  # restored
+
+
+def test_a_python_logger_gets_the_settings_and_every_term(tmp_path, tiny_mdata):
+    """From Python, a W&B or CSV logger got no configuration, and the prior's term (KL) was in no log."""
+    import pandas as pd
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    from venncell import VennCell, VennCellInputError
+
+    mdata = tiny_mdata.copy()
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32)
+    with pytest.raises(VennCellInputError, match="pass a Lightning logger.*command line"):
+        model.train(logger="wandb")
+    model.train(
+        stage1_epochs=2,
+        stage2_epochs=1,
+        progress_bar="none",
+        logger=lambda stage: CSVLogger(tmp_path, name="logs", version=stage),
+    )
+    settings = yaml.safe_load((tmp_path / "logs" / "stage1" / "hparams.yaml").read_text())
+    assert settings["model/shared_dim"] == 4 and settings["trainer/stage1_epochs"] == 2
+    columns = pd.read_csv(tmp_path / "logs" / "stage1" / "metrics.csv").columns
+    assert {"stage1/train/prior/shared_epoch", "stage1/train/prior/rna_epoch"} <= set(columns)
+    assert "stage1/train/prior/shared_epoch" in model.epoch_history("stage1").columns

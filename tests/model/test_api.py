@@ -77,11 +77,17 @@ def test_default_source_is_average_for_training_cells_only(trained_tiny):
     assert (
         some.obs["venn_split"].to_numpy() == np.where(model.is_train, "train", "validation")[order]
     ).all()
-    # an estimate from some modalities is written as the latents, never under *_encoder
-    encoders = some.obsm["X_venn_shared_encoder"].copy()
+    assert some.uns["venncell_latents"]["source"] == "average"
+    # an estimate from some modalities is written as the latents, never under *_encoder; the earlier write's two
+    # estimates go (they describe another latent), and uns says what the keys hold
     model.write_latents(some, modalities=["rna"])
     np.testing.assert_array_equal(some.obsm["X_venn_shared"], get(some, modalities=["rna"]))
-    np.testing.assert_array_equal(some.obsm["X_venn_shared_encoder"], encoders)
+    assert not any(k.endswith(("_encoder", "_stage1")) for k in some.obsm)
+    assert some.uns["venncell_latents"] == {
+        "source": "encoder",
+        "modalities": ["rna"],
+        "refine_epochs": 0,
+    }
     # training cells without one of their modalities are not what stage 1 fitted: the encoders place them
     rna_only = md.MuData({"rna": mdata["rna"].copy()})
     np.testing.assert_array_equal(get(rna_only), get(rna_only, source="encoder"))
@@ -427,34 +433,44 @@ def test_encoder_dropout_reaches_the_encoders_only(tiny_mdata):
 
 
 def test_epoch_history_has_a_row_per_epoch_and_the_held_out_values_where_validation_ran(
-    tiny_mdata, tmp_path
+    tiny_mdata, tmp_path, monkeypatch
 ):
     """Only each stage's last values were kept: no convergence plot without a CSV logger (scvi-tools users read
-    model.history)."""
+    model.history). The final held-out scores were an extra validation after the last epoch, in no history row and
+    with no training loss beside them in train()'s metrics; and the default run folder was never removed."""
+    import tempfile
+
     mdata = tiny_mdata.copy()
     VennCell.setup_mudata(mdata)
     model = VennCell(mdata, shared_dim=4, private_dim=2, hidden=32, encoder_hidden=32)
+    made = []
+
+    def mkdtemp(**kwargs):
+        made.append(tmp_path / "run")
+        made[-1].mkdir()
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     model.train(
         stage1_epochs=3,
-        stage2_epochs=4,
+        stage2_epochs=5,
         batch_size=64,
         progress_bar="none",
         check_val_every_n_epoch=2,
     )
+    assert len(made) == 1 and not made[0].exists()  # the temporary run folder is gone
     one, two = model.epoch_history("stage1"), model.epoch_history("stage2")
-    assert list(one.index) == [0, 1, 2] and list(two.index) == [0, 1, 2, 3]
+    assert list(one.index) == [0, 1, 2] and list(two.index) == [0, 1, 2, 3, 4]
     assert one["stage1/train/loss_epoch"].notna().all()
     # the last epoch's mean is the value train() returned for the stage
     assert one["stage1/train/loss_epoch"].iloc[-1] == pytest.approx(
         model.history["stage1"]["stage1/train/loss_epoch"]
     )
     val = two["stage2/val/loss"]
-    assert val.notna().tolist() == [
-        False,
-        True,
-        False,
-        True,
-    ]  # validation ran after epochs 1 and 3
+    # validation ran after epochs 1 and 3, and after the last whatever the interval
+    assert val.notna().tolist() == [False, True, False, True, True]
+    for key in ("stage2/val/loss", "stage2/train/loss_epoch"):
+        assert two[key].iloc[-1] == pytest.approx(model.history["stage2"][key])
     model.save(tmp_path / "m")
     pd.testing.assert_frame_equal(VennCell.load(tmp_path / "m").epoch_history("stage2"), two)
     with pytest.raises(VennCellInputError, match="use 'stage1' or 'stage2'"):

@@ -53,6 +53,11 @@ def test_synthetic_batches_leave_biology_unchanged():
     assert "batch" not in plain.obs
 
 
+def test_repr_names_the_batches(batch_runs):
+    assert "batches=2 (obs['batch'])" in repr(batch_runs["batch"])
+    assert "batches" not in repr(batch_runs[None])
+
+
 def test_batch_key_keeps_batch_out_of_the_latents(batched, batch_runs):
     mdata, truth = batched
     batch = np.asarray(mdata.obs["batch"].cat.codes)

@@ -4,6 +4,7 @@ DataLoader, and spaced checkpoints keep the first and last epoch with ``last.ckp
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from venncell import VennCell, VennCellInputError
 from venncell.data.resident import ResidentBatches
+from venncell.data.validate import VennCellInputWarning
 from venncell.train import schedule
 
 SMALL = dict(shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16, seed=2)
@@ -145,3 +147,109 @@ def test_precisions_other_than_float32_are_refused_with_the_fix(precision):
     with pytest.raises(VennCellInputError, match="trainer.precision='32-true'"):
         TrainConfig(precision=precision)
     assert TrainConfig(precision="32-true").precision == "32-true"
+
+
+def test_lr_anneal_lowers_the_stage1_rates_to_zero_over_its_last_epochs():
+    from types import SimpleNamespace
+
+    from venncell.train.config import TrainConfig
+    from venncell.train.plans import Stage1Plan
+
+    def scale(epoch, batch):  # the schedule alone, on a stand-in for the plan and its trainer
+        trainer = SimpleNamespace(num_training_batches=10, max_epochs=4, current_epoch=epoch)
+        return Stage1Plan._anneal_scale(
+            SimpleNamespace(trainer=trainer, current_epoch=epoch, lr_anneal=0.5), batch
+        )
+
+    assert scale(0, 0) == scale(1, 9) == 1.0  # the first half at the full rates
+    curve = [scale(e, b) for e in (2, 3) for b in range(10)]
+    assert curve[0] == 1.0 and all(a > b for a, b in zip(curve, curve[1:]))  # then falling
+    assert curve[10] == pytest.approx(0.5) and curve[-1] < 0.01
+    with pytest.raises(VennCellInputError, match="lr_anneal"):
+        TrainConfig(lr_anneal=1.5)
+
+
+def test_a_finite_blow_up_is_called_a_failure_with_the_fix():
+    """A learning rate far too high made the losses explode without a NaN: training ended with rc 0, no warning,
+    and new cells collapsed onto one point."""
+    from venncell.train.schedule import warn_if_diverged
+
+    def rows(stage, losses):
+        return [{"epoch": i, f"stage{stage}/train/loss_epoch": v} for i, v in enumerate(losses)]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_diverged(
+            1, rows(1, [39.0, 31.0, 25.0, 25.2]), {}
+        )  # a little noise at the end
+        assert not warn_if_diverged(
+            1, rows(1, [-10.0, -40.0, -55.0, -54.0]), {}
+        )  # Gaussian NLLs go below 0
+        assert not warn_if_diverged(2, rows(2, [4.0, 2.0]), {"stage2/val/latent_shared/rna": 0.3})
+    with pytest.warns(
+        VennCellInputWarning, match=r"Stage 1 failed.*ended at 120.*lr_latent and lr_network"
+    ):
+        assert warn_if_diverged(1, rows(1, [39.0, 4023.0, 345.0, 120.0]), {})
+    # a blow-up within the first epoch leaves no lower epoch: the first step's loss is the reference
+    blown = rows(1, [330957.0, 480564.0, 62255.0, 816.0])
+    with pytest.warns(VennCellInputWarning, match=r"ended at 816.*its first step"):
+        assert warn_if_diverged(1, blown, {}, first_loss=36.0)
+    # region blocks and the joint encoder are not a modality's shared estimate; a modality with few held-out
+    # cells has a score too noisy to read
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        healthy = {"stage2/val/latent_shared/rna": 0.3, "stage2/val/latent_shared/protein": 2.2}
+        assert not warn_if_diverged(2, [], healthy, held_out={"rna": 50, "protein": 3})
+        regions = {
+            "stage2/val/latent_shared/rna": 0.3,
+            "stage2/val/latent_shared/shared:atac+rna/rna": 8.4,
+            "stage2/val/latent_shared/joint": 5.0,
+        }
+        assert not warn_if_diverged(2, [], regions)
+    with pytest.warns(
+        VennCellInputWarning, match=r"Stage 2 failed.*\['protein'\] place.*lr_encoder"
+    ):
+        warn_if_diverged(
+            2,
+            rows(2, [6.6, 6.5]),
+            {"stage2/val/latent_shared/rna": 1.2, "stage2/val/latent_shared/protein": 2.5},
+        )
+
+
+def test_an_encoder_learning_rate_far_too_high_is_reported(tmp_path, tiny_mdata):
+    mdata = tiny_mdata.copy()
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=3, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
+    with pytest.warns(VennCellInputWarning, match="Stage 2 failed.*lr_encoder"):
+        model.train(
+            run_dir=tmp_path,
+            stage1_epochs=2,
+            stage2_epochs=3,
+            lr_encoder=50.0,
+            progress_bar="none",
+        )
+
+
+def test_lr_anneal_sets_the_optimisers_rates_and_a_resume_must_keep_it(tmp_path, tiny_mdata):
+    from lightning.pytorch.callbacks import Callback
+
+    class Rates(Callback):
+        seen: list = []
+
+        def on_train_batch_end(self, trainer, plan, outputs, batch, batch_idx):
+            if plan.stage == 1:
+                nets, rows = plan.optimizers(use_pl_optimizer=False)
+                self.seen.append((nets.param_groups[0]["lr"], rows.param_groups[0]["lr"]))
+
+    mdata = tiny_mdata.copy()
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=3, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
+    settings = dict(stage1_epochs=4, stage2_epochs=1, lr_anneal=0.5, progress_bar="none")
+    model.train(run_dir=tmp_path, trainer_kwargs={"callbacks": [Rates()]}, **settings)
+    nets, rows = zip(*Rates.seen)
+    assert nets[0] == pytest.approx(1e-3) and rows[0] == pytest.approx(3e-2)  # full rates first
+    assert nets[-1] < 1e-4 and rows[-1] < 3e-3  # nearly 0 at the end
+    # the rates of every step after the start depend on it: a resume without it is refused, not run at the
+    # checkpoint's annealed rates
+    with pytest.raises(VennCellInputError, match="lr_anneal"):
+        model.check_resume(tmp_path, **{**settings, "lr_anneal": 0.0})

@@ -27,14 +27,16 @@ def cell_modality_weights(
     reference: np.ndarray,
     cells: np.ndarray | None = None,
     batch_size: int = 1024,
+    population: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """``cells`` (default all) x modalities weights (rows sum to 1) from ``reference``, those cells' fitted
-    shared latents."""
+    shared latents; ``population`` (default ``reference``): the latents whose mean is the baseline."""
     cells = np.arange(data.n_cells) if cells is None else np.asarray(cells)
     module.eval()
     # the baseline: the population's mean latent (other cells' latents would favour the cell's own latent when
     # refinement fitted it to noise)
-    mean_latent = torch.as_tensor(np.nanmean(reference, axis=0), dtype=torch.float32)
+    population = reference if population is None else population
+    mean_latent = torch.as_tensor(np.nanmean(population, axis=0), dtype=torch.float32)
     gains = np.zeros((len(cells), len(module.modalities)))
     present = np.zeros_like(gains, dtype=bool)
     pos = 0

@@ -54,6 +54,7 @@ from venncell.data.validate import (
     VennCellInputWarning,
     check_range,
     config_from,
+    user_stacklevel,
 )
 from venncell.module.embed import embed_cells
 from venncell.module.regions import block_key, region_name
@@ -207,7 +208,7 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
                 f"predict_min; for firmer ones train with a larger validation_fraction (this model's: "
                 f"{1 - np.mean(is_train):.2g}) or on more cells.",
                 VennCellInputWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
     else:
         cells, where = np.flatnonzero(complete), "training (in-sample)"
@@ -217,7 +218,7 @@ def _cells(data, is_train, mods, cfg, rng) -> tuple[np.ndarray, str]:
             f"train on more cells measured with every modality or with a validation_fraction above this "
             f"model's {1 - np.mean(is_train):.2g}.",
             VennCellInputWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if len(cells) < MIN_CELLS:
         raise VennCellInputError(

@@ -47,14 +47,19 @@ def make_loggers(cfg: DictConfig, run_dir: Path):
     kind = cfg.logger.kind
     if kind == "none":
         return False
-    if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import CSVLogger
 
-        return lambda stage: CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
+    def csv(stage: str) -> CSVLogger:
+        return CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
+
+    if kind == "csv":
+        return csv
     if kind == "wandb":  # one W&B run for both stages; wandb is imported only here
         from venncell.cli.tracking import wandb_logger_factory
 
-        return wandb_logger_factory(cfg, run_dir)
+        wandb = wandb_logger_factory(cfg, run_dir)
+        # the CSV logs too: every run has logs/<stage>/metrics.csv (README), and resume keeps them
+        return lambda stage: [wandb(stage), csv(stage)]
     raise VennCellInputError(
         f"logger.kind={kind!r} is not known; use logger=csv, logger=wandb or logger=none."
     )
@@ -127,6 +132,20 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if history.get("ddp", {}).get("global_rank", 0) != 0:
         # a DDP worker (Lightning re-ran this command for it): rank 0 holds the gathered model and writes outputs
         return {"history": history, "model": repr(model)}
+    for stage in (
+        "stage1",
+        "stage2",
+    ):  # the log holds the end of training too, not only the progress bars
+        got = history.get(stage, {})
+        log.info(
+            "%s: training loss %s, held-out loss %s (%.0f s)",
+            stage,
+            *(
+                f"{got[k]:.4g}" if k in got else "-"
+                for k in (f"{stage}/train/loss_epoch", f"{stage}/val/loss")
+            ),
+            history.get("wall_time_s", {}).get(stage, float("nan")),
+        )
     model.save(run_dir / "model")
     model.write_latents()
     metrics = {"history": history, "model": repr(model)}
@@ -192,6 +211,7 @@ def _write_latents_file(mdata, run_dir: Path, backed: bool) -> None:
         latents = ad.AnnData(
             obs=mdata.obs[[]].assign(venn_split=mdata.obs["venn_split"]),
             obsm={k: v for k, v in mdata.obsm.items() if k.startswith("X_venn")},
+            uns={k: mdata.uns[k] for k in ("venncell_latents",) if k in mdata.uns},
         )
         # AnnData.write writes .h5ad: the same temporary file and rename
         atomic_write(latents, run_dir / "venn_latents.h5ad")
@@ -236,6 +256,7 @@ def _check_history_objective(key, modalities: list[str]) -> None:
             losses.RECON_SHARED_ONLY,
             losses.CONSISTENCY,
             losses.INDEPENDENCE,
+            losses.PRIOR,
         ],
         "stage2": [
             losses.RECON,
@@ -245,7 +266,10 @@ def _check_history_objective(key, modalities: list[str]) -> None:
         ],
     }
     terms = {
-        stage: ["loss", *(["recon", "shared_only"] if stage == "stage2" else [])]
+        stage: [
+            "loss",
+            *(["recon", "shared_only"] if stage == "stage2" else [f"{losses.PRIOR}/shared"]),
+        ]
         + [f"{k}/{m}" for k in kinds for m in modalities]
         for stage, kinds in per_modality.items()
     }

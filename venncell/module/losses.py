@@ -14,6 +14,8 @@ CONSISTENCY = "consistency"  # 1 - R^2 of the shared latent from this modality's
 INDEPENDENCE = "independence"  # normalised HSIC between the shared and this private block
 LATENT_SHARED = "latent_shared"  # stage 2: 1 - R^2 of the stage-1 shared latent from this encoder
 LATENT_PRIVATE = "latent_private"  # stage 2: the same for the modality's private latent
+PRIOR = "prior"  # stage 1: the pull to the prior, KL(q || N(0, I)) or |z|^2, before its weight; per block
+# ("shared", a modality's private block, a region's "shared:<a>+<b>")
 JOINT = "joint"  # the joint encoder, in place of a modality name
 
 

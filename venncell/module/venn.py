@@ -21,6 +21,7 @@ from venncell.module.losses import (
     JOINT,
     LATENT_PRIVATE,
     LATENT_SHARED,
+    PRIOR,
     RECON,
     RECON_SHARED_ONLY,
     LossOutput,
@@ -383,12 +384,16 @@ class VennModule(nn.Module):
         z_s, z_p = self.latents(idx)
         terms: dict[Term, torch.Tensor] = {}
         zs_in, prior = self._read_and_prior("shared", z_s, idx, noise)
-        total = self.prior_weight * prior.mean()
+        terms[Term(PRIOR, "shared")] = prior.mean()
+        total = self.prior_weight * terms[Term(PRIOR, "shared")]
         z_r = self.region_latents(idx)
         zr_in = {}
         for r, z in z_r.items():
             zr_in[r], prior = self._read_and_prior(r, z, idx, noise)
-            total = total + self.prior_weight * _masked_mean(prior, self.region_mask(batch, r))
+            pulled = terms[Term(PRIOR, block_key(r))] = _masked_mean(
+                prior, self.region_mask(batch, r)
+            )
+            total = total + self.prior_weight * pulled
         k_shared = None
         for m in self.modalities:
             mask, present = batch.mask[m], batch.count(m)
@@ -402,7 +407,8 @@ class VennModule(nn.Module):
             raw = self.decode_raw(m, zs_in, zp_in, batch, z_regions=zr_in)
             rec = _masked_mean(self.nll(m, raw, batch), mask)
             terms[Term(RECON, m)] = rec
-            total = total + w * rec + self.private_prior_weight * _masked_mean(prior, mask)
+            pulled = terms[Term(PRIOR, m)] = _masked_mean(prior, mask)
+            total = total + w * rec + self.private_prior_weight * pulled
             if cfg.shared_only_weight > 0 and not self.shared_decoders_in_stage2:
                 rec_s = terms[Term(RECON_SHARED_ONLY, m)] = self._shared_only_nll(
                     m, zs_in, batch, mask

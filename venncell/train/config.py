@@ -14,7 +14,7 @@ PRECISIONS = ("32-true", "32")
 PROGRESS_BARS = ("rich", "tqdm", "none")
 
 # Host-bound GPU steps cost about the same at 1,024 cells as at 128, so large data take larger batches; a latent row
-# moves once per epoch at any batch size, and quality held well below 50 batches per epoch (experiments/batch_size).
+# moves once per epoch at any batch size, and quality holds with fewer than 50 batches per epoch (experiments/batch_size).
 SMALLEST_BATCH, LARGEST_BATCH, BATCHES_PER_EPOCH = 128, 1024, 50
 STRATEGIES = ("auto", "ddp")
 
@@ -42,6 +42,9 @@ class TrainConfig:
     lr_network, lr_latent, lr_encoder
         Learning rates of the networks, of the per-cell latent tables (row-wise Adam: a row moves about ``lr`` per
         epoch) and of the stage-2 encoders.
+    lr_anneal
+        Fraction of stage 1's epochs, at its end, over which the networks' and latent tables' learning rates fall
+        to 0 (a cosine): the per-cell latents settle rather than end on their last noisy step. 0: constant rates.
     grad_clip
         Clip of the networks' gradient norm (0 = off).
     seed
@@ -82,6 +85,7 @@ class TrainConfig:
     lr_network: float = 1e-3
     lr_latent: float = 3e-2
     lr_encoder: float = 1e-3
+    lr_anneal: float = 0.0
     grad_clip: float = 10.0
     seed: int = 0
     accelerator: str = "cpu"
@@ -117,6 +121,7 @@ class TrainConfig:
         for name in ("lr_network", "lr_latent", "lr_encoder"):
             check_range(f"trainer.{name}", getattr(self, name), 0.0)
         check_range("trainer.grad_clip", self.grad_clip, 0.0)
+        check_range("trainer.lr_anneal", self.lr_anneal, 0.0, 1.0)
         if self.num_threads is not None:
             check_range("trainer.num_threads", self.num_threads, 1, integer=True)
         if str(self.precision) not in PRECISIONS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 
@@ -51,6 +53,9 @@ class _Plan(L.LightningModule):
         # one row per epoch: its training means and, where validation ran, its held-out values (kept in the
         # checkpoints, so a resumed stage has the rows before them); VennCell.epoch_history reads them
         self.epoch_rows: list[dict] = []
+        # the loss of the first step (kept in the checkpoints): what a stage that blew up in its first epoch, and
+        # so has no lower epoch, is compared with (schedule.warn_if_diverged)
+        self.first_loss: torch.Tensor | float | None = None
         self._validated = False
         # Read by torch's DistributedDataParallel (which Lightning's DDP strategy builds around this plan): the
         # latent tables (O(cells) rows) are never all-reduced or broadcast by DDP — stage 1 shards them by rank
@@ -186,6 +191,10 @@ class _Plan(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.epoch_rows = list(checkpoint.get("venncell_epoch_rows") or [])
+        self.first_loss = checkpoint.get("venncell_first_loss")
+
+    def first_loss_value(self) -> float | None:
+        return float(self.first_loss) if self.first_loss is not None else None
 
     fingerprint: dict | None = (
         None  # the run's (venncell.train.safety.fingerprint), saved with every checkpoint
@@ -205,6 +214,7 @@ class _Plan(L.LightningModule):
         checkpoint["venncell_fingerprint"] = self.fingerprint
         checkpoint["venncell_epoch_row"] = getattr(self, "_epoch_row", None)
         checkpoint["venncell_epoch_rows"] = self.epoch_rows
+        checkpoint["venncell_first_loss"] = self.first_loss_value()
         if (
             self._trainer is not None
         ):  # the logs of the epochs a checkpoint covers are on disk with it
@@ -231,8 +241,10 @@ class Stage1Plan(_Plan):
         grad_clip: float = 10.0,
         seed: int = 0,
         chunk_size: int | None = None,
+        lr_anneal: float = 0.0,
     ):
         super().__init__(module, seed)
+        self.lr_anneal = lr_anneal
         self.chunk_size = (
             chunk_size  # backed data: DDP ranks own whole reader chunks (owned_cells)
         )
@@ -328,6 +340,11 @@ class Stage1Plan(_Plan):
                 out_v = self.module.stage1_loss(held_out, leakage=leakage)
             self._record(out_v, "stage1/val", "held-out", n_held, on_step=False)
             total = total + out_v.loss * (n_held / (n_train + n_held))
+        if self.lr_anneal:
+            scale = self._anneal_scale(batch_idx)
+            for opt, base in ((opt_net, self.lr_network), (opt_lat, self.lr_latent)):
+                for group in opt.optimizer.param_groups:
+                    group["lr"] = base * scale
         opt_net.zero_grad()
         opt_lat.zero_grad()
         self.manual_backward(total)
@@ -335,7 +352,25 @@ class Stage1Plan(_Plan):
             torch.nn.utils.clip_grad_norm_(self._network_params, self.grad_clip)
         opt_net.step()  # a no-op without training cells (no network gradient), but Lightning counts it
         opt_lat.step()
+        if self.first_loss is None and self.current_epoch == 0 and batch_idx == 0:
+            self.first_loss = total.detach()  # read back once, when the stage ends
         return total.detach()
+
+    def _anneal_scale(self, batch_idx: int) -> float:
+        """The learning rates' factor at this step: 1, then a cosine to 0 over the last ``lr_anneal`` of the epochs,
+        so the per-cell latents settle instead of ending on their last noisy step. A function of the epoch, the
+        batch and the number of epochs alone, so a run resumed with the same settings continues on the same curve."""
+        trainer = self.trainer
+        n_batches = (
+            max(1, int(trainer.num_training_batches))
+            if trainer.num_training_batches != float("inf")
+            else 1
+        )
+        progress = (self.current_epoch + batch_idx / n_batches) / max(1, trainer.max_epochs)
+        start = 1.0 - self.lr_anneal
+        if progress <= start:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - start) / self.lr_anneal)))
 
 
 class Stage2Plan(_Plan):
@@ -367,6 +402,13 @@ class Stage2Plan(_Plan):
         if "shared_decoders" in groups:  # decoders trained without weight decay, as in stage 1
             params.append({"params": groups["shared_decoders"], "weight_decay": 0.0})
         return fused_adam(torch.optim.AdamW, params, lr=self.lr)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        # the last epoch always validates, inside it: the final held-out scores are the epoch's own (in its
+        # history row, its CSV row and the stage's metrics), whatever check_val_every_n_epoch skips
+        if self.current_epoch == self.trainer.max_epochs - 1:
+            self.trainer.check_val_every_n_epoch = 1
 
     def training_step(self, batch, batch_idx):
         out = self.module.stage2_loss(batch)

@@ -103,6 +103,10 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
         for k, v in _declared(train_cfg).items()
         if k in ("batch_size", "lr_network", "lr_latent", "lr_encoder", "grad_clip", "seed")
     }
+    if (
+        train_cfg.lr_anneal
+    ):  # it sets the rates of every step after its start (absent when off: older runs resume)
+        settings["lr_anneal"] = float(train_cfg.lr_anneal)
     # the chunked sampler draws other batches with another chunk size, or without one (in memory)
     if getattr(data, "chunk_size", None) is not None:
         settings["chunk_size"] = data.chunk_size

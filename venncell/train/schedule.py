@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +24,7 @@ from venncell.data.dataset import MultiModalData, batch_loader, cell_batches, ma
 from venncell.data.files import atomic_write_text
 from venncell.data.resident import ResidentBatches, ResidentCells, fits_on
 from venncell.data.samplers import RankBatches
-from venncell.data.validate import VennCellInputError
+from venncell.data.validate import VennCellInputError, VennCellInputWarning, user_stacklevel
 from venncell.module.embed import fit_mix_weights
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
@@ -161,7 +161,7 @@ def _strategy(cfg: TrainConfig):
 
 
 # A checkpoint is written at an epoch's end once the training since the last one took at least this many times as
-# long as writing it did: at most ~5% of the time goes to checkpoints (on small data a write every epoch cost more
+# long as writing it did: at most ~5% of the time goes to checkpoints (on small data a write every epoch costs more
 # than that), and a kill loses at most one epoch or ~20 writes' worth of training.
 CHECKPOINT_SPACING = 20.0
 
@@ -412,6 +412,8 @@ def run_two_stage(
         )
         # Lightning's own use of a torch API torch deprecates: nothing a user can change
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        # every term is logged as its epoch mean whatever the step interval: small data need no other setting
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
         return _run_two_stage(module, data, is_train, cfg, Path(run_dir), loggers, resume)
 
 
@@ -459,7 +461,13 @@ def _run_two_stage(
     all_idx = np.arange(data.n_cells)
 
     plan1 = Stage1Plan(
-        module, cfg.lr_network, cfg.lr_latent, cfg.grad_clip, cfg.seed, data.chunk_size
+        module,
+        cfg.lr_network,
+        cfg.lr_latent,
+        cfg.grad_clip,
+        cfg.seed,
+        data.chunk_size,
+        cfg.lr_anneal,
     )
     plan1.fingerprint = expected
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
@@ -468,6 +476,7 @@ def _run_two_stage(
         log.warning("resume: %s holds no checkpoint of this run; training starts afresh.", run_dir)
     if resume:
         _keep_csv_history(trainer1, step1, row1)
+    _log_settings(trainer1, module, cfg)  # after: a CSV logger's first use starts its files afresh
     t0 = time.perf_counter()
     resident = _resident(cfg, data, trainer1)
     # every cell, in row order: RankBatches' shard positions are then exactly the rows Stage1Plan gathers
@@ -484,6 +493,7 @@ def _run_two_stage(
         "wall_time_s": {"stage1": seconds1},
         "epochs": {"stage1": plan1.epoch_rows},
     }
+    diverged = warn_if_diverged(1, plan1.epoch_rows, got1, plan1.first_loss_value())
     t0 = time.perf_counter()
 
     plan2 = Stage2Plan(module, cfg.lr_encoder, seed=cfg.seed)
@@ -508,20 +518,109 @@ def _run_two_stage(
         ckpt2, step2, row2 = None, 0, None
     if resume:
         _keep_csv_history(trainer2, step2, row2)
+    _log_settings(trainer2, module, cfg)
     module.train()
     with stop_on_signals(stopper, run_dir):
         trainer2.fit(plan2, train_dataloaders=train2, val_dataloaders=val_loader, ckpt_path=ckpt2)
-        if val_loader is not None:
-            trainer2.validate(plan2, dataloaders=val_loader, verbose=False)
     metrics["stage2"], metrics["wall_time_s"]["stage2"] = _stage_metrics(
         trainer2, run_dir, "stage2", time.perf_counter() - t0, ckpt2 is not None, step2
     )
     metrics["epochs"]["stage2"] = plan2.epoch_rows
+    # encoders fitted to diverged latents fail too, and lowering lr_encoder would not help
+    if not diverged:
+        held_out = {m: int(data.present(m)[val_idx].sum()) for m in module.modalities}
+        warn_if_diverged(2, plan2.epoch_rows, metrics["stage2"], held_out=held_out)
     fit_mix_weights(module, data, train_idx, seed=cfg.seed)
     if trainer2.world_size > 1:
         metrics["ddp"] = {"world_size": trainer2.world_size, "global_rank": trainer2.global_rank}
     module.eval()
     return metrics
+
+
+def _log_settings(trainer: L.Trainer, module: VennModule, cfg: TrainConfig) -> None:
+    """The model's and the training's settings, to every logger of the stage (W&B's run config, CSVLogger's
+    hparams.yaml), as scvi-tools' plans log their hyperparameters."""
+    if not trainer.loggers:
+        return
+    # flat "model/<field>" keys: a run config of its own (the command line's nested one) stays as it is
+    settings = {f"model/{k}": v for k, v in asdict(module.cfg).items()}
+    # trainer_kwargs may hold objects (callbacks)
+    settings |= {f"trainer/{k}": v for k, v in asdict(cfg).items() if k != "trainer_kwargs"}
+    settings = {
+        k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+        for k, v in settings.items()
+    }
+    for logger in trainer.loggers:
+        logger.log_hyperparams(settings)
+
+
+# Stage 1: a loss that ends above its lowest (an epoch's mean, or its first step's) by more than this fraction of
+# that loss's size, or of its fall before it, has diverged: a healthy stage 1 only falls (no term of its objective
+# ramps up), and a finite blow-up gives no NaN to stop at. Measured from the loss's own scale, as Gaussian NLLs can
+# be negative.
+DIVERGED_RISE = 0.5
+# Stage 2: an encoder whose held-out error is this many times that of predicting the mean latent has failed; a
+# barely trained one is near 1. Its loss is no guide there: with partly paired data an epoch's mean moves with how
+# many batches hold a modality's cells.
+ENCODERS_LOST = 2.0
+# the held-out cells with a modality its encoder's score needs before it is read
+MIN_HELD_OUT = 20
+RATES = {1: "lr_latent and lr_network", 2: "lr_encoder"}
+
+
+def warn_if_diverged(
+    stage: int,
+    rows: list[dict],
+    metrics: dict,
+    first_loss: float | None = None,
+    held_out: dict[str, int] | None = None,
+) -> bool:
+    """Warn, naming the fix, when stage 1's training loss ended well above its lowest (``first_loss``: its first
+    step's) or a stage-2 encoder places the held-out cells' shared latents far worse than their mean would (read
+    where ``held_out``, the held-out cells per modality, counts at least ``MIN_HELD_OUT``); True when it warned."""
+    problems = []
+    if stage == 1:
+        key = "stage1/train/loss_epoch"
+        losses = [(f"epoch {r['epoch']}", r[key]) for r in rows if np.isfinite(r.get(key, np.nan))]
+        if first_loss is not None and np.isfinite(first_loss):
+            losses.insert(0, ("its first step", first_loss))
+        if len(losses) > 1:
+            where, best = min(losses, key=lambda t: t[1])
+            first, last = losses[0][1], losses[-1][1]
+            if last - best > DIVERGED_RISE * max(abs(best), first - best):
+                problems.append(
+                    f"its training loss ended at {last:.4g}, above its lowest ({best:.4g}, {where})"
+                )
+    else:
+        prefix = "stage2/val/latent_shared/"
+        unexplained = {
+            k[len(prefix) :]: v
+            for k, v in metrics.items()
+            # a modality's own encoder: not a region's block ("shared:a+b/m") or the joint encoder
+            if k.startswith(prefix) and "/" not in k[len(prefix) :] and k[len(prefix) :] != "joint"
+        }
+        counts = held_out or {}
+        lost = sorted(
+            m
+            for m, v in unexplained.items()
+            if np.isfinite(v)
+            and v >= ENCODERS_LOST
+            and counts.get(m, MIN_HELD_OUT) >= MIN_HELD_OUT
+        )
+        if lost:
+            problems.append(
+                f"the encoders of {lost} place the held-out cells' shared latents worse than their mean would "
+                f"(fraction not explained {', '.join(f'{unexplained[m]:.3g}' for m in lost)})"
+            )
+    if problems and rank_zero_only.rank == 0:
+        warnings.warn(
+            f"Stage {stage} failed: {'; and '.join(problems)}. Its latents and any new cells' embeddings are not "
+            f"to be trusted. Train again with lower learning rates ({RATES[stage]}) or, where the losses were "
+            "still falling, more epochs (model.epoch_history() shows the losses by epoch).",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return bool(problems)
 
 
 def _stage_metrics(
