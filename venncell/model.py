@@ -1040,10 +1040,13 @@ class VennCell:
         An ``AttributionResult``; ``.markers`` holds the verdicts.
         """
         from venncell.analysis.attribution import attribute
+        from venncell.analysis.writers import training_summary
 
         self._require_trained()
         data = self._require_data("attribute features and markers")
-        return attribute(self.module, data, self.mdata, markers, **kwargs)
+        result = attribute(self.module, data, self.mdata, markers, **kwargs)
+        result.training = training_summary(self.history or {})
+        return result
 
     def check_markers(self, markers) -> None:
         """Raise the error ``attribution(markers)`` would give for a marker it cannot find (unknown, ambiguous),

@@ -51,6 +51,15 @@ def test_report_outputs(report_run):
     assert markers["verdict"].notna().all()
     js = json.loads((out / "attribution.json").read_text())
     assert {"modalities", "markers", "marker_scores", "dimensions", "top_features"} <= set(js)
+    # how the model trained, read from the saved model by venncell-report: epochs and losses of both stages
+    assert (
+        js["training"]["stage1"]["epochs"] > 0
+        and js["training"]["stage2"]["held_out_loss"] is not None
+    )
+    assert (
+        not js["training"]["stage1"]["failed"]
+        and "<h2>Training</h2>" in (out / "report.html").read_text()
+    )
     for m in ("rna", "protein", "atac"):
         assert (out / f"attribution_features_{m}.csv").exists()
     mdata = md.read_h5mu(str(out / "venn.h5mu"))
@@ -199,3 +208,24 @@ def test_an_undefined_marker_association_shows_as_a_dash():
     )
     html = "".join(_direction_marker_table(SimpleNamespace(direction_markers=a)))
     assert "nan" not in html.lower() and "–" in html and "0.50" in html
+
+
+def test_a_failed_training_is_said_before_the_verdicts():
+    """A model whose training diverged got a report of confident verdicts with no word of it."""
+    from venncell.analysis.report import _training
+    from venncell.analysis.writers import training_summary
+
+    history = {
+        "stage1": {"stage1/train/loss_epoch": 120.7, "stage1/val/loss": 130.0},
+        "stage2": {"stage2/train/loss_epoch": 6.3, "stage2/val/loss": 6.0},
+        "epochs": {"stage1": [{"epoch": i} for i in range(8)], "stage2": [{"epoch": 0}]},
+        "wall_time_s": {"stage1": 3.0, "stage2": 1.0},
+        "failed": {
+            "stage1": "its training loss ended at 120.7, above its lowest (39.42, epoch 0)"
+        },
+    }
+    summary = training_summary(history)
+    assert summary["stage1"]["epochs"] == 8 and summary["stage2"]["failed"] == ""
+    html = "".join(_training(summary))
+    assert "class='warn'><b>stage1 failed</b>: its training loss ended at 120.7" in html
+    assert "stage2 failed" not in html and "120.7000" in html

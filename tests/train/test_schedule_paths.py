@@ -216,18 +216,17 @@ def test_a_finite_blow_up_is_called_a_failure_with_the_fix():
         )
 
 
-def test_an_encoder_learning_rate_far_too_high_is_reported(tmp_path, tiny_mdata):
-    mdata = tiny_mdata.copy()
+def _train_tiny(mdata, run_dir, **settings) -> VennCell:
+    mdata = mdata.copy()
     VennCell.setup_mudata(mdata)
     model = VennCell(mdata, shared_dim=3, private_dim=2, hidden=32, encoder_hidden=32, seed=0)
+    model.train(run_dir=run_dir, progress_bar="none", **settings)
+    return model
+
+
+def test_an_encoder_learning_rate_far_too_high_is_reported(tmp_path, tiny_mdata):
     with pytest.warns(VennCellInputWarning, match="Stage 2 failed.*lr_encoder"):
-        model.train(
-            run_dir=tmp_path,
-            stage1_epochs=2,
-            stage2_epochs=3,
-            lr_encoder=50.0,
-            progress_bar="none",
-        )
+        _train_tiny(tiny_mdata, tmp_path, stage1_epochs=2, stage2_epochs=3, lr_encoder=50.0)
 
 
 def test_lr_anneal_sets_the_optimisers_rates_and_a_resume_must_keep_it(tmp_path, tiny_mdata):
@@ -253,3 +252,14 @@ def test_lr_anneal_sets_the_optimisers_rates_and_a_resume_must_keep_it(tmp_path,
     # checkpoint's annealed rates
     with pytest.raises(VennCellInputError, match="lr_anneal"):
         model.check_resume(tmp_path, **{**settings, "lr_anneal": 0.0})
+
+
+def test_a_failed_stage_1_is_reported_and_stage_2_not_blamed(tmp_path, tiny_mdata):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _train_tiny(
+            tiny_mdata, tmp_path, stage1_epochs=6, stage2_epochs=2, lr_network=10.0
+        )
+    failed = [str(w.message) for w in caught if "failed:" in str(w.message)]
+    assert len(failed) == 1 and failed[0].startswith("Stage 1 failed"), failed
+    assert list(model.history["failed"]) == ["stage1"]  # kept with the model, for its report

@@ -33,6 +33,7 @@ th{background:#f3f3f3}
 img{max-width:100%;display:block;margin:10px 0} .note{color:#555;font-size:.9em}
 .verdict-shared{color:#3b75af;font-weight:600} .verdict-specific{color:#c8570b;font-weight:600}
 .verdict-partly{color:#7a4ea3;font-weight:600} .verdict-not{color:#888}
+.warn{background:#fdecea;border-left:4px solid #c0392b;padding:6px 10px}
 """
 
 
@@ -80,6 +81,7 @@ def render_html(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
         f"</head><body><h1>{_e(title)}</h1>",
         _intro(result),
+        *_training(result.training),
     ]
     parts += [
         "<h2>Venn summary per modality</h2>",
@@ -157,6 +159,29 @@ def _intro(result: AttributionResult) -> str:
         "the shared fraction of a feature is EV(shared-only) / EV(full decoder), the private fraction its "
         f"complement. Intervals: {100 * cfg.ci:.0f} % bootstrap over cells ({cfg.n_boot} draws).</p>"
     )
+
+
+def _training(training: dict) -> list[str]:
+    """How the model trained; a failed stage is said first, as every verdict below is read from the model."""
+    if not training:
+        return []
+    out = ["<h2>Training</h2>"]
+    failed = [(s, t["failed"]) for s, t in training.items() if t.get("failed")]
+    for stage, why in failed:
+        out.append(
+            f"<p class='warn'><b>{_e(stage)} failed</b>: {_e(why)}. The tables below are read from this model; "
+            "train it again (lower learning rates) before trusting them.</p>"
+        )
+    rows = "".join(
+        f"<tr><td>{_e(s)}</td><td>{t['epochs']}</td><td>{_fmt(t['training_loss'], 4)}</td>"
+        f"<td>{_fmt(t['held_out_loss'], 4)}</td><td>{_fmt(t['seconds'], 0)}</td></tr>"
+        for s, t in training.items()
+    )
+    out.append(
+        "<table><tr><th>stage</th><th>epochs</th><th>last training loss</th><th>held-out loss</th>"
+        f"<th>seconds</th></tr>{rows}</table>"
+    )
+    return out
 
 
 def _verdict_rule(cfg) -> str:

@@ -38,6 +38,8 @@ class AttributionResult:
     marker_values: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     # Per analysed cell, each modality's weight in its shared latent (venncell.analysis.cell_weights).
     cell_weights: pd.DataFrame | None = field(repr=False, default=None)
+    # How the model trained (training_summary): per stage its epochs, last losses, wall time, and why it failed.
+    training: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready summary (per-feature tables are in the CSVs only: they can be large)."""
@@ -52,6 +54,7 @@ class AttributionResult:
             "regions": _records(self.regions),
             "components": _records(self.components),
             "direction_markers": _records(self.direction_markers),
+            "training": self.training,
         }
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -94,6 +97,24 @@ def concat_frames(frames: list[pd.DataFrame], first: list[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=first)
     df = pd.concat(frames, ignore_index=True)
     return df[first + [c for c in df.columns if c not in first]]
+
+
+def training_summary(history: dict) -> dict:
+    """Per stage of ``VennCell.train``'s history: its epochs, last training and held-out loss, wall time and, where
+    it failed (``venncell.train.schedule.warn_if_diverged``), why."""
+    out = {}
+    for stage in ("stage1", "stage2"):
+        last = history.get(stage) or {}
+        if not last:
+            continue
+        out[stage] = {
+            "epochs": len((history.get("epochs") or {}).get(stage) or []),
+            "training_loss": last.get(f"{stage}/train/loss_epoch"),
+            "held_out_loss": last.get(f"{stage}/val/loss"),
+            "seconds": (history.get("wall_time_s") or {}).get(stage),
+            "failed": (history.get("failed") or {}).get(stage, ""),
+        }
+    return out
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

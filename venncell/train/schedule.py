@@ -493,7 +493,7 @@ def _run_two_stage(
         "wall_time_s": {"stage1": seconds1},
         "epochs": {"stage1": plan1.epoch_rows},
     }
-    diverged = warn_if_diverged(1, plan1.epoch_rows, got1, plan1.first_loss_value())
+    failed = {"stage1": warn_if_diverged(1, plan1.epoch_rows, got1, plan1.first_loss_value())}
     t0 = time.perf_counter()
 
     plan2 = Stage2Plan(module, cfg.lr_encoder, seed=cfg.seed)
@@ -527,9 +527,13 @@ def _run_two_stage(
     )
     metrics["epochs"]["stage2"] = plan2.epoch_rows
     # encoders fitted to diverged latents fail too, and lowering lr_encoder would not help
-    if not diverged:
+    if not failed["stage1"]:
         held_out = {m: int(data.present(m)[val_idx].sum()) for m in module.modalities}
-        warn_if_diverged(2, plan2.epoch_rows, metrics["stage2"], held_out=held_out)
+        failed["stage2"] = warn_if_diverged(
+            2, plan2.epoch_rows, metrics["stage2"], held_out=held_out
+        )
+    # kept with the model: the report says so beside verdicts read from it
+    metrics["failed"] = {stage: why for stage, why in failed.items() if why}
     fit_mix_weights(module, data, train_idx, seed=cfg.seed)
     if trainer2.world_size > 1:
         metrics["ddp"] = {"world_size": trainer2.world_size, "global_rank": trainer2.global_rank}
@@ -574,10 +578,11 @@ def warn_if_diverged(
     metrics: dict,
     first_loss: float | None = None,
     held_out: dict[str, int] | None = None,
-) -> bool:
+) -> str:
     """Warn, naming the fix, when stage 1's training loss ended well above its lowest (``first_loss``: its first
     step's) or a stage-2 encoder places the held-out cells' shared latents far worse than their mean would (read
-    where ``held_out``, the held-out cells per modality, counts at least ``MIN_HELD_OUT``); True when it warned."""
+    where ``held_out``, the held-out cells per modality, counts at least ``MIN_HELD_OUT``); what failed ("" if
+    nothing did)."""
     problems = []
     if stage == 1:
         key = "stage1/train/loss_epoch"
@@ -612,15 +617,16 @@ def warn_if_diverged(
                 f"the encoders of {lost} place the held-out cells' shared latents worse than their mean would "
                 f"(fraction not explained {', '.join(f'{unexplained[m]:.3g}' for m in lost)})"
             )
+    why = "; and ".join(problems)
     if problems and rank_zero_only.rank == 0:
         warnings.warn(
-            f"Stage {stage} failed: {'; and '.join(problems)}. Its latents and any new cells' embeddings are not "
+            f"Stage {stage} failed: {why}. Its latents and any new cells' embeddings are not "
             f"to be trusted. Train again with lower learning rates ({RATES[stage]}) or, where the losses were "
             "still falling, more epochs (model.epoch_history() shows the losses by epoch).",
             VennCellInputWarning,
             stacklevel=user_stacklevel(),
         )
-    return bool(problems)
+    return why
 
 
 def _stage_metrics(
