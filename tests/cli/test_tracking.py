@@ -174,3 +174,17 @@ def test_a_python_logger_gets_the_settings_and_every_term(tmp_path, tiny_mdata):
     columns = pd.read_csv(tmp_path / "logs" / "stage1" / "metrics.csv").columns
     assert {"stage1/train/prior/shared_epoch", "stage1/train/prior/rna_epoch"} <= set(columns)
     assert "stage1/train/prior/shared_epoch" in model.epoch_history("stage1").columns
+
+
+@pytest.mark.parametrize("bar", ["rich", "tqdm"])
+def test_progress_bars_name_the_stage(tiny_mdata, tmp_path, capsys, bar):
+    """Both stages count their epochs from 0: the bars read "Epoch 0/N" twice with no word of which stage."""
+    from venncell import VennCell
+
+    mdata = tiny_mdata.copy()
+    VennCell.setup_mudata(mdata)
+    model = VennCell(mdata, shared_dim=3, private_dim=2, hidden=32, encoder_hidden=32)
+    model.train(run_dir=tmp_path, stage1_epochs=1, stage2_epochs=1, progress_bar=bar)
+    shown = capsys.readouterr()
+    text = shown.out + shown.err
+    assert "Stage 1" in text and "Stage 2" in text

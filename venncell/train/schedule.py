@@ -76,11 +76,17 @@ class _BarMetrics:
 
 
 class _RichBar(_BarMetrics, RichProgressBar):
-    pass
+    def _get_train_description(self, current_epoch: int) -> str:
+        # both stages count their own epochs from 0: say which one this is
+        return f"Stage {self.trainer.lightning_module.stage} {super()._get_train_description(current_epoch)}"
 
 
 class _TQDMBar(_BarMetrics, TQDMProgressBar):
-    pass
+    def on_train_epoch_start(self, trainer, pl_module, *args):
+        super().on_train_epoch_start(trainer, pl_module, *args)
+        self.train_progress_bar.set_description(
+            f"Stage {pl_module.stage} epoch {trainer.current_epoch}"
+        )
 
 
 def _progress(kind: str) -> list[Callback]:
