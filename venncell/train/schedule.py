@@ -569,12 +569,12 @@ def _log_settings(trainer: L.Trainer, module: VennModule, cfg: TrainConfig) -> N
 # ramps up), and a finite blow-up gives no NaN to stop at. Measured from the loss's own scale, as Gaussian NLLs can
 # be negative.
 DIVERGED_RISE = 0.5
-# Stage 2: an encoder whose held-out error is this many times that of predicting the mean latent has failed; a
-# barely trained one is near 1. Its loss is no guide there: with partly paired data an epoch's mean moves with how
-# many batches hold a modality's cells.
-ENCODERS_LOST = 2.0
-# the held-out cells with a modality its encoder's score needs before it is read
-MIN_HELD_OUT = 20
+# Stage 2: an encoder that places held-out cells no better than their mean latent would has failed (a learning
+# rate too high collapses it onto about the mean); its loss is no guide there: with partly paired data an epoch's
+# mean moves with how many batches hold a modality's cells.
+ENCODERS_LOST = 1.0
+# the held-out cells with a modality its encoder's score needs before it is read: on fewer, 1 - R^2 is noise
+MIN_HELD_OUT = 50
 RATES = {1: "lr_latent and lr_network", 2: "lr_encoder"}
 
 
@@ -586,7 +586,7 @@ def warn_if_diverged(
     held_out: dict[str, int] | None = None,
 ) -> str:
     """Warn, naming the fix, when stage 1's training loss ended well above its lowest (``first_loss``: its first
-    step's) or a stage-2 encoder places the held-out cells' shared latents far worse than their mean would (read
+    step's) or a stage-2 encoder places the held-out cells' shared latents no better than their mean would (read
     where ``held_out``, the held-out cells per modality, counts at least ``MIN_HELD_OUT``); what failed ("" if
     nothing did)."""
     problems = []
@@ -620,7 +620,7 @@ def warn_if_diverged(
         )
         if lost:
             problems.append(
-                f"the encoders of {lost} place the held-out cells' shared latents worse than their mean would "
+                f"the encoders of {lost} place the held-out cells' shared latents no better than their mean would "
                 f"(fraction not explained {', '.join(f'{unexplained[m]:.3g}' for m in lost)})"
             )
     why = "; and ".join(problems)
