@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from venncell.analysis.writers import training_summary
 from venncell.cli.common import (
     CONFIG_PATH,
     REPORT_OUTPUTS,
@@ -132,19 +133,17 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if history.get("ddp", {}).get("global_rank", 0) != 0:
         # a DDP worker (Lightning re-ran this command for it): rank 0 holds the gathered model and writes outputs
         return {"history": history, "model": repr(model)}
-    for stage in (
-        "stage1",
-        "stage2",
-    ):  # the log holds the end of training too, not only the progress bars
-        got = history.get(stage, {})
+    # the log holds the end of training too, not only the progress bars
+    for stage, got in training_summary(history).items():
         log.info(
-            "%s: training loss %s, held-out loss %s (%.0f s)",
+            "%s: %d epochs, training loss %s, held-out loss %s (%.0f s)",
             stage,
+            got["epochs"],
             *(
-                f"{got[k]:.4g}" if k in got else "-"
-                for k in (f"{stage}/train/loss_epoch", f"{stage}/val/loss")
+                "-" if v is None else f"{v:.4g}"
+                for v in (got["training_loss"], got["held_out_loss"])
             ),
-            history.get("wall_time_s", {}).get(stage, float("nan")),
+            got["seconds"] or float("nan"),
         )
     model.save(run_dir / "model")
     model.write_latents()

@@ -589,7 +589,7 @@ def warn_if_diverged(
     step's) or a stage-2 encoder places the held-out cells' shared latents no better than their mean would (read
     where ``held_out``, the held-out cells per modality, counts at least ``MIN_HELD_OUT``); what failed ("" if
     nothing did)."""
-    problems = []
+    why = ""
     if stage == 1:
         key = "stage1/train/loss_epoch"
         losses = [(f"epoch {r['epoch']}", r[key]) for r in rows if np.isfinite(r.get(key, np.nan))]
@@ -599,9 +599,7 @@ def warn_if_diverged(
             where, best = min(losses, key=lambda t: t[1])
             first, last = losses[0][1], losses[-1][1]
             if last - best > DIVERGED_RISE * max(abs(best), first - best):
-                problems.append(
-                    f"its training loss ended at {last:.4g}, above its lowest ({best:.4g}, {where})"
-                )
+                why = f"its training loss ended at {last:.4g}, above its lowest ({best:.4g}, {where})"
     else:
         prefix = "stage2/val/latent_shared/"
         unexplained = {
@@ -619,12 +617,11 @@ def warn_if_diverged(
             and counts.get(m, MIN_HELD_OUT) >= MIN_HELD_OUT
         )
         if lost:
-            problems.append(
+            why = (
                 f"the encoders of {lost} place the held-out cells' shared latents no better than their mean would "
                 f"(fraction not explained {', '.join(f'{unexplained[m]:.3g}' for m in lost)})"
             )
-    why = "; and ".join(problems)
-    if problems and rank_zero_only.rank == 0:
+    if why and rank_zero_only.rank == 0:
         warnings.warn(
             f"Stage {stage} failed: {why}. Its latents and any new cells' embeddings are not "
             f"to be trusted. Train again with lower learning rates ({RATES[stage]}) or, where the losses were "
