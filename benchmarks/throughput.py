@@ -718,26 +718,28 @@ def _load_range(results: dict) -> str:
 def _derived_lines(rows: list[dict]) -> list[str]:
     """What the table implies, computed from it so that a rerun updates it: time to a trained model with each
     tool's default epochs, cost per cell across sizes, memory at the largest size."""
-    from venncell.train.config import TrainConfig
+    from venncell.train.config import default_epochs
 
-    defaults = TrainConfig()
-    STAGE1_EPOCHS, STAGE2_EPOCHS = defaults.stage1_epochs, defaults.stage2_epochs  # noqa: N806
     by = {(r["method"], r["n"]): r for r in rows if r.get("stage1")}
 
     def rate(method, n, stage="stage1"):
         r = by.get((method, n))
         return (r.get(stage) or {}).get("cells_per_cpu_s") if r else None
 
+    def totalvi_epochs(n):  # scvi-tools' default (get_max_epochs_heuristic)
+        return min(400, round(400 * 20_000 / n))
+
     def cpu_h(method, n):
         # VennCell: stage 1 over every cell, stage 2 over the 90 % training split; totalVI: scvi-tools' default
         # epochs min(400, 400 x 20,000 / cells) over its 90 % training split (early stopping may end it sooner)
         if method == "totalvi":
             r1 = rate(method, n)
-            return None if r1 is None else min(400, 400 * 20_000 / n) * 0.9 * n / r1 / 3600
+            return None if r1 is None else totalvi_epochs(n) * 0.9 * n / r1 / 3600
         r1, r2 = rate(method, n), rate(method, n, "stage2")
         if r1 is None or r2 is None:
             return None
-        return (STAGE1_EPOCHS * n / r1 + STAGE2_EPOCHS * 0.9 * n / r2) / 3600
+        epochs1, epochs2 = default_epochs(n)
+        return (epochs1 * n / r1 + epochs2 * 0.9 * n / r2) / 3600
 
     out = ["", "Derived from the table above (median rounds, one thread):", ""]
     for n in sorted({n for _, n in by}):
@@ -745,7 +747,8 @@ def _derived_lines(rows: list[dict]) -> list[str]:
         if all(v is not None for v in times.values()):
             out.append(
                 f"- Time to a trained model at {n:,} cells, each tool's default epochs (VennCell "
-                f"{STAGE1_EPOCHS} + {STAGE2_EPOCHS}): VennCell {times['venncell']:.2f} CPU-h (`model=fast` "
+                f"{' + '.join(map(str, default_epochs(n)))}, totalVI {totalvi_epochs(n)}) at the "
+                f"table's batch size: VennCell {times['venncell']:.2f} CPU-h (`model=fast` "
                 f"{times['venncell-fast']:.2f}), totalVI {times['totalvi']:.2f} CPU-h. The whole-job comparison, "
                 "with real data and each tool's own stopping, is `WHOLE_JOB.md`."
             )

@@ -36,7 +36,6 @@ from child import emit, run_child  # noqa: E402
 
 def venncell_job(mdata, ds, out: Path) -> tuple:
     from venncell import VennCell
-    from venncell.train.config import TrainConfig
 
     VennCell.setup_mudata(mdata, batch_key=ds.batch_key)
     model = VennCell(mdata, seed=0)
@@ -44,7 +43,7 @@ def venncell_job(mdata, ds, out: Path) -> tuple:
     model.write_latents()
     mdata.write(out / "venn.h5mu")
     model.save(out / "model")
-    epochs = TrainConfig().stage1_epochs + TrainConfig().stage2_epochs
+    epochs = sum(len(model.history["epochs"][stage]) for stage in ("stage1", "stage2"))
     return model.get_latent_representation(block="all"), epochs
 
 

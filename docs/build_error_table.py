@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "errors.md"
 MAX_PER_TEST = 3
-EXPECTS_ERROR = re.compile(r"pytest\.(raises|warns)\((VennCellInput|NonFinite)")
+EXPECTS_ERROR = re.compile(r"pytest\.(raises|warns)\((VennCellInput|VennCellTraining|NonFinite)")
 
 
 def tests_expecting_errors(path: Path) -> list[str]:

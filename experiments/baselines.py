@@ -59,6 +59,8 @@ def epochs_of(run_dir: Path) -> str:
 
     t = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())["trainer"]
     size = t["batch_size"] or "chosen from the number of cells (the default)"
+    if t["stage1_epochs"] is None or t["stage2_epochs"] is None:
+        return f"the default epochs for the number of cells, batch size {size}"
     return f"{t['stage1_epochs']} stage-1 + {t['stage2_epochs']} stage-2 epochs, batch size {size}"
 
 

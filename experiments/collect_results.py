@@ -32,6 +32,7 @@ CURRENT = (
     "leakage_weight",
     "latent_dims",
     "amortisation_gap",
+    "epochs_at_scale",
 )
 
 

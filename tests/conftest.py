@@ -275,7 +275,7 @@ def _record(cls):
                 {
                     "test": _current_test["id"],
                     "doc": _current_test["doc"],
-                    "type": cls.__name__,
+                    "type": type(self).__name__,
                     "message": str(args[0]),
                 }
             )

@@ -4,7 +4,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from venncell.data.split import validation_split
 from venncell.data.synthetic import make_synthetic
-from venncell.data.validate import VennCellInputError
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellInputWarning,
+    VennCellTrainingWarning,
+)
 from venncell.model import VennCell
 
 try:
@@ -12,4 +16,12 @@ try:
 except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["VennCell", "VennCellInputError", "__version__", "make_synthetic", "validation_split"]
+__all__ = [
+    "VennCell",
+    "VennCellInputError",
+    "VennCellInputWarning",
+    "VennCellTrainingWarning",
+    "__version__",
+    "make_synthetic",
+    "validation_split",
+]

@@ -14,7 +14,7 @@ from run import HERE, load, train_or_load  # same folder
 
 from venncell import VennCell
 from venncell.cli.report import write_run_report
-from venncell.train.config import TrainConfig
+from venncell.train.config import default_epochs
 
 MARKERS = [
     "protein:CD3",
@@ -38,10 +38,17 @@ MARKERS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--stage1-epochs", type=int, default=TrainConfig.stage1_epochs)
-    p.add_argument("--stage2-epochs", type=int, default=TrainConfig.stage2_epochs)
+    p.add_argument(
+        "--stage1-epochs", type=int, default=None, help="default: the package's for these cells"
+    )
+    p.add_argument(
+        "--stage2-epochs", type=int, default=None, help="default: the package's for these cells"
+    )
     args = p.parse_args()
     mdata, labels = load()
+    epochs = default_epochs(mdata.n_obs)
+    args.stage1_epochs = args.stage1_epochs or epochs[0]
+    args.stage2_epochs = args.stage2_epochs or epochs[1]
     for col in ("Main.RNA", "Fine.RNA"):
         mdata.obs[col] = labels[col].astype("category")
     VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})

@@ -76,6 +76,21 @@ def test_embed_and_predict_cli(train_run, tmp_path, helpers):
         ok=False,
     )
     assert res.returncode == 2 and "modalities=[] names no modality" in res.stderr
+    # an output under a file cannot be written: said before the model or the data are read
+    (tmp_path / "afile").write_text("")
+    res = helpers.run_cli(
+        [
+            "venncell-embed",
+            "model_dir=/nonexistent",
+            f"data.path={train_run / 'venn.h5mu'}",
+            f"output={tmp_path / 'afile' / 'x.h5mu'}",
+            f"hydra.run.dir={tmp_path / 'blocked'}",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 4 and f"cannot read or write {tmp_path / 'afile'}" in res.stderr, (
+        res.stderr
+    )
     helpers.run_cli(
         [
             "venncell-predict",
@@ -234,6 +249,27 @@ def test_bad_path_is_one_clear_line(tmp_path, helpers):
         ok=False,
     )
     assert res.returncode == 2 and "unreadable or truncated" in res.stderr
+
+
+def test_a_failed_training_exits_with_code_3_after_writing_its_outputs(tmp_path, helpers):
+    """A stage-1 learning rate far too high: the losses explode and stay finite, so training runs to its end. A
+    workflow must not take the result for a model: exit code 3 with the reason, the outputs kept for inspection."""
+    run = tmp_path / "run"
+    res = helpers.run_cli(
+        [
+            "venncell-train",
+            *helpers.TINY_CLI,
+            "trainer.stage1_epochs=5",
+            "trainer.lr_latent=1e4",
+            f"hydra.run.dir={run}",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "venncell: error: training failed (stage1: its training loss ended at" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert all((run / p).exists() for p in ("venn.h5mu", "metrics.json", "model"))
+    assert json.loads((run / "metrics.json").read_text())["history"]["failed"]["stage1"]
 
 
 def test_configs_ship_inside_the_package(helpers):

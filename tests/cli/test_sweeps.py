@@ -162,6 +162,22 @@ def test_summary_cli_maximize_and_failed_run(optuna_sweep, tmp_path, capsys):
     assert "no runs" in capsys.readouterr().err
 
 
+def test_a_run_whose_training_failed_is_not_ranked(optuna_sweep, tmp_path):
+    """A diverged run's held-out reconstruction can look as good as a healthy run's: the summary lists it as a
+    failed training with the reason, unranked (venncell-train also exits with code 3 for it)."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(optuna_sweep, sweep)
+    path = sweep / "0" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["history"]["failed"] = {"stage1": "its training loss ended far above its lowest"}
+    path.write_text(json.dumps(metrics))
+    assert main([str(sweep), "--quiet"]) == 0
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "training failed"]
+    assert rows[1]["run"] == "0" and rows[1]["rank"] == "" and "far above" in rows[1]["error"]
+    assert rows[0]["rank"] == "1"
+
+
 def test_a_trial_without_its_objective_fails_alone(tmp_path, helpers):
     """Optuna's sweeper ended the whole study with a traceback when a trial returned NaN (an objective the run did
     not report); such a trial now fails alone, with the reason, and the next one runs."""

@@ -277,6 +277,51 @@ def test_resume_skips_a_truncated_last_checkpoint(tmp_path):
     assert _resume_path(tmp_path, "stage1", resume=False)[:2] == (None, 0)
 
 
+def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A full disk while a checkpoint is written: no truncated ``*.ckpt`` is left for resuming to meet, nothing
+    partial stays behind, and the error is an OSError naming the checkpoint (not a temporary file elsewhere)."""
+    import torch
+
+    from venncell.train.safety import SameFolderCheckpointIO
+
+    io, target = SameFolderCheckpointIO(), tmp_path / "checkpoints" / "stage1" / "epoch0001.ckpt"
+    io.save_checkpoint({"w": torch.arange(10)}, target)
+    assert torch.equal(torch.load(target)["w"], torch.arange(10))
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full to fill the disk with")
+    later = target.with_name("epoch0002.ckpt")
+    # every write to the file the checkpoint goes through first fails as on a full disk
+    os.symlink("/dev/full", later.with_name(f".{later.name}.partial"))
+    with pytest.raises(OSError, match="No space left") as caught:
+        io.save_checkpoint({"w": torch.randn(1000, 100)}, later)
+    assert caught.value.filename == str(later)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["epoch0001.ckpt"]
+    # training writes its checkpoints this way
+    written, save = [], SameFolderCheckpointIO.save_checkpoint
+    monkeypatch.setattr(
+        SameFolderCheckpointIO,
+        "save_checkpoint",
+        lambda self, c, path, **k: written.append(Path(path).name) or save(self, c, path, **k),
+    )
+    model = _tiny_model()
+    model.train(run_dir=tmp_path / "run", stage1_epochs=1, stage2_epochs=1, progress_bar="none")
+    assert written == ["epoch0000.ckpt", "epoch0000.ckpt"]  # stage 1's, then stage 2's
+    # next to a user's own plugins; a checkpoint writer of their own replaces it
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from venncell.train import schedule
+    from venncell.train.config import TrainConfig
+
+    for plugins, used in (
+        ([LightningEnvironment()], SameFolderCheckpointIO),
+        ([TorchCheckpointIO()], TorchCheckpointIO),
+    ):
+        cfg = TrainConfig(trainer_kwargs={"plugins": plugins}).for_cells(100)
+        trainer, _ = schedule._trainer(cfg, "stage1", 1, tmp_path / "t", False)
+        assert type(trainer.strategy.checkpoint_io) is used
+
+
 def test_resume_finds_the_newest_whole_checkpoint_at_every_step_of_a_save(tmp_path):
     """A save writes epochN+1, removes epochN, then relinks ``last.ckpt``: a kill at any point leaves a whole
     checkpoint that resuming finds."""

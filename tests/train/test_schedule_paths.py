@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from venncell import VennCell, VennCellInputError
 from venncell.data.resident import ResidentBatches
-from venncell.data.validate import VennCellInputWarning
+from venncell.data.validate import VennCellInputWarning, VennCellTrainingWarning
 from venncell.train import schedule
 
 SMALL = dict(shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16, seed=2)
@@ -127,6 +127,31 @@ def test_default_batch_size_follows_the_number_of_cells(tmp_path, helpers, monke
     model.check_resume(tmp_path, batch_size=256)
 
 
+def test_default_epochs_follow_the_number_of_cells(tmp_path, helpers, monkeypatch):
+    """100 + 40 up to FULL_EPOCHS_CELLS cells, then in proportion to FULL_EPOCHS_CELLS / cells, to a floor; a run
+    given no epochs trains for those, one given epochs for those."""
+    from venncell.train import config
+
+    assert [config.default_epochs(n) for n in (1, 20_000, 40_000, 100_000, 10**7)] == [
+        (100, 40),
+        (100, 40),
+        (50, 20),
+        (20, 8),
+        (10, 4),
+    ]
+    assert config.TrainConfig(stage2_epochs=7).for_cells(100_000).stage2_epochs == 7
+    # 300 cells: 100 x 6 / 300 = 2, 40 x 6 / 300 -> 1
+    monkeypatch.setattr(config, "FULL_EPOCHS_CELLS", 6)
+    monkeypatch.setattr(config, "FEWEST_STAGE1_EPOCHS", 1)
+    monkeypatch.setattr(config, "FEWEST_STAGE2_EPOCHS", 1)
+    model = VennCell(_partly_paired_with_batches(helpers), **SMALL)
+    history = model.train(run_dir=tmp_path, progress_bar="none")
+    assert (len(history["epochs"]["stage1"]), len(history["epochs"]["stage2"])) == (2, 1)
+    model.check_resume(tmp_path)  # the epochs it resolved are the ones it resumes with
+    history = model.train(run_dir=tmp_path, stage1_epochs=3, stage2_epochs=1, progress_bar="none")
+    assert len(history["epochs"]["stage1"]) == 3
+
+
 def test_resuming_with_another_batch_size_than_the_default_gave_is_refused(
     tmp_path, helpers, monkeypatch
 ):
@@ -187,7 +212,7 @@ def test_a_finite_blow_up_is_called_a_failure_with_the_fix():
         )  # Gaussian NLLs go below 0
         assert not warn_if_diverged(2, rows(2, [4.0, 2.0]), {"stage2/val/latent_shared/rna": 0.3})
     with pytest.warns(
-        VennCellInputWarning, match=r"Stage 1 failed.*ended at 120.*lr_latent and lr_network"
+        VennCellTrainingWarning, match=r"Stage 1 failed.*ended at 120.*lr_latent and lr_network"
     ):
         assert warn_if_diverged(1, rows(1, [39.0, 4023.0, 345.0, 120.0]), {})
     # a blow-up within the first epoch leaves no lower epoch: the first step's loss is the reference
@@ -200,6 +225,11 @@ def test_a_finite_blow_up_is_called_a_failure_with_the_fix():
         warnings.simplefilter("error")
         healthy = {"stage2/val/latent_shared/rna": 0.3, "stage2/val/latent_shared/protein": 2.2}
         assert not warn_if_diverged(2, [], healthy, held_out={"rna": 50, "protein": 3})
+        assert not warn_if_diverged(2, [], healthy, held_out={"rna": 50, "protein": 40})
+        # too few held-out cells to read at all, however bad
+        assert not warn_if_diverged(
+            2, [], {"stage2/val/latent_shared/rna": 1e9}, held_out={"rna": 9}
+        )
         regions = {
             "stage2/val/latent_shared/rna": 0.3,
             "stage2/val/latent_shared/shared:atac+rna/rna": 8.4,
@@ -207,13 +237,17 @@ def test_a_finite_blow_up_is_called_a_failure_with_the_fix():
         }
         assert not warn_if_diverged(2, [], regions)
     with pytest.warns(
-        VennCellInputWarning, match=r"Stage 2 failed.*\['protein'\] place.*lr_encoder"
+        VennCellTrainingWarning, match=r"Stage 2 failed.*\['protein'\] place.*lr_encoder"
     ):
         warn_if_diverged(
             2,
             rows(2, [6.6, 6.5]),
             {"stage2/val/latent_shared/rna": 0.4, "stage2/val/latent_shared/protein": 1.05},
         )
+    # on fewer held-out cells only a far worse encoder (or an infinite score) is a sure failure
+    for score in (12.0, float("inf")):
+        with pytest.warns(VennCellTrainingWarning, match=r"Stage 2 failed.*\['rna'\]"):
+            warn_if_diverged(2, [], {"stage2/val/latent_shared/rna": score}, held_out={"rna": 40})
 
 
 def _train_tiny(mdata, run_dir, **settings) -> VennCell:
@@ -230,8 +264,12 @@ def test_an_encoder_learning_rate_far_too_high_is_reported(tmp_path):
     mdata, _ = make_synthetic(
         n_cells=600, modalities={"rna": 40, "protein": 10}, seed=0
     )  # 60 held out
-    with pytest.warns(VennCellInputWarning, match="Stage 2 failed.*lr_encoder"):
+    with pytest.warns(VennCellTrainingWarning, match="Stage 2 failed.*lr_encoder"):
         _train_tiny(mdata, tmp_path, stage1_epochs=2, stage2_epochs=3, lr_encoder=50.0)
+    # 400 cells (40 held out): a rate 100,000 times too high blows the encoders far past the mean's error
+    few, _ = make_synthetic(n_cells=400, modalities={"rna": 40, "protein": 10}, seed=0)
+    with pytest.warns(VennCellTrainingWarning, match="Stage 2 failed.*lr_encoder"):
+        _train_tiny(few, tmp_path / "few", stage1_epochs=2, stage2_epochs=3, lr_encoder=100.0)
 
 
 def test_lr_anneal_sets_the_optimisers_rates_and_a_resume_must_keep_it(tmp_path, tiny_mdata):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -24,11 +26,23 @@ def _load_for_apply(cfg: DictConfig):
 
 
 def _output(run_dir: Path, output: str) -> Path:
-    """Where ``output=`` goes: inside the run's folder unless absolute; its folders are made, as model.save
-    makes its parents."""
+    """Where ``output=`` goes: inside the run's folder unless absolute. Checked before any work, so that an output
+    that cannot be written fails first; its missing folders are made when it is written, as model.save makes its
+    parents."""
     out = run_dir / output
-    out.parent.mkdir(parents=True, exist_ok=True)
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OSError(errno.ENOTDIR, "Not a directory", str(existing))
+    if not os.access(existing, os.W_OK):
+        raise OSError(errno.EACCES, "Permission denied", str(existing))
     return out
+
+
+def _write(mdata, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(mdata, out)
 
 
 def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
@@ -36,27 +50,27 @@ def run_embed(cfg: DictConfig, run_dir: Path) -> Path:
     refine = 0 if cfg.get("refine_epochs") is None else cfg.refine_epochs
     # checked before any conversion: 2.9 or true are refused, not rounded
     check_range("refine_epochs", refine, 0, integer=True)
+    out = _output(run_dir, cfg.output)
     model, mdata = _load_for_apply(cfg)
     mods = cfg.get("modalities")
     if mods is not None:  # modalities=rna (a string) as [rna]; [] is refused by the model
         mods = [mods] if isinstance(mods, str) else list(mods)
     model.write_latents(mdata, modalities=mods, refine_epochs=refine)
-    out = _output(run_dir, cfg.output)
-    atomic_write(mdata, out)
+    _write(mdata, out)
     log.info("Wrote %s", out)
     return out
 
 
 def run_predict(cfg: DictConfig, run_dir: Path) -> Path:
     """One modality of new cells predicted from others -> ``obsm["X_venn_predicted_<target>"]`` of the output."""
+    out = _output(run_dir, cfg.output)
     model, mdata = _load_for_apply(cfg)
     source = [cfg.source] if isinstance(cfg.source, str) else list(cfg.source)
     pred = model.predict_modality(mdata, source=source, target=cfg.target, scale=cfg.scale)
     key = f"X_venn_predicted_{cfg.target}"
     mdata.obsm[key] = pred
     mdata.uns["venn_predicted_features"] = {cfg.target: model.specs[cfg.target].feature_names}
-    out = _output(run_dir, cfg.output)
-    atomic_write(mdata, out)
+    _write(mdata, out)
     log.info("Wrote %s (obsm['%s'])", out, key)
     return out
 

@@ -267,18 +267,26 @@ def check_output_dir(argv: list[str]) -> None:
 
 def friendly(fn):
     """One clear line and an exit code instead of a traceback: 2 for bad input or settings, 3 for training that
-    diverged, 4 for a file that cannot be written, 128 + signal for a run stopped by SIGTERM / SIGINT."""
-    from venncell.train.plans import NonFiniteLossError
+    diverged or failed, 4 for a file that cannot be written, 128 + signal for a run stopped by SIGTERM / SIGINT."""
+    from venncell.train.plans import NonFiniteLossError, TrainingFailedError
     from venncell.train.safety import TrainingInterrupted
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (VennCellInputError, NonFiniteLossError, TrainingInterrupted, OSError) as e:
-            code = {NonFiniteLossError: 3, TrainingInterrupted: getattr(e, "exit_code", 1)}.get(
-                type(e), 2
-            )
+        except (
+            VennCellInputError,
+            NonFiniteLossError,
+            TrainingFailedError,
+            TrainingInterrupted,
+            OSError,
+        ) as e:
+            code = {
+                NonFiniteLossError: 3,
+                TrainingFailedError: 3,
+                TrainingInterrupted: getattr(e, "exit_code", 1),
+            }.get(type(e), 2)
             if isinstance(e, OSError):
                 code = 4
                 e = f"cannot read or write {e.filename or 'a file'}: {e.strerror or e}"

@@ -114,10 +114,12 @@ def read_run(run_dir: Path, sweep_dir: Path) -> dict:
         row["overrides"] = {}
         row["error"] = f"unreadable overrides.yaml: {e}"
     mfile = run_dir / "metrics.json"
-    row["metrics"] = {}
+    row["metrics"], failed = {}, None
     if mfile.exists():
         try:
-            row["metrics"] = _flat_metrics(json.loads(mfile.read_text()))
+            metrics = json.loads(mfile.read_text())
+            row["metrics"] = _flat_metrics(metrics)
+            failed = (metrics.get("history") or {}).get("failed")
         except (ValueError, AttributeError) as e:
             row["status"], row["error"] = "failed", f"unreadable metrics.json: {e}"
     if not mfile.exists() or (run_dir / ERROR_FILE).exists():
@@ -125,6 +127,10 @@ def read_run(run_dir: Path, sweep_dir: Path) -> dict:
         row["error"] = (
             _error_of(run_dir) or row["error"] or "no metrics.json (failed or still running)"
         )
+    # a diverged run's held-out scores can look as good as a healthy run's: it is not ranked
+    if failed:
+        row["status"] = "training failed"
+        row["error"] = "; ".join(f"{stage}: {why}" for stage, why in failed.items())
     return row
 
 

@@ -170,8 +170,11 @@ def finish_run(cfg: DictConfig, run_dir: Path, metrics: dict) -> None:
     ):  # files in run.dir are uploaded
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, Path(run.dir) / name)
+    failed = (metrics.get("history") or {}).get("failed")
+    if failed:  # the run's page says so, as venncell-train's exit code does
+        run.summary["training_failed"] = "; ".join(f"{k}: {v}" for k, v in failed.items())
     log.info("W&B run %s (%s): %s", run.id, run.settings.mode, run.dir)
-    run.finish()
+    run.finish(exit_code=3 if failed else 0)
 
 
 # ---------------------------------------------------------------------------------------------- reading

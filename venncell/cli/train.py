@@ -80,6 +80,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
+    # a rerun in the same folder appends to its train.log: this line starts each run's part
+    log.info("venncell-train %s", " ".join(sys.argv[1:]) or "(the defaults)")
     # only as +trainer.seed: the group has no such key (store._without_seed)
     if "seed" in cfg.trainer:
         raise VennCellInputError(TRAINER_SEED)
@@ -192,6 +194,15 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
         cfg, run_dir, metrics
     )  # keep last: logs recovery and figures to W&B, closes the run
     log.info("Wrote %s", run_dir)
+    if history.get("failed"):  # a workflow must not take a diverged model for a result
+        from venncell.train.plans import TrainingFailedError
+
+        why = "; ".join(f"{stage}: {reason}" for stage, reason in history["failed"].items())
+        raise TrainingFailedError(
+            f"training failed ({why}). The outputs in {run_dir} are written for inspection, not for use; train "
+            "again with lower learning rates (stage1: trainer.lr_latent and trainer.lr_network; stage2: "
+            "trainer.lr_encoder) or, where the losses were still falling, more epochs."
+        )
     return metrics
 
 

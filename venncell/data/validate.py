@@ -29,6 +29,11 @@ class VennCellInputWarning(UserWarning):
     """Data VennCell can train on but the user should know about."""
 
 
+class VennCellTrainingWarning(VennCellInputWarning):
+    """Training ran to its end but failed (e.g. diverged): its latents are not to be trusted. A subclass of
+    ``VennCellInputWarning``, so a filter on that class covers it too."""
+
+
 def _values(x) -> np.ndarray:
     return x.data if sp.issparse(x) else np.asarray(x)
 

@@ -18,6 +18,13 @@ PROGRESS_BARS = ("rich", "tqdm", "none")
 SMALLEST_BATCH, LARGEST_BATCH, BATCHES_PER_EPOCH = 128, 1024, 50
 STRATEGIES = ("auto", "ddp")
 
+# An epoch takes the networks through every cell, so larger data give them more steps per epoch: past
+# FULL_EPOCHS_CELLS cells the default epochs fall in proportion to the cells, to a floor that still moves every
+# latent row enough times (experiments/epochs_at_scale).
+STAGE1_EPOCHS, STAGE2_EPOCHS = 100, 40
+FULL_EPOCHS_CELLS = 20_000
+FEWEST_STAGE1_EPOCHS, FEWEST_STAGE2_EPOCHS = 10, 4
+
 
 def default_batch_size(n_cells: int) -> int:
     """The batch size ``TrainConfig(batch_size=None)`` trains ``n_cells`` cells with: 128, doubled up to 1,024 while
@@ -28,6 +35,17 @@ def default_batch_size(n_cells: int) -> int:
     return size
 
 
+def default_epochs(n_cells: int) -> tuple[int, int]:
+    """The epochs of stage 1 and stage 2 that ``TrainConfig(stage1_epochs=None, stage2_epochs=None)`` trains
+    ``n_cells`` cells for: 100 and 40 up to 20,000 cells, then in proportion to 20,000 / cells, at least 10 and 4
+    (100,000 cells: 20 and 8)."""
+    scale = min(1.0, FULL_EPOCHS_CELLS / max(1, n_cells))
+    return (
+        max(FEWEST_STAGE1_EPOCHS, round(STAGE1_EPOCHS * scale)),
+        max(FEWEST_STAGE2_EPOCHS, round(STAGE2_EPOCHS * scale)),
+    )
+
+
 @dataclass
 class TrainConfig:
     """Training of both stages (``model.train(**fields)``, ``trainer.<field>=`` on the command line).
@@ -35,7 +53,8 @@ class TrainConfig:
     Parameters
     ----------
     stage1_epochs, stage2_epochs
-        Epochs of stage 1 (latents and decoders) and stage 2 (encoders).
+        Epochs of stage 1 (latents and decoders) and stage 2 (encoders). None: ``default_epochs`` of the number of
+        cells, 100 and 40 up to 20,000 cells and fewer beyond (100,000 cells: 20 and 8; experiments/epochs_at_scale).
     batch_size
         Cells per mini-batch (per process under DDP). None: ``default_batch_size`` of the number of cells, 128 up
         to 12,799 cells and 1,024 from 51,200 (experiments/batch_size).
@@ -79,8 +98,8 @@ class TrainConfig:
         Further ``lightning.Trainer`` keywords.
     """
 
-    stage1_epochs: int = 100
-    stage2_epochs: int = 40
+    stage1_epochs: int | None = None
+    stage2_epochs: int | None = None
     batch_size: int | None = None
     lr_network: float = 1e-3
     lr_latent: float = 3e-2
@@ -106,9 +125,10 @@ class TrainConfig:
     trainer_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for name, low in (("stage1_epochs", 1), ("stage2_epochs", 1), ("batch_size", 2)):
+            if getattr(self, name) is not None:  # None: derived from the number of cells
+                check_range(f"trainer.{name}", getattr(self, name), low, integer=True)
         for name, low in (
-            ("stage1_epochs", 1),
-            ("stage2_epochs", 1),
             ("num_workers", 0),
             ("num_nodes", 1),
             ("log_every_n_steps", 1),
@@ -116,8 +136,6 @@ class TrainConfig:
             ("seed", 0),
         ):
             check_range(f"trainer.{name}", getattr(self, name), low, integer=True)
-        if self.batch_size is not None:
-            check_range("trainer.batch_size", self.batch_size, 2, integer=True)
         for name in ("lr_network", "lr_latent", "lr_encoder"):
             check_range(f"trainer.{name}", getattr(self, name), 0.0)
         check_range("trainer.grad_clip", self.grad_clip, 0.0)
@@ -171,10 +189,15 @@ class TrainConfig:
             )
 
     def for_cells(self, n_cells: int) -> TrainConfig:
-        """This config with the batch size it trains ``n_cells`` cells with (``default_batch_size`` where None)."""
-        if self.batch_size is not None:
-            return self
-        return replace(self, batch_size=default_batch_size(n_cells))
+        """This config with the batch size and epochs it trains ``n_cells`` cells with (``default_batch_size`` and
+        ``default_epochs`` where None)."""
+        epochs1, epochs2 = default_epochs(n_cells)
+        return replace(
+            self,
+            batch_size=self.batch_size or default_batch_size(n_cells),
+            stage1_epochs=self.stage1_epochs or epochs1,
+            stage2_epochs=self.stage2_epochs or epochs2,
+        )
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> tuple[TrainConfig, dict]:

@@ -21,6 +21,11 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the message names the term and the last good checkpoint."""
 
 
+class TrainingFailedError(RuntimeError):
+    """Training ran to its end but failed (``schedule.warn_if_diverged``); the command line raises it after writing
+    its outputs, which are kept for inspection."""
+
+
 def _step_seed(seed: int, stage: int, step: int, rank: int = 0) -> int:
     # Reseeding from (seed, stage, step) makes noise identical whether or not the run was resumed; the rank
     # term gives DDP ranks independent noise/dropout (rank 0 keeps the single-process stream).

@@ -1,11 +1,13 @@
-"""What keeps a run's checkpoints trustworthy: stopping on SIGTERM / SIGINT at a safe point, refusing to resume a
-checkpoint of another run, and the fingerprint that tells them apart."""
+"""What keeps a run's checkpoints trustworthy: stopping on SIGTERM / SIGINT at a safe point, writing each checkpoint
+whole or not at all, refusing to resume a checkpoint of another run, and the fingerprint that tells them apart."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -13,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from venncell.data.validate import VennCellInputError
 
@@ -33,6 +37,39 @@ class TrainingInterrupted(Exception):
             f"Training stopped by {name}; its checkpoints are in {run_dir}/checkpoints. Continue with "
             "resume=true (same run folder)."
         )
+
+
+class SameFolderCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their final path and renamed into place. Lightning's own save writes a temporary
+    file in the system's temp folder and moves it: across file systems that is a copy, which a full disk cuts short
+    into a truncated checkpoint, and its error names the temporary file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__} takes no storage_options (got {storage_options!r})."
+            )
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # serialised in memory first: torch.save's own writer reports a full disk as a RuntimeError, a plain write
+        # as the OSError it is
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: resuming never reads it
+        try:
+            with open(partial, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(
+                    f.fileno()
+                )  # on disk before the rename lets Lightning remove the previous checkpoint
+            os.replace(partial, path)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
 
 
 class StopOnSignal(Callback):

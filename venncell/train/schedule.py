@@ -18,19 +18,25 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from venncell.data.dataset import MultiModalData, batch_loader, cell_batches, make_loader
 from venncell.data.files import atomic_write_text
 from venncell.data.resident import ResidentBatches, ResidentCells, fits_on
 from venncell.data.samplers import RankBatches
-from venncell.data.validate import VennCellInputError, VennCellInputWarning, user_stacklevel
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellTrainingWarning,
+    user_stacklevel,
+)
 from venncell.module.embed import fit_mix_weights
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 from venncell.train.plans import Stage1Plan, Stage2Plan
 from venncell.train.safety import (
     FINGERPRINT_KEY,
+    SameFolderCheckpointIO,
     StopOnSignal,
     check_resumable,
     clear_stale_checkpoints,
@@ -245,6 +251,14 @@ def _trainer(
         kwargs["check_val_every_n_epoch"] = cfg.check_val_every_n_epoch
     extra = dict(cfg.trainer_kwargs or {})
     kwargs["callbacks"] = callbacks + list(extra.pop("callbacks", []))
+    plugins = extra.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    # a checkpoint writer of the user's own (as a plugin or inside their strategy) is theirs to keep
+    if not any(isinstance(p, CheckpointIO) for p in plugins) and (
+        getattr(extra.get("strategy"), "_checkpoint_io", None) is None
+    ):
+        plugins.append(SameFolderCheckpointIO())
+    kwargs["plugins"] = plugins
     kwargs.update(extra)
     return quiet_trainer(**kwargs), ckpt
 
@@ -447,9 +461,17 @@ def _run_two_stage(
     loggers,
     resume: bool,
 ) -> dict:
-    if cfg.batch_size is None:
-        cfg = cfg.for_cells(data.n_cells)
-        log.info("Batch size %d (the default for %d cells)", cfg.batch_size, data.n_cells)
+    derived = [
+        k for k in ("batch_size", "stage1_epochs", "stage2_epochs") if getattr(cfg, k) is None
+    ]
+    cfg = cfg.for_cells(data.n_cells)
+    if derived:
+        log.info(
+            "%s: %s (the defaults for %d cells)",
+            ", ".join(derived),
+            ", ".join(str(getattr(cfg, k)) for k in derived),
+            data.n_cells,
+        )
     expected = fingerprint(module, data, is_train, cfg)
     if not resume and rank_zero_only.rank == 0:
         clear_stale_checkpoints(run_dir)
@@ -573,8 +595,10 @@ DIVERGED_RISE = 0.5
 # rate too high collapses it onto about the mean); its loss is no guide there: with partly paired data an epoch's
 # mean moves with how many batches hold a modality's cells.
 ENCODERS_LOST = 1.0
-# the held-out cells with a modality its encoder's score needs before it is read: on fewer, 1 - R^2 is noise
+# the held-out cells with a modality its encoder's score needs before it is read: on fewer, 1 - R^2 is noise, and
+# only an encoder ENCODERS_LOST_FEW times worse than the mean (on at least FEWEST_HELD_OUT cells) has surely failed
 MIN_HELD_OUT = 50
+FEWEST_HELD_OUT, ENCODERS_LOST_FEW = 10, 10.0
 RATES = {1: "lr_latent and lr_network", 2: "lr_encoder"}
 
 
@@ -586,9 +610,9 @@ def warn_if_diverged(
     held_out: dict[str, int] | None = None,
 ) -> str:
     """Warn, naming the fix, when stage 1's training loss ended well above its lowest (``first_loss``: its first
-    step's) or a stage-2 encoder places the held-out cells' shared latents no better than their mean would (read
-    where ``held_out``, the held-out cells per modality, counts at least ``MIN_HELD_OUT``); what failed ("" if
-    nothing did)."""
+    step's) or a stage-2 encoder places the held-out cells' shared latents no better than their mean would (where
+    ``held_out``, the held-out cells per modality, counts at least ``MIN_HELD_OUT``; on ``FEWEST_HELD_OUT`` to
+    ``MIN_HELD_OUT`` of them, ``ENCODERS_LOST_FEW`` times worse); what failed ("" if nothing did)."""
     why = ""
     if stage == 1:
         key = "stage1/train/loss_epoch"
@@ -609,12 +633,16 @@ def warn_if_diverged(
             if k.startswith(prefix) and "/" not in k[len(prefix) :] and k[len(prefix) :] != "joint"
         }
         counts = held_out or {}
+
+        def failed(v: float, n: int) -> bool:
+            if n >= MIN_HELD_OUT:
+                return v >= ENCODERS_LOST
+            return n >= FEWEST_HELD_OUT and v >= ENCODERS_LOST_FEW
+
         lost = sorted(
             m
             for m, v in unexplained.items()
-            if np.isfinite(v)
-            and v >= ENCODERS_LOST
-            and counts.get(m, MIN_HELD_OUT) >= MIN_HELD_OUT
+            if not np.isnan(v) and failed(v, counts.get(m, MIN_HELD_OUT))
         )
         if lost:
             why = (
@@ -626,7 +654,7 @@ def warn_if_diverged(
             f"Stage {stage} failed: {why}. Its latents and any new cells' embeddings are not "
             f"to be trusted. Train again with lower learning rates ({RATES[stage]}) or, where the losses were "
             "still falling, more epochs (model.epoch_history() shows the losses by epoch).",
-            VennCellInputWarning,
+            VennCellTrainingWarning,
             stacklevel=user_stacklevel(),
         )
     return why
