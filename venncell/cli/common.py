@@ -69,6 +69,12 @@ def recovery_summary(metrics: dict) -> dict:
     return (rec.get("average") or rec.get("encoder") or {}).get("knn", {}).get("summary", {})
 
 
+def training_failure(metrics: dict) -> str:
+    """Why a run's training failed, stage by stage (``history["failed"]`` of its metrics); "" if it did not."""
+    failed = (metrics.get("history") or {}).get("failed") or {}
+    return "; ".join(f"{stage}: {why}" for stage, why in failed.items())
+
+
 def _jsonable(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from venncell.cli.common import recovery_summary
+from venncell.cli.common import recovery_summary, training_failure
 
 try:  # hydra-core is a dependency of venncell; the guard only keeps this module importable without it
     from hydra.experimental.callback import Callback as _HydraCallback
@@ -114,12 +114,12 @@ def read_run(run_dir: Path, sweep_dir: Path) -> dict:
         row["overrides"] = {}
         row["error"] = f"unreadable overrides.yaml: {e}"
     mfile = run_dir / "metrics.json"
-    row["metrics"], failed = {}, None
+    row["metrics"], failed = {}, ""
     if mfile.exists():
         try:
             metrics = json.loads(mfile.read_text())
             row["metrics"] = _flat_metrics(metrics)
-            failed = (metrics.get("history") or {}).get("failed")
+            failed = training_failure(metrics)
         except (ValueError, AttributeError) as e:
             row["status"], row["error"] = "failed", f"unreadable metrics.json: {e}"
     if not mfile.exists() or (run_dir / ERROR_FILE).exists():
@@ -129,8 +129,7 @@ def read_run(run_dir: Path, sweep_dir: Path) -> dict:
         )
     # a diverged run's held-out scores can look as good as a healthy run's: it is not ranked
     if failed:
-        row["status"] = "training failed"
-        row["error"] = "; ".join(f"{stage}: {why}" for stage, why in failed.items())
+        row["status"], row["error"] = "training failed", failed
     return row
 
 

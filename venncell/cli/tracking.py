@@ -29,6 +29,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from venncell.cli.common import training_failure
+
 log = logging.getLogger("venncell")
 
 STAGES = ("stage1", "stage2")
@@ -170,9 +172,9 @@ def finish_run(cfg: DictConfig, run_dir: Path, metrics: dict) -> None:
     ):  # files in run.dir are uploaded
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, Path(run.dir) / name)
-    failed = (metrics.get("history") or {}).get("failed")
+    failed = training_failure(metrics)
     if failed:  # the run's page says so, as venncell-train's exit code does
-        run.summary["training_failed"] = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        run.summary["training_failed"] = failed
     log.info("W&B run %s (%s): %s", run.id, run.settings.mode, run.dir)
     run.finish(exit_code=3 if failed else 0)
 

@@ -28,6 +28,7 @@ from venncell.cli.common import (
     log,
     recovery_summary,
     run_folder_lock,
+    training_failure,
 )
 from venncell.cli.store import data_settings, register_configs, to_object
 from venncell.data.files import atomic_write
@@ -194,10 +195,10 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
         cfg, run_dir, metrics
     )  # keep last: logs recovery and figures to W&B, closes the run
     log.info("Wrote %s", run_dir)
-    if history.get("failed"):  # a workflow must not take a diverged model for a result
+    why = training_failure(metrics)
+    if why:  # a workflow must not take a diverged model for a result
         from venncell.train.plans import TrainingFailedError
 
-        why = "; ".join(f"{stage}: {reason}" for stage, reason in history["failed"].items())
         raise TrainingFailedError(
             f"training failed ({why}). The outputs in {run_dir} are written for inspection, not for use; train "
             "again with lower learning rates (stage1: trainer.lr_latent and trainer.lr_network; stage2: "

@@ -60,9 +60,8 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
             with open(partial, "wb") as f:
                 f.write(buffer.getbuffer())
                 f.flush()
-                os.fsync(
-                    f.fileno()
-                )  # on disk before the rename lets Lightning remove the previous checkpoint
+                # on disk before the rename lets Lightning remove the previous checkpoint
+                os.fsync(f.fileno())
             os.replace(partial, path)
         except OSError as e:
             partial.unlink(missing_ok=True)
@@ -140,9 +139,8 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
         for k, v in _declared(train_cfg).items()
         if k in ("batch_size", "lr_network", "lr_latent", "lr_encoder", "grad_clip", "seed")
     }
-    if (
-        train_cfg.lr_anneal
-    ):  # it sets the rates of every step after its start (absent when off: older runs resume)
+    # it sets the rates of every step after its start (absent when off: older runs resume)
+    if train_cfg.lr_anneal:
         settings["lr_anneal"] = float(train_cfg.lr_anneal)
     # the chunked sampler draws other batches with another chunk size, or without one (in memory)
     if getattr(data, "chunk_size", None) is not None:
