@@ -1,7 +1,6 @@
 """VennCell: one shared latent plus one private latent per modality for multi-modal single cells."""
 
-from importlib.metadata import PackageNotFoundError, version
-
+from venncell.data.files import package_version
 from venncell.data.split import validation_split
 from venncell.data.synthetic import make_synthetic
 from venncell.data.validate import (
@@ -10,13 +9,12 @@ from venncell.data.validate import (
     VennCellTrainingWarning,
 )
 from venncell.model import VennCell
+from venncell.train.safety import TrainingInterrupted
 
-try:
-    __version__ = version("venncell")
-except PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "0+unknown"
+__version__ = package_version()
 
 __all__ = [
+    "TrainingInterrupted",
     "VennCell",
     "VennCellInputError",
     "VennCellInputWarning",

@@ -5,6 +5,7 @@ The Hydra CLI (``venncell.cli``) drives this same class, so both faces share one
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -22,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from venncell.data.dataset import MultiModalData
-from venncell.data.files import atomic_write, output_folder
+from venncell.data.files import atomic_write, output_folder, package_version
 from venncell.data.registry import (
     REGISTRY_KEY,
     DataRegistry,
@@ -53,6 +54,10 @@ from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 
 MODEL_FORMAT = 2
+# the release that wrote each earlier model format, for the error that names it
+FORMAT_RELEASES = {1: "0.1"}
+
+
 # what save() writes: a folder holding only these is a model it may replace
 MODEL_FILES = ("venncell.json", "model.pt", "cells.npz")
 
@@ -272,9 +277,13 @@ class VennCell:
             if self.config.start_batch_alignment != "mean":
                 batches += f", start_batch_alignment='{self.config.start_batch_alignment}'"
             batches += ")"
+        trained = str(self.is_trained)
+        epochs = [len(self.history.get("epochs", {}).get(s) or []) for s in ("stage1", "stage2")]
+        if self.is_trained and all(epochs):
+            trained += f" ({epochs[0]} + {epochs[1]} epochs)"
         return (
             f"VennCell(shared_dim={self.config.shared_dim}, private_dims={self.module.private_dims}, "
-            f"cells={self.n_cells}, modalities=[{', '.join(mods)}]{batches}, trained={self.is_trained})"
+            f"cells={self.n_cells}, modalities=[{', '.join(mods)}]{batches}, trained={trained})"
         )
 
     # ------------------------------------------------------------------ training
@@ -289,6 +298,10 @@ class VennCell:
         **train_kwargs,
     ) -> dict:
         """Stage 1 (latents and decoders) then stage 2 (encoders), through Lightning.
+
+        A second ``train()`` continues from the current latents and networks (a warm start), and its history
+        replaces the earlier one; for a fresh fit make a new ``VennCell``. A trained model whose new training
+        stops (``TrainingInterrupted``) or fails keeps its earlier networks and history.
 
         Parameters
         ----------
@@ -347,15 +360,23 @@ class VennCell:
             run_dir = tempfile.mkdtemp(prefix="venncell_")
         if resume:
             self.check_resume(run_dir, **train_kwargs)
-        self.history = run_two_stage(
-            self.module,
-            self.data,
-            self.is_train,
-            cfg,
-            run_dir,
-            loggers=logger if logger is not None else False,
-            resume=resume,
-        )
+        # training changes the networks in place: a trained model whose new training stops or fails goes back to
+        # what it was, rather than a mix that still calls itself trained (the run's checkpoints hold the new one)
+        before = copy.deepcopy(self.module.state_dict()) if self.is_trained else None
+        try:
+            self.history = run_two_stage(
+                self.module,
+                self.data,
+                self.is_train,
+                cfg,
+                run_dir,
+                loggers=logger if logger is not None else False,
+                resume=resume,
+            )
+        except BaseException:
+            if before is not None:
+                self.module.cpu().load_state_dict(before)
+            raise
         if temporary:
             # nobody can resume from a folder they were not told of; a failed run keeps it (its error names it)
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -916,6 +937,7 @@ class VennCell:
             ) from None
         meta = {
             "format": MODEL_FORMAT,
+            "venncell_version": package_version(),
             "config": asdict(self.config),
             "registry": self.registry.to_dict(),
             "seed": self.seed,
@@ -963,9 +985,22 @@ class VennCell:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise VennCellInputError(f"{meta_file} is unreadable or truncated: {e}.") from None
         if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else "?"
+            release = FORMAT_RELEASES.get(found) if isinstance(found, int) else None
             raise VennCellInputError(
-                f"{path}: model format {meta.get('format') if isinstance(meta, dict) else '?'} "
-                f"is not supported by this VennCell (it reads format {MODEL_FORMAT}); retrain."
+                f"{path}: model format {found}"
+                + (f" (VennCell {release}.x)" if release else "")
+                + f" is not supported by this VennCell {package_version()} (it reads format {MODEL_FORMAT}); "
+                + (f"load it with VennCell {release}.x, or retrain." if release else "retrain.")
+            )
+        if "venncell_version" not in meta:
+            warnings.warn(
+                f"{path} was saved by a VennCell that recorded no version (0.2.0 or a development build after it). "
+                "The training cells' default latents are now the mean of the encoders' and the stage-1 latents "
+                "(source='average'); VennCell 0.2.0 gave the encoders' alone, which source='encoder' gives. New "
+                "cells are embedded as before. Saving the model again records this version.",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
             )
         try:
             registry = DataRegistry.from_dict(meta["registry"])

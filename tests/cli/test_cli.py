@@ -520,6 +520,25 @@ def test_report_of_a_missing_run_folder_creates_nothing(tmp_path, helpers):
     assert not missing.exists()  # Hydra would have made it, with .hydra_report/ inside
 
 
+@pytest.mark.parametrize(
+    "arg, fix",
+    [("n_boot=30", "attribution.n_boot=30"), ("min_r2=0.1", "planner.min_r2=0.1")],
+)
+def test_report_names_the_group_of_a_setting_given_at_the_top_level(
+    tmp_path, monkeypatch, capsys, arg, fix
+):
+    """Hydra's own error for n_boot=30 suggested +n_boot=30, which adds a key nothing reads."""
+    import sys
+
+    from venncell.cli import report
+
+    monkeypatch.setattr(sys, "argv", ["venncell-report", f"run_dir={tmp_path}", arg])
+    with pytest.raises(SystemExit) as out:
+        report.main()
+    assert out.value.code == 2
+    assert f"give {fix}" in capsys.readouterr().err
+
+
 def test_report_of_a_read_only_run_folder_says_so(tmp_path, monkeypatch, capsys):
     """A run folder on a read-only mount failed in Hydra's log set-up with a traceback (tested in-process: root,
     which runs CI, may write to any folder a chmod makes read-only, so the check is made to see one)."""

@@ -119,7 +119,7 @@ def test_csv_logger_does_not_import_wandb(tmp_path, monkeypatch):
 
 def test_progress_bar_columns_are_short_and_distinct():
     """Lightning cut both stage-1 loss names to "stage1/train/los…" and showed the logger's version as "v_num"."""
-    from venncell.train.schedule import _bar_metrics
+    from venncell.train.progress import _bar_metrics
 
     assert _bar_metrics(
         {"v_num": "age1", "stage1/train/loss_step": 1.0, "stage1/train/loss_epoch": 2.0}

@@ -284,6 +284,32 @@ def test_load_rejects_non_model(tmp_path):
         VennCell.load(tmp_path)
 
 
+def test_saved_models_record_their_version_and_older_ones_are_named(trained_tiny, tmp_path):
+    """A saved model recorded no version: a model from before a change of default (the training cells' latents)
+    loaded without a word, and a format-1 model's error said only "retrain"."""
+    import json
+    import warnings
+
+    import venncell
+
+    model, _, _ = trained_tiny
+    model.save(tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "venncell.json").read_text())
+    assert meta["venncell_version"] == venncell.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", venncell.VennCellInputWarning)
+        VennCell.load(tmp_path / "model")
+    del meta["venncell_version"]
+    (tmp_path / "model" / "venncell.json").write_text(json.dumps(meta))
+    with pytest.warns(venncell.VennCellInputWarning, match="source='encoder'"):
+        VennCell.load(tmp_path / "model")
+    (tmp_path / "model" / "venncell.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(
+        VennCellInputError, match=r"format 1 \(VennCell 0.1.x\).*load it with VennCell 0.1.x"
+    ):
+        VennCell.load(tmp_path / "model")
+
+
 def test_consistency_on_part_of_each_batch(tiny_mdata):
     """consistency_cells below 8 is refused; otherwise stage 1's encoders see that many of a batch's cells.
 

@@ -376,3 +376,87 @@ def test_resume_says_when_it_starts_afresh_and_names_each_checkpoint_once(
     with caplog.at_level("INFO", logger="venncell"):
         _tiny_model().train(run_dir=tmp_path, resume=True, **helpers.FAST)
     assert caplog.text.count("Resuming stage1 from") == 1, caplog.text
+
+
+def test_a_checkpoint_from_before_newer_model_fields_resumes(tmp_path, helpers):
+    """A run checkpointed before image_augment, private_kl_scale and start_batch_alignment existed was refused as
+    one of "other model settings", with no setting to give that could match it."""
+    import hashlib
+    import json
+
+    import torch
+
+    import venncell
+    from venncell.module.config import ADDED_FIELDS
+    from venncell.train.safety import FINGERPRINT_KEY, SETTINGS
+
+    _tiny_model().train(run_dir=tmp_path, **helpers.FAST)
+    for path in (tmp_path / "checkpoints").rglob("*.ckpt"):
+        if path.is_symlink():
+            continue
+        ckpt = torch.load(path, weights_only=False)
+        assert ckpt["venncell_version"] == venncell.__version__  # what wrote it
+        old = ckpt[FINGERPRINT_KEY]
+        model = {k: v for k, v in old[SETTINGS]["model"].items() if k not in ADDED_FIELDS}
+        digest = hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode())
+        old["model"] = digest.hexdigest()[:16]
+        old[SETTINGS]["model"] = model
+        old.pop("model_accepts", None)
+        torch.save(ckpt, path)
+    _tiny_model().check_resume(run_dir=tmp_path, **helpers.FAST)
+    # a setting that did exist still has to match, and a new field away from its old behaviour is named
+    with pytest.raises(
+        VennCellInputError, match=r"private_kl_scale: 1.0 in the checkpoint, 2.0 now"
+    ):
+        mdata, _ = make_synthetic(
+            n_cells=160, modalities={"rna": 60, "protein": 20, "atac": 60}, seed=5
+        )
+        VennCell.setup_mudata(mdata)
+        VennCell(
+            mdata, shared_dim=3, private_dim=2, hidden=16, encoder_hidden=16, private_kl_scale=2.0
+        ).check_resume(run_dir=tmp_path, **helpers.FAST)
+
+
+@pytest.mark.parametrize("stop", ["signal", "error"])
+def test_a_trained_model_whose_new_training_stops_keeps_its_networks(tmp_path, helpers, stop):
+    """Ctrl-C in a second train() left a mix of old and new weights that still called itself trained, with the
+    first training's history."""
+    from lightning.pytorch.callbacks import Callback
+
+    from venncell import TrainingInterrupted
+
+    class Stop(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.current_epoch == 1:
+                if stop == "signal":
+                    os.kill(os.getpid(), signal.SIGINT)
+                else:
+                    raise RuntimeError("a failure mid-training")
+
+    model = _tiny_model()
+    model.train(**helpers.FAST)
+    before = {
+        source: model.get_latent_representation(block="all", source=source)
+        for source in ("stage1", "encoder")
+    }
+    history = model.history
+    expected = TrainingInterrupted if stop == "signal" else RuntimeError
+    with pytest.raises(expected) as err:
+        model.train(
+            run_dir=tmp_path, **{**helpers.FAST, "trainer_kwargs": {"callbacks": [Stop()]}}
+        )
+    if stop == "signal":
+        assert isinstance(err.value, KeyboardInterrupt)
+        assert f"model.train(run_dir={str(tmp_path)!r}, resume=True, ...)" in str(err.value)
+    assert model.is_trained and model.history is history
+    for source, z in before.items():
+        np.testing.assert_array_equal(
+            model.get_latent_representation(block="all", source=source), z
+        )
+
+
+def test_the_repr_of_a_trained_model_gives_its_epochs(helpers):
+    model = _tiny_model()
+    assert repr(model).endswith("trained=False)")
+    model.train(**helpers.FAST)
+    assert repr(model).endswith("trained=True (3 + 2 epochs))")

@@ -347,6 +347,10 @@ def default_markers(mdata) -> list[str]:
 def _progress(enabled: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from venncell.train.progress import display
+
+    # in a notebook without ipywidgets rich draws nothing and warns at every bar
+    enabled = enabled and display() != "text"
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -271,6 +271,25 @@ def check_output_dir(argv: list[str]) -> None:
             raise SystemExit(4)
 
 
+def _routine(record: logging.LogRecord) -> bool:
+    """False for dependencies' INFO lines that tell a VennCell user nothing: mudata logs through the root logger
+    each time an options context opens or closes, anndata each column it stores as categorical."""
+    if record.levelno >= logging.WARNING:
+        return True
+    return not (
+        record.name.startswith("anndata")
+        or (record.name == "root" and f"{os.sep}mudata{os.sep}" in record.pathname)
+    )
+
+
+def quiet_dependency_logs() -> None:
+    """Keep the command's log to what it did: ``_routine`` on the root logger's handlers (Hydra's console and
+    log file) and on anndata's own stderr handler. Repeated calls add nothing."""
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("anndata").handlers]:
+        if _routine not in handler.filters:
+            handler.addFilter(_routine)
+
+
 def friendly(fn):
     """One clear line and an exit code instead of a traceback: 2 for bad input or settings, 3 for training that
     diverged or failed, 4 for a file that cannot be written, 128 + signal for a run stopped by SIGTERM / SIGINT."""
@@ -279,6 +298,7 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        quiet_dependency_logs()
         try:
             return fn(*args, **kwargs)
         except (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import hydra
@@ -136,9 +137,38 @@ def _app(cfg: DictConfig) -> None:
     friendly(run_report)(cfg)
 
 
+def _check_nested_keys(argv: list[str]) -> None:
+    """A setting of the attribution, planner or gene-set group given at the top level (``n_boot=30``): Hydra's
+    own error suggests ``+n_boot=30``, which adds a key nothing reads."""
+    defaults = ReportConfig(run_dir="")
+    groups = {
+        f.name: {g.name for g in fields(value)}
+        for f in fields(ReportConfig)
+        if is_dataclass(value := getattr(defaults, f.name))
+    }
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if (
+            "=" not in arg
+            or key.startswith(("+", "~", "-"))
+            or "." in key
+            or key in ReportConfig.__annotations__
+        ):
+            continue
+        owners = [group for group, keys in groups.items() if key in keys]
+        if owners:
+            print(
+                f"venncell: error: {key} is a setting of the {owners[0]} group: give "
+                f"{owners[0]}.{arg} (venncell-report --help lists every setting).",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
 def main() -> None:
     """Console entry point."""
     register_configs()
+    _check_nested_keys(sys.argv[1:])
     check_output_dir(sys.argv[1:])
     check_folders_free(sys.argv[1:])
     # the run folder is Hydra's output folder too: a mistyped one would be created (with .hydra_report/) before

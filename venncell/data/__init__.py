@@ -4,6 +4,7 @@ The bottom layer: imports nothing else of VennCell's.
 """
 
 from venncell.data.dataset import Batch, MultiModalData, make_loader
+from venncell.data.panels import split_panels
 from venncell.data.registry import DataRegistry, fit_registry, setup_options
 from venncell.data.spec import ModalitySpec
 from venncell.data.split import validation_split
@@ -22,6 +23,7 @@ __all__ = [
     "make_loader",
     "make_synthetic",
     "setup_options",
+    "split_panels",
     "truth_from_mudata",
     "validation_split",
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -65,3 +66,14 @@ def atomic_write(data: md.MuData | ad.AnnData, path: str | Path) -> None:
             "column of Python objects) and write again."
         ) from None
     os.replace(tmp, path)
+
+
+@functools.cache
+def package_version() -> str:
+    """The installed VennCell's version, recorded in every saved model and checkpoint."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("venncell")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "0+unknown"

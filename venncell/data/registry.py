@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from venncell.data.spec import (
     BINARY_LIKELIHOODS,
+    COUNT_LIKELIHOODS,
     KIND_DEFAULT_LIKELIHOOD,
     KINDS,
     LIKELIHOODS,
@@ -395,7 +396,25 @@ def fit_registry(
     categories = None
     if batch_key is not None:
         categories = sorted(set(check_batch_labels(batch_key, mdata.obs[batch_key])))
+        if not backed:  # a backed modality's counts are read in chunks by the spec's fit only
+            _warn_unmeasured_features(mdata, specs, batch_key)
     return DataRegistry(specs, batch_key, categories)
+
+
+def _warn_unmeasured_features(mdata, specs: dict, batch_key: str) -> None:
+    """Protein counts that some batches did not measure (``venncell.data.panels``). Antibody panels differ between
+    batches; genes and peaks absent from a batch are more often biology (Y-chromosome genes in female donors)."""
+    from venncell.data.panels import warn_unmeasured
+
+    for name, spec in specs.items():
+        if spec.kind != "protein" or spec.likelihood not in COUNT_LIKELIHOODS:
+            continue
+        adata = mdata.mod[name]
+        labels = mdata.obs[batch_key].reindex(adata.obs_names)
+        labels.name = batch_key
+        warn_unmeasured(
+            name, select_matrix(adata, spec), labels, [str(v) for v in adata.var_names]
+        )
 
 
 def base_spec(name: str, opts: dict) -> ModalitySpec:
@@ -510,7 +529,9 @@ def align_features(spec: ModalitySpec, var_names) -> np.ndarray | None:
         raise VennCellInputError(
             f"Modality '{spec.name}': {len(missing)} feature(s) the model was trained on are missing from the data "
             f"(first: {missing[:5]}); {len(extra)} extra feature(s) (first: {extra[:5]}). Give the data the "
-            "model's features (model.registry) -- e.g. reindex and fill with zeros -- or retrain."
+            "model's features (model.registry; a few genes absent from another annotation can be reindexed with zeros), "
+            "or embed from the other modalities (modalities=[...]): zeros in place of features that were not "
+            "measured, such as proteins outside a panel, read as measured zeros and move the latents. Or retrain."
         )
     features = set(spec.features)
     # the features setup dropped are known, not extra

@@ -169,8 +169,13 @@ def make_synthetic(
         private[name] = u_priv
         drivers[name] = driver
 
-    with md.set_options(pull_on_update=False):  # keep each modality's .obs/.var where it is
+    # keep each modality's .obs/.var where it is; set_options' own context logs through the root logger, which
+    # installs a handler there (logging.basicConfig) and prints every library's warnings from then on
+    previous = md.set_options(pull_on_update=False).opts
+    try:
         mdata = md.MuData(mods)
+    finally:
+        md.set_options(**previous)
     mdata.obs["cluster"] = pd.Categorical([f"c{c}" for c in cluster])
     if batch is not None:
         mdata.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])

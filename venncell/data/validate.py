@@ -151,10 +151,19 @@ def check_matrix(
     if not finite.all():
         bad = _first_bad(x, finite)
         n_bad = int((~finite).sum())
+        block = None if trained else _missing_block(x)
+        panel = (
+            f" They fill {block[1]} feature(s) for the same {block[0]} cells, as joining batches stained with "
+            "different panels leaves them: rather than dropping the cells, give those features a modality of "
+            "their own that holds only the cells that measured them "
+            f"(`mdata = venncell.data.split_panels(mdata, '{name}', batch_key)`, which reads NaN as not measured)."
+            if block
+            else ""
+        )
         raise VennCellInputError(
             f"Modality '{name}' contains {n_bad} NaN/inf value(s){bad}. Impute or drop those cells/features "
             "before training or embedding (e.g. keep the cells whose values are all finite, dense or sparse: "
-            f"`adata = adata[np.isfinite(np.asarray({held}.sum(1))).ravel()]`)."
+            f"`adata = adata[np.isfinite(np.asarray({held}.sum(1))).ravel()]`).{panel}"
         )
     if vals.size and np.abs(vals).max() > FLOAT32_MAX:
         raise VennCellInputError(
@@ -231,6 +240,21 @@ def _counts_fix(trained: bool) -> str:
     if trained:
         return "Give the raw counts, as the model was trained on (e.g. `layer='counts'`)."
     return "Give raw counts (e.g. `layer='counts'`) or choose likelihood='gaussian' for normalised data."
+
+
+def _missing_block(x) -> tuple[int, int] | None:
+    """(cells, features) when the non-finite values fill whole features for one set of cells, some but not all
+    (features a batch's panel lacked, filled with NaN); else None."""
+    if sp.issparse(x):
+        coo = x.tocoo()
+        bad = ~np.isfinite(coo.data)
+        rows, cols = coo.row[bad], coo.col[bad]
+    else:
+        rows, cols = np.nonzero(~np.isfinite(np.asarray(x)))
+    n_rows, n_cols = len(np.unique(rows)), len(np.unique(cols))
+    if 1 < n_rows < x.shape[0] and len(rows) == n_rows * n_cols:
+        return n_rows, n_cols
+    return None
 
 
 def _first_bad(x, finite_values: np.ndarray) -> str:

@@ -18,6 +18,19 @@ KL_WEIGHT = 4.0
 KL_WEIGHT_REGIONS = 1.0
 
 
+# Fields added since 0.2.0, each with the value that does what a model without it did: a run checkpointed before
+# the field existed resumes when the field holds that value (the region fields do nothing without regions).
+ADDED_FIELDS = {
+    "image_augment": False,
+    "private_kl_scale": 1.0,
+    "start_batch_alignment": "mean",
+    "venn_regions": "shared",
+    "region_dim": 2,
+    "region_dims": None,
+    "region_independence_weight": 1.0,
+}
+
+
 @dataclass
 class ModelConfig:
     """Architecture and objective of a VennCell model (``VennCell(mdata, **fields)``, ``model.<field>=`` on the

@@ -76,7 +76,8 @@ class TrainConfig:
         DDP only: the process-group backend (None = nccl on GPU, gloo on CPU) and whether DDP looks for unused
         parameters (the norm here: a rank's batch may lack a modality or training cells).
     progress_bar
-        ``rich``, ``tqdm`` or ``none`` (``True`` / ``False``: ``rich`` / ``none``).
+        ``rich``, ``tqdm`` or ``none`` (``True`` / ``False``: ``rich`` / ``none``). ``rich`` draws a live bar in a
+        terminal or notebook and prints a line per epoch where output goes to a file or pipe.
     log_every_n_steps, check_val_every_n_epoch
         Logging interval (steps) and stage-2 validation interval (epochs).
     limit_train_batches

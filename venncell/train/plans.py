@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from venncell.data.dataset import Batch
+from venncell.data.files import package_version
 from venncell.data.samplers import owned_cells
 from venncell.module.losses import LossOutput
 from venncell.module.venn import VennModule
@@ -217,6 +218,7 @@ class _Plan(L.LightningModule):
             )
         checkpoint["venncell_stage"] = self.stage
         checkpoint["venncell_fingerprint"] = self.fingerprint
+        checkpoint["venncell_version"] = package_version()
         checkpoint["venncell_epoch_row"] = getattr(self, "_epoch_row", None)
         checkpoint["venncell_epoch_rows"] = self.epoch_rows
         checkpoint["venncell_first_loss"] = self.first_loss_value()

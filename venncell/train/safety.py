@@ -12,6 +12,7 @@ import shutil
 import signal
 import threading
 from contextlib import contextmanager
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,17 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from venncell.data.validate import VennCellInputError
+from venncell.module.config import ADDED_FIELDS
 
 log = logging.getLogger(__name__)
 FINGERPRINT_KEY = "venncell_fingerprint"
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on a signal (SIGTERM, SIGINT) after finishing its current step; the checkpoints of the
-    epochs before it are intact, and ``resume`` continues from them."""
+    epochs before it are intact, and ``resume`` continues from them. A ``KeyboardInterrupt``, so that code catching
+    ``Exception`` (a retry loop, a notebook cell's handler) does not swallow a stop the user asked for. A model
+    that was trained before keeps its earlier networks."""
 
     def __init__(self, signum: int, run_dir: Path):
         self.signum = signum
@@ -35,7 +39,8 @@ class TrainingInterrupted(Exception):
         name = signal.Signals(signum).name
         super().__init__(
             f"Training stopped by {name}; its checkpoints are in {run_dir}/checkpoints. Continue with "
-            "resume=true (same run folder)."
+            "resume=true in the same run folder and the same training settings (in Python: "
+            f"model.train(run_dir={str(run_dir)!r}, resume=True, ...))."
         )
 
 
@@ -149,8 +154,22 @@ def fingerprint(module, data, is_train: np.ndarray, train_cfg) -> dict:
         np.asarray(data.obs_names).astype(str).tobytes() + np.asarray(is_train).tobytes()
     )
     model = json.loads(json.dumps(_declared(module.cfg), default=str))
+    # a checkpoint from before some fields existed hashed its settings without them; they resume where the field
+    # does what its absence did, or nothing (augmenting crops without images, sizing regions without them)
+    inert = set()
+    if all(s.kind != "image" for s in data.registry.specs.values()):
+        inert.add("image_augment")
+    if model.get("venn_regions") == "shared":
+        inert |= {"region_dim", "region_dims", "region_independence_weight"}
+    older = [k for k, v in ADDED_FIELDS.items() if k in model and (model[k] == v or k in inert)]
+    accepts = {
+        digest({k: v for k, v in model.items() if k not in left_out})
+        for n in range(len(older) + 1)
+        for left_out in combinations(older, n)
+    }
     return {
         "model": digest(model),
+        "model_accepts": sorted(accepts),
         "data": digest(data.registry.to_dict()),
         "cells": cells.hexdigest()[:16],
         "training": digest(settings),
@@ -196,7 +215,8 @@ def check_resumable(saved: dict | None, current: dict, path: Path) -> None:
             f"Checkpoint {path} was not written by this version of VennCell (no fingerprint); "
             "start afresh with resume=false in a new run folder."
         )
-    differ = [_WHAT[k] for k in _WHAT if saved.get(k) != current[k]]
+    accepted = {k: [current[k]] for k in _WHAT} | {"model": current.get("model_accepts", [])}
+    differ = [_WHAT[k] for k in _WHAT if saved.get(k) not in accepted[k]]
     if differ:
         changed = _changed(saved.get(SETTINGS, {}), current[SETTINGS])
         # venncell-train's settings are given again on the command line; Hydra has already rewritten .hydra/ with
@@ -223,6 +243,8 @@ def _changed(saved: dict, current: dict) -> str:
         then, now = saved.get(group), current.get(group, {})
         if then is None:
             continue
+        # a field newer than the checkpoint did there what ADDED_FIELDS says
+        then = {**ADDED_FIELDS, **then} if group == "model" else then
         out += [
             f"{k}: {then.get(k)!r} in the checkpoint, {now.get(k)!r} now"
             for k in sorted(set(then) | set(now))

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -34,6 +34,7 @@ from venncell.module.embed import fit_mix_weights
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 from venncell.train.plans import Stage1Plan, Stage2Plan
+from venncell.train.progress import progress_bars
 from venncell.train.safety import (
     FINGERPRINT_KEY,
     SameFolderCheckpointIO,
@@ -46,61 +47,6 @@ from venncell.train.safety import (
 from venncell.train.threads import auto_threads_why, cpu_threads
 
 log = logging.getLogger(__name__)
-
-
-def _bar_metrics(items: dict) -> dict:
-    """The progress bar's columns: the stage is in the bar's description already, and Lightning truncates long names
-    ("stage1/train/loss_step" and "..._epoch" both showed as "stage1/train/los…"); the logger's version (the stage
-    name, shown as a cut "v_num") says nothing."""
-    return {
-        k.replace("/train/", "/").split("/", 1)[-1].removesuffix("_step"): v
-        for k, v in items.items()
-        if k != "v_num"
-    }
-
-
-class _BarMetrics:
-    """The bars' metrics, read again only when a logged value can have changed: every ``log_every_n_steps`` batches
-    and at epoch ends. Reading a metric tensor waits for the device, and the bars ask after every batch."""
-
-    _key = None
-    _cached: dict = {}
-
-    def get_metrics(self, trainer, pl_module):
-        steps_per_batch = max(1, len(trainer.optimizers))  # stage 1 steps two optimisers per batch
-        key = (
-            trainer.current_epoch,
-            trainer.global_step // steps_per_batch // trainer.log_every_n_steps,
-        )
-        if key != self._key:
-            self._key, self._cached = key, _bar_metrics(super().get_metrics(trainer, pl_module))
-        return self._cached
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self._key = None  # the epoch's means have just been logged
-        super().on_train_epoch_end(trainer, pl_module)
-
-
-class _RichBar(_BarMetrics, RichProgressBar):
-    def _get_train_description(self, current_epoch: int) -> str:
-        # both stages count their own epochs from 0: say which one this is
-        return f"Stage {self.trainer.lightning_module.stage} {super()._get_train_description(current_epoch)}"
-
-
-class _TQDMBar(_BarMetrics, TQDMProgressBar):
-    def on_train_epoch_start(self, trainer, pl_module, *args):
-        super().on_train_epoch_start(trainer, pl_module, *args)
-        self.train_progress_bar.set_description(
-            f"Stage {pl_module.stage} epoch {trainer.current_epoch}"
-        )
-
-
-def _progress(kind: str) -> list[Callback]:
-    if kind == "rich":
-        return [_RichBar(leave=True)]
-    if kind == "tqdm":
-        return [_TQDMBar()]
-    return []
 
 
 def _loader(
@@ -227,7 +173,7 @@ def _trainer(
         auto_insert_metric_name=False,
         save_on_train_epoch_end=True,
     )
-    callbacks = [ckpt, *_progress(cfg.progress_bar)]
+    callbacks = [ckpt, *progress_bars(cfg.progress_bar)]
     kwargs = dict(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
@@ -511,7 +457,8 @@ def _run_two_stage(
     train1 = _loader(data, all_idx, cfg.seed, trainer1, True, cfg, resident, split=is_train)
     # an earlier train() or embedding left the networks in eval mode, which Lightning keeps: dropout would be off
     module.train()
-    with stop_on_signals(stopper, run_dir):
+    # Lightning's info lines here (restoring a checkpoint, "max_epochs reached") repeat what the log says
+    with stop_on_signals(stopper, run_dir), lightning_info_off():
         trainer1.fit(plan1, train_dataloaders=train1, ckpt_path=ckpt1)
     got1, seconds1 = _stage_metrics(
         trainer1, run_dir, "stage1", time.perf_counter() - t0, ckpt1 is not None, step1
@@ -548,7 +495,7 @@ def _run_two_stage(
         _keep_csv_history(trainer2, step2, row2)
     _log_settings(trainer2, module, cfg)
     module.train()
-    with stop_on_signals(stopper, run_dir):
+    with stop_on_signals(stopper, run_dir), lightning_info_off():
         trainer2.fit(plan2, train_dataloaders=train2, val_dataloaders=val_loader, ckpt_path=ckpt2)
     metrics["stage2"], metrics["wall_time_s"]["stage2"] = _stage_metrics(
         trainer2, run_dir, "stage2", time.perf_counter() - t0, ckpt2 is not None, step2

@@ -1,0 +1,207 @@
+"""Features that some batches did not measure (antibody panels that differ between batches), found in the counts.
+
+Joining batches with different panels (``anndata.concat(join="outer")``) fills each batch's unmeasured features
+with zeros, which a count likelihood reads as measured zeros: the decoders learn that those batches lack the
+protein, and its predictions, attribution and planning go wrong for every batch. A feature is taken as unmeasured
+in a batch when that batch has no count of it at all although, at the rate the other batches show it, at least
+``EXPECTED_NONZERO`` of its cells would have one (the chance of none is then below e^-10). NaN counts as not
+measured, like 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from venncell.data.validate import (
+    VennCellInputError,
+    VennCellInputWarning,
+    batch_label_strings,
+    user_stacklevel,
+)
+
+EXPECTED_NONZERO = 10.0
+
+
+def _nonzero_per_batch(x, codes: np.ndarray, n_batches: int) -> np.ndarray:
+    """(batches x features) number of cells with a non-zero finite value, without a second copy of the matrix."""
+    if sp.issparse(x):
+        x = x.tocsr() if x.format != "csr" else x
+        # the matrix's own index arrays, and one flag per stored value; NaN is a value not measured, as 0 is
+        measured = (x.data != 0) & np.isfinite(x.data)
+        flags = sp.csr_matrix((measured.astype(np.float32), x.indices, x.indptr), shape=x.shape)
+        indicator = sp.csr_matrix(
+            (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))),
+            shape=(n_batches, len(codes)),
+        )
+        return np.asarray((indicator @ flags).todense())
+    x = np.asarray(x)
+    return np.stack(
+        [
+            ((rows != 0) & np.isfinite(rows)).sum(0)
+            for rows in (x[codes == b] for b in range(n_batches))
+        ]
+    ).astype(np.float64)
+
+
+def unmeasured_mask(x, codes: np.ndarray, n_batches: int) -> np.ndarray:
+    """Boolean (batches x features): True where a batch's cells hold no count of a feature that the other
+    batches' cells hold often enough for its absence to be no chance (module docstring).
+
+    Parameters
+    ----------
+    x
+        Cells x features, dense or sparse, non-negative.
+    codes
+        Each cell's batch, 0 .. ``n_batches`` - 1.
+    n_batches
+        The number of batches.
+    """
+    per_batch = _nonzero_per_batch(x, codes, n_batches)
+    cells = np.bincount(codes, minlength=n_batches).astype(np.float64)[:, None]
+    others = np.maximum(cells.sum() - cells, 1.0)
+    others_rate = (per_batch.sum(0, keepdims=True) - per_batch) / others
+    return (per_batch == 0) & (others_rate * cells >= EXPECTED_NONZERO)
+
+
+def warn_unmeasured(
+    name: str, x, batch_labels: pd.Series, features, layer: str | None = None
+) -> None:
+    """The warning for features of modality ``name`` that look unmeasured in some batches (none: no warning).
+    ``batch_labels``: each of the modality's cells' batch, named by the batch column; ``layer``: where the
+    counts are, named in the fix."""
+    categories, codes = np.unique(batch_label_strings(batch_labels), return_inverse=True)
+    if len(categories) < 2:
+        return
+    mask = unmeasured_mask(x, codes, len(categories))
+    if not mask.any():
+        return
+    cols = np.flatnonzero(mask.any(0))
+    batches = ", ".join(
+        f"'{categories[b]}' ({int(mask[b].sum())})" for b in np.flatnonzero(mask.any(1))
+    )
+    shown = ", ".join(str(features[i]) for i in cols[:5]) + (", ..." if len(cols) > 5 else "")
+    where = "" if layer is None else f", layer={layer!r}"
+    warnings.warn(
+        f"Modality '{name}': {len(cols)} feature(s) ({shown}) have no counts at all in batch(es) {batches}, "
+        "though the other batches' cells hold them often. Unless those batches lack the cells that express "
+        "them, they were not measured there (a panel without them, zeros filled in by joining the batches), "
+        "and the model reads the zeros as measurements, which biases their predictions, attribution and plan in "
+        "every batch. Give them a modality of their own that holds only the batches that measured them: "
+        f"`mdata = venncell.data.split_panels(mdata, '{name}', '{batch_labels.name}'{where})` (cells without "
+        "it are then partially paired; for venncell-train, write that MuData to a file and train on it), or "
+        "drop them.",
+        VennCellInputWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _batch_labels(mdata, modality: str, batch_key: str) -> pd.Series:
+    adata = mdata.mod[modality]
+    if batch_key in mdata.obs:
+        labels = mdata.obs[batch_key].reindex(adata.obs_names)
+    elif batch_key in adata.obs:
+        labels = adata.obs[batch_key]
+    else:
+        raise VennCellInputError(
+            f"split_panels: batch_key '{batch_key}' is neither a column of mdata.obs nor of "
+            f"mdata['{modality}'].obs."
+        )
+    if labels.isna().any():
+        raise VennCellInputError(
+            f"split_panels: {int(labels.isna().sum())} cell(s) of modality '{modality}' have no '{batch_key}' "
+            "label; give every cell its batch first."
+        )
+    return labels
+
+
+def split_panels(
+    mdata, modality: str, batch_key: str, layer: str | None = None, min_features: int = 1
+):
+    """Move the features of ``modality`` that some batches did not measure into modalities of their own.
+
+    A feature counts as unmeasured in a batch when that batch holds none of it although the other batches'
+    rate would give it at least ten non-zero cells (``venncell.data.panels``). Features are grouped by the set
+    of batches that measured them; each group becomes ``<modality>_panel1``, ``<modality>_panel2``, ...
+    (largest first) holding only those batches' cells, and the features every batch measured stay in
+    ``modality`` (which is left out if none do). Register the new modalities with the same kind in
+    ``setup_mudata``: cells without one are partially paired, so its decoder learns only from cells that
+    measured it, and its predictions for the other cells come from their other modalities.
+
+    Parameters
+    ----------
+    mdata
+        The MuData; it is not changed.
+    modality
+        The modality to split, e.g. ``"adt"``.
+    batch_key
+        The batch column, in ``mdata.obs`` or the modality's ``.obs``.
+    layer
+        The layer holding the modality's counts, as registered (None: ``.X``).
+    min_features
+        A group of fewer features is dropped rather than made a modality.
+
+    Attribution probes markers, and the planner scores predictions, on the cells measured in every modality, so
+    after a split they read only the batches that measured every panel; split only the panels that matter.
+
+    Returns
+    -------
+    A new MuData with the other modalities, ``.obs`` columns, ``.uns`` and (when the cells are unchanged)
+    ``.obsm`` / ``.obsp`` of ``mdata``. ``uns["venncell_panels"]`` maps each new modality to the batches that
+    measured it; ``uns["venncell_panels_dropped"]`` lists the features left out.
+    """
+    import mudata as md
+
+    if modality not in mdata.mod:
+        raise VennCellInputError(
+            f"split_panels: modality '{modality}' is not in the MuData (it has {list(mdata.mod)})."
+        )
+    adata = mdata.mod[modality]
+    if layer is not None and layer not in adata.layers:
+        raise VennCellInputError(
+            f"split_panels: modality '{modality}' has no layer '{layer}' "
+            f"(layers: {list(adata.layers) or 'none'})."
+        )
+    labels = batch_label_strings(_batch_labels(mdata, modality, batch_key))
+    categories, codes = np.unique(labels, return_inverse=True)
+    mask = unmeasured_mask(
+        adata.X if layer is None else adata.layers[layer], codes, len(categories)
+    )
+    everyone = frozenset(range(len(categories)))
+    groups: dict[frozenset, list[int]] = {}
+    for j in range(adata.n_vars):
+        groups.setdefault(frozenset(np.flatnonzero(~mask[:, j])), []).append(j)
+    if len(groups) == 1 and everyone in groups:
+        warnings.warn(
+            f"split_panels: every batch measured every feature of '{modality}'; nothing to split.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
+    mods = {name: mod for name, mod in mdata.mod.items() if name != modality}
+    if everyone in groups:
+        mods[modality] = adata[:, groups.pop(everyone)].copy()
+    panels, dropped = {}, []
+    for batches, cols in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        if len(cols) < min_features or not batches:  # too few to model, or measured nowhere
+            dropped += [str(adata.var_names[j]) for j in cols]
+            continue
+        name = f"{modality}_panel{len(panels) + 1}"
+        mods[name] = adata[np.isin(codes, sorted(batches)), cols].copy()
+        panels[name] = sorted(str(categories[b]) for b in batches)
+    out = md.MuData(mods)
+    out.obs = out.obs.join(mdata.obs.drop(columns=out.obs.columns, errors="ignore"))
+    out.uns.update(mdata.uns)
+    if list(out.obs_names) == list(mdata.obs_names):
+        for key, value in mdata.obsm.items():
+            if (
+                key not in mdata.mod and key not in out.mod
+            ):  # MuData keeps each modality's cells there
+                out.obsm[key] = value
+        for key, value in mdata.obsp.items():
+            out.obsp[key] = value
+    out.uns["venncell_panels"] = panels
+    out.uns["venncell_panels_dropped"] = dropped
+    return out
