@@ -626,3 +626,33 @@ def _train_in_process(run_dir, overrides: list[str]) -> None:
     with initialize_config_module(config_module="venncell.conf", version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, "trainer=fast", "logger=none"])
     run_train(cfg, run_dir)
+
+
+def test_train_splits_panels_on_the_command_line(tmp_path, helpers):
+    """The panel warning told a venncell-train user to split the file in Python first."""
+    from venncell import make_synthetic
+
+    mdata, _ = make_synthetic(
+        n_cells=300, modalities={"rna": 60, "protein": 12}, n_batches=2, seed=0
+    )
+    x = mdata["protein"].X.toarray()
+    lacks = (mdata.obs["batch"] == "b1").reindex(mdata["protein"].obs_names).to_numpy()
+    x[np.ix_(lacks, [0, 1, 2])] = 0  # batch b1's panel had no proteins 0-2
+    mdata.mod["protein"].X = x
+    mdata.write(str(tmp_path / "panels.h5mu"))
+    args = [
+        "venncell-train",
+        "trainer=fast",
+        "data=mudata",
+        f"data.path={tmp_path / 'panels.h5mu'}",
+        "data.register={rna: rna, protein: {kind: protein}}",
+        "data.split_panels=[protein]",
+        "evaluate_recovery=false",
+    ]
+    res = helpers.run_cli([*args, f"hydra.run.dir={tmp_path / 'none'}"], ok=False)
+    assert res.returncode == 2 and "data.batch_key" in res.stderr
+    helpers.run_cli([*args, "data.batch_key=batch", f"hydra.run.dir={tmp_path / 'run'}"])
+    out = md.read_h5mu(str(tmp_path / "run" / "venn.h5mu"))
+    assert list(out["protein_panel1"].var_names) == list(mdata["protein"].var_names[:3])
+    assert set(out.obs.loc[out["protein_panel1"].obs_names, "batch"]) == {"b0"}
+    assert "X_venn_private_protein_panel1" in out.obsm

@@ -143,3 +143,45 @@ def test_nan_filled_panels_are_refused_with_the_way_to_keep_the_cells():
     with pytest.raises(VennCellInputError, match="NaN/inf") as err:
         VennCell(mdata)
     assert "split_panels" not in str(err.value)
+
+
+def test_split_panels_keeps_the_cells_order_and_reads_all_nan_batches_as_unmeasured():
+    """A modality not last among partly paired ones changed MuData's order of cells, and .obsm was dropped; NaN
+    in all of a small batch's cells was read as measured, and the NaN error's advice then looped."""
+    import mudata as md
+
+    from venncell.data import split_panels
+
+    mdata = _panel_data()
+    protein = mdata["protein"][mdata["protein"].obs_names[:380]].copy()  # partly paired
+    x = protein.X.toarray()
+    small = np.arange(len(x)) >= 372  # a batch of 8 cells, too few for the rate rule
+    x[np.ix_(small, [4, 5])] = np.nan
+    protein.X = x
+    protein.obs["batch"] = np.where(small, "c", "a")
+    both = md.MuData({"protein": protein, "rna": mdata["rna"]})
+    both.obs["batch"] = np.where(both.obs_names.isin(protein.obs_names[small]), "c", "a")
+    both.obsm["X_umap"] = np.arange(both.n_obs, dtype=float)[:, None].repeat(2, 1)
+    out = split_panels(both, "protein", "batch")
+    assert out.uns["venncell_panels"] == {"protein_panel1": ["a"]}
+    assert not np.isnan(out["protein"].X).any()
+    where = both.obs_names.get_indexer(out.obs_names)
+    np.testing.assert_array_equal(out.obsm["X_umap"][:, 0], where)
+
+
+def test_the_warning_gives_the_registered_layer():
+    """The suggested split_panels call left out layer=, and read .X (scaled values), which split nothing."""
+    from venncell import VennCell, VennCellInputWarning
+
+    mdata = _panel_data()
+    mdata["protein"].layers["counts"] = mdata["protein"].X.copy()
+    mdata["protein"].X = mdata["protein"].X.toarray() + 1.0
+    VennCell.setup_mudata(
+        mdata,
+        modalities={"rna": "rna", "protein": {"kind": "protein", "layer": "counts"}},
+        batch_key="batch",
+    )
+    with pytest.warns(
+        VennCellInputWarning, match=r"split_panels\(mdata, 'protein', 'batch', layer='counts'\)"
+    ):
+        VennCell(mdata)

@@ -158,8 +158,9 @@ def _check_nested_keys(argv: list[str]) -> None:
         owners = [group for group, keys in groups.items() if key in keys]
         if owners:
             print(
-                f"venncell: error: {key} is a setting of the {owners[0]} group: give "
-                f"{owners[0]}.{arg} (venncell-report --help lists every setting).",
+                f"venncell: error: {key} is a setting of the {' and the '.join(owners)} group"
+                f"{'s' if len(owners) > 1 else ''}: give {' and/or '.join(f'{g}.{arg}' for g in owners)} "
+                "(venncell-report --help lists every setting).",
                 file=sys.stderr,
             )
             raise SystemExit(2)

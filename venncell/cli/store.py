@@ -41,6 +41,8 @@ class MuDataConfig:
     # Any, not Optional[dict]: Hydra cannot merge a command-line dict into a typed None (data_settings checks it)
     register: Any = None
     batch_key: Optional[str] = None
+    # modalities stained with different panels per batch: venncell.data.split_panels, before set-up
+    split_panels: Any = None
     validation_fraction: float = VALIDATION_FRACTION
     backed: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -152,6 +154,18 @@ def data_settings(cfg) -> dict:
             "give their options: data.register='{rna: {kind: rna, layer: counts}, adt: protein}'."
         )
     d["register"] = register or None
+    split = d.get("split_panels")
+    if OmegaConf.is_config(split):
+        split = OmegaConf.to_container(split, resolve=True)
+    if isinstance(split, str):
+        split = [split]
+    if split is not None and not (
+        isinstance(split, list) and all(isinstance(n, str) for n in split)
+    ):
+        raise VennCellInputError(
+            f"data.split_panels={split!r} must list modalities, e.g. data.split_panels=[adt]."
+        )
+    d["split_panels"] = split or []
     if d.get("name") == "mudata":
         check_range("data.chunk_size", d.get("chunk_size", DEFAULT_CHUNK_SIZE), 1, integer=True)
     return d

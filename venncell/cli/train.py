@@ -104,6 +104,7 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if register is None and stored is not None:
         register, batch_key = as_setup_options(stored), batch_key or stored.get("batch_key")
         log.info("Using the setup stored in the file (data.register overrides it): %s", register)
+    mdata, register = _split_panels(mdata, data["split_panels"], register, batch_key)
     VennCell.setup_mudata(mdata, modalities=register, batch_key=batch_key)
     backed = bool(getattr(mdata, "isbacked", False))
     model = VennCell(
@@ -205,6 +206,46 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
             "trainer.lr_encoder) or, where the losses were still falling, more epochs."
         )
     return metrics
+
+
+def _split_panels(mdata, names: list[str], register, batch_key: str | None):
+    """``data.split_panels``: each named modality's features that some batches did not measure move to modalities
+    of their own (``venncell.data.split_panels``), registered as the modality they came from."""
+    if not names:
+        return mdata, register
+    from venncell.data.panels import split_panels
+
+    if batch_key is None:
+        raise VennCellInputError(
+            f"data.split_panels={names} splits by batch: name the batch column, data.batch_key=<obs column>."
+        )
+    if getattr(mdata, "isbacked", False):
+        raise VennCellInputError(
+            "data.split_panels needs the data in memory: leave out data.backed=true, or split in Python "
+            "(venncell.data.split_panels), write the MuData and train on that file."
+        )
+    for name in names:
+        entry = register.get(name) if isinstance(register, dict) else None
+        layer = entry.get("layer") if isinstance(entry, dict) else None
+        mdata = split_panels(mdata, name, batch_key, layer=layer)
+        made = mdata.uns["venncell_panels"]
+        if isinstance(register, dict) and name in register:
+            register = {**register, **{panel: register[name] for panel in made}}
+        elif isinstance(register, list) and name in register:
+            register = [*register, *made]
+        if name not in mdata.mod and register is not None:  # every feature moved to a panel
+            register = (
+                {k: v for k, v in register.items() if k != name}
+                if isinstance(register, dict)
+                else [k for k in register if k != name]
+            )
+        log.info(
+            "data.split_panels: %s -> %s",
+            name,
+            ", ".join(f"{p} (measured in {', '.join(b)})" for p, b in made.items())
+            or "nothing to split",
+        )
+    return mdata, register
 
 
 def _input_path(cfg: DictConfig) -> Path | None:

@@ -4,8 +4,8 @@ Joining batches with different panels (``anndata.concat(join="outer")``) fills e
 with zeros, which a count likelihood reads as measured zeros: the decoders learn that those batches lack the
 protein, and its predictions, attribution and planning go wrong for every batch. A feature is taken as unmeasured
 in a batch when that batch has no count of it at all although, at the rate the other batches show it, at least
-``EXPECTED_NONZERO`` of its cells would have one (the chance of none is then below e^-10). NaN counts as not
-measured, like 0.
+``EXPECTED_NONZERO`` of its cells would have one (the chance of none is then below e^-10), or when all its cells
+hold it as NaN.
 """
 
 from __future__ import annotations
@@ -26,45 +26,58 @@ from venncell.data.validate import (
 EXPECTED_NONZERO = 10.0
 
 
-def _nonzero_per_batch(x, codes: np.ndarray, n_batches: int) -> np.ndarray:
-    """(batches x features) number of cells with a non-zero finite value, without a second copy of the matrix."""
+def _per_batch(x, codes: np.ndarray, n_batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """(batches x features) numbers of cells with a non-zero finite value and with NaN, without a second copy of
+    the matrix."""
     if sp.issparse(x):
         x = x.tocsr() if x.format != "csr" else x
-        # the matrix's own index arrays, and one flag per stored value; NaN is a value not measured, as 0 is
-        measured = (x.data != 0) & np.isfinite(x.data)
-        flags = sp.csr_matrix((measured.astype(np.float32), x.indices, x.indptr), shape=x.shape)
         indicator = sp.csr_matrix(
             (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))),
             shape=(n_batches, len(codes)),
         )
-        return np.asarray((indicator @ flags).todense())
-    x = np.asarray(x)
-    return np.stack(
-        [
-            ((rows != 0) & np.isfinite(rows)).sum(0)
-            for rows in (x[codes == b] for b in range(n_batches))
+        # the matrix's own index arrays, and one flag per stored value
+        counts = [
+            np.asarray(
+                (
+                    indicator
+                    @ sp.csr_matrix((flag.astype(np.float32), x.indices, x.indptr), shape=x.shape)
+                ).todense()
+            )
+            for flag in ((x.data != 0) & np.isfinite(x.data), np.isnan(x.data))
         ]
-    ).astype(np.float64)
+        return counts[0], counts[1]
+    x = np.asarray(x)
+    rows = [x[codes == b] for b in range(n_batches)]
+    measured = np.stack([((r != 0) & np.isfinite(r)).sum(0) for r in rows]).astype(np.float64)
+    return measured, np.stack([np.isnan(r).sum(0) for r in rows]).astype(np.float64)
 
 
 def unmeasured_mask(x, codes: np.ndarray, n_batches: int) -> np.ndarray:
-    """Boolean (batches x features): True where a batch's cells hold no count of a feature that the other
-    batches' cells hold often enough for its absence to be no chance (module docstring).
+    """Which batches did not measure which features.
+
+    A batch did not measure a feature that all its cells hold as NaN, or that none of its cells holds although
+    the other batches' cells hold it often enough for its absence to be no chance (module docstring).
 
     Parameters
     ----------
     x
-        Cells x features, dense or sparse, non-negative.
+        Cells x features, dense or sparse, non-negative or NaN.
     codes
         Each cell's batch, 0 .. ``n_batches`` - 1.
     n_batches
         The number of batches.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, batches x features.
     """
-    per_batch = _nonzero_per_batch(x, codes, n_batches)
+    measured, nan = _per_batch(x, codes, n_batches)
     cells = np.bincount(codes, minlength=n_batches).astype(np.float64)[:, None]
     others = np.maximum(cells.sum() - cells, 1.0)
-    others_rate = (per_batch.sum(0, keepdims=True) - per_batch) / others
-    return (per_batch == 0) & (others_rate * cells >= EXPECTED_NONZERO)
+    others_rate = (measured.sum(0, keepdims=True) - measured) / others
+    absent = (measured == 0) & (others_rate * cells >= EXPECTED_NONZERO)
+    return absent | ((nan == cells) & (cells > 0))
 
 
 def warn_unmeasured(
@@ -92,8 +105,7 @@ def warn_unmeasured(
         "and the model reads the zeros as measurements, which biases their predictions, attribution and plan in "
         "every batch. Give them a modality of their own that holds only the batches that measured them: "
         f"`mdata = venncell.data.split_panels(mdata, '{name}', '{batch_labels.name}'{where})` (cells without "
-        "it are then partially paired; for venncell-train, write that MuData to a file and train on it), or "
-        "drop them.",
+        f"it are then partially paired; venncell-train: data.split_panels=[{name}]), or drop them.",
         VennCellInputWarning,
         stacklevel=user_stacklevel(),
     )
@@ -108,7 +120,7 @@ def _batch_labels(mdata, modality: str, batch_key: str) -> pd.Series:
     else:
         raise VennCellInputError(
             f"split_panels: batch_key '{batch_key}' is neither a column of mdata.obs nor of "
-            f"mdata['{modality}'].obs."
+            f"mdata['{modality}'].obs; name one of {sorted(map(str, mdata.obs.columns))[:10]}."
         )
     if labels.isna().any():
         raise VennCellInputError(
@@ -144,14 +156,17 @@ def split_panels(
     min_features
         A group of fewer features is dropped rather than made a modality.
 
-    Attribution probes markers, and the planner scores predictions, on the cells measured in every modality, so
-    after a split they read only the batches that measured every panel; split only the panels that matter.
-
     Returns
     -------
-    A new MuData with the other modalities, ``.obs`` columns, ``.uns`` and (when the cells are unchanged)
-    ``.obsm`` / ``.obsp`` of ``mdata``. ``uns["venncell_panels"]`` maps each new modality to the batches that
-    measured it; ``uns["venncell_panels_dropped"]`` lists the features left out.
+    mudata.MuData
+        A new MuData with the other modalities, ``.obs`` columns, ``.uns`` and (when the cells are the same)
+        ``.obsm`` / ``.obsp`` of ``mdata``. ``uns["venncell_panels"]`` maps each new modality to the batches
+        that measured it; ``uns["venncell_panels_dropped"]`` lists the features left out.
+
+    Notes
+    -----
+    Attribution probes markers, and the planner scores predictions, on the cells measured in every modality, so
+    after a split they read only the batches that measured every panel: split only the modalities that need it.
     """
     import mudata as md
 
@@ -180,28 +195,33 @@ def split_panels(
             VennCellInputWarning,
             stacklevel=user_stacklevel(),
         )
-    mods = {name: mod for name, mod in mdata.mod.items() if name != modality}
+    split = {}
     if everyone in groups:
-        mods[modality] = adata[:, groups.pop(everyone)].copy()
+        split[modality] = adata[:, groups.pop(everyone)].copy()
     panels, dropped = {}, []
     for batches, cols in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         if len(cols) < min_features or not batches:  # too few to model, or measured nowhere
             dropped += [str(adata.var_names[j]) for j in cols]
             continue
         name = f"{modality}_panel{len(panels) + 1}"
-        mods[name] = adata[np.isin(codes, sorted(batches)), cols].copy()
+        split[name] = adata[np.isin(codes, sorted(batches)), cols].copy()
         panels[name] = sorted(str(categories[b]) for b in batches)
+    # the split modality's place among the others keeps the MuData's order of cells where it can
+    mods = {}
+    for name, mod in mdata.mod.items():
+        mods.update(split if name == modality else {name: mod})
     out = md.MuData(mods)
     out.obs = out.obs.join(mdata.obs.drop(columns=out.obs.columns, errors="ignore"))
     out.uns.update(mdata.uns)
-    if list(out.obs_names) == list(mdata.obs_names):
+    if set(out.obs_names) == set(mdata.obs_names):
+        rows = mdata.obs_names.get_indexer(out.obs_names)
         for key, value in mdata.obsm.items():
             if (
                 key not in mdata.mod and key not in out.mod
             ):  # MuData keeps each modality's cells there
-                out.obsm[key] = value
+                out.obsm[key] = value.iloc[rows] if hasattr(value, "iloc") else value[rows]
         for key, value in mdata.obsp.items():
-            out.obsp[key] = value
+            out.obsp[key] = value[rows][:, rows]
     out.uns["venncell_panels"] = panels
     out.uns["venncell_panels_dropped"] = dropped
     return out

@@ -412,9 +412,8 @@ def _warn_unmeasured_features(mdata, specs: dict, batch_key: str) -> None:
         adata = mdata.mod[name]
         labels = mdata.obs[batch_key].reindex(adata.obs_names)
         labels.name = batch_key
-        warn_unmeasured(
-            name, select_matrix(adata, spec), labels, [str(v) for v in adata.var_names]
-        )
+        features = [str(v) for v in adata.var_names]
+        warn_unmeasured(name, select_matrix(adata, spec), labels, features, spec.layer)
 
 
 def base_spec(name: str, opts: dict) -> ModalitySpec:

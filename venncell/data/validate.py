@@ -156,7 +156,9 @@ def check_matrix(
             f" They fill {block[1]} feature(s) for the same {block[0]} cells, as joining batches stained with "
             "different panels leaves them: rather than dropping the cells, give those features a modality of "
             "their own that holds only the cells that measured them "
-            f"(`mdata = venncell.data.split_panels(mdata, '{name}', batch_key)`, which reads NaN as not measured)."
+            f"(`mdata = venncell.data.split_panels(mdata, '{name}', batch_key"
+            + ("" if layer is None else f", layer={layer!r}")
+            + ")`, which reads NaN as not measured)."
             if block
             else ""
         )
