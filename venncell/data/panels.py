@@ -111,7 +111,8 @@ def warn_unmeasured(
     )
 
 
-def _batch_labels(mdata, modality: str, batch_key: str) -> pd.Series:
+def batch_labels(mdata, modality: str, batch_key: str) -> pd.Series:
+    """The batch of each of ``modality``'s cells, from ``mdata.obs`` or else the modality's own ``.obs``."""
     adata = mdata.mod[modality]
     if batch_key in mdata.obs:
         labels = mdata.obs[batch_key].reindex(adata.obs_names)
@@ -180,7 +181,7 @@ def split_panels(
             f"split_panels: modality '{modality}' has no layer '{layer}' "
             f"(layers: {list(adata.layers) or 'none'})."
         )
-    labels = batch_label_strings(_batch_labels(mdata, modality, batch_key))
+    labels = batch_label_strings(batch_labels(mdata, modality, batch_key))
     categories, codes = np.unique(labels, return_inverse=True)
     mask = unmeasured_mask(
         adata.X if layer is None else adata.layers[layer], codes, len(categories)

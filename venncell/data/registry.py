@@ -404,14 +404,13 @@ def fit_registry(
 def _warn_unmeasured_features(mdata, specs: dict, batch_key: str) -> None:
     """Protein counts that some batches did not measure (``venncell.data.panels``). Antibody panels differ between
     batches; genes and peaks absent from a batch are more often biology (Y-chromosome genes in female donors)."""
-    from venncell.data.panels import warn_unmeasured
+    from venncell.data.panels import batch_labels, warn_unmeasured
 
     for name, spec in specs.items():
         if spec.kind != "protein" or spec.likelihood not in COUNT_LIKELIHOODS:
             continue
         adata = mdata.mod[name]
-        labels = mdata.obs[batch_key].reindex(adata.obs_names)
-        labels.name = batch_key
+        labels = batch_labels(mdata, name, batch_key)
         features = [str(v) for v in adata.var_names]
         warn_unmeasured(name, select_matrix(adata, spec), labels, features, spec.layer)
 
