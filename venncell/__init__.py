@@ -9,7 +9,7 @@ from venncell.data.validate import (
     VennCellTrainingWarning,
 )
 from venncell.model import VennCell
-from venncell.train.safety import TrainingInterrupted
+from venncell.train.errors import TrainingInterrupted
 
 __version__ = package_version()
 

@@ -27,6 +27,7 @@ from venncell.data.files import atomic_write, output_folder, package_version
 from venncell.data.registry import (
     REGISTRY_KEY,
     DataRegistry,
+    copy_up,
     fit_registry,
     setup_options,
     stored_options,
@@ -50,6 +51,7 @@ from venncell.module.embed import (
     stage1_latents,
 )
 from venncell.module.init import init_likelihoods, spectral_init
+from venncell.module.regions import block_key
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
 
@@ -660,6 +662,21 @@ class VennCell:
         from venncell.train.refine import refine_latents
 
         self._require_known_batches(data, "refinement (refine_epochs)", unseen_ok=True)
+        small = [
+            f"'{b}' ({n} cell{'s' if n > 1 else ''})"
+            for b, n in zip(data.unseen_batches, data.unseen_sizes)
+            if n < MIN_CELLS
+        ]
+        if small:
+            warnings.warn(
+                f"New batch(es) {', '.join(small[:5])}{' ...' if len(small) > 5 else ''} have fewer than "
+                f"{MIN_CELLS} cells: refinement learns each new batch's effect from its own cells, and from so few "
+                "it takes up their biology too. Give such cells one label for the whole query (e.g. "
+                f"`mdata.obs['{self.registry.batch_key}'] = 'query'`) or the label of the training batch they are "
+                "closest to.",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
+            )
         use = list(modalities) if modalities is not None else list(self.specs)
         start = embed_cells(self.module, data, modalities=use)
         return refine_latents(
@@ -681,11 +698,14 @@ class VennCell:
         target: str = "protein",
         scale: str = "normalised",
     ) -> np.ndarray:
-        """Expected values of ``target`` predicted from the ``source`` modalities only.
+        """Expected values of ``target`` predicted from the ``source`` modalities only, or, with ``target`` among
+        them, the target's denoised values (scvi-tools' ``get_normalized_expression``).
 
         The shared latent is encoded from the sources; the target's shared-only decoder maps it to the target
-        (its private latent is, by construction, unknowable from other modalities). The decoder reads each cell's
-        batch; cells of a batch the model never saw (or without the batch column) get the mean of their
+        (its private latent is, by construction, unknowable from other modalities). With ``target`` in
+        ``source`` the target's full decoder reads the shared, its Venn-region and its private latents, all from
+        the encoders, so that private signal is kept; cells without the target get NaN. The decoder reads each
+        cell's batch; cells of a batch the model never saw (or without the batch column) get the mean of their
         predictions as each training batch (batch-neutral), with a warning.
 
         Parameters
@@ -693,7 +713,8 @@ class VennCell:
         mdata
             The cells (default: the training data).
         source
-            Modalities to predict from (not containing ``target``).
+            Modalities to predict from; include ``target`` to denoise it (e.g. ``source=["rna", "protein"],
+            target="rna"``).
         target
             The modality to predict.
         scale
@@ -719,10 +740,7 @@ class VennCell:
                 f"source={[m for m in self.specs if m != target][:1]}."
             )
         self._check_modalities(source)
-        if target in source:
-            raise VennCellInputError(
-                f"target '{target}' is also a source; cross-modal prediction needs them disjoint."
-            )
+        denoise = target in source
         if scale not in ("normalised", "counts"):
             raise VennCellInputError(f"scale must be 'normalised' or 'counts', got {scale!r}.")
         spec = self.specs[target]
@@ -732,20 +750,32 @@ class VennCell:
             )
         # cells of new batches: said below, for the prediction
         data = self._data_for(mdata, warn_new_batches=False)
-        z = embed_cells(self.module, data, modalities=source)["shared"]
+        blocks = embed_cells(self.module, data, modalities=source)
+        z = blocks["shared"]
+        lacking = f"none of the source modalities {source}"
+        if denoise:  # what the full decoder reads, in its order
+            z = self.module.decoder_input(
+                target,
+                torch.as_tensor(z),
+                torch.as_tensor(blocks[f"private:{target}"]),
+                {r: torch.as_tensor(blocks[block_key(r)]) for r in self.module.regions_of[target]},
+            ).numpy()
+            lacking = f"no '{target}' of their own to denoise"
         missing = np.isnan(z).any(1)
         if missing.all():
+            what = (
+                f"'{target}' to denoise" if denoise else f"any of the source modalities {source}"
+            )
             raise VennCellInputError(
-                f"No cell has any of the source modalities {source}; predict from modalities the cells have."
+                f"No cell has {what}; predict from modalities the cells have."
             )
         if missing.any():  # like get_latent_representation(modalities=...): NaN rows, said once
             warnings.warn(
-                f"{int(missing.sum())} of {len(z)} cell(s) have none of the source modalities {source}; their "
-                "predictions are NaN.",
+                f"{int(missing.sum())} of {len(z)} cell(s) have {lacking}; their predictions are NaN.",
                 VennCellInputWarning,
                 stacklevel=2,
             )
-        dec = self.module.shared_decoders[target]
+        dec = (self.module.decoders if denoise else self.module.shared_decoders)[target]
         self._warn_untrained_batches(data, dec, target, ~missing)
         out = []
         with torch.no_grad():
@@ -781,7 +811,7 @@ class VennCell:
                 if not data.batch_missing
                 else f"have no {key!r} column in mdata.obs"
                 + (
-                    f" (the .obs of {holders} holds it; copy it up: {self.registry.copy_up(holders[0])})"
+                    f" (the .obs of {holders} holds it; copy it up: {copy_up(self.registry.batch_key, holders)})"
                     if holders
                     else ""
                 )
@@ -814,7 +844,9 @@ class VennCell:
         """Put the latents where scverse tools look: ``obsm["X_venn_shared"]``, ``obsm["X_venn_private_<m>"]`` and,
         with Venn regions, ``obsm["X_venn_shared_<a>+<b>"]``: the latents ``get_latent_representation`` gives by
         default. For training cells (without ``modalities`` or ``refine_epochs``) also ``*_encoder`` and
-        ``*_stage1`` (the two latents averaged there) and ``obs["venn_split"]``; other writes remove those two.
+        ``*_stage1`` (the two latents averaged there) and ``obs["venn_split"]``; other writes remove the two
+        estimates (``venn_split`` stays: it still says which cells trained). ``modalities``: those whose encoders
+        give the shared block; each private block always comes from its own modality's encoder.
         ``uns["venncell_latents"]`` records what the keys hold (``source``: ``average``, ``encoder`` or ``refined``;
         the ``modalities`` read; ``refine_epochs``). Returns the MuData written to."""
         self._require_trained()
@@ -1109,7 +1141,8 @@ class VennCell:
         ----------
         mdata
             New cells (default: the training data, whose stage-1 latents are the reference; so are they when the
-            training cells are passed, e.g. a copy or a subset of the training MuData).
+            training cells are passed, e.g. a copy or a subset of the training MuData). New cells must carry a
+            training batch's label: the weights read the trained decoders, which know no other batch.
         refine_epochs
             New cells only: epochs of test-time refinement that fit their reference latents (None: 20).
         write_obs

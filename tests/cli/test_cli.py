@@ -251,6 +251,28 @@ def test_bad_path_is_one_clear_line(tmp_path, helpers):
     assert res.returncode == 2 and "unreadable or truncated" in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "setting", "said"),
+    [
+        ("venncell-train", "model.kl_wieght=2", "Did you mean model.kl_weight?"),
+        ("venncell-train", "model=nosuch", "Available options in 'model'"),
+        ("venncell-train", "trainer.stage1_epochs=abc", "could not be converted"),
+        ("venncell-embed", "refine_epoch=3", "Did you mean refine_epochs?"),
+        ("venncell-report", "attribution.n_bootstrap=3", "not in"),
+    ],
+)
+def test_a_setting_hydra_cannot_compose_is_one_line_and_exit_code_2(
+    command, setting, said, tmp_path, helpers
+):
+    """Hydra answered a mistyped key, option or value with several lines, advice to add the key with '+' (refused
+    in turn: the configs are typed) and exit code 1, the code of a crash."""
+    res = helpers.run_cli([command, setting, f"hydra.run.dir={tmp_path / 'run'}"], ok=False)
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("venncell: error:") and said in lines[0], lines
+    assert "use +" not in res.stderr and not (tmp_path / "run").exists()
+
+
 def test_a_failed_training_exits_with_code_3_after_writing_its_outputs(tmp_path, helpers):
     """A stage-1 learning rate far too high: the losses explode and stay finite, so training runs to its end. A
     workflow must not take the result for a model: exit code 3 with the reason, the outputs kept for inspection."""

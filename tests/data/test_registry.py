@@ -249,7 +249,7 @@ def test_whole_number_features_stay_gaussian_when_said_and_warn_when_guessed():
         warnings.simplefilter("error", VennCellInputWarning)
         VennCell.setup_mudata(mdata, {"rna": "rna", "morph": "features"})
     assert stored_options(mdata)["modalities"]["morph"]["likelihood"] == "gaussian"
-    with pytest.warns(VennCellInputWarning, match="'morph'.*guessed from its name.*whole numbers"):
+    with pytest.warns(VennCellInputWarning, match="'morph'.*names no kind.*whole numbers"):
         VennCell.setup_mudata(mdata, {"rna": "rna", "morph": None})
     assert stored_options(mdata)["modalities"]["morph"]["likelihood"] == "nb"
     VennCell.setup_mudata(mdata, {"rna": "rna", "morph": {"kind": "features", "likelihood": "nb"}})

@@ -117,8 +117,30 @@ def test_predict_modality(trained_tiny):
     np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-4)  # NB proportions
     counts = model.predict_modality(source="rna", target="protein", scale="counts")
     assert counts.sum(1).mean() > 100
-    with pytest.raises(VennCellInputError, match="also a source"):
-        model.predict_modality(source=["rna"], target="rna")
+
+
+def test_predict_modality_denoises_the_target_with_its_private_latent(trained_tiny):
+    model, mdata, _ = trained_tiny
+    sources = list(mdata.mod)
+    denoised = model.predict_modality(source=sources, target="rna")
+    across = model.predict_modality(source=["protein", "atac"], target="rna")
+    assert denoised.shape == across.shape == (mdata.n_obs, mdata["rna"].n_vars)
+    np.testing.assert_allclose(denoised.sum(1), 1.0, rtol=1e-4)
+    x = np.asarray(
+        mdata["rna"].X.todense() if hasattr(mdata["rna"].X, "todense") else mdata["rna"].X
+    )
+    measured = np.log1p(1e4 * x / x.sum(1, keepdims=True))
+
+    def fit(pred):  # mean per-cell correlation with the measured, log-normalised counts
+        logp = np.log1p(1e4 * pred)
+        return np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(logp, measured)])
+
+    # the private block carries what the other modalities cannot know
+    assert fit(denoised) > fit(across) + 0.01
+    # cells without their own RNA have nothing to denoise
+    no_rna = md.MuData({m: mdata[m].copy() for m in ("protein", "atac")})
+    with pytest.raises(VennCellInputError, match="'rna' to denoise"):
+        model.predict_modality(no_rna, source=sources, target="rna")
 
 
 def test_write_latents_feeds_scanpy(trained_tiny):
@@ -501,3 +523,23 @@ def test_epoch_history_has_a_row_per_epoch_and_the_held_out_values_where_validat
     pd.testing.assert_frame_equal(VennCell.load(tmp_path / "m").epoch_history("stage2"), two)
     with pytest.raises(VennCellInputError, match="use 'stage1' or 'stage2'"):
         model.epoch_history("stage3")
+
+
+def test_a_marker_column_left_in_a_modality_obs_is_named_with_the_copy(trained_tiny):
+    model, mdata, _ = trained_tiny
+    mdata["rna"].obs["celltype_r"] = "T"
+    try:
+        with pytest.raises(
+            VennCellInputError, match="It is a column of the .obs of \\['rna'\\]"
+        ) as err:
+            model.check_markers(["celltype_r"])
+        assert "mdata.obs['celltype_r'] = mdata['rna'].obs['celltype_r']" in str(err.value)
+    finally:
+        del mdata["rna"].obs["celltype_r"]
+
+
+def test_new_cells_without_the_target_modality_still_get_predictions(trained_tiny):
+    model, mdata, _ = trained_tiny
+    subset = md.MuData({"rna": mdata["rna"][:20].copy(), "protein": mdata["protein"][:0].copy()})
+    pred = model.predict_modality(subset, source=["rna"], target="protein")
+    assert pred.shape == (20, mdata["protein"].n_vars) and np.isfinite(pred).all()

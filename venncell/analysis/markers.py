@@ -173,6 +173,13 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
         if found and sep and m == mod:
             break
     close = list(dict.fromkeys(found))[:5] or close
+    column = feat if sep and mod == "obs" else name
+    holders = [m for m in getattr(mdata, "mod", {}) if column in mdata.mod[m].obs]
+    if holders:
+        msg += (
+            f" It is a column of the .obs of {holders}: copy it up, e.g. `mdata.obs[{column!r}] = "
+            f"mdata[{holders[0]!r}].obs[{column!r}].reindex(mdata.obs_names)`."
+        )
     images = [m for m, s in specs.items() if s.kind == "image"]
     if images:
         msg += (

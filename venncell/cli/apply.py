@@ -11,7 +11,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from venncell.cli.common import CONFIG_PATH, check_output_dir, data_path, friendly, log
+from venncell.cli.common import (
+    CONFIG_PATH,
+    check_output_dir,
+    check_overrides,
+    data_path,
+    friendly,
+    log,
+)
 from venncell.data.files import atomic_write
 from venncell.data.readers import read_h5mu
 from venncell.data.validate import VennCellInputError, check_range
@@ -88,10 +95,12 @@ def _predict_app(cfg: DictConfig) -> None:
 def embed() -> None:
     """Console entry point of venncell-embed."""
     check_output_dir(sys.argv[1:])
+    check_overrides(sys.argv[1:], "embed")
     _embed_app()
 
 
 def predict() -> None:
     """Console entry point of venncell-predict."""
     check_output_dir(sys.argv[1:])
+    check_overrides(sys.argv[1:], "predict")
     _predict_app()

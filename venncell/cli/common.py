@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -248,6 +250,72 @@ def _alive(holder: str) -> bool:
     return True
 
 
+def check_overrides(argv: list[str], config_name: str) -> None:
+    """One line and exit code 2 for settings Hydra cannot compose (an unknown key or option, a value of the wrong
+    type): Hydra itself prints several lines and exits 1, the code of a crash. Runs with Hydra's own flags
+    (``--help``, ``-m``, ``--cfg``) are left to Hydra."""
+    if any(arg.startswith("-") for arg in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [arg for arg in argv if not arg.lstrip("+~").startswith("hydra")]
+    if (
+        GlobalHydra.instance().is_initialized()
+    ):  # a caller in the same process (tests) left one behind
+        return
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        try:
+            compose(config_name=config_name, overrides=overrides)
+        except Exception as e:  # Hydra's and OmegaConf's errors, whichever class
+            message = _one_line(e)
+            key = re.search(r"Could not override '([^']+)'", message)
+            if key:
+                message = (
+                    message.rstrip(".")
+                    + "."
+                    + _close_keys(compose(config_name=config_name), key.group(1))
+                )
+            print(f"venncell: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def _close_keys(cfg, key: str) -> str:
+    """ " Did you mean ...?" for a mistyped dotted key, from the keys beside it in the composed config."""
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return ""
+    close = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=3)
+    return (
+        f" Did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?"
+        if close
+        else ""
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra's message and its cause's, on one line, without the config search path or advice to add keys with
+    ``+`` (the configs are typed: a key they lack is refused either way)."""
+    parts = []
+    while error is not None:
+        text = str(error).split("Config search path")[0]
+        lines = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip()
+            and "use +" not in line
+            and not line.strip().startswith(("full_key", "object_type"))
+        ]
+        if lines and " ".join(lines) not in parts:
+            parts.append(" ".join(lines))
+        error = error.__cause__
+    return " ".join(parts)
+
+
 def check_output_dir(argv: list[str]) -> None:
     """One line and exit code 4 when ``hydra.run.dir=...`` cannot be created or written: Hydra makes the folder
     before any of VennCell's code runs, and would answer with a traceback."""
@@ -293,8 +361,7 @@ def quiet_dependency_logs() -> None:
 def friendly(fn):
     """One clear line and an exit code instead of a traceback: 2 for bad input or settings, 3 for training that
     diverged or failed, 4 for a file that cannot be written, 128 + signal for a run stopped by SIGTERM / SIGINT."""
-    from venncell.train.plans import NonFiniteLossError, TrainingFailedError
-    from venncell.train.safety import TrainingInterrupted
+    from venncell.train.errors import NonFiniteLossError, TrainingFailedError, TrainingInterrupted
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

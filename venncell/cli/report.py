@@ -16,6 +16,7 @@ from venncell.cli.common import (
     CONFIG_PATH,
     check_folders_free,
     check_output_dir,
+    check_overrides,
     friendly,
     run_folder_lock,
 )
@@ -172,6 +173,7 @@ def main() -> None:
     _check_nested_keys(sys.argv[1:])
     check_output_dir(sys.argv[1:])
     check_folders_free(sys.argv[1:])
+    check_overrides(sys.argv[1:], "report")
     # the run folder is Hydra's output folder too: a mistyped one would be created (with .hydra_report/) before
     # run_report could refuse it
     for arg in sys.argv[1:]:

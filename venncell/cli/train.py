@@ -21,6 +21,7 @@ from venncell.cli.common import (
     atomic_write_json,
     check_folders_free,
     check_output_dir,
+    check_overrides,
     clear_earlier_outputs,
     friendly,
     in_multirun,
@@ -198,7 +199,7 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("Wrote %s", run_dir)
     why = training_failure(metrics)
     if why:  # a workflow must not take a diverged model for a result
-        from venncell.train.plans import TrainingFailedError
+        from venncell.train.errors import TrainingFailedError
 
         raise TrainingFailedError(
             f"training failed ({why}). The outputs in {run_dir} are written for inspection, not for use; train "
@@ -408,4 +409,5 @@ def main() -> float:
     if any(arg.startswith("trainer.seed=") for arg in sys.argv[1:]):
         print(f"venncell: error: {TRAINER_SEED}", file=sys.stderr)
         raise SystemExit(2)
+    check_overrides(sys.argv[1:], "config")
     return _app()

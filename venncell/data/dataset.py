@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from venncell.data.pairing import check_pairing, warn_unpaired_batches
 from venncell.data.registry import DataRegistry, align_features, as_float32, select_matrix
 from venncell.data.samplers import CellBatches, ChunkedCellBatches, SplitCellBatches
 from venncell.data.spec import NONZERO_LIKELIHOODS, ModalitySpec
@@ -169,7 +170,8 @@ class MultiModalData:
         self.row: dict[str, np.ndarray] = {}  # global cell -> row in the modality, -1 when absent
         self._library: dict[str, np.ndarray] = {}
         for name, spec in self.specs.items():
-            if name not in mdata.mod:
+            # new cells: a modality left with no cells (a subset of the training MuData) is as good as absent
+            if name not in mdata.mod or (not training and mdata.mod[name].n_obs == 0):
                 if not training:
                     self.row[name] = np.full(self.n_cells, -1)
                     continue
@@ -230,18 +232,7 @@ class MultiModalData:
                 stacklevel=user_stacklevel(),
             )
         if training:
-            paired = any(
-                ((self.row[n] >= 0) & (self.row[k] >= 0)).any()
-                for n in self.specs
-                for k in self.specs
-                if n < k
-            )
-            if not paired:
-                raise VennCellInputError(
-                    "No cell is measured in more than one modality: the modalities' obs_names do not overlap "
-                    f"({', '.join(f'{n}: {(self.row[n] >= 0).sum()} cells' for n in self.specs)}). Check that the "
-                    "cell barcodes use the same naming in every modality."
-                )
+            check_pairing({n: mdata.obs_names[self.row[n] >= 0] for n in self.specs}, warn=False)
         self.batch = registry.batch_codes(mdata.obs, unseen_ok=not training)
         # new cells' batches the model never saw, or no batch column (code -1): the encoders embed them, refinement
         # learns new batches (``with_new_batch_codes``), prediction is batch-neutral for them
@@ -253,17 +244,23 @@ class MultiModalData:
             else []
         )
         self.obs_columns = mdata.obs.columns
-        self.unseen_batches = []
+        self.unseen_batches: list[str] = []
+        self.unseen_sizes: list[int] = []  # cells of each of unseen_batches
         if not (self.batch is None or self.batch_missing or (self.batch >= 0).all()):
             # read as the registry reads them (2 and 2.0 are one batch)
             labels = batch_label_strings(mdata.obs[registry.batch_key])
-            self.unseen_batches = sorted({str(v) for v in labels[self.batch < 0]})
+            unseen, sizes = np.unique(labels[self.batch < 0].astype(str), return_counts=True)
+            self.unseen_batches = [str(u) for u in unseen]
+            self.unseen_sizes = [int(n) for n in sizes]
             # refinement codes them after the trained batches (``with_new_batch_codes``)
             self._new_codes = np.where(
                 self.batch < 0,
                 registry.n_batches + np.searchsorted(self.unseen_batches, labels),
                 self.batch,
             )
+        if training and self.batch is not None and not self.batch_missing:
+            measured = {n: self.row[n] >= 0 for n in self.specs}
+            warn_unpaired_batches(measured, self.batch, registry.batch_categories)
 
     def with_new_batch_codes(self) -> MultiModalData:
         """A shallow copy whose cells of batches the model never saw (``unseen_batches``) have codes after the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mudata as md
@@ -29,7 +30,13 @@ def read_h5mu(path: str | Path, backed: bool = False, build: str | None = None) 
             "more modalities (build one with `mudata.MuData({'rna': a, 'prot': b})`)."
         )
     try:
-        return md.read_h5mu(str(p), backed=backed)
+        with warnings.catch_warnings():
+            # mudata's notes on its own update() while reading: nothing in the file or the call can change them
+            warnings.filterwarnings(
+                "ignore", message=r"From 0\.4 \.update\(\)", category=FutureWarning
+            )
+            warnings.filterwarnings("ignore", message="Cannot join columns with the same name")
+            return md.read_h5mu(str(p), backed=backed)
     except Exception as e:  # h5py raises several types for damaged files
         raise VennCellInputError(
             f"data.path={path} could not be read as .h5mu (unreadable or truncated: {type(e).__name__}: {e})."

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from venncell.data.pairing import check_pairing
 from venncell.data.spec import (
     BINARY_LIKELIHOODS,
     COUNT_LIKELIHOODS,
@@ -142,7 +143,7 @@ class DataRegistry:
                 if holders
                 else "If a modality's .obs holds it, copy it up"
             )
-            + f": {self.copy_up(holders[0] if holders else '<modality>')}; otherwise "
+            + f": {copy_up(key, holders or ['<modality>'])}; otherwise "
             + (
                 f"give them a label of their own (e.g. `mdata.obs['{key}'] = 'query'`): refinement learns the "
                 "effect of a batch it never saw."
@@ -158,11 +159,6 @@ class DataRegistry:
         pulled = [str(c)[: -len(key) - 1] for c in columns if str(c).endswith(f":{key}")]
         return list(dict.fromkeys([*holders, *pulled]))
 
-    def copy_up(self, holder: str) -> str:
-        """The line that copies the batch column from modality ``holder``'s .obs to mdata.obs."""
-        key = self.batch_key
-        return f"`mdata.obs['{key}'] = mdata['{holder}'].obs['{key}'].reindex(mdata.obs_names)`"
-
     def unseen_message(self, unknown: list[str], what: str = "") -> str:
         """Why new cells' batches cannot be read (``what``: by which step), and the fix."""
         shown = [str(u) for u in unknown[:5]]
@@ -171,6 +167,42 @@ class DataRegistry:
             f"{_shown([repr(c.item() if isinstance(c, np.generic) else c) for c in self.batch_categories])}){what}. Map the new cells to a training batch, "
             "or retrain with them."
         )
+
+
+def copy_up(key: str, holders: list[str]) -> str:
+    """The line that copies column ``key`` from the .obs of modalities ``holders`` to mdata.obs: with several, each
+    cell takes its label from the first modality that has one for it, so cells missing from one still get one."""
+    # pandas, not mdata.pull_obs: what pull_obs names a column held by several modalities varies by version;
+    # object values, as categoricals with other categories cannot fill each other
+    if len(holders) == 1:
+        return (
+            f"`mdata.obs['{key}'] = mdata['{holders[0]}'].obs['{key}'].reindex(mdata.obs_names)`"
+        )
+    each = [f"mdata['{h}'].obs['{key}'].astype(object).reindex(mdata.obs_names)" for h in holders]
+    return f"`mdata.obs['{key}'] = {each[0]}" + "".join(f".fillna({e})" for e in each[1:]) + "`"
+
+
+def warn_same_features(mdata, registry: dict) -> None:
+    """Warn about two modalities with the same features for the same cells: two assays of one measurement (a
+    Seurat export's SCT beside RNA), which the model would count twice and call shared."""
+    names = [m for m in registry if registry[m].get("kind") != "image"]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            fa, fb = mdata.mod[a].var_names, mdata.mod[b].var_names
+            same = len(fa.intersection(fb))
+            if same < 20 or same < 0.8 * min(len(fa), len(fb)):
+                continue
+            cells = len(mdata.mod[a].obs_names.intersection(mdata.mod[b].obs_names))
+            if cells >= 0.5 * min(mdata.mod[a].n_obs, mdata.mod[b].n_obs):
+                warnings.warn(
+                    f"Modalities '{a}' and '{b}' share {same} of their features ({len(fa)} and {len(fb)}) for "
+                    f"{cells} of the same cells: they look like two versions of one measurement (e.g. Seurat's "
+                    "SCT assay beside RNA), or one derived from another modality (gene activity from ATAC). The "
+                    "model would count that measurement twice and learn the copy as shared signal. Keep one: "
+                    f"`modalities=[...]` without '{b}' (or '{a}').",
+                    VennCellInputWarning,
+                    stacklevel=4,
+                )
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -209,13 +241,14 @@ def setup_options(
         # at setup, as its message says, not at VennCell(mdata)
         if registry[name].get("kind") != "image":
             check_unique_names(name, mdata.mod[name].var_names)
+    # before the batch labels: cells that pair with nothing read as cells without a batch
+    check_pairing({m: mdata.mod[m].obs_names for m in registry})
+    warn_same_features(mdata, registry)
     if batch_key is not None:
         if batch_key not in mdata.obs:
             holders = [m for m, a in mdata.mod.items() if batch_key in a.obs]
-            # pandas, not mdata.pull_obs: what pull_obs names a column held by several modalities varies by version
             hint = (
-                f" It is in the .obs of {holders}: copy it up with `mdata.obs['{batch_key}'] = "
-                f"mdata['{holders[0]}'].obs['{batch_key}'].reindex(mdata.obs_names)`"
+                f" It is in the .obs of {holders}: copy it up with {copy_up(batch_key, holders)}"
                 if holders
                 else ""
             )
@@ -228,6 +261,36 @@ def setup_options(
             )
         check_batch_labels(batch_key, mdata.obs[batch_key])
     return {"modalities": registry, "batch_key": batch_key}
+
+
+def _raw_fix(name: str, adata) -> str:
+    """The line that moves a modality's ``.raw`` (where Seurat and scanpy exports keep counts) into a layer."""
+    return (
+        f"Its .raw holds {adata.raw.n_vars} features: if those are the counts, copy them into a layer, "
+        f"`mdata['{name}'].layers['counts'] = mdata['{name}'].raw[:, mdata['{name}'].var_names].X`, and register "
+        "layer='counts'."
+    )
+
+
+def _counts_fix(name: str, adata, layer: str | None) -> str:
+    """Where this modality's raw counts are, if it has them: .X or another layer of whole numbers, or ``.raw``."""
+    from venncell.data.backed import head_rows
+
+    held = {None: adata.X, **adata.layers}
+    for other, x in held.items():
+        if other == layer or x is None or not (x.shape[0] and x.shape[1]):
+            continue
+        if not_counts_reason(head_rows(x)) is None:
+            return f"register the whole numbers in {'.X (no layer)' if other is None else f'`layer={other!r}`'}."
+    raw = adata.raw
+    if (
+        raw is not None
+        and raw.n_obs
+        and raw.n_vars
+        and not_counts_reason(head_rows(raw.X)) is None
+    ):
+        return _raw_fix(name, adata)
+    return "give them in a layer (e.g. `layer='counts'`)."
 
 
 def _modality_options(name: str, adata, opts) -> dict:
@@ -261,8 +324,9 @@ def _modality_options(name: str, adata, opts) -> dict:
         return image_options(name, kind, adata, opts)
     layer = opts.get("layer")
     if layer is not None and layer not in adata.layers:
+        raw = f" {_raw_fix(name, adata)}" if adata.raw is not None else ""
         raise VennCellInputError(
-            f"Modality '{name}': layer '{layer}' does not exist (layers: {list(adata.layers) or 'none'})."
+            f"Modality '{name}': layer '{layer}' does not exist (layers: {list(adata.layers) or 'none'}).{raw}"
         )
     x = adata.X if layer is None else adata.layers[layer]
     if x is None:
@@ -294,11 +358,12 @@ def _modality_options(name: str, adata, opts) -> dict:
                 lik = "gaussian"
             else:
                 warnings.warn(
-                    f"Modality '{name}' (kind 'features', guessed from its name) holds whole numbers only, so it "
-                    "is modelled as counts (negative binomial, normalised by each cell's total): right for UMI "
-                    "counts such as hashtags or guides, wrong for measurements such as areas. Register it with "
-                    "kind='features' (Gaussian) for measurements, or likelihood='nb' to keep counts and silence "
-                    "this.",
+                    f"Modality '{name}': its name names no kind VennCell knows (rna, atac, protein / adt), so it is "
+                    "read as generic features; they are whole numbers only, so they are modelled as counts "
+                    "(negative binomial, normalised by each cell's total): right for UMI counts such as hashtags "
+                    "or guides, wrong for measurements such as areas. Register it with its kind: kind='protein' "
+                    "for antibody counts, kind='rna' or 'atac', kind='features' for measurements (Gaussian), or "
+                    "likelihood='nb' to keep generic counts and silence this.",
                     VennCellInputWarning,
                     stacklevel=4,
                 )
@@ -311,9 +376,9 @@ def _modality_options(name: str, adata, opts) -> dict:
             # different model
             warnings.warn(
                 f"Modality '{name}' (kind '{kind}') has {reason}, so it is modelled as Gaussian, not with the "
-                f"{kind} count likelihood ('{KIND_DEFAULT_LIKELIHOOD[kind]}'). If these are normalised values, give "
-                "the raw counts (e.g. `layer='counts'`); to keep the Gaussian model and silence this, register the "
-                "modality with `likelihood='gaussian'`.",
+                f"{kind} count likelihood ('{KIND_DEFAULT_LIKELIHOOD[kind]}'). If these are normalised values, "
+                f"the model needs the counts: {_counts_fix(name, adata, layer)} To keep the Gaussian model and "
+                "silence this, register the modality with `likelihood='gaussian'`.",
                 VennCellInputWarning,
                 stacklevel=4,
             )
@@ -395,7 +460,8 @@ def fit_registry(
     batch_key = options.get("batch_key")
     categories = None
     if batch_key is not None:
-        categories = sorted(set(check_batch_labels(batch_key, mdata.obs[batch_key])))
+        # setup_options warned about the labels already
+        categories = sorted(set(check_batch_labels(batch_key, mdata.obs[batch_key], warn=False)))
         if not backed:  # a backed modality's counts are read in chunks by the spec's fit only
             _warn_unmeasured_features(mdata, specs, batch_key)
     return DataRegistry(specs, batch_key, categories)

@@ -397,16 +397,17 @@ def check_unique_names(name: str, features) -> None:
     )
 
 
-def check_batch_labels(key: str, values, training: bool = True) -> np.ndarray:
+def check_batch_labels(key: str, values, training: bool = True, warn: bool = True) -> np.ndarray:
     """The batch labels of ``.obs[key]`` as strings (whole numbers stored as floats read as integers, so ``1.0``
     and ``1`` are one batch), refusing what cannot be a batch: missing labels, continuous numbers, or, in training
-    data, about one label per cell (new cells may be a few from many batches)."""
+    data, about one label per cell (new cells may be a few from many batches); ``warn``: about training labels
+    that read as missing values written as text, and about many tiny batches."""
     s = pd.Series(values)
     if s.isna().any():
         raise VennCellInputError(
             f"batch_key '{key}': {int(s.isna().sum())} cell(s) have no batch label (NaN). Give every cell a batch "
-            f"(e.g. `mdata.obs['{key}'] = mdata.obs['{key}'].astype(str)` makes them one batch named 'nan', if "
-            "that is what they are) or drop those cells."
+            f"(e.g. `mdata.obs['{key}'] = mdata.obs['{key}'].astype(object).fillna('unknown')` makes them one "
+            "batch, if that is what they are) or drop those cells."
         )
     if pd.api.types.is_float_dtype(s) and not np.allclose(s, np.round(s)):
         raise VennCellInputError(
@@ -420,7 +421,38 @@ def check_batch_labels(key: str, values, training: bool = True) -> np.ndarray:
             f"batch_key '{key}' has {n_cat} distinct values for {len(labels)} cells, about one per cell: that is "
             "an identifier or a measurement, not a batch. Name the column of samples, donors or runs."
         )
+    if training and warn:
+        _warn_odd_batches(key, labels)
     return labels
+
+
+# what R, pandas and spreadsheets write for a missing value when a column is saved as text
+_MISSING_AS_TEXT = {"NA", "<NA>", "N/A", "NULL", "None", "nan", "NaN", ""}
+
+
+def _warn_odd_batches(key: str, labels: np.ndarray) -> None:
+    """Warn about batch labels that read as a missing value written out as text, and about batches too small to
+    learn a batch effect from: each batch's effect is fitted from its own cells."""
+    names, sizes = np.unique(labels, return_counts=True)
+    text = [str(n) for n in names if str(n).strip() in _MISSING_AS_TEXT]
+    if text:
+        warnings.warn(
+            f"batch_key '{key}': label(s) {text} read like a missing value written as text (R writes NA so); "
+            "those cells form a batch of their own. If their batch is unknown, give them the batch they came "
+            "from, or drop them.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
+    small = sizes < MIN_CELLS
+    if sizes[small].sum() >= 0.1 * len(labels):
+        warnings.warn(
+            f"batch_key '{key}': {int(small.sum())} of {len(names)} batches have fewer than {MIN_CELLS} cells, "
+            f"and they hold {int(sizes[small].sum())} of {len(labels)} cells. Each batch's effect is learned from "
+            "its own cells, and from so few it takes up their biology too. Use a coarser batch (e.g. the run or "
+            "the site rather than the sample) or merge the small batches.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def batch_label_strings(values) -> np.ndarray:

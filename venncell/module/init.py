@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
-from sklearn.decomposition import PCA
 
 from venncell.data.dataset import MultiModalData
 from venncell.data.samplers import chunk_groups
 from venncell.data.transforms import encoder_input
 from venncell.data.validate import VennCellInputError, VennCellInputWarning, user_stacklevel
 from venncell.module.init_regions import venn_components
+
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
 
 log = logging.getLogger(__name__)
 _DENSE_FALLBACK = 20_000  # features up to which a failed sparse PCA is redone densely
@@ -50,6 +53,8 @@ def _modality_scores(
     data: MultiModalData, m: str, rows: np.ndarray, k: int, seed: int, same_map: bool = False
 ) -> tuple[np.ndarray, PCA]:
     """PCA scores of modality m for the rows, and the fitted PCA (to place other cells with the same map)."""
+    from sklearn.decomposition import PCA  # noqa: F811 (loaded on use: a second at import time)
+
     x = _pca_input(data, m, rows)
     if x.shape[1] < 2:  # one feature: its centred values are the only component
         x = x.toarray() if sp.issparse(x) else x
@@ -248,6 +253,8 @@ def spectral_init(
     ``covariance``, have their batch's covariance matched to the pooled one (``_batch_shapes``); ``batch_names``
     (by code) name batches in warnings.
     """
+    from sklearn.decomposition import PCA  # noqa: F811 (loaded on use: a second at import time)
+
     rng = np.random.default_rng(seed)
     mods = list(data.specs) if regions else _modalities_to_fit(data, n_pcs)
     complete = np.flatnonzero(np.logical_and.reduce([data.present(m) for m in mods]))

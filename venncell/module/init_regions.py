@@ -18,7 +18,6 @@ import logging
 
 import numpy as np
 import scipy.linalg
-from sklearn.decomposition import PCA
 
 log = logging.getLogger(__name__)
 MARGIN = 0.3  # R^2 by which each member must out-predict every outsider for a direction to start a region
@@ -45,6 +44,8 @@ def venn_components(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Starting shared block and region blocks of the fit rows (raw scores; the caller rescales them). A region
     with fewer supported directions than its size comes back narrower (the caller pads it)."""
+    from sklearn.decomposition import PCA  # loaded on use: it costs a second at import
+
     mods = list(white_fit)
     whitened = np.hstack([white_fit[m] for m in mods])
     k = min(shared_dim + sum(region_dims.values()), whitened.shape[1], len(whitened) - 1)

@@ -12,19 +12,11 @@ from venncell.data.files import package_version
 from venncell.data.samplers import owned_cells
 from venncell.module.losses import LossOutput
 from venncell.module.venn import VennModule
+from venncell.train.errors import NonFiniteLossError
 from venncell.train.row_adam import RowAdam
 
 # Batches between reads of the steps' finiteness: the step itself never waits for the device
 FINITE_CHECK_EVERY = 10
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/inf; the message names the term and the last good checkpoint."""
-
-
-class TrainingFailedError(RuntimeError):
-    """Training ran to its end but failed (``schedule.warn_if_diverged``); the command line raises it after writing
-    its outputs, which are kept for inspection."""
 
 
 def _step_seed(seed: int, stage: int, step: int, rank: int = 0) -> int:

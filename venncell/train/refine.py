@@ -7,7 +7,6 @@ new cell's latents to where the decoders explain that cell best. It reuses ``Sta
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import lightning as L
@@ -109,17 +108,12 @@ def refine_latents(
     try:
         for p in frozen:
             p.requires_grad_(False)
-        for i, (lr_network, lr_rows) in enumerate(phases):
+        for lr_network, lr_rows in phases:
             L.seed_everything(seed, workers=True, verbose=False)
             plan = Stage1Plan(
                 view, lr_network=lr_network, lr_latent=lr_rows, grad_clip=0.0, seed=seed
             )
-            # one "`Trainer.fit` stopped" line per refinement, not one per phase
-            last = i == len(phases) - 1
-            with (
-                warnings.catch_warnings(),
-                contextlib.nullcontext() if last else lightning_info_off(),
-            ):
+            with warnings.catch_warnings(), lightning_info_off():
                 # the trained networks stay in eval mode on purpose (frozen: no dropout); Lightning warns about it
                 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
                 # Lightning's own use of a torch API torch deprecates: nothing a user can change

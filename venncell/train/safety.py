@@ -22,26 +22,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from venncell.data.validate import VennCellInputError
 from venncell.module.config import ADDED_FIELDS
+from venncell.train.errors import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 FINGERPRINT_KEY = "venncell_fingerprint"
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal (SIGTERM, SIGINT) after finishing its current step; the checkpoints of the
-    epochs before it are intact, and ``resume`` continues from them. A ``KeyboardInterrupt``, so that code catching
-    ``Exception`` (a retry loop, a notebook cell's handler) does not swallow a stop the user asked for. A model
-    that was trained before keeps its earlier networks."""
-
-    def __init__(self, signum: int, run_dir: Path):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"Training stopped by {name}; its checkpoints are in {run_dir}/checkpoints. Continue with "
-            "resume=true in the same run folder and the same training settings (in Python: "
-            f"model.train(run_dir={str(run_dir)!r}, resume=True, ...))."
-        )
 
 
 class SameFolderCheckpointIO(TorchCheckpointIO):
