@@ -704,7 +704,8 @@ class VennCell:
         The shared latent is encoded from the sources; the target's shared-only decoder maps it to the target
         (its private latent is, by construction, unknowable from other modalities). With ``target`` in
         ``source`` the target's full decoder reads the shared, its Venn-region and its private latents, all from
-        the encoders, so that private signal is kept; cells without the target get NaN. The decoder reads each
+        the encoders (the latents of new cells; training cells' default latents also average in their stage-1
+        latents), so that private signal is kept; cells without the target get NaN. The decoder reads each
         cell's batch; cells of a batch the model never saw (or without the batch column) get the mean of their
         predictions as each training batch (batch-neutral), with a warning.
 
@@ -713,8 +714,8 @@ class VennCell:
         mdata
             The cells (default: the training data).
         source
-            Modalities to predict from; include ``target`` to denoise it (e.g. ``source=["rna", "protein"],
-            target="rna"``).
+            Modalities to predict from; include ``target`` to denoise it, best with every modality the cells
+            have, whose encoders all inform the shared latent (e.g. ``source=["rna", "protein"], target="rna"``).
         target
             The modality to predict.
         scale

@@ -543,3 +543,12 @@ def test_new_cells_without_the_target_modality_still_get_predictions(trained_tin
     subset = md.MuData({"rna": mdata["rna"][:20].copy(), "protein": mdata["protein"][:0].copy()})
     pred = model.predict_modality(subset, source=["rna"], target="protein")
     assert pred.shape == (20, mdata["protein"].n_vars) and np.isfinite(pred).all()
+
+
+def test_new_cells_with_a_modality_zeroed_out_are_told_to_leave_it_out(trained_tiny):
+    """totalVI users hide a modality of new cells by zeroing it; VennCell reads that as a measurement of zeros."""
+    model, mdata, _ = trained_tiny
+    zeroed = md.MuData({m: mdata[m][:30].copy() for m in mdata.mod})
+    zeroed["protein"].X = zeroed["protein"].X * 0
+    with pytest.raises(VennCellInputError, match="leave it out of the MuData"):
+        model.predict_modality(zeroed, source=["rna"], target="protein")

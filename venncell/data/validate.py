@@ -217,6 +217,10 @@ def check_matrix(
         if n_empty == n_cells:
             raise VennCellInputError(
                 f"Modality '{name}': every cell is all-zero; there is nothing to learn from."
+                if not trained
+                else f"Modality '{name}': every cell is all-zero, which is no measurement. For new cells without "
+                f"'{name}', leave it out of the MuData (or embed with modalities=[...]); VennCell reads a "
+                "missing modality as missing, not as zeros."
             )
         if n_empty and likelihood in COUNT_LIKELIHOODS:
             raise VennCellInputError(
