@@ -273,6 +273,18 @@ def test_a_setting_hydra_cannot_compose_is_one_line_and_exit_code_2(
     assert "use +" not in res.stderr and not (tmp_path / "run").exists()
 
 
+def test_sweeps_are_left_to_hydra_by_the_composition_check():
+    """hparams_search=optuna sets the multirun mode in its config: its sweep ranges need no -m, and were refused."""
+    from venncell.cli.common import check_overrides
+    from venncell.cli.store import register_configs
+
+    register_configs()
+    check_overrides(["hparams_search=optuna", "model.shared_dim=choice(4,8)"], "config")
+    check_overrides(["model.kl_weight=1,2"], "config")  # without -m Hydra says what to add
+    with pytest.raises(SystemExit):
+        check_overrides(["model.kl_wieght=1"], "config")
+
+
 def test_a_failed_training_exits_with_code_3_after_writing_its_outputs(tmp_path, helpers):
     """A stage-1 learning rate far too high: the losses explode and stay finite, so training runs to its end. A
     workflow must not take the result for a model: exit code 3 with the reason, the outputs kept for inspection."""

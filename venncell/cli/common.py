@@ -270,6 +270,10 @@ def check_overrides(argv: list[str], config_name: str) -> None:
             compose(config_name=config_name, overrides=overrides)
         except Exception as e:  # Hydra's and OmegaConf's errors, whichever class
             message = _one_line(e)
+            if (
+                "--multirun" in message
+            ):  # a sweep (hparams_search=... sets the mode in its config): Hydra's call
+                return
             key = re.search(r"Could not override '([^']+)'", message)
             if key:
                 message = (
