@@ -492,7 +492,14 @@ class VennCell:
                     "refine_epochs a new label of their own will do)."
                     if data.batch_missing
                     else "refine_epochs=N (e.g. 20) learns each new batch's effect along with the cells' latents "
-                    "(query mapping); cell weights need each cell's training batch: map them to one for those."
+                    "(query mapping)"
+                    + (
+                        f", from each batch's own cells: with fewer than {MIN_CELLS} in a batch, give the query one "
+                        f"label first (`mdata.obs['{key}'] = 'query'`)"
+                        if min(data.unseen_sizes) < MIN_CELLS
+                        else ""
+                    )
+                    + "; cell weights need each cell's training batch: map them to one for those."
                 )
                 warnings.warn(
                     f"{what}. The cells are embedded by the encoders, which do not read the batch, but their batch "

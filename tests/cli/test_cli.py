@@ -255,6 +255,8 @@ def test_bad_path_is_one_clear_line(tmp_path, helpers):
     ("command", "setting", "said"),
     [
         ("venncell-train", "model.kl_wieght=2", "Did you mean model.kl_weight?"),
+        # the keys of the config the command line picks, not of the default's
+        ("venncell-train", "data=mudata data.n_batches=2", "Did you mean data.batch_key?"),
         ("venncell-train", "model=nosuch", "Available options in 'model'"),
         ("venncell-train", "trainer.stage1_epochs=abc", "could not be converted"),
         ("venncell-embed", "refine_epoch=3", "Did you mean refine_epochs?"),
@@ -266,7 +268,9 @@ def test_a_setting_hydra_cannot_compose_is_one_line_and_exit_code_2(
 ):
     """Hydra answered a mistyped key, option or value with several lines, advice to add the key with '+' (refused
     in turn: the configs are typed) and exit code 1, the code of a crash."""
-    res = helpers.run_cli([command, setting, f"hydra.run.dir={tmp_path / 'run'}"], ok=False)
+    res = helpers.run_cli(
+        [command, *setting.split(), f"hydra.run.dir={tmp_path / 'run'}"], ok=False
+    )
     assert res.returncode == 2, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("venncell: error:") and said in lines[0], lines

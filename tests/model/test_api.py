@@ -534,6 +534,8 @@ def test_a_marker_column_left_in_a_modality_obs_is_named_with_the_copy(trained_t
         ) as err:
             model.check_markers(["celltype_r"])
         assert "mdata.obs['celltype_r'] = mdata['rna'].obs['celltype_r']" in str(err.value)
+        # muon's name for it is read where it is, as after mdata.pull_obs()
+        model.check_markers(["rna:celltype_r"])
     finally:
         del mdata["rna"].obs["celltype_r"]
 

@@ -202,10 +202,17 @@ def attribute(
     if markers is None:
         markers = default_markers(mdata)
         if not markers:
+            held = [
+                f"{m}:{c}"
+                for m, a in getattr(mdata, "mod", {}).items()
+                for c in default_markers(a)
+                if m in data.specs
+            ]
             warnings.warn(
                 "attribution: no markers were named and mdata.obs has no categorical column with 2-50 categories "
                 "(cell types, clusters), so no marker is probed; the feature and latent-dimension tables are "
-                "made. Name markers: model.attribution(['cell_type', 'rna:CD4']).",
+                "made. Name markers: model.attribution(['cell_type', 'rna:CD4'])"
+                + (f", or a modality's .obs column such as {held[:3]}." if held else "."),
                 VennCellInputWarning,
                 stacklevel=user_stacklevel(),
             )

@@ -98,6 +98,15 @@ def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
     mod, _, feat = name.partition(":")
     if feat and mod in specs and feat in specs[mod].features:
         hits.append((mod, feat))
+    # muon's name for a modality's .obs column ("rna:cell_type"), before or without mdata.pull_obs()
+    modalities = getattr(mdata, "mod", {})
+    if (
+        feat
+        and name not in mdata.obs.columns
+        and mod in modalities
+        and feat in modalities[mod].obs
+    ):
+        hits.append((f"obs of {mod}", feat))
     hits += [(m, name) for m, s in specs.items() if name in s.features]
     if not hits:
         raise VennCellInputError(_unknown_marker_message(name, mdata, specs))
@@ -107,8 +116,14 @@ def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
             f"Marker {name!r} is ambiguous: it names {names}. Use one of those qualified names."
         )
     source, key = hits[0]
-    if source == "obs":
-        col = mdata.obs[key].iloc[idx]  # mdata.obs rows are the model's cells, in order
+    if source.startswith("obs"):
+        # mdata.obs rows are the model's cells, in order; a modality's column is NaN for cells it lacks
+        column = (
+            mdata.obs[key]
+            if source == "obs"
+            else modalities[mod].obs[key].reindex(mdata.obs_names)
+        )
+        col = column.iloc[idx]
         kind = infer_kind(col)
         _warn_if_ids(key, col, kind)
         values = col.astype(object if kind == "categorical" else float).to_numpy()

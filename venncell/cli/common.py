@@ -270,30 +270,31 @@ def check_overrides(argv: list[str], config_name: str) -> None:
             compose(config_name=config_name, overrides=overrides)
         except Exception as e:  # Hydra's and OmegaConf's errors, whichever class
             message = _one_line(e)
-            if (
-                "--multirun" in message
-            ):  # a sweep (hparams_search=... sets the mode in its config): Hydra's call
+            # a sweep (hparams_search=... sets the mode in its config): Hydra checks its own ranges
+            if "--multirun" in message:
                 return
             key = re.search(r"Could not override '([^']+)'", message)
             if key:
-                message = (
-                    message.rstrip(".")
-                    + "."
-                    + _close_keys(compose(config_name=config_name), key.group(1))
-                )
+                # the keys beside it in the groups the command line picks (data=mudata has no n_batches)
+                picks = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+                try:
+                    chosen = compose(config_name=config_name, overrides=picks)
+                except Exception:  # a pick is the mistake: the defaults' keys then
+                    chosen = compose(config_name=config_name)
+                message = message.rstrip(".") + "." + _close_keys(chosen, key.group(1))
             print(f"venncell: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
 
 
 def _close_keys(cfg, key: str) -> str:
-    """ " Did you mean ...?" for a mistyped dotted key, from the keys beside it in the composed config."""
+    """The "Did you mean ...?" sentence for a mistyped dotted key, from the keys beside it in the config."""
     from omegaconf import DictConfig, OmegaConf
 
     parent, _, name = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig):
         return ""
-    close = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=3)
+    close = difflib.get_close_matches(name, [str(k) for k in node.keys() if str(k) != name], n=3)
     return (
         f" Did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?"
         if close

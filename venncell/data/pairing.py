@@ -19,18 +19,24 @@ _PREFIX = re.compile(r"^[0-9A-Za-z]{1,12}[-_.:]")
 MIN_MATCHES = 10
 
 
-def _forms(names: pd.Index, pattern: re.Pattern) -> dict[str, dict[str, str]]:
-    """Each name as it is and with ``pattern`` cut, mapped to the name it came from."""
+def _cut(name: str, patterns: tuple[re.Pattern, ...]) -> str:
+    for pattern in patterns:
+        name = pattern.sub("", name, count=1)
+    return name
+
+
+def _forms(names: pd.Index, patterns: tuple[re.Pattern, ...]) -> dict[str, dict[str, str]]:
+    """Each name as it is and with ``patterns`` cut, mapped to the name it came from."""
     plain = [str(n) for n in names]
     cut: dict[str, str] = {}
     for n in plain:
-        cut.setdefault(pattern.sub("", n, count=1), n)
+        cut.setdefault(_cut(n, patterns), n)
     return {"as is": dict(zip(plain, plain)), "cut": cut}
 
 
 def renamed_pairs(cells: dict[str, pd.Index]) -> tuple[str, str, str, str, int] | None:
     """The first pair of modalities (``cells``: each one's obs_names) whose cells missing from the other match the
-    other's once a suffix or a prefix is removed from one side: ``(modality a, example a, modality b,
+    other's once a suffix, a prefix or both are removed from one side: ``(modality a, example a, modality b,
     example b, matches)``. Distinct cells share a barcode by chance between 10x lanes, so a match needs a fifth
     of the smaller side."""
     mods = list(cells)
@@ -41,8 +47,8 @@ def renamed_pairs(cells: dict[str, pd.Index]) -> tuple[str, str, str, str, int] 
             if not smaller:
                 continue
             needed = max(min(MIN_MATCHES, smaller), -(-smaller // 5))
-            for pattern in (_SUFFIX, _PREFIX):
-                fa, fb = _forms(only_a, pattern), _forms(only_b, pattern)
+            for patterns in ((_SUFFIX,), (_PREFIX,), (_PREFIX, _SUFFIX)):
+                fa, fb = _forms(only_a, patterns), _forms(only_b, patterns)
                 # one side renamed; both sides cut would match legitimately unpaired cells named in sequence
                 # ("0-1" in one batch, "0-2" in another)
                 for form_a, form_b in (("as is", "cut"), ("cut", "as is")):

@@ -53,6 +53,7 @@ from venncell.data.validate import (
     check_range,
     check_unique_names,
     check_zero_variance_policy,
+    did_you_mean,
     warn_outlier_columns,
     warn_zero_variance,
 )
@@ -199,7 +200,7 @@ def warn_same_features(mdata, registry: dict) -> None:
                     f"{cells} of the same cells: they look like two versions of one measurement (e.g. Seurat's "
                     "SCT assay beside RNA), or one derived from another modality (gene activity from ATAC). The "
                     "model would count that measurement twice and learn the copy as shared signal. Keep one: "
-                    f"`modalities=[...]` without '{b}' (or '{a}').",
+                    f"`modalities=[...]` without '{b}' (or '{a}'; on the command line, `data.register=[...]`).",
                     VennCellInputWarning,
                     stacklevel=4,
                 )
@@ -256,8 +257,9 @@ def setup_options(
             if pulled:
                 hint += f", or use batch_key='{pulled[0]}', which mdata.obs has"
             hint += "." if holders else ""
+            close = did_you_mean([batch_key], [str(c) for c in mdata.obs.columns])
             raise VennCellInputError(
-                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {_shown(mdata.obs)}).{hint}"
+                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {_shown(mdata.obs)}){close}.{hint}"
             )
         check_batch_labels(batch_key, mdata.obs[batch_key])
     return {"modalities": registry, "batch_key": batch_key}
@@ -281,7 +283,10 @@ def _counts_fix(name: str, adata, layer: str | None) -> str:
         if other == layer or x is None or not (x.shape[0] and x.shape[1]):
             continue
         if not_counts_reason(head_rows(x)) is None:
-            return f"register the whole numbers in {'.X (no layer)' if other is None else f'`layer={other!r}`'}."
+            where = ".X (no layer)" if other is None else f"`layer={other!r}`"
+            return (
+                f"register the whole numbers in {where} (on the command line, in `data.register`)."
+            )
     raw = adata.raw
     if (
         raw is not None
@@ -326,7 +331,8 @@ def _modality_options(name: str, adata, opts) -> dict:
     if layer is not None and layer not in adata.layers:
         raw = f" {_raw_fix(name, adata)}" if adata.raw is not None else ""
         raise VennCellInputError(
-            f"Modality '{name}': layer '{layer}' does not exist (layers: {list(adata.layers) or 'none'}).{raw}"
+            f"Modality '{name}': layer '{layer}' does not exist (layers: {list(adata.layers) or 'none'})"
+            f"{did_you_mean([layer], [str(k) for k in adata.layers])}.{raw}"
         )
     x = adata.X if layer is None else adata.layers[layer]
     if x is None:

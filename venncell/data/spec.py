@@ -201,4 +201,4 @@ def not_counts_reason(x) -> str | None:
     if sample.min() < 0:
         return f"negative values (min {sample.min():.3g})"
     frac = sample[~np.isclose(sample, np.round(sample))]
-    return f"non-integer values (e.g. {frac[0]:.3g})" if frac.size else None
+    return f"non-integer values (e.g. {frac[0]:.6g})" if frac.size else None
