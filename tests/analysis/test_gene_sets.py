@@ -176,3 +176,21 @@ def test_sets_too_small_for_the_panel_say_so():
     for method in ("ora", "prerank"):
         empty = top_terms(enrich({}, sets, EnrichmentConfig(method=method)), 10, 0.05)
         assert {"ranking", "term", "fdr", "genes"} <= set(empty.columns), method
+
+
+def test_blocks_the_attribution_calls_empty_are_not_tested(trained_tiny):
+    """A block holding almost none of its members' variance got significant terms along its directions, whose
+    correlations with the genes are noise; the attribution leaves such blocks out, and so does enrichment."""
+    from venncell.analysis.block_enrichment import enrich_blocks
+
+    model, _, _ = trained_tiny
+    res = model.attribution(markers=[], progress=False)
+    genes = model.specs["rna"].feature_names
+    sets = {f"S{i}": genes[6 * i : 6 * i + 6] for i in range(len(genes) // 6)}
+    res.regions["empty"] = False  # the fixture's short training leaves every block nearly empty
+    tested = enrich_blocks(model.data, res, gene_sets=[sets], top_n=12)
+    assert tested.terms["ranking"].str.startswith("private:rna").any()
+    res.regions.loc[res.regions["block"] == "private:rna", "empty"] = True
+    skipped = enrich_blocks(model.data, res, gene_sets=[sets], top_n=12)
+    assert not skipped.terms["ranking"].str.startswith("private:rna").any()
+    assert any("Not tested: private:rna, empty" in n for n in skipped.notes)

@@ -100,8 +100,20 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
         for i, source in enumerate(cfg.gene_sets)
     }
     pos = pd.Index(data.obs_names).get_indexer(attribution.obs_names)
-    directions = block_directions(data, pos, attribution.latents, attribution.config)
+    # a block that holds almost none of its members' variance has no genes to rank: its directions are noise
+    regions = attribution.regions
+    empty_blocks = set(regions.loc[regions["empty"], "block"]) if "empty" in regions else set()
+    directions = [
+        d
+        for d in block_directions(data, pos, attribution.latents, attribution.config)
+        if d.block not in empty_blocks
+    ]
     tables, notes = [], []
+    if empty_blocks:
+        notes.append(
+            f"Not tested: {', '.join(sorted(empty_blocks))}, empty (under 1 % of every member's explained variance; "
+            "the blocks table of the attribution)."
+        )
     for m in mods:
         features = data.specs[m].features
         symbols, matched, note = map_symbols(features, collections)
@@ -120,15 +132,19 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
             notes.append(empty)
             log.warning("%s", empty)
         if cfg.method == "ora" and cfg.top_n >= len(features):
-            # every feature would be "at the top": no set can be over-represented
+            # every feature a block explains at all is "at the top" of its ranking; a direction's two ends still
+            # split the features by the sign of their correlation
             thin = (
-                f"{m}: top_n={cfg.top_n} is at least its {len(features)} features, so over-representation "
-                f"can find nothing; set top_n below that (e.g. top_n={max(1, len(features) // 5)})."
+                f"{m}: top_n={cfg.top_n} is at least its {len(features)} features, so a block's own ranking "
+                "tests every feature it explains at all and can find little (a direction's ends are tested on "
+                f"the features on each side); set top_n below that (e.g. top_n={max(1, len(features) // 5)})."
             )
             notes.append(thin)
             log.warning("%s", thin)
         scores = {
-            b: _series(ev, symbols) for b, ev in block_rankings(attribution.features[m], m).items()
+            b: _series(ev, symbols)
+            for b, ev in block_rankings(attribution.features[m], m).items()
+            if b not in empty_blocks
         }
         for d in directions:
             r = d.correlation.xs(m, level="modality").reindex(features).to_numpy()

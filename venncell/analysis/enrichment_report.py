@@ -16,7 +16,8 @@ def enrichment_section(result: EnrichmentResult) -> str:
     every latent direction."""
     cfg = result.config
     test = (
-        f"over-representation of each ranking's top {cfg.top_n} features among all the modality's features "
+        f"over-representation of each ranking's top {cfg.top_n} features (those scoring above 0, where fewer) "
+        "among all the modality's features "
         "(hypergeometric test, Benjamini&ndash;Hochberg FDR per ranking and collection)"
         if cfg.method == "ora"
         else "preranked GSEA on each whole ranking (gseapy; GSEA's FDR)"
@@ -26,8 +27,8 @@ def enrichment_section(result: EnrichmentResult) -> str:
         "<p class='note'>Each block ranks the features by the explained variance it holds of them; each latent "
         "direction (a principal component of a block, <i>+</i> / <i>&minus;</i> its two ends) by their "
         f"correlation with it. Test: {test}. Collections: "
-        f"{html.escape(', '.join(map(str, cfg.gene_sets)))}. Shown: up to {TERMS_SHOWN} terms with FDR "
-        f"&le; {cfg.fdr} per ranking; every test is in enrichment_terms.csv.</p>",
+        f"{html.escape(', '.join(_collection(c) for c in cfg.gene_sets))}. Shown: up to {TERMS_SHOWN} terms "
+        f"with FDR &le; {cfg.fdr} per ranking; every term with some overlap is in enrichment_terms.csv.</p>",
     ]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in result.notes]
     top = result.top
@@ -39,6 +40,15 @@ def enrichment_section(result: EnrichmentResult) -> str:
         if len(rows):
             parts += [f"<h3>{title}</h3>", _table(rows)]
     return "\n".join(parts)
+
+
+def _collection(source) -> str:
+    """A collection as the report names it: a dict of the user's own sets by its size, not its whole content."""
+    return (
+        f"your own {len(source)} set{'s' if len(source) != 1 else ''}"
+        if isinstance(source, dict)
+        else str(source)
+    )
 
 
 def _table(rows: pd.DataFrame) -> str:

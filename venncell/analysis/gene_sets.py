@@ -9,6 +9,7 @@ libraries, so it is never called and nothing is fetched at run time.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,9 @@ def gene_set_path(source) -> Path:
     path = Path(name).expanduser()
     if not path.is_file():
         raise VennCellInputError(
-            f"Gene sets {name!r}: neither a bundled collection ({', '.join(BUNDLED)}) nor a .gmt file that "
-            "exists. Give one of those names or the path of a .gmt file."
+            f"Gene sets {name[:80]!r}: neither a bundled collection ({', '.join(BUNDLED)}) nor a .gmt file "
+            "that exists. Give one of those names, the path of a .gmt file, or your own sets as a dict "
+            "(`gene_sets=[{'MONO': ['LYZ', 'CD14', ...]}]`)."
         )
     return path
 
@@ -312,18 +314,29 @@ def _prerank(s: pd.Series, terms: list[str], members: sp.csr_matrix, cfg) -> pd.
     if not (s > 0).any():
         return pd.DataFrame()
     library = {t: list(s.index[members[i].indices]) for i, t in enumerate(terms)}
-    res = gseapy.prerank(
-        rnk=s,
-        gene_sets=library,
-        permutation_num=cfg.permutations,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        seed=cfg.seed,
-        threads=1,  # the thread policy is ours
-        outdir=None,
-        no_plot=True,
-        verbose=False,
-    ).res2d
+    # gseapy logs notes on the ranking (tied scores) through its own handler, past verbose=False
+    loggers = [
+        logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if "gseapy" in n
+    ]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        res = gseapy.prerank(
+            rnk=s,
+            gene_sets=library,
+            permutation_num=cfg.permutations,
+            min_size=cfg.min_size,
+            max_size=cfg.max_size,
+            seed=cfg.seed,
+            threads=1,  # the thread policy is ours
+            outdir=None,
+            no_plot=True,
+            verbose=False,
+        ).res2d
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     res = res[res["NES"].astype(float) > 0]  # enriched at the top of the ranking, like ORA
     size = dict(zip(terms, np.asarray(members.sum(1)).ravel().astype(int)))
     lead = [str(g).split(";") if str(g) else [] for g in res["Lead_genes"]]
@@ -337,9 +350,10 @@ def _prerank(s: pd.Series, terms: list[str], members: sp.csr_matrix, cfg) -> pd.
             "pval": np.maximum(
                 res["NOM p-val"].astype(float).to_numpy(), 1.0 / (cfg.permutations + 1)
             ),
-            "fdr": res["FDR q-val"]
-            .astype(float)
-            .to_numpy(),  # GSEA's own FDR (against the NES null)
+            # GSEA's own FDR (against the NES null), floored as the p-values are
+            "fdr": np.maximum(
+                res["FDR q-val"].astype(float).to_numpy(), 1.0 / (cfg.permutations + 1)
+            ),
             "genes": [";".join(sorted(g)[:MAX_GENES_SHOWN]) for g in lead],
         }
     )

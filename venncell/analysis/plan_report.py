@@ -23,10 +23,10 @@ def plan_section(plan: PlanResult, img) -> str:
         f"<p class='note'>Scored on {plan.n_cells} {html.escape(plan.cells)} cells that have every modality. "
         "For each target modality and each subset of the others, the target is predicted from the shared "
         "latent of the subset's encoders (its shared-only decoder), on the decoders' normalised scale. "
-        "<i>recoverable</i> = R&sup2; predicted / R&sup2; when the target is measured (the full decoder at the "
-        f"cell's own latents): the part of its explainable signal kept without measuring it. A feature is "
-        f"<b>predict</b> when recoverable &ge; {cfg.predict_min}, <b>measure</b> otherwise, "
-        f"<b>unexplained</b> when R&sup2; measured &lt; {cfg.min_r2}. Intervals: {100 * cfg.ci:.0f} % "
+        "<i>recoverable</i> = R&sup2; predicted / the larger of R&sup2; predicted and R&sup2; when the target is "
+        "measured (the full decoder at the cell's own latents): the part of its explainable signal kept without "
+        f"measuring it. A feature is <b>predict</b> when recoverable &ge; {cfg.predict_min}, <b>measure</b> "
+        f"otherwise, <b>unexplained</b> when both R&sup2; are below {cfg.min_r2}. Intervals: {100 * cfg.ci:.0f} % "
         f"bootstrap over cells ({cfg.n_boot} draws).</p>",
         img(_fig_recoverable(plan.summary)),
         _summary_table(plan.summary),
