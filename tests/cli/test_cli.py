@@ -256,7 +256,7 @@ def test_bad_path_is_one_clear_line(tmp_path, helpers):
     [
         ("venncell-train", "model.kl_wieght=2", "Did you mean model.kl_weight?"),
         # the keys of the config the command line picks, not of the default's
-        ("venncell-train", "data=mudata data.n_batches=2", "Did you mean data.batch_key?"),
+        ("venncell-train", "data=mudata data.batchkey=x", "Did you mean data.batch_key"),
         ("venncell-train", "model=nosuch", "Available options in 'model'"),
         ("venncell-train", "trainer.stage1_epochs=abc", "could not be converted"),
         ("venncell-embed", "refine_epoch=3", "Did you mean refine_epochs?"),

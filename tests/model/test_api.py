@@ -536,6 +536,13 @@ def test_a_marker_column_left_in_a_modality_obs_is_named_with_the_copy(trained_t
         assert "mdata.obs['celltype_r'] = mdata['rna'].obs['celltype_r']" in str(err.value)
         # muon's name for it is read where it is, as after mdata.pull_obs()
         model.check_markers(["rna:celltype_r"])
+        # a column named like one of the modality's features: both names given work
+        feature = model.specs["rna"].feature_names[0]
+        mdata["rna"].obs[feature] = 1.0
+        with pytest.raises(VennCellInputError, match=f"'obs:rna:{feature}'"):
+            model.check_markers([f"rna:{feature}"])
+        model.check_markers([f"obs:rna:{feature}"])
+        del mdata["rna"].obs[feature]
     finally:
         del mdata["rna"].obs["celltype_r"]
 

@@ -91,15 +91,24 @@ def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
     specs = data.specs
     name = str(name)
     hits: list[tuple[str, str]] = []
+    modalities = getattr(mdata, "mod", {})
     if name.startswith("obs:") and name[4:] in mdata.obs.columns:
         hits.append(("obs", name[4:]))
+    # "obs:rna:cell_type": the column of rna's .obs where rna also has a feature of that name
+    held, _, column = name[4:].partition(":")
+    if (
+        name.startswith("obs:")
+        and column
+        and held in modalities
+        and column in modalities[held].obs
+    ):
+        hits.append((f"obs of {held}", column))
     if name in mdata.obs.columns:
         hits.append(("obs", name))
     mod, _, feat = name.partition(":")
     if feat and mod in specs and feat in specs[mod].features:
         hits.append((mod, feat))
     # muon's name for a modality's .obs column ("rna:cell_type"), before or without mdata.pull_obs()
-    modalities = getattr(mdata, "mod", {})
     if (
         feat
         and name not in mdata.obs.columns
@@ -111,18 +120,29 @@ def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
     if not hits:
         raise VennCellInputError(_unknown_marker_message(name, mdata, specs))
     if len(hits) > 1:
-        names = [f"obs:{f}" if s == "obs" else f"{s}:{f}" for s, f in hits]
+        names = [
+            f"obs:{f}"
+            if s == "obs"
+            else f"obs:{s[7:]}:{f}"
+            if s.startswith("obs of ")
+            else f"{s}:{f}"
+            for s, f in hits
+        ]
         raise VennCellInputError(
             f"Marker {name!r} is ambiguous: it names {names}. Use one of those qualified names."
         )
     source, key = hits[0]
     if source.startswith("obs"):
         # mdata.obs rows are the model's cells, in order; a modality's column is NaN for cells it lacks
-        column = (
-            mdata.obs[key]
-            if source == "obs"
-            else modalities[mod].obs[key].reindex(mdata.obs_names)
-        )
+        if source == "obs":
+            column = mdata.obs[key]
+        else:
+            column = modalities[source[7:]].obs[key]
+            if pd.api.types.is_integer_dtype(
+                column
+            ):  # whole numbers stay whole with cells missing
+                column = column.astype("Int64")
+            column = column.reindex(mdata.obs_names)
         col = column.iloc[idx]
         kind = infer_kind(col)
         _warn_if_ids(key, col, kind)

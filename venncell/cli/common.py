@@ -254,7 +254,8 @@ def check_overrides(argv: list[str], config_name: str) -> None:
     """One line and exit code 2 for settings Hydra cannot compose (an unknown key or option, a value of the wrong
     type): Hydra itself prints several lines and exits 1, the code of a crash. Runs with Hydra's own flags
     (``--help``, ``-m``, ``--cfg``) are left to Hydra."""
-    if any(arg.startswith("-") for arg in argv):
+    # Hydra's flags, and configs of the user's own (hydra.searchpath) that only Hydra's own run can see
+    if any(arg.startswith(("-", "hydra.searchpath")) for arg in argv):
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -294,7 +295,9 @@ def _close_keys(cfg, key: str) -> str:
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig):
         return ""
-    close = difflib.get_close_matches(name, [str(k) for k in node.keys() if str(k) != name], n=3)
+    close = difflib.get_close_matches(
+        name, [str(k) for k in node.keys() if str(k) != name], n=3, cutoff=0.7
+    )
     return (
         f" Did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?"
         if close
