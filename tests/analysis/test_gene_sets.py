@@ -170,6 +170,13 @@ def test_sets_too_small_for_the_panel_say_so():
         note
     )
     assert untestable_note("rna", panel, sets, EnrichmentConfig(min_size=3)) == ""
+    # some sets testable: the ones left out are counted, not dropped without a word
+    from venncell.analysis.gene_sets import skipped_note
+
+    assert "1 of 2 gene sets have fewer than min_size=3" in skipped_note(
+        "rna", panel, sets, EnrichmentConfig(min_size=3, max_size=3)
+    )
+    assert skipped_note("rna", panel, sets, EnrichmentConfig(min_size=2)) == ""
     with pytest.raises(VennCellInputError, match="too small for this panel"):
         check_overlap("rna", panel, sets)
     # and an empty result keeps the columns of a full one (the README's selection of them raised KeyError)

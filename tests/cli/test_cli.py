@@ -694,3 +694,24 @@ def test_train_splits_panels_on_the_command_line(tmp_path, helpers):
     assert list(out["protein_panel1"].var_names) == list(mdata["protein"].var_names[:3])
     assert set(out.obs.loc[out["protein_panel1"].obs_names, "batch"]) == {"b0"}
     assert "X_venn_private_protein_panel1" in out.obsm
+
+
+def test_venncells_warnings_are_one_line_on_the_command_line():
+    """Each warning of a run printed the file and source line of the warnings.warn call in venncell."""
+    import warnings
+
+    from venncell import VennCellInputWarning
+    from venncell.cli.common import command_line_warning, friendly
+
+    before = warnings.formatwarning
+    try:
+        friendly(lambda: None)()
+        assert warnings.formatwarning is command_line_warning
+        said = warnings.formatwarning(
+            "Modality 'rna': x", VennCellInputWarning, "/a/b.py", 3, "warn(x)"
+        )
+        assert said == "venncell: warning: Modality 'rna': x\n"
+        other = warnings.formatwarning("y", FutureWarning, "/a/b.py", 3, "warn(y)")
+        assert "b.py:3: FutureWarning: y" in other
+    finally:
+        warnings.formatwarning = before

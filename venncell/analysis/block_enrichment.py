@@ -21,6 +21,7 @@ from venncell.analysis.gene_sets import (
     gene_set_path,
     load_gene_sets,
     map_symbols,
+    skipped_note,
     top_terms,
     untestable_note,
 )
@@ -131,6 +132,9 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
         if empty:
             notes.append(empty)
             log.warning("%s", empty)
+        skipped = skipped_note(m, symbols, matched, cfg)
+        if skipped:
+            notes.append(skipped)
         if cfg.method == "ora" and cfg.top_n >= len(features):
             # every feature a block explains at all is "at the top" of its ranking; a direction's two ends still
             # split the features by the sign of their correlation

@@ -251,6 +251,24 @@ def untestable_note(modality: str, symbols: pd.Index, collections: dict, cfg) ->
     )
 
 
+def skipped_note(modality: str, symbols: pd.Index, collections: dict, cfg) -> str:
+    """How many sets are left out for having fewer than min_size or more than max_size of ``modality``'s
+    features, when others are tested (a hand-made set of three markers vanished without a word), or ""."""
+    present = set(symbols)
+    sizes = [
+        len(present.intersection(genes))
+        for sets in collections.values()
+        for genes in sets.values()
+    ]
+    out = [n for n in sizes if not cfg.min_size <= n <= cfg.max_size]
+    if not out or len(out) == len(sizes):  # none left out, or untestable_note says it all
+        return ""
+    return (
+        f"{modality}: {len(out)} of {len(sizes)} gene sets have fewer than min_size={cfg.min_size} or more than "
+        f"max_size={cfg.max_size} of its features and are not tested."
+    )
+
+
 def _restrict(sets, background: pd.Index, cfg) -> tuple[list[str], sp.csr_matrix]:
     """The terms whose size within the background lies in [min_size, max_size], as a terms x genes 0/1 matrix."""
     rows, cols, terms = [], [], []

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from venncell.data.files import atomic_write_text
 from venncell.data.readers import read_h5mu
-from venncell.data.validate import VennCellInputError
+from venncell.data.validate import VennCellInputError, VennCellInputWarning
 
 log = logging.getLogger("venncell")
 CONFIG_PATH = "../conf"  # the packaged configs (venncell/conf), relative to the cli modules
@@ -366,6 +367,17 @@ def quiet_dependency_logs() -> None:
             handler.addFilter(_routine)
 
 
+def command_line_warning(message, category, filename, lineno, line=None) -> str:
+    """VennCell's warnings as one line, like its errors: the file and source line of the ``warnings.warn`` call
+    mean nothing to someone running a command. Other packages' warnings keep Python's format."""
+    if issubclass(category, VennCellInputWarning):
+        return f"venncell: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 def friendly(fn):
     """One clear line and an exit code instead of a traceback: 2 for bad input or settings, 3 for training that
     diverged or failed, 4 for a file that cannot be written, 128 + signal for a run stopped by SIGTERM / SIGINT."""
@@ -374,6 +386,7 @@ def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         quiet_dependency_logs()
+        warnings.formatwarning = command_line_warning
         try:
             return fn(*args, **kwargs)
         except (
