@@ -1185,6 +1185,7 @@ class VennCell:
             # the weights read the trained decoders, which know the training batches only
             self._require_known_batches(data, "cell weights")
             reference = self._refine(data, None, refine_epochs)["shared"]
+        self._warn_unfitted_batch_columns(data)
         # training cells, however many are passed, are weighed against the whole training population
         weights = cell_modality_weights(
             self.module, data, reference, population=population if rows is not None else None
@@ -1194,6 +1195,27 @@ class VennCell:
             for m in weights.columns:
                 target.obs[f"venn_weight_{m}"] = weights[m].to_numpy()
         return weights
+
+    def _warn_unfitted_batch_columns(self, data) -> None:
+        """Cell weights read each modality through its decoder's column for the cell's batch: say so where no
+        training cell of that batch was measured in the modality (all of a small batch's cells held out), whose
+        column training never fitted."""
+        if data.batch is None:
+            return
+        for m in self.specs:
+            untrained = ~self.module.shared_decoders[m].batch_trained.numpy()
+            hit = data.present(m) & (data.batch >= 0) & untrained[np.maximum(data.batch, 0)]
+            if hit.any():
+                names = [
+                    str(self.registry.batch_categories[c]) for c in np.unique(data.batch[hit])
+                ]
+                warnings.warn(
+                    f"{int(hit.sum())} cell(s) are of batch(es) {names[:5]}, in which no training cell was "
+                    f"measured in '{m}' (all held out): their '{m}' weight reads a batch effect training never "
+                    "fitted. Give such batches more cells, or merge them with a batch like them.",
+                    VennCellInputWarning,
+                    stacklevel=user_stacklevel(),
+                )
 
     def plan_measurements(self, targets=None, features=None, **kwargs):
         """Which modalities (and which features of a panel) to measure, and which the others predict.

@@ -185,3 +185,10 @@ def test_a_batch_measured_in_held_out_cells_only_counts_as_untrained(tmp_path):
     assert (model.is_train == probe.is_train).all()
     assert model.module.decoders["protein"].batch_trained.tolist() == [False, True]
     assert model.module.decoders["rna"].batch_trained.tolist() == [True, True]
+    # cell weights read that untrained column: said, not silently used
+    model.train(stage1_epochs=2, stage2_epochs=1, progress_bar="none", num_threads=1)
+    with pytest.warns(
+        UserWarning,
+        match=r"batch\(es\) \['b0'\], in which no training cell was measured in 'protein'",
+    ):
+        model.cell_modality_weights(write_obs=False)
