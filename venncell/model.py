@@ -831,10 +831,8 @@ class VennCell:
                 VennCellInputWarning,
                 stacklevel=3,
             )
-        untrained = ~dec.batch_trained.numpy()
-        hit = cells & untrained[np.maximum(data.batch, 0)] & (data.batch >= 0)
+        hit, names = self._untrained_batch_cells(dec, data, cells)
         if hit.any():
-            names = [str(self.registry.batch_categories[c]) for c in np.unique(data.batch[hit])]
             warnings.warn(
                 f"{int(hit.sum())} cell(s) are of batch(es) {names}, in which no training cell was measured in "
                 f"'{target}': their '{target}' is the mean of its predictions as each batch that was (batch-neutral). To "
@@ -1196,6 +1194,13 @@ class VennCell:
                 target.obs[f"venn_weight_{m}"] = weights[m].to_numpy()
         return weights
 
+    def _untrained_batch_cells(self, dec, data, cells: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Which of ``cells`` are of a training batch whose column in decoder ``dec`` never trained, and the names
+        of those batches."""
+        untrained = ~dec.batch_trained.numpy()
+        hit = cells & (data.batch >= 0) & untrained[np.maximum(data.batch, 0)]
+        return hit, [str(self.registry.batch_categories[c]) for c in np.unique(data.batch[hit])]
+
     def _warn_unfitted_batch_columns(self, data) -> None:
         """Cell weights read each modality through its decoder's column for the cell's batch: say so where no
         training cell of that batch was measured in the modality (all of a small batch's cells held out), whose
@@ -1203,12 +1208,10 @@ class VennCell:
         if data.batch is None:
             return
         for m in self.specs:
-            untrained = ~self.module.shared_decoders[m].batch_trained.numpy()
-            hit = data.present(m) & (data.batch >= 0) & untrained[np.maximum(data.batch, 0)]
+            hit, names = self._untrained_batch_cells(
+                self.module.shared_decoders[m], data, data.present(m)
+            )
             if hit.any():
-                names = [
-                    str(self.registry.batch_categories[c]) for c in np.unique(data.batch[hit])
-                ]
                 warnings.warn(
                     f"{int(hit.sum())} cell(s) are of batch(es) {names[:5]}, in which no training cell was "
                     f"measured in '{m}' (all held out): their '{m}' weight reads a batch effect training never "

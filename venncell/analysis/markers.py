@@ -16,6 +16,7 @@ from sklearn.model_selection import KFold
 
 from venncell.analysis.probes import PROBES, boot_weights, out_of_fold, weighted_sst, with_ci
 from venncell.analysis.writers import concat_frames
+from venncell.data.registry import copy_up
 from venncell.data.transforms import log_normalised
 from venncell.data.validate import (
     MIN_CELLS,
@@ -211,10 +212,8 @@ def _unknown_marker_message(name: str, mdata, specs) -> str:
     column = feat if sep and mod == "obs" else name
     holders = [m for m in getattr(mdata, "mod", {}) if column in mdata.mod[m].obs]
     if holders:
-        msg += (
-            f" It is a column of the .obs of {holders}: copy it up, e.g. `mdata.obs[{column!r}] = "
-            f"mdata[{holders[0]!r}].obs[{column!r}].reindex(mdata.obs_names)`."
-        )
+        # one modality's column: merging several would mix what each measured (n_genes of rna and of atac)
+        msg += f" It is a column of the .obs of {holders}: copy it up, e.g. {copy_up(column, holders[:1])}."
     images = [m for m, s in specs.items() if s.kind == "image"]
     if images:
         msg += (

@@ -231,7 +231,14 @@ class MultiModalData:
                 VennCellInputWarning,
                 stacklevel=user_stacklevel(),
             )
-        if training:
+        # setup warned about renamed barcodes; here the row maps answer whether any cell pairs, and the names are
+        # read only to say why none does
+        if training and not any(
+            ((self.row[n] >= 0) & (self.row[k] >= 0)).any()
+            for n in self.specs
+            for k in self.specs
+            if n < k
+        ):
             check_pairing({n: mdata.obs_names[self.row[n] >= 0] for n in self.specs}, warn=False)
         self.batch = registry.batch_codes(mdata.obs, unseen_ok=not training)
         # new cells' batches the model never saw, or no batch column (code -1): the encoders embed them, refinement

@@ -85,13 +85,12 @@ def renamed_message(found) -> str:
 def check_pairing(cells: dict[str, pd.Index], warn: bool = True) -> None:
     """Refuse modalities (``cells``: each one's obs_names) that share no cell, and (``warn``) warn where many
     unpaired cells would pair but for a renamed barcode."""
-    shared = pd.Index([])
     mods = list(cells)
-    for i, a in enumerate(mods):
-        for b in mods[i + 1 :]:
-            shared = shared.union(cells[a].intersection(cells[b]))
-    found = renamed_pairs(cells) if warn or not len(shared) else None
-    if not len(shared):
+    paired = any(
+        len(cells[a].intersection(cells[b])) for i, a in enumerate(mods) for b in mods[i + 1 :]
+    )
+    found = renamed_pairs(cells) if warn or not paired else None
+    if not paired:
         examples = "; ".join(
             f"{m}: {len(n)} cells, e.g. {str(n[0])!r}" for m, n in cells.items() if len(n)
         )
