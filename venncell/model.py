@@ -32,7 +32,7 @@ from venncell.data.registry import (
     setup_options,
     stored_options,
 )
-from venncell.data.spec import COUNT_LIKELIHOODS
+from venncell.data.spec import COUNT_LIKELIHOODS, kind_hint
 from venncell.data.split import VALIDATION_FRACTION, validation_split
 from venncell.data.validate import (
     MIN_CELLS,
@@ -164,6 +164,9 @@ class VennCell:
             else None
         )
         self.n_cells = self.data.n_cells if self.data is not None else 0
+        self._saved_totals: dict[
+            str, np.ndarray
+        ] = {}  # a model loaded without data saves its file's again
         self.history: dict = {}
         self.is_trained = False
         if not fitting:
@@ -183,6 +186,18 @@ class VennCell:
             warnings.warn(
                 f"start_batch_alignment={self.config.start_batch_alignment!r} changes the spectral start of data "
                 f"with batches, and {why}: it has no effect.",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
+            )
+        ignored = [
+            f"{k}={getattr(self.config, k)}"
+            for k in ("latent_l2", "latent_noise")
+            if getattr(self.config, k) != getattr(ModelConfig, k)
+        ]
+        if ignored and self.config.variational:
+            warnings.warn(
+                f"{', '.join(ignored)} act(s) on point latents only (latent_posterior='point'); the default "
+                "variational latents are held by their prior, whose weight is kl_weight: it has no effect.",
                 VennCellInputWarning,
                 stacklevel=user_stacklevel(),
             )
@@ -437,10 +452,15 @@ class VennCell:
                 return None
         return rows if self._same_data(mdata, rows) else None
 
-    def _view(self, mdata: md.MuData) -> MultiModalData:
-        """Other cells as the model reads them (its registry)."""
+    def _view(self, mdata: md.MuData, optional: tuple[str, ...] = ()) -> MultiModalData:
+        """Other cells as the model reads them (its registry); ``optional``: modalities left out, with a warning,
+        where their data cannot be used (the caller reads the others)."""
         return MultiModalData(
-            mdata, self.registry, training=False, backed=bool(getattr(mdata, "isbacked", False))
+            mdata,
+            self.registry,
+            training=False,
+            backed=bool(getattr(mdata, "isbacked", False)),
+            optional=optional,
         )
 
     def _same_data(self, mdata: md.MuData, rows: np.ndarray, n: int = 32) -> bool:
@@ -467,18 +487,27 @@ class VennCell:
         return True
 
     def _data_for(
-        self, mdata: md.MuData | None, modalities=None, warn_new_batches: bool = True
+        self,
+        mdata: md.MuData | None,
+        modalities=None,
+        warn_new_batches: bool = True,
+        reads: list[str] | None = None,
     ) -> MultiModalData:
         """The data view of ``mdata`` (None: the training data); with ``modalities``, the encoders that embed its
         cells, which must have measured some of them (else the shared latent is NaN). ``warn_new_batches=False``:
         the caller handles cells of new batches or without the batch itself (refinement learns them, prediction
-        says how it predicts them, cell weights refuse them), so the encoders' warning about them is not given."""
+        says how it predicts them, cell weights refuse them), so the encoders' warning about them is not given.
+        ``reads`` (default ``modalities``): the modalities the caller reads; new data's others are left out, with a
+        warning, where they cannot be used as they are."""
         if mdata is None or mdata is self.mdata:
             data = self._require_data("use the training data (mdata=None)", new_cells=True)
         elif not isinstance(mdata, md.MuData):
             raise VennCellInputError(f"mdata must be a MuData, got {type(mdata).__name__}.")
         else:
-            data = self._view(mdata)
+            # modalities the encoders do not read for the shared block need not be usable
+            reads = modalities if reads is None else reads
+            skip = () if reads is None else tuple(m for m in self.specs if m not in reads)
+            data = self._view(mdata, skip)
             self._warn_other_scale(data)
             if warn_new_batches and (data.batch_missing or data.unseen_batches):
                 key = self.registry.batch_key
@@ -711,8 +740,8 @@ class VennCell:
         The shared latent is encoded from the sources; the target's shared-only decoder maps it to the target
         (its private latent is, by construction, unknowable from other modalities). With ``target`` in
         ``source`` the target's full decoder reads the shared, its Venn-region and its private latents, all from
-        the encoders (the latents of new cells; training cells' default latents also average in their stage-1
-        latents), so that private signal is kept; cells without the target get NaN. The decoder reads each
+        the encoders, for training cells too (``get_latent_representation``'s default for them also averages in
+        their stage-1 latents), so that private signal is kept; cells without the target get NaN. The decoder reads each
         cell's batch; cells of a batch the model never saw (or without the batch column) get the mean of their
         predictions as each training batch (batch-neutral), with a warning.
 
@@ -727,9 +756,10 @@ class VennCell:
             The modality to predict.
         scale
             ``"normalised"`` (proportions for counts, probabilities for binary, values for Gaussian) or
-            ``"counts"`` (times the target's median training library size). ``nb_mixture`` gives the denoised
-            (background-free) protein counts on both scales; ``bernoulli_factors`` the probabilities of a cell at
-            the median training depth; ``zinb`` includes the dropout.
+            ``"counts"`` (times the target's median training library size; count modalities only). ``nb_mixture``
+            gives the denoised (background-free) protein counts on both scales; ``bernoulli_factors`` (ATAC)
+            gives, on the normalised scale, the probabilities of a cell at the median training depth; ``zinb``
+            includes the dropout.
 
         Returns
         -------
@@ -741,6 +771,7 @@ class VennCell:
         if target not in self.specs:
             raise VennCellInputError(
                 f"target '{target}' is not a modality of the model ({list(self.specs)})."
+                + kind_hint([target], self.specs)
             )
         if not source:
             raise VennCellInputError(
@@ -757,7 +788,7 @@ class VennCell:
                 f"scale='counts' needs a count modality; '{target}' is {spec.likelihood}."
             )
         # cells of new batches: said below, for the prediction
-        data = self._data_for(mdata, warn_new_batches=False)
+        data = self._data_for(mdata, warn_new_batches=False, reads=source)
         blocks = embed_cells(self.module, data, modalities=source)
         z = blocks["shared"]
         lacking = f"none of the source modalities {source}"
@@ -914,6 +945,7 @@ class VennCell:
         if missing:
             raise VennCellInputError(
                 f"modalities {missing} are not in the model (it has {list(self.specs)})."
+                + kind_hint(missing, self.specs)
             )
 
     def _require_trained(self) -> None:
@@ -987,8 +1019,17 @@ class VennCell:
         try:
             (tmp / "venncell.json").write_text(json.dumps(meta, indent=1))
             torch.save(self.module.state_dict(), tmp / "model.pt")
+            # a model loaded without its data, or with backed data (no totals read up front), keeps its file's
+            totals = (
+                cell_totals(self.data)
+                if self.data is not None and not self.data.backed
+                else self._saved_totals
+            )
             np.savez_compressed(
-                tmp / "cells.npz", obs_names=self.train_obs_names, is_train=self.is_train
+                tmp / "cells.npz",
+                obs_names=self.train_obs_names,
+                is_train=self.is_train,
+                **{f"total_{m}": t for m, t in totals.items()},
             )
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1012,8 +1053,9 @@ class VennCell:
 
     @classmethod
     def load(cls, path: str | Path, mdata: md.MuData | None = None) -> VennCell:
-        """A saved model. With ``mdata`` (its training data) the stage-1 latents and the split line up with it;
-        without, it embeds and predicts any new data."""
+        """A saved model. With ``mdata`` (its training data, checked by the cells' names and each modality's
+        per-cell totals) the stage-1 latents and the split line up with it; without, it embeds and predicts any
+        new data."""
         path = Path(path)
         meta_file = path / "venncell.json"
         if not meta_file.exists():
@@ -1044,6 +1086,8 @@ class VennCell:
             registry = DataRegistry.from_dict(meta["registry"])
             cells = np.load(path / "cells.npz", allow_pickle=False)
             obs_names, is_train = cells["obs_names"], cells["is_train"]
+            # models saved before the totals were kept have none (their data are checked by name only)
+            totals = {k[len("total_") :]: cells[k] for k in cells.files if k.startswith("total_")}
         except (KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile) as e:
             raise VennCellInputError(
                 f"{path} is damaged ({type(e).__name__}: {e}); retrain or restore it."
@@ -1062,6 +1106,9 @@ class VennCell:
             **{"image_augment": False, **meta["config"]},
         )
         self.n_cells = int(meta["n_cells"])
+        self._saved_totals = totals
+        if self.data is not None:
+            _check_same_data(cell_totals(self.data), totals, path)
         with _seeded(
             self.seed
         ):  # the weights are overwritten below; the seed keeps the caller's stream untouched
@@ -1274,7 +1321,11 @@ class VennCell:
         An ``EnrichmentResult``: ``.terms`` (every test), ``.top`` (best significant terms per block and
         direction), ``.notes``, ``.write(dir)``.
         """
-        from venncell.analysis.block_enrichment import enrich_blocks, enrichment_config
+        from venncell.analysis.block_enrichment import (
+            enrich_blocks,
+            enrichment_config,
+            enrichment_modalities,
+        )
 
         self._require_trained()
         data = self._require_data("test gene sets per block")
@@ -1287,6 +1338,7 @@ class VennCell:
             )
         self._check_modalities(modalities)
         enrichment_config(kwargs)
+        enrichment_modalities(self.specs, modalities)
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
         return enrich_blocks(data, attribution, modalities, **kwargs)
@@ -1330,6 +1382,40 @@ def _other_cells_message(names: np.ndarray, trained: np.ndarray, path: Path) -> 
         f"mdata holds {what}; load(path, mdata) takes the training data as they were. Load without mdata and "
         "pass these cells to get_latent_representation(mdata=...) (the encoders' latents) instead."
     )
+
+
+def cell_totals(data: MultiModalData) -> dict[str, np.ndarray]:
+    """Each tabular modality's sum of absolute values per training cell (NaN where a cell lacks it), as the model
+    reads the data, in float64: kept with a saved model so that loading it with other values under the training
+    cells' names is refused. Absolute values, so that standardised columns do not cancel to a near-0 total whose
+    rounding depends on the matrix's layout."""
+    out = {}
+    for m, spec in data.specs.items():
+        x = data.x.get(m)
+        if spec.kind == "image" or x is None or data.backed:  # no matrix read up front
+            continue
+        x = abs(x) if sp.issparse(x) else np.abs(np.asarray(x))
+        t = np.full(data.n_cells, np.nan)
+        present = data.present(m)
+        t[present] = np.asarray(x.sum(1, dtype=np.float64)).ravel()[data.row[m][present]]
+        out[m] = t
+    return out
+
+
+def _check_same_data(totals: dict, saved: dict, path: Path) -> None:
+    """``load(path, mdata)``: mdata's cells carry the training cells' names; their values must be the training
+    values too, or every stage-1 latent would be another cell's."""
+    for m in sorted(set(totals) & set(saved)):
+        # a cell now without the modality holds no other values (its stage-1 latents stay its own)
+        now = np.isfinite(totals[m])
+        differ = now & ~np.isclose(totals[m], saved[m], rtol=1e-5, atol=1e-8)
+        if differ.any():
+            raise VennCellInputError(
+                f"Modality '{m}': mdata's cells have the training cells' names but other data ({int(differ.sum())} "
+                f"of {len(differ)} cells' totals differ from training), so the stored stage-1 latents are not "
+                f"theirs. Load without mdata and embed them: `VennCell.load('{path}').get_latent_representation("
+                "mdata)`; or pass the training data as they were."
+            )
 
 
 def _umask() -> int:

@@ -118,6 +118,28 @@ def test_partly_shared_and_not_captured(truth_latents):
     assert categorical_noise["verdict"] == "not captured"
 
 
+def test_a_rare_population_gets_finite_intervals_and_a_note(truth_latents):
+    """A label of 3 cells: resamples without them have no variance, which gave numpy's divide-by-zero warnings
+    and a NaN lower bound; a label known on 8 cells was said to have 8 cells "measured in every modality"."""
+    import warnings
+
+    truth, blocks = truth_latents
+    mods = list(truth.private)
+    n = len(truth.shared)
+    rare = np.where(np.isin(np.arange(n), [3, 50, 700]), "rare", "other")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        row, _ = probe_marker(rare, blocks, mods, **FAST_PROBES)
+    assert np.isfinite([row["best_score_lo"], row["best_score_hi"]]).all()
+    # resamples without the 3 cells have no score: scored against all cells' variance they read about 0.95
+    assert row["verdict"] == "not captured" and row["best_score_hi"] < 0.3
+    assert "smallest class has 3 cell(s)" in row["note"] and "yes/no column" not in row["note"]
+    few = np.full(n, None, dtype=object)
+    few[:8] = ["a", "b"] * 4
+    row, _ = probe_marker(few, blocks, mods, **FAST_PROBES)
+    assert row["note"].startswith("only 8 cells have its value") and row["classes"] == 2
+
+
 def test_a_markers_p_value_counts_the_choice_of_its_best_block():
     """Noise markers against eight blocks and two probes: the best score's own permutation p-value was below 0.05
     for about 18 % of them (picking the best of 16 scores on the same cells); the marker's p-value now tests the

@@ -151,6 +151,24 @@ def test_empty_lists_are_refused_before_the_attribution_runs(trained_tiny, monke
         model.enrich_regions(gene_sets=["/no/such/sets.gmt"])
 
 
+def test_a_model_without_genes_says_what_it_can_test():
+    """An ATAC + protein model (ASAP-seq): enrichment tested nothing, said nothing, and the report then read "no
+    term passes the FDR threshold"."""
+    from venncell.analysis.block_enrichment import enrichment_modalities
+    from venncell.data.spec import ModalitySpec
+
+    specs = {
+        "peaks": ModalitySpec(name="peaks", kind="atac"),
+        "adt": ModalitySpec(name="adt", kind="protein"),
+    }
+    with pytest.raises(
+        VennCellInputError, match=r"this model has none \(peaks \(atac\), adt \(protein\)\)"
+    ):
+        enrichment_modalities(specs)
+    assert enrichment_modalities(specs, ["adt"]) == ["adt"]
+    assert enrichment_modalities({**specs, "gex": ModalitySpec(name="gex", kind="rna")}) == ["gex"]
+
+
 def test_sets_too_small_for_the_panel_say_so():
     """Hand-written marker sets on a 45-gene panel matched 2-4 genes each, under min_size=5: the result was empty
     with no note, and with fewer genes matched the message blamed the organism of the symbols."""

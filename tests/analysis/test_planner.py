@@ -55,7 +55,8 @@ def test_an_unexplained_feature_has_no_recoverable_fraction():
     """r2_measured 0.02 and r2_predicted 0.01: the ratio, clipped, read recoverable 1.0 with an interval [0, 1];
     the model explains too little of the feature for a fraction. A feature the other modalities predict better
     than the full decoder fits it (measured -0.2, predicted 0.3) was `unexplained`; measuring it gives at least
-    the prediction, so it is `predict`. A draw where both R^2 turn negative has no fraction (it read 1.0)."""
+    the prediction, so it is `predict`. A draw where both R^2 turn negative recovers nothing (it read 1.0, then
+    was dropped, which kept a rare population's interval above predict_min when the prediction's reached -0.7)."""
     from venncell.analysis.planner import PlanConfig, _tables
 
     n, boot = 100, 5
@@ -77,9 +78,10 @@ def test_an_unexplained_feature_has_no_recoverable_fraction():
     )
     assert df.loc["a", "verdict"] == "unexplained"
     assert df.loc["a", ["recoverable", "recoverable_lo", "recoverable_hi"]].isna().all()
-    assert df.loc[
-        "b", ["recoverable", "recoverable_lo", "recoverable_hi"]
-    ].tolist() == pytest.approx([0.8] * 3)
+    assert df.loc["b", "recoverable"] == pytest.approx(0.8)
+    assert df.loc["b", "recoverable_lo"] < 0.5 and df.loc["b", "recoverable_hi"] == pytest.approx(
+        0.8
+    )
     assert df.loc["c", "recoverable"] == pytest.approx(0.4) and df.loc["d", "recoverable"] == 1.0
     assert list(df.loc[["b", "c", "d"], "verdict"]) == ["predict", "measure", "predict"]
     (row,) = rows

@@ -507,6 +507,7 @@ def test_train_report_takes_venncell_reports_settings_and_checks_them_first(
         ("{run_dir: elsewhere}", "cannot be set in venncell-train"),
         ("{attribution: {alpha: 0}}", "alpha"),
         ("maybe", "must be true, false or a dict"),
+        ("{enrich: true, enrichment: {gene_sets: [/no/such/sets.gmt]}}", "neither a bundled"),
     ):
         run = tmp_path / f"bad{len(message)}"
         with pytest.raises(VennCellInputError, match=message):
@@ -653,6 +654,26 @@ def test_region_recovery_is_scored_in_metrics(tmp_path):
     assert np.isfinite(summary["min_region_recovery"]) and summary["min_region_recovery"] > 0.2
 
 
+def test_true_factors_of_a_renamed_modality_are_left_unscored(tmp_path, caplog):
+    """A synthetic modality renamed after the data were made (atac -> peaks) kept its true_private_atac factors,
+    and venncell-train failed with pandas' KeyError after the whole training, writing no venn.h5mu."""
+    from venncell.data import make_synthetic
+
+    m, _ = make_synthetic(n_cells=200, modalities={"atac": 60, "protein": 12}, seed=0)
+    renamed = md.MuData({"peaks": m["atac"], "protein": m["protein"]})
+    for key in ("true_shared", "true_private_atac", "true_private_protein"):
+        renamed.obsm[key] = m.obsm[key]
+    renamed.write(tmp_path / "renamed.h5mu")
+    _train_in_process(tmp_path / "run", ["data=mudata", f"data.path={tmp_path / 'renamed.h5mu'}"])
+    assert "['private:atac'] match no block of the model" in caplog.text
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())["recovery"]["average"]
+    summary = summary["knn"]["summary"]
+    assert "private:peaks_recovery" not in summary and np.isfinite(
+        summary["private:protein_recovery"]
+    )
+    assert (tmp_path / "run" / "venn.h5mu").exists()
+
+
 def _train_in_process(run_dir, overrides: list[str]) -> None:
     """``venncell-train`` with the fast trainer and no logger, in this process (no start-up cost)."""
     from hydra import compose, initialize_config_module
@@ -715,3 +736,53 @@ def test_venncells_warnings_are_one_line_on_the_command_line():
         assert "b.py:3: FutureWarning: y" in other
     finally:
         warnings.formatwarning = before
+
+
+def test_a_missing_optional_package_is_named_before_any_work(
+    train_run, helpers, monkeypatch, capsys
+):
+    """Without wandb, the Optuna sweeper or gseapy, the commands failed late: logger=wandb with a traceback once the
+    data were read, hparams_search=optuna with Hydra's "could not find", and venncell-report enrich=true only after
+    rewriting the attribution files beside an older report.html."""
+    import importlib.util
+
+    from venncell.analysis.gene_sets import EnrichmentConfig
+    from venncell.cli.train import _check_logger, _check_sweeper
+
+    real = importlib.util.find_spec
+    absent = {"wandb", "hydra_plugins", "gseapy"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.split(".")[0] in absent else real(name, *a),
+    )
+    with pytest.raises(VennCellInputError, match=r"logger=wandb needs .*venncell\[wandb\]"):
+        _check_logger("wandb")
+    _check_logger("csv")
+    with pytest.raises(SystemExit) as stop:
+        _check_sweeper(["hparams_search=optuna"])
+    assert stop.value.code == 2 and "pip install 'venncell[sweep]'" in capsys.readouterr().err
+    _check_sweeper(["model.kl_weight=2"])
+    with pytest.raises(VennCellInputError, match=r"gseapy: pip install 'venncell\[genesets\]'"):
+        EnrichmentConfig(method="prerank").check_sources()
+    monkeypatch.undo()
+
+    def outputs():  # the command's log of the refusal aside
+        return {
+            f: f.stat().st_mtime_ns
+            for f in train_run.iterdir()
+            if f.is_file() and f.suffix != ".log"
+        }
+
+    before = outputs()
+    res = helpers.run_cli(
+        [
+            "venncell-report",
+            f"run_dir={train_run}",
+            "enrich=true",
+            "enrichment.gene_sets=[/no/such.gmt]",
+        ],
+        ok=False,
+    )
+    assert res.returncode == 2 and "neither a bundled collection" in res.stderr, res.stderr
+    assert outputs() == before

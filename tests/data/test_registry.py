@@ -254,3 +254,23 @@ def test_whole_number_features_stay_gaussian_when_said_and_warn_when_guessed():
     assert stored_options(mdata)["modalities"]["morph"]["likelihood"] == "nb"
     VennCell.setup_mudata(mdata, {"rna": "rna", "morph": {"kind": "features", "likelihood": "nb"}})
     assert stored_options(mdata)["modalities"]["morph"]["likelihood"] == "nb"
+    # binarised peaks under a name of no known kind lost ATAC's depth factors without a word
+    mdata.mod["mod1"] = ad.AnnData((whole > 30).astype(np.float32), obs=names)
+    with pytest.warns(VennCellInputWarning, match="'mod1'.*names no kind.*0/1 only.*kind='atac'"):
+        VennCell.setup_mudata(mdata, {"rna": "rna", "mod1": None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        VennCell.setup_mudata(mdata, {"rna": "rna", "mod1": "atac"})
+
+
+def test_a_kind_name_that_is_no_modality_names_the_modality_of_that_kind():
+    """ASAP-seq data with an 'adt' modality: predict_modality(target='protein'), as in the README, said only that
+    'protein' is not a modality."""
+    from venncell.data.spec import ModalitySpec, kind_hint
+
+    specs = {
+        "peaks": ModalitySpec(name="peaks", kind="atac"),
+        "adt": ModalitySpec(name="adt", kind="protein"),
+    }
+    assert kind_hint(["protein"], specs) == " The model's protein modality is 'adt'."
+    assert kind_hint(["rna", "adt", "cells"], specs) == ""

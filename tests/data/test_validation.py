@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import anndata as ad
 import mudata as md
 import numpy as np
@@ -252,7 +254,15 @@ def test_a_feature_that_a_few_outliers_hold_is_named():
     m["features"].var_names = ["area", "skewed", "heavy", "rare"]
     with pytest.warns(
         VennCellInputWarning, match=r"'features': in 1 feature\(s\) \(area\) the 3 most extreme"
-    ):
+    ) as said:
+        _build(m, rna="rna", features="features")
+    # the clip it writes works as written, at any number of cells (percentiles keep 0.1 % of them, 3 of 500 too)
+    exec(re.search(r"`(x = np.+?)`", str(said[0].message)).group(1), {"np": np, "mdata": m})
+    assert (
+        m["features"].X[:3, 0].max() < 200 and m["features"].X[3, 3] == 1.0
+    )  # the rare event stays
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
         _build(m, rna="rna", features="features")
     feats[:3, 0] = 10
     m["features"].X = feats
@@ -264,7 +274,7 @@ def test_a_feature_that_a_few_outliers_hold_is_named():
 def test_sparse_nan_is_named():
     x = sp.csr_matrix(_counts())
     x.data[7] = np.inf
-    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN/inf.*row 1.*adata\.X\.sum"):
+    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN/inf.*row 1.*mdata\['rna'\]\.X\.sum"):
         _build(_pair(x, _counts(seed=1)), rna="rna", protein="protein")
 
 
@@ -274,7 +284,9 @@ def test_the_fix_names_the_layer_the_values_were_read_from():
     bad = _counts()
     bad[2, 1] = np.nan
     m["rna"].layers["counts"] = bad
-    with pytest.raises(VennCellInputError, match=r"'rna'.*NaN.*adata\.layers\['counts'\]\.sum"):
+    with pytest.raises(
+        VennCellInputError, match=r"'rna'.*NaN.*mdata\['rna'\]\.layers\['counts'\]\.sum"
+    ):
         _build(m, rna={"kind": "rna", "layer": "counts"}, protein="protein")
 
 
@@ -427,3 +439,78 @@ def test_binary_data_with_a_corrupt_entry_are_refused_located():
         VennCellInputError, match=r"'protein'.*1 negative value\(s\).*row 5, feature column 2"
     ):
         _build(_pair(_counts(40, 6), x), rna="rna", protein="protein")
+
+
+def _fix(message: str, start: str) -> str:
+    """The code in backticks of ``message`` that starts with ``start``."""
+    return re.search(rf"`({re.escape(start)}[^`]*)`", message).group(1)
+
+
+def test_the_fixes_in_the_messages_run_as_written_on_the_mudata():
+    """A user applying the fixes word for word: the NaN fix named an `adata` the user did not have, the
+    non-numeric data gave numpy's TypeError when the likelihood was inferred, the zero-variance fix registered
+    one modality only, and the all-zero cells' fix filtered an `adata`."""
+    env = {"np": np, "VennCell": VennCell}
+    x = _counts()
+    x[3, 2] = np.nan
+    m = _pair(x, _counts(seed=1))
+    with pytest.raises(VennCellInputError, match="NaN") as err:
+        _build(m)
+    exec(_fix(str(err.value), "mdata.mod['rna'] = "), {**env, "mdata": m})
+    m.update()
+    assert m.n_obs == 20 and m["rna"].n_obs == 19
+    _build(m)
+
+    m = _pair(_counts(), _counts(seed=1))
+    m["protein"].X = m["protein"].X.astype(object)
+    with pytest.raises(
+        VennCellInputError, match=r"'protein' holds non-numeric values \(dtype object\)"
+    ) as err:
+        VennCell.setup_mudata(m)
+    exec(_fix(str(err.value), "mdata['protein'].X = "), {**env, "mdata": m})
+    _build(m)
+
+    x = _counts()
+    x[:, 1] = 5
+    m = _pair(x, _counts(seed=1))
+    m.obs["batch"] = ["a", "b"] * 10
+    with pytest.warns(VennCellInputWarning, match="zero variance") as said:
+        VennCell.setup_mudata(m, batch_key="batch")
+        VennCell(m, shared_dim=2, private_dim=2)
+    call = _fix(
+        str(next(w.message for w in said if "zero variance" in str(w.message))), "VennCell."
+    )
+    exec(call, {**env, "mdata": m})
+    model = VennCell(m, shared_dim=2, private_dim=2)
+    assert list(model.specs) == ["rna", "protein"] and model.registry.batch_key == "batch"
+    assert model.specs["rna"].dropped_features == ["1"]
+
+    # an image's stored names are setup_mudata's (obsm_key, store), and a weight of 0.0 is kept
+    from venncell.data.registry import as_setup_options
+    from venncell.data.validate import _drop_setup
+
+    stored = {
+        "modalities": {
+            "rna": {"kind": "rna", "likelihood": "nb", "weight": 0.0, "binarize": False},
+            "cells": {
+                "kind": "image",
+                "image_key": "crops",
+                "image_store": None,
+                "channels": None,
+            },
+        },
+        "batch_key": None,
+    }
+    call = _drop_setup("rna", {**stored, "modalities": as_setup_options(stored)})
+    assert "'weight': 0.0" in call and "'obsm_key': 'crops'" in call and "image_key" not in call
+
+    x = _counts()
+    x[4] = 0
+    m = _pair(x, _counts(seed=1))
+    with pytest.raises(VennCellInputError, match="all-zero") as err:
+        _build(m)
+    import scanpy as sc
+
+    exec(_fix(str(err.value), "sc.pp"), {**env, "sc": sc, "mdata": m})
+    m.update()
+    _build(m)

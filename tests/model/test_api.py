@@ -235,6 +235,19 @@ def test_load_with_training_data_restores_stage1(trained_tiny, tmp_path):
         VennCellInputError, match=f"holds 50 of the model's {mdata.n_obs} training"
     ):
         VennCell.load(tmp_path / "m", mdata=mdata[:50].copy())
+    # other cells under the training cells' names (barcodes repeat across samples) got the training cells'
+    # stage-1 latents without a word
+    other = mdata.copy()
+    other.mod["protein"].X = other["protein"].X[np.r_[1 : other.n_obs, 0]]
+    with pytest.raises(
+        VennCellInputError, match=r"'protein': mdata's cells have the training cells' names but"
+    ):
+        VennCell.load(tmp_path / "m", mdata=other)
+    assert np.isfinite(VennCell.load(tmp_path / "m").get_latent_representation(other)).all()
+    # a model loaded without its data keeps the check when saved again
+    VennCell.load(tmp_path / "m").save(tmp_path / "again")
+    with pytest.raises(VennCellInputError, match="other data"):
+        VennCell.load(tmp_path / "again", mdata=other)
 
 
 def test_new_data_with_wrong_features(trained_tiny, tmp_path):
@@ -248,6 +261,23 @@ def test_new_data_with_wrong_features(trained_tiny, tmp_path):
         VennCellInputError, match=r"'protein': 3 feature\(s\) the model was trained on are missing"
     ):
         loaded.get_latent_representation(bad)
+    # the message's other fix, embedding from the other modalities, works as written: protein is left out
+    others = ["rna", "atac"]
+    with pytest.warns(UserWarning, match=r"'protein' is left out \(3 feature"):
+        z = loaded.get_latent_representation(bad, modalities=others)
+    np.testing.assert_allclose(
+        z, model.get_latent_representation(mdata, modalities=others), rtol=1e-5, atol=1e-5
+    )
+    with pytest.warns(UserWarning, match="'protein' is left out"):
+        pred = loaded.predict_modality(bad, source=others, target="protein")
+    np.testing.assert_allclose(
+        pred, model.predict_modality(mdata, source=others, target="protein"), rtol=1e-5, atol=1e-5
+    )
+    zeroed = mdata.copy()
+    zeroed["protein"].X = zeroed["protein"].X * 0
+    with pytest.warns(UserWarning, match="'protein' is left out \\(every cell is all-zero"):
+        z = loaded.get_latent_representation(zeroed, modalities=others)
+    assert np.isfinite(z).all()
     shuffled = mdata.copy()
     order = np.random.default_rng(0).permutation(shuffled["rna"].n_vars)
     shuffled.mod["rna"] = shuffled["rna"][:, order].copy()
@@ -296,6 +326,40 @@ def test_a_misspelt_training_option_names_the_closest_one(tiny_mdata):
     model = VennCell(tiny_mdata)
     with pytest.raises(VennCellInputError, match="did you mean 'stage1_epoch' -> 'stage1_epochs'"):
         model.train(stage1_epoch=3)
+
+
+def test_load_takes_its_training_data_in_another_layout(tmp_path):
+    """Standardised features sum to near 0 per cell, and float32 totals of the same values stored column-major or
+    sparse differed past the check's tolerance: load(path, mdata) refused the model's own training data."""
+    import scipy.sparse as sp
+
+    from venncell.data import make_synthetic
+
+    mdata, _ = make_synthetic(n_cells=300, modalities={"rna": 30, "features": 20}, seed=0)
+    feats = np.asarray(
+        mdata["features"].X.toarray() if sp.issparse(mdata["features"].X) else mdata["features"].X
+    )
+    mdata["features"].X = np.asfortranarray(feats - feats.mean(0))
+    VennCell.setup_mudata(mdata)
+    VennCell(mdata, shared_dim=2, private_dim=2).save(tmp_path / "m")
+    for layout in (np.ascontiguousarray, sp.csr_matrix):
+        again = mdata.copy()
+        again["features"].X = layout(mdata["features"].X)
+        VennCell.load(tmp_path / "m", mdata=again)
+
+
+def test_settings_of_point_latents_say_they_do_nothing_to_variational_ones(tiny_mdata):
+    """latent_l2, which the non-finite-loss message advised, was ignored by the default latents without a word."""
+    import warnings
+
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.warns(
+        UserWarning, match=r"latent_l2=10.0 act\(s\) on point latents only.*kl_weight"
+    ):
+        VennCell(tiny_mdata, latent_l2=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        VennCell(tiny_mdata, latent_l2=10.0, latent_posterior="point")
 
 
 def test_load_rejects_non_model(tmp_path):
@@ -560,4 +624,11 @@ def test_new_cells_with_a_modality_zeroed_out_are_told_to_leave_it_out(trained_t
     zeroed = md.MuData({m: mdata[m][:30].copy() for m in mdata.mod})
     zeroed["protein"].X = zeroed["protein"].X * 0
     with pytest.raises(VennCellInputError, match="leave it out of the MuData"):
-        model.predict_modality(zeroed, source=["rna"], target="protein")
+        model.get_latent_representation(zeroed)
+    # predicting it from RNA reads no protein: the zeroed modality is left out, as if it were absent
+    without = md.MuData({"rna": zeroed["rna"].copy()})
+    with pytest.warns(UserWarning, match="'protein' is left out"):
+        pred = model.predict_modality(zeroed, source=["rna"], target="protein")
+    np.testing.assert_array_equal(
+        pred, model.predict_modality(without, source=["rna"], target="protein")
+    )

@@ -371,7 +371,7 @@ def test_resume_says_when_it_starts_afresh_and_names_each_checkpoint_once(
     three times in the log (two checks before the run, then the run)."""
     with caplog.at_level("INFO", logger="venncell"):
         _tiny_model().train(run_dir=tmp_path, resume=True, **helpers.FAST)
-    assert "holds no checkpoint of this run; training starts afresh" in caplog.text
+    assert "holds no checkpoint of this run, so there is nothing to resume" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="venncell"):
         _tiny_model().train(run_dir=tmp_path, resume=True, **helpers.FAST)

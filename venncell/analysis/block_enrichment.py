@@ -19,6 +19,7 @@ from venncell.analysis.gene_sets import (
     collection_name,
     enrich,
     gene_set_path,
+    gene_universe,
     load_gene_sets,
     map_symbols,
     skipped_note,
@@ -71,6 +72,28 @@ def enrichment_config(kwargs: dict) -> EnrichmentConfig:
     return cfg
 
 
+def enrichment_modalities(specs: dict, modalities=None) -> list[str]:
+    """The modalities gene-set enrichment tests: those named, or those whose features are gene symbols (RNA); an
+    error naming the way out when there are none (a model of ATAC and proteins only)."""
+    if modalities is not None:
+        unknown = sorted(set(modalities) - set(specs))
+        if unknown:
+            raise VennCellInputError(
+                f"Gene-set enrichment: no modality {unknown}; the model has {list(specs)}."
+            )
+        return list(modalities)
+    mods = [m for m, s in specs.items() if s.kind in GENE_KINDS]
+    if not mods:
+        kinds = ", ".join(f"{m} ({s.kind})" for m, s in specs.items())
+        raise VennCellInputError(
+            f"Gene-set enrichment tests modalities whose features are gene symbols (RNA), and this model has none "
+            f"({kinds}): peaks and antibodies are not genes. Add a gene-level modality (e.g. gene activity "
+            "scores, registered with kind='rna'), or, from Python, name a modality whose feature names are gene "
+            "symbols: enrich_regions(modalities=[...])."
+        )
+    return mods
+
+
 def enrich_blocks(data, attribution, modalities=None, **kwargs):
     """Gene-set enrichment of every block and latent direction of an attribution run (module docstring).
 
@@ -88,14 +111,7 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
     """
     cfg = enrichment_config(kwargs)
     named = modalities is not None
-    mods = (
-        list(modalities) if named else [m for m, s in data.specs.items() if s.kind in GENE_KINDS]
-    )
-    unknown = sorted(set(mods) - set(data.specs))
-    if unknown:
-        raise VennCellInputError(
-            f"Gene-set enrichment: no modality {unknown}; the model has {list(data.specs)}."
-        )
+    mods = enrichment_modalities(data.specs, modalities)
     collections = {
         collection_name(source, i): load_gene_sets(source)
         for i, source in enumerate(cfg.gene_sets)
@@ -128,6 +144,15 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
             continue
         if note:
             notes.append(f"{m}: {note}")
+        unmatched = int((~symbols.isin(gene_universe(matched))).sum())
+        if data.specs[m].kind == "protein" and unmatched:
+            # antibody names (CD3, CD45RA) are often not their target's gene symbol (CD3E, PTPRC)
+            antibodies = (
+                f"{m}: antibody names are matched as gene symbols; {unmatched} of {len(symbols)} are none (e.g. "
+                "CD3, CD45RA), so they are left out: rename the features to their targets' genes to test them."
+            )
+            notes.append(antibodies)
+            log.warning("%s", antibodies)
         empty = untestable_note(m, symbols, matched, cfg)
         if empty:
             notes.append(empty)

@@ -22,6 +22,7 @@ from venncell.data.validate import VennCellInputError
 
 BUNDLED = ("GO_Biological_Process_2023", "KEGG_2021_Human")
 INSTALL = "pip install 'venncell[genesets]'"
+PRERANK_NEEDS = f"method='prerank' needs the optional package gseapy: {INSTALL}."
 MIN_OVERLAP = (
     10  # fewer features found in the collections: the symbols are probably not genes of them
 )
@@ -58,6 +59,15 @@ class EnrichmentConfig:
             )
         if isinstance(self.gene_sets, str | Path | dict):
             self.gene_sets = [self.gene_sets]
+
+    def check_sources(self) -> None:
+        """Every collection's file, and gseapy for prerank: checked before a command line's work starts, so a
+        missing package stops it before anything is trained or written."""
+        for source in self.gene_sets:
+            if not isinstance(source, dict):
+                gene_set_path(source)
+        if self.method == "prerank" and importlib.util.find_spec("gseapy") is None:
+            raise VennCellInputError(PRERANK_NEEDS)
 
 
 def load_gene_sets(source) -> dict[str, list[str]]:
@@ -132,12 +142,12 @@ def map_symbols(
     collections, or a .gmt written in lower case)."""
     names = pd.Index([str(f) for f in features])
     upper = names.str.upper()
-    direct = names.isin(_universe(collections)).sum()
+    direct = names.isin(gene_universe(collections)).sum()
     folded = {
         c: {t: [g.upper() for g in genes] for t, genes in sets.items()}
         for c, sets in collections.items()
     }
-    upcased = upper.isin(_universe(folded)).sum()
+    upcased = upper.isin(gene_universe(folded)).sum()
     if upcased > direct:
         return (
             upper,
@@ -157,7 +167,7 @@ def check_overlap(
     """Refuse a modality whose features are (almost) absent from the collections: its names are not their genes.
     ``kind``: the modality's kind (peaks get their own advice); ``others``: other modalities are tested, so leaving
     this one out is a fix."""
-    found = int(symbols.isin(_universe(collections)).sum())
+    found = int(symbols.isin(gene_universe(collections)).sum())
     if found >= MIN_OVERLAP:
         return
     if kind == "atac":
@@ -179,7 +189,7 @@ def check_overlap(
     )
 
 
-def _universe(collections: dict) -> set[str]:
+def gene_universe(collections: dict) -> set[str]:
     return {g for sets in collections.values() for genes in sets.values() for g in genes}
 
 
@@ -326,9 +336,7 @@ def _prerank(s: pd.Series, terms: list[str], members: sp.csr_matrix, cfg) -> pd.
     try:
         import gseapy
     except ImportError as err:
-        raise VennCellInputError(
-            f"method='prerank' needs the optional package gseapy: {INSTALL}."
-        ) from err
+        raise VennCellInputError(PRERANK_NEEDS) from err
     if not (s > 0).any():
         return pd.DataFrame()
     library = {t: list(s.index[members[i].indices]) for i, t in enumerate(terms)}

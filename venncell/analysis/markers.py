@@ -358,8 +358,9 @@ def _probe_group(
         name: {
             "kind": targets[name][0],
             "n_cells": n,
+            "classes": len(targets[name][2]) or None,
             "verdict": "not captured",
-            "note": f"only {n} cells measured in every modality (at least {2 * cfg.n_folds} needed)"
+            "note": f"only {n} cells have its value and every modality (at least {2 * cfg.n_folds} needed)"
             if n < 2 * cfg.n_folds
             else "a constant marker: nothing to predict",
         }
@@ -388,7 +389,10 @@ def _probe_group(
             for name in live:
                 err = sq[:, spans[name]].reshape(n, cfg.n_perm + 1, -1).sum(2)
                 scores = 1.0 - err.sum(0) / sst[name][0]
-                draws = 1.0 - weights @ err[:, 0] / sst[name]
+                # a resample without a rare class's few cells has nothing to predict: no score (NaN, left out of
+                # the intervals), not a division by zero
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    draws = np.where(sst[name] > 0, 1.0 - weights @ err[:, 0] / sst[name], np.nan)
                 boot[name][block, probe] = draws
                 perm[name][block, probe] = scores
                 score_rows.append(
@@ -413,7 +417,22 @@ def _probe_group(
             "classes": len(classes) or None,
             **_verdict(mine, boot[name], modalities, cfg, empty_regions, perm[name]),
         }
+        few = _smallest_class(targets[name][1]) if classes else None
+        if few is not None and few < 2 * cfg.n_folds:
+            rows[name]["note"] = (
+                f"its smallest class has {few} cell(s): its score rests on them (wide intervals)"
+                + (
+                    "; a yes/no column for a rare population scores it on its own"
+                    if len(classes) > 2
+                    else ""
+                )
+            )
     return rows, score_df
+
+
+def _smallest_class(y: np.ndarray) -> int:
+    """Cells of a categorical marker's rarest class (``y``: one column per class, 0/1)."""
+    return int(np.asarray(y).sum(0).min())
 
 
 def _selected_p_value(perm: dict, blocks: list[str], probe: str, observed: float) -> float:
@@ -453,8 +472,9 @@ def _verdict(
     sources.update({r: f"shared+region:{r}" for r in regions})
     for name, block in sources.items():
         gain = draws[block] - shared
-        # (1 + draws at or below 0) / (1 + draws): a bootstrap p-value is never 0
-        gains[name] = float((1 + np.sum(gain[1:] <= 0)) / len(gain))
+        # (1 + draws at or below 0) / (1 + draws), over the draws that have a score: never 0
+        scored = gain[1:][np.isfinite(gain[1:])]
+        gains[name] = float((1 + np.sum(scored <= 0)) / (1 + len(scored)))
         out.update(with_ci(f"gain_{name}", gain, cfg.ci))
         out[f"gain_{name}_p"] = gains[name]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -48,6 +48,7 @@ from venncell.analysis.features import normalised_observed
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records
 from venncell.data.files import atomic_write_text, output_folder
+from venncell.data.spec import kind_hint
 from venncell.data.validate import (
     MIN_CELLS,
     VennCellInputError,
@@ -156,7 +157,10 @@ def plan_measurements(
     targets = [targets] if isinstance(targets, str) else list(targets)
     unknown = [t for t in targets if t not in mods]
     if unknown:
-        raise VennCellInputError(f"targets {unknown} are not modalities of the model ({mods}).")
+        raise VennCellInputError(
+            f"targets {unknown} are not modalities of the model ({mods})."
+            + kind_hint(unknown, data.specs)
+        )
     if not targets:
         raise VennCellInputError(
             f"targets is empty: name the modalities to plan for (of {mods}), or leave it out for every one."
@@ -330,9 +334,12 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     reference = np.fmax(measured, pred)
     with np.errstate(divide="ignore", invalid="ignore"):
         recoverable = np.clip(pred / reference, 0.0, 1.0)
-    # a fraction of nothing: a draw whose reference is not positive has no fraction (its sign would flip the
-    # ratio), and a feature the model does not explain (``unexplained``) has none at all
-    recoverable[~(reference > 0)] = np.nan
+    # a draw in which neither measuring nor predicting explains anything recovers nothing: 0, not a dropped draw
+    # (dropping them left the interval above predict_min for a feature whose prediction's own interval reached far
+    # below 0); a feature the model does not explain (``unexplained``) has no fraction at all
+    recoverable[reference <= 0] = (
+        0.0  # a draw without the feature's variance (NaN) stays without a fraction
+    )
     recoverable[:, ~(reference[0] >= cfg.min_r2)] = np.nan
     table = {"r2_measured": measured[0]}
     table.update(with_ci("r2_predicted", pred, cfg.ci))

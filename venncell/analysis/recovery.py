@@ -37,7 +37,8 @@ def recovery_matrix(
 
 def summarise_recovery(mat: pd.DataFrame) -> dict[str, float]:
     """Headline numbers: shared/private recovery and the worst leakage in each direction."""
-    privs = [c for c in mat.columns if c.startswith("private:")]
+    # a learned private block with no true one (or the reverse) has no recovery to report
+    privs = [c for c in mat.columns if c.startswith("private:") and c in mat.index]
     out = {"shared_recovery": float(mat.loc["shared", "shared"])}
     for p in privs:
         out[f"{p}_recovery"] = float(mat.loc[p, p])

@@ -12,6 +12,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from venncell.analysis.attribution import AttributionConfig
+from venncell.analysis.block_enrichment import enrichment_modalities
+from venncell.analysis.gene_sets import EnrichmentConfig
 from venncell.cli.common import (
     CONFIG_PATH,
     check_folders_free,
@@ -79,9 +81,12 @@ def run_report(cfg: DictConfig):
             raise VennCellInputError(
                 f"run_dir={run_dir} has no {what} ({p}); point run_dir at a finished venncell-train run."
             )
+    check_enrichment(cfg)  # before the attribution is computed and written
     with run_folder_lock(run_dir):  # not while a training writes the folder
         mdata = read_h5mu(data_path)
         model = VennCell.load(model_dir, mdata=mdata)
+        if cfg.enrich:  # before the attribution is computed and written
+            enrichment_modalities(model.specs)
         return report_with(model, run_dir, cfg, save_h5mu=cfg.write_h5mu)
 
 
@@ -130,7 +135,15 @@ def train_report_settings(report) -> DictConfig | None:
             f"report: {str(e).splitlines()[0]}; valid settings: venncell-report --help."
         ) from None
     to_object(AttributionConfig, node.attribution)  # range checks now, not after training
+    check_enrichment(node)
     return node
+
+
+def check_enrichment(cfg) -> None:
+    """With ``enrich``: its settings, its gene-set files and the optional packages they need, before any work (a
+    missing package found after attribution would leave the folder half rewritten)."""
+    if cfg.enrich:
+        to_object(EnrichmentConfig, cfg.enrichment).check_sources()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="report", version_base="1.3")

@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from venncell.analysis.block_enrichment import enrichment_modalities
 from venncell.analysis.writers import training_summary
 from venncell.cli.common import (
     CONFIG_PATH,
@@ -68,6 +69,17 @@ def make_loggers(cfg: DictConfig, run_dir: Path):
     )
 
 
+def _check_logger(kind: str) -> None:
+    """The logger's package, before the data are read: W&B is an optional extra."""
+    import importlib.util
+
+    if kind == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise VennCellInputError(
+            "logger=wandb needs the optional package wandb: pip install 'venncell[wandb]' (or leave logger at "
+            "its default, csv)."
+        )
+
+
 TRAINER_SEED = (
     "trainer.seed is not a setting of venncell-train: the run's one seed is the top-level `seed=` (e.g. seed=1, "
     "or -m seed=0,1,2 for a sweep)."
@@ -95,6 +107,7 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
 
     report = train_report_settings(cfg.get("report"))
     data = data_settings(cfg.data)
+    _check_logger(cfg.logger.kind)
     _check_objective(cfg.objective, cfg.evaluate_recovery)
     mdata = load_data(cfg)
     if _is_recovery_score(cfg.objective):
@@ -120,6 +133,8 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     _check_history_objective(cfg.objective, list(model.specs))
     if report is not None and report.markers is not None:
         model.check_markers(report.markers)  # a mistyped marker fails now, not after training
+    if report is not None and report.enrich:  # a model without genes fails now too
+        enrichment_modalities(model.specs)
     train_kwargs = {**asdict(train_cfg), "seed": cfg.seed}
     if (
         cfg.resume
@@ -166,13 +181,23 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
         )
         # read back what write_latents just put in .obsm (the default, then each alone) rather than embed again;
         # every block, regions included
+        # true blocks of modalities renamed or left out since the data were made have no learned block to score
+        names = obsm_names(model.module)
+        blocks = {
+            k: v for k, v in truth.blocks().items() if k in names or not k.startswith("private:")
+        }
+        unmatched = sorted(set(truth.blocks()) - set(blocks))
+        if unmatched:
+            log.warning(
+                "The data's true factors %s match no block of the model (%s): not scored. Name the .obsm "
+                "true_private_<modality> keys after the modalities to score them.",
+                unmatched,
+                ", ".join(names),
+            )
         for source, suffix in (("average", ""), ("encoder", "_encoder"), ("stage1", "_stage1")):
-            learned = {
-                key: mdata.obsm[f"{name}{suffix}"]
-                for key, name in obsm_names(model.module).items()
-            }
+            learned = {key: mdata.obsm[f"{name}{suffix}"] for key, name in names.items()}
             metrics["recovery"][source] = evaluate_recovery(
-                learned, truth.blocks(), max_cells=RECOVERY_CELLS
+                learned, blocks, max_cells=RECOVERY_CELLS
             )
         log.info(
             "recovery (kNN R^2, the default latents): %s",
@@ -409,5 +434,31 @@ def main() -> float:
     if any(arg.startswith("trainer.seed=") for arg in sys.argv[1:]):
         print(f"venncell: error: {TRAINER_SEED}", file=sys.stderr)
         raise SystemExit(2)
+    _check_sweeper(sys.argv[1:])
     check_overrides(sys.argv[1:], "config")
     return _app()
+
+
+def _check_sweeper(argv: list[str]) -> None:
+    """One line and exit code 2 when a sweep asks for Optuna without its Hydra plugin (an optional extra): Hydra
+    would only say that its config group has no such option."""
+    import importlib.util
+
+    if any(arg in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for arg in argv):
+        return  # Hydra's own questions about the configs, which need no sweeper
+    asks = any(
+        arg.split("=", 1)[0].lstrip("+~") in ("hparams_search", "hydra/sweeper")
+        and "optuna" in arg.split("=", 1)[-1]
+        for arg in argv
+    )
+    try:
+        found = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+    except ModuleNotFoundError:  # no Hydra plugin at all
+        found = False
+    if asks and not found:
+        print(
+            "venncell: error: hparams_search=optuna needs Hydra's Optuna sweeper, an optional extra: "
+            "pip install 'venncell[sweep]'.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)

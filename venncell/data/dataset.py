@@ -131,6 +131,9 @@ class MultiModalData:
         Read each modality's rows from the .h5mu on disk per chunk (``venncell.data.backed``).
     chunk_size
         Rows per disk read when backed; also switches the loaders to chunk-wise batches.
+    optional
+        New data: modalities the caller does not read from (it embeds or predicts from the others); one whose data
+        cannot be used as they are (missing features, no counts, NaN) is left out with a warning, not refused.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class MultiModalData:
         training: bool = True,
         backed: bool = False,
         chunk_size: int | None = None,
+        optional: tuple[str, ...] = (),
     ):
         self.registry = registry
         self.backed = backed
@@ -178,43 +182,21 @@ class MultiModalData:
                 raise VennCellInputError(
                     f"Modality '{name}' is registered but not in the MuData (it has {list(mdata.mod)})."
                 )
-            a = mdata.mod[name]
-            self.row[name] = _rows(mdata, name)
-            if spec.kind == "image":  # read lazily per batch; see venncell.data.images
-                from venncell.data.images import image_source
-
-                self.x[name] = image_source(spec, a, training)
-                self._library[name] = np.ones(a.n_obs, dtype=np.float32)
-                continue
-            # by name for the training data too: a saved model loaded with them (VennCell.load(path, mdata))
-            # may meet its genes in another order
-            cols = align_features(spec, a.var_names)
-            if backed:
-                from venncell.data.backed import open_backed
-
-                self.x[name] = open_backed(spec, path, cols, self.chunk_size)
-                continue
-            x = select_matrix(a, spec)
-            if cols is not None:
-                x = x[:, cols]
-            if not training:  # the training data were checked when the registry was fitted
-                check_matrix(
-                    name,
-                    x,
-                    spec.likelihood,
-                    spec.features,
-                    spec.binarize,
-                    "keep",
-                    spec.layer,
-                    trained=True,
+            try:
+                self._read(mdata, name, spec, training, path if backed else None)
+            except VennCellInputError as err:
+                if training or name not in optional:
+                    raise
+                # the caller embeds or predicts from other modalities: this one's data need not be usable
+                problem = str(err).split(". ")[0].removeprefix(f"Modality '{name}': ")
+                warnings.warn(
+                    f"Modality '{name}' is left out ({problem}): it is not among the modalities named, so its "
+                    "cells are read without it and its own latent blocks are NaN.",
+                    VennCellInputWarning,
+                    stacklevel=user_stacklevel(),
                 )
-            x = as_float32(x, spec)
-            if spec.transform is not None:
-                x = apply_transform(spec, x)
-            if spec.data_scale is not None:
-                x = scale_columns(x, spec.data_scale)
-            self.x[name] = x
-            self._library[name] = np.asarray(x.sum(1)).ravel().astype(np.float32)
+                self.row[name] = np.full(self.n_cells, -1)
+                self.x.pop(name, None)
         if not any((self.row[n] >= 0).any() for n in self.specs):
             raise VennCellInputError(
                 f"None of the model's modalities ({', '.join(self.specs)}) has a cell in this MuData, whose "
@@ -268,6 +250,47 @@ class MultiModalData:
         if training and self.batch is not None and not self.batch_missing:
             measured = {n: self.row[n] >= 0 for n in self.specs}
             warn_unpaired_batches(measured, self.batch, registry.batch_categories)
+
+    def _read(self, mdata, name: str, spec: ModalitySpec, training: bool, path) -> None:
+        """Modality ``name``'s rows, data and library sizes, checked and aligned to the registry (``path``: the
+        .h5mu to read per chunk when backed)."""
+        a = mdata.mod[name]
+        self.row[name] = _rows(mdata, name)
+        if spec.kind == "image":  # read lazily per batch; see venncell.data.images
+            from venncell.data.images import image_source
+
+            self.x[name] = image_source(spec, a, training)
+            self._library[name] = np.ones(a.n_obs, dtype=np.float32)
+            return
+        # by name for the training data too: a saved model loaded with them (VennCell.load(path, mdata))
+        # may meet its genes in another order
+        cols = align_features(spec, a.var_names)
+        if path is not None:
+            from venncell.data.backed import open_backed
+
+            self.x[name] = open_backed(spec, path, cols, self.chunk_size)
+            return
+        x = select_matrix(a, spec)
+        if cols is not None:
+            x = x[:, cols]
+        if not training:  # the training data were checked when the registry was fitted
+            check_matrix(
+                name,
+                x,
+                spec.likelihood,
+                spec.features,
+                spec.binarize,
+                "keep",
+                spec.layer,
+                trained=True,
+            )
+        x = as_float32(x, spec)
+        if spec.transform is not None:
+            x = apply_transform(spec, x)
+        if spec.data_scale is not None:
+            x = scale_columns(x, spec.data_scale)
+        self.x[name] = x
+        self._library[name] = np.asarray(x.sum(1)).ravel().astype(np.float32)
 
     def with_new_batch_codes(self) -> MultiModalData:
         """A shallow copy whose cells of batches the model never saw (``unseen_batches``) have codes after the

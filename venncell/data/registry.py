@@ -50,6 +50,7 @@ from venncell.data.validate import (
     VennCellInputWarning,
     check_batch_labels,
     check_matrix,
+    check_numeric,
     check_range,
     check_unique_names,
     check_zero_variance_policy,
@@ -356,6 +357,8 @@ def _modality_options(name: str, adata, opts) -> dict:
         )  # a backed matrix: guess from its first rows only
 
         head = head_rows(x) if x.shape[0] and x.shape[1] else None
+        if head is not None:
+            check_numeric(name, head, layer)
         lik = infer_likelihood(kind, head) if head is not None else KIND_DEFAULT_LIKELIHOOD[kind]
         if lik == "nb" and kind == "features":
             if opts.get("kind") == "features":
@@ -373,6 +376,17 @@ def _modality_options(name: str, adata, opts) -> dict:
                     VennCellInputWarning,
                     stacklevel=4,
                 )
+        if lik == "bernoulli" and kind == "features" and opts.get("kind") != "features":
+            # binarised peaks under a name such as 'mod1' would lose ATAC's per-cell depth factors without a word
+            warnings.warn(
+                f"Modality '{name}': its name names no kind VennCell knows (rna, atac, protein / adt), so it is "
+                "read as generic features; they are 0/1 only, so they are modelled as generic binary features "
+                "(Bernoulli, no per-cell depth). Register it with its kind: kind='atac' for binarised peaks "
+                "(per-cell and per-peak factors), kind='features' for other yes/no measurements, or "
+                "likelihood='bernoulli' to keep this and silence it.",
+                VennCellInputWarning,
+                stacklevel=4,
+            )
         if (
             lik == "gaussian"
             and KIND_DEFAULT_LIKELIHOOD[kind] != "gaussian"
@@ -461,7 +475,13 @@ def fit_registry(
                 f"{list(mdata.mod)}). Call setup_mudata again."
             )
         specs[name] = fit_modality(
-            name, mdata.mod[name], opts, mdata if backed else None, chunk_size
+            name,
+            mdata.mod[name],
+            opts,
+            mdata if backed else None,
+            chunk_size,
+            # in setup_mudata's own words, for the fixes that write its call out
+            setup={**options, "modalities": as_setup_options(options)},
         )
     batch_key = options.get("batch_key")
     categories = None
@@ -515,9 +535,15 @@ def base_spec(name: str, opts: dict) -> ModalitySpec:
 
 
 def fit_modality(
-    name: str, adata, opts: dict, backed_mdata=None, chunk_size: int | None = None
+    name: str,
+    adata,
+    opts: dict,
+    backed_mdata=None,
+    chunk_size: int | None = None,
+    setup: dict | None = None,
 ) -> ModalitySpec:
-    """One modality's spec, fitted on its training data (``backed_mdata``: read it from disk in chunks)."""
+    """One modality's spec, fitted on its training data (``backed_mdata``: read it from disk in chunks;
+    ``setup``: the whole data's setup options, written into the fixes)."""
     spec = base_spec(name, opts)
     if spec.kind == "image":
         from venncell.data.images import fit_image_spec
@@ -531,7 +557,14 @@ def fit_modality(
         return fit_backed_spec(spec, backed_mdata, var_names, chunk_size)
     x = select_matrix(adata, spec)
     const = check_matrix(
-        name, x, spec.likelihood, var_names, spec.binarize, spec.zero_variance, spec.layer
+        name,
+        x,
+        spec.likelihood,
+        var_names,
+        spec.binarize,
+        spec.zero_variance,
+        spec.layer,
+        setup=setup,
     )
     spec.features = var_names
     if spec.zero_variance == "drop" and const.size:

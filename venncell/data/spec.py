@@ -145,6 +145,20 @@ def guess_kind(name: str) -> str:
     return "features"
 
 
+def kind_hint(names, specs: dict) -> str:
+    """``" The model's protein modality is 'adt'."`` for a name that is no modality but reads as one's kind (a user
+    of another data set's names, or of the README's examples); "" otherwise."""
+    hints = []
+    for name in names:
+        kind = guess_kind(str(name))
+        if name in specs or kind == "features":
+            continue
+        mine = [m for m, s in specs.items() if s.kind == kind]
+        if len(mine) == 1:
+            hints.append(f" The model's {kind} modality is '{mine[0]}'.")
+    return "".join(dict.fromkeys(hints))
+
+
 def default_encoder_transform(likelihood: str, kind: str | None = None) -> str:
     if kind == "image":
         return "none"  # pixels arrive standardised per channel (venncell.data.images)

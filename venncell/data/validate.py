@@ -48,6 +48,25 @@ def check_zero_variance_policy(name: str, policy: str) -> None:
         )
 
 
+def _drop_setup(name: str, setup: dict | None) -> str:
+    """The setup_mudata call that registers the data as before, with ``zero_variance='drop'`` for ``name``: a dict
+    of modalities registers only those named, so every one is written out."""
+    if not setup:
+        return f"`setup_mudata(mdata, modalities={{'{name}': {{..., 'zero_variance': 'drop'}}, ...}})`, every modality"
+    entries = {}
+    for m, opts in setup["modalities"].items():
+        # None and False are the options' defaults; a weight of 0.0 is not
+        entry = {
+            k: v
+            for k, v in opts.items()
+            if v is not None and v is not False and k != "zero_variance"
+        }
+        zv = "drop" if m == name else opts.get("zero_variance", "warn")
+        entries[m] = {**entry, **({"zero_variance": zv} if zv != "warn" else {})}
+    batch = f", batch_key={setup['batch_key']!r}" if setup.get("batch_key") else ""
+    return f"`VennCell.setup_mudata(mdata, modalities={entries!r}{batch})`"
+
+
 def column_range(x) -> tuple[np.ndarray, np.ndarray]:
     """Each column's minimum and maximum, for a dense or sparse matrix."""
     if sp.issparse(x):
@@ -56,16 +75,19 @@ def column_range(x) -> tuple[np.ndarray, np.ndarray]:
     return x.min(0), x.max(0)
 
 
-def warn_zero_variance(name: str, const: np.ndarray, features, stacklevel: int = 2) -> None:
-    """The ``zero_variance='warn'`` policy's warning for the zero-variance columns ``const`` (none: no warning)."""
+def warn_zero_variance(
+    name: str, const: np.ndarray, features, stacklevel: int = 2, setup: dict | None = None
+) -> None:
+    """The ``zero_variance='warn'`` policy's warning for the zero-variance columns ``const`` (none: no warning);
+    ``setup``: the data's setup options, from which the fix's ``setup_mudata`` call is written whole."""
     if not len(const):
         return
     names = ", ".join(str(features[i]) for i in const[:5])
     warnings.warn(
         f"Modality '{name}': {len(const)} feature(s) have zero variance ({names}"
         f"{', ...' if len(const) > 5 else ''}); they carry no information. Set zero_variance='drop' in this modality's "
-        f"registry entry (`setup_mudata(modalities={{'{name}': {{..., 'zero_variance': 'drop'}}}})`, or the "
-        "same key in `data.register`) to drop them, or 'keep' to silence this warning.",
+        f"registry entry ({_drop_setup(name, setup)}, or the same key in `data.register`) to drop them, or 'keep' "
+        "to silence this warning.",
         VennCellInputWarning,
         stacklevel=stacklevel,
     )
@@ -102,11 +124,31 @@ def warn_outlier_columns(name: str, x, features) -> None:
     warnings.warn(
         f"Modality '{name}': in {len(bad)} feature(s) ({names}{', ...' if len(bad) > 5 else ''}) the {k} most "
         "extreme cells hold over half of the variance, so they set its standardised scale and the model learns "
-        "little of it from the other cells. Clip measurement outliers (e.g. to each feature's 0.1 and 99.9 "
-        "percentiles, `np.clip`) or log-transform strongly skewed features before setup_mudata.",
+        "little of it from the other cells. Clip measurement outliers before setup_mudata, e.g. each feature to "
+        f"its median ± 50 median absolute deviations: `x = np.asarray(mdata['{name}'].X); med = np.median(x, 0); "
+        f"mad = np.median(np.abs(x - med), 0); mdata['{name}'].X = np.where(mad > 0, np.clip(x, med - 50 * mad, "
+        "med + 50 * mad), x).astype(np.float32)` (on the layer instead where you set one up); or log-transform "
+        "strongly skewed features.",
         VennCellInputWarning,
         stacklevel=user_stacklevel(),
     )
+
+
+def _held(name: str, layer: str | None) -> str:
+    """Where a modality's matrix is, as code the user can run on their MuData."""
+    return f"mdata['{name}'].layers[{layer!r}]" if layer else f"mdata['{name}'].X"
+
+
+def check_numeric(name: str, x, layer: str | None = None) -> None:
+    """Numbers (bool included: binarised peaks are often stored as X > 0), or an error with the conversion."""
+    vals = _values(x)
+    numeric = np.issubdtype(vals.dtype, np.number) or vals.dtype == np.bool_
+    if not numeric or np.issubdtype(vals.dtype, np.complexfloating):
+        held = _held(name, layer)
+        raise VennCellInputError(
+            f"Modality '{name}' holds non-numeric values (dtype {vals.dtype}); convert it to "
+            f"float (`{held} = {held}.astype(np.float32)`)."
+        )
 
 
 def check_matrix(
@@ -118,15 +160,18 @@ def check_matrix(
     zero_variance: str = "warn",
     layer: str | None = None,
     trained: bool = False,
+    setup: dict | None = None,
 ) -> np.ndarray:
     """Validate one modality's matrix against its likelihood.
 
     Returns the column indices of zero-variance features; ``zero_variance`` says whether they are
     reported (``warn``), dropped by the caller (``drop``) or silently kept (``keep``). ``layer``: where the
     matrix was read (None = ``.X``), named in the fixes. ``trained``: new cells for a trained model, whose
-    likelihood is fixed (the fixes do not offer another).
+    likelihood is fixed (the fixes do not offer another). ``setup``: the data's setup options (``setup_options``),
+    written into the fixes.
     """
-    held = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    held = _held(name, layer)
+    batch_key = (setup or {}).get("batch_key")
     check_zero_variance_policy(name, zero_variance)
     n_cells, n_features = x.shape
     if n_cells == 0:
@@ -140,13 +185,7 @@ def check_matrix(
             f"{{'{name}': {{'kind': 'image', 'obsm_key': ...}}}}) or {{..., 'store': 'crops.npy'}}."
         )
     vals = _values(x)
-    # bool is numeric here: binarised peaks are often stored as X > 0
-    numeric = np.issubdtype(vals.dtype, np.number) or vals.dtype == np.bool_
-    if not numeric or np.issubdtype(vals.dtype, np.complexfloating):
-        raise VennCellInputError(
-            f"Modality '{name}' holds non-numeric values (dtype {vals.dtype}); convert it to "
-            f"float (`{held} = {held}.astype(np.float32)`)."
-        )
+    check_numeric(name, vals, layer)
     finite = np.isfinite(vals)
     if not finite.all():
         bad = _first_bad(x, finite)
@@ -156,7 +195,8 @@ def check_matrix(
             f" They fill {block[1]} feature(s) for the same {block[0]} cells, as joining batches stained with "
             "different panels leaves them: rather than dropping the cells, give those features a modality of "
             "their own that holds only the cells that measured them "
-            f"(`mdata = venncell.data.split_panels(mdata, '{name}', batch_key"
+            f"(`mdata = venncell.data.split_panels(mdata, '{name}', "
+            + (f"{batch_key!r}" if batch_key else "'<the .obs column of batches>'")
             + ("" if layer is None else f", layer={layer!r}")
             + ")`, which reads NaN as not measured)."
             if block
@@ -165,7 +205,8 @@ def check_matrix(
         raise VennCellInputError(
             f"Modality '{name}' contains {n_bad} NaN/inf value(s){bad}. Impute or drop those cells/features "
             "before training or embedding (e.g. keep the cells whose values are all finite, dense or sparse: "
-            f"`adata = adata[np.isfinite(np.asarray({held}.sum(1))).ravel()]`).{panel}"
+            f"`mdata.mod['{name}'] = mdata['{name}'][np.isfinite(np.asarray({held}.sum(1))).ravel()].copy()`, "
+            f"then `mdata.update()`).{panel}"
         )
     if vals.size and np.abs(vals).max() > FLOAT32_MAX:
         raise VennCellInputError(
@@ -226,7 +267,7 @@ def check_matrix(
             raise VennCellInputError(
                 f"Modality '{name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(totals == 0))}), so "
                 "their library size is 0 and the count likelihood is undefined. Filter them "
-                "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`), or keep the cells without this modality: drop them "
+                f"(e.g. `sc.pp.filter_cells(mdata['{name}'], min_counts=1)`, then `mdata.update()`), or keep the cells without this modality: drop them "
                 f"from it only (`keep = np.asarray(mdata['{name}'].X.sum(1)).ravel() > 0`, `mdata.mod['{name}'] = "
                 f"mdata['{name}'][keep].copy()`, `mdata.update()`; they then use their other modalities)."
             )
@@ -237,7 +278,7 @@ def check_matrix(
         lo, hi = column_range(x)
         const = np.flatnonzero(lo == hi)
         if zero_variance == "warn":
-            warn_zero_variance(name, const, features, stacklevel=6)
+            warn_zero_variance(name, const, features, stacklevel=6, setup=setup)
     return const
 
 

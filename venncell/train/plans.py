@@ -139,7 +139,8 @@ class _Plan(L.LightningModule):
         raise NonFiniteLossError(
             f"Stage {self.stage} {where} loss became non-finite at step {step} in term(s) "
             f"{culprit} (the part after '/' is the modality). Last good checkpoint: {ckpt}. Usual fixes: lower "
-            "the learning rates, check that modality's data for extreme values, or raise latent_l2."
+            "the learning rates, check that modality's data for extreme values, or raise kl_weight (latent_l2 "
+            "with latent_posterior='point')."
         )
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

@@ -380,6 +380,11 @@ def run_two_stage(
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         # every term is logged as its epoch mean whatever the step interval: small data need no other setting
         warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+        # resuming reuses the run's checkpoint folder, moved or not: Lightning's notes on that are expected
+        warnings.filterwarnings(
+            "ignore", message=r"Checkpoint directory .* exists and is not empty"
+        )
+        warnings.filterwarnings("ignore", message=r".*dirpath has changed from")
         return _run_two_stage(module, data, is_train, cfg, Path(run_dir), loggers, resume)
 
 
@@ -447,7 +452,11 @@ def _run_two_stage(
     trainer1, _ = _trainer(cfg, "stage1", cfg.stage1_epochs, run_dir, loggers)
     ckpt1, step1, row1, _ = _resume_path(run_dir, "stage1", resume, expected, cfg.stage1_epochs)
     if resume and ckpt1 is None:
-        log.warning("resume: %s holds no checkpoint of this run; training starts afresh.", run_dir)
+        log.warning(
+            "resume: %s holds no checkpoint of this run, so there is nothing to resume; training runs from the "
+            "model as it is (its start when untrained, else its trained state, as a second train() does).",
+            run_dir,
+        )
     if resume:
         _keep_csv_history(trainer1, step1, row1)
     _log_settings(trainer1, module, cfg)  # after: a CSV logger's first use starts its files afresh
