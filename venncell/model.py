@@ -164,9 +164,11 @@ class VennCell:
             else None
         )
         self.n_cells = self.data.n_cells if self.data is not None else 0
-        self._saved_totals: dict[
-            str, np.ndarray
-        ] = {}  # a model loaded without data saves its file's again
+        # a model loaded without data saves its file's totals again
+        self._saved_totals: dict[str, np.ndarray] = {}
+        # whether self.data are known to be the training data: fitted here, or checked against saved totals (a
+        # model saved without totals and loaded with data must not stamp those data as its own)
+        self._totals_trusted = fitting
         self.history: dict = {}
         self.is_trained = False
         if not fitting:
@@ -1019,10 +1021,11 @@ class VennCell:
         try:
             (tmp / "venncell.json").write_text(json.dumps(meta, indent=1))
             torch.save(self.module.state_dict(), tmp / "model.pt")
-            # a model loaded without its data, or with backed data (no totals read up front), keeps its file's
+            # a model loaded without its data, with backed data (no totals read up front) or with data no totals
+            # could check keeps its file's
             totals = (
                 cell_totals(self.data)
-                if self.data is not None and not self.data.backed
+                if self.data is not None and not self.data.backed and self._totals_trusted
                 else self._saved_totals
             )
             np.savez_compressed(
@@ -1109,6 +1112,7 @@ class VennCell:
         self._saved_totals = totals
         if self.data is not None:
             _check_same_data(cell_totals(self.data), totals, path)
+            self._totals_trusted = bool(totals)
         with _seeded(
             self.seed
         ):  # the weights are overwritten below; the seed keeps the caller's stream untouched
@@ -1261,11 +1265,21 @@ class VennCell:
             if hit.any():
                 warnings.warn(
                     f"{int(hit.sum())} cell(s) are of batch(es) {names[:5]}, in which no training cell was "
-                    f"measured in '{m}' (all held out): their '{m}' weight reads a batch effect training never "
-                    "fitted. Give such batches more cells, or merge them with a batch like them.",
+                    f"measured in '{m}' ({self._why_unfitted(m, data.batch[hit])}): their '{m}' weight reads a "
+                    "batch effect training never fitted, so compare it only within such batches.",
                     VennCellInputWarning,
                     stacklevel=user_stacklevel(),
                 )
+
+    def _why_unfitted(self, m: str, codes: np.ndarray) -> str:
+        """Why batches ``codes`` trained no column of ``m``'s decoders: their cells with ``m`` were all held out (a
+        small batch: give it more cells), or the training data had none."""
+        if self.data is None or self.data.batch is None:
+            return "its cells with it were all held out, or the training data had none"
+        held = np.isin(self.data.batch, np.unique(codes)) & self.data.present(m)
+        if held.any():
+            return "all its cells with it were held out; give such batches more cells or merge them with a like one"
+        return f"the training data had no '{m}' in it"
 
     def plan_measurements(self, targets=None, features=None, **kwargs):
         """Which modalities (and which features of a panel) to measure, and which the others predict.

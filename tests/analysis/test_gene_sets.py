@@ -101,6 +101,17 @@ def test_bundled_collections_load_offline(no_network):
     assert table.iloc[0]["term"] == "Ribosome" and table.iloc[0]["fdr"] < 1e-10
 
 
+def test_terms_list_the_genes_as_the_data_spell_them():
+    """Mouse symbols matched upper-cased were listed upper-cased (CD3E, MT-CO1): not the data's var_names."""
+    from venncell.analysis.block_enrichment import _own_names
+    from venncell.analysis.gene_sets import map_symbols
+
+    features = ["Cd3e", "mt-Co1", "Ptprc"]
+    symbols, matched, _ = map_symbols(features, {"s": {"T": ["CD3E", "MT-CO1", "PTPRC"]}})
+    table = pd.DataFrame({"term": ["T"], "genes": ["CD3E;MT-CO1"]})
+    assert _own_names(table, features, symbols)["genes"].tolist() == ["Cd3e;mt-Co1"]
+
+
 def test_mouse_symbols_are_matched_upper_cased():
     sets = {"toy": {"RIBO": ["RPL3", "RPS6", "RPL7"], "T": ["CD3E", "CD3D"]}}
     symbols, matched, note = map_symbols(["Rpl3", "Rps6", "Cd3e", "Xist"], sets)

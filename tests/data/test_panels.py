@@ -64,6 +64,15 @@ def test_model_warns_about_unmeasured_proteins_and_not_about_full_panels():
     assert "Modality 'protein': 3 feature(s)" in message
     assert all(n in message for n in names)
     assert "batch(es) 'b' (3)" in message and "split_panels(mdata, 'protein', 'batch')" in message
+    # the fix as written, on the MuData set up before: the panel is modelled (the copied setup left it out)
+    import venncell
+
+    fixed = eval(
+        re.search(r"`mdata = (.+?)`", message).group(1), {"venncell": venncell, "mdata": mdata}
+    )
+    model = VennCell(fixed)
+    assert list(model.specs) == ["rna", "protein", "protein_panel1"]
+    assert model.specs["protein_panel1"].kind == "protein" and model.registry.batch_key == "batch"
 
 
 def test_split_panels_moves_unmeasured_features_to_their_batches_cells(tiny_mdata):

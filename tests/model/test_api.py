@@ -248,6 +248,15 @@ def test_load_with_training_data_restores_stage1(trained_tiny, tmp_path):
     VennCell.load(tmp_path / "m").save(tmp_path / "again")
     with pytest.raises(VennCellInputError, match="other data"):
         VennCell.load(tmp_path / "again", mdata=other)
+    # a model saved before the totals were kept, loaded with other data and saved, does not take them as its own
+    import shutil
+
+    shutil.copytree(tmp_path / "m", tmp_path / "legacy")
+    with np.load(tmp_path / "m" / "cells.npz") as kept:
+        arrays = {k: kept[k] for k in kept.files if not k.startswith("total_")}
+    np.savez_compressed(tmp_path / "legacy" / "cells.npz", **arrays)
+    VennCell.load(tmp_path / "legacy", mdata=other).save(tmp_path / "stamped")
+    VennCell.load(tmp_path / "stamped", mdata=mdata)
 
 
 def test_new_data_with_wrong_features(trained_tiny, tmp_path):

@@ -189,6 +189,20 @@ def test_a_batch_measured_in_held_out_cells_only_counts_as_untrained(tmp_path):
     model.train(stage1_epochs=2, stage2_epochs=1, progress_bar="none", num_threads=1)
     with pytest.warns(
         UserWarning,
-        match=r"batch\(es\) \['b0'\], in which no training cell was measured in 'protein'",
+        match=r"batch\(es\) \['b0'\], in which no training cell was measured in 'protein' \(all its cells "
+        r"with it were held out",
     ):
         model.cell_modality_weights(write_obs=False)
+    # a batch the training data never measured in protein is not told to give it more cells
+    only_b1 = md.MuData(
+        {
+            "rna": cells["rna"].copy(),
+            "protein": cells["protein"][keep & (mdata.obs["batch"] == "b1").to_numpy()].copy(),
+        }
+    )
+    only_b1.obs["batch"] = cells.obs["batch"].astype(str).to_numpy()
+    VennCell.setup_mudata(only_b1, batch_key="batch")
+    never = VennCell(only_b1, shared_dim=3, private_dim=2, seed=0)
+    assert (
+        never._why_unfitted("protein", np.array([0])) == "the training data had no 'protein' in it"
+    )

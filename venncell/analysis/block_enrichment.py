@@ -179,13 +179,33 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
             r = d.correlation.xs(m, level="modality").reindex(features).to_numpy()
             scores[f"{d.block} {d.component}+"] = _series(r, symbols)
             scores[f"{d.block} {d.component}-"] = _series(-r, symbols)
-        tables.append(enrich(scores, matched, cfg).assign(modality=m))
+        tables.append(
+            _own_names(enrich(scores, matched, cfg), features, symbols).assign(modality=m)
+        )
     # no modality tested: empty tables that keep their columns (a caller's sort or filter still works)
     terms = (
         pd.concat(tables, ignore_index=True) if tables else enrich({}, {}, cfg).assign(modality="")
     )
     terms = terms[["modality", *(c for c in terms.columns if c != "modality")]]
     return EnrichmentResult(cfg, terms, top_terms(terms, cfg.n_terms, cfg.fdr), notes)
+
+
+def _own_names(table: pd.DataFrame, features, symbols: pd.Index) -> pd.DataFrame:
+    """The ``genes`` of each term in the data's own spelling: symbols matched upper-cased (mouse ``Cd3e`` against
+    human sets) are listed as the features they came from, so they join back to ``var_names``."""
+    back = {}
+    for name, symbol in zip(features, symbols):
+        back.setdefault(symbol, str(name))
+    if "genes" not in table or all(k == v for k, v in back.items()):
+        return table
+    table = table.copy()
+    table["genes"] = [
+        ";".join(back.get(g, g) for g in genes.split(";"))
+        if isinstance(genes, str) and genes
+        else genes
+        for genes in table["genes"]
+    ]
+    return table
 
 
 def _series(values: np.ndarray, symbols: pd.Index) -> pd.Series:

@@ -225,4 +225,29 @@ def split_panels(
             out.obsp[key] = value[rows][:, rows]
     out.uns["venncell_panels"] = panels
     out.uns["venncell_panels_dropped"] = dropped
+    _register_panels(out, list(mdata.mod), modality, list(split))
     return out
+
+
+def _register_panels(out, order: list[str], modality: str, parts: list[str]) -> None:
+    """A MuData set up before the split keeps its setup: the split modality's entry goes to each of its parts, so
+    ``VennCell(out)`` models the panels (the copied setup named only the modality, and they were left out)."""
+    import json
+
+    from venncell.data.registry import REGISTRY_KEY
+
+    if REGISTRY_KEY not in out.uns:
+        return
+    stored = json.loads(out.uns[REGISTRY_KEY])
+    known = stored.get("modalities", {})
+    if modality not in known:
+        return
+    stored["modalities"] = {
+        name: opts
+        for m in order
+        for name, opts in (
+            [(p, dict(known[modality])) for p in parts] if m == modality else [(m, known.get(m))]
+        )
+        if opts is not None
+    }
+    out.uns[REGISTRY_KEY] = json.dumps(stored)
