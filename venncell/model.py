@@ -1110,9 +1110,11 @@ class VennCell:
         )
         self.n_cells = int(meta["n_cells"])
         self._saved_totals = totals
-        if self.data is not None:
+        if (
+            self.data is not None and totals
+        ):  # nothing to check the data against without saved totals
             _check_same_data(cell_totals(self.data), totals, path)
-            self._totals_trusted = bool(totals)
+            self._totals_trusted = True
         with _seeded(
             self.seed
         ):  # the weights are overwritten below; the seed keeps the caller's stream untouched
@@ -1254,8 +1256,8 @@ class VennCell:
 
     def _warn_unfitted_batch_columns(self, data) -> None:
         """Cell weights read each modality through its decoder's column for the cell's batch: say so where no
-        training cell of that batch was measured in the modality (all of a small batch's cells held out), whose
-        column training never fitted."""
+        training cell of that batch was measured in the modality (``_why_unfitted``), whose column training never
+        fitted."""
         if data.batch is None:
             return
         for m in self.specs:

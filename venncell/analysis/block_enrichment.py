@@ -18,7 +18,6 @@ from venncell.analysis.gene_sets import (
     check_overlap,
     collection_name,
     enrich,
-    gene_set_path,
     gene_universe,
     load_gene_sets,
     map_symbols,
@@ -66,9 +65,7 @@ def enrichment_config(kwargs: dict) -> EnrichmentConfig:
             "gene_sets is empty; name collections (e.g. 'KEGG_2021_Human') or .gmt files, or leave it out for "
             "the defaults."
         )
-    for source in cfg.gene_sets:
-        if not isinstance(source, dict):
-            gene_set_path(source)
+    cfg.check_sources()
     return cfg
 
 

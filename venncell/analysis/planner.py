@@ -334,12 +334,10 @@ def _tables(t, acc, names, keep, cfg, n) -> tuple[pd.DataFrame, list[dict]]:
     reference = np.fmax(measured, pred)
     with np.errstate(divide="ignore", invalid="ignore"):
         recoverable = np.clip(pred / reference, 0.0, 1.0)
-    # a draw in which neither measuring nor predicting explains anything recovers nothing: 0, not a dropped draw
-    # (dropping them left the interval above predict_min for a feature whose prediction's own interval reached far
-    # below 0); a feature the model does not explain (``unexplained``) has no fraction at all
-    recoverable[reference <= 0] = (
-        0.0  # a draw without the feature's variance (NaN) stays without a fraction
-    )
+    # a draw in which neither measuring nor predicting explains anything recovers nothing (0: dropping it would
+    # leave the interval to the draws that do); a draw without the feature's variance (NaN) and a feature the model
+    # does not explain (``unexplained``) have no fraction
+    recoverable[reference <= 0] = 0.0
     recoverable[:, ~(reference[0] >= cfg.min_r2)] = np.nan
     table = {"r2_measured": measured[0]}
     table.update(with_ci("r2_predicted", pred, cfg.ci))

@@ -12,8 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from venncell.analysis.attribution import AttributionConfig
-from venncell.analysis.block_enrichment import enrichment_modalities
-from venncell.analysis.gene_sets import EnrichmentConfig
+from venncell.analysis.block_enrichment import enrichment_config, enrichment_modalities
 from venncell.cli.common import (
     CONFIG_PATH,
     check_folders_free,
@@ -143,7 +142,7 @@ def check_enrichment(cfg) -> None:
     """With ``enrich``: its settings, its gene-set files and the optional packages they need, before any work (a
     missing package found after attribution would leave the folder half rewritten)."""
     if cfg.enrich:
-        to_object(EnrichmentConfig, cfg.enrichment).check_sources()
+        enrichment_config(OmegaConf.to_container(cfg.enrichment, resolve=True))
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="report", version_base="1.3")

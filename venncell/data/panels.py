@@ -231,7 +231,7 @@ def split_panels(
 
 def _register_panels(out, order: list[str], modality: str, parts: list[str]) -> None:
     """A MuData set up before the split keeps its setup: the split modality's entry goes to each of its parts, so
-    ``VennCell(out)`` models the panels (the copied setup named only the modality, and they were left out)."""
+    ``VennCell(out)`` models the panels (a copied setup would name only the modality and leave them out)."""
     import json
 
     from venncell.data.registry import REGISTRY_KEY

@@ -267,7 +267,8 @@ def check_matrix(
             raise VennCellInputError(
                 f"Modality '{name}': {n_empty} cell(s) are all-zero (first: row {int(np.argmax(totals == 0))}), so "
                 "their library size is 0 and the count likelihood is undefined. Filter them "
-                f"(e.g. `sc.pp.filter_cells(mdata['{name}'], min_counts=1)`, then `mdata.update()`), or keep the cells without this modality: drop them "
+                f"(e.g. `sc.pp.filter_cells(mdata['{name}'], min_counts=1)`, then `mdata.update()`), or keep the "
+                "cells without this modality: drop them "
                 f"from it only (`keep = np.asarray(mdata['{name}'].X.sum(1)).ravel() > 0`, `mdata.mod['{name}'] = "
                 f"mdata['{name}'][keep].copy()`, `mdata.update()`; they then use their other modalities)."
             )
