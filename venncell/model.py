@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import mudata as md
@@ -24,7 +24,10 @@ import torch
 
 from venncell.data.dataset import MultiModalData
 from venncell.data.files import atomic_write, output_folder, package_version
+from venncell.data.fingerprint import fingerprint_changes, source_fingerprint
 from venncell.data.registry import (
+    IMAGE_OPTIONS,
+    MODALITY_OPTIONS,
     REGISTRY_KEY,
     DataRegistry,
     copy_up,
@@ -42,6 +45,7 @@ from venncell.data.validate import (
     did_you_mean,
     user_stacklevel,
 )
+from venncell.data.written_keys import drop_stale_keys, recorded
 from venncell.module.config import ModelConfig
 from venncell.module.embed import (
     average_latents,
@@ -135,6 +139,7 @@ class VennCell:
         check_range("validation_fraction", validation_fraction, 0.0, 0.9)
         if chunk_size is not None:
             check_range("chunk_size", chunk_size, 1, integer=True)
+        _check_placement(model_kwargs, "VennCell(mdata, ...)")
         self.config = ModelConfig.from_kwargs(**model_kwargs)
         if backed and isinstance(mdata, (str, Path)):
             mdata = _read_h5mu(mdata, backed=True)
@@ -164,6 +169,10 @@ class VennCell:
             else None
         )
         self.n_cells = self.data.n_cells if self.data is not None else 0
+        # the MuData as it was read: a change made to it afterwards is refused, not silently ignored
+        self._fingerprint = (
+            source_fingerprint(mdata, registry.specs) if mdata is not None else None
+        )
         # a model loaded without data saves its file's totals again
         self._saved_totals: dict[str, np.ndarray] = {}
         # whether self.data are known to be the training data: fitted here, or checked against saved totals (a
@@ -200,6 +209,15 @@ class VennCell:
             warnings.warn(
                 f"{', '.join(ignored)} act(s) on point latents only (latent_posterior='point'); the default "
                 "variational latents are held by their prior, whose weight is kl_weight: it has no effect.",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
+            )
+        if self.config.shared_only_detach and self.config.shared_only_weight not in (0.0, 1.0):
+            warnings.warn(
+                f"shared_only_weight={self.config.shared_only_weight} has no effect beyond 0 (no shared-only "
+                "decoders) or not: with shared_only_detach=True (the default) those decoders are fitted in stage 2 "
+                "on a loss term of their own parameters only, whose scale Adam divides out. It weighs them against the "
+                "rest of stage 1 with shared_only_detach=False.",
                 VennCellInputWarning,
                 stacklevel=user_stacklevel(),
             )
@@ -351,6 +369,7 @@ class VennCell:
         }
         train_kwargs.update({k: v for k, v in given.items() if v is not None})
         train_kwargs.setdefault("seed", self.seed)
+        _check_placement(train_kwargs, "model.train(...)")
         cfg, unknown = TrainConfig.from_kwargs(**train_kwargs)
         if unknown:
             known = sorted(asdict(TrainConfig()))
@@ -377,6 +396,8 @@ class VennCell:
         temporary = run_dir is None
         if temporary:
             run_dir = tempfile.mkdtemp(prefix="venncell_")
+        else:  # a file in the way is named now, not by Lightning's first checkpoint
+            output_folder(run_dir, "the run's checkpoints and logs (run_dir)")
         if resume:
             self.check_resume(run_dir, **train_kwargs)
         # training changes the networks in place: a trained model whose new training stops or fails goes back to
@@ -436,6 +457,7 @@ class VennCell:
         if self.data is None:
             return None
         if mdata is None or mdata is self.mdata:
+            self._check_unchanged("use the training data")
             return np.arange(self.data.n_cells)
         if not isinstance(mdata, md.MuData) or not mdata.obs_names.is_unique:
             return None
@@ -637,7 +659,10 @@ class VennCell:
                 )
             )
         else:
-            lat = stage1_latents(self.module, self._require_data("read the stage-1 latents"))
+            # the rows were matched against the data as read, whose latents these are, whatever mdata is now
+            lat = stage1_latents(
+                self.module, self._require_data("read the stage-1 latents", current=False)
+            )
             lat = {key: z[rows] for key, z in lat.items()}
             if source == "average":
                 lat = average_latents(lat, embed_cells(self.module, self._data_for(mdata)))
@@ -770,6 +795,11 @@ class VennCell:
         """
         self._require_trained()
         source = [source] if isinstance(source, str) else list(source)
+        if not isinstance(target, str):
+            raise VennCellInputError(
+                f"target must be the name of one modality, e.g. target={next(iter(self.specs))!r}, got {target!r}; "
+                "predict several by calling predict_modality once for each."
+            )
         if target not in self.specs:
             raise VennCellInputError(
                 f"target '{target}' is not a modality of the model ({list(self.specs)})."
@@ -886,8 +916,10 @@ class VennCell:
         ``*_stage1`` (the two latents averaged there) and ``obs["venn_split"]``; other writes remove the two
         estimates (``venn_split`` stays: it still says which cells trained). ``modalities``: those whose encoders
         give the shared block; each private block always comes from its own modality's encoder.
-        ``uns["venncell_latents"]`` records what the keys hold (``source``: ``average``, ``encoder`` or ``refined``;
-        the ``modalities`` read; ``refine_epochs``). Returns the MuData written to."""
+        ``uns["venncell_latents"]`` records what the keys hold (``keys``: those written; ``source``: ``average``,
+        ``encoder`` or ``refined``; the ``modalities`` read; ``refine_epochs``). The keys an earlier write recorded
+        there and this one does not write (another model's modalities) are removed, with a warning. Returns the
+        MuData written to."""
         self._require_trained()
         check_range("refine_epochs", refine_epochs, 0, integer=True)
         self._check_modalities(modalities)
@@ -915,15 +947,19 @@ class VennCell:
             target.obs["venn_split"] = np.where(self.is_train[rows], "train", "validation")
             latents = average_latents(st1, enc)
             source = "average"
+            written = [f"{n}{s}" for n in names.values() for s in ("", "_encoder", "_stage1")]
         else:
             # the two estimates of an earlier write describe another latent than the one written now
             for name in names.values():
                 for suffix in ("_encoder", "_stage1"):
                     target.obsm.pop(f"{name}{suffix}", None)
+            written = list(names.values())
+        drop_stale_keys(target.obsm, recorded(target.uns, "venncell_latents"), written, "obsm")
         for key, name in names.items():
             target.obsm[name] = latents[key]
         # what the X_venn_* keys hold, for whoever reads them later
         target.uns["venncell_latents"] = {
+            "keys": written,
             "source": source,
             "modalities": list(modalities)
             if modalities is not None
@@ -956,15 +992,42 @@ class VennCell:
                 "The model is not trained yet; call model.train() first (or VennCell.load() a trained one)."
             )
 
-    def _require_data(self, what: str, new_cells: bool = False) -> MultiModalData:
-        """The training data; ``new_cells``: the call also takes other cells (``mdata=...``), which the fix says."""
+    def _require_data(
+        self, what: str, new_cells: bool = False, current: bool = True
+    ) -> MultiModalData:
+        """The training data; ``new_cells``: the call also takes other cells (``mdata=...``), which the fix says;
+        ``current``: the call reads ``self.mdata`` too, or stands for it, so it must not have changed since."""
         if self.data is None:
             fix = "Pass the cells as mdata=..., or load" if new_cells else "Load"
             raise VennCellInputError(
                 f"This model was loaded without its training data, which is needed to {what}. "
                 f"{fix} it with its training data: VennCell.load(path, mdata=training)."
             )
+        if current:
+            self._check_unchanged(what)
         return self.data
+
+    def _check_unchanged(self, what: str) -> None:
+        """Refuse to ``what`` when the MuData the model read has changed since: its reading would be stale."""
+        if self._fingerprint is None:
+            return
+        changes = fingerprint_changes(
+            self._fingerprint, source_fingerprint(self.mdata, self.specs)
+        )
+        if changes:
+            values = all("values" in c for c in changes)
+            fix = (
+                # new cells are read as the model reads them (raw counts): normalised ones would be refused
+                "Put back the values it read (e.g. the raw counts, into .X or the layer set up), "
+                if values
+                else "To embed or predict the cells as they are now, pass them as new cells: "
+                "`model.get_latent_representation(mdata.copy())`; "
+            )
+            raise VennCellInputError(
+                f"Cannot {what}: the MuData this model was built on has changed since VennCell(mdata) read it "
+                f"({'; '.join(changes)}), and the model holds the data as they were read. {fix}or build a new "
+                "model on the data as they are now: `VennCell(mdata)`. Make later edits on a copy (`mdata.copy()`)."
+            )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, overwrite: bool = True) -> None:
@@ -973,6 +1036,16 @@ class VennCell:
         Written to a temporary folder and renamed into place, so a crash never leaves half a model. ``overwrite``
         replaces a model saved there before; a folder holding anything else is refused, never emptied.
         """
+        _check_path(path, "save(path)")
+        if not isinstance(overwrite, bool):  # overwrite="no" is truthy
+            raise VennCellInputError(f"overwrite must be True or False, got {overwrite!r}.")
+        if not self.is_trained:
+            warnings.warn(
+                "The model is not trained: the saved model holds its untrained weights, and a model loaded from it "
+                "can only be trained. Call model.train() before saving.",
+                VennCellInputWarning,
+                stacklevel=user_stacklevel(),
+            )
         # the real folder: a link would itself be swapped for a folder, and "." has no name to put one beside
         path = Path(path).resolve()
         if path.exists() and not overwrite:
@@ -999,10 +1072,12 @@ class VennCell:
                 f"(e.g. {path / 'model'})."
             )
         output_folder(path.parent, "the model")
+        # one fixed name, so the next save replaces what a killed one left
+        tmp = path.parent / f".{path.name}.tmp"
         try:
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-            # mkdtemp's 0700 would keep other users from loading the model
-            tmp.chmod(0o777 & ~_umask())
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
         except OSError as e:
             raise VennCellInputError(
                 f"Cannot write the model to {path}: {e.strerror or e}."
@@ -1059,6 +1134,7 @@ class VennCell:
         """A saved model. With ``mdata`` (its training data, checked by the cells' names and each modality's
         per-cell totals) the stage-1 latents and the split line up with it; without, it embeds and predicts any
         new data."""
+        _check_path(path, "load(path, mdata=None)")
         path = Path(path)
         meta_file = path / "venncell.json"
         if not meta_file.exists():
@@ -1159,7 +1235,8 @@ class VennCell:
             ``.obs`` columns or features (``"CD4"``, ``"protein:CD4"``); None = the categorical ``.obs`` columns.
         **kwargs
             ``AttributionConfig`` fields (``venncell.analysis.attribution``), and ``write_var`` (store per-feature
-            fractions in ``mdata[mod].var``, default True).
+            fractions in ``mdata[mod].var``, default True; the ``venn_*`` columns and loadings an earlier run left
+            in a modality this model lacks, or that it does not write, are removed with a warning).
 
         Returns
         -------
@@ -1205,7 +1282,8 @@ class VennCell:
         refine_epochs
             New cells only: epochs of test-time refinement that fit their reference latents (None: 20).
         write_obs
-            Store the weights as ``obs["venn_weight_<modality>"]`` of the cells' MuData.
+            Store the weights as ``obs["venn_weight_<modality>"]`` of the cells' MuData (an earlier write's columns
+            of other modalities are removed, with a warning).
 
         Returns
         -------
@@ -1243,8 +1321,11 @@ class VennCell:
         )
         if write_obs:
             target = self.mdata if mdata is None else mdata
-            for m in weights.columns:
-                target.obs[f"venn_weight_{m}"] = weights[m].to_numpy()
+            columns = [f"venn_weight_{m}" for m in weights.columns]
+            drop_stale_keys(target.obs, recorded(target.uns, WEIGHTS_RECORD), columns, "obs")
+            for m, column in zip(weights.columns, columns):
+                target.obs[column] = weights[m].to_numpy()
+            target.uns[WEIGHTS_RECORD] = columns
         return weights
 
     def _untrained_batch_cells(self, dec, data, cells: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -1348,16 +1429,14 @@ class VennCell:
         if gene_sets is not None:  # EnrichmentConfig takes one name or path as well as a list
             kwargs["gene_sets"] = gene_sets
         # every setting is checked before the attribution's slow steps
-        if modalities is not None and not list(modalities):
-            raise VennCellInputError(
-                "Gene-set enrichment: modalities is empty; name the modalities to test, or leave it out for RNA."
-            )
-        self._check_modalities(modalities)
-        enrichment_config(kwargs)
-        enrichment_modalities(self.specs, modalities)
+        if modalities is not None:
+            kwargs["modalities"] = modalities
+        cfg = enrichment_config(kwargs)
+        self._check_modalities(cfg.modalities)
+        enrichment_modalities(self.specs, cfg.modalities)
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
-        return enrich_blocks(data, attribution, modalities, **kwargs)
+        return enrich_blocks(data, attribution, **kwargs)
 
 
 class _seeded:
@@ -1400,6 +1479,57 @@ def _other_cells_message(names: np.ndarray, trained: np.ndarray, path: Path) -> 
     )
 
 
+# where cell_modality_weights records the obs columns it wrote
+WEIGHTS_RECORD = "venncell_weights"
+
+# where each kind of setting goes, for a setting given to the wrong call
+_SETTING_PLACES = {
+    "VennCell.setup_mudata(mdata, ...)": {"batch_key", "modalities"},
+    "VennCell(mdata, ...)": {f.name for f in fields(ModelConfig)},
+    "model.train(...)": {f.name for f in fields(TrainConfig)} - {"seed"},
+}
+# each modality's options that no other call takes (private_dim is also the model's)
+_PER_MODALITY = (set(MODALITY_OPTIONS) | set(IMAGE_OPTIONS)) - set().union(
+    *_SETTING_PLACES.values()
+)
+# scvi-tools' and Lightning's names for the epochs
+_EPOCH_NAMES = ("n_epochs", "max_epochs", "epochs")
+
+
+def _check_placement(given: dict, call: str) -> None:
+    """Settings that belong to another call (a training option given to the constructor, say) are named with the
+    call they go to, before the unknown-option error's closest spellings mislead."""
+    for key in given:
+        if key in _PER_MODALITY:
+            raise VennCellInputError(
+                f"{key} is an option of each modality, given to setup_mudata: "
+                f"`VennCell.setup_mudata(mdata, modalities={{'rna': {{'{key}': ...}}, ...}})`, not {call}."
+            )
+        if key in _EPOCH_NAMES:
+            raise VennCellInputError(
+                f"{call} takes no {key}: the two stages have their own epochs, "
+                "model.train(stage1_epochs=..., stage2_epochs=...)."
+            )
+        for place, names in _SETTING_PLACES.items():
+            if key in names and place != call:
+                raise VennCellInputError(
+                    f"{key} is a setting of {place}, not of {call}: give it there."
+                )
+
+
+def _check_path(path, call: str) -> None:
+    """A folder path where one is due: a MuData or None there is named, not passed on to pathlib."""
+    if not isinstance(path, str | os.PathLike):
+        raise VennCellInputError(
+            f"{call}: path must be a folder path (str or pathlib.Path), got {type(path).__name__}"
+            + (
+                " (the path comes first, the MuData after it as mdata=...)."
+                if isinstance(path, md.MuData)
+                else "."
+            )
+        )
+
+
 def cell_totals(data: MultiModalData) -> dict[str, np.ndarray]:
     """Each tabular modality's sum of absolute values per training cell (NaN where a cell lacks it), as the model
     reads the data, in float64: kept with a saved model so that loading it with other values under the training
@@ -1410,12 +1540,22 @@ def cell_totals(data: MultiModalData) -> dict[str, np.ndarray]:
         x = data.x.get(m)
         if spec.kind == "image" or x is None or data.backed:  # no matrix read up front
             continue
-        x = abs(x) if sp.issparse(x) else np.abs(np.asarray(x))
         t = np.full(data.n_cells, np.nan)
         present = data.present(m)
-        t[present] = np.asarray(x.sum(1, dtype=np.float64)).ravel()[data.row[m][present]]
+        t[present] = _abs_row_sums(x)[data.row[m][present]]
         out[m] = t
     return out
+
+
+def _abs_row_sums(x, chunk: int = 4096) -> np.ndarray:
+    """Row sums of |x| in float64; a dense matrix in row chunks, so no cells x features copy is made."""
+    if sp.issparse(x):
+        return np.asarray(abs(x).sum(1, dtype=np.float64)).ravel()
+    x = np.asarray(x)
+    return np.concatenate(
+        [np.abs(x[i : i + chunk]).sum(1, dtype=np.float64) for i in range(0, len(x), chunk)]
+        or [np.zeros(0)]
+    )
 
 
 def _check_same_data(totals: dict, saved: dict, path: Path) -> None:
@@ -1432,13 +1572,6 @@ def _check_same_data(totals: dict, saved: dict, path: Path) -> None:
                 f"theirs. Load without mdata and embed them: `VennCell.load('{path}').get_latent_representation("
                 "mdata)`; or pass the training data as they were."
             )
-
-
-def _umask() -> int:
-    """The process's file-creation mask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 __all__ = ["VennCell", "atomic_write"]

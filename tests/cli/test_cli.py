@@ -786,3 +786,10 @@ def test_a_missing_optional_package_is_named_before_any_work(
     )
     assert res.returncode == 2 and "neither a bundled collection" in res.stderr, res.stderr
     assert outputs() == before
+    # the modalities to test are a setting of the command line too, checked against the model before any work
+    res = helpers.run_cli(
+        ["venncell-report", f"run_dir={train_run}", "enrich=true", "enrichment.modalities=[hic]"],
+        ok=False,
+    )
+    assert res.returncode == 2 and "no modality ['hic']" in res.stderr, res.stderr
+    assert outputs() == before

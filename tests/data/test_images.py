@@ -136,6 +136,17 @@ def test_new_data_without_store_is_named(trained, helpers):
     assert STORE_UNS_KEY not in new["ch0"].uns
 
 
+def test_options_of_tabular_data_are_refused_for_images(helpers):
+    """transform='clr' and zero_variance='drop' on an image modality were accepted and did nothing."""
+    mdata = helpers.image_mudata(helpers.make_images(n=40)[0])
+    for option in ({"transform": "clr"}, {"zero_variance": "drop"}, {"layer": "counts"}):
+        reg = {
+            m: {"kind": "image", "obsm_key": "img", "channels": [0], **option} for m in mdata.mod
+        }
+        with pytest.raises(VennCellInputError, match="does not apply to image modalities"):
+            VennCell.setup_mudata(mdata, modalities=reg)
+
+
 def test_image_features_are_plain_gaussian_features():
     """CellProfiler-style morphology tables need no image machinery: kind 'features', standardised, Gaussian."""
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from venncell import VennCell, validation_split
+from venncell import VennCell, VennCellInputError, validation_split
 from venncell.data import (
     MultiModalData,
     fit_registry,
@@ -40,6 +40,48 @@ def test_synthetic_shapes_and_truth():
     again = truth_from_mudata(mdata)
     np.testing.assert_allclose(again.shared, truth.shared)
     assert set(again.feature_driver["rna"]) == {"shared", "private", "both"}
+
+
+def test_synthetic_names_pick_the_kind_setup_mudata_reads():
+    mdata, _ = make_synthetic(n_cells=60, modalities={"gex": 20, "adt": 6, "peaks": 15}, seed=1)
+    assert set(np.unique(mdata["peaks"].X.toarray())) <= {0.0, 1.0}
+    adt = mdata["adt"].X.toarray()
+    assert np.allclose(adt, adt.round()) and adt.sum(1).mean() > 100
+    specs = fit_registry(mdata, setup_options(mdata)).specs
+    assert {m: s.kind for m, s in specs.items()} == {
+        "gex": "rna",
+        "adt": "protein",
+        "peaks": "atac",
+    }
+
+
+def test_synthetic_sizes_are_checked():
+    with pytest.raises(VennCellInputError, match=r"make_synthetic n_cells=-5 is out of range"):
+        make_synthetic(n_cells=-5)
+    with pytest.raises(VennCellInputError, match=r"n_cells=100.5 must be an integer"):
+        make_synthetic(n_cells=100.5)
+    with pytest.raises(VennCellInputError, match=r"modalities\['rna'\]=0 is out of range"):
+        make_synthetic(n_cells=20, modalities={"rna": 0, "protein": 3})
+    # data.modalities=rna:200 on the command line: dict() of a string raised a bare ValueError
+    with pytest.raises(
+        VennCellInputError, match=r"modalities must be a dict \{name: n_features\}"
+    ):
+        make_synthetic(n_cells=20, modalities="rna:200")
+
+
+def test_a_count_modality_of_one_feature_is_refused_with_the_gaussian_way_out():
+    """One antibody under the NB likelihood trained without a word: as a share of its own total it is 1 in every
+    cell, every prediction was 1.0 and attribution called it constant."""
+    mdata, _ = make_synthetic(n_cells=60, modalities={"rna": 20, "protein": 1}, seed=0)
+    with pytest.raises(
+        VennCellInputError, match=r"Modality 'protein' has a single feature .* share is 1"
+    ):
+        fit_registry(mdata, setup_options(mdata))
+    mdata["protein"].layers["log1p"] = np.log1p(mdata["protein"].X)
+    options = setup_options(
+        mdata, {"rna": "rna", "protein": {"kind": "features", "layer": "log1p"}}
+    )
+    assert fit_registry(mdata, options).specs["protein"].likelihood == "gaussian"
 
 
 def test_synthetic_is_seeded():

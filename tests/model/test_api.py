@@ -84,6 +84,7 @@ def test_default_source_is_average_for_training_cells_only(trained_tiny):
     np.testing.assert_array_equal(some.obsm["X_venn_shared"], get(some, modalities=["rna"]))
     assert not any(k.endswith(("_encoder", "_stage1")) for k in some.obsm)
     assert some.uns["venncell_latents"] == {
+        "keys": ["X_venn_shared", *(f"X_venn_private_{m}" for m in model.specs)],
         "source": "encoder",
         "modalities": ["rna"],
         "refine_epochs": 0,
@@ -166,6 +167,11 @@ def test_save_load_fresh_process_identical(trained_tiny, tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~mask
+    # what a save killed halfway leaves is replaced by the next save, not left beside the model for good
+    (tmp_path / ".model.tmp").mkdir()
+    (tmp_path / ".model.tmp" / "model.pt").write_text("half")
+    model.save(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     data_path = tmp_path / "data.h5mu"
     mdata.write(str(data_path))
     # the loaded model reads d as new cells, which get the encoders' latents
@@ -330,6 +336,132 @@ def test_untrained_model_refuses(tiny_mdata):
         model.get_latent_representation()
 
 
+def test_changes_to_the_training_mudata_after_set_up_are_refused_not_ignored(tiny_mdata):
+    """Cells filtered out of the MuData, or its values normalised in place, after VennCell(mdata) were ignored:
+    write_latents() then failed in anndata, latents came from the old values and train() used the old cells."""
+    import scanpy as sc
+
+    VennCell.setup_mudata(tiny_mdata)
+    model = VennCell(tiny_mdata, shared_dim=4, private_dim=2, hidden=16, encoder_hidden=16)
+    model.train(stage1_epochs=1, stage2_epochs=1, batch_size=64, progress_bar="none")
+    # what the package and users do to it that reads no other data: new columns, latents, attribution's var
+    tiny_mdata.obs["label"] = "x"
+    model.write_latents()
+    model.attribution(markers=[], progress=False)
+    model.get_latent_representation()
+    counts = tiny_mdata["rna"].X.copy()
+    sc.pp.normalize_total(tiny_mdata["rna"])
+    with pytest.raises(
+        VennCellInputError, match=r"modality 'rna''s values \(e.g. normalised in place"
+    ):
+        model.get_latent_representation()
+    tiny_mdata["rna"].X = counts  # the values as read again
+    model.get_latent_representation()
+    filtered = tiny_mdata[:150].copy()
+    for m in list(tiny_mdata.mod):
+        tiny_mdata.mod[m] = filtered[m].copy()
+    tiny_mdata.update()
+    with pytest.raises(VennCellInputError, match=r"its cells: 200 then, 150 now.*mdata.copy\(\)"):
+        model.write_latents()
+    with pytest.raises(
+        VennCellInputError, match="Cannot train: the MuData this model was built on"
+    ):
+        model.train(stage1_epochs=1, stage2_epochs=1, progress_bar="none")
+    # the fix the message gives: the cells as they are now, as new cells
+    assert model.get_latent_representation(tiny_mdata.copy(), source="encoder").shape == (150, 4)
+
+
+def test_a_second_model_on_the_same_mudata_leaves_none_of_the_firsts_keys(tiny_mdata):
+    """Model A (rna + protein) written after model B (rna + protein + atac) left B's X_venn_private_atac, atac's
+    venn_* var columns and loadings, and obs['venn_weight_atac'] beside A's, with nothing saying whose they were
+    (a cell's weights summed to 2)."""
+    from venncell import VennCellInputWarning
+
+    VennCell.setup_mudata(tiny_mdata, modalities=["rna", "protein"])
+    small = VennCell(tiny_mdata, shared_dim=4, private_dim=2, hidden=16, encoder_hidden=16)
+    VennCell.setup_mudata(tiny_mdata)
+    full = VennCell(tiny_mdata, shared_dim=4, private_dim=2, hidden=16, encoder_hidden=16)
+    for model in (small, full):
+        model.train(stage1_epochs=1, stage2_epochs=1, batch_size=64, progress_bar="none")
+    full.write_latents()
+    full.attribution(markers=[], progress=False, n_boot=20)
+    full.cell_modality_weights()
+    atac = tiny_mdata["atac"]
+    assert "X_venn_private_atac" in tiny_mdata.obsm and "venn_loadings" in atac.varm
+    # keys the package or the user made otherwise stay (venncell-predict's, a copy kept under another name)
+    tiny_mdata.obsm["X_venn_predicted_protein"] = np.zeros((tiny_mdata.n_obs, 2))
+    tiny_mdata.obsm["X_venn_shared_run1"] = tiny_mdata.obsm["X_venn_shared"].copy()
+    atac.var["venn_note"] = "mine"
+    with pytest.warns(VennCellInputWarning, match=r"Removed obsm 'X_venn_private_atac"):
+        small.write_latents()
+    with pytest.warns(VennCellInputWarning, match=r"Removed mdata\['atac'\].var 'venn_"):
+        small.attribution(markers=[], progress=False, n_boot=20)
+    with pytest.warns(VennCellInputWarning, match=r"Removed obs 'venn_weight_atac'"):
+        small.cell_modality_weights()
+    assert not any(k.startswith("X_venn") and "atac" in k for k in tiny_mdata.obsm)
+    assert [c for c in atac.var if c.startswith("venn_")] == ["venn_note"]
+    assert "venn_loadings" not in atac.varm
+    assert {"X_venn_predicted_protein", "X_venn_shared_run1"} <= set(tiny_mdata.obsm)
+    weights = tiny_mdata.obs.filter(like="venn_weight_")
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+
+
+def test_settings_given_to_the_wrong_call_are_sent_where_they_belong(tiny_mdata):
+    """VennCell(mdata, stage1_epochs=2) listed the model's options, lr_latent was "did you mean 'latent_l2'", and
+    train(n_epochs=2) suggested stage2_epochs alone."""
+    VennCell.setup_mudata(tiny_mdata)
+    with pytest.raises(
+        VennCellInputError, match=r"stage1_epochs is a setting of model.train\(...\)"
+    ):
+        VennCell(tiny_mdata, stage1_epochs=2)
+    with pytest.raises(VennCellInputError, match=r"lr_latent is a setting of model.train"):
+        VennCell(tiny_mdata, lr_latent=0.01)
+    with pytest.raises(
+        VennCellInputError, match=r"batch_key is a setting of VennCell.setup_mudata"
+    ):
+        VennCell(tiny_mdata, batch_key="batch")
+    with pytest.raises(VennCellInputError, match=r"modalities=\{'rna': \{'layer': ...\}"):
+        VennCell(tiny_mdata, layer="counts")
+    VennCell(tiny_mdata, private_dim=3)  # the model's private_dim, not a modality's
+    model = VennCell(tiny_mdata)
+    with pytest.raises(
+        VennCellInputError, match=r"takes no n_epochs.*stage1_epochs=..., stage2_epochs="
+    ):
+        model.train(n_epochs=2)
+    with pytest.raises(
+        VennCellInputError, match=r"kl_weight is a setting of VennCell\(mdata, ...\)"
+    ):
+        model.train(kl_weight=2)
+
+
+def test_arguments_of_the_wrong_type_are_named(tiny_mdata, tmp_path):
+    """These reached pathlib, pandas, difflib or Lightning: a run_dir that is a file, load's arguments swapped, a
+    batch_key list, a list of targets, overwrite="no" (which overwrote)."""
+    with pytest.raises(
+        VennCellInputError, match="batch_key must be the name of one column.*got list"
+    ):
+        VennCell.setup_mudata(tiny_mdata.copy(), batch_key=["cluster"])
+    tiny_mdata.obs["batch"] = ["a", "b"] * (tiny_mdata.n_obs // 2)
+    VennCell.setup_mudata(tiny_mdata, batch_key="batch")
+    del tiny_mdata.obs["batch"]
+    with pytest.raises(VennCellInputError, match="batch_key 'batch' is not a column of mdata.obs"):
+        VennCell(tiny_mdata)
+    VennCell.setup_mudata(tiny_mdata)
+    model = VennCell(tiny_mdata)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(VennCellInputError, match="run_dir.*a_file is a file, not a folder"):
+        model.train(run_dir=tmp_path / "a_file", stage1_epochs=1, stage2_epochs=1)
+    with pytest.warns(UserWarning, match="The model is not trained"):
+        model.save(tmp_path / "untrained")
+    with pytest.raises(VennCellInputError, match="overwrite must be True or False"):
+        model.save(tmp_path / "untrained", overwrite="no")
+    with pytest.raises(VennCellInputError, match="the path comes first"):
+        VennCell.load(tiny_mdata, tmp_path / "untrained")
+    model.is_trained = True  # the target check comes before any use of the weights
+    with pytest.raises(VennCellInputError, match="target must be the name of one modality"):
+        model.predict_modality(source=["rna"], target=["protein"])
+
+
 def test_a_misspelt_training_option_names_the_closest_one(tiny_mdata):
     VennCell.setup_mudata(tiny_mdata)
     model = VennCell(tiny_mdata)
@@ -369,6 +501,10 @@ def test_settings_of_point_latents_say_they_do_nothing_to_variational_ones(tiny_
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         VennCell(tiny_mdata, latent_l2=10.0, latent_posterior="point")
+        VennCell(tiny_mdata, shared_only_weight=0.5, shared_only_detach=False)
+    # detached shared-only decoders train on a term of their own, whose scale Adam divides out
+    with pytest.warns(UserWarning, match=r"shared_only_weight=0.5 has no effect beyond 0"):
+        VennCell(tiny_mdata, shared_only_weight=0.5)
 
 
 def test_load_rejects_non_model(tmp_path):

@@ -164,10 +164,17 @@ def test_no_held_out_cells_still_finishes(tmp_path, helpers):
     assert (out / "venn.h5mu").exists() and (out / "metrics.json").exists()
 
 
-def test_a_count_modality_with_one_feature_trains(tmp_path):
-    """It died in the spectral start."""
+def test_a_count_modality_with_one_feature_is_refused_and_its_way_out_trains(tmp_path):
+    """It died in the spectral start; then it trained, into constant predictions (one feature's share of its own
+    total is 1). The message's way out, log counts as one Gaussian feature, trains."""
     mdata = _pair(_counts(), _counts(f=1, seed=2, lam=8.0) + 1)
     VennCell.setup_mudata(mdata)
+    with pytest.raises(VennCellInputError, match="single feature"):
+        VennCell(mdata, **TINY)
+    mdata["protein"].layers["log1p"] = np.log1p(mdata["protein"].X)
+    VennCell.setup_mudata(
+        mdata, modalities={"rna": "rna", "protein": {"kind": "features", "layer": "log1p"}}
+    )
     model = VennCell(mdata, **TINY)
     model.train(run_dir=tmp_path, **QUICK)
     assert np.isfinite(model.get_latent_representation(block="all")).all()
@@ -351,16 +358,22 @@ def test_saving_under_a_file_names_the_file(trained_tiny, tmp_path):
         model.save(tmp_path / "afile" / "model")
 
 
-def test_a_constant_marker_says_so_and_every_table_has_a_note_column(trained_tiny):
+def test_a_constant_marker_says_so_and_every_table_has_a_note_column(trained_tiny, tmp_path):
     """A constant marker's note read "too few cells measured in every modality, or a constant marker"; the markers
-    table lacked its `note` column when no marker had a note (code reading it broke)."""
+    table lacked its `note` column when no marker had a note (code reading it broke); and the HTML report of
+    constant markers alone failed with pandas' KeyError (venncell-report's exit code 1)."""
+    from venncell.analysis.report import write_report
+
     model, mdata, _ = trained_tiny
     mdata.obs["flat"] = 1.0
     try:
         res = model.attribution(["flat", "cluster"], progress=False, n_boot=20, n_perm=20)
         only = model.attribution(["cluster"], progress=False, n_boot=20, n_perm=20)
+        alone = model.attribution(["flat"], progress=False, n_boot=20, n_perm=20)
     finally:
         del mdata.obs["flat"]
+    html = write_report(alone, tmp_path / "report.html", umap=False).read_text()
+    assert "No marker has held-out scores to draw" in html
     flat = res.markers.set_index("marker").loc["flat"]
     assert (
         flat["verdict"] == "not captured"
@@ -1008,6 +1021,28 @@ def test_several_devices_train_with_ddp_and_other_strategies_are_refused():
         VennCellInputError, match="trainer.strategy='ddp_spawn' is not supported.*'ddp'"
     ):
         TrainConfig(strategy="ddp_spawn")
+
+
+def test_trainer_keywords_that_would_override_the_schedule_are_refused():
+    """trainer_kwargs={"max_epochs": 5} trained both stages 5 epochs whatever stage1_epochs said, and an unknown
+    keyword reached Lightning's own TypeError."""
+    from venncell.train.config import TrainConfig
+
+    with pytest.raises(VennCellInputError, match=r"trainer_kwargs\['max_epochs'\].*stage1_epochs"):
+        TrainConfig(trainer_kwargs={"max_epochs": 5})
+    with pytest.raises(VennCellInputError, match=r"trainer_kwargs\['default_root_dir'\].*run_dir"):
+        TrainConfig(trainer_kwargs={"default_root_dir": "x"})
+    with pytest.raises(
+        VennCellInputError, match=r"trainer_kwargs\['precision'\].*train\(precision="
+    ):
+        TrainConfig(trainer_kwargs={"precision": "16-mixed"})
+    with pytest.raises(
+        VennCellInputError, match=r"\['gradient_clip_vall'\] are not lightning.Trainer"
+    ):
+        TrainConfig(trainer_kwargs={"gradient_clip_vall": 1.0})
+    with pytest.raises(VennCellInputError, match="must be a dict"):
+        TrainConfig(trainer_kwargs=["logger"])
+    TrainConfig(trainer_kwargs={"deterministic": True, "logger": False, "callbacks": []})
 
 
 def test_training_cells_with_reordered_genes_warn_once(helpers):

@@ -338,6 +338,7 @@ CLI_CASES = st.sampled_from(
         "data.batch_key=cluster",
         "model.cnn_channels=[0]",
         "trainer.precision=8",
+        "data.modalities=rna:200",
     ]
 )
 

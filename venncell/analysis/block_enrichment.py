@@ -85,13 +85,13 @@ def enrichment_modalities(specs: dict, modalities=None) -> list[str]:
         raise VennCellInputError(
             f"Gene-set enrichment tests modalities whose features are gene symbols (RNA), and this model has none "
             f"({kinds}): peaks and antibodies are not genes. Add a gene-level modality (e.g. gene activity "
-            "scores, registered with kind='rna'), or, from Python, name a modality whose feature names are gene "
-            "symbols: enrich_regions(modalities=[...])."
+            "scores, registered with kind='rna'), or name a modality whose feature names are gene symbols: "
+            "enrich_regions(modalities=[...]), or enrichment.modalities=[...] on the command line."
         )
     return mods
 
 
-def enrich_blocks(data, attribution, modalities=None, **kwargs):
+def enrich_blocks(data, attribution, **kwargs):
     """Gene-set enrichment of every block and latent direction of an attribution run (module docstring).
 
     Parameters
@@ -100,15 +100,13 @@ def enrich_blocks(data, attribution, modalities=None, **kwargs):
         The model's training data (``MultiModalData``).
     attribution
         An ``AttributionResult`` of the same model and data (its per-feature tables and latents are reused).
-    modalities
-        Modalities to test; None = those whose features are gene symbols (RNA). A modality named here whose
-        features do not match the collections is an error; one chosen by default is skipped with a note.
     **kwargs
-        ``EnrichmentConfig`` fields.
+        ``EnrichmentConfig`` fields. A modality named in ``modalities`` whose features do not match the
+        collections is an error; one chosen by default (RNA) is skipped with a note.
     """
     cfg = enrichment_config(kwargs)
-    named = modalities is not None
-    mods = enrichment_modalities(data.specs, modalities)
+    named = cfg.modalities is not None
+    mods = enrichment_modalities(data.specs, cfg.modalities)
     collections = {
         collection_name(source, i): load_gene_sets(source)
         for i, source in enumerate(cfg.gene_sets)

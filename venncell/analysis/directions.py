@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
 from venncell.data.transforms import log_normalised
+from venncell.data.written_keys import drop_stale_keys
 
 LOADINGS_KEY = "venn_loadings"
 
@@ -132,10 +133,14 @@ def write_loadings(mdata, directions: list[Direction]) -> None:
             ad.varm.pop(LOADINGS_KEY, None)
         return
     table = pd.DataFrame({f"{d.block} {d.component}": d.correlation for d in directions})
-    for m in table.index.unique("modality"):
-        ad = mdata.mod[m]
-        part = table.xs(m, level="modality")
-        ad.varm[LOADINGS_KEY] = part.reindex(ad.var_names.astype(str)).set_axis(ad.var_names)
+    mine = set(table.index.unique("modality"))
+    for m, ad in mdata.mod.items():
+        # another model's loadings of a modality this one lacks would read as this model's
+        written = [LOADINGS_KEY] if m in mine else []
+        drop_stale_keys(ad.varm, [LOADINGS_KEY], written, f"mdata['{m}'].varm")
+        if m in mine:
+            part = table.xs(m, level="modality")
+            ad.varm[LOADINGS_KEY] = part.reindex(ad.var_names.astype(str)).set_axis(ad.var_names)
 
 
 def _feature_matrix(data, m: str, cells: np.ndarray):

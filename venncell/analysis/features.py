@@ -13,9 +13,11 @@ from venncell.analysis.direction_variance import centred_along, drops_from_ev
 from venncell.analysis.probes import boot_weights, centred_ci, with_ci
 from venncell.data.spec import PROPORTION_LIKELIHOODS
 from venncell.data.validate import VennCellInputError
+from venncell.data.written_keys import drop_stale_keys, recorded
 from venncell.module.regions import block_key, region_name
 
 VAR_PREFIX = "venn_"
+VAR_RECORD = "venncell_var"  # each modality's .uns: the var columns the last attribution wrote
 # a block holding < 1 % of the variance of every member's features is reported empty
 EMPTY_EV = 0.01
 
@@ -183,7 +185,10 @@ def modality_summary(m: str, boot: dict[str, np.ndarray], cfg) -> dict:
     defined = np.isfinite(boot["full"][0])
     boot = {k: v[:, defined] for k, v in boot.items()}
     shared, private = venn_regions(boot)
-    s, p = shared.mean(1), private.mean(1)
+    if shared.shape[1]:
+        s, p = shared.mean(1), private.mean(1)
+    else:  # every feature constant: no region has a mean (numpy would warn of an empty slice)
+        s = p = np.full(shared.shape[0], np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(s + p > 0, s / (s + p), np.nan)
     out = {"modality": m, "n_features": shared.shape[1]}
@@ -197,7 +202,8 @@ def modality_summary(m: str, boot: dict[str, np.ndarray], cfg) -> dict:
     out["ev_unexplained"] = 1.0 - out["ev_explained"]
     for key, draws in boot.items():  # Venn regions: the mean EV in each block m's decoder reads
         if key.startswith("in:"):
-            out.update(centred_ci(f"ev_in_{key[3:]}", draws.mean(1), cfg.ci))
+            means = draws.mean(1) if draws.shape[1] else np.full(len(draws), np.nan)
+            out.update(centred_ci(f"ev_in_{key[3:]}", means, cfg.ci))
     return out
 
 
@@ -260,8 +266,12 @@ def region_table(module, features: dict[str, pd.DataFrame], lat: dict) -> pd.Dat
 
 
 def write_var_columns(mdata, features: dict[str, pd.DataFrame]) -> None:
-    """Per-feature EVs and fractions (with CIs) as ``mdata[mod].var["venn_*"]`` columns."""
-    for m, df in features.items():
-        var = mdata.mod[m].var
-        for col in df.columns:
-            var[VAR_PREFIX + col] = df[col].reindex(var.index.astype(str)).to_numpy()
+    """Per-feature EVs and fractions (with CIs) as ``mdata[mod].var["venn_*"]`` columns; those of an earlier run
+    that this one does not write (a modality or block of another model) are removed."""
+    for m, ad in mdata.mod.items():
+        df = features.get(m)
+        columns = [] if df is None else [VAR_PREFIX + col for col in df.columns]
+        drop_stale_keys(ad.var, recorded(ad.uns, VAR_RECORD), columns, f"mdata['{m}'].var")
+        for col, column in zip([] if df is None else df.columns, columns):
+            ad.var[column] = df[col].reindex(ad.var.index.astype(str)).to_numpy()
+        ad.uns[VAR_RECORD] = columns

@@ -35,6 +35,8 @@ class EnrichmentConfig:
 
     # bundled names, .gmt paths or {term: genes} dicts
     gene_sets: list = field(default_factory=lambda: list(BUNDLED))
+    # modalities to test; None = those whose features are gene symbols (RNA)
+    modalities: list | None = None
     method: str = (
         "ora"  # ora (top_n features vs all) | prerank (gseapy's GSEA on the whole ranking)
     )
@@ -59,6 +61,15 @@ class EnrichmentConfig:
             )
         if isinstance(self.gene_sets, str | Path | dict):
             self.gene_sets = [self.gene_sets]
+        if self.modalities is not None:
+            self.modalities = (
+                [self.modalities] if isinstance(self.modalities, str) else list(self.modalities)
+            )
+            if not self.modalities:
+                raise VennCellInputError(
+                    "Gene-set enrichment: modalities is empty; name the modalities to test, or leave it out for "
+                    "RNA."
+                )
 
     def check_sources(self) -> None:
         """Every collection's file, and gseapy for prerank: checked before a command line's work starts, so a

@@ -107,7 +107,10 @@ def render_html(
             "<h2>Markers</h2>",
             _verdict_rule(cfg),
             _marker_table(result.markers),
-            _img(_fig_markers(result)),
+            _img(_fig_markers(result))
+            if len(result.marker_scores)
+            else "<p class='note'>No marker has held-out scores to draw: each one's note says why (a constant "
+            "marker, say).</p>",
         ]
     if umap:
         parts += [

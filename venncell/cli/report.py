@@ -85,7 +85,7 @@ def run_report(cfg: DictConfig):
         mdata = read_h5mu(data_path)
         model = VennCell.load(model_dir, mdata=mdata)
         if cfg.enrich:  # before the attribution is computed and written
-            enrichment_modalities(model.specs)
+            enrichment_modalities(model.specs, cfg.enrichment.modalities)
         return report_with(model, run_dir, cfg, save_h5mu=cfg.write_h5mu)
 
 

@@ -134,7 +134,7 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if report is not None and report.markers is not None:
         model.check_markers(report.markers)  # a mistyped marker fails now, not after training
     if report is not None and report.enrich:  # a model without genes fails now too
-        enrichment_modalities(model.specs)
+        enrichment_modalities(model.specs, report.enrichment.modalities)
     train_kwargs = {**asdict(train_cfg), "seed": cfg.seed}
     if (
         cfg.resume

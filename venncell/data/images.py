@@ -255,11 +255,17 @@ def image_options(name: str, kind: str, adata, opts: dict) -> dict:
             f"Modality '{name}': image modalities use the Gaussian likelihood on standardised pixels; "
             f"likelihood={opts['likelihood']!r} is not supported (drop the option)."
         )
-    for bad in ("layer", "binarize"):
+    # pixels are standardised per channel: no feature-wise transform or zero-variance rule applies
+    for bad in ("layer", "binarize", "transform"):
         if opts.get(bad):
             raise VennCellInputError(
                 f"Modality '{name}': option {bad!r} does not apply to image modalities; drop it."
             )
+    if opts.get("zero_variance") not in (None, "warn"):
+        raise VennCellInputError(
+            f"Modality '{name}': option 'zero_variance' does not apply to image modalities (pixels are "
+            "standardised per channel); drop it."
+        )
     if adata.n_vars:
         raise VennCellInputError(
             f"Modality '{name}' is an image modality but its AnnData has {adata.n_vars} feature column(s); the "

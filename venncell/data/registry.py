@@ -247,23 +247,34 @@ def setup_options(
     check_pairing({m: mdata.mod[m].obs_names for m in registry})
     warn_same_features(mdata, registry)
     if batch_key is not None:
-        if batch_key not in mdata.obs:
-            holders = [m for m, a in mdata.mod.items() if batch_key in a.obs]
-            hint = (
-                f" It is in the .obs of {holders}: copy it up with {copy_up(batch_key, holders)}"
-                if holders
-                else ""
-            )
-            pulled = [f"{m}:{batch_key}" for m in holders if f"{m}:{batch_key}" in mdata.obs]
-            if pulled:
-                hint += f", or use batch_key='{pulled[0]}', which mdata.obs has"
-            hint += "." if holders else ""
-            close = did_you_mean([batch_key], [str(c) for c in mdata.obs.columns])
-            raise VennCellInputError(
-                f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {_shown(mdata.obs)}){close}.{hint}"
-            )
+        check_batch_column(mdata, batch_key)
         check_batch_labels(batch_key, mdata.obs[batch_key])
     return {"modalities": registry, "batch_key": batch_key}
+
+
+def check_batch_column(mdata, batch_key) -> None:
+    """``batch_key`` names one column of ``mdata.obs``, or a clear error saying where the column is."""
+    if not isinstance(batch_key, str):
+        raise VennCellInputError(
+            f"batch_key must be the name of one column of mdata.obs (a str), got {type(batch_key).__name__} "
+            f"{batch_key!r}."
+        )
+    if batch_key in mdata.obs:
+        return
+    holders = [m for m, a in mdata.mod.items() if batch_key in a.obs]
+    hint = (
+        f" It is in the .obs of {holders}: copy it up with {copy_up(batch_key, holders)}"
+        if holders
+        else ""
+    )
+    pulled = [f"{m}:{batch_key}" for m in holders if f"{m}:{batch_key}" in mdata.obs]
+    if pulled:
+        hint += f", or use batch_key='{pulled[0]}', which mdata.obs has"
+    hint += "." if holders else ""
+    close = did_you_mean([batch_key], [str(c) for c in mdata.obs.columns])
+    raise VennCellInputError(
+        f"batch_key '{batch_key}' is not a column of mdata.obs (columns: {_shown(mdata.obs)}){close}.{hint}"
+    )
 
 
 def _raw_fix(name: str, adata) -> str:
@@ -486,6 +497,7 @@ def fit_registry(
     batch_key = options.get("batch_key")
     categories = None
     if batch_key is not None:
+        check_batch_column(mdata, batch_key)  # dropped since setup_mudata, say
         # setup_options warned about the labels already
         categories = sorted(set(check_batch_labels(batch_key, mdata.obs[batch_key], warn=False)))
         if not backed:  # a backed modality's counts are read in chunks by the spec's fit only
@@ -551,6 +563,7 @@ def fit_modality(
         return fit_image_spec(spec, adata)
     var_names = [str(v) for v in adata.var_names]
     check_unique_names(name, var_names)
+    check_not_single_count(spec, var_names)
     if backed_mdata is not None:
         from venncell.data.backed import fit_backed_spec
 
@@ -591,6 +604,22 @@ def fit_modality(
         spec.feature_mean, spec.feature_std = mean.tolist(), (std + 1e-6).tolist()
     spec.median_library = float(np.median(np.asarray(x.sum(1)).ravel().astype(np.float32)))
     return spec
+
+
+def check_not_single_count(spec: ModalitySpec, features) -> None:
+    """Refuse one feature under a count likelihood: its encoders read log counts per 10k of the cell's total (and
+    nb / zinb's mean is a share of it), which with one feature is the same in every cell."""
+    if len(features) != 1 or spec.likelihood not in COUNT_LIKELIHOODS:
+        return
+    name = spec.name
+    raise VennCellInputError(
+        f"Modality '{name}' has a single feature ({str(features[0])!r}) under a count likelihood "
+        f"('{spec.likelihood}'), whose encoder reads each count as a share of the cell's total: with one feature "
+        "that share is 1 in every cell, so the modality would tell the encoders nothing. Fix: give its other "
+        f"features; or log-transform it into a layer, `mdata['{name}'].layers['log1p'] = "
+        f"np.log1p(mdata['{name}'].X)`, and register it as a Gaussian feature, `modalities={{'{name}': "
+        "{'kind': 'features', 'layer': 'log1p'}, ...}` in setup_mudata; or leave it out of modalities."
+    )
 
 
 def select_matrix(adata, spec: ModalitySpec):

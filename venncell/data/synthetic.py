@@ -8,6 +8,7 @@ correctly lets each learned block predict exactly one true block (see ``venncell
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anndata as ad
@@ -16,8 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-# Kinds the generator knows, with the likelihood a model should use for each.
-KIND_LIKELIHOOD = {"rna": "nb", "protein": "nb", "atac": "bernoulli", "features": "gaussian"}
+from venncell.data.spec import guess_kind
+from venncell.data.validate import VennCellInputError, check_range
 
 
 @dataclass
@@ -99,8 +100,9 @@ def make_synthetic(
     n_cells
         Number of cells.
     modalities
-        ``{name: n_features}``; the name's prefix picks the kind (``rna``, ``protein``, ``atac``,
-        ``features``). Default: RNA (1000 genes), protein (100) and ATAC (1000 peaks).
+        ``{name: n_features}``; the name picks the kind as ``setup_mudata`` does (``rna``/``gex`` -> RNA counts,
+        ``protein``/``adt`` -> protein counts, ``atac``/``peaks`` -> binary peaks, any other name -> Gaussian
+        features). Default: RNA (1000 genes), protein (100) and ATAC (1000 peaks).
     shared_dim, private_dim
         True dimensions of the shared block and of each private block.
     n_clusters, cluster_spread
@@ -129,9 +131,23 @@ def make_synthetic(
     The MuData (raw counts / binary peaks as CSR in ``.X``, cluster labels in ``.obs``, true factors in
     ``.obsm["true_shared"]`` and ``.obsm["true_private_<m>"]``) and the truth as a separate object.
     """
+    if modalities is not None and not isinstance(modalities, Mapping):
+        raise VennCellInputError(
+            f"make_synthetic modalities must be a dict {{name: n_features}}, e.g. {{'rna': 1000, 'protein': 100}} "
+            f"(data.modalities={{rna:1000,protein:100}} on the command line); got {modalities!r}."
+        )
     modalities = dict(modalities or {"rna": 1000, "protein": 100, "atac": 1000})
     if len(modalities) < 2:
         raise ValueError(f"make_synthetic needs at least two modalities, got {list(modalities)}.")
+    for name, value, low in (
+        ("n_cells", n_cells, 1),
+        ("shared_dim", shared_dim, 1),
+        ("private_dim", private_dim, 0),
+        ("n_clusters", n_clusters, 1),
+        ("n_batches", n_batches, 0),
+        *((f"modalities['{m}']", n, 1) for m, n in modalities.items()),
+    ):
+        check_range(f"make_synthetic {name}", value, low, integer=True)
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=1.5, size=(n_clusters, shared_dim))
     cluster = rng.integers(0, n_clusters, size=n_cells)
@@ -147,7 +163,7 @@ def make_synthetic(
     private: dict[str, np.ndarray] = {}
     drivers: dict[str, np.ndarray] = {}
     for name, n_features in modalities.items():
-        kind = _kind_of(name)
+        kind = guess_kind(name)  # setup_mudata's rule: 'adt' is drawn as it is read
         u_priv = rng.normal(size=(n_cells, private_dim))
         seen = [
             u for r, u in regions.items() if name in r.split("+")
@@ -238,16 +254,6 @@ def truth_from_mudata(mdata: md.MuData) -> SyntheticTruth | None:
         cluster=cluster,
         feature_driver=drivers,
         regions=regions,
-    )
-
-
-def _kind_of(name: str) -> str:
-    for kind in KIND_LIKELIHOOD:
-        if name.startswith(kind):
-            return kind
-    raise ValueError(
-        f"Synthetic modality '{name}': the name must start with one of {sorted(KIND_LIKELIHOOD)} "
-        "so the generator knows which kind of data to emit."
     )
 
 

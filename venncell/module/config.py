@@ -93,7 +93,9 @@ class ModelConfig:
         ``features`` (by its number of features relative to the smallest modality, as a joint likelihood over all
         features would). A modality's ``weight`` in its registry entry overrides the rule.
     shared_only_weight
-        Weight of the shared-only decoders, which predict each modality from the shared block alone.
+        Weight of the shared-only decoders, which predict each modality from the shared block alone. With
+        ``shared_only_detach`` (the default) they train on an objective of their own, so only 0 (none) or not
+        matters; otherwise it weighs them against stage 1's other terms.
     shared_only_detach
         True: the shared-only decoders read the shared latent without shaping it, so nothing in stage 1 depends on
         them and they are fitted in stage 2 to the final shared latents. False (APOLLO): their gradient also moves

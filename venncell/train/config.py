@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from venncell.data.validate import VennCellInputError, check_range
+from venncell.data.validate import VennCellInputError, check_range, did_you_mean
 
 # float32 only: the count likelihoods' sparse sums fail under autocast (float16 vs float32 index_add), stage 1's
 # held-out-only batches step no gradient through AMP's scaler, bf16 diverges in stage 1 and float64 modules meet
@@ -24,6 +24,57 @@ STRATEGIES = ("auto", "ddp")
 STAGE1_EPOCHS, STAGE2_EPOCHS = 100, 40
 FULL_EPOCHS_CELLS = 20_000
 FEWEST_STAGE1_EPOCHS, FEWEST_STAGE2_EPOCHS = 10, 4
+
+
+# Trainer keywords the two-stage schedule sets itself: given in trainer_kwargs they would silently override it
+EPOCHS = (
+    "set stage1_epochs and stage2_epochs instead (train(stage1_epochs=...), trainer.stage1_epochs=... on the "
+    "command line)"
+)
+SCHEDULE_OWNS = {
+    "max_epochs": EPOCHS,
+    "min_epochs": EPOCHS,
+    "max_steps": EPOCHS,
+    "min_steps": EPOCHS,
+    "default_root_dir": "set run_dir instead (train(run_dir=...); on the command line the run's folder is "
+    "hydra.run.dir)",
+    "enable_progress_bar": "set progress_bar instead (train(progress_bar=...), trainer.progress_bar=... on the "
+    "command line)",
+    "use_distributed_sampler": "leave it out: VennCell's own samplers give each process its share of the cells",
+}
+
+
+def check_trainer_kwargs(extra) -> None:
+    """``trainer_kwargs`` must be ``lightning.Trainer`` keywords that neither the schedule nor a ``TrainConfig``
+    field sets (those would be overridden without a word)."""
+    from collections.abc import Mapping
+
+    if not isinstance(extra, Mapping):
+        raise VennCellInputError(
+            f"trainer_kwargs must be a dict of lightning.Trainer keywords, got {type(extra).__name__}."
+        )
+    if not extra:
+        return
+    import inspect
+
+    import lightning as L
+
+    ours = {f.name for f in fields(TrainConfig)} - {"trainer_kwargs", "strategy"}
+    for key in extra:
+        if key in SCHEDULE_OWNS or key in ours:
+            fix = SCHEDULE_OWNS.get(
+                key, f"set {key} instead (train({key}=...), trainer.{key}=... on the command line)"
+            )
+            raise VennCellInputError(
+                f"trainer_kwargs['{key}'] would override VennCell's own setting; {fix}."
+            )
+    known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise VennCellInputError(
+            f"trainer_kwargs {unknown} are not lightning.Trainer keywords{did_you_mean(unknown, known)}; "
+            "VennCell's own training options go to train(...) directly."
+        )
 
 
 def default_batch_size(n_cells: int) -> int:
@@ -158,6 +209,7 @@ class TrainConfig:
             )
         if self.limit_train_batches is not None:
             check_range("trainer.limit_train_batches", self.limit_train_batches, 0.0)
+        check_trainer_kwargs(self.trainer_kwargs)
         devices = self.devices
         if not (
             devices in ("auto", -1)
