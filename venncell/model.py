@@ -1510,6 +1510,11 @@ def _check_placement(given: dict, call: str) -> None:
                 f"{call} takes no {key}: the two stages have their own epochs, "
                 "model.train(stage1_epochs=..., stage2_epochs=...)."
             )
+        if key in ("lr", "learning_rate"):
+            raise VennCellInputError(
+                f"{call} takes no {key}: the networks, the latent tables and the encoders have their own "
+                "learning rates, model.train(lr_network=..., lr_latent=..., lr_encoder=...)."
+            )
         for place, names in _SETTING_PLACES.items():
             if key in names and place != call:
                 raise VennCellInputError(

@@ -423,6 +423,8 @@ def test_settings_given_to_the_wrong_call_are_sent_where_they_belong(tiny_mdata)
     with pytest.raises(VennCellInputError, match=r"modalities=\{'rna': \{'layer': ...\}"):
         VennCell(tiny_mdata, layer="counts")
     VennCell(tiny_mdata, private_dim=3)  # the model's private_dim, not a modality's
+    with pytest.raises(VennCellInputError, match=r"takes no lr.*lr_network=..., lr_latent="):
+        VennCell(tiny_mdata, lr=1e-3)
     model = VennCell(tiny_mdata)
     with pytest.raises(
         VennCellInputError, match=r"takes no n_epochs.*stage1_epochs=..., stage2_epochs="

@@ -169,7 +169,16 @@ def test_a_count_modality_with_one_feature_is_refused_and_its_way_out_trains(tmp
     total is 1). The message's way out, log counts as one Gaussian feature, trains."""
     mdata = _pair(_counts(), _counts(f=1, seed=2, lam=8.0) + 1)
     VennCell.setup_mudata(mdata)
-    with pytest.raises(VennCellInputError, match="single feature"):
+    with pytest.raises(
+        VennCellInputError, match=r"single feature.*np.log1p\(mdata\['protein'\].X\)"
+    ):
+        VennCell(mdata, **TINY)
+    # counts in a layer (.X normalised, so constant for one feature): the fix reads the layer
+    mdata["protein"].layers["counts"] = mdata["protein"].X.copy()
+    VennCell.setup_mudata(mdata, modalities={"rna": "rna", "protein": {"layer": "counts"}})
+    with pytest.raises(
+        VennCellInputError, match=r"np.log1p\(mdata\['protein'\].layers\['counts'\]\)"
+    ):
         VennCell(mdata, **TINY)
     mdata["protein"].layers["log1p"] = np.log1p(mdata["protein"].X)
     VennCell.setup_mudata(
@@ -1040,6 +1049,11 @@ def test_trainer_keywords_that_would_override_the_schedule_are_refused():
         VennCellInputError, match=r"\['gradient_clip_vall'\] are not lightning.Trainer"
     ):
         TrainConfig(trainer_kwargs={"gradient_clip_vall": 1.0})
+    # Lightning's own refusals under manual optimisation advised "switch to automatic optimization"
+    with pytest.raises(VennCellInputError, match=r"gradient_clip_val'\].*set grad_clip instead"):
+        TrainConfig(trainer_kwargs={"gradient_clip_val": 1.0})
+    with pytest.raises(VennCellInputError, match=r"accumulate_grad_batches'\].*leave it out"):
+        TrainConfig(trainer_kwargs={"accumulate_grad_batches": 2})
     with pytest.raises(VennCellInputError, match="must be a dict"):
         TrainConfig(trainer_kwargs=["logger"])
     TrainConfig(trainer_kwargs={"deterministic": True, "logger": False, "callbacks": []})

@@ -612,12 +612,14 @@ def check_not_single_count(spec: ModalitySpec, features) -> None:
     if len(features) != 1 or spec.likelihood not in COUNT_LIKELIHOODS:
         return
     name = spec.name
+    # the counts it was registered with: .X may hold normalised values, constant for one feature
+    counts = f"mdata['{name}']." + (f"layers['{spec.layer}']" if spec.layer else "X")
     raise VennCellInputError(
         f"Modality '{name}' has a single feature ({str(features[0])!r}) under a count likelihood "
         f"('{spec.likelihood}'), whose encoder reads each count as a share of the cell's total: with one feature "
         "that share is 1 in every cell, so the modality would tell the encoders nothing. Fix: give its other "
-        f"features; or log-transform it into a layer, `mdata['{name}'].layers['log1p'] = "
-        f"np.log1p(mdata['{name}'].X)`, and register it as a Gaussian feature, `modalities={{'{name}': "
+        f"features; or log-transform its counts into a layer, `mdata['{name}'].layers['log1p'] = "
+        f"np.log1p({counts})`, and register it as a Gaussian feature, `modalities={{'{name}': "
         "{'kind': 'features', 'layer': 'log1p'}, ...}` in setup_mudata; or leave it out of modalities."
     )
 

@@ -41,6 +41,11 @@ SCHEDULE_OWNS = {
     "enable_progress_bar": "set progress_bar instead (train(progress_bar=...), trainer.progress_bar=... on the "
     "command line)",
     "use_distributed_sampler": "leave it out: VennCell's own samplers give each process its share of the cells",
+    # VennCell steps its optimisers itself (manual optimisation), which Lightning's clipping and accumulation refuse
+    "gradient_clip_val": "set grad_clip instead (train(grad_clip=...), trainer.grad_clip=... on the command line)",
+    "gradient_clip_algorithm": "leave it out: grad_clip clips the gradients' norm",
+    "accumulate_grad_batches": "leave it out: VennCell steps its optimisers once per batch; a larger batch_size "
+    "averages over more cells",
 }
 
 
