@@ -24,6 +24,21 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    # pytest-xdist >= 3.8 sends files in order of their number of tests unless told not to; the order below is
+    # the one wanted
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a test marked slow first. Each of the two workers takes whole files (``--dist loadfile``) in
+    this order (``pytest_configure``); a long file started last would leave one worker running it alone while
+    the other idles."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_mudata():
     """mudata's pull-on-update FutureWarning, set for each test (the package itself sets no global option)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -58,6 +59,8 @@ from venncell.module.init import init_likelihoods, spectral_init
 from venncell.module.regions import block_key
 from venncell.module.venn import VennModule
 from venncell.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 MODEL_FORMAT = 2
 # the release that wrote each earlier model format, for the error that names it
@@ -152,6 +155,12 @@ class VennCell:
             raise VennCellInputError(
                 "VennCell needs its training data: VennCell(mdata, ...). To use a saved model, "
                 "call VennCell.load(path)."
+            )
+        if getattr(mdata, "isbacked", False) and not backed:
+            # read as in memory, its on-disk matrices would be refused as non-numeric
+            raise VennCellInputError(
+                "This MuData was read with backed=True, so its matrices stay on disk. Train on it out of core with "
+                "VennCell(mdata, backed=True), or read it into memory: mudata.read_h5mu(path)."
             )
         fitting = registry is None
         if fitting:
@@ -413,12 +422,14 @@ class VennCell:
                 loggers=logger if logger is not None else False,
                 resume=resume,
             )
-        except BaseException:
+        except BaseException as err:
             if before is not None:
                 self.module.cpu().load_state_dict(before)
+            if temporary:
+                _failed_temporary_run(err, Path(run_dir))
             raise
         if temporary:
-            # nobody can resume from a folder they were not told of; a failed run keeps it (its error names it)
+            # nobody can resume from a folder they were not told of (a failed run's is named where it is kept)
             shutil.rmtree(run_dir, ignore_errors=True)
         self.is_trained = True
         return self.history
@@ -686,7 +697,12 @@ class VennCell:
         models): each new batch gets a one-hot input of its own in the decoders of ``modalities``, started at the
         trained batches' mean, fitted for ``epochs`` to the encoders' latents and then for ``epochs`` along with the
         latents, so that the new batch's effect goes there rather than into the latents. The trained model is not
-        changed; the new batches' inputs last for the call."""
+        changed; the new batches' inputs last for the call.
+
+        The fit is stochastic, as training is (it samples each latent's posterior, and the leakage penalties read
+        a batch of cells at a time): another ``seed``, ``batch_size`` or split of the cells into calls moves each
+        latent by a fraction of refinement's own shift. The same call on the same cells gives the same
+        latents."""
         self._require_trained()
         check_range("refine_epochs (refine(epochs=...))", epochs, 1, integer=True)
         check_range("refine(batch_size=...)", batch_size, 1, integer=True)
@@ -1034,11 +1050,17 @@ class VennCell:
         """Weights, configuration and data registry (features, preprocessing statistics), in a folder.
 
         Written to a temporary folder and renamed into place, so a crash never leaves half a model. ``overwrite``
-        replaces a model saved there before; a folder holding anything else is refused, never emptied.
+        replaces a model saved there before; a folder holding anything else is refused, never emptied. After a
+        multi-process (DDP) ``train()`` in a script, every rank holds the same model and only global rank 0 writes.
         """
         _check_path(path, "save(path)")
         if not isinstance(overwrite, bool):  # overwrite="no" is truthy
             raise VennCellInputError(f"overwrite must be True or False, got {overwrite!r}.")
+        rank = self.history.get("ddp", {}).get("global_rank", 0) if self.history else 0
+        if rank != 0:
+            # every rank runs the script's save(); writing the same folder at once, they would delete each other's
+            log.info("DDP rank %d: global rank 0 writes the model to %s", rank, path)
+            return
         if not self.is_trained:
             warnings.warn(
                 "The model is not trained: the saved model holds its untrained weights, and a model loaded from it "
@@ -1419,9 +1441,9 @@ class VennCell:
         direction), ``.notes``, ``.write(dir)``.
         """
         from venncell.analysis.block_enrichment import (
+            check_modalities,
             enrich_blocks,
             enrichment_config,
-            enrichment_modalities,
         )
 
         self._require_trained()
@@ -1433,10 +1455,28 @@ class VennCell:
             kwargs["modalities"] = modalities
         cfg = enrichment_config(kwargs)
         self._check_modalities(cfg.modalities)
-        enrichment_modalities(self.specs, cfg.modalities)
+        check_modalities(self.specs, cfg)
         if attribution is None:
             attribution = self.attribution(markers=[], write_var=False, progress=False)
-        return enrich_blocks(data, attribution, **kwargs)
+        return enrich_blocks(data, attribution, config=cfg)
+
+
+def _failed_temporary_run(err: BaseException, run_dir: Path) -> None:
+    """A failed run's temporary folder: removed when no checkpoint was written (nothing to resume), else named in
+    the error (training's own errors name it already), which would otherwise leave it unseen in the temp folder."""
+    if not any(run_dir.rglob("*.ckpt")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    if str(run_dir) in str(err):
+        return
+    kept = (
+        f"VennCell: the run's checkpoints are kept in {run_dir}; model.train(run_dir='{run_dir}', resume=True, "
+        "...) with the same training settings continues it, or delete the folder."
+    )
+    if hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note(kept)
+    else:
+        warnings.warn(kept, VennCellInputWarning, stacklevel=3)
 
 
 class _seeded:

@@ -437,6 +437,16 @@ def test_marker_errors(trained_tiny):
         del mdata.obs[mdata["rna"].var_names[0]]
     with pytest.raises(VennCellInputError, match="Unknown attribution option"):
         model.attribution([], n_perms=3)
+    # a column that lost every value (an .obs rebuilt or re-indexed) read "not captured", from 0 cells
+    for empty in (np.nan, None):
+        mdata.obs["lost"] = empty
+        try:
+            with pytest.raises(
+                VennCellInputError, match="column 'lost' of mdata.obs has no value"
+            ):
+                model.attribution(["lost"], progress=False)
+        finally:
+            del mdata.obs["lost"]
 
 
 def test_default_markers_and_var_columns(trained_tiny):

@@ -160,6 +160,11 @@ def test_empty_lists_are_refused_before_the_attribution_runs(trained_tiny, monke
         model.enrich_regions(modalities=["hic"])
     with pytest.raises(VennCellInputError, match="nor a .gmt file that exists"):
         model.enrich_regions(gene_sets=["/no/such/sets.gmt"])
+    # a named modality whose features are not the collections' genes was refused after the attribution
+    genes = model.specs["rna"].feature_names
+    sets = {f"S{i}": genes[6 * i : 6 * i + 6] for i in range(len(genes) // 6)}
+    with pytest.raises(VennCellInputError, match="modality 'protein': only 0 of its"):
+        model.enrich_regions(gene_sets=[sets], modalities=["protein"])
 
 
 def test_a_model_without_genes_says_what_it_can_test():

@@ -256,3 +256,18 @@ def test_one_pathological_feature_does_not_sink_the_modality_summary():
     (row,) = rows
     assert row["recoverable"] == pytest.approx((0.6 + 0.6 - 1) / 3 / 0.8)
     assert row["mean_r2_predicted"] == pytest.approx(0.2 / 3) and row["n_predict"] == 2
+
+
+def test_modality_names_that_cannot_name_a_file_are_written(plan, tmp_path):
+    """A modality named 'ADT/HTO' (or of 250 characters) trains, saves and loads, but writing its tables failed
+    with FileNotFoundError ('plan_features_ADT/.HTO.csv.tmp') after some files were written."""
+    from dataclasses import replace
+
+    from venncell.data.files import file_part
+
+    names = ["ADT/HTO", "protéine " + "Y" * 250]
+    odd = replace(plan, features={n: df for n, df in zip(names, plan.features.values())})
+    written = {p.name for p in odd.write(tmp_path)}
+    assert {f"plan_features_{file_part(n)}.csv" for n in names} <= written
+    assert len({file_part(n) for n in ["a/b", "a_b", "a\\b"]}) == 3 and file_part("rna") == "rna"
+    assert all(p.parent == tmp_path for p in tmp_path.iterdir())

@@ -124,6 +124,7 @@ def test_apollo_preset_leaks_more(venn_model, synthetic, tmp_path, helpers):
     assert leak_a > 0.15 and leak_a > leak_v + 0.1, (s_a, s_v)
 
 
+@pytest.mark.slow
 def test_defaults_on_the_synthetic_default_meet_the_venn_bars(tmp_path, helpers):
     """What a user gets from ``venncell-train`` with nothing set: the built-in synthetic default (3,000 cells) and
     the package defaults (no size, epoch or learning-rate override). Shared recovery >= 0.95, every private

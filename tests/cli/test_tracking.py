@@ -178,7 +178,8 @@ def test_a_python_logger_gets_the_settings_and_every_term(tmp_path, tiny_mdata):
 
 @pytest.mark.parametrize("bar", ["rich", "tqdm"])
 def test_progress_bars_name_the_stage(tiny_mdata, tmp_path, capsys, bar):
-    """Both stages count their epochs from 0: the bars read "Epoch 0/N" twice with no word of which stage."""
+    """Lightning's bars read "Epoch 0/N-1" in both stages, with no word of which stage and counted from 0 where the
+    per-epoch lines count from 1: each bar names its stage and counts as the lines do."""
     from venncell import VennCell
 
     mdata = tiny_mdata.copy()
@@ -187,4 +188,5 @@ def test_progress_bars_name_the_stage(tiny_mdata, tmp_path, capsys, bar):
     model.train(run_dir=tmp_path, stage1_epochs=1, stage2_epochs=1, progress_bar=bar)
     shown = capsys.readouterr()
     text = shown.out + shown.err
-    assert "Stage 1" in text and "Stage 2" in text
+    assert "Stage 1 epoch 1/1" in text and "Stage 2 epoch 1/1" in text
+    assert "epoch 0" not in text

@@ -93,6 +93,33 @@ def test_non_integer_counts_under_nb():
         )
 
 
+def test_ambient_corrected_counts_get_the_rounding_fix():
+    """Counts corrected for ambient RNA (SoupX, DecontX) are whole numbers but a few: the error called them
+    normalised and offered a counts layer the user does not have, and the default fell back to a Gaussian on raw
+    counts (negative predicted counts) with the same advice."""
+    x = sp.csr_matrix(_counts(n=40))
+    x.data[::25] -= 0.37  # 4% of the values
+    rounding = (
+        r"96% of its nonzero values are whole numbers.*ambient RNA.*np\.rint.*layer='counts'"
+    )
+    with pytest.raises(VennCellInputError, match=rounding) as err:
+        _build(
+            _pair(x, _counts(n=40, seed=1)),
+            rna={"kind": "rna", "likelihood": "nb"},
+            protein="protein",
+        )
+    assert "looks normalised" not in str(err.value)
+    with pytest.warns(VennCellInputWarning, match=rounding):
+        _build(_pair(x, _counts(n=40, seed=1)), rna="rna", protein="protein")
+    # the fix as written
+    mdata = _pair(x, _counts(n=40, seed=1))
+    c = mdata["rna"].X.copy()
+    c.data = np.rint(c.data)
+    mdata["rna"].layers["counts"] = c
+    model = _build(mdata, rna={"kind": "rna", "layer": "counts"}, protein="protein")
+    assert model.specs["rna"].likelihood == "nb"
+
+
 def test_non_binary_under_bernoulli():
     with pytest.raises(VennCellInputError, match=r"'protein'.*Bernoulli.*binarize=true"):
         _build(
@@ -250,14 +277,17 @@ def test_a_feature_that_a_few_outliers_hold_is_named():
         [10 + 3 * rng.normal(size=500), rng.lognormal(0, 1, 500), rng.standard_t(3, 500), rare]
     ).astype(np.float32)
     feats[:3, 0] = 1e6
-    m = md.MuData({"rna": ad.AnnData(_counts(500, 6)), "features": ad.AnnData(feats)})
+    rna, features = ad.AnnData(_counts(500, 6)), ad.AnnData(feats)
+    rna.obs_names = features.obs_names = [f"c{i}" for i in range(500)]
+    m = md.MuData({"rna": rna, "features": features})
     m["features"].var_names = ["area", "skewed", "heavy", "rare"]
     with pytest.warns(
         VennCellInputWarning, match=r"'features': in 1 feature\(s\) \(area\) the 3 most extreme"
     ) as said:
         _build(m, rna="rna", features="features")
     # the clip it writes works as written, at any number of cells (percentiles keep 0.1 % of them, 3 of 500 too)
-    exec(re.search(r"`(x = np.+?)`", str(said[0].message)).group(1), {"np": np, "mdata": m})
+    clip = next(str(w.message) for w in said if "most extreme" in str(w.message))
+    exec(re.search(r"`(x = np.+?)`", clip).group(1), {"np": np, "mdata": m})
     assert (
         m["features"].X[:3, 0].max() < 200 and m["features"].X[3, 3] == 1.0
     )  # the rare event stays
@@ -514,3 +544,41 @@ def test_the_fixes_in_the_messages_run_as_written_on_the_mudata():
     exec(_fix(str(err.value), "sc.pp"), {**env, "sc": sc, "mdata": m})
     m.update()
     _build(m)
+
+
+def test_default_cell_names_in_every_modality_are_pointed_out():
+    """Modalities built from bare matrices (ad.AnnData(X)) are all named '0'..'n-1': pairing by name then pairs
+    row i with row i, right or wrong, and rows in another cell order trained silently as the wrong pairs."""
+    x = _counts(30, 6)
+    bare = md.MuData({"rna": ad.AnnData(x), "protein": ad.AnnData(_counts(30, 4, seed=1))})
+    with pytest.warns(VennCellInputWarning, match=r"named '0', '1', \.\.\..*obs_names = barcodes"):
+        VennCell.setup_mudata(bare)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VennCellInputWarning)
+        VennCell.setup_mudata(_pair(x, _counts(30, 4, seed=1)))  # barcodes: no warning
+
+
+def test_an_axis_1_mudata_is_refused_with_the_reason():
+    """muon's layout for datasets of the same features was refused as "repeated cell names", with a fix that
+    changed nothing."""
+    same = md.MuData(
+        {"rna": ad.AnnData(_counts()), "protein": ad.AnnData(_counts(seed=1))}, axis=1
+    )
+    with pytest.raises(VennCellInputError, match="axis=1.*axis=0"):
+        VennCell.setup_mudata(same)
+
+
+def test_a_backed_mudata_needs_backed_true(tmp_path):
+    """A MuData read with backed=True, given without backed=True, was refused as "non-numeric values (dtype
+    object)" with an astype fix that raises on the on-disk matrix."""
+    mdata, _ = make_synthetic(n_cells=60, modalities={"rna": 12, "protein": 5}, seed=0)
+    VennCell.setup_mudata(mdata)
+    mdata.write(tmp_path / "d.h5mu")
+    backed = md.read_h5mu(tmp_path / "d.h5mu", backed=True)
+    with pytest.raises(
+        VennCellInputError, match=r"read with backed=True.*VennCell\(mdata, backed=True\)"
+    ):
+        VennCell(backed)
+    VennCell(backed, backed=True, shared_dim=2, private_dim=2)

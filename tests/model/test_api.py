@@ -779,3 +779,15 @@ def test_new_cells_with_a_modality_zeroed_out_are_told_to_leave_it_out(trained_t
     np.testing.assert_array_equal(
         pred, model.predict_modality(without, source=["rna"], target="protein")
     )
+
+
+def test_only_global_rank_0_saves_after_a_ddp_training(trained_tiny, tmp_path, monkeypatch):
+    """In a script trained with strategy="ddp", every rank runs the script's save(): they wrote one temporary
+    folder at once and deleted each other's files. The other ranks hold the same model and write nothing."""
+    model, _, _ = trained_tiny
+    monkeypatch.setattr(model, "history", {**model.history, "ddp": {"global_rank": 1}})
+    model.save(tmp_path / "rank1")
+    assert not (tmp_path / "rank1").exists() and not list(tmp_path.iterdir())
+    monkeypatch.setattr(model, "history", {**model.history, "ddp": {"global_rank": 0}})
+    model.save(tmp_path / "rank0")
+    assert (tmp_path / "rank0" / "model.pt").is_file()

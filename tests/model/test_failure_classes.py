@@ -252,6 +252,7 @@ def test_a_negative_modality_weight_and_seed_are_refused(tiny_mdata):
 
 
 # ------------------------------------------------------------------------------------------ signals
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_exit_143_then_resumes_exactly(tmp_path, helpers):
     """SIGTERM during training exited 0 with no outputs: a killed job reported success."""
     args = [

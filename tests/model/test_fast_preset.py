@@ -53,14 +53,13 @@ def test_fast_preset_still_controls_leakage_from_a_random_start(
 ):
     """From the spectral start these data barely leak even without leakage control, so the test above cannot
     tell whether the preset's leakage control runs. From a small random start it shows: the fast schedule keeps
-    the private factors out of the shared latent about as well as the every-batch default, and clearly better
-    than with the leakage terms off (kNN R^2 of private factors from the shared block, mean over seeds 0-2,
-    measured 0.48, 0.43 and 0.56 respectively). One seed is not enough: from a random start a single fit's
-    leakage moves by about 0.1 with the seed."""
+    the private factors out of the shared latent clearly better than with the leakage terms off (kNN R^2 of
+    private factors from the shared block, mean over seeds 0-2, measured 0.48 and 0.56; the every-batch default,
+    measured 0.43, is not refitted here to keep the suite short). One seed is not enough: from a random start a
+    single fit's leakage moves by about 0.1 with the seed."""
     start = {"latent_init": "random", "latent_init_std": 0.1}
     arms = {
         "fast": fast_kwargs,
-        "default": {"shared_dim": 8, "private_dim": 4},
         "off": {**fast_kwargs, "consistency_weight": 0.0, "independence_weight": 0.0},
     }
     leak = {
@@ -74,5 +73,4 @@ def test_fast_preset_still_controls_leakage_from_a_random_start(
         )
         for name, kw in arms.items()
     }
-    assert leak["fast"] <= leak["default"] + 0.08, leak
     assert leak["fast"] <= leak["off"] - 0.05, leak

@@ -343,6 +343,7 @@ CLI_CASES = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=8, **SETTINGS)
 @given(CLI_CASES)
 def test_hostile_command_lines(tmp_path_factory, helpers, override):

@@ -236,6 +236,20 @@ def test_nb_mixture_matches_scipy_and_means():
     np.testing.assert_allclose(lik.normalised_mean(raw).detach().numpy(), (1 - pi) * fg, rtol=1e-5)
 
 
+def test_bernoulli_factors_typical_cell_is_one_with_open_peaks():
+    """With a few peaks, most cells have none open; their factor floor (1e-3) was the median, and every ATAC
+    prediction came out a thousandth of the observed frequency (0.0002 for 0.25)."""
+    import scipy.sparse as sp
+
+    lik = make_likelihood("bernoulli_factors", 2)
+    depth = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2], dtype=float)
+    x = sp.csr_matrix(np.array([[0, 0]] * 6 + [[1, 0], [0, 1], [1, 1], [1, 1]], dtype=np.float32))
+    lik.init_from_data(x, depth)
+    # the cells with open peaks: factors 1/1.5, 1/1.5, 1, 1
+    assert float(lik.ref_depth) == 1.5 and abs(float(lik.median_factor) - 5 / 6) < 1e-6
+    assert float(lik.normalised_mean(torch.full((1, 2), 6.0)).mean()) > 0.2
+
+
 def test_bernoulli_factors_matches_scipy_and_cell_factor():
     rng = np.random.default_rng(2)
     lik = make_likelihood("bernoulli_factors", 3)

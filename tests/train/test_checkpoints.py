@@ -134,6 +134,7 @@ def _epoch_rows(run_dir: Path, stage: str) -> list[int]:
     return [int(float(r["epoch"])) for r in rows if r.get(f"{stage}/train/loss_epoch")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_kill_and_resume_matches_uninterrupted(tmp_path, stage, uninterrupted):
     run = tmp_path / "killed"

@@ -59,6 +59,7 @@ def runs(tmp_path_factory):
     return root, ddp, single
 
 
+@pytest.mark.slow
 def test_ddp_matches_single_process(runs):
     _, ddp, single = runs
     assert ddp["history"]["ddp"] == {"world_size": 2, "global_rank": 0}

@@ -118,7 +118,7 @@ def test_make_synthetic_leaves_the_root_logger_and_mudatas_options_alone():
     assert out.stdout.split() == ["0", "True"], out.stderr[-2000:]
 
 
-def test_an_epoch_stopped_before_its_means_shows_no_stale_losses(tiny_mdata, capsys):
+def test_an_epoch_stopped_before_its_means_shows_no_stale_losses(tiny_mdata, capsys, tmp_path):
     """A callback failing at an epoch's end (a full disk) printed that epoch's line with the epoch before's losses."""
     from lightning.pytorch.callbacks import Callback
 
@@ -132,6 +132,7 @@ def test_an_epoch_stopped_before_its_means_shows_no_stale_losses(tiny_mdata, cap
     VennCell.setup_mudata(tiny_mdata)
     with pytest.raises(OSError, match="disk full"):
         VennCell(tiny_mdata, seed=0).train(
+            run_dir=tmp_path,  # not a temporary folder, which a failed run keeps
             stage1_epochs=4,
             stage2_epochs=1,
             batch_size=64,

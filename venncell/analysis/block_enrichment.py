@@ -91,7 +91,26 @@ def enrichment_modalities(specs: dict, modalities=None) -> list[str]:
     return mods
 
 
-def enrich_blocks(data, attribution, **kwargs):
+def check_modalities(specs: dict, cfg: EnrichmentConfig) -> list[str]:
+    """``enrichment_modalities``, and the named ones' features matched against the collections: a modality whose
+    names are not genes is refused before the attribution's slow steps, not after its files are written."""
+    mods = enrichment_modalities(specs, cfg.modalities)
+    if cfg.modalities is not None:
+        collections = _collections(cfg)
+        for m in mods:
+            symbols, matched, _ = map_symbols(specs[m].features, collections)
+            check_overlap(m, symbols, matched, specs[m].kind, others=len(mods) > 1)
+    return mods
+
+
+def _collections(cfg: EnrichmentConfig) -> dict[str, dict[str, list[str]]]:
+    return {
+        collection_name(source, i): load_gene_sets(source)
+        for i, source in enumerate(cfg.gene_sets)
+    }
+
+
+def enrich_blocks(data, attribution, config: EnrichmentConfig | None = None, **kwargs):
     """Gene-set enrichment of every block and latent direction of an attribution run (module docstring).
 
     Parameters
@@ -100,17 +119,20 @@ def enrich_blocks(data, attribution, **kwargs):
         The model's training data (``MultiModalData``).
     attribution
         An ``AttributionResult`` of the same model and data (its per-feature tables and latents are reused).
+    config
+        The settings, already checked by ``enrichment_config``; None = built from ``kwargs``.
     **kwargs
-        ``EnrichmentConfig`` fields. A modality named in ``modalities`` whose features do not match the
-        collections is an error; one chosen by default (RNA) is skipped with a note.
+        ``EnrichmentConfig`` fields, without ``config``. A modality named in ``modalities`` whose features do
+        not match the collections is an error; one chosen by default (RNA) is skipped with a note.
     """
-    cfg = enrichment_config(kwargs)
+    if config is not None and kwargs:
+        raise VennCellInputError(
+            f"enrich_blocks takes config or EnrichmentConfig fields, not both (given {sorted(kwargs)} too)."
+        )
+    cfg = config if config is not None else enrichment_config(kwargs)
     named = cfg.modalities is not None
     mods = enrichment_modalities(data.specs, cfg.modalities)
-    collections = {
-        collection_name(source, i): load_gene_sets(source)
-        for i, source in enumerate(cfg.gene_sets)
-    }
+    collections = _collections(cfg)
     pos = pd.Index(data.obs_names).get_indexer(attribution.obs_names)
     # a block that holds almost none of its members' variance has no genes to rank: its directions are noise
     regions = attribution.regions

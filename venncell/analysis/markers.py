@@ -145,6 +145,14 @@ def resolve_marker(mdata, data, name: str, idx: np.ndarray) -> Marker:
                 column = column.astype("Int64")
             column = column.reindex(mdata.obs_names)
         col = column.iloc[idx]
+        if col.isna().all():
+            # probed on no cell, it would read "not captured", a verdict on nothing
+            where = "mdata.obs" if source == "obs" else f"the .obs of '{source[7:]}'"
+            raise VennCellInputError(
+                f"Marker {name!r}: column '{key}' of {where} has no value for any of the {len(col)} cells "
+                "(all NaN or None; e.g. lost when .obs was rebuilt or re-indexed). Fill it, or leave the "
+                "marker out."
+            )
         kind = infer_kind(col)
         _warn_if_ids(key, col, kind)
         values = col.astype(object if kind == "categorical" else float).to_numpy()

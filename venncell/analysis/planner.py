@@ -47,7 +47,7 @@ import torch
 from venncell.analysis.features import normalised_observed
 from venncell.analysis.probes import boot_weights, with_ci
 from venncell.analysis.writers import _records
-from venncell.data.files import atomic_write_text, output_folder
+from venncell.data.files import atomic_write_text, file_part, output_folder
 from venncell.data.spec import kind_hint
 from venncell.data.validate import (
     MIN_CELLS,
@@ -119,7 +119,9 @@ class PlanResult:
         )  # fails before any file is written
         written = [atomic_write_text(out / "plan_summary.csv", self.summary.to_csv(index=False))]
         for t, df in self.features.items():
-            written.append(atomic_write_text(out / f"plan_features_{t}.csv", df.to_csv()))
+            written.append(
+                atomic_write_text(out / f"plan_features_{file_part(t)}.csv", df.to_csv())
+            )
         written.append(atomic_write_text(out / "plan.json", text))
         return written
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from venncell.data.files import atomic_write_text, output_folder
+from venncell.data.files import atomic_write_text, file_part, output_folder
 
 
 @dataclass
@@ -60,7 +60,9 @@ class AttributionResult:
     def write(self, out_dir: str | Path) -> list[Path]:
         """``attribution.json`` plus CSV tables; each written whole (temporary file, then rename)."""
         out = output_folder(out_dir, "the attribution tables")
-        tables = {f"attribution_features_{m}.csv": df for m, df in self.features.items()}
+        tables = {
+            f"attribution_features_{file_part(m)}.csv": df for m, df in self.features.items()
+        }
         tables.update(
             {
                 "attribution_modalities.csv": self.modalities,

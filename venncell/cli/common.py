@@ -341,8 +341,9 @@ def check_output_dir(argv: list[str]) -> None:
                 if probe.exists() and not probe.is_dir()
                 else "is not writable"
             )
+            verb = "written to" if probe == target else "created"
             print(
-                f"venncell: error: hydra.run.dir={target} cannot be created: {probe} {why}.",
+                f"venncell: error: hydra.run.dir={target} cannot be {verb}: {probe} {why}.",
                 file=sys.stderr,
             )
             raise SystemExit(4)

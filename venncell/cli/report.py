@@ -12,7 +12,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from venncell.analysis.attribution import AttributionConfig
-from venncell.analysis.block_enrichment import enrichment_config, enrichment_modalities
+from venncell.analysis.block_enrichment import check_modalities, enrichment_config
+from venncell.analysis.gene_sets import EnrichmentConfig
 from venncell.cli.common import (
     CONFIG_PATH,
     check_folders_free,
@@ -80,12 +81,12 @@ def run_report(cfg: DictConfig):
             raise VennCellInputError(
                 f"run_dir={run_dir} has no {what} ({p}); point run_dir at a finished venncell-train run."
             )
-    check_enrichment(cfg)  # before the attribution is computed and written
+    enrichment = check_enrichment(cfg)  # before the attribution is computed and written
     with run_folder_lock(run_dir):  # not while a training writes the folder
         mdata = read_h5mu(data_path)
         model = VennCell.load(model_dir, mdata=mdata)
-        if cfg.enrich:  # before the attribution is computed and written
-            enrichment_modalities(model.specs, cfg.enrichment.modalities)
+        if enrichment is not None:  # before the attribution is computed and written
+            check_modalities(model.specs, enrichment)
         return report_with(model, run_dir, cfg, save_h5mu=cfg.write_h5mu)
 
 
@@ -138,11 +139,12 @@ def train_report_settings(report) -> DictConfig | None:
     return node
 
 
-def check_enrichment(cfg) -> None:
+def check_enrichment(cfg) -> EnrichmentConfig | None:
     """With ``enrich``: its settings, its gene-set files and the optional packages they need, before any work (a
-    missing package found after attribution would leave the folder half rewritten)."""
-    if cfg.enrich:
-        enrichment_config(OmegaConf.to_container(cfg.enrichment, resolve=True))
+    missing package found after attribution would leave the folder half rewritten); None without."""
+    if not cfg.enrich:
+        return None
+    return enrichment_config(OmegaConf.to_container(cfg.enrichment, resolve=True))
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="report", version_base="1.3")

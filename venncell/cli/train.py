@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from venncell.analysis.block_enrichment import enrichment_modalities
+from venncell.analysis.block_enrichment import check_modalities
 from venncell.analysis.writers import training_summary
 from venncell.cli.common import (
     CONFIG_PATH,
@@ -103,7 +103,7 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
         ModelConfig, cfg.model
     )  # every setting checked before anything is read or written
     train_cfg = to_object(TrainConfig, cfg.trainer)
-    from venncell.cli.report import train_report_settings
+    from venncell.cli.report import check_enrichment, train_report_settings
 
     report = train_report_settings(cfg.get("report"))
     data = data_settings(cfg.data)
@@ -134,7 +134,7 @@ def _run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if report is not None and report.markers is not None:
         model.check_markers(report.markers)  # a mistyped marker fails now, not after training
     if report is not None and report.enrich:  # a model without genes fails now too
-        enrichment_modalities(model.specs, report.enrichment.modalities)
+        check_modalities(model.specs, check_enrichment(report))
     train_kwargs = {**asdict(train_cfg), "seed": cfg.seed}
     if (
         cfg.resume

@@ -515,6 +515,9 @@ def batch_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         collate_fn=_identity,
+        # each pass draws a seed for its workers; from a generator of its own, not the caller's global one (the
+        # batches come from the sampler's seed, and the workers draw nothing)
+        generator=torch.Generator(),
         **extra,
     )
 

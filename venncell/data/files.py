@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -26,6 +28,17 @@ def output_folder(path: str | Path, what: str) -> Path:
             + (f"{blocking} is a file, not a folder." if blocking else f"{e.strerror or e}.")
         ) from None
     return path
+
+
+def file_part(name: str, limit: int = 80) -> str:
+    """``name`` (a modality's) as part of a file name: as it is where it can be one; else with path separators and
+    control characters replaced, cut to ``limit`` bytes, and a short hash of the whole name added, so that two
+    names stay two files ('ADT/HTO' would name a folder; a long one exceeds the file system's 255 bytes)."""
+    safe = re.sub(r"[/\\\x00-\x1f]", "_", name)
+    if safe == name and len(name.encode()) <= limit:
+        return name
+    cut = safe.encode()[:limit].decode(errors="ignore")
+    return f"{cut}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def _temporary(path: Path) -> Path:

@@ -104,6 +104,26 @@ def check_pairing(cells: dict[str, pd.Index], warn: bool = True) -> None:
         )
     if found and warn:
         warnings.warn(renamed_message(found), VennCellInputWarning, stacklevel=user_stacklevel())
+    if warn and len(mods) > 1 and all(_default_names(cells[m]) for m in mods):
+        warnings.warn(
+            "Every modality's cells are named '0', '1', ..., anndata's default for a matrix without cell names. "
+            "Cells are paired across modalities by name, so row i of each modality is taken for the same cell. If "
+            "the modalities' rows are not in one cell order (read from separate files, say), give each cell its "
+            "barcode in every modality (`mdata.mod[m].obs_names = barcodes`), then `mdata.update()`.",
+            VennCellInputWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def _default_names(names: pd.Index) -> bool:
+    """``names`` are '0'..'n-1' in order (checked at the ends first: a full comparison only for likely ones)."""
+    n = len(names)
+    return (
+        n > 1
+        and str(names[0]) == "0"
+        and str(names[-1]) == str(n - 1)
+        and bool((np.asarray(names).astype(str) == np.arange(n).astype(str)).all())
+    )
 
 
 def warn_unpaired_batches(measured: dict[str, np.ndarray], batch: np.ndarray, categories) -> None:

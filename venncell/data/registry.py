@@ -37,6 +37,7 @@ from venncell.data.spec import (
     guess_kind,
     infer_likelihood,
     not_counts_reason,
+    rounding_fix,
 )
 from venncell.data.transforms import (
     apply_transform,
@@ -220,6 +221,13 @@ def setup_options(
 
     if not isinstance(mdata, md.MuData):
         raise VennCellInputError(f"setup_mudata needs a MuData, got {type(mdata).__name__}.")
+    if getattr(mdata, "axis", 0) != 0:
+        # its repeated or unpaired cell names would be refused with fixes that do not apply
+        raise VennCellInputError(
+            f"This MuData has axis={mdata.axis} (muon's layout for modalities of the same features, such as datasets "
+            "to join); VennCell needs modalities of the same cells, axis=0 (the default): build it as "
+            "`mudata.MuData({'rna': rna, 'protein': protein})`."
+        )
     if modalities is None:
         modalities = list(mdata.mod)
     if isinstance(modalities, (list, tuple)):
@@ -408,8 +416,8 @@ def _modality_options(name: str, adata, opts) -> dict:
             warnings.warn(
                 f"Modality '{name}' (kind '{kind}') has {reason}, so it is modelled as Gaussian, not with the "
                 f"{kind} count likelihood ('{KIND_DEFAULT_LIKELIHOOD[kind]}'). If these are normalised values, "
-                f"the model needs the counts: {_counts_fix(name, adata, layer)} To keep the Gaussian model and "
-                "silence this, register the modality with `likelihood='gaussian'`.",
+                f"the model needs the counts: {_counts_fix(name, adata, layer)}{rounding_fix(name, head, layer)} "
+                "To keep the Gaussian model and silence this, register the modality with `likelihood='gaussian'`.",
                 VennCellInputWarning,
                 stacklevel=4,
             )

@@ -205,6 +205,33 @@ def corrupt_counts(x) -> bool:
     )
 
 
+def rounding_fix(name: str, x, layer: str | None = None, trained: bool = False) -> str:
+    """For non-negative values of which most (nonzero ones) are whole numbers, as counts corrected for ambient RNA
+    are: the way to round them into a layer (``trained``: new cells, rounded where the model reads them); "" for
+    other values (normalised data are almost never whole)."""
+    sample = _value_sample(x)
+    sample = sample[np.isfinite(sample) & (sample != 0)]
+    if not sample.size or sample.min() < 0:
+        return ""
+    whole = float(np.isclose(sample, np.round(sample)).mean())
+    if whole < 0.5:
+        return ""
+    source = f"layers[{layer!r}]" if layer is not None else "X"
+    if trained:
+        return (
+            f" {whole:.0%} of its nonzero values are whole numbers: if these are counts corrected for ambient RNA "
+            f"(SoupX, DecontX, CellBender), round them where the model reads them, as its training counts were: "
+            f"`c = mdata['{name}'].{source}.copy(); c.data = np.rint(c.data)` (dense: `c = np.rint(c)`), then "
+            f"`mdata['{name}'].{source} = c`."
+        )
+    return (
+        f" {whole:.0%} of its nonzero values are whole numbers: if these are counts corrected for ambient RNA "
+        f"(SoupX, DecontX, CellBender), round them into a layer and register it: `c = mdata['{name}'].{source}"
+        f".copy(); c.data = np.rint(c.data)` (dense: `c = np.rint(c)`), `mdata['{name}'].layers['counts'] = c`, "
+        "layer='counts'."
+    )
+
+
 def not_counts_reason(x) -> str | None:
     """Why ``infer_likelihood`` would not treat x as counts (None when it would, or when only NaN / inf stand in the
     way: those are an input error of their own, raised when the data are checked)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from venncell.data.spec import BINARY_LIKELIHOODS, COUNT_LIKELIHOODS
+from venncell.data.spec import BINARY_LIKELIHOODS, COUNT_LIKELIHOODS, rounding_fix
 
 # float32 (the training precision) holds integers exactly up to 2^24; larger counts lose the NB likelihood's
 # precision (its log-gamma terms cancel), so they are refused rather than trained on silently
@@ -184,6 +184,9 @@ def check_matrix(
             f"holds images (cells x C x H x W in .obsm or a file), register it as one: setup_mudata(modalities="
             f"{{'{name}': {{'kind': 'image', 'obsm_key': ...}}}}) or {{..., 'store': 'crops.npy'}}."
         )
+    if getattr(x, "dtype", None) == np.float16:
+        # float16 cannot hold float32's limit or a cell's total above 65504: checked as the model reads it
+        x = x.astype(np.float32)
     vals = _values(x)
     check_numeric(name, vals, layer)
     finite = np.isfinite(vals)
@@ -226,9 +229,14 @@ def check_matrix(
                 )
             )
         if vals.size and not np.allclose(vals, np.round(vals)):
+            rounding = rounding_fix(name, x, layer, trained)
             raise VennCellInputError(
-                f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has non-integer values "
-                f"(it looks normalised). {_counts_fix(trained)}"
+                f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has "
+                + (
+                    f"non-integer values (it looks normalised). {_counts_fix(trained)}"
+                    if not rounding
+                    else f"non-integer values.{rounding}"
+                )
             )
     if (likelihood in COUNT_LIKELIHOODS or binarize) and vals.size and vals.min() < 0:
         # counts cannot be negative; binarising would quietly read them as 0

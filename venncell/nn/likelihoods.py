@@ -343,7 +343,7 @@ class BernoulliFactors(Likelihood):
     region_factor = sigmoid(region_logit), a learned per-peak parameter. cell_factor = the cell's observed
     depth (accessible peaks, passed as ``library``) / the median training depth, clipped to [1e-3, 1]: a
     fixed function of the data, so new cells need no fitting. Without a depth (predicting ATAC for a cell
-    that has none) the median training cell's factor is used. The reference depth is a buffer, saved
+    that has none) the median factor of the training cells with an open peak is used. The reference depth is a buffer, saved
     with the model.
     """
 
@@ -391,7 +391,10 @@ class BernoulliFactors(Likelihood):
         )
         factors = np.clip(depth / ref, 1e-3, 1.0)
         self.ref_depth.fill_(ref)
-        self.median_factor.fill_(float(np.median(factors)))
+        # of the cells with an open peak: where most cells have none (a few targeted peaks, shallow data), their
+        # floor of 1e-3 would be the median, and every prediction a thousandth of the observed frequency
+        opened = factors[depth > 0]
+        self.median_factor.fill_(float(np.median(opened)) if opened.size else 1.0)
         freq = np.asarray(x.mean(0)).ravel()
         start = np.clip(freq / (0.5 * factors.mean()), 1e-3, 0.99)
         self.region_logit.copy_(torch.as_tensor(np.log(start / (1 - start)), dtype=torch.float32))

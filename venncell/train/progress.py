@@ -42,18 +42,24 @@ class _BarMetrics:
         super().on_train_epoch_end(trainer, pl_module)
 
 
+def _epoch_label(trainer, stage: int) -> str:
+    """ "Stage 1 epoch 3/100": counted from 1 to max_epochs, as the per-epoch lines print them (Lightning's bars
+    show 0 to max_epochs - 1; metrics.csv and ``epoch_history`` index from 0); each stage counts its own."""
+    label = f"Stage {stage} epoch {trainer.current_epoch + 1}"
+    return f"{label}/{trainer.max_epochs}" if trainer.max_epochs is not None else label
+
+
 class _RichBar(_BarMetrics, RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
-        # both stages count their own epochs from 0: say which one this is
-        return f"Stage {self.trainer.lightning_module.stage} {super()._get_train_description(current_epoch)}"
+        label = _epoch_label(self.trainer, self.trainer.lightning_module.stage)
+        # as Lightning pads: a shorter training label than the validation bar's flickers
+        return f"{label:{len(self.validation_description)}}"
 
 
 class _TQDMBar(_BarMetrics, TQDMProgressBar):
     def on_train_epoch_start(self, trainer, pl_module, *args):
         super().on_train_epoch_start(trainer, pl_module, *args)
-        self.train_progress_bar.set_description(
-            f"Stage {pl_module.stage} epoch {trainer.current_epoch}"
-        )
+        self.train_progress_bar.set_description(_epoch_label(trainer, pl_module.stage))
 
 
 class EpochLines(ProgressBar):

@@ -32,6 +32,7 @@ from venncell.data.validate import (
 )
 from venncell.module.embed import fit_mix_weights
 from venncell.module.venn import VennModule
+from venncell.train.caller_state import caller_state
 from venncell.train.config import TrainConfig
 from venncell.train.plans import Stage1Plan, Stage2Plan
 from venncell.train.progress import progress_bars
@@ -371,7 +372,7 @@ def run_two_stage(
     threads, why = threads_for(cfg)
     # logged: the automatic choice depends on the machine's load at the start
     log.info("CPU threads: %d (%s)", threads, why)
-    with warnings.catch_warnings(), cpu_threads(threads):
+    with warnings.catch_warnings(), cpu_threads(threads), caller_state():
         # deliberate: under DDP the logged training terms are each rank's own shard (Stage1Plan._record)
         warnings.filterwarnings(
             "ignore", message=r".*when logging on epoch level in distributed setting.*"
@@ -504,8 +505,15 @@ def _run_two_stage(
         _keep_csv_history(trainer2, step2, row2)
     _log_settings(trainer2, module, cfg)
     module.train()
-    with stop_on_signals(stopper, run_dir), lightning_info_off():
-        trainer2.fit(plan2, train_dataloaders=train2, val_dataloaders=val_loader, ckpt_path=ckpt2)
+    try:
+        with stop_on_signals(stopper, run_dir), lightning_info_off():
+            trainer2.fit(
+                plan2, train_dataloaders=train2, val_dataloaders=val_loader, ckpt_path=ckpt2
+            )
+    finally:
+        # Lightning skips the plan's teardown when the fit raises: the frozen latent tables and decoders would
+        # stay frozen, and the model could not train again
+        plan2.teardown("fit")
     metrics["stage2"], metrics["wall_time_s"]["stage2"] = _stage_metrics(
         trainer2, run_dir, "stage2", time.perf_counter() - t0, ckpt2 is not None, step2
     )
