@@ -68,6 +68,16 @@ def test_refinement_is_deterministic_with_a_seed(trained):
     assert not np.array_equal(a["shared"], c["shared"])  # the seed drives noise and batch order
 
 
+def test_refinement_shows_its_epochs(trained, capsys):
+    """Refinement trains for as many epochs as asked, a minute or more on a large query, and showed nothing."""
+    model, new, _ = trained
+    capsys.readouterr()
+    model.refine(new, epochs=2, seed=7)
+    out = capsys.readouterr().out
+    assert "Refinement epoch 1/2" in out and "Refinement epoch 2/2" in out, out
+    assert "Stage 1" not in out
+
+
 def test_refinement_keeps_recovery_of_true_factors(trained):
     model, new, truth = trained
     enc = model.get_latent_representation(new)

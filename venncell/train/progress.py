@@ -42,16 +42,22 @@ class _BarMetrics:
         super().on_train_epoch_end(trainer, pl_module)
 
 
-def _epoch_label(trainer, stage: int) -> str:
+def stage_name(pl_module) -> str:
+    """How the bars and lines name a fit: "Stage 1", "Stage 2", or the plan's own ``progress_label``
+    (refinement)."""
+    return getattr(pl_module, "progress_label", None) or f"Stage {pl_module.stage}"
+
+
+def _epoch_label(trainer, pl_module) -> str:
     """ "Stage 1 epoch 3/100": counted from 1 to max_epochs, as the per-epoch lines print them (Lightning's bars
     show 0 to max_epochs - 1; metrics.csv and ``epoch_history`` index from 0); each stage counts its own."""
-    label = f"Stage {stage} epoch {trainer.current_epoch + 1}"
+    label = f"{stage_name(pl_module)} epoch {trainer.current_epoch + 1}"
     return f"{label}/{trainer.max_epochs}" if trainer.max_epochs is not None else label
 
 
 class _RichBar(_BarMetrics, RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
-        label = _epoch_label(self.trainer, self.trainer.lightning_module.stage)
+        label = _epoch_label(self.trainer, self.trainer.lightning_module)
         # as Lightning pads: a shorter training label than the validation bar's flickers
         return f"{label:{len(self.validation_description)}}"
 
@@ -59,7 +65,7 @@ class _RichBar(_BarMetrics, RichProgressBar):
 class _TQDMBar(_BarMetrics, TQDMProgressBar):
     def on_train_epoch_start(self, trainer, pl_module, *args):
         super().on_train_epoch_start(trainer, pl_module, *args)
-        self.train_progress_bar.set_description(_epoch_label(trainer, pl_module.stage))
+        self.train_progress_bar.set_description(_epoch_label(trainer, pl_module))
 
 
 class EpochLines(ProgressBar):
@@ -72,8 +78,8 @@ class EpochLines(ProgressBar):
         self._enabled = True
         self._started = time.perf_counter()
         self._validated = False
-        # (stage, epoch, validated) of an epoch not yet shown
-        self._done: tuple[int, int, bool] | None = None
+        # (stage, its name, epoch, validated) of an epoch not yet shown
+        self._done: tuple[int, str, int, bool] | None = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -86,7 +92,7 @@ class EpochLines(ProgressBar):
         # line waits until the next epoch starts (or training ends), and its time covers both
         if self._done is None or not self._enabled:
             return
-        (stage, epoch, validated), self._done = self._done, None
+        (stage, name, epoch, validated), self._done = self._done, None
         seconds = time.perf_counter() - self._started
         # the epoch's training and held-out losses; stage 2 scores its held-out cells only in some epochs, and
         # an earlier epoch's score would pass for this one's. An epoch stopped before its means were logged
@@ -99,7 +105,7 @@ class EpochLines(ProgressBar):
             f"{name} {float(logged[key]):.4g}" for name, key in names.items() if key in logged
         )
         print(
-            f"Stage {stage} epoch {epoch}/{trainer.max_epochs}  {seconds:.1f} s  {metrics}".rstrip(),
+            f"{name} epoch {epoch}/{trainer.max_epochs}  {seconds:.1f} s  {metrics}".rstrip(),
             file=sys.stdout,
             flush=True,
         )
@@ -113,7 +119,12 @@ class EpochLines(ProgressBar):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        self._done = (pl_module.stage, trainer.current_epoch + 1, self._validated)
+        self._done = (
+            pl_module.stage,
+            stage_name(pl_module),
+            trainer.current_epoch + 1,
+            self._validated,
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._show(trainer)

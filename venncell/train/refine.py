@@ -20,6 +20,7 @@ from venncell.module.venn import VennModule
 from venncell.nn import ExtendedLinear
 from venncell.train.caller_state import caller_state
 from venncell.train.plans import Stage1Plan
+from venncell.train.progress import progress_bars
 from venncell.train.schedule import lightning_info_off, quiet_trainer
 
 
@@ -107,7 +108,8 @@ def refine_latents(
             devices=1,
             logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=False,
+            # a minute or more on large queries: the epochs are shown as training's are (bars per phase, below)
+            enable_progress_bar=True,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             deterministic=True,
@@ -116,10 +118,13 @@ def refine_latents(
         try:
             for p in frozen:
                 p.requires_grad_(False)
-            for lr_network, lr_rows in phases:
+            for phase, (lr_network, lr_rows) in enumerate(phases, 1):
                 L.seed_everything(seed, workers=True, verbose=False)
                 plan = Stage1Plan(
                     view, lr_network=lr_network, lr_latent=lr_rows, grad_clip=0.0, seed=seed
+                )
+                plan.progress_label = (
+                    "Refinement" if len(phases) == 1 else f"Refinement {phase}/{len(phases)}"
                 )
                 with warnings.catch_warnings(), lightning_info_off():
                     # the trained networks stay in eval mode on purpose (frozen: no dropout); Lightning warns about it
@@ -128,7 +133,7 @@ def refine_latents(
                     warnings.filterwarnings(
                         "ignore", message=r".*isinstance\(treespec, LeafSpec\).*"
                     )
-                    quiet_trainer(**kwargs).fit(
+                    quiet_trainer(**{"callbacks": progress_bars("rich"), **kwargs}).fit(
                         plan,
                         # without new batches every cell counts as held out (only the latent rows move); with them
                         # as training cells, so that the new columns, the one network weight not frozen, learn too
