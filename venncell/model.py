@@ -738,6 +738,7 @@ class VennCell:
     def _refine(self, data, modalities, epochs, batch_size=256, lr_latent=5e-2, seed=None):
         """``refine`` on data already read and arguments already checked (so a caller that needs the data too
         reads them once)."""
+        from venncell.train.caller_state import caller_state
         from venncell.train.refine import refine_latents
 
         self._require_known_batches(data, "refinement (refine_epochs)", unseen_ok=True)
@@ -758,17 +759,20 @@ class VennCell:
             )
         use = list(modalities) if modalities is not None else list(self.specs)
         start = embed_cells(self.module, data, modalities=use)
-        return refine_latents(
-            self.module,
-            data.with_new_batch_codes(),
-            start,
-            use,
-            epochs,
-            batch_size,
-            lr_latent,
-            self.seed if seed is None else seed,
-            new_batches=len(data.unseen_batches),
-        )
+        # building the new cells' latent tables draws from torch's generator, and Lightning's seeding and
+        # deterministic=True are process-wide: the caller's process is left as it was
+        with caller_state():
+            return refine_latents(
+                self.module,
+                data.with_new_batch_codes(),
+                start,
+                use,
+                epochs,
+                batch_size,
+                lr_latent,
+                self.seed if seed is None else seed,
+                new_batches=len(data.unseen_batches),
+            )
 
     def predict_modality(
         self,
@@ -1056,7 +1060,7 @@ class VennCell:
         _check_path(path, "save(path)")
         if not isinstance(overwrite, bool):  # overwrite="no" is truthy
             raise VennCellInputError(f"overwrite must be True or False, got {overwrite!r}.")
-        rank = self.history.get("ddp", {}).get("global_rank", 0) if self.history else 0
+        rank = self.history.get("ddp", {}).get("global_rank", 0)
         if rank != 0:
             # every rank runs the script's save(); writing the same folder at once, they would delete each other's
             log.info("DDP rank %d: global rank 0 writes the model to %s", rank, path)

@@ -230,13 +230,12 @@ def check_matrix(
             )
         if vals.size and not np.allclose(vals, np.round(vals)):
             rounding = rounding_fix(name, x, layer, trained)
+            detail = (
+                f".{rounding}" if rounding else f" (it looks normalised). {_counts_fix(trained)}"
+            )
             raise VennCellInputError(
                 f"Modality '{name}' uses a negative binomial (count) likelihood ('{likelihood}') but has "
-                + (
-                    f"non-integer values (it looks normalised). {_counts_fix(trained)}"
-                    if not rounding
-                    else f"non-integer values.{rounding}"
-                )
+                f"non-integer values{detail}"
             )
     if (likelihood in COUNT_LIKELIHOODS or binarize) and vals.size and vals.min() < 0:
         # counts cannot be negative; binarising would quietly read them as 0

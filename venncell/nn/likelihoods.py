@@ -343,8 +343,8 @@ class BernoulliFactors(Likelihood):
     region_factor = sigmoid(region_logit), a learned per-peak parameter. cell_factor = the cell's observed
     depth (accessible peaks, passed as ``library``) / the median training depth, clipped to [1e-3, 1]: a
     fixed function of the data, so new cells need no fitting. Without a depth (predicting ATAC for a cell
-    that has none) the median factor of the training cells with an open peak is used. The reference depth is a buffer, saved
-    with the model.
+    that has none) the median factor of the training cells with an open peak is used. The reference depth is a
+    buffer, saved with the model.
     """
 
     name = "bernoulli_factors"
